@@ -1,0 +1,3 @@
+from fastall.cli import main
+
+main()
