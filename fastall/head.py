@@ -1,0 +1,37 @@
+"""The one classification head shared by the cached path, the sweep and the end-to-end model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Head(nn.Module):
+    """Standardise -> Linear -> ReLU -> Dropout -> Linear (the paper's 2048->512->2 head).
+
+    The standardisation statistics are buffers, not parameters: they come from the training fold and travel
+    with the head into the end-to-end model. With ``mean=0, std=1`` (the default) it is the paper's head.
+    """
+
+    def __init__(self, in_features: int = 2048, hidden: int = 512, dropout: float = 0.5, classes: int = 2) -> None:
+        super().__init__()
+        self.in_features, self.hidden, self.dropout_p, self.classes = in_features, hidden, dropout, classes
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("std", torch.ones(in_features))
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean.to(self.mean))
+        self.std.copy_(std.to(self.std))
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(torch.relu(self.fc1(self.standardize(features)))))
+
+    def config(self) -> dict:
+        return {"in_features": self.in_features, "hidden": self.hidden, "dropout": self.dropout_p,
+                "classes": self.classes}
