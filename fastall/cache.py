@@ -239,19 +239,24 @@ def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
 
 # ---- crash safety: test kill points, the lock, and partial work -------------------------------------------
 
-KILL_ENV = "FASTALL_TEST_KILL_AT"
+KILL_ENV, PAUSE_ENV = "FASTALL_TEST_KILL_AT", "FASTALL_TEST_PAUSE_AT"
 _kill_hits: Counter[str] = Counter()
 
 
 def kill_point(name: str) -> None:
-    """Test hook: ``FASTALL_TEST_KILL_AT=name[:n]`` SIGKILLs this process the n-th time it passes ``name``."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
+    """Test hooks: ``FASTALL_TEST_KILL_AT=name[:n]`` SIGKILLs this process the n-th time it passes ``name``
+    (``shard-tmp``, ``shard``, ``finalize``, ``cache-tmp``, ``cleanup``); ``FASTALL_TEST_PAUSE_AT`` sleeps
+    there instead, for a test to kill it from outside."""
+    specs = {env: os.environ.get(env) for env in (KILL_ENV, PAUSE_ENV)}
+    if not any(specs.values()):
         return
     _kill_hits[name] += 1
-    point, _, nth = spec.partition(":")
-    if point == name and _kill_hits[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    for env, spec in specs.items():
+        point, _, nth = (spec or "").partition(":")
+        if point == name and _kill_hits[name] == int(nth or 1):
+            if env == KILL_ENV:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(600)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -267,7 +272,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, write: Any) -> None:
+def _write_atomic(path: Path, write: Any, point: str) -> None:
     """``write(fileobj)`` into ``.PATH.tmp``, fsync, rename onto ``path``; no partial file on failure."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -275,7 +280,7 @@ def _write_atomic(path: Path, write: Any) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        kill_point("shard-tmp")
+        kill_point(point)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -371,7 +376,7 @@ class PartialStore:
         self.dir.mkdir(exist_ok=True)
         blob = json.dumps({"key": cache_key(key_params), "key_params": key_params}, sort_keys=True,
                           default=str).encode()
-        self._io(lambda: _write_atomic(self.dir / "meta.json", lambda fh: fh.write(blob)))
+        self._io(lambda: _write_atomic(self.dir / "meta.json", lambda fh: fh.write(blob), "meta-tmp"))
 
     def write_shard(self, indices: np.ndarray, features: np.ndarray, view_params: np.ndarray,
                     skipped: list[tuple[int, str]] = ()) -> Path:
@@ -383,7 +388,7 @@ class PartialStore:
                   "view_params": np.asarray(view_params, dtype=np.float32),
                   "skipped_index": np.asarray([i for i, _ in skipped], dtype=np.int64),
                   "skipped_reason": np.asarray([r for _, r in skipped], dtype=str)}
-        self._io(lambda: _write_atomic(path, lambda fh: np.savez(fh, **arrays)))
+        self._io(lambda: _write_atomic(path, lambda fh: np.savez(fh, **arrays), "shard-tmp"))
         return path
 
     def load(self, n: int, views: int, dim: int, warn: Any = None) -> tuple[dict, dict[int, str]]:

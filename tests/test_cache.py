@@ -1,0 +1,149 @@
+"""The cache module: atomic writer, validating reader, zero-copy accessors, the lock and partial shards."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fastall import cache as fc
+from fastall.errors import CacheError
+
+KEY = {"backbone": "resnet50", "weights": "none", "image_size": 32, "views": 2, "seed": 0}
+
+
+def _write(path, n=6, views=2, dim=8, key=KEY, skipped=()):
+    rng = np.random.default_rng(0)
+    return fc.write_cache(
+        path, features=rng.standard_normal((n, views, dim)).astype(np.float16),
+        labels=np.arange(n) % 2, class_names=["hem", "all"], patients=[f"P{i // 2}" for i in range(n)],
+        paths=[f"x/{i}.bmp" for i in range(n)], sources=["fold_0"] * n,
+        view_params=np.zeros((n, views, 11), dtype=np.float32), view_param_names=[f"p{i}" for i in range(11)],
+        key_params=dict(key), provenance={"created": "now", "torch_version": "x"}, skipped=list(skipped))
+
+
+def test_roundtrip_and_zero_copy_torch(tmp_path):
+    path = _write(tmp_path / "c.h5", skipped=[("x/bad.bmp", "truncated")])
+    cache = fc.read_cache(path)
+    assert cache.n_images == 6 and cache.n_views == 2 and cache.dim == 8 and cache.key == fc.cache_key(KEY)
+    assert cache.skipped == [("x/bad.bmp", "truncated")] and cache.key_params == KEY
+    features, labels, groups = cache.as_torch()
+    assert features.dtype == torch.float16 and features.data_ptr() == cache.features.ctypes.data
+    assert labels.data_ptr() == cache.labels.ctypes.data
+    assert groups.tolist() == [0, 0, 1, 1, 2, 2]
+    light = fc.read_cache(path, load_features=False)
+    assert light.features.size == 0 and light.dim == 8
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_expect_names_differing_parameters(tmp_path):
+    path = _write(tmp_path / "c.h5")
+    assert fc.read_cache(path, expect={"backbone": "resnet50", "image_size": 32}).n_images == 6
+    with pytest.raises(CacheError, match=r"image_size: 32 -> 224.*weights: \"none\" -> \"imagenet1k_v1\""):
+        fc.read_cache(path, expect={"image_size": 224, "weights": "imagenet1k_v1"})
+    assert fc.diff_params({"a": 1, "b": 2}, {"a": 1, "b": 3}) == ["b: 2 -> 3"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero_middle", "empty", "text"])
+def test_corrupt_or_truncated_cache_is_refused(tmp_path, damage):
+    path = _write(tmp_path / "c.h5", n=200)
+    blob = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif damage == "zero_middle":
+        path.write_bytes(blob[:2048] + b"\0" * (len(blob) - 4096) + blob[-2048:])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_text("not hdf5")
+    with pytest.raises(CacheError) as err:
+        fc.read_cache(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_altered_or_foreign_caches_are_refused(tmp_path):
+    path = _write(tmp_path / "c.h5")
+    with h5py.File(path, "r+") as f:
+        f.attrs["key_params"] = json.dumps({**KEY, "image_size": 64})
+    with pytest.raises(CacheError, match="altered"):
+        fc.read_cache(path)
+    path = _write(tmp_path / "d.h5")
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = 99
+    with pytest.raises(CacheError, match="schema version 99"):
+        fc.read_cache(path)
+    with h5py.File(tmp_path / "e.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(CacheError, match="not a fastall cache"):
+        fc.read_cache(tmp_path / "e.h5")
+
+
+def test_missing_cache_mentions_unfinished_work(tmp_path):
+    (tmp_path / "c.h5.partial").mkdir()
+    with pytest.raises(CacheError, match="resume"):
+        fc.read_cache(tmp_path / "c.h5")
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(h5py, "File", no_space)
+    with pytest.raises(CacheError, match="No space left"):
+        _write(tmp_path / "c.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
+    target = tmp_path / "c.h5"
+    with fc.cache_lock(target) as lock:
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname() and holder["started"]
+        with pytest.raises(CacheError, match=f"pid {os.getpid()}"), fc.cache_lock(target):
+            pass
+    assert not lock.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}))
+    warnings: list[str] = []
+    with fc.cache_lock(target, warn=warnings.append):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert warnings and "stale lock" in warnings[0]
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then"}))
+    with pytest.raises(CacheError, match="host elsewhere"), fc.cache_lock(target):
+        pass
+
+
+def test_partial_store_roundtrip_and_recovery(tmp_path):
+    store = fc.PartialStore(tmp_path / "c.h5")
+    assert store.meta() is None
+    store.start(KEY)
+    assert store.meta()["key"] == fc.cache_key(KEY)
+    feats = np.ones((2, 3, 4), dtype=np.float16)
+    store.write_shard(np.array([4, 5]), feats, np.zeros((2, 3, 11)), skipped=[(6, "x: truncated")])
+    store.write_shard(np.array([0, 1]), feats * 2, np.zeros((2, 3, 11)))
+    (store.dir / ".batch-000000009.npz.tmp").write_bytes(b"half")
+    (store.dir / "batch-000000002.npz").write_bytes(b"garbage")
+    warnings: list[str] = []
+    done, skipped = store.load(10, 3, 4, warn=warnings.append)
+    assert sorted(done) == [0, 1, 4, 5] and skipped == {6: "x: truncated"}
+    assert float(done[0][0][0, 0]) == 2.0 and done[4][1].shape == (3, 11)
+    assert len(warnings) == 1 and "batch-000000002" in warnings[0]
+    assert sorted(p.name for p in store.dir.iterdir()) == ["batch-000000000.npz", "batch-000000004.npz",
+                                                          "meta.json"]
+    assert store.load(10, 2, 4)[0] == {}  # other view count: shards are not taken for this run
+    store.remove()
+    assert not store.dir.exists()
+
+
+def test_kill_point_is_inert_without_the_env(monkeypatch):
+    monkeypatch.delenv("FASTALL_TEST_KILL_AT", raising=False)
+    monkeypatch.delenv("FASTALL_TEST_PAUSE_AT", raising=False)
+    fc.kill_point("shard")
