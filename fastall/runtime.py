@@ -1,0 +1,122 @@
+"""Fast inference backbones: the same frozen network run at a chosen precision.
+
+``fp32`` is the reference. ``bf16``/``fp16`` run under autocast; ``int8`` is static post-training quantisation
+(torch.ao fx, x86/oneDNN kernels, CPU only) calibrated on real images. On CPU the result is traced and frozen
+with TorchScript, which folds batch norm and fuses convolutions with their activations (oneDNN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fastall.errors import FastallError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise FastallError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and device.type != "cpu":
+        raise FastallError(f"int8 runs on the CPU only (x86 kernels); on {device.type} use bf16 or fp16")
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context of a half precision, or a no-op."""
+    dtype = _AUTOCAST.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+class Runtime(nn.Module):
+    """Normalised float ``[B, 3, S, S]`` -> float32 features ``[B, D]`` at one precision."""
+
+    def __init__(self, module: Callable, precision: str, device: torch.device, channels_last: bool) -> None:
+        super().__init__()
+        self.module, self.precision, self.device = module, precision, device
+        self.channels_last = channels_last
+        self.int8_state: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, self.device):
+            return self.module(x).float()
+
+
+def build_runtime(backbone: nn.Module, precision: str = "fp32", *, device: torch.device | str = "cpu",
+                  example: torch.Tensor | None = None, calibration: torch.Tensor | None = None,
+                  int8_state: dict | None = None, jit: bool = True) -> Runtime:
+    """Wrap ``backbone`` (left untouched) for fast inference at ``precision``.
+
+    ``example`` (normalised ``[1, 3, S, S]``) is needed for tracing; int8 also needs ``calibration``
+    (normalised ``[K, 3, S, S]``) or a saved ``int8_state``.
+    """
+    device = torch.device(device)
+    check_precision(precision, device)
+    state = None
+    if precision == "int8":
+        module = quantize_int8(backbone, example, calibration=calibration, state=int8_state)
+        state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in module.state_dict().items()}
+        channels_last = False
+    else:
+        module = copy.deepcopy(backbone).to(device).eval().requires_grad_(False)
+        module = module.to(memory_format=torch.channels_last)
+        channels_last = True
+    if jit and device.type == "cpu" and example is not None:
+        module = _freeze(module, example, precision, channels_last)
+    runtime = Runtime(module, precision, device, channels_last).eval()
+    runtime.int8_state = state
+    return runtime
+
+
+def quantize_int8(backbone: nn.Module, example: torch.Tensor | None, *,
+                  calibration: torch.Tensor | None = None, state: dict | None = None) -> nn.Module:
+    """Static int8 quantisation (per-channel weights, histogram-calibrated activations), x86 backend."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if example is None or (calibration is None and state is None):
+        raise FastallError("int8 needs an example input and calibration images (or a saved int8 state)")
+    torch.backends.quantized.engine = "x86"
+    model = copy.deepcopy(backbone).cpu().eval().requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (example.cpu(),))
+        if state is None:
+            with torch.no_grad():
+                for chunk in calibration.cpu().split(8):
+                    prepared(chunk)
+        quantized = convert_fx(prepared)
+    if state is not None:
+        try:
+            quantized.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0]
+            raise FastallError(f"saved int8 state does not fit the backbone: {first}") from None
+    return quantized
+
+
+def _freeze(module: nn.Module, example: torch.Tensor, precision: str, channels_last: bool) -> nn.Module:
+    x = example.cpu()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad(), autocast(precision, "cpu"):
+            frozen = torch.jit.freeze(torch.jit.trace(module, x, check_trace=False))
+            if precision == "fp32":
+                frozen = torch.jit.optimize_for_inference(frozen)
+            for _ in range(2):  # the first calls specialise and fuse the graph
+                frozen(x)
+    return frozen

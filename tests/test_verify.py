@@ -1,0 +1,124 @@
+"""`fastall verify`: passes on a real synthetic run, fails on a swapped head or swapped weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from e2e_helpers import cache_with, copy_run, shared_run
+
+from fastall.cli import cli
+from fastall.verify import pick_images, verify_run
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    return shared_run(tmp_path_factory)
+
+
+def _verify(*args: str):
+    return CliRunner().invoke(cli, ["verify", *args])
+
+
+def test_verify_passes_on_a_synthetic_run(e2e):
+    result = _verify(str(e2e.run), "--images", "8", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passed"]
+    assert [c["name"] for c in report["checks"]] == ["view 0", "recorded probs", "view 1 augmented"]
+    for check in report["checks"]:
+        assert check["agreement"] == 1.0 and check["max_dprob"] <= 1e-2 and check["images"] == 8
+    assert "half precision" in report["rule"]  # the cache stores float16
+
+
+def test_verify_table_and_faster_precision(e2e):
+    result = _verify(str(e2e.run), "--images", "4", "--precision", "bf16")
+    assert result.exit_code in (0, 1), result.output
+    assert "view 0" in result.output and "bf16 vs fp32" in result.output
+
+
+def test_verify_fails_with_a_head_swapped_in_from_another_run(e2e, tmp_path):
+    from fastall.train import train_head
+
+    train_head(e2e.cache, tmp_path / "other", folds=3, test="none", epochs=3, lr=3e-3, seed=7, device="cpu",
+               progress=False)
+    run = copy_run(e2e, tmp_path / "run")
+    shutil.copy(tmp_path / "other" / "head.pt", run / "head.pt")
+    result = _verify(str(run), "--images", "8")
+    assert result.exit_code == 1, result.output
+    assert "verify failed: recorded probs" in result.output and "Traceback" not in result.output
+
+
+def test_verify_refuses_swapped_weights(e2e, tmp_path):
+    from fastall.backbone import load_backbone
+
+    other, _ = load_backbone("none", seed=1)
+    torch.save(other.state_dict(), tmp_path / "other.pth")
+    result = _verify(str(e2e.run), "--weights-path", str(tmp_path / "other.pth"))
+    assert result.exit_code == 1
+    assert "sha256" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_verify_fails_numerically_when_weights_lie_about_their_sha(e2e, monkeypatch):
+    import fastall.model as model_mod
+
+    real = model_mod.load_backbone
+
+    def impostor(weights, seed=0):
+        _, info = real(weights, seed=seed)
+        backbone, _ = real(weights, seed=seed + 1)
+        return backbone, info
+
+    monkeypatch.setattr(model_mod, "load_backbone", impostor)
+    report = verify_run(e2e.run, images=8)
+    assert not report.passed
+    assert report.checks[0].max_dprob > 1e-2 or report.checks[0].agreement < 1
+
+
+def test_verify_refuses_a_mismatched_cache(e2e, tmp_path):
+    other = cache_with(e2e, tmp_path / "other.h5", image_size=64)
+    result = _verify(str(e2e.run), "--cache", str(other))
+    assert result.exit_code == 1
+    assert "image_size: 32 -> 64" in result.output
+
+
+def test_verify_needs_the_data_root(e2e, tmp_path):
+    moved = cache_with(e2e, tmp_path / "moved.h5")
+    import h5py
+
+    with h5py.File(moved, "a") as f:
+        f.attrs["data_root"] = str(tmp_path / "gone")
+    result = _verify(str(e2e.run), "--cache", str(moved), "--images", "4")
+    assert result.exit_code == 1 and "--data" in result.output
+    result = _verify(str(e2e.run), "--cache", str(moved), "--images", "4", "--data", str(e2e.data))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("bad", ["missing", "text", "wrong-format"])
+def test_verify_refuses_what_is_not_a_run(tmp_path, bad):
+    run = tmp_path / "run"
+    run.mkdir()
+    if bad == "text":
+        (run / "head.pt").write_text("not a head")
+    elif bad == "wrong-format":
+        torch.save({"format": "something-else"}, run / "head.pt")
+    result = _verify(str(run))
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
+
+
+def test_pick_images_covers_every_class():
+    import numpy as np
+
+    labels = np.array([0] * 10 + [1] * 3 + [-1] * 5)
+    chosen = pick_images(labels, 8)
+    assert set(labels[chosen]) == {0, 1} and (labels[chosen] == 1).sum() == 3
+
+
+def test_verify_accepts_a_head_file_path(e2e):
+    report = verify_run(Path(e2e.run) / "head.pt", images=4)
+    assert report.passed
