@@ -3,7 +3,8 @@
 Parameters are a pure function of ``(seed, image index, view index)``, so features never depend on batch
 size, worker count, device or resume point. View 0 is the identity and reproduces its input bit for bit.
 Geometry runs through per-sample affine grids (``affine_grid``/``grid_sample``, black fill), so a whole batch
-of independently augmented images costs one kernel launch per operation, on the GPU where there is one.
+of independently augmented images costs one kernel launch per operation, on the GPU where there is one, and
+nothing waits for the device (no host synchronisation).
 """
 
 from __future__ import annotations
@@ -109,12 +110,9 @@ def apply_view_params(x01: torch.Tensor, params: torch.Tensor | np.ndarray) -> t
     x = x01.float()
     geometric = ((p[:, _P["hflip"]] > 0.5) | (p[:, _P["vflip"]] > 0.5)
                  | (p[:, _P["angle"]] != 0) | (p[:, _P["scale"]] != 1))
-    rows = geometric.nonzero().squeeze(1)
-    if rows.numel():
-        sub = x.index_select(0, rows)
-        grid = F.affine_grid(_affine_theta(p.index_select(0, rows)), list(sub.shape), align_corners=False)
-        warped = F.grid_sample(sub, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        x = x.index_copy(0, rows, warped)
+    grid = F.affine_grid(_affine_theta(p), list(x.shape), align_corners=False)
+    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = torch.where(geometric[:, None, None, None], warped, x)  # no host sync; identity rows stay exact
     x = (x * p[:, _P["brightness"], None, None, None]).clamp(0, 1)
     gray = sum(w * x[:, c] for c, w in enumerate(_GRAY))
     mean = gray.mean(dim=(-2, -1), keepdim=True)[:, None]
