@@ -29,7 +29,8 @@ import torchvision
 
 from fastall.backbone import load_backbone
 from fastall.data import discover
-from fastall.extract import AMP_DTYPES, CHUNK, _Images, extract
+from fastall.extract import AMP_DTYPES, extract
+from fastall.featurize import CHUNK, ImageViews
 from fastall.synth import synthesize
 
 UNIQUE_IMAGES = 240  # rendered by synthesize; the rest are hard links to them (decode cost is the same)
@@ -97,7 +98,7 @@ def model_alone(device: torch.device, batch: int, size: int, amp: torch.dtype | 
 
 def decode_only(data: Path, size: int, views: int, batch: int, workers: int, pin: bool) -> dict:
     records = discover(data, include=()).records
-    loader = torch.utils.data.DataLoader(_Images(records, list(range(len(records))), size, 0, views),
+    loader = torch.utils.data.DataLoader(ImageViews(records, list(range(len(records))), size, 0, views),
                                          batch_size=min(batch, CHUNK), num_workers=workers, pin_memory=pin,
                                          prefetch_factor=4 if workers else None)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The cache module: atomic writer, validating reader, zero-copy accessors, the lock and partial shards."""
+"""The cache: atomic writer, validating reader, zero-copy accessors; the lock and partial shards."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fastall import cache as fc
+from fastall import partial
 from fastall.errors import CacheError
 
 KEY = {"backbone": "resnet50", "weights": "none", "image_size": 32, "views": 2, "seed": 0}
@@ -104,27 +105,27 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
     target = tmp_path / "c.h5"
-    with fc.cache_lock(target) as lock:
+    with partial.cache_lock(target) as lock:
         holder = json.loads(lock.read_text())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname() and holder["started"]
-        with pytest.raises(CacheError, match=f"pid {os.getpid()}"), fc.cache_lock(target):
+        with pytest.raises(CacheError, match=f"pid {os.getpid()}"), partial.cache_lock(target):
             pass
     assert not lock.exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
     lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}))
     warnings: list[str] = []
-    with fc.cache_lock(target, warn=warnings.append):
+    with partial.cache_lock(target, warn=warnings.append):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert warnings and "stale lock" in warnings[0]
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then"}))
-    with pytest.raises(CacheError, match="host elsewhere"), fc.cache_lock(target):
+    with pytest.raises(CacheError, match="host elsewhere"), partial.cache_lock(target):
         pass
 
 
 def test_partial_store_roundtrip_and_recovery(tmp_path):
-    store = fc.PartialStore(tmp_path / "c.h5")
+    store = partial.PartialStore(tmp_path / "c.h5")
     assert store.meta() is None
-    store.start(KEY)
+    store.start(fc.cache_key(KEY), KEY)
     assert store.meta()["key"] == fc.cache_key(KEY)
     feats = np.ones((2, 3, 4), dtype=np.float16)
     store.write_shard(np.array([4, 5]), feats, np.zeros((2, 3, 11)), skipped=[(6, "x: truncated")])
@@ -146,4 +147,4 @@ def test_partial_store_roundtrip_and_recovery(tmp_path):
 def test_kill_point_is_inert_without_the_env(monkeypatch):
     monkeypatch.delenv("FASTALL_TEST_KILL_AT", raising=False)
     monkeypatch.delenv("FASTALL_TEST_PAUSE_AT", raising=False)
-    fc.kill_point("shard")
+    partial.kill_point("shard")
