@@ -35,3 +35,19 @@ class Head(nn.Module):
     def config(self) -> dict:
         return {"in_features": self.in_features, "hidden": self.hidden, "dropout": self.dropout_p,
                 "classes": self.classes}
+
+
+def head_state_dict(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, *,
+                    mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A :class:`Head` state dict from the training engine's layout (``w1 [D, H]``, ``w2 [H, K]``)."""
+    return {"mean": mean.reshape(-1).float().clone(), "std": std.reshape(-1).float().clone(),
+            "fc1.weight": w1.t().float().contiguous(), "fc1.bias": b1.reshape(-1).float().clone(),
+            "fc2.weight": w2.t().float().contiguous(), "fc2.bias": b2.reshape(-1).float().clone()}
+
+
+def head_from_state_dict(state: dict[str, torch.Tensor], dropout: float = 0.5) -> Head:
+    """Rebuild a :class:`Head` (sizes read from the state dict) and load it."""
+    hidden, in_features = state["fc1.weight"].shape
+    head = Head(in_features, hidden, dropout, state["fc2.weight"].shape[0])
+    head.load_state_dict(state)
+    return head

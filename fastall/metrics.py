@@ -46,7 +46,7 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray, classes: int | 
         "recall": float(recall_score(y_true, y_pred, zero_division=0, **avg)),
         "f1": float(f1_score(y_true, y_pred, zero_division=0, **avg)),
         "auc": _auc(y_true, prob, labels),
-        "log_loss": float(log_loss(y_true, np.clip(prob, 1e-7, 1.0), labels=labels)) if y_true.size
+        "log_loss": float(log_loss(y_true, prob, labels=labels)) if y_true.size
         else math.nan,
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
