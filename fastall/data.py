@@ -106,14 +106,19 @@ class Dataset:
         return dict(sorted(Counter(r.patient for r in self.labelled()).items()))
 
     def source_counts(self) -> dict[str, dict]:
-        """Per source: images, labelled patients and images per class."""
+        """Per source: images, labelled patients, unlabelled images, and images and patients per class."""
         out: dict[str, dict] = {}
         for source in self.sources:
             recs = [r for r in self.records if r.source == source]
             per_class = Counter(r.class_name for r in recs if r.label >= 0)
-            out[source] = {"images": len(recs), "patients": len({r.patient for r in recs if r.label >= 0}),
+            patients = defaultdict(set)
+            for r in recs:
+                if r.label >= 0:
+                    patients[r.class_name].add(r.patient)
+            out[source] = {"images": len(recs), "patients": sum(len(p) for p in patients.values()),
                            "unlabelled": sum(r.label < 0 for r in recs),
-                           "per_class": {c: per_class.get(c, 0) for c in self.class_names}}
+                           "per_class": {c: per_class.get(c, 0) for c in self.class_names},
+                           "patients_per_class": {c: len(patients.get(c, ())) for c in self.class_names}}
         return out
 
     def check(self, *, training: bool = True) -> None:

@@ -223,9 +223,10 @@ def _render_all(root: Path, items: list[_Item], size: int, seed: int, progress: 
     batch = max(1, _PIXELS_PER_BATCH // (size * size))
     bar = None
     if progress:
+        from rich.console import Console
         from rich.progress import Progress
 
-        bar = Progress(transient=True)
+        bar = Progress(transient=True, console=Console(stderr=True))
         bar.start()
         task = bar.add_task("synthesising", total=len(items))
     try:
