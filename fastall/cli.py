@@ -160,7 +160,8 @@ def extract(data: str, out: str, views: int, image_size: int, weights: str, devi
                           amp=amp, amp_dtype=amp_dtype, batch_size=batch_size, workers=workers, seed=seed,
                           include=_csv(include), overwrite=overwrite, skip_bad=skip_bad,
                           patient_regex=patient_regex, progress=True,
-                          warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False))
+                          warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False,
+                                                         soft_wrap=True))
     for line in describe(summary):
         click.echo(line)
 

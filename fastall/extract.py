@@ -98,8 +98,8 @@ def key_params_for(*, info: Any, image_size: int, views: int, seed: int, amp: bo
 def _check_args(views: int, image_size: int, seed: int, batch_size: int | None, workers: int | None,
                 amp_dtype: str) -> None:
     checks = [(views < 1, f"--views must be at least 1, got {views}"),
-              (image_size < 32, f"--image-size must be at least 32, got {image_size}"),
-              (seed < 0, f"--seed must be non-negative, got {seed}"),
+              (not 32 <= image_size <= 2048, f"--image-size must be 32..2048, got {image_size}"),
+              (not 0 <= seed < 2**63, f"--seed must be in 0..2**63-1, got {seed}"),
               (batch_size is not None and batch_size < 1, f"--batch-size must be >= 1, got {batch_size}"),
               ((workers or 0) < 0, f"--workers must be non-negative, got {workers}"),
               (amp_dtype not in AMP_DTYPES, f"--amp-dtype must be bf16 or fp16, got {amp_dtype!r}")]
@@ -167,6 +167,11 @@ def extract(data: str | Path, out: str | Path, *, views: int = 8, image_size: in
         raise FastallError(f"--out {out}: folder {out.parent} does not exist")
     include = tuple(include)
     ds = discover(data, patient_regex=patient_regex, **({"include": include} if include else {}))
+    fatal = ds.fatal_problems
+    if fatal:
+        first = "; ".join(str(p) for p in fatal[:3])
+        raise FastallError(f"{len(fatal)} fatal problem(s) in {ds.root}: {first}"
+                           f"{' ...' if len(fatal) > 3 else ''} (`fastall scan {ds.root}` lists them all)")
     ds.check(training=False)
     for message in ds.warnings + [str(p) for p in ds.problems]:
         note(message)
@@ -200,7 +205,6 @@ def extract(data: str | Path, out: str | Path, *, views: int = 8, image_size: in
                  seed=seed, amp=AMP_DTYPES[amp_dtype] if amp else None, batch_size=batch_size,
                  workers=workers, skip_bad=skip_bad, progress=progress)
         summary.loop_seconds = time.perf_counter() - loop_start
-        summary.computed = len(todo)
         kill_point("finalize")
         provenance = _provenance(dev, info, batch_size, workers, data)
         _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)
@@ -208,6 +212,7 @@ def extract(data: str | Path, out: str | Path, *, views: int = 8, image_size: in
         store.remove()
     final = read_cache(out, load_features=False)
     summary.images, summary.skipped = final.n_images, final.skipped
+    summary.computed = final.n_images - summary.resumed
     summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
     return summary
 
@@ -234,11 +239,12 @@ def _finalize(store: PartialStore, out: Path, records: list[Record], class_names
     features = np.stack([done[i][0] for i in rows])
     params = np.stack([done[i][1] for i in rows])
     picked = [records[i] for i in rows]
+    skipped = [(records[i].rel_path, bad[i].removeprefix(f"{records[i].path}: ")) for i in sorted(bad)]
     write_cache(out, features=features, labels=np.array([r.label for r in picked], dtype=np.int64),
                 class_names=class_names, patients=[r.patient for r in picked],
                 paths=[r.rel_path for r in picked], sources=[r.source for r in picked], view_params=params,
                 view_param_names=list(VIEW_PARAM_NAMES), key_params=key_params, provenance=provenance,
-                skipped=[(records[i].rel_path, bad[i]) for i in sorted(bad)])
+                skipped=skipped)
 
 
 def describe(summary: ExtractSummary) -> list[str]:

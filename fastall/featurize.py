@@ -121,26 +121,33 @@ def run(model: torch.nn.Module, records: list[Record], todo: list[int], store: P
     model = model.to(dev)
     autocast = torch.autocast(device_type=dev.type, dtype=amp or torch.float32, enabled=amp is not None)
     writer = _Writer(store)
-    try:
-        with _progress(len(todo), enabled=progress) as advance, torch.inference_mode():
-            for x, params, indices, errors in _batches(loader, batch_size, dev):
-                bad = [k for k, e in enumerate(errors) if e]
-                if bad and not skip_bad:
-                    raise FastallError(f"{errors[bad[0]]} (use --skip-bad to skip unreadable images)")
-                skipped = [(int(indices[k]), errors[k]) for k in bad]
-                if bad:
-                    keep = torch.tensor([k for k in range(len(errors)) if not errors[k]], dtype=torch.long)
-                    x, params, indices = x[keep.to(dev)], params[keep], indices[keep]
-                feats = torch.empty(len(indices), views, dim, dtype=torch.float16, device=dev)
-                p = params.to(dev, non_blocking=True)
-                for v in range(views if len(indices) else 0):
-                    xv = preprocess(x, size, IMAGENET_MEAN, IMAGENET_STD, p[:, v] if v else None)
-                    feats[:, v] = _forward(model, xv, autocast).to(torch.float16)
-                writer.submit(indices.numpy(), feats, params.numpy(), skipped, advance)
-    except BaseException:
-        writer.close(raise_errors=False)
-        raise
-    writer.close()
+    with _progress(len(todo), enabled=progress) as advance:
+        try:
+            with torch.inference_mode():
+                for x, params, indices, errors in _batches(loader, batch_size, dev):
+                    bad = [k for k, e in enumerate(errors) if e]
+                    if bad and not skip_bad:
+                        raise FastallError(f"{errors[bad[0]]} (use --skip-bad to skip unreadable images)")
+                    skipped = [(int(indices[k]), errors[k]) for k in bad]
+                    if bad:
+                        keep = torch.tensor([k for k, e in enumerate(errors) if not e], dtype=torch.long)
+                        x, params, indices = x[keep.to(dev)], params[keep], indices[keep]
+                    feats = _views(model, x, params.to(dev, non_blocking=True), size, views, dim, autocast)
+                    writer.submit(indices.numpy(), feats, params.numpy(), skipped, advance)
+        except BaseException:
+            writer.close(raise_errors=False)
+            raise
+        writer.close()
+
+
+def _views(model: torch.nn.Module, x: torch.Tensor, p: torch.Tensor, size: int, views: int, dim: int,
+           autocast: Any) -> torch.Tensor:
+    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]``."""
+    feats = torch.empty(x.shape[0], views, dim, dtype=torch.float16, device=x.device)
+    for v in range(views if x.shape[0] else 0):
+        xv = preprocess(x, size, IMAGENET_MEAN, IMAGENET_STD, p[:, v] if v else None)
+        feats[:, v] = _forward(model, xv, autocast).to(torch.float16)
+    return feats
 
 
 def _batches(loader: DataLoader, batch_size: int, dev: torch.device) -> Iterator[tuple]:
