@@ -347,6 +347,34 @@ def train_head_cmd(cache: str, out: str, folds: int, test: str, holdout: float, 
     print_run_summary(result, console)
 
 
+# ---- sweep (issue 6) ------------------------------------------------------------------------------------
+
+@cli.command(name="sweep")
+@click.argument("cache", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Sweep folder.")
+@click.option("--grid", default=None,
+              help="name=v1,v2 ... (full product); with --random, name=low:high ranges too. "
+                   "Names: lr weight_decay dropout hidden epochs batch_size patience plateau_factor "
+                   "plateau_patience class_weight standardize.")
+@click.option("--random", "random_n", type=int, default=None, help="Sample N configurations from the grid.")
+@click.option("--folds", type=int, default=5, show_default=True, help="Patient-level CV folds.")
+@click.option("--metric", type=click.Choice(["auc", "accuracy", "f1"]), default="auc", show_default=True)
+@click.option("--test", type=click.Choice(["holdout", "prelim", "none"]), default="holdout",
+              show_default=True, help="Test set left out of the sweep (as in train-head).")
+@click.option("--holdout", type=float, default=0.1, show_default=True, help="Fraction of images held out.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing sweep folder.")
+def sweep_cmd(cache: str, out: str, grid: str | None, random_n: int | None, folds: int, metric: str,
+              test: str, holdout: float, seed: int, device: str, overwrite: bool) -> None:
+    """Train many head configurations on the same patient-level folds at once, ranked by a metric."""
+    from fastall.sweep import print_sweep, sweep
+
+    result = sweep(cache, out, grid=grid, random=random_n, folds=folds, metric=metric, test=test,
+                   holdout=holdout, seed=seed, device=device, overwrite=overwrite, console=console)
+    print_sweep(result, console)
+
+
 def main() -> None:
     cli.main(prog_name="fastall")
 

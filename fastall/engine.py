@@ -544,6 +544,22 @@ class Stack:
         return out
 
 
+def _sub_progress(progress: Callable | None, group: int, groups: int, done: float,
+                  weight: float) -> Callable[[int, int], None] | None:
+    """Report a stack's epochs as the fraction of its shape group done: ``progress(group, groups, f, 1)``."""
+    if progress is None:
+        return None
+    return lambda epoch, epochs: progress(group, groups, done + weight * epoch / epochs, 1)
+
+
+def max_configs_per_stack(device: torch.device, folds: int, dim: int, hidden: int) -> int:
+    """Configurations per stack so that parameters, gradients and Adam state stay within a memory budget
+    (2 GB on a CPU, half the free memory on CUDA); heads are independent, so splitting changes nothing."""
+    budget = torch.cuda.mem_get_info(device)[0] * 0.5 if device.type == "cuda" else 2e9
+    per_config = folds * dim * hidden * 4 * 6
+    return max(1, int(budget // per_config))
+
+
 def default_chunk(device: torch.device, heads: int, dim: int, hidden: int) -> int:
     """Heads trained together per step: all on CUDA (memory permitting); on a CPU one head at a time keeps its
     parameters and Adam state in the last-level cache."""
@@ -559,8 +575,8 @@ def train_stacks(data: StackData, configs: Sequence[HeadConfig], *, seed: int = 
                  progress: Callable[[int, int, int, int], None] | None = None) -> list[HeadResult]:
     """Train every configuration on every fold (and a final head on the whole pool when ``final``).
 
-    Configurations of one shape (hidden, batch size) form one stack; stacks run one after the other.
-    ``progress(stack, stacks, epoch, epochs)`` is called after each epoch.
+    Configurations of one shape (hidden, batch size) form one stack (split if memory demands); stacks run
+    one after the other. ``progress(group, groups, done, total)`` is called after each epoch.
     """
     configs = [c.check() for c in configs]
     row_sets = [tr for tr, _ in data.folds] + ([data.pool] if final else [])
@@ -570,10 +586,13 @@ def train_stacks(data: StackData, configs: Sequence[HeadConfig], *, seed: int = 
         shapes.setdefault(cfg.shape, []).append((i, cfg))
     results: list[HeadResult] = []
     for g, group in enumerate(shapes.values()):
-        heads = len(group) * len(row_sets)
-        size = chunk or default_chunk(data.features.device, heads, data.dim, group[0][1].hidden)
-        stack = Stack(data, group, final=final, seed=seed, precision=precision, stats=stats, chunk=size)
-        stack.train(None if progress is None else lambda e, n, g=g: progress(g, len(shapes), e, n))
-        results.extend(stack.results(tta))
-        del stack
+        per_stack = max_configs_per_stack(data.features.device, len(row_sets), data.dim, group[0][1].hidden)
+        for start in range(0, len(group), per_stack):
+            part = group[start:start + per_stack]
+            heads = len(part) * len(row_sets)
+            size = chunk or default_chunk(data.features.device, heads, data.dim, part[0][1].hidden)
+            stack = Stack(data, part, final=final, seed=seed, precision=precision, stats=stats, chunk=size)
+            stack.train(_sub_progress(progress, g, len(shapes), start / len(group), len(part) / len(group)))
+            results.extend(stack.results(tta))
+            del stack
     return sorted(results, key=lambda r: (r.config, r.fold))

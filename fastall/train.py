@@ -139,7 +139,7 @@ class _epoch_progress:
         self.bar = Progress(console=self.console or Console(stderr=True), transient=True)
         self.bar.__enter__()
         self.task = self.bar.add_task("training heads", total=self.epochs)
-        return lambda group, groups, epoch, epochs: self.bar.update(self.task, completed=epoch, total=epochs)
+        return lambda group, groups, done, total: self.bar.update(self.task, completed=done, total=total)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
