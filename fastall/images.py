@@ -101,7 +101,7 @@ def decode_image(path: str | Path) -> torch.Tensor:
             raise _fail(path, f"truncated or corrupt image ({err})") from None
         except Exception as err:  # Pillow plug-ins raise many types on bad input
             raise _fail(path, f"cannot decode ({type(err).__name__}: {err})") from None
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 
 def _oriented(im: Image.Image) -> Image.Image:

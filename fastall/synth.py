@@ -300,7 +300,8 @@ def _render(p: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> np
     def outline(radius: np.ndarray, dx: np.ndarray, dy: np.ndarray, amp: str, phase: str) -> np.ndarray:
         theta = np.arctan2(dy, dx)
         wobble = sum(col(amp, j) * np.cos(o * theta + col(phase, j)) for j, o in enumerate(_WOBBLE_ORDERS))
-        return np.clip((radius * (1 + wobble) - np.sqrt(dx * dx + dy * dy)) * np.float32(size / 2) + 0.5, 0, 1)
+        inside = radius * (1 + wobble) - np.sqrt(dx * dx + dy * dy)
+        return np.clip(inside * np.float32(size / 2) + 0.5, 0, 1)
 
     g = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     x, y = g[None, None, :], g[None, :, None]

@@ -1,0 +1,170 @@
+"""decode_image on a corpus of bad and odd files made here: conversions, EXIF, bombs, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastall import images
+from fastall.errors import FastallError
+from fastall.images import BadImageError, decode_image
+from fastall.synth import _bmp_bytes
+
+
+@pytest.fixture(autouse=True)
+def _default_limit(monkeypatch):
+    monkeypatch.delenv(images.MAX_PIXELS_ENV, raising=False)
+    yield
+    images.set_max_pixels(None)
+
+
+def _rgb(h: int = 6, w: int = 5) -> np.ndarray:
+    return np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3) * 3
+
+
+def _bad(path, fragment: str) -> str:
+    with pytest.raises(BadImageError) as info:
+        decode_image(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and fragment in message and "\n" not in message
+    assert isinstance(info.value, FastallError)
+    return message
+
+
+def test_bmp_round_trip_and_pillow_agree(tmp_path):
+    arr = _rgb(7, 5)
+    (tmp_path / "a.bmp").write_bytes(_bmp_bytes(arr))
+    out = decode_image(tmp_path / "a.bmp")
+    assert out.dtype == torch.uint8 and out.shape == (3, 7, 5)
+    assert np.array_equal(out.permute(1, 2, 0).numpy(), arr)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.bmp")), arr)
+
+
+def test_content_not_extension(tmp_path):
+    Image.fromarray(_rgb()).save(tmp_path / "png inside.bmp", format="PNG")
+    assert np.array_equal(decode_image(tmp_path / "png inside.bmp").permute(1, 2, 0).numpy(), _rgb())
+    Image.fromarray(_rgb()).save(tmp_path / "ünïcode çell ✓.tif")
+    assert decode_image(tmp_path / "ünïcode çell ✓.tif").shape == (3, 6, 5)
+
+
+def test_one_pixel(tmp_path):
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(tmp_path / "one.bmp")
+    assert decode_image(tmp_path / "one.bmp").flatten().tolist() == [10, 20, 30]
+
+
+def test_grayscale_palette_and_cmyk(tmp_path):
+    Image.fromarray(np.full((3, 4), 77, np.uint8), "L").save(tmp_path / "g.bmp")
+    assert (decode_image(tmp_path / "g.bmp") == 77).all()
+    pal = Image.new("P", (4, 3))
+    pal.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    pal.putpixel((1, 1), 1)
+    pal.save(tmp_path / "p.bmp")
+    out = decode_image(tmp_path / "p.bmp")
+    assert out[:, 1, 1].tolist() == [200, 100, 50] and out[:, 0, 0].tolist() == [0, 0, 0]
+    Image.new("CMYK", (2, 2), (0, 0, 0, 0)).save(tmp_path / "c.jpg")
+    assert decode_image(tmp_path / "c.jpg").shape == (3, 2, 2)
+    Image.new("1", (3, 3), 1).save(tmp_path / "b.png")
+    assert (decode_image(tmp_path / "b.png") == 255).all()
+
+
+def test_alpha_composited_on_black(tmp_path):
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[..., 3] = [[0, 128, 255], [255, 255, 0]]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = decode_image(tmp_path / "a.png")
+    assert out[0].tolist() == [[0, 100, 200], [200, 200, 0]] and (out[0] == out[2]).all()
+    Image.fromarray(np.full((2, 2, 2), 255, np.uint8), "LA").save(tmp_path / "la.png")
+    assert (decode_image(tmp_path / "la.png") == 255).all()
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    pal.putpixel((1, 0), 1)
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "pt.png", transparency=0)
+    out = decode_image(tmp_path / "pt.png")
+    assert out[:, 0, 0].tolist() == [0, 0, 0] and out[:, 0, 1].tolist() == [0, 255, 0]
+
+
+def test_sixteen_bit_scaled(tmp_path):
+    values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "i16.png")
+    assert Image.open(tmp_path / "i16.png").mode in ("I;16", "I")
+    assert decode_image(tmp_path / "i16.png")[0].tolist() == [[0, 100, 255]]
+    Image.fromarray(values).save(tmp_path / "i16.tif")
+    assert decode_image(tmp_path / "i16.tif")[1].tolist() == [[0, 100, 255]]
+
+
+def test_exif_orientation_applied(tmp_path):
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    arr[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    out = decode_image(tmp_path / "rot.jpg")
+    assert out.shape == (3, 40, 20)
+    top, bottom = out[:, :15].float().mean((1, 2)), out[:, -15:].float().mean((1, 2))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+
+
+def test_decompression_bomb_refused(tmp_path, monkeypatch):
+    Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
+    images.set_max_pixels(399)
+    msg = _bad(tmp_path / "big.png", "400 pixels is over the limit of 399")
+    assert "FASTALL_MAX_PIXELS" in msg
+    images.set_max_pixels(400)
+    assert decode_image(tmp_path / "big.png").shape == (3, 20, 20)
+    images.set_max_pixels(None)
+    monkeypatch.setenv(images.MAX_PIXELS_ENV, "100")
+    _bad(tmp_path / "big.png", "over the limit of 100")
+    monkeypatch.setenv(images.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(FastallError, match="FASTALL_MAX_PIXELS must be"):
+        decode_image(tmp_path / "big.png")
+    monkeypatch.setenv(images.MAX_PIXELS_ENV, "200000000")
+    assert images.get_max_pixels() == 200_000_000
+    assert decode_image(tmp_path / "big.png").shape == (3, 20, 20)
+
+
+def test_empty_truncated_and_not_images(tmp_path):
+    (tmp_path / "zero.bmp").write_bytes(b"")
+    _bad(tmp_path / "zero.bmp", "empty file (0 bytes)")
+    data = _bmp_bytes(_rgb(40, 40))
+    (tmp_path / "cut.bmp").write_bytes(data[: len(data) // 2])
+    _bad(tmp_path / "cut.bmp", "truncated")
+    (tmp_path / "header only.bmp").write_bytes(data[:20])
+    _bad(tmp_path / "header only.bmp", "")
+    (tmp_path / "text.bmp").write_text("this is not a bitmap\nreally\n")
+    _bad(tmp_path / "text.bmp", "not an image")
+    Image.fromarray(_rgb(64, 64)).save(tmp_path / "cut.png")
+    raw = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(raw[: len(raw) - 40])
+    _bad(tmp_path / "cut.png", "")
+    _bad(tmp_path / "missing.bmp", "file not found")
+    (tmp_path / "folder.bmp").mkdir()
+    _bad(tmp_path / "folder.bmp", "is a folder")
+
+
+def test_symlinks(tmp_path):
+    os.symlink("b.bmp", tmp_path / "a.bmp")
+    os.symlink("a.bmp", tmp_path / "b.bmp")
+    _bad(tmp_path / "a.bmp", "symlink loop")
+    os.symlink("nowhere.bmp", tmp_path / "dangling.bmp")
+    _bad(tmp_path / "dangling.bmp", "broken symlink")
+    (tmp_path / "real.bmp").write_bytes(_bmp_bytes(_rgb()))
+    os.symlink("real.bmp", tmp_path / "link.bmp")
+    assert decode_image(tmp_path / "link.bmp").shape == (3, 6, 5)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read mode-000 files")
+def test_permission_denied(tmp_path):
+    path = tmp_path / "locked.bmp"
+    path.write_bytes(_bmp_bytes(_rgb()))
+    path.chmod(0)
+    try:
+        _bad(path, "permission denied")
+    finally:
+        path.chmod(0o644)
