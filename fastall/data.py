@@ -1,8 +1,7 @@
 """Dataset discovery: the C-NMC 2019 tree or a generic ``root/<class>/**/<image>`` tree, with patient IDs.
 
-Discovery never stops at the first bad file: every problem is collected on ``Dataset.problems`` (each naming
-its file) and the records concerned are left out. ``Dataset.check()`` turns an unusable dataset into one clear
-error.
+Every problem is collected on ``Dataset.problems`` (each naming its file) and its records are left out;
+``Dataset.check()`` turns an unusable dataset into one clear error.
 """
 
 from __future__ import annotations
@@ -67,6 +66,9 @@ class Dataset:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def add_problem(self, path: str | Path, message: str, fatal: bool = False) -> None:
+        self.problems.append(Problem(str(path), message, fatal))
+
     @property
     def fatal_problems(self) -> list[Problem]:
         return [p for p in self.problems if p.fatal]
@@ -76,10 +78,6 @@ class Dataset:
 
     def unlabelled(self) -> list[Record]:
         return [r for r in self.records if r.label < 0]
-
-    def select(self, sources: Iterable[str]) -> list[Record]:
-        wanted = set(sources)
-        return [r for r in self.records if r.source in wanted]
 
     @property
     def sources(self) -> list[str]:
@@ -91,15 +89,11 @@ class Dataset:
 
     def class_counts(self) -> dict[str, int]:
         """Labelled images per class name (every class, zeros included)."""
-        counts = Counter(r.class_name for r in self.labelled())
-        return {c: counts.get(c, 0) for c in self.class_names}
+        return _tally(self.records, self.class_names)["per_class"]
 
     def patient_class_counts(self) -> dict[str, int]:
         """Distinct patients per class name."""
-        per = defaultdict(set)
-        for r in self.labelled():
-            per[r.class_name].add(r.patient)
-        return {c: len(per.get(c, ())) for c in self.class_names}
+        return _tally(self.records, self.class_names)["patients_per_class"]
 
     def patient_counts(self) -> dict[str, int]:
         """Labelled images per patient."""
@@ -107,19 +101,7 @@ class Dataset:
 
     def source_counts(self) -> dict[str, dict]:
         """Per source: images, labelled patients, unlabelled images, and images and patients per class."""
-        out: dict[str, dict] = {}
-        for source in self.sources:
-            recs = [r for r in self.records if r.source == source]
-            per_class = Counter(r.class_name for r in recs if r.label >= 0)
-            patients = defaultdict(set)
-            for r in recs:
-                if r.label >= 0:
-                    patients[r.class_name].add(r.patient)
-            out[source] = {"images": len(recs), "patients": sum(len(p) for p in patients.values()),
-                           "unlabelled": sum(r.label < 0 for r in recs),
-                           "per_class": {c: per_class.get(c, 0) for c in self.class_names},
-                           "patients_per_class": {c: len(patients.get(c, ())) for c in self.class_names}}
-        return out
+        return {s: _tally([r for r in self.records if r.source == s], self.class_names) for s in self.sources}
 
     def check(self, *, training: bool = True) -> None:
         """Raise a one-line ``FastallError`` on fatal problems, no images or (training) one class."""
@@ -139,22 +121,31 @@ class Dataset:
 
     def summary(self) -> dict:
         """JSON-ready counts, warnings and problems (what `fastall scan` shows)."""
-        labelled = self.labelled()
-        images = self.class_counts()
-        patients = self.patient_class_counts()
-        n = len(labelled)
+        total = _tally(self.records, self.class_names)
+        n = total["images"] - total["unlabelled"]
         return {
             "root": str(self.root), "layout": self.layout, "class_names": list(self.class_names),
-            "images": len(self.records), "labelled_images": n, "unlabelled_images": len(self.records) - n,
-            "patients": len(self.patients()),
-            "per_class": {c: {"label": i, "images": images[c], "patients": patients[c],
-                              "fraction": round(images[c] / n, 4) if n else 0.0}
+            "images": total["images"], "labelled_images": n, "unlabelled_images": total["unlabelled"],
+            "patients": total["patients"],
+            "per_class": {c: {"label": i, "images": total["per_class"][c],
+                              "patients": total["patients_per_class"][c],
+                              "fraction": round(total["per_class"][c] / n, 4) if n else 0.0}
                           for i, c in enumerate(self.class_names)},
             "per_source": self.source_counts(),
             "warnings": list(self.warnings),
             "problems": [asdict(p) for p in self.problems],
             "fatal_problems": len(self.fatal_problems),
         }
+
+
+def _tally(records: list[Record], class_names: list[str]) -> dict:
+    labelled = [r for r in records if r.label >= 0]
+    images = Counter(r.class_name for r in labelled)
+    patients = {c: {r.patient for r in labelled if r.class_name == c} for c in class_names}
+    return {"images": len(records), "patients": len({r.patient for r in labelled}),
+            "unlabelled": len(records) - len(labelled),
+            "per_class": {c: images.get(c, 0) for c in class_names},
+            "patients_per_class": {c: len(patients[c]) for c in class_names}}
 
 
 def parse_cnmc_name(name: str) -> tuple[str, str] | None:
@@ -223,13 +214,13 @@ def _walk(top: Path, ds: Dataset) -> Iterator[Path]:
             st = folder.stat()
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                ds.problems.append(Problem(str(folder), "folder reached twice (symlink loop?); skipped"))
+                ds.add_problem(folder, "folder reached twice (symlink loop?); skipped")
                 continue
             seen.add(key)
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
-            ds.problems.append(Problem(str(folder), f"cannot read folder ({err.strerror or err}); skipped"))
+            ds.add_problem(folder, f"cannot read folder ({err.strerror or err}); skipped")
             continue
         subdirs = []
         for entry in entries:
@@ -244,7 +235,7 @@ def _walk(top: Path, ds: Dataset) -> Iterator[Path]:
                     continue
             except OSError:
                 pass
-            ds.problems.append(Problem(entry.path, "broken symlink, symlink loop or special file; skipped"))
+            ds.add_problem(entry.path, "broken symlink, symlink loop or special file; skipped")
         stack.extend(reversed(subdirs))
 
 
@@ -281,8 +272,15 @@ def _rel(ds: Dataset, path: Path) -> str:
     return path.relative_to(ds.root).as_posix()
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+def _images(ds: Dataset, folder: Path) -> list[Path]:
+    """Image files under ``folder``; every other file is a (non-fatal) problem."""
+    images = []
+    for path in _walk(folder, ds):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            ds.add_problem(path, "not an image file; skipped")
+    return images
 
 
 def _discover_cnmc(ds: Dataset, training: Path, base: Path | None, include: set[str]) -> None:
@@ -300,7 +298,7 @@ def _discover_cnmc(ds: Dataset, training: Path, base: Path | None, include: set[
             continue
         for rec in recs:
             others = ", ".join(r.rel_path for r in recs if r is not rec)
-            ds.problems.append(Problem(str(rec.path), f"duplicate image name (also {others})", fatal=True))
+            ds.add_problem(rec.path, f"duplicate image name (also {others})", fatal=True)
     if base is not None and "testing" in include:
         _cnmc_testing(ds, base)
     folds_of = defaultdict(set)
@@ -316,34 +314,29 @@ def _cnmc_fold(ds: Dataset, fold: Path) -> list[tuple[str, Record]]:
     out = []
     subs = {d.name.lower(): d for d in _subdirs(fold)}
     for extra in sorted(set(subs) - {"all", "hem"}):
-        ds.problems.append(Problem(str(subs[extra]), "unexpected folder (not all/ or hem/); skipped"))
+        ds.add_problem(subs[extra], "unexpected folder (not all/ or hem/); skipped")
     for cls in ("all", "hem"):
         folder = subs.get(cls)
         if folder is None:
-            ds.problems.append(Problem(str(fold / cls), "missing class folder", fatal=True))
+            ds.add_problem(fold / cls, "missing class folder", fatal=True)
             continue
-        n_images = 0
-        for path in _walk(folder, ds):
-            if not _is_image(path):
-                ds.problems.append(Problem(str(path), "not an image file; skipped"))
-                continue
-            n_images += 1
+        images = _images(ds, folder)
+        for path in images:
             parsed = parse_cnmc_name(path.name)
             if parsed is None:
-                ds.problems.append(Problem(str(path), f"name does not match {CNMC_PATTERN}; skipped"))
+                ds.add_problem(path, f"name does not match {CNMC_PATTERN}; skipped")
                 continue
             patient, suffix = parsed
             if suffix != cls:
-                ds.problems.append(Problem(str(path), f"name says {suffix} but the file is in the {cls} "
-                                                      "folder", fatal=True))
+                ds.add_problem(path, f"name says {suffix} but the file is in the {cls} folder", fatal=True)
             elif patient.startswith("H") != (cls == "hem"):
-                ds.problems.append(Problem(str(path), f"patient {patient} disagrees with class {cls} (normal "
-                                                      "patients, and only they, carry an H prefix); skipped"))
+                ds.add_problem(path, f"patient {patient} disagrees with class {cls} (normal patients, and "
+                                     "only they, carry an H prefix); skipped")
             else:
                 label = CNMC_CLASSES.index(cls)
                 out.append((path.name, Record(path, _rel(ds, path), label, cls, patient, fold.name)))
-        if n_images == 0:
-            ds.problems.append(Problem(str(folder), "empty class folder (no images)", fatal=True))
+        if not images:
+            ds.add_problem(folder, "empty class folder (no images)", fatal=True)
     return out
 
 
@@ -354,14 +347,14 @@ def _read_csv(ds: Dataset, path: Path) -> list[dict[str, str]] | None:
             columns = [c.strip() for c in reader.fieldnames or []]
             missing = [c for c in CSV_COLUMNS if c not in columns]
             if missing:
-                ds.problems.append(Problem(str(path), f"labels CSV lacks column(s) {', '.join(missing)} "
-                                                      f"(has: {', '.join(columns) or 'none'})", fatal=True))
+                ds.add_problem(path, f"labels CSV lacks column(s) {', '.join(missing)} "
+                                     f"(has: {', '.join(columns) or 'none'})", fatal=True)
                 return None
             return [{(k or "").strip(): v.strip() if isinstance(v, str) else "" for k, v in row.items()}
                     for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         reason = "file not found" if isinstance(err, FileNotFoundError) else str(err).replace("\n", " ")
-        ds.problems.append(Problem(str(path), f"cannot read labels CSV ({reason})", fatal=True))
+        ds.add_problem(path, f"cannot read labels CSV ({reason})", fatal=True)
         return None
 
 
@@ -373,44 +366,36 @@ def _cnmc_prelim(ds: Dataset, base: Path) -> list[tuple[str, Record]]:
     rows = _read_csv(ds, csv_path)
     if rows is None:
         return []
-    files = {}
-    for path in _walk(folder, ds):
-        if _is_image(path):
-            files[path.relative_to(folder).as_posix()] = path
-        else:
-            ds.problems.append(Problem(str(path), "not an image file; skipped"))
+    files = {path.relative_to(folder).as_posix(): path for path in _images(ds, folder)}
     out, seen = [], {}
     for line, row in enumerate(rows, start=2):
         new, original, label = row.get("new_names", ""), row.get("Patient_ID", ""), row.get("labels", "")
-        where = f"row {line}"
+        where = f"row {line} of the labels CSV"
         if not new or new in (".", "..") or "/" in new or "\\" in new or os.path.isabs(new):
-            ds.problems.append(Problem(str(csv_path), f"{where}: new_names {new!r} is not a plain file name "
-                                                      f"in {PRELIM_DIR}", fatal=True))
+            ds.add_problem(csv_path, f"{where}: new_names {new!r} is not a plain file name in {PRELIM_DIR}",
+                           fatal=True)
             continue
         if new in seen:
-            ds.problems.append(Problem(str(csv_path), f"{where}: duplicate row for {new} (first: row "
-                                                      f"{seen[new]})", fatal=True))
+            ds.add_problem(csv_path, f"{where}: duplicate row for {new} (first: row {seen[new]})", fatal=True)
             continue
         seen[new] = line
         path = folder / new
         if label not in ("0", "1"):
-            ds.problems.append(Problem(str(path), f"{where} of the labels CSV: labels must be 0 or 1, got "
-                                                  f"{label!r}", fatal=True))
+            ds.add_problem(path, f"{where}: labels must be 0 or 1, got {label!r}", fatal=True)
             continue
         parsed = parse_cnmc_name(original)
         cls = CNMC_CLASSES[int(label)]
         if parsed is None:
-            ds.problems.append(Problem(str(path), f"{where} of the labels CSV: Patient_ID {original!r} does "
-                                                  f"not match {CNMC_PATTERN}; skipped"))
+            ds.add_problem(path, f"{where}: Patient_ID {original!r} does not match {CNMC_PATTERN}; skipped")
         elif parsed[1] != cls:
-            ds.problems.append(Problem(str(path), f"{where} of the labels CSV: Patient_ID {original} says "
-                                                  f"{parsed[1]} but labels says {label} ({cls})", fatal=True))
+            ds.add_problem(path, f"{where}: Patient_ID {original} says {parsed[1]} but labels says {label}",
+                           fatal=True)
         elif new not in files:
-            ds.problems.append(Problem(str(path), f"{where} of the labels CSV names this file: missing"))
+            ds.add_problem(path, f"{where} names this file: missing")
         else:
             out.append((original, Record(path, _rel(ds, path), int(label), cls, parsed[0], "prelim")))
     for name in sorted(set(files) - set(seen)):
-        ds.problems.append(Problem(str(files[name]), "not listed in the labels CSV; skipped"))
+        ds.add_problem(files[name], "not listed in the labels CSV; skipped")
     return out
 
 
@@ -419,41 +404,32 @@ def _cnmc_testing(ds: Dataset, base: Path) -> None:
     if not folder.is_dir():
         ds.warnings.append(f"no final-phase testing folder ({folder})")
         return
-    for path in _walk(folder, ds):
-        if not _is_image(path):
-            ds.problems.append(Problem(str(path), "not an image file; skipped"))
-            continue
+    for path in _images(ds, folder):
         ds.records.append(Record(path, _rel(ds, path), -1, None, f"unknown:{path.name}", "testing"))
 
 
 def _discover_generic(ds: Dataset, regex: re.Pattern | None) -> None:
     class_dirs = _subdirs(ds.root)
-    names = [d.name for d in class_dirs]
-    if sorted(n.lower() for n in names) == ["all", "hem"]:
+    if sorted(d.name.lower() for d in class_dirs) == ["all", "hem"]:
         class_dirs.sort(key=lambda d: d.name.lower() == "all")
     ds.class_names = [d.name for d in class_dirs]
     try:
-        loose = sorted(p for p in ds.root.iterdir() if p.is_file() and _is_image(p))
+        loose = sorted(p for p in ds.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     except OSError:
         loose = []
     for path in loose:
-        ds.problems.append(Problem(str(path), "image outside any class folder; skipped"))
+        ds.add_problem(path, "image outside any class folder; skipped")
     if not class_dirs:
         ds.warnings.append(f"{ds.root} has no class folders (expected <root>/<class>/<images>)")
     no_rule = 0
     for label, folder in enumerate(class_dirs):
-        n_images = 0
-        for path in _walk(folder, ds):
-            if not _is_image(path):
-                ds.problems.append(Problem(str(path), "not an image file; skipped"))
-                continue
-            n_images += 1
+        images = _images(ds, folder)
+        for path in images:
             rel, inner = _rel(ds, path), path.relative_to(folder).as_posix()
             if regex is not None:
                 m = regex.search(path.name) or regex.search(inner)
                 if not m or not m.group(1):
-                    ds.problems.append(Problem(str(path), f"name does not match --patient-regex "
-                                                          f"{regex.pattern!r}; skipped"))
+                    ds.add_problem(path, f"name does not match --patient-regex {regex.pattern!r}; skipped")
                     continue
                 patient = m.group(1)
             else:
@@ -462,8 +438,8 @@ def _discover_generic(ds: Dataset, regex: re.Pattern | None) -> None:
                     no_rule += 1
                 patient = parsed[0] if parsed else rel
             ds.records.append(Record(path, rel, label, folder.name, patient, folder.name))
-        if n_images == 0:
-            ds.problems.append(Problem(str(folder), "empty class folder (no images)", fatal=True))
+        if not images:
+            ds.add_problem(folder, "empty class folder (no images)", fatal=True)
     if no_rule:
         ds.warnings.append(f"{no_rule} image(s) match no patient rule (no --patient-regex, no C-NMC UID "
                            "name): each is its own group, so patient-level splitting is impossible and "
