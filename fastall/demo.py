@@ -1,4 +1,4 @@
-"""`fastall demo`: synth -> extract -> train-head --folds 5 on built-in synthetic data, in minutes on a CPU."""
+"""`fastall demo`: synth -> extract -> train-head --folds 5 on built-in synthetic data, in minutes."""
 
 from __future__ import annotations
 
@@ -37,11 +37,12 @@ def cached_imagenet_weights(name: str = "imagenet1k_v1") -> Path | None:
 
 
 def run_demo(out: str | Path = "fastall-demo", *, device: str = "auto", seed: int = 0,
-             patients_per_class: int = DEMO_PATIENTS_PER_CLASS, images_per_patient: int = DEMO_IMAGES_PER_PATIENT,
-             image_side: int = DEMO_IMAGE_SIDE, input_size: int = DEMO_INPUT_SIZE, views: int = DEMO_VIEWS,
+             patients_per_class: int = DEMO_PATIENTS_PER_CLASS,
+             images_per_patient: int = DEMO_IMAGES_PER_PATIENT, image_side: int = DEMO_IMAGE_SIDE,
+             input_size: int = DEMO_INPUT_SIZE, views: int = DEMO_VIEWS,
              console: Console | None = None) -> DemoResult:
     """Run the whole product once. Re-running reuses the synthetic data and the cache (extract resumes)."""
-    from fastall.extract import extract
+    from fastall.extract import describe, extract
     from fastall.synth import synthesize
     from fastall.train import print_run_summary, train_head
 
@@ -52,9 +53,9 @@ def run_demo(out: str | Path = "fastall-demo", *, device: str = "auto", seed: in
     t0 = time.perf_counter()
     if not (data / "C-NMC_Leukemia").is_dir():
         console.rule("[bold]1/3 synth[/]: synthetic C-NMC 2019 tree")
-        summary = synthesize(data, patients_per_class=patients_per_class, images_per_patient=images_per_patient,
-                             size=image_side, seed=seed, progress=True)
-        console.print(f"{summary.images} images of {summary.patients} patients in {summary.root}")
+        made = synthesize(data, patients_per_class=patients_per_class, images_per_patient=images_per_patient,
+                          size=image_side, seed=seed, progress=True)
+        console.print(f"{made.images} images of {made.patients} patients in {made.root}")
     else:
         console.rule("[bold]1/3 synth[/]: reusing the synthetic tree in " + str(data))
     seconds["synth"] = time.perf_counter() - t0
@@ -67,8 +68,12 @@ def run_demo(out: str | Path = "fastall-demo", *, device: str = "auto", seed: in
     console.rule(f"[bold]2/3 extract[/]: frozen ResNet-50 ({weights}), {views} views, {input_size} px")
     t0 = time.perf_counter()
     cache = out / "features.h5"
-    extract(data, cache, views=views, image_size=input_size, weights=weights, device=device, seed=seed,
-            overwrite=True)
+    summary = extract(data, cache, views=views, image_size=input_size, weights=weights, device=device,
+                      seed=seed, overwrite=True,
+                      warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False,
+                                                     soft_wrap=True))
+    for line in describe(summary):
+        console.print(line, highlight=False)
     seconds["extract"] = time.perf_counter() - t0
 
     console.rule("[bold]3/3 train-head[/]: patient-level 5-fold CV + holdout test, from the cache")
