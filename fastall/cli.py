@@ -143,7 +143,7 @@ def synth(out: str, patients_per_class: int | None, images_per_patient: int | No
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (autocast).")
 @click.option("--amp-dtype", type=click.Choice(["bf16", "fp16"]), default="bf16", show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Images per forward [256 on GPU, 32 on CPU].")
-@click.option("--workers", type=int, default=None, help="Decoding processes [up to 10 on GPU, 1 on CPU].")
+@click.option("--workers", type=int, default=None, help="Decoding processes [up to 10 on GPU, 0 on CPU].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Augmentation (and random-init) seed.")
 @click.option("--include", default=None, help="Optional sources, e.g. prelim,testing [prelim].")
 @click.option("--overwrite", is_flag=True, help="Replace a cache or partial work made with other settings.")
