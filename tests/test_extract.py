@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -168,8 +169,8 @@ def test_live_lock_refused_naming_pid(data, tmp_path):
     out = tmp_path / "c.h5"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / "c.h5.lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename,
-                                                         "started": "x"}))
+        holder = {"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"}
+        (tmp_path / "c.h5.lock").write_text(json.dumps(holder))
         with pytest.raises(CacheError, match=f"pid {sleeper.pid}"):
             run_extract(data, out)
     finally:
