@@ -36,7 +36,7 @@ def machine_info(device: torch.device | str) -> dict[str, Any]:
     device = torch.device(device)
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_model(),
             "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": device.type, "device_name": _cpu_model(),
+            "device": device.type, "device_name": _cpu_model(), "load_average": list(os.getloadavg()),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
@@ -110,7 +110,7 @@ def latency(model: LeukemiaClassifier, files: Sequence[Path], *, warmup: int, it
     x = torch.randn(1, 3, size, size, device=device)
 
     def model_only(_: int) -> None:
-        model.forward_head(model.runtime(x) if model.runtime is not None else model.backbone(x)).cpu()
+        model.forward_head(model.backbone_features(x)).cpu()
 
     def end_to_end(i: int) -> None:
         image = resize_uint8(decode_image(files[i % len(files)]), size)[None]
@@ -123,17 +123,22 @@ def latency(model: LeukemiaClassifier, files: Sequence[Path], *, warmup: int, it
 @torch.inference_mode()
 def throughput(model: LeukemiaClassifier, files: Sequence[Path], batch_size: int, *, batches: int,
                workers: int) -> dict[str, float]:
-    """Images per second at ``batch_size``: model-only, and end-to-end with ``workers`` decoder processes."""
+    """Images per second at ``batch_size``: model-only, and end-to-end with ``workers`` decoder processes.
+
+    End-to-end is timed from the first batch's arrival (worker start-up excluded) over a stream long enough
+    that batches decoded ahead during the start-up are a small part of it (at least 4 per worker).
+    """
     device, size = model.device, model.image_size
     x = torch.randn(batch_size, 3, size, size, device=device)
 
     def model_only(_: int) -> None:
-        model.forward_head(model.runtime(x) if model.runtime is not None else model.backbone(x)).cpu()
+        model.forward_head(model.backbone_features(x)).cpu()
 
     model_s = _time_calls(model_only, device, 1, batches)
-    stream = [files[i % len(files)] for i in range(batch_size * (batches + 1))]
+    n_batches = max(batches, 4 * workers)
+    stream = [files[i % len(files)] for i in range(batch_size * (n_batches + 1))]
     loader = iter_batches(stream, size, batch_size, workers=workers, pin_memory=device.type == "cuda")
-    first = next(loader)  # warm-up batch: worker start-up is not part of the steady state
+    first = next(loader)
     torch.softmax(model(first.images.to(device, non_blocking=True)), dim=1).cpu()
     start, count = time.perf_counter(), 0
     for batch in loader:
@@ -142,16 +147,16 @@ def throughput(model: LeukemiaClassifier, files: Sequence[Path], batch_size: int
     e2e = count / (time.perf_counter() - start)
     mo = batch_size * len(model_s) / sum(model_s)
     return {"batch_size": batch_size, "model_only_img_s": mo, "end_to_end_img_s": e2e,
-            "end_to_end_vs_model_only": e2e / mo}
+            "end_to_end_vs_model_only": e2e / mo, "timed_images": count}
 
 
 @torch.inference_mode()
 def agreement(model: LeukemiaClassifier, images: torch.Tensor, precision: str,
-              calibration: torch.Tensor | None) -> dict[str, Any]:
-    """Share of images whose predicted class at ``precision`` equals fp32's (the model returns to fp32)."""
+              calibration: torch.Tensor | None, *, jit: bool = True) -> dict[str, Any]:
+    """Share of images whose predicted class at ``precision`` equals eager fp32's (left at ``precision``)."""
     model.optimize("fp32", jit=False)
     ref = torch.cat([model(c).cpu() for c in images.split(32)])
-    model.optimize(precision, calibration=calibration)
+    model.optimize(precision, calibration=calibration, jit=jit)
     fast = torch.cat([model(c).cpu() for c in images.split(32)])
     dprob = (torch.softmax(ref.double(), 1) - torch.softmax(fast.double(), 1)).abs()
     return {"precision": precision, "images": len(images),
@@ -164,11 +169,23 @@ def run_bench(*, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8, 32, 25
               precision: str = "fp32", threads: int | None = None, run: str | Path | None = None,
               images: int = 32, image_size: int = 224,
               warmup: int = 5, iters: int = 30, batches: int = 3, workers: int | None = None,
-              model: LeukemiaClassifier | None = None,
+              jit: bool = True, model: LeukemiaClassifier | None = None,
               log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """The whole benchmark; returns a JSON-ready dict (``log`` gets progress lines)."""
+    previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run_bench(device=device, batch_sizes=batch_sizes, precision=precision, run=run, images=images,
+                          image_size=image_size, warmup=warmup, iters=iters, batches=batches, workers=workers,
+                          jit=jit, model=model, log=log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_bench(*, device: str, batch_sizes: Sequence[int], precision: str, run: str | Path | None,
+               images: int, image_size: int, warmup: int, iters: int, batches: int, workers: int | None,
+               jit: bool, model: LeukemiaClassifier | None, log: Callable[[str], None]) -> dict[str, Any]:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FastallError("--device cuda: no CUDA device is available")
@@ -182,11 +199,11 @@ def run_bench(*, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8, 32, 25
         pixels = torch.stack([resize_uint8(decode_image(p), model.image_size) for p in files])
         calibration = pixels if precision == "int8" else None
         agree = None
-        if precision != "fp32":
+        if precision != "fp32" or jit:
             log(f"checking {precision} against fp32 on {len(pixels)} images")
-            agree = agreement(model, pixels, precision, calibration)
+            agree = agreement(model, pixels, precision, calibration, jit=jit)
         else:
-            model.optimize("fp32", jit=dev.type == "cpu")
+            model.optimize("fp32", jit=False)
         log("batch-1 latency")
         lat = latency(model, files, warmup=warmup, iters=iters)
         tput = []
@@ -197,7 +214,8 @@ def run_bench(*, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8, 32, 25
     p50 = lat["end_to_end"]["p50_ms"]
     return {
         "machine": machine_info(dev), "model": model.provenance.get("label") or f"run {run}",
-        "precision": model.precision, "image_size": model.image_size, "decode_workers": workers,
+        "precision": model.precision, "jit": jit and dev.type == "cpu", "image_size": model.image_size,
+        "decode_workers": workers,
         "source_images": "synthetic 450x450 24-bit BMP (fastall.synth), decoded with Pillow",
         "latency_batch1": lat, "throughput": tput, "agreement_vs_fp32": agree,
         "paper_claim": {"ms_per_image": claim, "end_to_end_p50_ms": p50,

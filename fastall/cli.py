@@ -215,9 +215,11 @@ def verify(run: str, images: int, device: str, cache: str | None, data: str | No
 @click.option("--image-size", type=int, default=224, show_default=True, help="Without --run.")
 @click.option("--iters", type=int, default=30, show_default=True, help="Timed batch-1 calls.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
+@click.option("--jit/--no-jit", default=True, show_default=True,
+              help="TorchScript-freeze the backbone on the CPU (oneDNN fusion).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(device: str, batch_sizes: str, precision: str, threads: int | None, run: str | None, images: int,
-          image_size: int, iters: int, workers: int | None, as_json: bool) -> None:
+          image_size: int, iters: int, workers: int | None, jit: bool, as_json: bool) -> None:
     """Latency (p50/p90/p99, batch 1) and throughput, end-to-end from files and model-only."""
     import json
 
@@ -230,7 +232,7 @@ def bench(device: str, batch_sizes: str, precision: str, threads: int | None, ru
     if not sizes or min(sizes) < 1 or images < 1 or iters < 1:
         raise FastallError("--batch-sizes, --images and --iters must be positive")
     result = run_bench(device=device, batch_sizes=sizes, precision=precision, threads=threads, run=run,
-                       images=images, image_size=image_size, iters=iters, workers=workers,
+                       images=images, image_size=image_size, iters=iters, workers=workers, jit=jit,
                        log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -263,6 +265,7 @@ def predict(run: str, paths: tuple[str, ...], out: str, device: str, batch_size:
             precision: str, skip_bad: bool, workers: int | None, weights_path: str | None) -> None:
     """A probability and a label per image (files, or folders searched recursively); RUN or model.pt."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.text import Text
 
     from fastall.model import load_model
     from fastall.predict import predict_paths, write_predictions
@@ -278,8 +281,8 @@ def predict(run: str, paths: tuple[str, ...], out: str, device: str, batch_size:
         task = bar.add_task("predict", total=None)
         preds = predict_paths(model, paths, batch_size=batch_size, tta=tta, skip_bad=skip_bad,
                               workers=workers,
-                              on_problem=lambda msg: bar.console.print(f"[yellow]skipped:[/] {msg}",
-                                                                       highlight=False),
+                              on_problem=lambda msg: bar.console.print(
+                                  Text.assemble(("skipped: ", "yellow"), msg), soft_wrap=True),
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     sidecar = write_predictions(preds, out)
     counts = {c: preds.labels.count(c) for c in preds.class_names}

@@ -60,7 +60,7 @@ def iter_batches(paths: Sequence[str | Path], size: int, batch_size: int, *, wor
         raise FastallError(f"batch size must be at least 1, got {batch_size}")
     loader = DataLoader(_Files([Path(p) for p in paths], size), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_collate, pin_memory=pin_memory,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+                        prefetch_factor=2 if workers else None, persistent_workers=False)
     yield from loader
 
 

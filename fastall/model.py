@@ -58,10 +58,13 @@ class LeukemiaClassifier(nn.Module):
 
     def forward_features(self, images: torch.Tensor, view_params: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images -> float32 features ``[B, D]``; ``view_params [B, P]`` reproduce an augmented view."""
-        x = self.preprocess(images, view_params)
+        return self.backbone_features(self.preprocess(images, view_params))
+
+    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float ``[B, 3, S, S]`` -> float32 features, at the current precision."""
         if self.runtime is not None:
             return self.runtime(x)
-        return self.backbone(x.contiguous(memory_format=torch.channels_last)).float()
+        return self.backbone(x.to(self.device).contiguous(memory_format=torch.channels_last)).float()
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features.to(self.device))
@@ -198,6 +201,10 @@ def load_head(path: str | Path) -> dict[str, Any]:
         raise FastallError(f"{path}: head file is missing {', '.join(missing)}")
     if not isinstance(blob["key_params"], dict) or not isinstance(blob["state_dict"], dict):
         raise FastallError(f"{path}: head file has a malformed key_params or state_dict")
+    from fastall.cache import cache_key
+
+    if cache_key(blob["key_params"]) != blob["cache_key"]:
+        raise FastallError(f"{path}: recorded key_params do not match the recorded cache key (file altered)")
     return blob
 
 
@@ -306,17 +313,20 @@ def export_run(run: str | Path, out: str | Path, *, weights_path: str | Path | N
                calibration: torch.Tensor | None = None) -> Path:
     """Write RUN's model as one file (atomic); with ``calibration`` images also its int8 state."""
     model = LeukemiaClassifier.from_run(run, weights_path=weights_path)
-    state = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    int8 = None
     if calibration is not None:
         model.optimize("int8", calibration=calibration)
-        int8 = model.int8_state()
+    return export_model(model, out)
+
+
+def export_model(model: LeukemiaClassifier, out: str | Path) -> Path:
+    """Write ``model`` (fp32 backbone and head, preprocessing, classes, provenance, int8 state if any)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
     blob = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
         "backbone_state_dict": state, "backbone_state_sha256": state_dict_sha256(state),
-        "head_state_dict": model.head.state_dict(), "head_config": model.head.config(),
-        "image_size": model.image_size, "mean": list(model.mean), "std": list(model.std),
-        "class_names": model.class_names, "int8_state_dict": int8,
+        "head_state_dict": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
+        "head_config": model.head.config(), "image_size": model.image_size, "mean": list(model.mean),
+        "std": list(model.std), "class_names": model.class_names, "int8_state_dict": model.int8_state(),
         "provenance": {**_plain(model.provenance), "fastall_version": __version__,
                        "torch_version": str(torch.__version__)},
     }

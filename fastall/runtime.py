@@ -64,6 +64,8 @@ def build_runtime(backbone: nn.Module, precision: str = "fp32", *, device: torch
     """
     device = torch.device(device)
     check_precision(precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     state = None
     if precision == "int8":
         module = quantize_int8(backbone, example, calibration=calibration, state=int8_state)
