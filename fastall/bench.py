@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastall.engine import resolve_device
 from fastall.errors import FastallError
 from fastall.head import Head
 from fastall.images import decode_image
@@ -186,9 +187,7 @@ def run_bench(*, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8, 32, 25
 def _run_bench(*, device: str, batch_sizes: Sequence[int], precision: str, run: str | Path | None,
                images: int, image_size: int, warmup: int, iters: int, batches: int, workers: int | None,
                jit: bool, model: LeukemiaClassifier | None, log: Callable[[str], None]) -> dict[str, Any]:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FastallError("--device cuda: no CUDA device is available")
+    dev = resolve_device(device)
     if model is None:
         model = LeukemiaClassifier.from_run(run, device=device) if run else random_model(image_size, device)
     model.eval()

@@ -171,7 +171,7 @@ def extract(data: str, out: str, views: int, image_size: int, weights: str, devi
 @cli.command()
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--images", type=int, default=32, show_default=True, help="Images to check (both classes).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--cache", default=None, type=click.Path(dir_okay=False, path_type=str),
               help="The run's feature cache [the one recorded in head.pt].")
 @click.option("--data", default=None, type=click.Path(file_okay=False, path_type=str),
@@ -204,7 +204,7 @@ def verify(run: str, images: int, device: str, cache: str | None, data: str | No
 
 
 @cli.command()
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--batch-sizes", default="1,8,32,256", show_default=True, help="Throughput batch sizes.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default="fp32",
               show_default=True, help="int8: CPU only, calibrated on the benchmark images.")
@@ -250,19 +250,20 @@ def bench(device: str, batch_sizes: str, precision: str, threads: int | None, ru
 @click.argument("run", type=click.Path(path_type=str))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Predictions CSV.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--tta", type=int, default=1, is_flag=False, flag_value=8, show_default=True,
               help="Average N views (view 0 plain, views 1.. augmented); --tta alone: 8.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default="fp32",
-              show_default=True, help="int8 (CPU) is calibrated on the run's own images.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
+              help="[the model's: int8 for an export made with --int8 on CPU, else fp32] "
+                   "int8 on a run is calibrated on the run's own images.")
 @click.option("--skip-bad/--no-skip-bad", default=True, show_default=True,
               help="Report and skip unreadable files (listed in <out>.skipped.csv), or stop at the first.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
 @click.option("--weights-path", default=None, type=click.Path(dir_okay=False, path_type=str),
               help="Backbone weights file, where the recorded one has moved.")
 def predict(run: str, paths: tuple[str, ...], out: str, device: str, batch_size: int, tta: int,
-            precision: str, skip_bad: bool, workers: int | None, weights_path: str | None) -> None:
+            precision: str | None, skip_bad: bool, workers: int | None, weights_path: str | None) -> None:
     """A probability and a label per image (files, or folders searched recursively); RUN or model.pt."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.text import Text
@@ -271,11 +272,13 @@ def predict(run: str, paths: tuple[str, ...], out: str, device: str, batch_size:
     from fastall.predict import predict_paths, write_predictions
 
     model = load_model(run, device=device, weights_path=weights_path)
-    if precision != model.precision:
+    if precision is not None and precision != model.precision:
         from fastall.verify import run_calibration_images
 
+        if precision == "int8" and "export" in model.provenance:
+            raise FastallError(f"{run}: an exported model runs int8 only if made by `fastall export --int8`")
         calibration = run_calibration_images(run) if precision == "int8" else None
-        model.optimize(precision, calibration=calibration)
+        model.optimize(precision, calibration=calibration, jit=precision != "fp32")
     with Progress("[bold]predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as bar:
         task = bar.add_task("predict", total=None)

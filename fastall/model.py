@@ -7,6 +7,7 @@ provenance; ``export_run`` writes one self-contained file that ``from_export`` l
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from torch import nn
 
 from fastall import __version__
 from fastall.backbone import load_backbone, state_dict_sha256
+from fastall.engine import resolve_device
 from fastall.errors import FastallError
 from fastall.head import Head
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
@@ -100,9 +102,10 @@ class LeukemiaClassifier(nn.Module):
         return self.runtime.int8_state
 
     @classmethod
-    def from_run(cls, run: str | Path, *, weights_path: str | Path | None = None, device: str = "cpu",
-                 cache: str | Path | None = None) -> LeukemiaClassifier:
+    def from_run(cls, run: str | Path, *, weights_path: str | Path | None = None,
+                 device: str | torch.device = "cpu", cache: str | Path | None = None) -> LeukemiaClassifier:
         """Rebuild from ``RUN/head.pt``, checking the backbone (sha256), image size, classes and features."""
+        device = _device(device)
         head_path = head_file(run)
         record = load_head(head_path)
         if cache is not None:
@@ -124,10 +127,10 @@ class LeukemiaClassifier(nn.Module):
     def from_export(cls, path: str | Path, *, device: str = "cpu") -> LeukemiaClassifier:
         """Load a file written by :func:`export_run`; its backbone checksum must match."""
         path = Path(path)
-        return cls._from_blob(_safe_load(path, "exported model"), path, device)
+        return cls._from_blob(_safe_load(path, "exported model"), path, _device(device))
 
     @classmethod
-    def _from_blob(cls, blob: Any, path: Path, device: str) -> LeukemiaClassifier:
+    def _from_blob(cls, blob: Any, path: Path, device: torch.device) -> LeukemiaClassifier:
         if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
             raise FastallError(f"{path}: not a fastall exported model (format {_fmt(blob)!r}, "
                                f"expected {EXPORT_FORMAT!r})")
@@ -142,23 +145,29 @@ class LeukemiaClassifier(nn.Module):
             raise FastallError(f"{path}: backbone checksum mismatch (file altered or corrupt)")
         head = _build_head(blob["head_config"], blob["head_state_dict"], path)
         model = cls(backbone, head, image_size=blob["image_size"], class_names=blob["class_names"],
-                    mean=blob["mean"], std=blob["std"], provenance=blob.get("provenance", {}))
+                    mean=blob["mean"], std=blob["std"],
+                    provenance={**blob.get("provenance", {}), "export": str(path)})
         model.to(device)
         _check_consistency(model, path)
-        if blob.get("int8_state_dict") is not None and torch.device(device).type == "cpu":
+        if blob.get("int8_state_dict") is not None and device.type == "cpu":
             model.optimize("int8", int8_state=blob["int8_state_dict"])
         return model
 
 
 def load_model(path: str | Path, *, device: str = "cpu", weights_path: str | Path | None = None
                ) -> LeukemiaClassifier:
-    """A run folder, its head.pt, or a file written by ``fastall export``."""
+    """A run folder, its head.pt, or a file written by ``fastall export`` (device: auto, cpu or cuda)."""
     path = Path(path)
+    device = _device(device)
     if path.is_file() and path.name != "head.pt":
         blob = _safe_load(path, "model or head file")
         if isinstance(blob, dict) and blob.get("format") == EXPORT_FORMAT:
             return LeukemiaClassifier._from_blob(blob, path, device)
     return LeukemiaClassifier.from_run(path, weights_path=weights_path, device=device)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(str(device))
 
 
 def head_file(run: str | Path) -> Path:
@@ -172,7 +181,9 @@ def head_file(run: str | Path) -> Path:
 
 def _safe_load(path: Path, what: str) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # quantised tensors
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FastallError(f"{path}: no such file") from None
     except PermissionError:
