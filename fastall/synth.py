@@ -3,7 +3,10 @@
 ALL (lymphoblast) and hem (normal) cells differ in coarse morphology so that even a random-init ResNet-50 can
 separate them: ALL cells are larger, with a larger nucleus-to-cytoplasm ratio, an irregular contour, fine pale
 chromatin and nucleoli; hem cells are small and round with a dark, coarsely clumped nucleus. Every patient has
-its own stain, illumination and cell-size offset, so image-level splits score higher than patient-level ones.
+its own stain, illumination, cell-size offset and typicality (how textbook its cells look: ``_TYPICALITY``),
+so image-level splits score higher than patient-level ones. With the defaults a random-init ResNet-50 and the
+paper's head reach about 0.96-0.99 patient-level CV accuracy; moving the two typicality ranges closer widens
+the image/patient gap and lowers that accuracy.
 
 Defaults: 10 patients per class, about 12 images each, 450 px, plus 3 prelim-phase patients per class (about
 240 training and 70 prelim images, a few seconds).
@@ -34,7 +37,7 @@ _CLASS = {
     "hem": {"cell": 0.40, "ncr": 0.70, "cell_wobble": 0.015, "nuc_wobble": 0.02, "freq": (2.5, 5.0),
             "tex": 0.22, "nucleoli": 0.0, "nucleus": (0.33, 0.18, 0.45), "cytoplasm": (0.78, 0.70, 0.90)},
 }
-_TYPICALITY = {"hem": (0.0, 0.2), "all": (0.55, 1.0)}
+_TYPICALITY = {"hem": (0.0, 0.15), "all": (0.65, 1.0)}
 _WOBBLE_ORDERS = np.arange(2, 7, dtype=np.float32)
 _TEXTURE_WAVES = 5
 _NUCLEOLI = 3
