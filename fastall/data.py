@@ -159,7 +159,9 @@ def discover(root: str | Path, *, patient_regex: str | None = None,
     """Find every image under ``root``: the C-NMC tree if there is one (a few levels down), else generic.
 
     ``include`` picks the optional C-NMC sources (``prelim``, ``testing``; the training folds always come).
-    ``patient_regex`` (one capture group) gives the patient in a generic tree.
+    ``patient_regex`` (one capture group) gives the patient in a generic tree: searched in the file name, then
+    in its path below the class folder. Generic class names are sorted into label indices, except that
+    ``all``/``hem`` keep the C-NMC order (``hem`` 0, ``all`` 1).
     """
     root = Path(root)
     if not root.exists():
