@@ -1,4 +1,5 @@
-"""`fastall demo`: synth -> extract -> train-head --folds 5 on built-in synthetic data, in minutes."""
+"""`fastall demo`: synth -> extract -> train-head --folds 5 on built-in synthetic data, in under 2 minutes
+on 2 CPU cores (16 patients, 3 views at 224 px; measured 103 s with other jobs running)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from rich.console import Console
 
 from fastall.backbone import TORCHVISION_WEIGHTS
 
-DEMO_PATIENTS_PER_CLASS = 10
-DEMO_IMAGES_PER_PATIENT = 12
+DEMO_PATIENTS_PER_CLASS = 8
+DEMO_IMAGES_PER_PATIENT = 10
 DEMO_IMAGE_SIDE = 450
 DEMO_INPUT_SIZE = 224
-DEMO_VIEWS = 4
+DEMO_VIEWS = 3
 
 
 @dataclass
