@@ -12,16 +12,20 @@ trained alone give the same result.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from fastall.errors import FastallError
 from fastall.head import head_state_dict
+from fastall.streams import dropout_lanes, dropout_threshold, epoch_order, fold_statistics, init_head
 
 BETAS, EPS = (0.9, 0.999), 1e-8
 PLATEAU_THRESHOLD = 1e-4
@@ -106,12 +110,6 @@ class HeadResult:
     probs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def derive_seed(*parts: object, bits: int = 63) -> int:
-    """A stable integer seed from any parts (blake2b of their repr), independent of Python's hash salt."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << bits) - 1)
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,81 +134,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp32"
 
 
-# ---- random streams: functions of (seed, fold, epoch) only ------------------------------------------------
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on int32 tensors (wrapping multiplies, logical shifts by masking)."""
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * 0x7FEB352D
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * -0x7B935975
-    return x ^ ((x >> 16) & 0xFFFF)
-
-
-def dropout_lanes(seed: int, fold: int, epoch: int, steps: int, batch: int, hidden: int,
-                  device: torch.device) -> torch.Tensor:
-    """int16 uniforms ``[steps, batch, hidden]``, element (s, b, h) a hash of (seed, fold, epoch, s, b, h).
-
-    Unit h keeps its activation iff ``lane >= round(p * 65536) - 32768`` (p is resolved to 1/65536).
-    """
-    half = (hidden + 1) // 2
-    key = derive_seed(seed, fold, epoch, "dropout", bits=31)
-    counter = torch.arange(steps * batch * half, device=device, dtype=torch.int32)
-    lanes = _mix32(counter ^ key).view(torch.int16).view(steps, batch, 2 * half)
-    return lanes[..., :hidden]
-
-
-def dropout_threshold(p: float) -> int:
-    return min(round(p * 65536), 65535) - 32768
-
-
-def init_head(seed: int, fold: int, dim: int, hidden: int, classes: int) -> list[torch.Tensor]:
-    """nn.Linear's default init, U(+-1/sqrt(fan_in)), from a generator of (seed, fold): W1^T, b1, W2^T, b2."""
-    g = torch.Generator().manual_seed(derive_seed(seed, fold, "init"))
-
-    def uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-        bound = 1.0 / math.sqrt(fan_in)
-        return torch.rand(shape, generator=g, dtype=torch.float32).mul_(2 * bound).sub_(bound)
-
-    w1, b1 = uniform((hidden, dim), dim), uniform((hidden,), dim)
-    w2, b2 = uniform((classes, hidden), hidden), uniform((classes,), hidden)
-    return [w1.t().contiguous(), b1, w2.t().contiguous(), b2]
-
-
-def epoch_order(seed: int, fold: int, epoch: int, rows: np.ndarray,
-                views: int) -> tuple[np.ndarray, np.ndarray]:
-    """The epoch's permutation of ``rows`` and one training view per image (1..V-1; 0 when V == 1)."""
-    g = torch.Generator().manual_seed(derive_seed(seed, fold, epoch, "order"))
-    perm = torch.randperm(len(rows), generator=g).numpy()
-    if views > 1:
-        view = torch.randint(1, views, (len(rows),), generator=g).numpy()
-    else:
-        view = np.zeros(len(rows), dtype=np.int64)
-    return rows[perm], view[perm]
-
-
-def fold_statistics(features: torch.Tensor, row_sets: Sequence[np.ndarray], views: list[int],
-                    chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std ``[F, D]`` of the features of each row set over ``views``, in one pass (float64 sums)."""
-    n, dim = features.shape[0], features.shape[2]
-    member = torch.zeros(len(row_sets), n, dtype=torch.float64)
-    for i, rows in enumerate(row_sets):
-        member[i, torch.as_tensor(rows, dtype=torch.long)] = 1.0
-    member = member.to(features.device)
-    s1 = torch.zeros(len(row_sets), dim, dtype=torch.float64, device=features.device)
-    s2 = torch.zeros_like(s1)
-    vidx = torch.as_tensor(views, device=features.device)
-    for start in range(0, n, chunk):
-        x = features[start:start + chunk].index_select(1, vidx).float()
-        s1 += member[:, start:start + chunk] @ x.sum(1).double()
-        s2 += member[:, start:start + chunk] @ x.square().sum(1).double()
-    count = (member.sum(1, keepdim=True) * len(views)).clamp_min(1.0)
-    mean = s1 / count
-    std = (s2 / count - mean.square()).clamp_min(0.0).sqrt()
-    std = torch.where(std < 1e-6, torch.ones_like(std), std)
-    return mean.float(), std.float()
-
-
 # ---- the optimiser: torch.optim.Adam, fused, one call per (lr, weight decay) group -------------------------
 
 def adam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
@@ -229,6 +152,24 @@ def adam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: li
         step = float(s)
         denom = (v.sqrt() / math.sqrt(1 - BETAS[1] ** step)).add_(EPS)
         p.addcdiv_(m, denom, value=-lr / (1 - BETAS[0] ** step))
+
+
+_FP32_OUT: dict[str, bool] = {"cpu": False}
+
+
+def weight_grad(x: torch.Tensor, dz: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = x^T @ dz`` in fp32: straight from the bf16 GEMM where the device can (CUDA), else a cast."""
+    if x.dtype == torch.float32:
+        torch.bmm(x.transpose(1, 2), dz, out=out)
+        return
+    dz = dz.to(x.dtype)
+    if _FP32_OUT.get(x.device.type, True):
+        try:
+            torch.bmm(x.transpose(1, 2), dz, out_dtype=torch.float32, out=out)
+            return
+        except (RuntimeError, NotImplementedError, TypeError):
+            _FP32_OUT[x.device.type] = False
+    out.copy_(torch.bmm(x.transpose(1, 2), dz))
 
 
 def plateau_update(loss: float, lr: float, best: float, bad: int, factor: float,
@@ -270,7 +211,8 @@ class Stack:
     """M heads of one shape: ``W1 [M, D, H]``, ``b1 [M, 1, H]``, ``W2 [M, H, K]``, ``b2 [M, 1, K]``."""
 
     def __init__(self, data: StackData, configs: list[tuple[int, HeadConfig]], *, final: bool, seed: int,
-                 precision: str, stats: tuple[torch.Tensor, torch.Tensor], chunk: int) -> None:
+                 precision: str, stats: tuple[torch.Tensor, torch.Tensor], chunk: int,
+                 pool: ThreadPoolExecutor | None = None) -> None:
         self.data, self.seed, self.chunk = data, seed, chunk
         self.device = data.features.device
         self.cdt = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -281,7 +223,8 @@ class Stack:
                       for f in range(n_folds) for ci, cfg in configs]
         m, d, h, k = len(self.heads), data.dim, self.hidden, data.classes
         inits = [init_head(seed, f, d, h, k) for f in range(n_folds)]
-        self.params = [torch.stack([inits[hd.fold][i] for hd in self.heads]).to(self.device)
+        of_fold = torch.tensor([hd.fold for hd in self.heads], device=self.device)
+        self.params = [torch.stack([init[i] for init in inits]).to(self.device).index_select(0, of_fold)
                        for i in range(4)]
         self.params[1] = self.params[1].unsqueeze(1)
         self.params[3] = self.params[3].unsqueeze(1)
@@ -303,6 +246,8 @@ class Stack:
         self.scale = (1.0 / (1.0 - p)).float().view(m, 1, 1)
         self.class_w = torch.stack([self._class_weights(hd) for hd in self.heads]).to(self.device)
         self.val_x = [self._gather(val, 0) for _, val in data.folds]
+        self._local = threading.local()
+        self.pool = pool
 
     def _class_weights(self, hd: _Head) -> torch.Tensor:
         k = self.data.classes
@@ -331,73 +276,119 @@ class Stack:
                 progress(epoch + 1, max_epochs)
         self._restore()
 
+    def _map(self, fn: Callable[[Any], Any], items: list) -> list:
+        """``[fn(x) for x in items]``; on a CPU across worker threads with one intra-op thread each: heads
+        never share an op, so no OpenMP barrier per op (which a busy shared machine turns into waits), and
+        each head's arithmetic is the same whichever worker runs it."""
+        if self.pool is None:
+            return [fn(x) for x in items]
+        return list(self.pool.map(fn, items))
+
+    def _chunks(self, a: int, b: int, alive_only: bool = True) -> list[tuple[int, int]]:
+        out = []
+        for start in range(a, b, self.chunk):
+            idx = [i for i in range(start, min(start + self.chunk, b))
+                   if self.heads[i].alive or not alive_only]
+            if idx:
+                out.append((idx[0], idx[-1] + 1))
+        return out
+
     def _train_epoch(self, epoch: int) -> None:
         n_folds = len(self.rows)
         live_folds = sorted({hd.fold for hd in self.heads if hd.alive})
         order = {f: epoch_order(self.seed, f, epoch, self.rows[f], self.data.views) for f in live_folds}
         n_steps = {f: -(-len(self.rows[f]) // self.batch) for f in range(n_folds)}
-        lanes = {f: dropout_lanes(self.seed, f, epoch, n_steps[f], self.batch, self.hidden, self.device)
-                 for f in live_folds}
-        for start in range(0, len(self.heads), self.chunk):
-            idx = [i for i in range(start, min(start + self.chunk, len(self.heads))) if self.heads[i].alive]
-            if idx:
-                self._train_chunk(idx[0], idx[-1] + 1, order, n_steps, lanes)
+        lanes = dict(zip(live_folds, self._map(
+            lambda f: dropout_lanes(self.seed, f, epoch, n_steps[f], self.batch, self.hidden, self.device),
+            live_folds), strict=True))
+        self._map(lambda c: self._train_chunk(*c, order, n_steps, lanes), self._chunks(0, len(self.heads)))
+
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A per-thread buffer reused across epochs (a fresh large CPU allocation faults in every page)."""
+        size = math.prod(shape)
+        buf = getattr(self._local, name, None)
+        if buf is None or buf.numel() < size or buf.dtype != dtype:
+            buf = torch.empty(size, dtype=dtype, device=self.device)
+            setattr(self._local, name, buf)
+        return buf[:size].view(shape)
+
+    def _standardized(self, out: torch.Tensor, index: torch.Tensor, head: int, block: int = 1024) -> None:
+        """``out [n, D] = (features[index] - mean) / std`` of ``head``, in row blocks through fp32 scratch."""
+        flat = self.data.features.reshape(-1, self.data.dim)
+        raw = self._scratch("raw", (block, self.data.dim), flat.dtype)
+        tmp = self._scratch("tmp", (block, self.data.dim), torch.float32)
+        for r0 in range(0, index.numel(), block):
+            n = min(block, index.numel() - r0)
+            torch.index_select(flat, 0, index[r0:r0 + n], out=raw[:n])
+            x = tmp[:n].copy_(raw[:n])
+            out[r0:r0 + n] = x.mul_(self.inv[head, 0]).add_(self.shift[head, 0])
+
+    def _epoch_inputs(self, a: int, b: int, order: dict, n_steps: dict, lanes: dict) -> dict[str, Any]:
+        """The chunk's whole epoch at once: standardised inputs ``[U, S, B, D]`` per (fold, standardize)
+        variant, normalised row weights and weighted targets per head, dropout lanes per fold."""
+        heads, dev, bsz, k = self.heads[a:b], self.device, self.batch, self.data.classes
+        folds = sorted({hd.fold for hd in heads if hd.alive})
+        first: dict[tuple[int, bool], int] = {}
+        for i, hd in enumerate(heads, a):
+            if hd.alive:
+                first.setdefault((hd.fold, hd.cfg.standardize), i)
+        variants = list(first.items())
+        s_max = max(n_steps[f] for f in folds)
+        xs = self._scratch("xs", (len(variants), s_max, bsz, self.data.dim), self.cdt)
+        valid = torch.zeros((len(folds), s_max * bsz), dtype=torch.bool)
+        y = torch.zeros((len(folds), s_max * bsz), dtype=torch.long)
+        index = torch.zeros((len(folds), s_max * bsz), dtype=torch.long)
+        for j, f in enumerate(folds):
+            r, v = order[f]
+            index[j, :len(r)] = torch.from_numpy(r * self.data.views + v)
+            valid[j, :len(r)] = True
+            y[j, :len(r)] = torch.from_numpy(self.data.labels[r])
+        index = index.to(dev)
+        for u, ((f, _), i) in enumerate(variants):
+            self._standardized(xs[u].view(-1, self.data.dim), index[folds.index(f)], i)
+        key = {(f, std): u for u, ((f, std), _) in enumerate(variants)}
+        var = [key.get((hd.fold, hd.cfg.standardize), 0) for hd in heads]
+        fpos = [folds.index(hd.fold) if hd.fold in folds else 0 for hd in heads]
+        fpos_t = torch.tensor(fpos)
+        y, valid = y[fpos_t].view(b - a, s_max, bsz), valid[fpos_t].view(b - a, s_max, bsz)
+        w = self.class_w[a:b].cpu().gather(1, y.view(b - a, -1)).view(b - a, s_max, bsz) * valid
+        w = (w / w.sum(2, keepdim=True).clamp_min(1e-12)).transpose(0, 1).contiguous()      # [S, Mc, B]
+        target = torch.nn.functional.one_hot(y.transpose(0, 1), k).float() * w.unsqueeze(-1)
+        if len(folds) == 1:
+            lane_steps = lanes[folds[0]].unsqueeze(1)
+        else:
+            lane_steps = torch.zeros((s_max, len(folds), bsz, self.hidden), dtype=torch.int16, device=dev)
+            for j, f in enumerate(folds):
+                lane_steps[:n_steps[f], j] = lanes[f]
+        same = list(range(b - a))
+        return {"steps": s_max, "x": xs.transpose(0, 1), "lanes": lane_steps, "w": w.unsqueeze(-1).to(dev),
+                "target": target.to(dev), "var": None if var == same else torch.tensor(var, device=dev),
+                "fold": None if fpos == same else torch.tensor(fpos, device=dev)}
 
     def _train_chunk(self, a: int, b: int, order: dict, n_steps: dict, lanes: dict) -> None:
-        heads = self.heads[a:b]
-        folds = sorted({hd.fold for hd in heads if hd.alive})
-        pos = {f: i for i, f in enumerate(folds)}
-        s_max, bsz, k = max(n_steps[f] for f in folds), self.batch, self.data.classes
-        rows = np.zeros((s_max, len(folds), bsz), dtype=np.int64)
-        view = np.zeros_like(rows)
-        valid = np.zeros(rows.shape, dtype=bool)
-        for f in folds:
-            r, v = order[f]
-            n = len(r)
-            flat = np.zeros(s_max * bsz, dtype=np.int64)
-            flat[:n] = r
-            rows[:, pos[f]] = flat.reshape(s_max, bsz)
-            flat[:n] = v
-            view[:, pos[f]] = flat.reshape(s_max, bsz)
-            valid[:, pos[f]] = (np.arange(s_max * bsz) < n).reshape(s_max, bsz)
-        dev = self.device
-        fpos = torch.tensor([pos.get(hd.fold, 0) for hd in heads], device=dev)
-        rows_t, view_t = torch.as_tensor(rows, device=dev), torch.as_tensor(view, device=dev)
-        y = torch.as_tensor(self.data.labels, device=dev)[rows_t].index_select(1, fpos)        # [S, Mc, B]
-        w = self.class_w[a:b].unsqueeze(0).expand(s_max, -1, -1).gather(2, y)               # [S, Mc, B]
-        w = w * torch.as_tensor(valid, device=dev).index_select(1, fpos)
-        w = w / w.sum(2, keepdim=True).clamp_min(1e-12)
-        target = torch.nn.functional.one_hot(y, k).float() * w.unsqueeze(-1)               # [S, Mc, B, K]
-        w = w.unsqueeze(-1)
-        lane_steps = torch.zeros((s_max, len(folds), bsz, self.hidden), dtype=torch.int16, device=dev)
-        for f in folds:
-            lane_steps[:n_steps[f], pos[f]] = lanes[f]
+        """All steps of one epoch for heads a..b: hand-written forward/backward, then Adam per group."""
+        inp = self._epoch_inputs(a, b, order, n_steps, lanes)
         plans = self._adam_plans(a, b, n_steps)
         W1, b1, W2, b2 = (p[a:b] for p in self.params)
         gW1, gb1, gW2, gb2 = (g[a:b] for g in self.grads)
-        shift, inv, thr, scale = self.shift[a:b], self.inv[a:b], self.thr[a:b], self.scale[a:b]
-        identity = [pos.get(hd.fold, 0) for hd in heads] == list(range(b - a))
-        feats, cdt = self.data.features, self.cdt
-        for s in range(s_max):
-            x = feats[rows_t[s], view_t[s]]
-            keep = lane_steps[s]
-            if not identity:
-                x, keep = x.index_select(0, fpos), keep.index_select(0, fpos)
-            x = torch.addcmul(shift, x, inv).to(cdt)
+        thr, scale, cdt = self.thr[a:b], self.scale[a:b], self.cdt
+        xs, lane_steps, w, target, var, fold = (inp[n] for n in ("x", "lanes", "w", "target", "var", "fold"))
+        for s in range(inp["steps"]):
+            x, keep = xs[s], lane_steps[s]
+            if var is not None:
+                x = x.index_select(0, var)
+            if fold is not None:
+                keep = keep.index_select(0, fold)
             z = torch.baddbmm(b1.to(cdt), x, W1.to(cdt)).float()
             mask = torch.where(keep >= thr, scale, 0.0)
             mask = torch.where(z > 0, mask, 0.0)
             act = z * mask
-            prob = torch.softmax(torch.baddbmm(b2, act, W2), -1)
-            dl = prob * w[s] - target[s]
+            dl = torch.softmax(torch.baddbmm(b2, act, W2), -1).mul_(w[s]).sub_(target[s])
             torch.bmm(act.transpose(1, 2), dl, out=gW2)
             torch.sum(dl, 1, keepdim=True, out=gb2)
             dz = torch.bmm(dl, W2.transpose(1, 2)).mul_(mask)
             torch.sum(dz, 1, keepdim=True, out=gb1)
-            if cdt == torch.float32:
-                torch.bmm(x.transpose(1, 2), dz, out=gW1)
-            else:
-                gW1.copy_(torch.bmm(x.transpose(1, 2), dz.to(cdt)))
+            weight_grad(x, dz, gW1)
             for lr, wd, lists in plans[s]:
                 adam_step(*lists, lr=lr, weight_decay=wd)
 
@@ -444,14 +435,15 @@ class Stack:
         return out
 
     def _val_losses(self) -> dict[int, float]:
+        tasks = [(f, c0, c1) for f, a, b in self._fold_ranges() if f < len(self.data.folds)
+                 for c0, c1 in self._chunks(a, b)]
+
+        def run(task: tuple[int, int, int]) -> list[float]:
+            f, c0, c1 = task
+            return self._loss(c0, c1, self.predict(c0, c1, self.val_x[f]), self.data.folds[f][1]).tolist()
         losses = {}
-        for f, a, b in self._fold_ranges():
-            if f >= len(self.data.folds) or not any(self.heads[i].alive for i in range(a, b)):
-                continue
-            for c0 in range(a, b, max(1, self.chunk)):
-                c1 = min(b, c0 + max(1, self.chunk))
-                loss = self._loss(c0, c1, self.predict(c0, c1, self.val_x[f]), self.data.folds[f][1])
-                losses.update({i: float(v) for i, v in zip(range(c0, c1), loss.tolist(), strict=True)})
+        for (_, c0, c1), values in zip(tasks, self._map(run, tasks), strict=True):
+            losses.update(zip(range(c0, c1), values, strict=True))
         return losses
 
     def _loss(self, a: int, b: int, prob: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
@@ -519,28 +511,32 @@ class Stack:
     # -- results --------------------------------------------------------------------------------------------
 
     def results(self, tta: bool) -> list[HeadResult]:
-        out = []
-        views = range(self.data.views) if tta else ()
-        test = self.data.test
-        for f, a, b in self._fold_ranges():
-            probs: list[dict[str, np.ndarray]] = [{} for _ in range(a, b)]
-            sets = {"test": test} if test.size else {}
-            if f < len(self.data.folds):
-                sets["val"] = self.data.folds[f][1]
-            for name, rows in sets.items():
-                p0 = self.predict(a, b, self._gather(rows, 0)).cpu().numpy()
-                ptta = sum(self.predict(a, b, self._gather(rows, v)) for v in views)
+        """Every head's state dict and its probabilities on its validation rows and the test rows (view 0,
+        and the mean over all views with ``tta``)."""
+        tasks = [(f, c0, c1) for f, a, b in self._fold_ranges() for c0, c1 in self._chunks(a, b, False)]
+        return [r for part in self._map(lambda t: self._results(*t, tta), tasks) for r in part]
+
+    def _results(self, f: int, a: int, b: int, tta: bool) -> list[HeadResult]:
+        probs: list[dict[str, np.ndarray]] = [{} for _ in range(a, b)]
+        sets = {"test": self.data.test} if self.data.test.size else {}
+        if f < len(self.data.folds):
+            sets["val"] = self.data.folds[f][1]
+        for name, rows in sets.items():
+            p0 = self.predict(a, b, self._gather(rows, 0)).cpu().numpy()
+            for j in range(b - a):
+                probs[j][name] = p0[j]
+            if tta:
+                ptta = sum(self.predict(a, b, self._gather(rows, v)) for v in range(self.data.views))
                 for j in range(b - a):
-                    probs[j][name] = p0[j]
-                    if tta:
-                        probs[j][f"{name}_tta"] = (ptta[j] / self.data.views).cpu().numpy()
-            for j, i in enumerate(range(a, b)):
-                hd = self.heads[i]
-                kept = None if hd.final else hd.val_history[self._kept_epoch(hd) - 1]
-                state = head_state_dict(*(p[i].detach().cpu() for p in self.params),
-                                        mean=self.mean[i].cpu(), std=self.std[i].cpu())
-                out.append(HeadResult(hd.config, hd.fold, hd.final, state, hd.best_epoch, hd.epochs_run, kept,
-                                      hd.val_history, hd.lr_history, probs[j]))
+                    probs[j][f"{name}_tta"] = (ptta[j] / self.data.views).cpu().numpy()
+        out = []
+        for j, i in enumerate(range(a, b)):
+            hd = self.heads[i]
+            kept = None if hd.final else hd.val_history[self._kept_epoch(hd) - 1]
+            state = head_state_dict(*(p[i].detach().cpu() for p in self.params),
+                                    mean=self.mean[i].cpu(), std=self.std[i].cpu())
+            out.append(HeadResult(hd.config, hd.fold, hd.final, state, hd.best_epoch, hd.epochs_run, kept,
+                                  hd.val_history, hd.lr_history, probs[j]))
         return out
 
 
@@ -570,9 +566,27 @@ def default_chunk(device: torch.device, heads: int, dim: int, hidden: int) -> in
     return max(1, min(heads, int(free * 0.5 // per_head)))
 
 
+@contextmanager
+def cpu_workers(device: torch.device) -> Iterator[ThreadPoolExecutor | None]:
+    """On a CPU, one worker thread per intra-op thread, each (and the caller) with one intra-op thread: heads
+    never share an op, so no op waits at an OpenMP barrier (which a busy shared machine turns into scheduler
+    waits), and a head's arithmetic is the same whichever worker runs it."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2:
+        yield None
+        return
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
+
+
 def train_stacks(data: StackData, configs: Sequence[HeadConfig], *, seed: int = 0, precision: str = "fp32",
                  final: bool = False, tta: bool = False, chunk: int | None = None,
-                 progress: Callable[[int, int, int, int], None] | None = None) -> list[HeadResult]:
+                 progress: Callable[[int, int, float, float], None] | None = None) -> list[HeadResult]:
     """Train every configuration on every fold (and a final head on the whole pool when ``final``).
 
     Configurations of one shape (hidden, batch size) form one stack (split if memory demands); stacks run
@@ -580,19 +594,23 @@ def train_stacks(data: StackData, configs: Sequence[HeadConfig], *, seed: int = 
     """
     configs = [c.check() for c in configs]
     row_sets = [tr for tr, _ in data.folds] + ([data.pool] if final else [])
-    stats = fold_statistics(data.features, row_sets, data.train_views())
     shapes: dict[tuple[int, int], list[tuple[int, HeadConfig]]] = {}
     for i, cfg in enumerate(configs):
         shapes.setdefault(cfg.shape, []).append((i, cfg))
     results: list[HeadResult] = []
-    for g, group in enumerate(shapes.values()):
-        per_stack = max_configs_per_stack(data.features.device, len(row_sets), data.dim, group[0][1].hidden)
-        for start in range(0, len(group), per_stack):
-            part = group[start:start + per_stack]
-            heads = len(part) * len(row_sets)
-            size = chunk or default_chunk(data.features.device, heads, data.dim, part[0][1].hidden)
-            stack = Stack(data, part, final=final, seed=seed, precision=precision, stats=stats, chunk=size)
-            stack.train(_sub_progress(progress, g, len(shapes), start / len(group), len(part) / len(group)))
-            results.extend(stack.results(tta))
-            del stack
+    with cpu_workers(data.features.device) as pool:
+        stats = fold_statistics(data.features, row_sets, data.train_views(), pool.map if pool else map)
+        for g, group in enumerate(shapes.values()):
+            dev, hidden = data.features.device, group[0][1].hidden
+            per_stack = max_configs_per_stack(dev, len(row_sets), data.dim, hidden)
+            for start in range(0, len(group), per_stack):
+                part = group[start:start + per_stack]
+                heads = len(part) * len(row_sets)
+                size = chunk or default_chunk(dev, heads, data.dim, hidden)
+                stack = Stack(data, part, final=final, seed=seed, precision=precision, stats=stats,
+                              chunk=size, pool=pool)
+                share = (start / len(group), len(part) / len(group))
+                stack.train(_sub_progress(progress, g, len(shapes), *share))
+                results.extend(stack.results(tta))
+                del stack
     return sorted(results, key=lambda r: (r.config, r.fold))

@@ -57,7 +57,7 @@ def prepare(cache_path: str | Path, *, folds: int, test: str, holdout: float, se
     splits = make_splits(cache.labels, cache.patients, cache.sources, folds=folds, test=test, holdout=holdout,
                          seed=seed, class_names=cache.class_names)
     audit = audit_splits(splits, cache.patients)
-    features = torch.from_numpy(cache.features)
+    features = torch.from_numpy(np.ascontiguousarray(cache.features))
     features = features.to(dev) if dev.type != "cpu" else features
     data = StackData(features, cache.labels, len(cache.class_names), splits.folds, splits.pool, splits.test)
     return Prepared(cache, splits, audit, data, dev, prec, time.perf_counter() - t0)
