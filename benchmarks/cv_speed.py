@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from featcache import real_size_cache  # noqa: E402
 
 from fastall.bench import machine_info  # noqa: E402
-from fastall.engine import HeadConfig, StackData, resolve_precision, train_stacks  # noqa: E402
+from fastall.engine import resolve_precision, train_stacks  # noqa: E402
 from fastall.head import Head  # noqa: E402
+from fastall.spec import HeadConfig, StackData  # noqa: E402
 from fastall.splits import make_splits  # noqa: E402
 from fastall.streams import epoch_order  # noqa: E402
 
@@ -174,14 +175,16 @@ def main() -> None:
     ap.add_argument("--subset-per-patient", type=int, default=4)
     ap.add_argument("--image-side", type=int, default=450)
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--e2e-epochs", type=int, default=2)
-    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--e2e-epochs", type=int, default=None, help="End-to-end epochs [2 on cuda, 1 on cpu].")
+    ap.add_argument("--views", type=int, default=4, help="Views of the subset cache.")
     ap.add_argument("--child-cv", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_cv:
         child_cv(args.child_cv, args.device, args.out)
         return
     device = torch.device(args.device)
+    args.e2e_epochs = args.e2e_epochs or (2 if device.type == "cuda" else 1)
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     cache = real_size_cache(args.cache)
     make_s = time.perf_counter() - t0
@@ -217,8 +220,8 @@ def main() -> None:
     projected = per_pass * full_cv_passes(cache, 5)
     result = {
         "benchmark": "cv_speed", "machine": machine_info(device), "device": args.device,
-        "torch": torch.__version__,
-        "a_full_cv": {"images": 10661, "views": args.views, "dim": 2048, "folds": 5, "epochs": 5,
+        "torch": torch.__version__, "load_average_before_after": [load_before, os.getloadavg()],
+        "a_full_cv": {"images": 10661, "views": 8, "dim": 2048, "folds": 5, "epochs": 5,
                       "batch_size": 32, "hidden": 512, **a, "goal_s": 10.0, "goal_peak_rss_mb": 2048,
                       "vs_paper_60_min": PAPER_CV_S / a["wall_s"], "cache_build_s": make_s},
         "b_end_to_end": {

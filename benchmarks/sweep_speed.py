@@ -8,14 +8,15 @@ from the splits) as a fraction of the bf16 and fp32 matmul peak measured here on
 (and a large square one); configurations/s against sequential `train_head` runs of some of the same configs.
 Goals: GPU >= 100 configurations × 5 folds within 10 s; 2-core CPU >= 50% of peak and >= 3x sequential.
 
-    PYTHONPATH=$PWD python3 benchmarks/sweep_speed.py --device cpu --out benchmarks/results/sweep_speed_cpu.json
+    PYTHONPATH=$PWD python3 benchmarks/sweep_speed.py --device cpu \
+        --out benchmarks/results/sweep_speed_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -34,9 +35,9 @@ from fastall.splits import make_splits  # noqa: E402
 from fastall.sweep import sweep  # noqa: E402
 from fastall.train import train_head  # noqa: E402
 
-LRS = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
-DROPOUTS = (0.2, 0.35, 0.5, 0.65)
-DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+GPU_GRID = ("lr=3e-5,1e-4,3e-4,1e-3,3e-3 dropout=0.2,0.35,0.5,0.65 "
+            "weight_decay=0,1e-5,1e-4,1e-3,1e-2")  # 100 configurations
+CPU_GRID = "lr=1e-4,3e-4,1e-3 dropout=0.3,0.5"  # 6 configurations
 
 
 def _sync(device: torch.device) -> None:
@@ -44,7 +45,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, m: int, k: int, n: int, seconds: float = 1.0) -> float:
+def matmul_gflops(device: torch.device, dtype: torch.dtype, m: int, k: int, n: int,
+                  seconds: float = 1.0) -> float:
     a = torch.randn(m, k, device=device).to(dtype)
     b = torch.randn(k, n, device=device).to(dtype)
     for _ in range(3):
@@ -59,15 +61,8 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, m: int, k: int, n: i
     return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
 
-def grid(n: int) -> str:
-    combos = list(itertools.product(LRS, DROPOUTS, DECAYS))
-    if n > len(combos):
-        raise SystemExit(f"--configs {n}: at most {len(combos)}")
-    picked = [combos[round(i * (len(combos) - 1) / max(1, n - 1))] for i in range(n)]
-    return picked
-
-
-def head_gflop(cache: Path, configs: int, epochs: int, batch: int, hidden: int, dim: int, with_final: bool) -> float:
+def head_gflop(cache: Path, configs: int, epochs: int, batch: int, hidden: int, dim: int,
+               with_final: bool) -> float:
     """Head GEMM work of a CV: per step forward + weight gradient (2 × 2·B·D·H, plus the small fc2 GEMMs),
     per epoch a validation forward of each fold's validation images."""
     c = read_cache(cache, load_features=False)
@@ -83,11 +78,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "fastall-bench" / "real_10661x8.h5"))
-    ap.add_argument("--configs", type=int, default=None, help="Sweep size [100 on cuda, 6 on cpu].")
+    ap.add_argument("--grid", default=None, help="Sweep grid [100 configurations on cuda, 6 on cpu].")
     ap.add_argument("--sequential", type=int, default=None, help="train-head runs for the baseline [3 / 2].")
     args = ap.parse_args()
     device = torch.device(args.device)
-    n = args.configs or (100 if device.type == "cuda" else 6)
+    load_before = os.getloadavg()
     k = args.sequential or (3 if device.type == "cuda" else 2)
     cache = real_size_cache(args.cache)
 
@@ -98,25 +93,21 @@ def main() -> None:
             peaks[f"{name}_8192_cubed"] = matmul_gflops(device, dtype, 8192, 8192, 8192)
     print(f"matmul peaks GFLOP/s: {peaks}", flush=True)
 
-    combos = grid(n)
-    text = " ".join(f"{name}={','.join(repr(v) for v in sorted({c[i] for c in combos}))}"
-                    for i, name in enumerate(("lr", "dropout", "weight_decay")))
-    wanted = set(combos)
+    text = args.grid or (GPU_GRID if device.type == "cuda" else CPU_GRID)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = sweep(cache, Path(tmp) / "sweep", grid=text, folds=5, device=args.device, progress=False)
         sweep_wall = time.perf_counter() - t0
         configs = len(res.results["configs"])
-        if set(itertools.product(LRS, DROPOUTS, DECAYS)) and configs != len(wanted):
-            print(f"note: the grid's full product has {configs} configurations", flush=True)
         train_s = res.results["timings"]["train_s"]
-        print(f"sweep: {configs} configs × 5 folds in {sweep_wall:.2f} s wall (train {train_s:.2f} s)", flush=True)
+        print(f"sweep: {configs} configs × 5 folds in {sweep_wall:.2f} s wall (train {train_s:.2f} s)",
+              flush=True)
 
         seq = []
-        for lr, dropout, wd in combos[:k]:
+        for row in sorted(res.results["configs"], key=lambda r: r["config"])[:k]:
             t1 = time.perf_counter()
-            train_head(cache, Path(tmp) / f"seq{len(seq)}", folds=5, lr=lr, dropout=dropout, weight_decay=wd,
-                       device=args.device, progress=False)
+            train_head(cache, Path(tmp) / f"seq{len(seq)}", folds=5, device=args.device, progress=False,
+                       **row["params"])
             seq.append(time.perf_counter() - t1)
         print(f"sequential train-head: {seq}", flush=True)
 
@@ -126,17 +117,20 @@ def main() -> None:
     result = {
         "benchmark": "sweep_speed", "machine": machine_info(device), "device": args.device,
         "torch": torch.__version__, "precision": res.results["precision"],
+        "load_average_before_after": [load_before, os.getloadavg()],
         "settings": {"epochs": 5, "batch_size": 32, "hidden": 512, "folds": 5, "images": 10661, "views": 8,
                      "dim": 2048, "grid": text},
         "configs": configs, "config_folds": configs * 5,
-        "sweep_wall_s": sweep_wall, "sweep_train_s": train_s, "sweep_load_cache_s": res.results["timings"]["load_cache_s"],
+        "sweep_wall_s": sweep_wall, "sweep_train_s": train_s,
+        "sweep_load_cache_s": res.results["timings"]["load_cache_s"],
         "configs_per_s": configs / sweep_wall,
         "head_gflop": gflop, "achieved_gflop_per_s": achieved, "matmul_peak_gflop_per_s": peaks,
         "fraction_of_bf16_peak": achieved / peaks["bf16_1024x2048x512"],
         "fraction_of_fp32_peak": achieved / peaks["fp32_1024x2048x512"],
         "sequential_train_head_s": seq, "sequential_configs_per_s": seq_rate,
         "speedup_vs_sequential": (configs / sweep_wall) / seq_rate,
-        "goals": {"gpu_100_configs_x5_folds_s": 10.0, "cpu_fraction_of_peak": 0.5, "cpu_speedup_vs_sequential": 3.0},
+        "goals": {"gpu_100_configs_x5_folds_s": 10.0, "cpu_fraction_of_peak": 0.5,
+                  "cpu_speedup_vs_sequential": 3.0},
     }
     if device.type == "cuda":
         result["fraction_of_bf16_peak_8192"] = achieved / peaks["bf16_8192_cubed"]

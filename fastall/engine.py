@@ -13,6 +13,7 @@ trained alone give the same result.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,89 +26,9 @@ import torch
 
 from fastall.errors import FastallError
 from fastall.head import head_state_dict
+from fastall.optim import adam_step, plateau_update, weight_grad
+from fastall.spec import HeadConfig, HeadResult, StackData
 from fastall.streams import dropout_lanes, dropout_threshold, epoch_order, fold_statistics, init_head
-
-BETAS, EPS = (0.9, 0.999), 1e-8
-PLATEAU_THRESHOLD = 1e-4
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """One head configuration (the train-head options that change training)."""
-
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    dropout: float = 0.5
-    hidden: int = 512
-    epochs: int = 5
-    batch_size: int = 32
-    patience: int | None = None
-    plateau_factor: float = 0.1
-    plateau_patience: int = 2
-    class_weight: str = "none"
-    standardize: bool = True
-
-    def check(self) -> HeadConfig:
-        problems = [
-            (self.lr > 0, f"lr {self.lr} must be > 0"),
-            (self.weight_decay >= 0, f"weight_decay {self.weight_decay} must be >= 0"),
-            (0 <= self.dropout < 1, f"dropout {self.dropout} must be in [0, 1)"),
-            (self.hidden >= 1, f"hidden {self.hidden} must be >= 1"),
-            (self.epochs >= 1, f"epochs {self.epochs} must be >= 1"),
-            (self.batch_size >= 1, f"batch_size {self.batch_size} must be >= 1"),
-            (self.patience is None or self.patience >= 1, f"patience {self.patience} must be >= 1"),
-            (0 < self.plateau_factor <= 1, f"plateau_factor {self.plateau_factor} must be in (0, 1]"),
-            (self.plateau_patience >= 0, f"plateau_patience {self.plateau_patience} must be >= 0"),
-            (self.class_weight in ("none", "balanced"),
-             f"class_weight {self.class_weight!r}: expected none or balanced"),
-        ]
-        bad = [msg for ok, msg in problems if not ok]
-        if bad:
-            raise FastallError(f"invalid head configuration: {bad[0]}")
-        return self
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.hidden, self.batch_size)
-
-
-@dataclass
-class StackData:
-    """Features on the training device ([N, V, D] float16), labels, and the rows of each fold."""
-
-    features: torch.Tensor
-    labels: np.ndarray
-    classes: int
-    folds: list[tuple[np.ndarray, np.ndarray]]
-    pool: np.ndarray
-    test: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-
-    @property
-    def views(self) -> int:
-        return int(self.features.shape[1])
-
-    @property
-    def dim(self) -> int:
-        return int(self.features.shape[2])
-
-    def train_views(self) -> list[int]:
-        return list(range(1, self.views)) if self.views > 1 else [0]
-
-
-@dataclass
-class HeadResult:
-    """One trained head: its Head state dict (CPU) and what happened while training it."""
-
-    config: int
-    fold: int
-    final: bool
-    state: dict[str, torch.Tensor]
-    best_epoch: int
-    epochs_run: int
-    val_loss: float | None
-    val_loss_history: list[float]
-    lr_history: list[float]
-    probs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -132,59 +53,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
     except (AttributeError, RuntimeError):
         return "fp32"
-
-
-# ---- the optimiser: torch.optim.Adam, fused, one call per (lr, weight decay) group -------------------------
-
-def adam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
-              exp_avg_sq: list[torch.Tensor], steps: list[torch.Tensor], lr: float,
-              weight_decay: float) -> None:
-    """One torch.optim.Adam step (L2 weight decay, bias correction, eps 1e-8) over a list of tensors."""
-    torch._foreach_add_(steps, 1)
-    if hasattr(torch, "_fused_adam_"):
-        torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], steps, lr=lr, beta1=BETAS[0],
-                           beta2=BETAS[1], weight_decay=weight_decay, eps=EPS, amsgrad=False, maximize=False)
-        return
-    for p, g, m, v, s in zip(params, grads, exp_avg, exp_avg_sq, steps, strict=True):
-        g = g.add(p, alpha=weight_decay) if weight_decay else g
-        m.lerp_(g, 1 - BETAS[0])
-        v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
-        step = float(s)
-        denom = (v.sqrt() / math.sqrt(1 - BETAS[1] ** step)).add_(EPS)
-        p.addcdiv_(m, denom, value=-lr / (1 - BETAS[0] ** step))
-
-
-_FP32_OUT: dict[str, bool] = {"cpu": False}
-
-
-def weight_grad(x: torch.Tensor, dz: torch.Tensor, out: torch.Tensor) -> None:
-    """``out = x^T @ dz`` in fp32: straight from the bf16 GEMM where the device can (CUDA), else a cast."""
-    if x.dtype == torch.float32:
-        torch.bmm(x.transpose(1, 2), dz, out=out)
-        return
-    dz = dz.to(x.dtype)
-    if _FP32_OUT.get(x.device.type, True):
-        try:
-            torch.bmm(x.transpose(1, 2), dz, out_dtype=torch.float32, out=out)
-            return
-        except (RuntimeError, NotImplementedError, TypeError):
-            _FP32_OUT[x.device.type] = False
-    out.copy_(torch.bmm(x.transpose(1, 2), dz))
-
-
-def plateau_update(loss: float, lr: float, best: float, bad: int, factor: float,
-                   patience: int) -> tuple[float, float, int]:
-    """torch's ReduceLROnPlateau (mode min, threshold 1e-4 rel, cooldown 0, min_lr 0, eps 1e-8), one head."""
-    if loss < best * (1 - PLATEAU_THRESHOLD):
-        best, bad = loss, 0
-    else:
-        bad += 1
-    if bad > patience:
-        new_lr = lr * factor
-        if lr - new_lr > 1e-8:
-            lr = new_lr
-        bad = 0
-    return lr, best, bad
 
 
 # ---- the stack ---------------------------------------------------------------------------------------------
@@ -570,9 +438,11 @@ def default_chunk(device: torch.device, heads: int, dim: int, hidden: int) -> in
 def cpu_workers(device: torch.device) -> Iterator[ThreadPoolExecutor | None]:
     """On a CPU, one worker thread per intra-op thread, each (and the caller) with one intra-op thread: heads
     never share an op, so no op waits at an OpenMP barrier (which a busy shared machine turns into scheduler
-    waits), and a head's arithmetic is the same whichever worker runs it."""
+    waits), and a head's arithmetic is the same whichever worker runs it. ``FASTALL_CPU_PARALLEL=ops`` trains
+    one head at a time on all intra-op threads instead (faster on an idle machine, where it keeps the head's
+    state in the last-level cache)."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2:
+    if device.type != "cpu" or threads < 2 or os.environ.get("FASTALL_CPU_PARALLEL", "heads") == "ops":
         yield None
         return
     torch.set_num_threads(1)

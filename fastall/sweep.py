@@ -22,11 +22,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fastall.engine import HeadConfig, HeadResult, train_stacks
+from fastall.engine import train_stacks
 from fastall.errors import FastallError
 from fastall.metrics import classification_metrics, json_safe
 from fastall.report import fmt
 from fastall.runfolder import atomic_folder, check_target
+from fastall.spec import HeadConfig, HeadResult
 from fastall.train import Prepared, prepare
 
 SWEEP_FORMAT, SWEEP_VERSION = "fastall-sweep", 1

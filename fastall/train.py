@@ -21,11 +21,12 @@ from rich.console import Console
 
 from fastall import __version__
 from fastall.cache import FeatureCache, read_cache
-from fastall.engine import HeadConfig, HeadResult, StackData, resolve_device, resolve_precision, train_stacks
+from fastall.engine import resolve_device, resolve_precision, train_stacks
 from fastall.errors import FastallError
 from fastall.head import Head
 from fastall.metrics import PAPER_CV, PAPER_TEST, classification_metrics, json_safe, summarize
 from fastall.runfolder import atomic_folder, check_target
+from fastall.spec import HeadConfig, HeadResult, StackData
 from fastall.splits import Splits, audit_splits, fold_table, make_splits
 
 RUN_FORMAT, RUN_VERSION = "fastall-run", 1

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from featcache import make_feature_cache
 
 from fastall.cli import cli
-from fastall.engine import HeadConfig
 from fastall.errors import FastallError
+from fastall.spec import HeadConfig
 from fastall.sweep import Range, expand, parse_grid, sample, sweep
 from fastall.train import train_head
 

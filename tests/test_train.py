@@ -20,9 +20,11 @@ from featcache import make_feature_cache
 
 from fastall.cache import read_cache
 from fastall.cli import cli
-from fastall.engine import HeadConfig, Stack, StackData, plateau_update
+from fastall.engine import Stack
 from fastall.errors import FastallError
 from fastall.head import Head, head_from_state_dict
+from fastall.optim import plateau_update
+from fastall.spec import HeadConfig, StackData
 from fastall.streams import dropout_lanes, dropout_threshold, epoch_order, fold_statistics, init_head
 from fastall.train import train_head
 
@@ -275,3 +277,19 @@ def test_cpu_worker_threads_change_nothing(cache, tmp_path):
     for m in (inline, pooled):
         m.pop("timings")
     assert json.dumps(inline, sort_keys=True) == json.dumps(pooled, sort_keys=True)
+
+
+@pytest.mark.parametrize("test", ["prelim", "none"])
+def test_test_modes_and_unlabelled_rows(tmp_path, test):
+    c = make_feature_cache(tmp_path / "c.h5", patients=(6, 6), images_per_patient=8, dim=16, views=2,
+                           prelim_patients=2, testing_images=5)
+    result = _run(c, tmp_path / "run", test=test, epochs=1)
+    cache = read_cache(c, load_features=False)
+    with open(result.out / "predictions.csv") as fh:
+        preds = list(csv.DictReader(fh))
+    if test == "none":
+        assert result.test is None and {p["split"] for p in preds} == {"val"}
+        assert len(preds) == (cache.labels >= 0).sum()
+    else:
+        assert result.test["images"] == (cache.sources == "prelim").sum() == 32
+    assert "unknown" not in {p["patient"] for p in preds}
