@@ -17,6 +17,6 @@ run() {  # name, limit seconds, command...
 }
 run extract 150 python3 benchmarks/extract_throughput.py --device cuda --out "$OUT/extract_throughput_cuda.json"
 run inference 120 python3 benchmarks/inference.py --device cuda --out "$OUT/inference_cuda.json"
-run cv_speed 100 python3 benchmarks/cv_speed.py --device cuda --out "$OUT/cv_speed_cuda.json"
-run sweep 100 python3 benchmarks/sweep_speed.py --device cuda --out "$OUT/sweep_speed_cuda.json"
+run cv_speed 120 python3 benchmarks/cv_speed.py --device cuda --cache /tmp/real_size.h5 --out "$OUT/cv_speed_cuda.json"
+run sweep 120 python3 benchmarks/sweep_speed.py --device cuda --cache /tmp/real_size.h5 --out "$OUT/sweep_speed_cuda.json"
 tail -n 60 "$log"
