@@ -124,7 +124,7 @@ def main() -> None:
     views = args.views or (8 if cuda else 2)
     batch = args.batch_size or (256 if cuda else 20)
     cores = os.cpu_count() or 1
-    workers = args.workers if args.workers is not None else (max(1, min(10, cores - 2)) if cuda else 0)
+    workers = args.workers if args.workers is not None else (max(1, cores - 2) if cuda else 0)
     amp = None if args.amp_dtype == "none" else AMP_DTYPES[args.amp_dtype]
     device = torch.device(args.device)
     now = datetime.datetime.now().isoformat(timespec="seconds")

@@ -115,7 +115,7 @@ def run(model: torch.nn.Module, records: list[Record], todo: list[int], store: P
     batch_size = batch_size or (256 if cuda else 32)
     cores = os.cpu_count() or 1
     # CPU: decoding is ~1% of a forward; a worker process would only steal cores from torch's thread pool
-    workers = workers if workers is not None else (max(1, min(10, cores - 2)) if cuda else 0)
+    workers = workers if workers is not None else (max(1, cores - 2) if cuda else 0)
     loader = DataLoader(ImageViews(records, todo, size, seed, views), batch_size=min(batch_size, CHUNK),
                         shuffle=False, num_workers=workers, pin_memory=cuda,
                         prefetch_factor=4 if workers else None)
