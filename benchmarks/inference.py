@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +37,13 @@ DEFAULTS = {"cpu": {"precisions": "fp32,fp32-jit,bf16-jit,int8-jit", "batch_size
 
 
 def train_head(feats: torch.Tensor, labels: torch.Tensor, steps: int = 300, seed: int = 0) -> Head:
-    """The paper's head on standardised features (full-batch Adam, dropout off for a stable fit)."""
+    """The paper's head on standardised features (full-batch Adam, dropout off for a stable fit).
+
+    As in train-head, a feature with no spread keeps std 1."""
     torch.manual_seed(seed)
     head = Head(dropout=0.0)
-    head.set_standardization(feats.mean(0), feats.std(0) + 1e-6)
+    std = feats.std(0)
+    head.set_standardization(feats.mean(0), torch.where(std > 0, std, torch.ones_like(std)))  # as train-head
     opt = torch.optim.Adam(head.parameters(), lr=1e-3, weight_decay=1e-4)
     for _ in range(steps):
         opt.zero_grad()
@@ -63,6 +67,7 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=200)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=None, help="latency rounds, best kept [3 on CPU, 1 on GPU]")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -70,7 +75,7 @@ def main() -> None:
     dev = torch.device(args.device)
     precisions = (args.precisions or DEFAULTS[dev.type]["precisions"]).split(",")
     batch_sizes = [int(b) for b in (args.batch_sizes or DEFAULTS[dev.type]["batch_sizes"]).split(",")]
-    t0 = time.perf_counter()
+    t0, load_start = time.perf_counter(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fastall-inference-") as tmp:
         files = synthetic_files(tmp, args.train_images + args.eval_images)
         labels = torch.tensor([1 if p.name.endswith("_all.bmp") else 0 for p in files])
@@ -95,7 +100,8 @@ def main() -> None:
                               jit=jit)
             if name == "fp32":
                 model.optimize("fp32", jit=False)
-            lat = latency(model, files, warmup=5, iters=args.iters)
+            rounds = args.rounds or (3 if dev.type == "cpu" else 1)
+            lat = latency(model, files, warmup=5, iters=args.iters, rounds=rounds)
             workers = default_workers(dev)
             tput = [throughput(model, files, bs, batches=3, workers=workers) for bs in batch_sizes]
             results[name] = {"precision": precision, "jit": jit, "agreement_vs_fp32": agree,
@@ -110,7 +116,8 @@ def main() -> None:
                       "weights": "none (random init, seed 0)", "weights_sha256": info.sha256,
                       "images": "synthetic 450x450 24-bit BMP cells (fastall.synth)",
                       "held_out_head_accuracy": acc},
-           "results": results, **summary, "seconds": time.perf_counter() - t0}
+           "results": results, **summary, "seconds": time.perf_counter() - t0,
+           "load_average_start_end": [list(load_start), list(os.getloadavg())]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

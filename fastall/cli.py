@@ -298,19 +298,27 @@ def predict(run: str, paths: tuple[str, ...], out: str, device: str, batch_size:
 @cli.command(name="export")
 @click.argument("run", type=click.Path(path_type=str))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Model file.")
-@click.option("--int8", "with_int8", is_flag=True,
-              help="Also store an int8 backbone calibrated on the run's images (fast CPU inference).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto",
+              show_default=True, help="CPU precision of the deployed model; auto: the fastest that agrees "
+                                      "with fp32 on >= 99.5% of the run's images (int8, bf16, else fp32).")
+@click.option("--images", type=int, default=200, show_default=True,
+              help="Run images the precision is checked on.")
+@click.option("--data", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Data root of the run's images [the one recorded in the cache].")
 @click.option("--weights-path", default=None, type=click.Path(dir_okay=False, path_type=str),
               help="Backbone weights file, where the recorded one has moved.")
-def export_cmd(run: str, out: str, with_int8: bool, weights_path: str | None) -> None:
+def export_cmd(run: str, out: str, precision: str, images: int, data: str | None,
+               weights_path: str | None) -> None:
     """Write one self-contained model file (torch.load(weights_only=True)) for deployment."""
-    from fastall.model import export_run
-    from fastall.verify import run_calibration_images
+    from fastall.deploy import export_deployable
 
-    calibration = run_calibration_images(run) if with_int8 else None
-    path = export_run(run, out, weights_path=weights_path, calibration=calibration)
-    extra = ", with int8" if with_int8 else ""
-    click.echo(f"exported {run} -> {path} ({path.stat().st_size / 1e6:.1f} MB{extra})")
+    path, choice = export_deployable(run, out, precision=precision, images=images, data=data,
+                                     weights_path=weights_path,
+                                     log=lambda msg: console.print(msg, highlight=False, soft_wrap=True))
+    n = choice["images"]
+    checked = f", {choice['agreement']:.1%} agreement on {n} images" if n else ""
+    size = path.stat().st_size / 1e6
+    click.echo(f"exported {run} -> {path} ({size:.1f} MB, {choice['precision']}{checked})")
 
 
 # ---- train-head (issue 4) -------------------------------------------------------------------------------

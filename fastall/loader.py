@@ -29,6 +29,10 @@ class Batch:
     images: torch.Tensor
     bad: list[tuple[int, str]] = field(default_factory=list)
 
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pinning thread, so that the copy to the GPU can overlap compute."""
+        return Batch(self.indices, self.images.pin_memory(), self.bad)
+
 
 class _Files(Dataset):
     def __init__(self, paths: Sequence[Path], size: int) -> None:

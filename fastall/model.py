@@ -149,8 +149,11 @@ class LeukemiaClassifier(nn.Module):
                     provenance={**blob.get("provenance", {}), "export": str(path)})
         model.to(device)
         _check_consistency(model, path)
-        if blob.get("int8_state_dict") is not None and device.type == "cpu":
+        stored = blob.get("precision", "int8" if blob.get("int8_state_dict") is not None else "fp32")
+        if stored == "int8" and blob.get("int8_state_dict") is not None and device.type == "cpu":
             model.optimize("int8", int8_state=blob["int8_state_dict"])
+        elif stored in ("bf16", "fp16") and (device.type == "cuda" or stored == "bf16"):
+            model.optimize(stored)
         return model
 
 
@@ -329,8 +332,9 @@ def export_run(run: str | Path, out: str | Path, *, weights_path: str | Path | N
     return export_model(model, out)
 
 
-def export_model(model: LeukemiaClassifier, out: str | Path) -> Path:
-    """Write ``model`` (fp32 backbone and head, preprocessing, classes, provenance, int8 state if any)."""
+def export_model(model: LeukemiaClassifier, out: str | Path, *, precision_check: dict | None = None) -> Path:
+    """Write ``model``: fp32 backbone and head, preprocessing, classes, provenance, and its CPU precision
+    (with the int8 state if int8) and how well that precision agreed with fp32 (``precision_check``)."""
     state = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
     blob = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
@@ -338,6 +342,7 @@ def export_model(model: LeukemiaClassifier, out: str | Path) -> Path:
         "head_state_dict": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
         "head_config": model.head.config(), "image_size": model.image_size, "mean": list(model.mean),
         "std": list(model.std), "class_names": model.class_names, "int8_state_dict": model.int8_state(),
+        "precision": model.precision, "precision_check": _plain(precision_check),
         "provenance": {**_plain(model.provenance), "fastall_version": __version__,
                        "torch_version": str(torch.__version__)},
     }

@@ -18,6 +18,7 @@ from torch import nn
 from fastall.errors import FastallError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+INT8_ENGINE = "x86"
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -48,8 +49,7 @@ class Runtime(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=_format(self.channels_last))
         with autocast(self.precision, self.device):
             return self.module(x).float()
 
@@ -90,11 +90,12 @@ def quantize_int8(backbone: nn.Module, example: torch.Tensor | None, *,
 
     if example is None or (calibration is None and state is None):
         raise FastallError("int8 needs an example input and calibration images (or a saved int8 state)")
-    torch.backends.quantized.engine = "x86"
+    torch.backends.quantized.engine = INT8_ENGINE
     model = copy.deepcopy(backbone).cpu().eval().requires_grad_(False)
+    model = model.to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (example.cpu(),))
+        prepared = prepare_fx(model, get_default_qconfig_mapping(INT8_ENGINE), (example.cpu(),))
         if state is None:
             with torch.no_grad():
                 for chunk in calibration.cpu().split(8):
@@ -109,10 +110,12 @@ def quantize_int8(backbone: nn.Module, example: torch.Tensor | None, *,
     return quantized
 
 
+def _format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _freeze(module: nn.Module, example: torch.Tensor, precision: str, channels_last: bool) -> nn.Module:
-    x = example.cpu()
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = example.cpu().contiguous(memory_format=_format(channels_last))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad(), autocast(precision, "cpu"):

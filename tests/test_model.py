@@ -140,9 +140,32 @@ def test_export_detects_tampering(e2e, tmp_path):
         LeukemiaClassifier.from_export(out)
 
 
-def test_export_cli_and_unwritable_target(e2e, tmp_path):
-    result = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt")])
+def test_export_auto_precision_is_checked_recorded_and_reloaded(e2e, images, tmp_path):
+    result = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"),
+                                      "--images", "12"])
     assert result.exit_code == 0 and (tmp_path / "m.pt").is_file(), result.output
-    result = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "no" / "m.pt")])
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    check = blob["precision_check"]
+    assert blob["precision"] == check["precision"] in ("int8", "bf16", "fp32")
+    assert [t["precision"] for t in check["trials"]][0] == "int8" and check["images"] == 12
+    assert check["precision"] == "fp32" or check["agreement"] >= 0.995
+    assert f"{check['precision']}, " in result.stdout and "agrees with fp32" in result.stderr
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.precision == check["precision"]
+
+
+def test_export_refuses_an_explicit_precision_that_disagrees(e2e, tmp_path, monkeypatch):
+    import fastall.deploy as deploy
+
+    monkeypatch.setattr(deploy, "MIN_PRECISION_AGREEMENT", 1.01)
+    result = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"),
+                                      "--precision", "bf16", "--images", "4"])
+    assert result.exit_code == 1 and "bf16 agrees with fp32 on only" in result.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_export_cli_and_unwritable_target(e2e, tmp_path):
+    result = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "no" / "m.pt"),
+                                      "--precision", "fp32"])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "cannot write" in result.output
     assert not (tmp_path / "no").exists()

@@ -111,7 +111,9 @@ def test_testing_data_and_tta(e2e, tmp_path):
 
 def test_predict_from_an_exported_model_matches_the_run(e2e, tmp_path):
     folder = e2e.data / "C-NMC_Leukemia" / "training_data" / "fold_1"
-    assert CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt")]).exit_code == 0
+    exported = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"),
+                                        "--precision", "fp32"])
+    assert exported.exit_code == 0, exported.output
     assert _predict(str(e2e.run), str(folder), "--out", str(tmp_path / "a.csv")).exit_code == 0
     assert _predict(str(tmp_path / "m.pt"), str(folder), "--out", str(tmp_path / "b.csv")).exit_code == 0
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
