@@ -241,14 +241,22 @@ class Stack:
         gW1, gb1, gW2, gb2 = (g[a:b] for g in self.grads)
         thr, scale, cdt = self.thr[a:b], self.scale[a:b], self.cdt
         xs, lane_steps, w, target, var, fold = (inp[n] for n in ("x", "lanes", "w", "target", "var", "fold"))
+        premasked = fold is None and lane_steps.numel() * 4 <= 1 << 26
+        if premasked:
+            out = self._scratch("mask", tuple(lane_steps.shape), torch.float32)
+            lane_steps = torch.mul(lane_steps >= thr, scale, out=out)
+        w1c = self._scratch("w1c", tuple(W1.shape), cdt) if cdt != W1.dtype else W1
+        g1c = self._scratch("g1c", tuple(W1.shape), cdt) if cdt != W1.dtype else None
         for s in range(inp["steps"]):
             x, keep = xs[s], lane_steps[s]
             if var is not None:
                 x = x.index_select(0, var)
             if fold is not None:
                 keep = keep.index_select(0, fold)
-            z = torch.baddbmm(b1.to(cdt), x, W1.to(cdt)).float()
-            mask = torch.where(keep >= thr, scale, 0.0)
+            if g1c is not None:
+                w1c.copy_(W1)
+            z = torch.baddbmm(b1.to(cdt), x, w1c).float()
+            mask = keep if premasked else torch.where(keep >= thr, scale, 0.0)
             mask = torch.where(z > 0, mask, 0.0)
             act = z * mask
             dl = torch.softmax(torch.baddbmm(b2, act, W2), -1).mul_(w[s]).sub_(target[s])
@@ -256,7 +264,7 @@ class Stack:
             torch.sum(dl, 1, keepdim=True, out=gb2)
             dz = torch.bmm(dl, W2.transpose(1, 2)).mul_(mask)
             torch.sum(dz, 1, keepdim=True, out=gb1)
-            weight_grad(x, dz, gW1)
+            weight_grad(x, dz, gW1, g1c)
             for lr, wd, lists in plans[s]:
                 adam_step(*lists, lr=lr, weight_decay=wd)
 

@@ -31,8 +31,10 @@ def adam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: li
 _FP32_OUT: dict[str, bool] = {"cpu": False}
 
 
-def weight_grad(x: torch.Tensor, dz: torch.Tensor, out: torch.Tensor) -> None:
-    """``out = x^T @ dz`` in fp32: straight from the bf16 GEMM where the device can (CUDA), else a cast."""
+def weight_grad(x: torch.Tensor, dz: torch.Tensor, out: torch.Tensor,
+                scratch: torch.Tensor | None = None) -> None:
+    """``out = x^T @ dz`` in fp32: straight from the bf16 GEMM where the device can (CUDA), else through
+    ``scratch`` (a reused buffer shaped like ``out``, in x's dtype) and a cast."""
     if x.dtype == torch.float32:
         torch.bmm(x.transpose(1, 2), dz, out=out)
         return
@@ -43,7 +45,8 @@ def weight_grad(x: torch.Tensor, dz: torch.Tensor, out: torch.Tensor) -> None:
             return
         except (RuntimeError, NotImplementedError, TypeError):
             _FP32_OUT[x.device.type] = False
-    out.copy_(torch.bmm(x.transpose(1, 2), dz))
+    out.copy_(torch.bmm(x.transpose(1, 2), dz, out=scratch) if scratch is not None else
+              torch.bmm(x.transpose(1, 2), dz))
 
 
 def plateau_update(loss: float, lr: float, best: float, bad: int, factor: float,
