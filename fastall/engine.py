@@ -26,7 +26,7 @@ import torch
 
 from fastall.errors import FastallError
 from fastall.head import head_state_dict
-from fastall.optim import adam_step, plateau_update, weight_grad
+from fastall.optim import adam_update, plateau_update, weight_grad
 from fastall.spec import HeadConfig, HeadResult, StackData
 from fastall.streams import dropout_lanes, dropout_threshold, epoch_order, fold_statistics, init_head
 
@@ -265,11 +265,14 @@ class Stack:
             dz = torch.bmm(dl, W2.transpose(1, 2)).mul_(mask)
             torch.sum(dz, 1, keepdim=True, out=gb1)
             weight_grad(x, dz, gW1, g1c)
-            for lr, wd, lists in plans[s]:
-                adam_step(*lists, lr=lr, weight_decay=wd)
+            steps, groups = plans[s]
+            torch._foreach_add_(steps, 1)
+            for lr, wd, lists in groups:
+                adam_update(*lists, lr=lr, weight_decay=wd)
 
-    def _adam_plans(self, a: int, b: int, n_steps: dict) -> list[list[tuple[float, float, list]]]:
-        """Per step: (lr, weight decay, tensor lists) of the heads that update at that step."""
+    def _adam_plans(self, a: int, b: int, n_steps: dict) -> list[tuple[list, list]]:
+        """Per step: the step counters to increment and the (lr, weight decay, tensor lists) groups of the
+        heads that update at that step."""
         s_max = max(n_steps[self.heads[i].fold] for i in range(a, b) if self.heads[i].alive)
         plans: list = []
         cache: dict = {}
@@ -282,7 +285,8 @@ class Stack:
                     lists = groups.setdefault((hd.lr, hd.cfg.weight_decay), [[], [], [], [], []])
                     for slot, tensors in zip(lists, [*self._head_view(i), self.steps[i]], strict=True):
                         slot.extend(tensors)
-                cache[active] = [(lr, wd, lists) for (lr, wd), lists in groups.items()]
+                steps = [t for i in active for t in self.steps[i]]
+                cache[active] = (steps, [(lr, wd, lists) for (lr, wd), lists in groups.items()])
             plans.append(cache[active])
         return plans
 
@@ -386,13 +390,13 @@ class Stack:
 
     # -- results --------------------------------------------------------------------------------------------
 
-    def results(self, tta: bool) -> list[HeadResult]:
-        """Every head's state dict and its probabilities on its validation rows and the test rows (view 0,
-        and the mean over all views with ``tta``)."""
+    def results(self, tta: bool, states: bool = True) -> list[HeadResult]:
+        """Every head's probabilities on its validation rows and the test rows (view 0, and the mean over all
+        views with ``tta``), and (with ``states``) its Head state dict."""
         tasks = [(f, c0, c1) for f, a, b in self._fold_ranges() for c0, c1 in self._chunks(a, b, False)]
-        return [r for part in self._map(lambda t: self._results(*t, tta), tasks) for r in part]
+        return [r for part in self._map(lambda t: self._results(*t, tta, states), tasks) for r in part]
 
-    def _results(self, f: int, a: int, b: int, tta: bool) -> list[HeadResult]:
+    def _results(self, f: int, a: int, b: int, tta: bool, states: bool) -> list[HeadResult]:
         probs: list[dict[str, np.ndarray]] = [{} for _ in range(a, b)]
         sets = {"test": self.data.test} if self.data.test.size else {}
         if f < len(self.data.folds):
@@ -410,7 +414,7 @@ class Stack:
             hd = self.heads[i]
             kept = None if hd.final else hd.val_history[self._kept_epoch(hd) - 1]
             state = head_state_dict(*(p[i].detach().cpu() for p in self.params),
-                                    mean=self.mean[i].cpu(), std=self.std[i].cpu())
+                                    mean=self.mean[i].cpu(), std=self.std[i].cpu()) if states else {}
             out.append(HeadResult(hd.config, hd.fold, hd.final, state, hd.best_epoch, hd.epochs_run, kept,
                                   hd.val_history, hd.lr_history, probs[j]))
         return out
@@ -463,9 +467,10 @@ def cpu_workers(device: torch.device) -> Iterator[ThreadPoolExecutor | None]:
 
 
 def train_stacks(data: StackData, configs: Sequence[HeadConfig], *, seed: int = 0, precision: str = "fp32",
-                 final: bool = False, tta: bool = False, chunk: int | None = None,
+                 final: bool = False, tta: bool = False, states: bool = True, chunk: int | None = None,
                  progress: Callable[[int, int, float, float], None] | None = None) -> list[HeadResult]:
-    """Train every configuration on every fold (and a final head on the whole pool when ``final``).
+    """Train every configuration on every fold (and a final head on the whole pool when ``final``); with
+    ``states``, return each head's state dict too.
 
     Configurations of one shape (hidden, batch size) form one stack (split if memory demands); stacks run
     one after the other. ``progress(group, groups, done, total)`` is called after each epoch.
@@ -489,6 +494,6 @@ def train_stacks(data: StackData, configs: Sequence[HeadConfig], *, seed: int = 
                               chunk=size, pool=pool)
                 share = (start / len(group), len(part) / len(group))
                 stack.train(_sub_progress(progress, g, len(shapes), *share))
-                results.extend(stack.results(tta))
+                results.extend(stack.results(tta, states))
                 del stack
     return sorted(results, key=lambda r: (r.config, r.fold))

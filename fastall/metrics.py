@@ -14,10 +14,8 @@ import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
-    f1_score,
     log_loss,
-    precision_score,
-    recall_score,
+    precision_recall_fscore_support,
     roc_auc_score,
 )
 
@@ -29,27 +27,25 @@ PAPER_CV = {"peak_accuracy": 0.9739, "accuracy": 0.9663, "accuracy_std": 0.008, 
 PAPER_TEST = {"accuracy": 0.9543, "precision": 0.950, "recall": 0.955, "f1": 0.95, "auc": 0.98}
 
 
-def classification_metrics(y_true: np.ndarray, prob: np.ndarray, classes: int | None = None) -> dict:
-    """accuracy, precision, recall, F1, ROC AUC, log loss and the confusion matrix of ``prob [N, K]``."""
+def classification_metrics(y_true: np.ndarray, prob: np.ndarray, classes: int | None = None,
+                           detail: bool = True) -> dict:
+    """accuracy, precision, recall, F1 and ROC AUC of ``prob [N, K]``; with ``detail`` also the log loss and
+    the confusion matrix."""
     y_true = np.asarray(y_true, dtype=np.int64)
     prob = np.asarray(prob, dtype=np.float64)
     prob = prob / np.clip(prob.sum(1, keepdims=True), 1e-12, None)
     k = classes or prob.shape[1]
     labels = list(range(k))
     y_pred = prob.argmax(1)
-    binary = k == 2
-    avg = {"average": "binary", "pos_label": 1} if binary else {"average": "macro", "labels": labels}
-    out = {
-        "n": int(y_true.size),
-        "accuracy": float(accuracy_score(y_true, y_pred)) if y_true.size else math.nan,
-        "precision": float(precision_score(y_true, y_pred, zero_division=0, **avg)),
-        "recall": float(recall_score(y_true, y_pred, zero_division=0, **avg)),
-        "f1": float(f1_score(y_true, y_pred, zero_division=0, **avg)),
-        "auc": _auc(y_true, prob, labels),
-        "log_loss": float(log_loss(y_true, prob, labels=labels)) if y_true.size
-        else math.nan,
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
+    avg = {"average": "binary", "pos_label": 1} if k == 2 else {"average": "macro", "labels": labels}
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, zero_division=0, **avg)
+    out = {"n": int(y_true.size),
+           "accuracy": float(accuracy_score(y_true, y_pred)) if y_true.size else math.nan,
+           "precision": float(precision), "recall": float(recall), "f1": float(f1),
+           "auc": _auc(y_true, prob, labels)}
+    if detail:
+        out["log_loss"] = float(log_loss(y_true, prob, labels=labels)) if y_true.size else math.nan
+        out["confusion"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
     return out
 
 

@@ -10,11 +10,11 @@ BETAS, EPS = (0.9, 0.999), 1e-8
 PLATEAU_THRESHOLD = 1e-4
 
 
-def adam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
-              exp_avg_sq: list[torch.Tensor], steps: list[torch.Tensor], lr: float,
-              weight_decay: float) -> None:
-    """One torch.optim.Adam step (L2 weight decay, bias correction, eps 1e-8) over a list of tensors."""
-    torch._foreach_add_(steps, 1)
+def adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+                exp_avg_sq: list[torch.Tensor], steps: list[torch.Tensor], lr: float,
+                weight_decay: float = 0.0) -> None:
+    """One torch.optim.Adam update (L2 weight decay, bias correction, eps 1e-8) of a list of tensors whose
+    step counts were already incremented (``torch._foreach_add_(steps, 1)``, as torch does)."""
     if hasattr(torch, "_fused_adam_"):
         torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], steps, lr=lr, beta1=BETAS[0],
                            beta2=BETAS[1], weight_decay=weight_decay, eps=EPS, amsgrad=False, maximize=False)

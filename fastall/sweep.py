@@ -168,8 +168,8 @@ def sweep(cache_path: str | Path, out: str | Path, *, grid: str | dict | None = 
                    precision=precision)
     t0 = time.perf_counter()
     with _group_progress(progress, console, configs) as report:
-        heads = train_stacks(prep.data, configs, seed=seed, precision=prep.precision, final=False,
-                             progress=report)
+        heads = train_stacks(replace(prep.data, test=np.empty(0, dtype=np.int64)), configs, seed=seed,
+                             precision=prep.precision, final=False, states=False, progress=report)
     train_s = time.perf_counter() - t0
     table = _rank(prep, configs, heads, metric)
     varying = [n for n in _KIND if len({getattr(c, n) for c in configs}) > 1]
@@ -228,7 +228,7 @@ def _rank(prep: Prepared, configs: list[HeadConfig], heads: list[HeadResult], me
     for i, cfg in enumerate(configs):
         per_fold = []
         for r in (h for h in heads if h.config == i):
-            m = classification_metrics(labels[prep.splits.folds[r.fold][1]], r.probs["val"], k)
+            m = classification_metrics(labels[prep.splits.folds[r.fold][1]], r.probs["val"], k, detail=False)
             per_fold.append({"fold": r.fold, "val_loss": r.val_loss, "best_epoch": r.best_epoch,
                              **{n: m[n] for n in ("accuracy", "precision", "recall", "f1", "auc")}})
         summary = {}
