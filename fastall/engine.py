@@ -247,18 +247,20 @@ class Stack:
             lane_steps = torch.mul(lane_steps >= thr, scale, out=out)
         w1c = self._scratch("w1c", tuple(W1.shape), cdt) if cdt != W1.dtype else W1
         g1c = self._scratch("g1c", tuple(W1.shape), cdt) if cdt != W1.dtype else None
+        single = var is None and xs.shape[1] == 1
         for s in range(inp["steps"]):
-            x, keep = xs[s], lane_steps[s]
+            x = xs[s] if not single else xs[s, 0].unsqueeze(0)   # a contiguous x: no copy for x^T below
+            keep = lane_steps[s]
             if var is not None:
                 x = x.index_select(0, var)
             if fold is not None:
                 keep = keep.index_select(0, fold)
             if g1c is not None:
                 w1c.copy_(W1)
-            z = torch.baddbmm(b1.to(cdt), x, w1c).float()
+            z = torch.baddbmm(b1.to(cdt), x, w1c).float().relu_()
             mask = keep if premasked else torch.where(keep >= thr, scale, 0.0)
-            mask = torch.where(z > 0, mask, 0.0)
             act = z * mask
+            mask = mask * torch.sign(z)                           # d act / d z: the dropout scale where z > 0
             dl = torch.softmax(torch.baddbmm(b2, act, W2), -1).mul_(w[s]).sub_(target[s])
             torch.bmm(act.transpose(1, 2), dl, out=gW2)
             torch.sum(dl, 1, keepdim=True, out=gb2)
