@@ -169,11 +169,11 @@ def throughput(model: LeukemiaClassifier, files: Sequence[Path], batch_size: int
 
 @torch.inference_mode()
 def agreement(model: LeukemiaClassifier, images: torch.Tensor, precision: str,
-              calibration: torch.Tensor | None, *, jit: bool = True) -> dict[str, Any]:
+              calibration: torch.Tensor | None, *, backend: str = "auto") -> dict[str, Any]:
     """Share of images whose predicted class at ``precision`` equals eager fp32's (left at ``precision``)."""
-    model.optimize("fp32", jit=False)
+    model.optimize("fp32", backend="eager")
     ref = torch.cat([model(c).cpu() for c in images.split(32)])
-    model.optimize(precision, calibration=calibration, jit=jit)
+    model.optimize(precision, calibration=calibration, backend=backend)
     fast = torch.cat([model(c).cpu() for c in images.split(32)])
     dprob = (torch.softmax(ref.double(), 1) - torch.softmax(fast.double(), 1)).abs()
     return {"precision": precision, "images": len(images),
@@ -186,7 +186,7 @@ def run_bench(*, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8, 32, 25
               precision: str = "fp32", threads: int | None = None, run: str | Path | None = None,
               images: int = 32, image_size: int = 224,
               warmup: int = 5, iters: int = 30, batches: int = 3, workers: int | None = None,
-              jit: bool = True, model: LeukemiaClassifier | None = None,
+              backend: str = "auto", model: LeukemiaClassifier | None = None,
               log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """The whole benchmark; returns a JSON-ready dict (``log`` gets progress lines)."""
     previous = torch.get_num_threads()
@@ -195,14 +195,14 @@ def run_bench(*, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8, 32, 25
     try:
         return _run_bench(device=device, batch_sizes=batch_sizes, precision=precision, run=run, images=images,
                           image_size=image_size, warmup=warmup, iters=iters, batches=batches, workers=workers,
-                          jit=jit, model=model, log=log)
+                          backend=backend, model=model, log=log)
     finally:
         torch.set_num_threads(previous)
 
 
 def _run_bench(*, device: str, batch_sizes: Sequence[int], precision: str, run: str | Path | None,
                images: int, image_size: int, warmup: int, iters: int, batches: int, workers: int | None,
-               jit: bool, model: LeukemiaClassifier | None, log: Callable[[str], None]) -> dict[str, Any]:
+               backend: str, model: LeukemiaClassifier | None, log: Callable[[str], None]) -> dict[str, Any]:
     dev = resolve_device(device)
     if model is None:
         model = LeukemiaClassifier.from_run(run, device=device) if run else random_model(image_size, device)
@@ -214,11 +214,11 @@ def _run_bench(*, device: str, batch_sizes: Sequence[int], precision: str, run: 
         pixels = torch.stack([resize_uint8(decode_image(p), model.image_size) for p in files])
         calibration = pixels if precision == "int8" else None
         agree = None
-        if precision != "fp32" or jit:
+        if precision != "fp32" or backend != "eager":
             log(f"checking {precision} against fp32 on {len(pixels)} images")
-            agree = agreement(model, pixels, precision, calibration, jit=jit)
+            agree = agreement(model, pixels, precision, calibration, backend=backend)
         else:
-            model.optimize("fp32", jit=False)
+            model.optimize("fp32", backend="eager")
         log("batch-1 latency")
         lat = latency(model, files, warmup=warmup, iters=iters)
         tput = []
@@ -229,7 +229,7 @@ def _run_bench(*, device: str, batch_sizes: Sequence[int], precision: str, run: 
     p50 = lat["end_to_end"]["p50_ms"]
     return {
         "machine": machine_info(dev), "model": model.provenance.get("label") or f"run {run}",
-        "precision": model.precision, "jit": jit and dev.type == "cpu", "image_size": model.image_size,
+        "precision": model.precision, "backend": model.backend, "image_size": model.image_size,
         "decode_workers": workers,
         "source_images": "synthetic 450x450 24-bit BMP (fastall.synth), decoded with Pillow",
         "latency_batch1": lat, "throughput": tput, "agreement_vs_fp32": agree,

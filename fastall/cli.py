@@ -215,11 +215,12 @@ def verify(run: str, images: int, device: str, cache: str | None, data: str | No
 @click.option("--image-size", type=int, default=224, show_default=True, help="Without --run.")
 @click.option("--iters", type=int, default=30, show_default=True, help="Timed batch-1 calls.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
-@click.option("--jit/--no-jit", default=True, show_default=True,
-              help="TorchScript-freeze the backbone on the CPU (oneDNN fusion).")
+@click.option("--backend", type=click.Choice(["auto", "eager", "jit", "compile"]), default="auto",
+              show_default=True, help="CPU: jit (TorchScript freeze, oneDNN fusion; auto), compile "
+                                      "(torch.compile, inductor) or eager.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(device: str, batch_sizes: str, precision: str, threads: int | None, run: str | None, images: int,
-          image_size: int, iters: int, workers: int | None, jit: bool, as_json: bool) -> None:
+          image_size: int, iters: int, workers: int | None, backend: str, as_json: bool) -> None:
     """Latency (p50/p90/p99, batch 1) and throughput, end-to-end from files and model-only."""
     import json
 
@@ -232,7 +233,7 @@ def bench(device: str, batch_sizes: str, precision: str, threads: int | None, ru
     if not sizes or min(sizes) < 1 or images < 1 or iters < 1:
         raise FastallError("--batch-sizes, --images and --iters must be positive")
     result = run_bench(device=device, batch_sizes=sizes, precision=precision, threads=threads, run=run,
-                       images=images, image_size=image_size, iters=iters, workers=workers, jit=jit,
+                       images=images, image_size=image_size, iters=iters, workers=workers, backend=backend,
                        log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -278,7 +279,7 @@ def predict(run: str, paths: tuple[str, ...], out: str, device: str, batch_size:
         if precision == "int8" and "export" in model.provenance:
             raise FastallError(f"{run}: an exported model runs int8 only if made by `fastall export --int8`")
         calibration = run_calibration_images(run) if precision == "int8" else None
-        model.optimize(precision, calibration=calibration, jit=precision != "fp32")
+        model.optimize(precision, calibration=calibration, backend="eager" if precision == "fp32" else "auto")
     with Progress("[bold]predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as bar:
         task = bar.add_task("predict", total=None)

@@ -57,7 +57,7 @@ def choose_precision(model: LeukemiaClassifier, checked: torch.Tensor, calibrati
                      precisions: Sequence[str] | None = None,
                      log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Leave ``model`` at the first of ``precisions`` that agrees with fp32 (else fp32); return the trials."""
-    model.optimize("fp32", jit=False)
+    model.optimize("fp32", backend="eager")
     reference = _logits(model, checked)
     trials = []
     for precision in precisions or candidates(model.device):
@@ -70,7 +70,7 @@ def choose_precision(model: LeukemiaClassifier, checked: torch.Tensor, calibrati
         log(f"{precision}: agrees with fp32 on {agree:.1%} of {n} images (max |Δprob| {dprob:.3g})")
         if agree >= MIN_PRECISION_AGREEMENT:
             return {"precision": precision, "agreement": agree, "images": len(checked), "trials": trials}
-    model.optimize("fp32", jit=False)
+    model.optimize("fp32", backend="eager")
     return {"precision": "fp32", "agreement": 1.0, "images": len(checked), "trials": trials}
 
 

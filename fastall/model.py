@@ -52,6 +52,10 @@ class LeukemiaClassifier(nn.Module):
     def precision(self) -> str:
         return self.runtime.precision if self.runtime is not None else "fp32"
 
+    @property
+    def backend(self) -> str:
+        return self.runtime.backend if self.runtime is not None else "eager"
+
     def preprocess(self, images: torch.Tensor, view_params: torch.Tensor | None = None) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
         if view_params is not None:
@@ -79,20 +83,20 @@ class LeukemiaClassifier(nn.Module):
         return torch.softmax(self(images, view_params), dim=1)
 
     def optimize(self, precision: str = "fp32", *, calibration: torch.Tensor | None = None,
-                 int8_state: dict | None = None, jit: bool = True) -> LeukemiaClassifier:
+                 int8_state: dict | None = None, backend: str = "auto") -> LeukemiaClassifier:
         """Run the backbone at ``precision`` from now on (calibration: uint8 images, for int8).
 
-        The fp32 ``backbone`` stays as the reference; ``optimize("fp32", jit=False)`` returns to it.
+        The fp32 ``backbone`` stays as the reference; ``optimize("fp32", backend="eager")`` returns to it.
         """
         example = self.preprocess(torch.zeros(1, 3, self.image_size, self.image_size, dtype=torch.uint8))
         calib = None
         if calibration is not None:
             calib = torch.cat([self.preprocess(c) for c in calibration.split(16)])
-        if precision == "fp32" and not jit:
+        if precision == "fp32" and backend == "eager":
             self.runtime = None
         else:
             self.runtime = build_runtime(self.backbone, precision, device=self.device, example=example,
-                                         calibration=calib, int8_state=int8_state, jit=jit)
+                                         calibration=calib, int8_state=int8_state, backend=backend)
         return self
 
     def int8_state(self) -> dict[str, torch.Tensor] | None:

@@ -130,7 +130,7 @@ def _precision_check(model: LeukemiaClassifier, fc: FeatureCache, root: Path, ch
         with torch.inference_mode():
             fast = model.forward_head(_features(model, pixels, None, batch_size)).cpu()
     finally:
-        model.optimize("fp32", jit=False)
+        model.optimize("fp32", backend="eager")
     return compare(f"{precision} vs fp32", fast, reference, None, MIN_PRECISION_AGREEMENT)
 
 

@@ -12,7 +12,7 @@ from e2e_helpers import shared_run
 from fastall.cli import cli
 
 TINY = ["--device", "cpu", "--batch-sizes", "1,2", "--images", "4", "--image-size", "64", "--iters", "3",
-        "--threads", "1", "--no-jit", "--json"]
+        "--threads", "1", "--backend", "eager", "--json"]
 
 
 def _bench(*args: str):
@@ -26,6 +26,7 @@ def test_bench_json_fields():
     for key in ("platform", "cpu", "cores", "torch", "device", "device_name", "date"):
         assert key in out["machine"]
     assert out["machine"]["device"] == "cpu" and out["image_size"] == 64 and out["precision"] == "fp32"
+    assert out["backend"] == "eager"
     assert "random" in out["model"]
     for path in ("end_to_end", "model_only"):
         lat = out["latency_batch1"][path]
@@ -48,9 +49,10 @@ def test_bench_table_shows_the_paper_claim():
 
 def test_bench_a_trained_run_with_int8(tmp_path_factory):
     e2e = shared_run(tmp_path_factory)
-    result, out = _bench(*TINY[:-2], "--json", "--run", str(e2e.run), "--precision", "int8")
+    result, out = _bench(*TINY[:-3], "--json", "--run", str(e2e.run), "--precision", "int8")
     assert result.exit_code == 0, result.output
-    assert out["precision"] == "int8" and out["image_size"] == 32 and str(e2e.run) in out["model"]
+    assert out["precision"] == "int8" and out["backend"] == "jit" and out["image_size"] == 32
+    assert str(e2e.run) in out["model"]
     agree = out["agreement_vs_fp32"]
     assert agree["images"] == 4 and 0 <= agree["agreement"] <= 1 and agree["precision"] == "int8"
     assert out["machine"]["torch_threads"] == 1
