@@ -7,6 +7,7 @@ provenance; ``export_run`` writes one self-contained file that ``from_export`` l
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -195,9 +196,13 @@ def _safe_load(path: Path, what: str) -> Any:
         raise FastallError(f"{path}: no such file") from None
     except PermissionError:
         raise FastallError(f"{path}: permission denied") from None
-    except Exception as err:  # pickle, zip and torch errors all mean the same thing here
+    except pickle.UnpicklingError:
+        raise FastallError(f"{path}: refused: it holds Python objects beyond tensors and plain data, which "
+                           f"fastall never unpickles (not a fastall {what})") from None
+    except Exception as err:  # zip and torch errors: not a torch file at all
         first = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise FastallError(f"{path}: not a readable fastall {what} ({type(err).__name__}: {first})") from None
+        raise FastallError(f"{path}: not a fastall {what}: not a readable torch file, truncated or corrupt? "
+                           f"({type(err).__name__}: {first})") from None
 
 
 def _fmt(blob: Any) -> Any:
