@@ -76,7 +76,7 @@ class _Head:
 
 
 class Stack:
-    """M heads of one shape: ``W1 [M, D, H]``, ``b1 [M, 1, H]``, ``W2 [M, H, K]``, ``b2 [M, 1, K]``."""
+    """M heads of one shape: ``W1 [M, D, H]``, ``b1 [M, 1, H]``, ``W2 [M, K, H]``, ``b2 [M, 1, K]``."""
 
     def __init__(self, data: StackData, configs: list[tuple[int, HeadConfig]], *, final: bool, seed: int,
                  precision: str, stats: tuple[torch.Tensor, torch.Tensor], chunk: int,
@@ -115,6 +115,8 @@ class Stack:
         self.class_w = torch.stack([self._class_weights(hd) for hd in self.heads]).to(self.device)
         self.val_x = [self._gather(val, 0) for _, val in data.folds]
         self._local = threading.local()
+        self._val_std: dict[tuple[int, bool], torch.Tensor] = {}
+        self._val_lock = threading.Lock()
         self.pool = pool
 
     def _class_weights(self, hd: _Head) -> torch.Tensor:
@@ -261,10 +263,10 @@ class Stack:
             mask = keep if premasked else torch.where(keep >= thr, scale, 0.0)
             act = z * mask
             mask = mask * torch.sign(z)                           # d act / d z: the dropout scale where z > 0
-            dl = torch.softmax(torch.baddbmm(b2, act, W2), -1).mul_(w[s]).sub_(target[s])
-            torch.bmm(act.transpose(1, 2), dl, out=gW2)
+            dl = torch.softmax(torch.baddbmm(b2, act, W2.transpose(1, 2)), -1).mul_(w[s]).sub_(target[s])
+            torch.bmm(dl.transpose(1, 2), act, out=gW2)
             torch.sum(dl, 1, keepdim=True, out=gb2)
-            dz = torch.bmm(dl, W2.transpose(1, 2)).mul_(mask)
+            dz = torch.bmm(dl, W2).mul_(mask)
             torch.sum(dz, 1, keepdim=True, out=gb1)
             weight_grad(x, dz, gW1, g1c)
             steps, groups = plans[s]
@@ -295,17 +297,35 @@ class Stack:
     # -- validation, schedules, early stopping --------------------------------------------------------------
 
     @torch.no_grad()
-    def predict(self, a: int, b: int, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities ``[b - a, N, K]`` of heads a..b on raw features ``x [N, D]``."""
+    def predict(self, a: int, b: int, x: torch.Tensor, standardized: bool = False) -> torch.Tensor:
+        """Softmax probabilities ``[b - a, N, K]`` of heads a..b on features ``x [N, D]`` (raw, or already
+        standardised with these heads' statistics and in the compute dtype)."""
         W1, b1, W2, b2 = (p[a:b] for p in self.params)
         W1c, b1c = W1.to(self.cdt), b1.to(self.cdt)
         rows_per_chunk = max(16, min(1024, (1 << 25) // ((b - a) * x.shape[1])))
         out = []
         for start in range(0, x.shape[0], rows_per_chunk):
-            xs = torch.addcmul(self.shift[a:b], x[start:start + rows_per_chunk].unsqueeze(0), self.inv[a:b])
-            z = torch.baddbmm(b1c, xs.to(self.cdt), W1c).float().relu_()
-            out.append(torch.softmax(torch.baddbmm(b2, z, W2), -1))
+            xs = x[start:start + rows_per_chunk].unsqueeze(0)
+            if not standardized:
+                xs = torch.addcmul(self.shift[a:b], xs, self.inv[a:b]).to(self.cdt)
+            z = torch.baddbmm(b1c, xs.expand(b - a, -1, -1), W1c).float().relu_()
+            out.append(torch.softmax(torch.baddbmm(b2, z, W2.transpose(1, 2)), -1))
         return torch.cat(out, 1)
+
+    def _val_inputs(self, f: int, a: int, b: int) -> torch.Tensor | None:
+        """Fold f's validation features standardised for heads a..b (computed once per (fold, standardize)),
+        or None when those heads differ in ``standardize``."""
+        flags = {self.heads[i].cfg.standardize for i in range(a, b)}
+        if len(flags) != 1:
+            return None
+        key = (f, flags.pop())
+        with self._val_lock:
+            if key not in self._val_std:
+                rows = torch.as_tensor(self.data.folds[f][1] * self.data.views, device=self.device)
+                out = torch.empty((rows.numel(), self.data.dim), dtype=self.cdt, device=self.device)
+                self._standardized(out, rows, a)
+                self._val_std[key] = out
+            return self._val_std[key]
 
     def _fold_ranges(self) -> list[tuple[int, int, int]]:
         """(fold, a, b): the contiguous head range of each fold (heads are stored fold-major)."""
@@ -322,7 +342,9 @@ class Stack:
 
         def run(task: tuple[int, int, int]) -> list[float]:
             f, c0, c1 = task
-            return self._loss(c0, c1, self.predict(c0, c1, self.val_x[f]), self.data.folds[f][1]).tolist()
+            x = self._val_inputs(f, c0, c1)
+            prob = self.predict(c0, c1, self.val_x[f]) if x is None else self.predict(c0, c1, x, True)
+            return self._loss(c0, c1, prob, self.data.folds[f][1]).tolist()
         losses = {}
         for (_, c0, c1), values in zip(tasks, self._map(run, tasks), strict=True):
             losses.update(zip(range(c0, c1), values, strict=True))
@@ -404,7 +426,9 @@ class Stack:
         if f < len(self.data.folds):
             sets["val"] = self.data.folds[f][1]
         for name, rows in sets.items():
-            p0 = self.predict(a, b, self._gather(rows, 0)).cpu().numpy()
+            x = self._val_inputs(f, a, b) if name == "val" else None
+            p0 = (self.predict(a, b, x, True) if x is not None else self.predict(a, b, self._gather(rows, 0)))
+            p0 = p0.cpu().numpy()
             for j in range(b - a):
                 probs[j][name] = p0[j]
             if tta:

@@ -39,10 +39,10 @@ class Head(nn.Module):
 
 def head_state_dict(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, *,
                     mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A :class:`Head` state dict from the training engine's layout (``w1 [D, H]``, ``w2 [H, K]``)."""
+    """A :class:`Head` state dict from the training engine's layout (``w1 [D, H]``, ``w2 [K, H]``)."""
     return {"mean": mean.reshape(-1).float().clone(), "std": std.reshape(-1).float().clone(),
             "fc1.weight": w1.t().float().contiguous(), "fc1.bias": b1.reshape(-1).float().clone(),
-            "fc2.weight": w2.t().float().contiguous(), "fc2.bias": b2.reshape(-1).float().clone()}
+            "fc2.weight": w2.float().clone(), "fc2.bias": b2.reshape(-1).float().clone()}
 
 
 def head_from_state_dict(state: dict[str, torch.Tensor], dropout: float = 0.5) -> Head:

@@ -47,7 +47,7 @@ def dropout_threshold(p: float) -> int:
 
 
 def init_head(seed: int, fold: int, dim: int, hidden: int, classes: int) -> list[torch.Tensor]:
-    """nn.Linear's default init, U(+-1/sqrt(fan_in)), from a generator of (seed, fold): W1^T, b1, W2^T, b2."""
+    """nn.Linear's default init, U(+-1/sqrt(fan_in)), from a generator of (seed, fold): W1^T, b1, W2, b2."""
     g = torch.Generator().manual_seed(derive_seed(seed, fold, "init"))
 
     def uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
@@ -56,7 +56,7 @@ def init_head(seed: int, fold: int, dim: int, hidden: int, classes: int) -> list
 
     w1, b1 = uniform((hidden, dim), dim), uniform((hidden,), dim)
     w2, b2 = uniform((classes, hidden), hidden), uniform((classes,), hidden)
-    return [w1.t().contiguous(), b1, w2.t().contiguous(), b2]
+    return [w1.t().contiguous(), b1, w2, b2]
 
 
 def epoch_order(seed: int, fold: int, epoch: int, rows: np.ndarray,
