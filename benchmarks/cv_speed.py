@@ -4,7 +4,7 @@
     and labels), in a fresh process: wall time (cache load included), training time, peak RSS, precision.
     Goals on the 2-core CPU: < 10 s, < 2 GB. The paper: about 12 min a fold on an RTX 3080, ~60 min.
 (b) The same CV (5 folds + final head, same epochs, batch 32, Adam 1e-4) through the end-to-end path on
-    a subset of in-memory images (40 images, 1 epoch on the CPU; 400 images, 5 epochs on a GPU): every
+    a subset of in-memory images (40 images, 2 epochs on the CPU; 400 images, 5 epochs on a GPU): every
     epoch, image -> `preprocess` with the view's augmentation -> frozen backbone -> head (as the paper
     trains), validation on view 0 through the backbone too; against the cached path's training on that
     subset (features extracted once, timed separately). Ratios: on the subset, and projected to the full
@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--subset-per-patient", type=int, default=None, help="[10 on cuda, 4 on cpu]")
     ap.add_argument("--image-side", type=int, default=450)
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--e2e-epochs", type=int, default=None, help="End-to-end epochs [5 on cuda, 1 on cpu].")
+    ap.add_argument("--e2e-epochs", type=int, default=None, help="End-to-end epochs [5 on cuda, 2 on cpu].")
     ap.add_argument("--views", type=int, default=4, help="Views of the subset cache.")
     ap.add_argument("--child-cv", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -185,7 +185,7 @@ def main() -> None:
         return
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    args.e2e_epochs = args.e2e_epochs or (5 if gpu else 1)
+    args.e2e_epochs = args.e2e_epochs or (5 if gpu else 2)
     args.subset_patients = args.subset_patients or (40 if gpu else 10)
     args.subset_per_patient = args.subset_per_patient or (10 if gpu else 4)
     load_before = os.getloadavg()
