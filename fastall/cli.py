@@ -29,9 +29,11 @@ class FastallGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except FastallError as err:
-            raise _UserError(str(err).splitlines()[0] if str(err) else type(err).__name__, err.exit_code) from None
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise _UserError(message, err.exit_code) from None
         except KeyboardInterrupt:
-            raise _UserError("interrupted; completed work was kept (re-run the command to resume)", 130) from None
+            raise _UserError("interrupted; completed work was kept (re-run the command to resume)",
+                             130) from None
         except MemoryError:
             raise _UserError("out of memory: use a smaller --batch-size or fewer --views", 1) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
@@ -49,7 +51,7 @@ def _csv(value: str | None) -> tuple[str, ...]:
 @click.group(cls=FastallGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fastall")
 def cli() -> None:
-    """fastall: the frozen-ResNet-50 C-NMC 2019 leukemia classifier, trained from a feature cache in seconds."""
+    """fastall: the frozen-ResNet-50 C-NMC 2019 leukemia classifier, trained from a feature cache."""
 
 
 # ---- data (issue: foundation) ----------------------------------------------------------------------------
@@ -360,6 +362,21 @@ def train_head_cmd(cache: str, out: str, folds: int, test: str, holdout: float, 
                         plateau_patience=plateau_patience, class_weight=class_weight, standardize=standardize,
                         tta=tta, seed=seed, device=device, overwrite=overwrite, console=console)
     print_run_summary(result, console)
+
+
+# ---- demo (issue 4) ---------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--out", default="fastall-demo", show_default=True,
+              type=click.Path(file_okay=False, path_type=str),
+              help="Folder for the synthetic data, the cache and the run.")
+@click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(out: str, device: str, seed: int) -> None:
+    """synth -> extract -> train-head --folds 5 on built-in synthetic data, then the summary table."""
+    from fastall.demo import run_demo
+
+    run_demo(out, device=device, seed=seed, console=console)
 
 
 # ---- sweep (issue 6) ------------------------------------------------------------------------------------
