@@ -75,6 +75,13 @@ def _check(name: str, prob_a: torch.Tensor, prob_b: torch.Tensor, dlogit: float 
     return Check(name, len(prob_a), dlogit, dprob, agree, tol_prob, min_agreement, bool(passed))
 
 
+def extraction_precision(fc: FeatureCache, device: torch.device) -> str | None:
+    """The autocast dtype the cache's features were computed with, where ``device`` is of the same type."""
+    amp_dtype = str(fc.key_params.get("amp_dtype", ""))
+    same_device = str(fc.attrs.get("device", "")).split(":")[0] == torch.device(device).type
+    return amp_dtype if fc.key_params.get("amp") and amp_dtype in ("bf16", "fp16") and same_device else None
+
+
 def verify_run(run: str | Path, *, images: int = 16, device: str = "cpu", cache: str | Path | None = None,
                data: str | Path | None = None, weights_path: str | Path | None = None,
                precision: str = "fp32", batch_size: int = 16) -> VerifyReport:
@@ -96,6 +103,11 @@ def verify_run(run: str | Path, *, images: int = 16, device: str = "cpu", cache:
         (FP32_TOL, "fp32: 100% agreement, |Δprob| ≤ 1e-4")
     report = VerifyReport(str(run), str(fc.path), str(root), str(device), rule)
     pixels = load_images([root / fc.paths[i] for i in chosen], model.image_size, batch_size)
+    matched = extraction_precision(fc, model.device) if precision == "fp32" else None
+    if matched:
+        model.optimize(matched, backend="eager")
+        report.notes.append(f"end-to-end backbone run at the extraction's precision ({matched} autocast on "
+                            f"{model.device.type}), as the cache was made")
     with torch.inference_mode():
         feats = _features(model, pixels, None, batch_size)
         e2e = model.forward_head(feats).cpu()
@@ -112,6 +124,8 @@ def verify_run(run: str | Path, *, images: int = 16, device: str = "cpu", cache:
                                          model.forward_head(cached[:, 1]), tol, 1.0))
         else:
             report.notes.append("the cache holds one view: no augmented view to reproduce")
+    if matched:
+        model.optimize("fp32", backend="eager")
     if precision != "fp32":
         report.checks.append(_precision_check(model, fc, root, chosen, pixels, e2e, precision, batch_size))
     return report
