@@ -258,30 +258,28 @@ def bench(device: str, batch_sizes: str, precision: str, threads: int | None, ru
 @click.option("--tta", type=int, default=1, is_flag=False, flag_value=8, show_default=True,
               help="Average N views (view 0 plain, views 1.. augmented); --tta alone: 8.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
-              help="[the model's: int8 for an export made with --int8 on CPU, else fp32] "
-                   "int8 on a run is calibrated on the run's own images.")
+              help="[the model's: an export's chosen precision, fp32 for a run] int8 on a run is "
+                   "calibrated on the run's own images.")
+@click.option("--backend", type=click.Choice(["auto", "eager", "jit", "compile"]), default="auto",
+              show_default=True, help="CPU: jit (TorchScript, oneDNN fusion), compile (torch.compile; "
+                                      "slow start, fastest bf16) or eager.")
 @click.option("--skip-bad/--no-skip-bad", default=True, show_default=True,
               help="Report and skip unreadable files (listed in <out>.skipped.csv), or stop at the first.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
 @click.option("--weights-path", default=None, type=click.Path(dir_okay=False, path_type=str),
               help="Backbone weights file, where the recorded one has moved.")
 def predict(run: str, paths: tuple[str, ...], out: str, device: str, batch_size: int, tta: int,
-            precision: str | None, skip_bad: bool, workers: int | None, weights_path: str | None) -> None:
+            precision: str | None, backend: str, skip_bad: bool, workers: int | None,
+            weights_path: str | None) -> None:
     """A probability and a label per image (files, or folders searched recursively); RUN or model.pt."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.text import Text
 
-    from fastall.model import load_model
+    from fastall.deploy import load_for_inference
     from fastall.predict import predict_paths, write_predictions
 
-    model = load_model(run, device=device, weights_path=weights_path)
-    if precision is not None and precision != model.precision:
-        from fastall.verify import run_calibration_images
-
-        if precision == "int8" and "export" in model.provenance:
-            raise FastallError(f"{run}: an exported model runs int8 only if made by `fastall export --int8`")
-        calibration = run_calibration_images(run) if precision == "int8" else None
-        model.optimize(precision, calibration=calibration, backend="eager" if precision == "fp32" else "auto")
+    model = load_for_inference(run, device=device, precision=precision, backend=backend,
+                               weights_path=weights_path)
     with Progress("[bold]predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as bar:
         task = bar.add_task("predict", total=None)

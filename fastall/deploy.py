@@ -95,3 +95,28 @@ def export_deployable(run: str | Path, out: str | Path, *, precision: str = "aut
                                f"{trial['images']} run images (needs {MIN_PRECISION_AGREEMENT:.1%}): "
                                "use --precision auto")
     return export_model(model, out, precision_check=choice), choice
+
+
+def load_for_inference(path: str | Path, *, device: str = "cpu", precision: str | None = None,
+                       backend: str = "auto", weights_path: str | Path | None = None) -> LeukemiaClassifier:
+    """A run or an export at ``precision`` (None: the model's own, e.g. an export's int8) and ``backend``.
+
+    fp32 runs eagerly unless a backend is named; int8 for a run is calibrated on the run's own images.
+    """
+    from fastall.model import load_model
+    from fastall.verify import run_calibration_images
+
+    model = load_model(path, device=device, weights_path=weights_path)
+    wanted = precision or model.precision
+    if wanted == model.precision and backend in ("auto", model.backend):
+        return model
+    calibration, state = None, model.int8_state()
+    if wanted == "int8" and state is None:
+        if "export" in model.provenance:
+            raise FastallError(f"{path}: this exported model has no int8 state: export it with "
+                               "`fastall export --precision int8` (or auto)")
+        calibration = run_calibration_images(path)
+    if wanted == "fp32" and backend == "auto":
+        backend = "eager"
+    return model.optimize(wanted, calibration=calibration, int8_state=state if wanted == "int8" else None,
+                          backend=backend)

@@ -135,3 +135,14 @@ def test_predict_paths_library(e2e):
     preds = predict_paths(model, [e2e.data], batch_size=5, progress=lambda done, total: seen.append(done))
     assert len(preds.paths) == preds.probs.shape[0] == seen[-1] and preds.skipped == []
     assert np.allclose(preds.probs.sum(1), 1)
+
+
+def test_predict_int8_on_a_run_and_refused_on_an_fp32_export(e2e, tmp_path):
+    folder = e2e.data / "C-NMC_Leukemia" / "training_data" / "fold_0"
+    result = _predict(str(e2e.run), str(folder), "--out", str(tmp_path / "a.csv"), "--precision", "int8")
+    assert result.exit_code == 0 and "int8" in result.stdout, result.output
+    assert CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"),
+                                    "--precision", "fp32"]).exit_code == 0
+    result = _predict(str(tmp_path / "m.pt"), str(folder), "--out", str(tmp_path / "b.csv"),
+                      "--precision", "int8")
+    assert result.exit_code == 1 and "no int8 state" in result.output
