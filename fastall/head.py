@@ -13,7 +13,8 @@ class Head(nn.Module):
     with the head into the end-to-end model. With ``mean=0, std=1`` (the default) it is the paper's head.
     """
 
-    def __init__(self, in_features: int = 2048, hidden: int = 512, dropout: float = 0.5, classes: int = 2) -> None:
+    def __init__(self, in_features: int = 2048, hidden: int = 512, dropout: float = 0.5,
+                 classes: int = 2) -> None:
         super().__init__()
         self.in_features, self.hidden, self.dropout_p, self.classes = in_features, hidden, dropout, classes
         self.register_buffer("mean", torch.zeros(in_features))

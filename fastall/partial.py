@@ -72,7 +72,7 @@ def _write_atomic(path: Path, write: Any, point: str) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -129,7 +129,7 @@ def _take_over_stale(lock: Path, host: str, warn: Any) -> None:
     if their_host != host:
         raise CacheError(f"{lock}: cache is locked by pid {pid} on host {their_host} (since "
                          f"{holder.get('started')}); if that job is gone, delete the lock file")
-    if pid > 0 and _pid_alive(pid):
+    if pid > 0 and pid_alive(pid):
         raise CacheError(f"{lock}: another extract (pid {pid}, started {holder.get('started')}) is writing "
                          "this cache; wait for it or stop it")
     if warn is not None:

@@ -15,18 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fastall.errors import FastallError
+from fastall.partial import pid_alive
 
 MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep"}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fastall_format(folder: Path) -> str | None:
@@ -45,7 +38,7 @@ def _remove_stale(out: Path) -> None:
         return
     for sibling in out.parent.iterdir():
         m = pattern.fullmatch(sibling.name)
-        if m and sibling.is_dir() and not _pid_alive(int(m.group(2))):
+        if m and sibling.is_dir() and not pid_alive(int(m.group(2))):
             shutil.rmtree(sibling, ignore_errors=True)
 
 
