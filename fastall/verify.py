@@ -103,7 +103,7 @@ def verify_run(run: str | Path, *, images: int = 16, device: str = "cpu", cache:
         (FP32_TOL, "fp32: 100% agreement, |Δprob| ≤ 1e-4")
     report = VerifyReport(str(run), str(fc.path), str(root), str(device), rule)
     pixels = load_images([root / fc.paths[i] for i in chosen], model.image_size, batch_size)
-    matched = extraction_precision(fc, model.device) if precision == "fp32" else None
+    matched = extraction_precision(fc, model.device)
     if matched:
         model.optimize(matched, backend="eager")
         report.notes.append(f"end-to-end backbone run at the extraction's precision ({matched} autocast on "
@@ -127,6 +127,9 @@ def verify_run(run: str | Path, *, images: int = 16, device: str = "cpu", cache:
     if matched:
         model.optimize("fp32", backend="eager")
     if precision != "fp32":
+        if matched:
+            with torch.inference_mode():
+                e2e = model.forward_head(_features(model, pixels, None, batch_size)).cpu()
         report.checks.append(_precision_check(model, fc, root, chosen, pixels, e2e, precision, batch_size))
     return report
 
