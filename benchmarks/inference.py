@@ -179,7 +179,10 @@ def summarize(results: dict, device: str) -> dict:
         if device == "cpu":
             chosen.update(target_ms=CPU_TARGET_MS, p50_vs_target=p50 / CPU_TARGET_MS,
                           meets_target=p50 <= CPU_TARGET_MS)
-    return {"ratios_vs_fp32": ratios, "chosen": chosen}
+    ranked = sorted(ok, key=lambda n: ok[n]["latency_batch1"]["end_to_end"]["p50_ms"])
+    passing = [{"name": n, "end_to_end_p50_ms": ok[n]["latency_batch1"]["end_to_end"]["p50_ms"],
+                "agreement_vs_fp32": ok[n]["agreement_vs_fp32"]["agreement"]} for n in ranked]
+    return {"ratios_vs_fp32": ratios, "chosen": chosen, "agreeing_configs_by_speed": passing}
 
 
 if __name__ == "__main__":
