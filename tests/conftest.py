@@ -17,3 +17,14 @@ def synth_tree(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, patients_per_class=3, images_per_patient=4, size=32, seed=0, testing=True)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: one thread avoids OpenMP hand-offs between busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,7 +8,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from featcache import make_feature_cache
 
@@ -21,13 +20,7 @@ from fastall.train import train_head
 GRID = "lr=3e-4,1e-3,3e-3 dropout=0.3,0.5 weight_decay=0,1e-4"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine: one thread avoids OpenMP hand-offs between busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

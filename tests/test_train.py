@@ -31,13 +31,7 @@ from fastall.train import train_head
 FAST = {"hidden": 32, "epochs": 3, "lr": 1e-3, "progress": False, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine: one thread avoids OpenMP hand-offs between busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
