@@ -167,7 +167,7 @@ def sweep(cache_path: str | Path, out: str | Path, *, grid: str | dict | None = 
     prep = prepare(cache_path, folds=folds, test=test, holdout=holdout, seed=seed, device=device,
                    precision=precision)
     t0 = time.perf_counter()
-    with _group_progress(progress, console, configs) as report:
+    with _GroupProgress(progress, console, configs) as report:
         heads = train_stacks(replace(prep.data, test=np.empty(0, dtype=np.int64)), configs, seed=seed,
                              precision=prep.precision, final=False, states=False, progress=report)
     train_s = time.perf_counter() - t0
@@ -193,7 +193,7 @@ def sweep(cache_path: str | Path, out: str | Path, *, grid: str | dict | None = 
     return SweepResult(Path(out).absolute(), results)
 
 
-class _group_progress:
+class _GroupProgress:
     """A rich progress bar over the shape groups (and their epochs); a no-op when disabled."""
 
     def __init__(self, enabled: bool, console: Console | None, configs: list[HeadConfig]) -> None:

@@ -89,8 +89,7 @@ def train_head(cache_path: str | Path, out: str | Path, *, folds: int = 5, test:
                weight_decay: float = 0.0, dropout: float = 0.5, hidden: int = 512,
                patience: int | None = None, plateau_factor: float = 0.1, plateau_patience: int = 2,
                class_weight: str = "none", standardize: bool = True, tta: bool = False, seed: int = 0,
-               device: str = "auto",
-               precision: str = "auto", overwrite: bool = False, progress: bool = True,
+               device: str = "auto", precision: str = "auto", overwrite: bool = False, progress: bool = True,
                console: Console | None = None) -> RunResult:
     """Cross-validate one head configuration by patient and write the run folder ``out``.
 
@@ -108,7 +107,7 @@ def train_head(cache_path: str | Path, out: str | Path, *, folds: int = 5, test:
     prep = prepare(cache_path, folds=folds, test=test, holdout=holdout, seed=seed, device=device,
                    precision=precision)
     t0 = time.perf_counter()
-    with _epoch_progress(progress, console, epochs) as report:
+    with _EpochProgress(progress, console, epochs) as report:
         results = train_stacks(prep.data, [cfg], seed=seed, precision=prep.precision, final=True, tta=tta,
                                progress=report)
     train_s = time.perf_counter() - t0
@@ -126,7 +125,7 @@ def train_head(cache_path: str | Path, out: str | Path, *, folds: int = 5, test:
     return RunResult(out.absolute(), metrics)
 
 
-class _epoch_progress:
+class _EpochProgress:
     """A transient rich progress bar over epochs (a no-op when ``enabled`` is false)."""
 
     def __init__(self, enabled: bool, console: Console | None, epochs: int) -> None:
