@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from featcache import real_size_cache  # noqa: E402
 
-from fastall.bench import machine_info  # noqa: E402
-from fastall.engine import resolve_precision, train_stacks  # noqa: E402
 from fastall.head import Head  # noqa: E402
-from fastall.spec import HeadConfig, StackData  # noqa: E402
-from fastall.splits import make_splits  # noqa: E402
-from fastall.streams import epoch_order  # noqa: E402
+from fastall.inference.bench import machine_info  # noqa: E402
+from fastall.training.config import HeadConfig, StackData  # noqa: E402
+from fastall.training.engine import resolve_precision, train_stacks  # noqa: E402
+from fastall.training.splits import make_splits  # noqa: E402
+from fastall.training.streams import epoch_order  # noqa: E402
 
 PAPER_CV_S = 5 * 12 * 60
 
@@ -51,7 +51,7 @@ def _sync(device: torch.device) -> None:
 
 def child_cv(cache: str, device: str, out: str) -> None:
     """(a) in a fresh process, so that ru_maxrss is this run's peak alone."""
-    from fastall.train import train_head
+    from fastall.training.train_head import train_head
 
     t0 = time.perf_counter()
     result = train_head(cache, out, folds=5, seed=0, device=device, progress=False, overwrite=True)
@@ -62,18 +62,42 @@ def child_cv(cache: str, device: str, out: str) -> None:
         peak_gpu = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_gpu = None
-    print(json.dumps({"wall_s": wall, "timings": m["timings"], "precision": m["precision"],
-                      "device": m["device"], "peak_rss_mb": peak, "peak_gpu_mb": peak_gpu,
-                      "cv_accuracy": m["summary"]["accuracy"],
-                      "test_accuracy": m["test"]["final"]["accuracy"] if m["test"] else None}))
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "timings": m["timings"],
+                "precision": m["precision"],
+                "device": m["device"],
+                "peak_rss_mb": peak,
+                "peak_gpu_mb": peak_gpu,
+                "cv_accuracy": m["summary"]["accuracy"],
+                "test_accuracy": m["test"]["final"]["accuracy"] if m["test"] else None,
+            }
+        )
+    )
 
 
 def full_cv(cache: Path, device: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([sys.executable, __file__, "--child-cv", str(cache), "--device", device,
-                               "--out", str(Path(tmp) / "run")], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                  [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child-cv",
+                str(cache),
+                "--device",
+                device,
+                "--out",
+                str(Path(tmp) / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            },
+        )
     if proc.returncode != 0:
         raise SystemExit(f"child CV failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -96,8 +120,9 @@ def subset_images(n_patients: int, per_patient: int, side: int, seed: int = 0):
     return images, patients, labels
 
 
-def _backbone_features(backbone, images: torch.Tensor, params: torch.Tensor | None, size: int,
-                       device: torch.device, amp: bool) -> torch.Tensor:
+def _backbone_features(
+    backbone, images: torch.Tensor, params: torch.Tensor | None, size: int, device: torch.device, amp: bool
+) -> torch.Tensor:
     from fastall.preprocess import preprocess
 
     x = preprocess(images.to(device), size, view_params=None if params is None else params.to(device))
@@ -107,7 +132,7 @@ def _backbone_features(backbone, images: torch.Tensor, params: torch.Tensor | No
 
 def end_to_end_cv(backbone, images, labels, splits, *, views, epochs, size, device, amp, seed=0) -> dict:
     """The paper's training: the frozen backbone runs on every augmented image of every epoch."""
-    from fastall.augment import draw_view_params
+    from fastall.features.augment import draw_view_params
 
     params_all = torch.from_numpy(draw_view_params(seed, np.arange(len(labels)), views))
     row_sets = [(tr, va) for tr, va in splits.folds] + [(splits.pool, np.empty(0, dtype=np.int64))]
@@ -122,10 +147,10 @@ def end_to_end_cv(backbone, images, labels, splits, *, views, epochs, size, devi
             rows, view = epoch_order(seed, f, epoch, train, views)
             head.train()
             for s in range(0, len(rows), 32):
-                r = torch.as_tensor(rows[s:s + 32])
-                p = params_all[r, torch.as_tensor(view[s:s + 32])]
+                r = torch.as_tensor(rows[s : s + 32])
+                p = params_all[r, torch.as_tensor(view[s : s + 32])]
                 feats = _backbone_features(backbone, images[r], p, size, device, amp)
-                y = torch.as_tensor(labels[rows[s:s + 32]], device=device)
+                y = torch.as_tensor(labels[rows[s : s + 32]], device=device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     loss = torch.nn.functional.cross_entropy(head(feats), y)
                 opt.zero_grad()
@@ -145,21 +170,21 @@ def end_to_end_cv(backbone, images, labels, splits, *, views, epochs, size, devi
 
 
 def extract_subset(backbone, images, views, size, device, amp, seed=0) -> np.ndarray:
-    from fastall.augment import draw_view_params
+    from fastall.features.augment import draw_view_params
 
     params = torch.from_numpy(draw_view_params(seed, np.arange(len(images)), views))
     out = np.empty((len(images), views, 2048), dtype=np.float16)
     for v in range(views):
         for s in range(0, len(images), 32):
-            p = None if v == 0 else params[s:s + 32, v]
-            f = _backbone_features(backbone, images[s:s + 32], p, size, device, amp)
-            out[s:s + 32, v] = f.cpu().numpy()
+            p = None if v == 0 else params[s : s + 32, v]
+            f = _backbone_features(backbone, images[s : s + 32], p, size, device, amp)
+            out[s : s + 32, v] = f.cpu().numpy()
     return out
 
 
 def full_cv_passes(cache: Path, epochs: int) -> int:
     """Image passes through the backbone of the paper's protocol on the full cache: train + val per epoch."""
-    from fastall.cache import read_cache
+    from fastall.features.cache import read_cache
 
     c = read_cache(cache, load_features=False)
     sp = make_splits(c.labels, c.patients, c.sources, folds=5, seed=0)
@@ -193,10 +218,13 @@ def main() -> None:
     cache = real_size_cache(args.cache)
     make_s = time.perf_counter() - t0
     a = full_cv(cache, args.device)
-    print(f"(a) full CV: {a['wall_s']:.2f} s wall, train {a['timings']['train_s']:.2f} s, "
-          f"peak RSS {a['peak_rss_mb']:.0f} MB, {a['precision']}", flush=True)
+    print(
+        f"(a) full CV: {a['wall_s']:.2f} s wall, train {a['timings']['train_s']:.2f} s, "
+        f"peak RSS {a['peak_rss_mb']:.0f} MB, {a['precision']}",
+        flush=True,
+    )
 
-    from fastall.backbone import load_backbone
+    from fastall.features.backbone import load_backbone
 
     backbone, _ = load_backbone("none", seed=0)
     backbone = backbone.to(device)
@@ -205,8 +233,17 @@ def main() -> None:
     sources = np.array(["fold_0"] * len(labels), dtype=object)
     splits = make_splits(labels, patients, sources, folds=5, test="none")
     _backbone_features(backbone, images[:2], None, args.image_size, device, amp)  # warm-up
-    e2e = end_to_end_cv(backbone, images, labels, splits, views=args.views, epochs=args.e2e_epochs,
-                        size=args.image_size, device=device, amp=amp)
+    e2e = end_to_end_cv(
+        backbone,
+        images,
+        labels,
+        splits,
+        views=args.views,
+        epochs=args.e2e_epochs,
+        size=args.image_size,
+        device=device,
+        amp=amp,
+    )
     print(f"(b) end-to-end CV on {len(labels)} images: {e2e['seconds']:.2f} s", flush=True)
     t1 = time.perf_counter()
     feats = extract_subset(backbone, images, args.views, args.image_size, device, amp)
@@ -223,20 +260,42 @@ def main() -> None:
     per_pass = e2e["seconds"] / e2e["image_passes"]
     projected = per_pass * full_cv_passes(cache, 5)
     result = {
-        "benchmark": "cv_speed", "machine": machine_info(device), "device": args.device,
-        "torch": torch.__version__, "load_average_before_after": [load_before, os.getloadavg()],
-        "a_full_cv": {"images": 10661, "views": 8, "dim": 2048, "folds": 5, "epochs": 5,
-                      "batch_size": 32, "hidden": 512, **a, "goal_s": 10.0, "goal_peak_rss_mb": 2048,
-                      "vs_paper_60_min": PAPER_CV_S / a["wall_s"], "cache_build_s": make_s},
+        "benchmark": "cv_speed",
+        "machine": machine_info(device),
+        "device": args.device,
+        "torch": torch.__version__,
+        "load_average_before_after": [load_before, os.getloadavg()],
+        "a_full_cv": {
+            "images": 10661,
+            "views": 8,
+            "dim": 2048,
+            "folds": 5,
+            "epochs": 5,
+            "batch_size": 32,
+            "hidden": 512,
+            **a,
+            "goal_s": 10.0,
+            "goal_peak_rss_mb": 2048,
+            "vs_paper_60_min": PAPER_CV_S / a["wall_s"],
+            "cache_build_s": make_s,
+        },
         "b_end_to_end": {
-            "subset_images": len(labels), "image_size": args.image_size, "epochs": args.e2e_epochs,
-            "backbone": "resnet50 random-init (weights none)", "amp_bf16": amp,
-            "end_to_end_s": e2e["seconds"], "end_to_end_image_passes": e2e["image_passes"],
-            "end_to_end_s_per_image_pass": per_pass, "cached_train_s": cached_s,
-            "one_time_extract_s": extract_s, "ratio_subset": e2e["seconds"] / cached_s,
+            "subset_images": len(labels),
+            "image_size": args.image_size,
+            "epochs": args.e2e_epochs,
+            "backbone": "resnet50 random-init (weights none)",
+            "amp_bf16": amp,
+            "end_to_end_s": e2e["seconds"],
+            "end_to_end_image_passes": e2e["image_passes"],
+            "end_to_end_s_per_image_pass": per_pass,
+            "cached_train_s": cached_s,
+            "one_time_extract_s": extract_s,
+            "ratio_subset": e2e["seconds"] / cached_s,
             "ratio_subset_with_extract": e2e["seconds"] / (cached_s + extract_s),
-            "projected_end_to_end_full_cv_s": projected, "ratio_full_size": projected / a["wall_s"],
-            "goal_ratio": 100.0},
+            "projected_end_to_end_full_cv_s": projected,
+            "ratio_full_size": projected / a["wall_s"],
+            "goal_ratio": 100.0,
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

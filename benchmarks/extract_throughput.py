@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 import torchvision
 
-from fastall.backbone import load_backbone
-from fastall.data import discover
-from fastall.extract import AMP_DTYPES, extract
-from fastall.featurize import CHUNK, ImageViews
-from fastall.synth import synthesize
+from fastall.data.discover import discover
+from fastall.data.synth import synthesize
+from fastall.features.backbone import load_backbone
+from fastall.features.extract import AMP_DTYPES, extract
+from fastall.features.loop import CHUNK, ImageViews
 
 UNIQUE_IMAGES = 240  # rendered by synthesize; the rest are hard links to them (decode cost is the same)
 
@@ -44,10 +44,17 @@ def machine() -> dict:
     except (OSError, AttributeError):
         pass
     shm = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu,
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "dev_shm_free_bytes": shm,
-            "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "load_average": os.getloadavg()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "dev_shm_free_bytes": shm,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "load_average": os.getloadavg(),
+    }
 
 
 def build_tree(root: Path, images: int, unique: int = UNIQUE_IMAGES) -> int:
@@ -99,9 +106,13 @@ def model_alone(device: torch.device, batch: int, size: int, amp: torch.dtype | 
 
 def decode_only(data: Path, size: int, views: int, batch: int, workers: int, pin: bool) -> dict:
     records = discover(data, include=()).records
-    loader = torch.utils.data.DataLoader(ImageViews(records, list(range(len(records))), size, 0, views),
-                                         batch_size=min(batch, CHUNK), num_workers=workers, pin_memory=pin,
-                                         prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        ImageViews(records, list(range(len(records))), size, 0, views),
+        batch_size=min(batch, CHUNK),
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+    )
     start = time.perf_counter()
     n = sum(len(b[2]) for b in loader)
     elapsed = time.perf_counter() - start
@@ -129,43 +140,73 @@ def main() -> None:
     device = torch.device(args.device)
     now = datetime.datetime.now().isoformat(timespec="seconds")
     name = torch.cuda.get_device_name(0) if cuda else machine()["cpu_model"]
-    result: dict = {"benchmark": "extract_throughput", "date": now, "machine": machine(),
-                    "device": args.device, "device_name": name,
-                    "settings": {"images": images, "views": views, "batch_size": batch, "workers": workers,
-                                 "image_size": args.image_size, "amp_dtype": args.amp_dtype,
-                                 "source_image": "450x450 BMP", "channels_last": True}}
+    result: dict = {
+        "benchmark": "extract_throughput",
+        "date": now,
+        "machine": machine(),
+        "device": args.device,
+        "device_name": name,
+        "settings": {
+            "images": images,
+            "views": views,
+            "batch_size": batch,
+            "workers": workers,
+            "image_size": args.image_size,
+            "amp_dtype": args.amp_dtype,
+            "source_image": "450x450 BMP",
+            "channels_last": True,
+        },
+    }
     tmp = Path(tempfile.mkdtemp(prefix="fastall-bench-"))
     try:
         t0 = time.perf_counter()
         result["settings"]["images"] = images = build_tree(tmp / "data", images)
         build_tree(tmp / "warm", min(images, 2 * batch), unique=32)
         result["synthesis_seconds"] = time.perf_counter() - t0
-        common = {"views": views, "image_size": args.image_size, "weights": "none", "device": args.device,
-                  "amp": amp is not None, "amp_dtype": args.amp_dtype if amp is not None else "bf16",
-                  "batch_size": batch, "workers": workers, "progress": False, "include": ()}
+        common = {
+            "views": views,
+            "image_size": args.image_size,
+            "weights": "none",
+            "device": args.device,
+            "amp": amp is not None,
+            "amp_dtype": args.amp_dtype if amp is not None else "bf16",
+            "batch_size": batch,
+            "workers": workers,
+            "progress": False,
+            "include": (),
+        }
         extract(tmp / "warm", tmp / "warm.h5", **common)  # warm-up: CUDA context, kernels, allocator
         seconds = 5.0 if cuda else 8.0
         before = model_alone(device, batch, args.image_size, amp, seconds=seconds)
         summary = extract(tmp / "data", tmp / "c.h5", **common)
         after = model_alone(device, batch, args.image_size, amp, seconds=seconds)
         best = max(before, after, key=lambda r: r["forwards_per_s"])
-        result["model_alone"] = {**best, "before_extract": before, "after_extract": after,
-                                 "note": "baseline = the faster of the runs before and after the extract"}
+        result["model_alone"] = {
+            **best,
+            "before_extract": before,
+            "after_extract": after,
+            "note": "baseline = the faster of the runs before and after the extract",
+        }
         forwards = summary.computed * views
         result["extract"] = {
-            "images": summary.computed, "views": views, "forwards": forwards,
-            "loop_seconds": summary.loop_seconds, "total_seconds": summary.seconds,
+            "images": summary.computed,
+            "views": views,
+            "forwards": forwards,
+            "loop_seconds": summary.loop_seconds,
+            "total_seconds": summary.seconds,
             "loop_forwards_per_s": forwards / summary.loop_seconds,
             "total_forwards_per_s": forwards / summary.seconds,
             "cache_bytes": summary.cache_bytes,
             "note": "loop = decode -> augment -> forward -> shard written, for every image; total adds "
-                    "discovery, backbone load + sha256, and assembling/fsyncing the HDF5 file"}
+            "discovery, backbone load + sha256, and assembling/fsyncing the HDF5 file",
+        }
         result["decode_only"] = decode_only(tmp / "data", args.image_size, views, batch, workers, cuda)
         base = result["model_alone"]["forwards_per_s"]
         result["ratios"] = {
             "extract_loop_vs_model": result["extract"]["loop_forwards_per_s"] / base,
             "extract_total_vs_model": result["extract"]["total_forwards_per_s"] / base,
-            "decode_forwards_capacity_vs_model": result["decode_only"]["images_per_s"] * views / base}
+            "decode_forwards_capacity_vs_model": result["decode_only"]["images_per_s"] * views / base,
+        }
         result["goal"] = {"extract_loop_vs_model": 0.85 if cuda else 0.8}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,8 @@
 """End-to-end inference benchmark: latency and throughput per precision/backend, and agreement with fp32.
 
 The verify set is a real run made by the project's own pipeline: a synthetic tree of 450x450 BMP cells
-(fastall.synth), `extract` at 224 px with a deterministic random-init ResNet-50 (no ImageNet weights offline),
+(fastall.data.synth), `extract` at 224 px with a deterministic random-init ResNet-50 (no ImageNet weights
+offline),
 and `train-head` (the paper's head and schedule). Agreement is what `fastall export --precision auto` checks:
 predicted classes against eager fp32 on up to --check-images run images, int8 calibrated on 32 others.
 For each configuration: batch-1 latency p50/p90/p99, end-to-end (file -> probabilities, Pillow decode) and
@@ -23,32 +24,44 @@ from pathlib import Path
 import torch
 import torchvision
 
-from fastall.bench import PAPER_CLAIMS_MS, latency, machine_info, throughput
-from fastall.deploy import run_images
-from fastall.extract import extract
-from fastall.loader import default_workers, find_images
-from fastall.model import LeukemiaClassifier
-from fastall.synth import synthesize
-from fastall.train import train_head
+from fastall.data.loader import default_workers, find_images
+from fastall.data.synth import synthesize
+from fastall.features.extract import extract
+from fastall.inference.bench import PAPER_CLAIMS_MS, latency, machine_info, throughput
+from fastall.inference.deploy import run_images
+from fastall.inference.model import LeukemiaClassifier
+from fastall.training.train_head import train_head
 
 CPU_TARGET_MS = 30.0
 MIN_AGREEMENT = 0.995
-DEFAULTS = {"cpu": {"configs": "fp32,fp32-jit,bf16-jit,bf16-compile,int8-jit", "batch_sizes": "1,8,32"},
-            "cuda": {"configs": "fp32,bf16,fp16", "batch_sizes": "1,8,32,256"}}
+DEFAULTS = {
+    "cpu": {"configs": "fp32,fp32-jit,bf16-jit,bf16-compile,int8-jit", "batch_sizes": "1,8,32"},
+    "cuda": {"configs": "fp32,bf16,fp16", "batch_sizes": "1,8,32,256"},
+}
 
 
 def make_run(root: Path, device: str, patients: int, per_patient: int, image_size: int) -> Path:
     """synth -> extract (one view, fp32) -> train-head: the run whose images are the verify set."""
-    synthesize(root / "data", patients_per_class=patients, images_per_patient=per_patient, size=450,
-               prelim=False)
-    extract(root / "data", root / "cache.h5", views=1, image_size=image_size, weights="none", device=device,
-            amp=False, progress=False)
+    synthesize(
+        root / "data", patients_per_class=patients, images_per_patient=per_patient, size=450, prelim=False
+    )
+    extract(
+        root / "data",
+        root / "cache.h5",
+        views=1,
+        image_size=image_size,
+        weights="none",
+        device=device,
+        amp=False,
+        progress=False,
+    )
     train_head(root / "cache.h5", root / "run", folds=5, test="none", device=device, progress=False)
     return root / "run"
 
 
 def cpu_busy(seconds: float = 1.0) -> float:
     """Fraction of all cores busy over ``seconds`` (from /proc/stat; 0 where unavailable)."""
+
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as fh:
             values = [int(v) for v in fh.readline().split()[1:]]
@@ -93,8 +106,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=None, help="latency rounds, best kept [3 on CPU, 1 on GPU]")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--wait-quiet", type=float, default=0.0,
-                    help="before each configuration, wait up to this many seconds for an idle CPU")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        help="before each configuration, wait up to this many seconds for an idle CPU",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,34 +132,61 @@ def main() -> None:
         for name in configs:
             precision, _, backend = name.partition("-")
             t = time.perf_counter()
-            model.optimize(precision, calibration=calibration if precision == "int8" else None,
-                           backend=backend or "eager")
+            model.optimize(
+                precision,
+                calibration=calibration if precision == "int8" else None,
+                backend=backend or "eager",
+            )
             fast = logits(model, checked)
             dprob = (torch.softmax(fast, 1) - torch.softmax(reference, 1)).abs()
-            agree = {"agreement": float((fast.argmax(1) == reference.argmax(1)).double().mean()),
-                     "images": len(checked), "max_dprob": float(dprob.max()),
-                     "mean_dprob": float(dprob.mean())}
+            agree = {
+                "agreement": float((fast.argmax(1) == reference.argmax(1)).double().mean()),
+                "images": len(checked),
+                "max_dprob": float(dprob.max()),
+                "mean_dprob": float(dprob.mean()),
+            }
             waited = wait_quiet(args.wait_quiet) if args.wait_quiet else 0.0
             busy_before = cpu_busy(0.5)
             rounds = args.rounds or (3 if dev.type == "cpu" else 1)
             lat = latency(model, files, warmup=5, iters=args.iters, rounds=rounds)
             workers = default_workers(dev)
             tput = [throughput(model, files, bs, batches=3, workers=workers) for bs in batch_sizes]
-            results[name] = {"precision": precision, "backend": model.backend, "agreement_vs_fp32": agree,
-                             "latency_batch1": lat, "throughput": tput, "waited_for_quiet_s": waited,
-                             "cpu_busy_before": busy_before, "load_average_after": list(os.getloadavg())}
-            print(f"{name:13s} e2e p50 {lat['end_to_end']['p50_ms']:7.2f} ms  model p50 "
-                  f"{lat['model_only']['p50_ms']:7.2f} ms  agreement {agree['agreement']:.4f}  "
-                  f"({time.perf_counter() - t:.0f}s)", flush=True)
+            results[name] = {
+                "precision": precision,
+                "backend": model.backend,
+                "agreement_vs_fp32": agree,
+                "latency_batch1": lat,
+                "throughput": tput,
+                "waited_for_quiet_s": waited,
+                "cpu_busy_before": busy_before,
+                "load_average_after": list(os.getloadavg()),
+            }
+            print(
+                f"{name:13s} e2e p50 {lat['end_to_end']['p50_ms']:7.2f} ms  model p50 "
+                f"{lat['model_only']['p50_ms']:7.2f} ms  agreement {agree['agreement']:.4f}  "
+                f"({time.perf_counter() - t:.0f}s)",
+                flush=True,
+            )
     summary = summarize(results, dev.type)
-    out = {"benchmark": "inference", "machine": machine_info(dev), "device": dev.type,
-           "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "config": {**vars(args), "configs": configs, "batch_sizes": batch_sizes,
-                      "weights": "none (random init, seed 0)",
-                      "images": "synthetic 450x450 24-bit BMP cells (fastall.synth)",
-                      "verify_set": "run images: synth -> extract (224 px, 1 view, fp32) -> train-head"},
-           "results": results, **summary, "seconds": time.perf_counter() - t0,
-           "load_average_start_end": [list(load_start), list(os.getloadavg())]}
+    out = {
+        "benchmark": "inference",
+        "machine": machine_info(dev),
+        "device": dev.type,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "config": {
+            **vars(args),
+            "configs": configs,
+            "batch_sizes": batch_sizes,
+            "weights": "none (random init, seed 0)",
+            "images": "synthetic 450x450 24-bit BMP cells (fastall.data.synth)",
+            "verify_set": "run images: synth -> extract (224 px, 1 view, fp32) -> train-head",
+        },
+        "results": results,
+        **summary,
+        "seconds": time.perf_counter() - t0,
+        "load_average_start_end": [list(load_start), list(os.getloadavg())],
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
@@ -160,8 +204,10 @@ def summarize(results: dict, device: str) -> dict:
             / base["latency_batch1"]["end_to_end"]["p50_ms"],
             "model_only_p50_vs_fp32": r["latency_batch1"]["model_only"]["p50_ms"]
             / base["latency_batch1"]["model_only"]["p50_ms"],
-            "throughput_vs_fp32": {str(t["batch_size"]): t["end_to_end_img_s"] / b["end_to_end_img_s"]
-                                   for t, b in zip(r["throughput"], base["throughput"], strict=True)},
+            "throughput_vs_fp32": {
+                str(t["batch_size"]): t["end_to_end_img_s"] / b["end_to_end_img_s"]
+                for t, b in zip(r["throughput"], base["throughput"], strict=True)
+            },
         }
     ok = {n: r for n, r in results.items() if r["agreement_vs_fp32"]["agreement"] >= MIN_AGREEMENT}
     name = min(ok, key=lambda n: ok[n]["latency_batch1"]["end_to_end"]["p50_ms"]) if ok else None
@@ -169,19 +215,32 @@ def summarize(results: dict, device: str) -> dict:
     if name is not None:
         r = ok[name]
         p50 = r["latency_batch1"]["end_to_end"]["p50_ms"]
-        chosen = {"name": name, "precision": r["precision"], "backend": r["backend"],
-                  "agreement_vs_fp32": r["agreement_vs_fp32"]["agreement"], "end_to_end_p50_ms": p50,
-                  "model_only_p50_ms": r["latency_batch1"]["model_only"]["p50_ms"],
-                  "paper_claim_ms": PAPER_CLAIMS_MS[device],
-                  "p50_vs_paper_claim": p50 / PAPER_CLAIMS_MS[device],
-                  "end_to_end_vs_model_only_throughput": {str(t["batch_size"]): t["end_to_end_vs_model_only"]
-                                                          for t in r["throughput"]}}
+        chosen = {
+            "name": name,
+            "precision": r["precision"],
+            "backend": r["backend"],
+            "agreement_vs_fp32": r["agreement_vs_fp32"]["agreement"],
+            "end_to_end_p50_ms": p50,
+            "model_only_p50_ms": r["latency_batch1"]["model_only"]["p50_ms"],
+            "paper_claim_ms": PAPER_CLAIMS_MS[device],
+            "p50_vs_paper_claim": p50 / PAPER_CLAIMS_MS[device],
+            "end_to_end_vs_model_only_throughput": {
+                str(t["batch_size"]): t["end_to_end_vs_model_only"] for t in r["throughput"]
+            },
+        }
         if device == "cpu":
-            chosen.update(target_ms=CPU_TARGET_MS, p50_vs_target=p50 / CPU_TARGET_MS,
-                          meets_target=p50 <= CPU_TARGET_MS)
+            chosen.update(
+                target_ms=CPU_TARGET_MS, p50_vs_target=p50 / CPU_TARGET_MS, meets_target=p50 <= CPU_TARGET_MS
+            )
     ranked = sorted(ok, key=lambda n: ok[n]["latency_batch1"]["end_to_end"]["p50_ms"])
-    passing = [{"name": n, "end_to_end_p50_ms": ok[n]["latency_batch1"]["end_to_end"]["p50_ms"],
-                "agreement_vs_fp32": ok[n]["agreement_vs_fp32"]["agreement"]} for n in ranked]
+    passing = [
+        {
+            "name": n,
+            "end_to_end_p50_ms": ok[n]["latency_batch1"]["end_to_end"]["p50_ms"],
+            "agreement_vs_fp32": ok[n]["agreement_vs_fp32"]["agreement"],
+        }
+        for n in ranked
+    ]
     return {"ratios_vs_fp32": ratios, "chosen": chosen, "agreeing_configs_by_speed": passing}
 
 

@@ -29,14 +29,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from featcache import real_size_cache  # noqa: E402
 
-from fastall.bench import machine_info  # noqa: E402
-from fastall.cache import read_cache  # noqa: E402
-from fastall.splits import make_splits  # noqa: E402
-from fastall.sweep import sweep  # noqa: E402
-from fastall.train import train_head  # noqa: E402
+from fastall.features.cache import read_cache  # noqa: E402
+from fastall.inference.bench import machine_info  # noqa: E402
+from fastall.training.splits import make_splits  # noqa: E402
+from fastall.training.sweep import sweep  # noqa: E402
+from fastall.training.train_head import train_head  # noqa: E402
 
-GPU_GRID = ("lr=3e-5,1e-4,3e-4,1e-3,3e-3 dropout=0.2,0.35,0.5,0.65 "
-            "weight_decay=0,1e-5,1e-4,1e-3,1e-2")  # 100 configurations
+GPU_GRID = (
+    "lr=3e-5,1e-4,3e-4,1e-3,3e-3 dropout=0.2,0.35,0.5,0.65 "
+    "weight_decay=0,1e-5,1e-4,1e-3,1e-2"
+)  # 100 configurations
 CPU_GRID = "lr=1e-4,3e-4,1e-3 dropout=0.3,0.5"  # 6 configurations
 
 
@@ -45,8 +47,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, m: int, k: int, n: int,
-                  seconds: float = 1.0) -> float:
+def matmul_gflops(
+    device: torch.device, dtype: torch.dtype, m: int, k: int, n: int, seconds: float = 1.0
+) -> float:
     a = torch.randn(m, k, device=device).to(dtype)
     b = torch.randn(k, n, device=device).to(dtype)
     for _ in range(3):
@@ -61,8 +64,9 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, m: int, k: int, n: i
     return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
 
-def head_gflop(cache: Path, configs: int, epochs: int, batch: int, hidden: int, dim: int,
-               with_final: bool) -> float:
+def head_gflop(
+    cache: Path, configs: int, epochs: int, batch: int, hidden: int, dim: int, with_final: bool
+) -> float:
     """Head GEMM work of a CV: per step forward + weight gradient (2 × 2·B·D·H, plus the small fc2 GEMMs),
     per epoch a validation forward of each fold's validation images."""
     c = read_cache(cache, load_features=False)
@@ -100,14 +104,22 @@ def main() -> None:
         sweep_wall = time.perf_counter() - t0
         configs = len(res.results["configs"])
         train_s = res.results["timings"]["train_s"]
-        print(f"sweep: {configs} configs × 5 folds in {sweep_wall:.2f} s wall (train {train_s:.2f} s)",
-              flush=True)
+        print(
+            f"sweep: {configs} configs × 5 folds in {sweep_wall:.2f} s wall (train {train_s:.2f} s)",
+            flush=True,
+        )
 
         seq = []
         for row in sorted(res.results["configs"], key=lambda r: r["config"])[:k]:
             t1 = time.perf_counter()
-            train_head(cache, Path(tmp) / f"seq{len(seq)}", folds=5, device=args.device, progress=False,
-                       **row["params"])
+            train_head(
+                cache,
+                Path(tmp) / f"seq{len(seq)}",
+                folds=5,
+                device=args.device,
+                progress=False,
+                **row["params"],
+            )
             seq.append(time.perf_counter() - t1)
         print(f"sequential train-head: {seq}", flush=True)
 
@@ -115,22 +127,41 @@ def main() -> None:
     achieved = gflop / train_s
     seq_rate = len(seq) / sum(seq)
     result = {
-        "benchmark": "sweep_speed", "machine": machine_info(device), "device": args.device,
-        "torch": torch.__version__, "precision": res.results["precision"],
+        "benchmark": "sweep_speed",
+        "machine": machine_info(device),
+        "device": args.device,
+        "torch": torch.__version__,
+        "precision": res.results["precision"],
         "load_average_before_after": [load_before, os.getloadavg()],
-        "settings": {"epochs": 5, "batch_size": 32, "hidden": 512, "folds": 5, "images": 10661, "views": 8,
-                     "dim": 2048, "grid": text},
-        "configs": configs, "config_folds": configs * 5,
-        "sweep_wall_s": sweep_wall, "sweep_train_s": train_s,
+        "settings": {
+            "epochs": 5,
+            "batch_size": 32,
+            "hidden": 512,
+            "folds": 5,
+            "images": 10661,
+            "views": 8,
+            "dim": 2048,
+            "grid": text,
+        },
+        "configs": configs,
+        "config_folds": configs * 5,
+        "sweep_wall_s": sweep_wall,
+        "sweep_train_s": train_s,
         "sweep_load_cache_s": res.results["timings"]["load_cache_s"],
         "configs_per_s": configs / sweep_wall,
-        "head_gflop": gflop, "achieved_gflop_per_s": achieved, "matmul_peak_gflop_per_s": peaks,
+        "head_gflop": gflop,
+        "achieved_gflop_per_s": achieved,
+        "matmul_peak_gflop_per_s": peaks,
         "fraction_of_bf16_peak": achieved / peaks["bf16_1024x2048x512"],
         "fraction_of_fp32_peak": achieved / peaks["fp32_1024x2048x512"],
-        "sequential_train_head_s": seq, "sequential_configs_per_s": seq_rate,
+        "sequential_train_head_s": seq,
+        "sequential_configs_per_s": seq_rate,
         "speedup_vs_sequential": (configs / sweep_wall) / seq_rate,
-        "goals": {"gpu_100_configs_x5_folds_s": 10.0, "cpu_fraction_of_peak": 0.5,
-                  "cpu_speedup_vs_sequential": 3.0},
+        "goals": {
+            "gpu_100_configs_x5_folds_s": 10.0,
+            "cpu_fraction_of_peak": 0.5,
+            "cpu_speedup_vs_sequential": 3.0,
+        },
     }
     if device.type == "cuda":
         result["fraction_of_bf16_peak_8192"] = achieved / peaks["bf16_8192_cubed"]

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import torch
 from rich.console import Console
 
-from fastall.backbone import TORCHVISION_WEIGHTS
+from fastall.features.backbone import TORCHVISION_WEIGHTS
 
 DEMO_PATIENTS_PER_CLASS = 8
 DEMO_IMAGES_PER_PATIENT = 10
@@ -37,15 +37,22 @@ def cached_imagenet_weights(name: str = "imagenet1k_v1") -> Path | None:
     return path if path.is_file() else None
 
 
-def run_demo(out: str | Path = "fastall-demo", *, device: str = "auto", seed: int = 0,
-             patients_per_class: int = DEMO_PATIENTS_PER_CLASS,
-             images_per_patient: int = DEMO_IMAGES_PER_PATIENT, image_side: int = DEMO_IMAGE_SIDE,
-             input_size: int = DEMO_INPUT_SIZE, views: int = DEMO_VIEWS,
-             console: Console | None = None) -> DemoResult:
+def run_demo(
+    out: str | Path = "fastall-demo",
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    patients_per_class: int = DEMO_PATIENTS_PER_CLASS,
+    images_per_patient: int = DEMO_IMAGES_PER_PATIENT,
+    image_side: int = DEMO_IMAGE_SIDE,
+    input_size: int = DEMO_INPUT_SIZE,
+    views: int = DEMO_VIEWS,
+    console: Console | None = None,
+) -> DemoResult:
     """Run the whole product once. Re-running reuses the synthetic data and the cache (extract resumes)."""
-    from fastall.extract import describe, extract
-    from fastall.synth import synthesize
-    from fastall.train import print_run_summary, train_head
+    from fastall.data.synth import synthesize
+    from fastall.features.extract import describe, extract
+    from fastall.training.train_head import print_run_summary, train_head
 
     console = console or Console(stderr=True)
     out = Path(out)
@@ -54,8 +61,14 @@ def run_demo(out: str | Path = "fastall-demo", *, device: str = "auto", seed: in
     t0 = time.perf_counter()
     if not (data / "C-NMC_Leukemia").is_dir():
         console.rule("[bold]1/3 synth[/]: synthetic C-NMC 2019 tree")
-        made = synthesize(data, patients_per_class=patients_per_class, images_per_patient=images_per_patient,
-                          size=image_side, seed=seed, progress=True)
+        made = synthesize(
+            data,
+            patients_per_class=patients_per_class,
+            images_per_patient=images_per_patient,
+            size=image_side,
+            seed=seed,
+            progress=True,
+        )
         console.print(f"{made.images} images of {made.patients} patients in {made.root}")
     else:
         console.rule("[bold]1/3 synth[/]: reusing the synthetic tree in " + str(data))
@@ -63,16 +76,25 @@ def run_demo(out: str | Path = "fastall-demo", *, device: str = "auto", seed: in
 
     weights = "imagenet1k_v1" if cached_imagenet_weights() else "none"
     if weights == "none":
-        console.print("[bold yellow]warning:[/] no ImageNet ResNet-50 weights in the torch cache "
-                      f"({torch.hub.get_dir()}/checkpoints): the demo uses a random-init backbone "
-                      "(--weights none). Numbers show the pipeline works, not what ImageNet features reach.")
+        console.print(
+            "[bold yellow]warning:[/] no ImageNet ResNet-50 weights in the torch cache "
+            f"({torch.hub.get_dir()}/checkpoints): the demo uses a random-init backbone "
+            "(--weights none). Numbers show the pipeline works, not what ImageNet features reach."
+        )
     console.rule(f"[bold]2/3 extract[/]: frozen ResNet-50 ({weights}), {views} views, {input_size} px")
     t0 = time.perf_counter()
     cache = out / "features.h5"
-    summary = extract(data, cache, views=views, image_size=input_size, weights=weights, device=device,
-                      seed=seed, overwrite=True,
-                      warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False,
-                                                     soft_wrap=True))
+    summary = extract(
+        data,
+        cache,
+        views=views,
+        image_size=input_size,
+        weights=weights,
+        device=device,
+        seed=seed,
+        overwrite=True,
+        warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),
+    )
     for line in describe(summary):
         console.print(line, highlight=False)
     seconds["extract"] = time.perf_counter() - t0
@@ -84,6 +106,8 @@ def run_demo(out: str | Path = "fastall-demo", *, device: str = "auto", seed: in
     seconds["train_head"] = time.perf_counter() - t0
     print_run_summary(result, console)
     total = sum(seconds.values())
-    console.print(f"demo finished in {total:.0f} s (synth {seconds['synth']:.0f} s, extract "
-                  f"{seconds['extract']:.0f} s, train-head {seconds['train_head']:.1f} s); outputs in {out}/")
+    console.print(
+        f"demo finished in {total:.0f} s (synth {seconds['synth']:.0f} s, extract "
+        f"{seconds['extract']:.0f} s, train-head {seconds['train_head']:.1f} s); outputs in {out}/"
+    )
     return DemoResult(out=out, weights=weights, cache=cache, run=run, seconds=seconds, result=result)

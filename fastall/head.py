@@ -13,8 +13,9 @@ class Head(nn.Module):
     with the head into the end-to-end model. With ``mean=0, std=1`` (the default) it is the paper's head.
     """
 
-    def __init__(self, in_features: int = 2048, hidden: int = 512, dropout: float = 0.5,
-                 classes: int = 2) -> None:
+    def __init__(
+        self, in_features: int = 2048, hidden: int = 512, dropout: float = 0.5, classes: int = 2
+    ) -> None:
         super().__init__()
         self.in_features, self.hidden, self.dropout_p, self.classes = in_features, hidden, dropout, classes
         self.register_buffer("mean", torch.zeros(in_features))
@@ -34,16 +35,32 @@ class Head(nn.Module):
         return self.fc2(self.drop(torch.relu(self.fc1(self.standardize(features)))))
 
     def config(self) -> dict:
-        return {"in_features": self.in_features, "hidden": self.hidden, "dropout": self.dropout_p,
-                "classes": self.classes}
+        return {
+            "in_features": self.in_features,
+            "hidden": self.hidden,
+            "dropout": self.dropout_p,
+            "classes": self.classes,
+        }
 
 
-def head_state_dict(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, *,
-                    mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
+def head_state_dict(
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """A :class:`Head` state dict from the training engine's layout (``w1 [D, H]``, ``w2 [K, H]``)."""
-    return {"mean": mean.reshape(-1).float().clone(), "std": std.reshape(-1).float().clone(),
-            "fc1.weight": w1.t().float().contiguous(), "fc1.bias": b1.reshape(-1).float().clone(),
-            "fc2.weight": w2.float().clone(), "fc2.bias": b2.reshape(-1).float().clone()}
+    return {
+        "mean": mean.reshape(-1).float().clone(),
+        "std": std.reshape(-1).float().clone(),
+        "fc1.weight": w1.t().float().contiguous(),
+        "fc1.bias": b1.reshape(-1).float().clone(),
+        "fc2.weight": w2.float().clone(),
+        "fc2.bias": b2.reshape(-1).float().clone(),
+    }
 
 
 def head_from_state_dict(state: dict[str, torch.Tensor], dropout: float = 0.5) -> Head:

@@ -27,20 +27,27 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return TF.to_dtype(images, torch.float32, scale=True)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     return TF.normalize(x, list(mean), list(std))
 
 
-def preprocess(images: torch.Tensor, size: int, mean: Sequence[float] = IMAGENET_MEAN,
-               std: Sequence[float] = IMAGENET_STD, view_params: torch.Tensor | None = None) -> torch.Tensor:
+def preprocess(
+    images: torch.Tensor,
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    view_params: torch.Tensor | None = None,
+) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` -> normalised float ``[B, 3, size, size]``; optional per-sample augmentation.
 
-    ``view_params`` is ``[B, P]`` as drawn by :func:`fastall.augment.draw_view_params`; ``None`` gives view 0.
+    ``view_params`` is ``[B, P]`` as drawn by :func:`fastall.features.augment.draw_view_params`;
+    ``None`` gives view 0.
     """
     x = to_unit_float(resize_uint8(images, size))
     if view_params is not None:
-        from fastall.augment import apply_view_params
+        from fastall.features.augment import apply_view_params
 
         x = apply_view_params(x, view_params)
     return normalize(x, mean, std)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastall.synth import TREE, _bmp_bytes
+from fastall.data.synth import TREE, _bmp_bytes
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ CASES: list[Case] = [
 
 
 def _one_class_cache(env: Env) -> Path:
-    from fastall.extract import extract
+    from fastall.features.extract import extract
 
     out = env.tmp / "one.h5"
     extract(

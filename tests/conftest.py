@@ -12,7 +12,7 @@ MANIFEST = Path(__file__).resolve().parents[1].parent / "shared/data/cnmc2019_tr
 @pytest.fixture(scope="session")
 def synth_tree(tmp_path_factory) -> Path:
     """Folder holding ``C-NMC_Leukemia/`` (32 px, 3 patients per class, prelim and testing). Do not modify."""
-    from fastall.synth import synthesize
+    from fastall.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, patients_per_class=3, images_per_patient=4, size=32, seed=0, testing=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastall.cache import read_cache, write_cache
+from fastall.features.cache import read_cache, write_cache
 
 _BUILT: dict[tuple, E2ERun] = {}
 
@@ -25,15 +25,25 @@ class E2ERun:
 
 
 def build_run(base: Path, *, image_size: int = 32, views: int = 2, testing: bool = False) -> E2ERun:
-    from fastall.extract import extract
-    from fastall.synth import synthesize
-    from fastall.train import train_head
+    from fastall.data.synth import synthesize
+    from fastall.features.extract import extract
+    from fastall.training.train_head import train_head
 
     base.mkdir(parents=True, exist_ok=True)
-    synthesize(base / "data", patients_per_class=3, images_per_patient=3, size=64, prelim=False,
-               testing=testing)
-    extract(base / "data", base / "cache.h5", views=views, image_size=image_size, weights="none",
-            device="cpu", amp=False, workers=0, progress=False)
+    synthesize(
+        base / "data", patients_per_class=3, images_per_patient=3, size=64, prelim=False, testing=testing
+    )
+    extract(
+        base / "data",
+        base / "cache.h5",
+        views=views,
+        image_size=image_size,
+        weights="none",
+        device="cpu",
+        amp=False,
+        workers=0,
+        progress=False,
+    )
     train_head(base / "cache.h5", base / "run", folds=3, test="none", epochs=3, device="cpu", progress=False)
     return E2ERun(base / "run", base / "cache.h5", base / "data")
 
@@ -63,16 +73,24 @@ def cache_with(e2e: E2ERun, dest: Path, **key_changes) -> Path:
     """A copy of the run's cache whose recorded parameters differ by ``key_changes``."""
     fc = read_cache(e2e.cache)
     attrs = fc.attrs
-    return write_cache(dest, features=fc.features, labels=fc.labels, class_names=fc.class_names,
-                       patients=list(fc.patients), paths=list(fc.paths), sources=list(fc.sources),
-                       view_params=fc.view_params, view_param_names=fc.view_param_names,
-                       key_params={**fc.key_params, **key_changes},
-                       provenance={"data_root": attrs["data_root"]})
+    return write_cache(
+        dest,
+        features=fc.features,
+        labels=fc.labels,
+        class_names=fc.class_names,
+        patients=list(fc.patients),
+        paths=list(fc.paths),
+        sources=list(fc.sources),
+        view_params=fc.view_params,
+        view_param_names=fc.view_param_names,
+        key_params={**fc.key_params, **key_changes},
+        provenance={"data_root": attrs["data_root"]},
+    )
 
 
 def images_of(e2e: E2ERun, n: int = 4) -> torch.Tensor:
     """``n`` of the run's images, decoded and resized like extract does."""
-    from fastall.images import decode_image
+    from fastall.data.images import decode_image
     from fastall.preprocess import resize_uint8
 
     fc = read_cache(e2e.cache, load_features=False)

@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import torch
 
-from fastall.extract import extract
-from fastall.synth import synthesize
+from fastall.data.synth import synthesize
+from fastall.features.extract import extract
 
 FAST = {"views": 3, "image_size": 32, "weights": "none", "device": "cpu", "progress": False}
 
@@ -40,8 +40,10 @@ def run_extract(data: Path, out: Path, **kwargs):
 def spawn_extract(data: Path, out: Path, env: dict[str, str] | None = None, wait: bool = True, **kwargs):
     """Run extract in a fresh interpreter (for kill tests); returns the CompletedProcess or the Popen."""
     args = {**FAST, "batch_size": 2, "workers": 0, **kwargs}
-    code = ("import json, sys; from fastall.extract import extract; "
-            f"extract({str(data)!r}, {str(out)!r}, **json.loads(sys.argv[1]))")
+    code = (
+        "import json, sys; from fastall.features.extract import extract; "
+        f"extract({str(data)!r}, {str(out)!r}, **json.loads(sys.argv[1]))"
+    )
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-c", code, json.dumps(args)]
     if not wait:
@@ -49,8 +51,18 @@ def spawn_extract(data: Path, out: Path, env: dict[str, str] | None = None, wait
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
 
 
-PROVENANCE = {"created", "device", "device_name", "batch_size", "workers", "torch_version",
-              "torchvision_version", "fastall_version", "data_root", "weights_source"}
+PROVENANCE = {
+    "created",
+    "device",
+    "device_name",
+    "batch_size",
+    "workers",
+    "torch_version",
+    "torchvision_version",
+    "fastall_version",
+    "data_root",
+    "weights_source",
+}
 
 
 def assert_same_cache(a: Path, b: Path) -> None:

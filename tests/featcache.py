@@ -12,16 +12,28 @@ from pathlib import Path
 
 import numpy as np
 
-from fastall.cache import write_cache
+from fastall.features.cache import write_cache
 
 CLASS_NAMES = ["hem", "all"]
 
 
-def make_feature_cache(path: str | Path, *, patients: tuple[int, int] = (8, 12), images_per_patient: int = 10,
-                       views: int = 4, dim: int = 64, separation: float = 1.0, patient_spread: float = 0.5,
-                       loc: float = 0.0, scale: float = 1.0, prelim_patients: int = 0,
-                       testing_images: int = 0, seed: int = 0, patient_ids: list[str] | None = None,
-                       labels: np.ndarray | None = None) -> Path:
+def make_feature_cache(
+    path: str | Path,
+    *,
+    patients: tuple[int, int] = (8, 12),
+    images_per_patient: int = 10,
+    views: int = 4,
+    dim: int = 64,
+    separation: float = 1.0,
+    patient_spread: float = 0.5,
+    loc: float = 0.0,
+    scale: float = 1.0,
+    prelim_patients: int = 0,
+    testing_images: int = 0,
+    seed: int = 0,
+    patient_ids: list[str] | None = None,
+    labels: np.ndarray | None = None,
+) -> Path:
     """Write a complete cache. ``patient_ids``/``labels`` (one per image) override the generated layout."""
     rng = np.random.default_rng(seed)
     if patient_ids is None:
@@ -55,28 +67,53 @@ def make_feature_cache(path: str | Path, *, patients: tuple[int, int] = (8, 12),
     feats = np.empty((n, views, dim), dtype=np.float16)
     for start in range(0, n, 1024):
         noise = rng.standard_normal((min(1024, n - start), views, dim), dtype=np.float32)
-        feats[start:start + 1024] = loc + scale * (base[start:start + 1024, None, :] + 0.3 * noise)
+        feats[start : start + 1024] = loc + scale * (base[start : start + 1024, None, :] + 0.3 * noise)
     view_params = np.zeros((n, views, 2), dtype=np.float32)
     view_params[:, 1:, 0] = 1.0
-    key_params = {"backbone": "synthetic", "weights": "none", "weights_sha256": "0" * 64, "image_size": 32,
-                  "views": views, "seed": seed, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                  "dim": dim, "loc": loc, "scale": scale}
-    return write_cache(path, features=feats, labels=labels, class_names=CLASS_NAMES,
-                       patients=[str(p) for p in patient_ids], paths=[f"img/{i:06d}.bmp" for i in range(n)],
-                       sources=sources, view_params=view_params, view_param_names=["flip", "angle"],
-                       key_params=key_params, provenance={"created": "test"})
+    key_params = {
+        "backbone": "synthetic",
+        "weights": "none",
+        "weights_sha256": "0" * 64,
+        "image_size": 32,
+        "views": views,
+        "seed": seed,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "dim": dim,
+        "loc": loc,
+        "scale": scale,
+    }
+    return write_cache(
+        path,
+        features=feats,
+        labels=labels,
+        class_names=CLASS_NAMES,
+        patients=[str(p) for p in patient_ids],
+        paths=[f"img/{i:06d}.bmp" for i in range(n)],
+        sources=sources,
+        view_params=view_params,
+        view_param_names=["flip", "angle"],
+        key_params=key_params,
+        provenance={"created": "test"},
+    )
 
 
 def manifest_layout(manifest: str | Path | None = None) -> tuple[list[str], np.ndarray]:
     """(patient per image, label per image) of the real C-NMC 2019 training set: from the manifest when it is
     there, else the same counts (47 ALL patients / 7,272 images, 26 normal / 3,389) generated."""
-    from fastall.data import parse_cnmc_name
+    from fastall.data.discover import parse_cnmc_name
 
-    path = Path(manifest) if manifest else Path(__file__).resolve().parents[1].parent / \
-        "shared/data/cnmc2019_training_manifest.txt"
+    path = (
+        Path(manifest)
+        if manifest
+        else Path(__file__).resolve().parents[1].parent / "shared/data/cnmc2019_training_manifest.txt"
+    )
     if path.is_file():
-        parsed = [parse_cnmc_name(line.strip().rsplit("/", 1)[-1]) for line in path.read_text().splitlines()
-                  if line.strip()]
+        parsed = [
+            parse_cnmc_name(line.strip().rsplit("/", 1)[-1])
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
         return [p for p, _ in parsed], np.array([1 if c == "all" else 0 for _, c in parsed], dtype=np.int64)
     rng = np.random.default_rng(0)
     patients: list[str] = []
@@ -91,8 +128,8 @@ def manifest_layout(manifest: str | Path | None = None) -> tuple[list[str], np.n
 
 def real_size_cache(path: str | Path, *, views: int = 8, dim: int = 2048) -> Path:
     """A 10,661-image cache with the real patients and labels (reused when it is already there)."""
-    from fastall.cache import read_cache
     from fastall.errors import CacheError
+    from fastall.features.cache import read_cache
 
     path = Path(path)
     try:
@@ -103,5 +140,6 @@ def real_size_cache(path: str | Path, *, views: int = 8, dim: int = 2048) -> Pat
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     patients, labels = manifest_layout()
-    return make_feature_cache(path, patient_ids=patients, labels=labels, views=views, dim=dim,
-                              separation=0.15)
+    return make_feature_cache(
+        path, patient_ids=patients, labels=labels, views=views, dim=dim, separation=0.15
+    )

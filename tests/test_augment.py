@@ -8,7 +8,13 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from fastall.augment import AUGMENT_CONFIG, IDENTITY, VIEW_PARAM_NAMES, apply_view_params, draw_view_params
+from fastall.features.augment import (
+    AUGMENT_CONFIG,
+    IDENTITY,
+    VIEW_PARAM_NAMES,
+    apply_view_params,
+    draw_view_params,
+)
 from fastall.preprocess import preprocess
 
 P = {name: i for i, name in enumerate(VIEW_PARAM_NAMES)}
@@ -55,7 +61,7 @@ def test_param_ranges_and_frequencies():
     area = box[:, 2] * box[:, 3]
     assert area.min() >= 0.02 - 1e-6 and area.max() <= 0.33 + 1e-6
     assert np.all(box[:, 0] + box[:, 2] <= 1) and np.all(box[:, 1] + box[:, 3] <= 1)
-    assert np.all(p[~erase][:, P["erase_top"]:] == 0)
+    assert np.all(p[~erase][:, P["erase_top"] :] == 0)
 
 
 def test_identity_is_bit_exact():
@@ -66,16 +72,23 @@ def test_identity_is_bit_exact():
     assert torch.equal(preprocess(images, 32, view_params=ident), preprocess(images, 32))
 
 
-@pytest.mark.parametrize("hflip,vflip,angle,scale",
-                         [(1, 0, 12.0, 1.07), (0, 1, -9.0, 0.93), (1, 1, 0.0, 1.0)])
+@pytest.mark.parametrize(
+    "hflip,vflip,angle,scale", [(1, 0, 12.0, 1.07), (0, 1, -9.0, 0.93), (1, 1, 0.0, 1.0)]
+)
 def test_geometry_matches_torchvision(hflip, vflip, angle, scale):
     x = torch.rand(1, 3, 48, 48)
     ours = apply_view_params(x, _params(hflip=hflip, vflip=vflip, angle=angle, scale=scale))[0]
     ref = x[0]
     ref = TF.horizontal_flip(ref) if hflip else ref
     ref = TF.vertical_flip(ref) if vflip else ref
-    ref = TF.affine(ref, angle=angle, translate=[0, 0], scale=scale, shear=[0.0, 0.0],
-                    interpolation=InterpolationMode.BILINEAR)
+    ref = TF.affine(
+        ref,
+        angle=angle,
+        translate=[0, 0],
+        scale=scale,
+        shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+    )
     assert torch.allclose(ours, ref, atol=1e-4)
 
 
@@ -101,7 +114,7 @@ def test_batched_equals_per_sample():
     x = torch.rand(4, 3, 32, 32)
     params = torch.from_numpy(draw_view_params(5, range(4), 2)[:, 1])
     batched = apply_view_params(x, params)
-    single = torch.cat([apply_view_params(x[i:i + 1], params[i:i + 1]) for i in range(4)])
+    single = torch.cat([apply_view_params(x[i : i + 1], params[i : i + 1]) for i in range(4)])
     assert torch.allclose(batched, single, atol=1e-6)
     assert not torch.allclose(batched[0], batched[1])
 

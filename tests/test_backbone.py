@@ -8,9 +8,9 @@ from click.testing import CliRunner
 from extract_helpers import one_thread, tiny_tree
 from torchvision.models import resnet50
 
-from fastall.backbone import RANDOM_INIT_WARNING, load_backbone, state_dict_sha256
 from fastall.cli import cli
 from fastall.errors import WeightsUnavailable
+from fastall.features.backbone import RANDOM_INIT_WARNING, load_backbone, state_dict_sha256
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -37,8 +37,10 @@ def test_random_init_is_frozen_deterministic_and_warns():
 
 def test_sha256_is_layout_and_order_independent(full_state):
     reordered = dict(reversed(list(full_state.items())))
-    cl = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
-          for k, v in reordered.items()}
+    cl = {
+        k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+        for k, v in reordered.items()
+    }
     assert state_dict_sha256(cl) == state_dict_sha256(full_state)
 
 
@@ -69,8 +71,13 @@ def test_bad_weight_files_give_one_line_errors(tmp_path, full_state):
     torch.save({**full_state, "conv1.weight": torch.zeros(3, 3)}, shapes)
     pickled = tmp_path / "pickled.pth"
     torch.save({"model": object()}, pickled)
-    for path, words in [(missing, "not found"), (garbage, "not a loadable"), (wrong, "missing keys"),
-                        (shapes, "shapes"), (pickled, "not a loadable")]:
+    for path, words in [
+        (missing, "not found"),
+        (garbage, "not a loadable"),
+        (wrong, "missing keys"),
+        (shapes, "shapes"),
+        (pickled, "not a loadable"),
+    ]:
         with pytest.raises(WeightsUnavailable) as err:
             load_backbone(str(path))
         message = str(err.value)

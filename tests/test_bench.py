@@ -11,8 +11,23 @@ from e2e_helpers import shared_run
 
 from fastall.cli import cli
 
-TINY = ["--device", "cpu", "--batch-sizes", "1,2", "--images", "4", "--image-size", "64", "--iters", "3",
-        "--threads", "1", "--backend", "eager", "--json"]
+TINY = [
+    "--device",
+    "cpu",
+    "--batch-sizes",
+    "1,2",
+    "--images",
+    "4",
+    "--image-size",
+    "64",
+    "--iters",
+    "3",
+    "--threads",
+    "1",
+    "--backend",
+    "eager",
+    "--json",
+]
 
 
 def _bench(*args: str):
@@ -58,11 +73,14 @@ def test_bench_a_trained_run_with_int8(tmp_path_factory):
     assert out["machine"]["torch_threads"] == 1
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--batch-sizes", "1,x"], "comma-separated integers"),
-    (["--batch-sizes", "0"], "must be positive"),
-    (["--precision", "int4"], "int4"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-sizes", "1,x"], "comma-separated integers"),
+        (["--batch-sizes", "0"], "must be positive"),
+        (["--precision", "int4"], "int4"),
+    ],
+)
 def test_bench_refuses_bad_options(args, message):
     result = CliRunner().invoke(cli, ["bench", *args])
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastall import cache as fc
-from fastall import partial
 from fastall.errors import CacheError
+from fastall.features import cache as fc
+from fastall.features import shards as partial
+from fastall.system import files
 
 KEY = {"backbone": "resnet50", "weights": "none", "image_size": 32, "views": 2, "seed": 0}
 
@@ -24,11 +25,19 @@ KEY = {"backbone": "resnet50", "weights": "none", "image_size": 32, "views": 2, 
 def _write(path, n=6, views=2, dim=8, key=KEY, skipped=()):
     rng = np.random.default_rng(0)
     return fc.write_cache(
-        path, features=rng.standard_normal((n, views, dim)).astype(np.float16),
-        labels=np.arange(n) % 2, class_names=["hem", "all"], patients=[f"P{i // 2}" for i in range(n)],
-        paths=[f"x/{i}.bmp" for i in range(n)], sources=["fold_0"] * n,
-        view_params=np.zeros((n, views, 11), dtype=np.float32), view_param_names=[f"p{i}" for i in range(11)],
-        key_params=dict(key), provenance={"created": "now", "torch_version": "x"}, skipped=list(skipped))
+        path,
+        features=rng.standard_normal((n, views, dim)).astype(np.float16),
+        labels=np.arange(n) % 2,
+        class_names=["hem", "all"],
+        patients=[f"P{i // 2}" for i in range(n)],
+        paths=[f"x/{i}.bmp" for i in range(n)],
+        sources=["fold_0"] * n,
+        view_params=np.zeros((n, views, 11), dtype=np.float32),
+        view_param_names=[f"p{i}" for i in range(11)],
+        key_params=dict(key),
+        provenance={"created": "now", "torch_version": "x"},
+        skipped=list(skipped),
+    )
 
 
 def test_roundtrip_and_zero_copy_torch(tmp_path):
@@ -137,8 +146,11 @@ def test_partial_store_roundtrip_and_recovery(tmp_path):
     assert sorted(done) == [0, 1, 4, 5] and skipped == {6: "x: truncated"}
     assert float(done[0][0][0, 0]) == 2.0 and done[4][1].shape == (3, 11)
     assert len(warnings) == 1 and "batch-000000002" in warnings[0]
-    assert sorted(p.name for p in store.dir.iterdir()) == ["batch-000000000.npz", "batch-000000004.npz",
-                                                          "meta.json"]
+    assert sorted(p.name for p in store.dir.iterdir()) == [
+        "batch-000000000.npz",
+        "batch-000000004.npz",
+        "meta.json",
+    ]
     assert store.load(10, 2, 4)[0] == {}  # other view count: shards are not taken for this run
     store.remove()
     assert not store.dir.exists()
@@ -147,4 +159,4 @@ def test_partial_store_roundtrip_and_recovery(tmp_path):
 def test_kill_point_is_inert_without_the_env(monkeypatch):
     monkeypatch.delenv("FASTALL_TEST_KILL_AT", raising=False)
     monkeypatch.delenv("FASTALL_TEST_PAUSE_AT", raising=False)
-    partial.kill_point("shard")
+    files.kill_point("shard")

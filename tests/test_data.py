@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import MANIFEST
 
 from fastall.cli import cli
-from fastall.data import CNMC_CLASSES, PRELIM_CSV, PRELIM_DIR, Dataset, discover, parse_cnmc_name
+from fastall.data.discover import CNMC_CLASSES, PRELIM_CSV, PRELIM_DIR, Dataset, discover, parse_cnmc_name
 from fastall.errors import FastallError
 
 
@@ -30,15 +30,18 @@ def _scan(*args: str):
     return result
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("UID_11_10_1_all.bmp", ("11", "all")),
-    ("UID_H24_3_2_hem.bmp", ("H24", "hem")),
-    ("UID_h3_12_1_hem.bmp", ("H3", "hem")),
-    ("UID_24_1_1_ALL.BMP", ("24", "all")),
-    ("UID_11_10_all.bmp", None),
-    ("cell.bmp", None),
-    ("UID_11_10_1_all.txt", None),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("UID_11_10_1_all.bmp", ("11", "all")),
+        ("UID_H24_3_2_hem.bmp", ("H24", "hem")),
+        ("UID_h3_12_1_hem.bmp", ("H3", "hem")),
+        ("UID_24_1_1_ALL.BMP", ("24", "all")),
+        ("UID_11_10_all.bmp", None),
+        ("cell.bmp", None),
+        ("UID_11_10_1_all.txt", None),
+    ],
+)
 def test_parse_cnmc_name(name, expected):
     assert parse_cnmc_name(name) == expected
 
@@ -49,8 +52,11 @@ def test_synth_tree_discovery(synth_tree):
     assert not ds.problems and not ds.warnings
     assert ds.sources == ["fold_0", "fold_1", "fold_2", "prelim"]
     assert ds.records == sorted(ds.records, key=lambda r: (r.source, r.rel_path))
-    files = sorted(p.relative_to(synth_tree).as_posix() for p in synth_tree.rglob("*.bmp")
-                   if "testing_data" not in p.parts)
+    files = sorted(
+        p.relative_to(synth_tree).as_posix()
+        for p in synth_tree.rglob("*.bmp")
+        if "testing_data" not in p.parts
+    )
     assert sorted(r.rel_path for r in ds.records) == files
     for r in ds.records:
         assert r.rel_path.startswith("C-NMC_Leukemia/") and r.path == synth_tree / r.rel_path
@@ -78,7 +84,11 @@ def test_testing_source_is_unlabelled(synth_tree):
     assert ds.unlabelled() == testing and len(ds.labelled()) == len(ds.records) - len(testing)
     assert ds.summary()["unlabelled_images"] == len(testing)
     assert {r.source for r in discover(synth_tree, include="testing").records} == {
-        "fold_0", "fold_1", "fold_2", "testing"}
+        "fold_0",
+        "fold_1",
+        "fold_2",
+        "testing",
+    }
     with pytest.raises(FastallError, match="unknown source"):
         discover(synth_tree, include=("prelim", "final"))
 
@@ -91,8 +101,9 @@ def test_tree_found_from_parents_and_from_itself(synth_tree, tmp_path):
     assert from_parent.layout == "cnmc"
     assert all(r.rel_path.startswith("a/b c/C-NMC_Leukemia/") for r in from_parent.records)
     itself = discover(deep / "C-NMC_Leukemia")
-    assert [r.rel_path for r in itself.records] == [r.rel_path.split("C-NMC_Leukemia/")[1]
-                                                   for r in from_parent.records]
+    assert [r.rel_path for r in itself.records] == [
+        r.rel_path.split("C-NMC_Leukemia/")[1] for r in from_parent.records
+    ]
     training = discover(deep / "C-NMC_Leukemia" / "training_data")
     assert training.layout == "cnmc" and training.sources == ["fold_0", "fold_1", "fold_2"]
     assert any("training_data folder" in w for w in training.warnings)
@@ -117,8 +128,9 @@ def test_generic_layout_with_cnmc_names(synth_tree, tmp_path):
 
 def test_generic_layout_patient_regex_and_no_rule_warning(synth_tree, tmp_path):
     classes = {"all": "blast", "hem": "Normal"}
-    root = _generic(synth_tree, tmp_path / "g",
-                    lambda cls, p, i, name: f"{classes[cls]}/patient {p}/çellule n°{i}.PNG")
+    root = _generic(
+        synth_tree, tmp_path / "g", lambda cls, p, i, name: f"{classes[cls]}/patient {p}/çellule n°{i}.PNG"
+    )
     (root / "blast" / "patient 1" / "notes.txt").write_text("x")
     (root / "zeta").mkdir()
     shutil.copy(next(root.rglob("*.PNG")), root / "zeta" / "odd.jpeg")
@@ -139,11 +151,14 @@ def test_generic_layout_patient_regex_and_no_rule_warning(synth_tree, tmp_path):
     assert result.exit_code == 0 and json.loads(result.stdout)["patients"] == 6
 
 
-@pytest.mark.parametrize("regex, message", [
-    (r"patient \d+", "exactly one capture group"),
-    (r"(patient) (\d+)", "exactly one capture group"),
-    (r"patient (\d+", "invalid --patient-regex"),
-])
+@pytest.mark.parametrize(
+    "regex, message",
+    [
+        (r"patient \d+", "exactly one capture group"),
+        (r"(patient) (\d+)", "exactly one capture group"),
+        (r"patient (\d+", "invalid --patient-regex"),
+    ],
+)
 def test_bad_patient_regex(synth_tree, regex, message):
     with pytest.raises(FastallError, match=message):
         discover(synth_tree, patient_regex=regex)
@@ -323,7 +338,7 @@ def test_problem_cases(synth_tree, tmp_path, case):
 def manifest_tree(tmp_path_factory) -> Path:
     if not MANIFEST.is_file():
         pytest.skip(f"real C-NMC manifest not found at {MANIFEST}")
-    from fastall.synth import synthesize
+    from fastall.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("manifest")
     synthesize(out, like_manifest=MANIFEST, size=8)
@@ -338,8 +353,11 @@ def test_real_manifest_figures(manifest_tree):
     assert ds.class_counts() == {"hem": 3389, "all": 7272}
     assert ds.patient_class_counts() == {"hem": 26, "all": 47} and len(ds.patients()) == 73
     per_fold = {s: Counter(r.class_name for r in ds.records if r.source == s) for s in ds.sources}
-    assert per_fold == {"fold_0": {"all": 2397, "hem": 1130}, "fold_1": {"all": 2418, "hem": 1163},
-                        "fold_2": {"all": 2457, "hem": 1096}}
+    assert per_fold == {
+        "fold_0": {"all": 2397, "hem": 1130},
+        "fold_1": {"all": 2418, "hem": 1163},
+        "fold_2": {"all": 2457, "hem": 1096},
+    }
     h3 = [r for r in ds.records if "UID_h3_" in r.rel_path]
     assert h3 and {r.patient for r in h3} == {"H3"} and "h3" not in ds.patients()
     assert "24" in ds.patients() and "H24" in ds.patients()
@@ -362,8 +380,9 @@ def test_unreadable_folder_is_a_problem(synth_tree, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "scandir", scandir)
     ds = discover(base)
-    assert any(p.path == str(target) and "cannot read folder (Permission denied)" in p.message
-               for p in ds.problems)
+    assert any(
+        p.path == str(target) and "cannot read folder (Permission denied)" in p.message for p in ds.problems
+    )
     assert not any(r.rel_path.startswith("C-NMC_Leukemia/training_data/fold_0/all/") for r in ds.records)
     with pytest.raises(FastallError, match="fatal problem"):
         ds.check()

@@ -12,8 +12,9 @@ from fastall.demo import run_demo
 
 def test_demo_learns_on_synthetic_data_with_random_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-empty"))
-    demo = run_demo(tmp_path / "demo", patients_per_class=6, images_per_patient=6, image_side=96,
-                    input_size=64, views=2)
+    demo = run_demo(
+        tmp_path / "demo", patients_per_class=6, images_per_patient=6, image_side=96, input_size=64, views=2
+    )
     assert demo.weights == "none"
     metrics = json.loads((demo.run / "metrics.json").read_text())
     assert metrics["summary"]["accuracy"] >= 0.9
@@ -34,6 +35,16 @@ def test_rerun_reuses_the_data_and_the_cache(tmp_path, monkeypatch):
 def test_help_lists_every_command():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in ["scan", "synth", "extract", "train-head", "sweep", "verify", "bench", "predict",
-                 "export", "demo"]:
+    for name in [
+        "scan",
+        "synth",
+        "extract",
+        "train-head",
+        "sweep",
+        "verify",
+        "bench",
+        "predict",
+        "export",
+        "demo",
+    ]:
         assert name in result.output

@@ -23,12 +23,12 @@ from PIL import Image
 from torchvision.models import resnet50
 from torchvision.transforms.v2 import functional as TF
 
-from fastall.augment import IDENTITY, VIEW_PARAM_NAMES
-from fastall.backbone import load_backbone
-from fastall.cache import SCHEMA_VERSION, read_cache
 from fastall.cli import cli
+from fastall.data.images import decode_image
 from fastall.errors import CacheError, FastallError
-from fastall.images import decode_image
+from fastall.features.augment import IDENTITY, VIEW_PARAM_NAMES
+from fastall.features.backbone import load_backbone
+from fastall.features.cache import SCHEMA_VERSION, read_cache
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -59,9 +59,27 @@ def test_schema_as_documented(ref):
             assert f[name].shape == (n,) and h5py.check_string_dtype(f[name].dtype) is not None
         assert f["view_params"].shape == (n, 3, len(VIEW_PARAM_NAMES)) and f["done"][()].all()
         assert f["skipped"].shape == (0, 2)
-        for attr in ("schema_version", "fastall_version", "torch_version", "torchvision_version", "backbone",
-                     "weights", "weights_sha256", "image_size", "mean", "std", "views", "augment", "seed",
-                     "device", "amp", "amp_dtype", "created", "key", "key_params"):
+        for attr in (
+            "schema_version",
+            "fastall_version",
+            "torch_version",
+            "torchvision_version",
+            "backbone",
+            "weights",
+            "weights_sha256",
+            "image_size",
+            "mean",
+            "std",
+            "views",
+            "augment",
+            "seed",
+            "device",
+            "amp",
+            "amp_dtype",
+            "created",
+            "key",
+            "key_params",
+        ):
             assert attr in f.attrs, attr
         assert f.attrs["schema_version"] == SCHEMA_VERSION and f.attrs["amp_dtype"] == "bf16"
         assert json.loads(f.attrs["view_param_names"]) == list(VIEW_PARAM_NAMES)
@@ -122,7 +140,7 @@ def test_partial_work_with_other_key_refused(data, ref, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr("fastall.extract._finalize", interrupted)
+        patch.setattr("fastall.features.extract._finalize", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_extract(data, out)
     assert not out.exists() and (tmp_path / "c.h5.partial" / "meta.json").is_file()
@@ -268,8 +286,24 @@ def test_matches_an_independent_torchvision_pipeline(data, tmp_path):
 
 def test_cli_extract_twice(data, tmp_path):
     out = tmp_path / "c.h5"
-    args = ["extract", str(data), "--out", str(out), "--views", "2", "--image-size", "32",
-            "--weights", "none", "--device", "cpu", "--batch-size", "8", "--workers", "0"]
+    args = [
+        "extract",
+        str(data),
+        "--out",
+        str(out),
+        "--views",
+        "2",
+        "--image-size",
+        "32",
+        "--weights",
+        "none",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+    ]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     assert "not meaningful" in first.output and "img/s" in first.output and "MiB" in first.output

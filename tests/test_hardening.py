@@ -10,13 +10,22 @@ from tests.bad_inputs import CASES, Env, case_id
 
 
 def build_env(base) -> Env:
-    from fastall.extract import extract
-    from fastall.synth import synthesize
-    from fastall.train import train_head
+    from fastall.data.synth import synthesize
+    from fastall.features.extract import extract
+    from fastall.training.train_head import train_head
 
     synthesize(base / "data", patients_per_class=3, images_per_patient=3, size=48, seed=1)
-    extract(base / "data", base / "cache.h5", views=2, image_size=32, weights="none", device="cpu", amp=False,
-            workers=0, progress=False)
+    extract(
+        base / "data",
+        base / "cache.h5",
+        views=2,
+        image_size=32,
+        weights="none",
+        device="cpu",
+        amp=False,
+        workers=0,
+        progress=False,
+    )
     train_head(base / "cache.h5", base / "run", folds=2, test="none", epochs=2, device="cpu", progress=False)
     return Env(data=base / "data", cache=base / "cache.h5", run=base / "run", tmp=base)
 

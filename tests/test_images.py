@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fastall import images
+from fastall.data import images
+from fastall.data.images import BadImageError, decode_image
+from fastall.data.synth import _bmp_bytes
 from fastall.errors import FastallError
-from fastall.images import BadImageError, decode_image
-from fastall.synth import _bmp_bytes
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from fastall.metrics import classification_metrics, json_safe, summarize
+from fastall.training.metrics import classification_metrics, json_safe, summarize
 
 
 def _probs(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,8 +53,10 @@ def test_undefined_auc_is_nan_and_null_in_json():
 
 
 def test_summary_mean_std_and_peak():
-    folds = [{"accuracy": a, "auc": 0.9, "precision": 0.5, "recall": 0.5, "f1": 0.5, "log_loss": 0.1}
-             for a in (0.9, 0.95, 0.8)]
+    folds = [
+        {"accuracy": a, "auc": 0.9, "precision": 0.5, "recall": 0.5, "f1": 0.5, "log_loss": 0.1}
+        for a in (0.9, 0.95, 0.8)
+    ]
     folds[1]["auc"] = math.nan
     s = summarize(folds)
     assert s["accuracy"] == pytest.approx(np.mean([0.9, 0.95, 0.8]))

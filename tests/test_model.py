@@ -11,7 +11,7 @@ from e2e_helpers import cache_with, copy_run, edit_head, images_of, shared_run
 
 from fastall.cli import cli
 from fastall.errors import FastallError
-from fastall.model import LeukemiaClassifier, export_model, export_run, load_model
+from fastall.inference.model import LeukemiaClassifier, export_model, export_run, load_model
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_timm_like_contract(model, images):
 
 
 def test_view_params_reproduce_views(model, images):
-    from fastall.augment import draw_view_params
+    from fastall.features.augment import draw_view_params
 
     params = torch.from_numpy(draw_view_params(0, range(4), 2))
     with torch.inference_mode():
@@ -60,7 +60,7 @@ def test_from_run_refuses_a_mismatched_cache(e2e, tmp_path):
 
 
 def test_from_run_refuses_other_weights(e2e, tmp_path):
-    from fastall.backbone import load_backbone
+    from fastall.features.backbone import load_backbone
 
     other, _ = load_backbone("none", seed=3)
     torch.save(other.state_dict(), tmp_path / "w.pth")
@@ -89,12 +89,15 @@ def test_from_run_refuses_files_that_are_not_heads(e2e, tmp_path, case):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize(("change", "match"), [
-    ({"format_version": 9}, "format version 9"),
-    ({"class_names": ["a", "b", "c"]}, "3 class names"),
-    ({"head_config": {"in_features": 2048, "hidden": 7, "dropout": 0.5, "classes": 2}}, "do not fit"),
-    ({"cache_key": "0" * 64}, "file altered"),
-])
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"format_version": 9}, "format version 9"),
+        ({"class_names": ["a", "b", "c"]}, "3 class names"),
+        ({"head_config": {"in_features": 2048, "hidden": 7, "dropout": 0.5, "classes": 2}}, "do not fit"),
+        ({"cache_key": "0" * 64}, "file altered"),
+    ],
+)
 def test_from_run_refuses_inconsistent_heads(e2e, tmp_path, change, match):
     run = copy_run(e2e, tmp_path / "run")
     edit_head(run, **change)
@@ -141,8 +144,9 @@ def test_export_detects_tampering(e2e, tmp_path):
 
 
 def test_export_auto_precision_is_checked_recorded_and_reloaded(e2e, images, tmp_path):
-    result = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"),
-                                      "--images", "12"])
+    result = CliRunner().invoke(
+        cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"), "--images", "12"]
+    )
     assert result.exit_code == 0 and (tmp_path / "m.pt").is_file(), result.output
     blob = torch.load(tmp_path / "m.pt", weights_only=True)
     check = blob["precision_check"]
@@ -155,17 +159,19 @@ def test_export_auto_precision_is_checked_recorded_and_reloaded(e2e, images, tmp
 
 
 def test_export_refuses_an_explicit_precision_that_disagrees(e2e, tmp_path, monkeypatch):
-    import fastall.deploy as deploy
+    import fastall.inference.deploy as deploy
 
     monkeypatch.setattr(deploy, "MIN_PRECISION_AGREEMENT", 1.01)
-    result = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"),
-                                      "--precision", "bf16", "--images", "4"])
+    result = CliRunner().invoke(
+        cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"), "--precision", "bf16", "--images", "4"]
+    )
     assert result.exit_code == 1 and "bf16 agrees with fp32 on only" in result.output
     assert not (tmp_path / "m.pt").exists()
 
 
 def test_export_cli_and_unwritable_target(e2e, tmp_path):
-    result = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "no" / "m.pt"),
-                                      "--precision", "fp32"])
+    result = CliRunner().invoke(
+        cli, ["export", str(e2e.run), "--out", str(tmp_path / "no" / "m.pt"), "--precision", "fp32"]
+    )
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "cannot write" in result.output
     assert not (tmp_path / "no").exists()

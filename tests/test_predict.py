@@ -14,8 +14,8 @@ from e2e_helpers import shared_run
 from PIL import Image
 
 from fastall.cli import cli
-from fastall.model import LeukemiaClassifier
-from fastall.predict import predict_paths
+from fastall.inference.model import LeukemiaClassifier
+from fastall.inference.predict import predict_paths
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,9 @@ def test_predict_writes_one_row_per_readable_image_and_reports_bad_ones(e2e, tmp
     sample = next((e2e.data / "C-NMC_Leukemia" / "training_data").rglob("*.bmp"))
     good, bad = _good_and_bad(tmp_path / "mixed", sample)
     out = tmp_path / "preds.csv"
-    result = _predict(str(e2e.run), str(e2e.data), str(tmp_path / "mixed"), "--out", str(out),
-                      "--batch-size", "4")
+    result = _predict(
+        str(e2e.run), str(e2e.data), str(tmp_path / "mixed"), "--out", str(out), "--batch-size", "4"
+    )
     assert result.exit_code == 0, result.output
     n_data = len(list(e2e.data.rglob("*.bmp")))
     rows = _rows(out)
@@ -86,17 +87,19 @@ def test_no_skip_bad_stops_at_the_first_bad_file_and_writes_nothing(e2e, tmp_pat
 
 def test_nothing_readable_is_an_error(e2e, tmp_path):
     (tmp_path / "a.bmp").write_bytes(b"")
-    result = _predict(str(e2e.run), str(tmp_path / "a.bmp"), str(tmp_path / "missing"),
-                      "--out", str(tmp_path / "p.csv"))
+    result = _predict(
+        str(e2e.run), str(tmp_path / "a.bmp"), str(tmp_path / "missing"), "--out", str(tmp_path / "p.csv")
+    )
     assert result.exit_code == 1 and "none of the 1 image files could be read" in result.output
     assert "missing: no such file or folder" in result.output
 
 
 def test_testing_data_and_tta(e2e, tmp_path):
-    from fastall.synth import synthesize
+    from fastall.data.synth import synthesize
 
-    synthesize(tmp_path / "new", patients_per_class=1, images_per_patient=2, size=48, prelim=False,
-               testing=True)
+    synthesize(
+        tmp_path / "new", patients_per_class=1, images_per_patient=2, size=48, prelim=False, testing=True
+    )
     testing = next((tmp_path / "new").rglob("testing_data"))
     n = len(list(testing.rglob("*.bmp")))
     assert n > 0
@@ -111,8 +114,9 @@ def test_testing_data_and_tta(e2e, tmp_path):
 
 def test_predict_from_an_exported_model_matches_the_run(e2e, tmp_path):
     folder = e2e.data / "C-NMC_Leukemia" / "training_data" / "fold_1"
-    exported = CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"),
-                                        "--precision", "fp32"])
+    exported = CliRunner().invoke(
+        cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"), "--precision", "fp32"]
+    )
     assert exported.exit_code == 0, exported.output
     assert _predict(str(e2e.run), str(folder), "--out", str(tmp_path / "a.csv")).exit_code == 0
     assert _predict(str(tmp_path / "m.pt"), str(folder), "--out", str(tmp_path / "b.csv")).exit_code == 0
@@ -141,8 +145,13 @@ def test_predict_int8_on_a_run_and_refused_on_an_fp32_export(e2e, tmp_path):
     folder = e2e.data / "C-NMC_Leukemia" / "training_data" / "fold_0"
     result = _predict(str(e2e.run), str(folder), "--out", str(tmp_path / "a.csv"), "--precision", "int8")
     assert result.exit_code == 0 and "int8" in result.stdout, result.output
-    assert CliRunner().invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"),
-                                    "--precision", "fp32"]).exit_code == 0
-    result = _predict(str(tmp_path / "m.pt"), str(folder), "--out", str(tmp_path / "b.csv"),
-                      "--precision", "int8")
+    assert (
+        CliRunner()
+        .invoke(cli, ["export", str(e2e.run), "--out", str(tmp_path / "m.pt"), "--precision", "fp32"])
+        .exit_code
+        == 0
+    )
+    result = _predict(
+        str(tmp_path / "m.pt"), str(folder), "--out", str(tmp_path / "b.csv"), "--precision", "int8"
+    )
     assert result.exit_code == 1 and "no int8 state" in result.output

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from featcache import make_feature_cache
 
-from fastall.cache import read_cache
 from fastall.errors import FastallError
-from fastall.splits import LeakageError, audit_splits, fold_table, make_splits
+from fastall.features.cache import read_cache
+from fastall.training.splits import LeakageError, audit_splits, fold_table, make_splits
 
 MANIFEST = Path(__file__).resolve().parents[1].parent / "shared/data/cnmc2019_training_manifest.txt"
 
@@ -120,15 +120,16 @@ def test_bad_arguments():
 
 @pytest.mark.skipif(not MANIFEST.is_file(), reason="real C-NMC manifest not available")
 def test_audit_on_a_cache_with_the_real_manifest_names(tmp_path):
-    from fastall.data import parse_cnmc_name
+    from fastall.data.discover import parse_cnmc_name
 
     names = [line.strip().rsplit("/", 1)[-1] for line in MANIFEST.read_text().splitlines() if line.strip()]
     parsed = [parse_cnmc_name(n) for n in names]
     assert all(parsed)
     patients = [p for p, _ in parsed]
     labels = np.array([1 if c == "all" else 0 for _, c in parsed])
-    cache = read_cache(make_feature_cache(tmp_path / "real.h5", patient_ids=patients, labels=labels, dim=4,
-                                          views=1))
+    cache = read_cache(
+        make_feature_cache(tmp_path / "real.h5", patient_ids=patients, labels=labels, dim=4, views=1)
+    )
     assert len(set(cache.patients)) == 73
     for test in ("holdout", "none"):
         splits = make_splits(cache.labels, cache.patients, cache.sources, folds=5, test=test, seed=0)

@@ -13,9 +13,9 @@ from featcache import make_feature_cache
 
 from fastall.cli import cli
 from fastall.errors import FastallError
-from fastall.spec import HeadConfig
-from fastall.sweep import Range, expand, parse_grid, sample, sweep
-from fastall.train import train_head
+from fastall.training.config import HeadConfig
+from fastall.training.sweep import Range, expand, parse_grid, sample, sweep
+from fastall.training.train_head import train_head
 
 GRID = "lr=3e-4,1e-3,3e-3 dropout=0.3,0.5 weight_decay=0,1e-4"
 
@@ -25,8 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    return make_feature_cache(tmp_path_factory.mktemp("s") / "c.h5", patients=(8, 10), images_per_patient=10,
-                              dim=32, views=3)
+    return make_feature_cache(
+        tmp_path_factory.mktemp("s") / "c.h5", patients=(8, 10), images_per_patient=10, dim=32, views=3
+    )
 
 
 def test_parse_and_expand_the_issue_grid():
@@ -36,17 +37,32 @@ def test_parse_and_expand_the_issue_grid():
     configs = expand(grid)
     assert len(configs) == 72 and len(set(configs)) == 72
     g = parse_grid("batch-size=16,32 patience=none,2 class_weight=none,balanced standardize=true,false")
-    assert g == {"batch_size": [16, 32], "patience": [None, 2], "class_weight": ["none", "balanced"],
-                 "standardize": [True, False]}
+    assert g == {
+        "batch_size": [16, 32],
+        "patience": [None, 2],
+        "class_weight": ["none", "balanced"],
+        "standardize": [True, False],
+    }
 
 
-@pytest.mark.parametrize("text, token", [
-    ("lr", "lr"), ("lr=", "lr="), ("lrr=1e-4", "lrr=1e-4"), ("lr=abc", "lr=abc"),
-    ("hidden=1.5", "hidden=1.5"),
-    ("dropout=1.5", "dropout=1.5"), ("lr=1e-4 lr=1e-3", "lr=1e-3"), ("lr=1e-5:1e-2", "lr=1e-5:1e-2"),
-    ("class_weight=some", "class_weight=some"), ("standardize=maybe", "standardize=maybe"), ("=3", "=3"),
-    ("epochs=0", "epochs=0"), ("lr=-1", "lr=-1"),
-])
+@pytest.mark.parametrize(
+    "text, token",
+    [
+        ("lr", "lr"),
+        ("lr=", "lr="),
+        ("lrr=1e-4", "lrr=1e-4"),
+        ("lr=abc", "lr=abc"),
+        ("hidden=1.5", "hidden=1.5"),
+        ("dropout=1.5", "dropout=1.5"),
+        ("lr=1e-4 lr=1e-3", "lr=1e-3"),
+        ("lr=1e-5:1e-2", "lr=1e-5:1e-2"),
+        ("class_weight=some", "class_weight=some"),
+        ("standardize=maybe", "standardize=maybe"),
+        ("=3", "=3"),
+        ("epochs=0", "epochs=0"),
+        ("lr=-1", "lr=-1"),
+    ],
+)
 def test_malformed_grid_names_the_bad_token(text, token):
     with pytest.raises(FastallError) as err:
         parse_grid(text)
@@ -68,14 +84,19 @@ def test_random_sampling_is_seeded_and_within_ranges():
 
 def test_sweep_equals_train_head_per_fold(cache, tmp_path):
     """A configuration inside a 12-configuration sweep and the same configuration trained alone (fp32)."""
-    res = sweep(cache, tmp_path / "sweep", grid=GRID, folds=4, precision="fp32", progress=False, device="cpu",
-                seed=5)
+    res = sweep(
+        cache, tmp_path / "sweep", grid=GRID, folds=4, precision="fp32", progress=False, device="cpu", seed=5
+    )
     assert len(res.results["configs"]) == 12
-    target = next(c for c in res.results["configs"] if c["params"]["lr"] == 1e-3
-                  and c["params"]["dropout"] == 0.5 and c["params"]["weight_decay"] == 1e-4)
+    target = next(
+        c
+        for c in res.results["configs"]
+        if c["params"]["lr"] == 1e-3 and c["params"]["dropout"] == 0.5 and c["params"]["weight_decay"] == 1e-4
+    )
     p = target["params"]
-    alone = train_head(cache, tmp_path / "alone", folds=4, precision="fp32", progress=False, device="cpu",
-                       seed=5, **p)
+    alone = train_head(
+        cache, tmp_path / "alone", folds=4, precision="fp32", progress=False, device="cpu", seed=5, **p
+    )
     swept = sorted(target["folds"], key=lambda f: f["fold"])
     assert len(swept) == len(alone.folds) == 4
     for s, a in zip(swept, alone.folds, strict=True):
@@ -84,8 +105,14 @@ def test_sweep_equals_train_head_per_fold(cache, tmp_path):
 
 
 def test_sweep_outputs_and_best_command_reproduces_the_best(cache, tmp_path):
-    res = sweep(cache, tmp_path / "sw", grid="lr=1e-3,3e-3 hidden=16,32 patience=1,none", folds=3,
-                progress=False, device="cpu")
+    res = sweep(
+        cache,
+        tmp_path / "sw",
+        grid="lr=1e-3,3e-3 hidden=16,32 patience=1,none",
+        folds=3,
+        progress=False,
+        device="cpu",
+    )
     out = tmp_path / "sw"
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json"]
     data = json.loads((out / "results.json").read_text())
@@ -109,16 +136,47 @@ def test_sweep_outputs_and_best_command_reproduces_the_best(cache, tmp_path):
 
 def test_cli_sweep_prints_table_and_command(cache, tmp_path):
     runner = CliRunner()
-    res = runner.invoke(cli, ["sweep", str(cache), "--grid", "lr=1e-3,3e-3 dropout=0.3,0.5", "--folds", "3",
-                              "--metric", "accuracy", "--out", str(tmp_path / "s"), "--device", "cpu"])
+    res = runner.invoke(
+        cli,
+        [
+            "sweep",
+            str(cache),
+            "--grid",
+            "lr=1e-3,3e-3 dropout=0.3,0.5",
+            "--folds",
+            "3",
+            "--metric",
+            "accuracy",
+            "--out",
+            str(tmp_path / "s"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "ranked by accuracy" in res.output and "fastall train-head" in res.output
-    res = runner.invoke(cli, ["sweep", str(cache), "--grid", "lr=1e-3 drop=0.5", "--out",
-                              str(tmp_path / "t")])
+    res = runner.invoke(
+        cli, ["sweep", str(cache), "--grid", "lr=1e-3 drop=0.5", "--out", str(tmp_path / "t")]
+    )
     assert res.exit_code == 1 and "'drop=0.5'" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "t").exists()
-    res = runner.invoke(cli, ["sweep", str(cache), "--random", "3", "--grid", "lr=1e-4:1e-2 hidden=16",
-                              "--folds", "3", "--out", str(tmp_path / "r"), "--device", "cpu"])
+    res = runner.invoke(
+        cli,
+        [
+            "sweep",
+            str(cache),
+            "--random",
+            "3",
+            "--grid",
+            "lr=1e-4:1e-2 hidden=16",
+            "--folds",
+            "3",
+            "--out",
+            str(tmp_path / "r"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert len(json.loads((tmp_path / "r" / "results.json").read_text())["configs"]) == 3
 

@@ -15,14 +15,17 @@ from conftest import MANIFEST
 from PIL import Image
 
 from fastall.cli import cli
-from fastall.data import PRELIM_CSV, PRELIM_DIR, TESTING_DIR, parse_cnmc_name
+from fastall.data.discover import PRELIM_CSV, PRELIM_DIR, TESTING_DIR, parse_cnmc_name
+from fastall.data.synth import synthesize
 from fastall.errors import FastallError
-from fastall.synth import synthesize
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_deterministic_for_a_seed(tmp_path):
@@ -55,7 +58,8 @@ def test_layout_names_and_summary(synth_tree):
     assert prelim_patients and not prelim_patients & set(folds)
     assert all(r["labels"] == ("1" if r["Patient_ID"].endswith("_all.bmp") else "0") for r in rows)
     assert sorted(p.name for p in (base / TESTING_DIR).iterdir()) == sorted(
-        f"{k}.bmp" for k in range(1, len(list((base / TESTING_DIR).iterdir())) + 1))
+        f"{k}.bmp" for k in range(1, len(list((base / TESTING_DIR).iterdir())) + 1)
+    )
     img = Image.open(next((base / "training_data").rglob("*.bmp")))
     assert img.format == "BMP" and img.mode == "RGB" and img.size == (32, 32)
     arr = np.asarray(img)
@@ -70,8 +74,9 @@ def test_counts_vary_and_classes_differ(tmp_path):
     assert s.images == sum(counts.values()) and s.patients_per_class == {"hem": 6, "all": 6}
 
     def area(cls: str) -> float:
-        return float(np.mean([(np.asarray(Image.open(p)).max(axis=2) > 0).mean()
-                              for p in base.glob(f"*/{cls}/*.bmp")]))
+        return float(
+            np.mean([(np.asarray(Image.open(p)).max(axis=2) > 0).mean() for p in base.glob(f"*/{cls}/*.bmp")])
+        )
 
     assert area("all") > 1.4 * area("hem")
 
@@ -85,8 +90,12 @@ def test_speed_64px(tmp_path):
 
 def test_like_manifest(tmp_path):
     manifest = tmp_path / "m.txt"
-    names = ["training_data/fold_0/all/UID_7_1_1_all.bmp", "training_data/fold_0/all/UID_7_1_2_all.bmp",
-             "training_data/fold_0/all/UID_7_2_1_all.bmp", "training_data/fold_2/hem/UID_h3_1_1_hem.bmp"]
+    names = [
+        "training_data/fold_0/all/UID_7_1_1_all.bmp",
+        "training_data/fold_0/all/UID_7_1_2_all.bmp",
+        "training_data/fold_0/all/UID_7_2_1_all.bmp",
+        "training_data/fold_2/hem/UID_h3_1_1_hem.bmp",
+    ]
     manifest.write_text("\n".join(names) + "\n")
     s = synthesize(tmp_path / "out", like_manifest=manifest, max_per_patient=2, size=8)
     written = sorted(p.relative_to(s.root).as_posix() for p in s.root.rglob("*.bmp"))
@@ -122,16 +131,30 @@ def test_refusals_and_overwrite(tmp_path):
         synthesize(tmp_path, patients_per_class=1, images_per_patient=1, size=8)
     s = synthesize(tmp_path, patients_per_class=2, images_per_patient=1, size=8, prelim=False, overwrite=True)
     assert len(list(s.root.rglob("*.bmp"))) == s.images == 4
-    for kwargs, message in [({"size": 4}, "image size"), ({"patients_per_class": 0}, "patients per class"),
-                            ({"images_per_patient": 0}, "images per patient"),
-                            ({"max_per_patient": 0}, "max per patient")]:
+    for kwargs, message in [
+        ({"size": 4}, "image size"),
+        ({"patients_per_class": 0}, "patients per class"),
+        ({"images_per_patient": 0}, "images per patient"),
+        ({"max_per_patient": 0}, "max per patient"),
+    ]:
         with pytest.raises(FastallError, match=message):
             synthesize(tmp_path / "x", **kwargs)
 
 
 def test_cli_synth(tmp_path):
-    args = ["synth", str(tmp_path), "--patients-per-class", "2", "--images-per-patient", "3", "--size", "16",
-            "--seed", "3", "--testing"]
+    args = [
+        "synth",
+        str(tmp_path),
+        "--patients-per-class",
+        "2",
+        "--images-per-patient",
+        "3",
+        "--size",
+        "16",
+        "--seed",
+        "3",
+        "--testing",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "wrote" in result.stdout and (tmp_path / "C-NMC_Leukemia" / TESTING_DIR).is_dir()

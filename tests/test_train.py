@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from featcache import make_feature_cache
 
-from fastall.cache import read_cache
 from fastall.cli import cli
-from fastall.engine import Stack
 from fastall.errors import FastallError
+from fastall.features.cache import read_cache
 from fastall.head import Head, head_from_state_dict
-from fastall.optim import plateau_update
-from fastall.spec import HeadConfig, StackData
-from fastall.streams import dropout_lanes, dropout_threshold, epoch_order, fold_statistics, init_head
-from fastall.train import train_head
+from fastall.training.config import HeadConfig, StackData
+from fastall.training.engine import Stack
+from fastall.training.optim import plateau_update
+from fastall.training.streams import dropout_lanes, dropout_threshold, epoch_order, fold_statistics, init_head
+from fastall.training.train_head import train_head
 
 FAST = {"hidden": 32, "epochs": 3, "lr": 1e-3, "progress": False, "device": "cpu"}
 
@@ -36,8 +36,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    return make_feature_cache(tmp_path_factory.mktemp("c") / "c.h5", patients=(8, 10), images_per_patient=10,
-                              dim=32, views=3)
+    return make_feature_cache(
+        tmp_path_factory.mktemp("c") / "c.h5", patients=(8, 10), images_per_patient=10, dim=32, views=3
+    )
 
 
 def _data(path: Path, folds: int = 2) -> StackData:
@@ -52,8 +53,16 @@ def _data(path: Path, folds: int = 2) -> StackData:
 
 def test_engine_matches_autograd_and_torch_adam(cache):
     data = _data(cache, folds=1)
-    cfg = HeadConfig(hidden=16, epochs=2, batch_size=8, lr=3e-3, weight_decay=1e-3, dropout=0.3,
-                     class_weight="balanced", plateau_patience=0)
+    cfg = HeadConfig(
+        hidden=16,
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        weight_decay=1e-3,
+        dropout=0.3,
+        class_weight="balanced",
+        plateau_patience=0,
+    )
     mean, std = fold_statistics(data.features, [data.folds[0][0]], data.train_views())
     stack = Stack(data, [(0, cfg)], final=False, seed=7, precision="fp32", stats=(mean, std), chunk=1)
     stack.train()
@@ -76,8 +85,8 @@ def test_engine_matches_autograd_and_torch_adam(cache):
         steps = -(-len(rows) // 8)
         lanes = dropout_lanes(7, 0, epoch, steps, 8, 16, torch.device("cpu"))
         for s in range(steps):
-            r, v = rows[s * 8:(s + 1) * 8], views[s * 8:(s + 1) * 8]
-            keep = (lanes[s, :len(r)] >= dropout_threshold(0.3)).float() / 0.7
+            r, v = rows[s * 8 : (s + 1) * 8], views[s * 8 : (s + 1) * 8]
+            keep = (lanes[s, : len(r)] >= dropout_threshold(0.3)).float() / 0.7
             h = torch.relu(head.fc1(head.standardize(feats[r, v]))) * keep
             loss = F.cross_entropy(head.fc2(h), torch.as_tensor(data.labels[r]), weight=weight)
             opt.zero_grad()
@@ -85,8 +94,9 @@ def test_engine_matches_autograd_and_torch_adam(cache):
             opt.step()
         with torch.no_grad():
             val = data.folds[0][1]
-            val_loss = F.cross_entropy(head.eval()(feats[val, 0]), torch.as_tensor(data.labels[val]),
-                                       weight=weight)
+            val_loss = F.cross_entropy(
+                head.eval()(feats[val, 0]), torch.as_tensor(data.labels[val]), weight=weight
+            )
             head.train()
         assert stack.heads[0].lr_history[epoch] == pytest.approx(opt.param_groups[0]["lr"])
         assert stack.heads[0].val_history[epoch] == pytest.approx(float(val_loss), rel=1e-5)
@@ -126,11 +136,20 @@ def test_stack_of_one_equals_head_inside_a_stack(cache):
     data = _data(cache, folds=2)
     mean, std = fold_statistics(data.features, [f[0] for f in data.folds], data.train_views())
     target = HeadConfig(hidden=16, epochs=2, batch_size=8, lr=2e-3, dropout=0.5)
-    others = [HeadConfig(hidden=16, epochs=3, batch_size=8, lr=1e-2, dropout=0.2, patience=1),
-              HeadConfig(hidden=16, epochs=1, batch_size=8, lr=5e-4, dropout=0.0, weight_decay=0.1)]
+    others = [
+        HeadConfig(hidden=16, epochs=3, batch_size=8, lr=1e-2, dropout=0.2, patience=1),
+        HeadConfig(hidden=16, epochs=1, batch_size=8, lr=5e-4, dropout=0.0, weight_decay=0.1),
+    ]
     alone = Stack(data, [(0, target)], final=False, seed=3, precision="fp32", stats=(mean, std), chunk=1)
-    mixed = Stack(data, [(0, others[0]), (1, target), (2, others[1])], final=False, seed=3, precision="fp32",
-                  stats=(mean, std), chunk=6)
+    mixed = Stack(
+        data,
+        [(0, others[0]), (1, target), (2, others[1])],
+        final=False,
+        seed=3,
+        precision="fp32",
+        stats=(mean, std),
+        chunk=6,
+    )
     alone.train()
     mixed.train()
     a = [r for r in alone.results(False)]
@@ -201,7 +220,7 @@ def test_existing_run_is_refused_unless_overwrite(cache, tmp_path):
 
 
 def test_failure_during_training_leaves_no_folder(cache, tmp_path, monkeypatch):
-    import fastall.train as train_mod
+    import fastall.training.train_head as train_mod
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -216,9 +235,26 @@ def test_ctrl_c_in_a_subprocess_leaves_nothing_that_looks_complete(tmp_path):
     big = make_feature_cache(tmp_path / "big.h5", patients=(10, 10), images_per_patient=20, dim=64, views=2)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "fastall", "train-head", str(big), "--out", str(out),
-                             "--epochs", "100000", "--hidden", "32", "--device", "cpu"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastall",
+            "train-head",
+            str(big),
+            "--out",
+            str(out),
+            "--epochs",
+            "100000",
+            "--hidden",
+            "32",
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(8)
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
@@ -232,8 +268,16 @@ def test_ctrl_c_in_a_subprocess_leaves_nothing_that_looks_complete(tmp_path):
 def test_standardize_learns_large_scale_features_that_raw_features_do_not(tmp_path):
     """Random-init ResNet-50 scale (mean 21, std 20): unstandardised Adam steps move every pre-activation by
     lr * 21 * D, units die and the head learns poorly; training-fold standardisation fixes it."""
-    big = make_feature_cache(tmp_path / "rn.h5", patients=(10, 10), images_per_patient=12, dim=1024, views=2,
-                             loc=21.0, scale=20.0, separation=0.6)
+    big = make_feature_cache(
+        tmp_path / "rn.h5",
+        patients=(10, 10),
+        images_per_patient=12,
+        dim=1024,
+        views=2,
+        loc=21.0,
+        scale=20.0,
+        separation=0.6,
+    )
     kw = {"hidden": 64, "epochs": 6, "lr": 1e-3, "test": "none", "progress": False, "device": "cpu"}
     on = train_head(big, tmp_path / "on", standardize=True, **kw)
     off = train_head(big, tmp_path / "off", standardize=False, **kw)
@@ -249,8 +293,26 @@ def test_standardize_learns_large_scale_features_that_raw_features_do_not(tmp_pa
 def test_cli_train_head_and_refusals(cache, tmp_path):
     runner = CliRunner()
     out = tmp_path / "r"
-    res = runner.invoke(cli, ["train-head", str(cache), "--folds", "3", "--out", str(out), "--epochs", "1",
-                              "--hidden", "16", "--seed", "0", "--device", "cpu", "--no-tta"])
+    res = runner.invoke(
+        cli,
+        [
+            "train-head",
+            str(cache),
+            "--folds",
+            "3",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--hidden",
+            "16",
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--no-tta",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (out / "metrics.json").is_file()
     res = runner.invoke(cli, ["train-head", str(cache), "--out", str(out)])
@@ -275,8 +337,15 @@ def test_cpu_worker_threads_change_nothing(cache, tmp_path):
 
 @pytest.mark.parametrize("test", ["prelim", "none"])
 def test_test_modes_and_unlabelled_rows(tmp_path, test):
-    c = make_feature_cache(tmp_path / "c.h5", patients=(6, 6), images_per_patient=8, dim=16, views=2,
-                           prelim_patients=2, testing_images=5)
+    c = make_feature_cache(
+        tmp_path / "c.h5",
+        patients=(6, 6),
+        images_per_patient=8,
+        dim=16,
+        views=2,
+        prelim_patients=2,
+        testing_images=5,
+    )
     result = _run(c, tmp_path / "run", test=test, epochs=1)
     cache = read_cache(c, load_features=False)
     with open(result.out / "predictions.csv") as fh:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from e2e_helpers import cache_with, copy_run, shared_run
 
 from fastall.cli import cli
-from fastall.verify import pick_images, verify_run
+from fastall.inference.verify import pick_images, verify_run
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,19 @@ def test_verify_table_and_faster_precision(e2e):
 
 
 def test_verify_fails_with_a_head_swapped_in_from_another_run(e2e, tmp_path):
-    from fastall.train import train_head
+    from fastall.training.train_head import train_head
 
-    train_head(e2e.cache, tmp_path / "other", folds=3, test="none", epochs=3, lr=3e-3, seed=7, device="cpu",
-               progress=False)
+    train_head(
+        e2e.cache,
+        tmp_path / "other",
+        folds=3,
+        test="none",
+        epochs=3,
+        lr=3e-3,
+        seed=7,
+        device="cpu",
+        progress=False,
+    )
     run = copy_run(e2e, tmp_path / "run")
     shutil.copy(tmp_path / "other" / "head.pt", run / "head.pt")
     result = _verify(str(run), "--images", "8")
@@ -54,7 +63,7 @@ def test_verify_fails_with_a_head_swapped_in_from_another_run(e2e, tmp_path):
 
 
 def test_verify_refuses_swapped_weights(e2e, tmp_path):
-    from fastall.backbone import load_backbone
+    from fastall.features.backbone import load_backbone
 
     other, _ = load_backbone("none", seed=1)
     torch.save(other.state_dict(), tmp_path / "other.pth")
@@ -64,7 +73,7 @@ def test_verify_refuses_swapped_weights(e2e, tmp_path):
 
 
 def test_verify_fails_numerically_when_weights_lie_about_their_sha(e2e, monkeypatch):
-    import fastall.model as model_mod
+    import fastall.inference.model as model_mod
 
     real = model_mod.load_backbone
 

@@ -1,0 +1,18 @@
+"""The `fastall` command line: a thin click layer over the library functions, one module per stage."""
+
+from __future__ import annotations
+
+import sys
+
+from fastall.cli import data, demo, features, inference, training  # noqa: F401  (registers the commands)
+from fastall.cli.group import cli
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    cli.main(prog_name="fastall")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

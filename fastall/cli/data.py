@@ -1,0 +1,111 @@
+"""`fastall scan` and `fastall synth`."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from fastall.cli.group import _csv, cli
+
+
+@cli.command()
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("--patient-regex", default=None, help="Regex with one group that extracts the patient ID.")
+@click.option("--include", default="prelim", show_default=True, help="Optional sources: prelim,testing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def scan(data: str, patient_regex: str | None, include: str, as_json: bool) -> None:
+    """Count images and patients per class and source, and list every problem found."""
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from fastall.data.discover import discover
+
+    ds = discover(data, patient_regex=patient_regex, include=_csv(include))
+    summary = ds.summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        out, names = Console(), summary["class_names"]
+        table = Table(title=escape(f"{summary['root']} ({summary['layout']} layout)"))
+        table.add_column("source")
+        for c in names:
+            table.add_column(f"{escape(c)} images", justify="right")
+            table.add_column(f"{escape(c)} patients", justify="right")
+        table.add_column("unlabelled", justify="right")
+        for source, row in summary["per_source"].items():
+            cells = [str(row[key][c]) for c in names for key in ("per_class", "patients_per_class")]
+            table.add_row(escape(source), *cells, str(row["unlabelled"]))
+        per_class = summary["per_class"]
+        cells = [str(per_class[c][key]) for c in names for key in ("images", "patients")]
+        table.add_row("[bold]total", *cells, str(summary["unlabelled_images"]))
+        out.print(table)
+        balance = ", ".join(
+            f"{escape(c)} (label {v['label']}) {v['fraction']:.1%}" for c, v in per_class.items()
+        )
+        out.print(
+            f"{summary['labelled_images']} labelled images of {summary['patients']} patients; "
+            f"balance: {balance}"
+        )
+        for warning in summary["warnings"]:
+            out.print(f"[yellow]warning:[/] {escape(warning)}")
+        if ds.problems:
+            shown = 50
+            problems = Table(title=f"{len(ds.problems)} problem(s), {summary['fatal_problems']} fatal")
+            problems.add_column("file", overflow="fold")
+            problems.add_column("problem", overflow="fold")
+            problems.add_column("fatal")
+            for p in ds.problems[:shown]:
+                problems.add_row(escape(p.path), escape(p.message), "[red]yes" if p.fatal else "no")
+            out.print(problems)
+            if len(ds.problems) > shown:
+                out.print(f"... and {len(ds.problems) - shown} more (--json lists them all)")
+    ds.check(training=False)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--patients-per-class", type=int, default=None)
+@click.option("--images-per-patient", type=int, default=None)
+@click.option("--size", type=int, default=450, show_default=True, help="Image side in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--testing", is_flag=True, help="Also write unlabelled testing_data.")
+@click.option("--like-manifest", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--max-per-patient", type=int, default=None)
+def synth(
+    out: str,
+    patients_per_class: int | None,
+    images_per_patient: int | None,
+    size: int,
+    seed: int,
+    testing: bool,
+    like_manifest: str | None,
+    max_per_patient: int | None,
+) -> None:
+    """Write a deterministic synthetic dataset in the C-NMC 2019 tree layout."""
+    from fastall.data.synth import synthesize
+
+    counts = {
+        key: value
+        for key, value in (
+            ("patients_per_class", patients_per_class),
+            ("images_per_patient", images_per_patient),
+        )
+        if value is not None
+    }
+    summary = synthesize(
+        out,
+        size=size,
+        seed=seed,
+        testing=testing,
+        like_manifest=like_manifest,
+        max_per_patient=max_per_patient,
+        progress=True,
+        **counts,
+    )
+    per = ", ".join(f"{s} {n['all']} all / {n['hem']} hem" for s, n in summary.per_source.items())
+    click.echo(
+        f"wrote {summary.images} images of {summary.patients} patients ({per}) to {summary.root} "
+        f"in {summary.seconds:.1f} s"
+    )

@@ -1,0 +1,72 @@
+"""`fastall extract`."""
+
+from __future__ import annotations
+
+import click
+
+from fastall.cli.group import _csv, cli, console
+
+
+@cli.command()
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Cache file.")
+@click.option("--views", type=int, default=8, show_default=True, help="View 0 plain, views 1.. augmented.")
+@click.option("--image-size", type=int, default=224, show_default=True, help="Whole-image resize (no crop).")
+@click.option(
+    "--weights",
+    default="imagenet1k_v1",
+    show_default=True,
+    help="imagenet1k_v1, imagenet1k_v2, a .pth state dict, or none (random init, tests only).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (autocast).")
+@click.option("--amp-dtype", type=click.Choice(["bf16", "fp16"]), default="bf16", show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Images per forward [256 on GPU, 32 on CPU].")
+@click.option("--workers", type=int, default=None, help="Decoding processes [up to 10 on GPU, 0 on CPU].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Augmentation (and random-init) seed.")
+@click.option("--include", default=None, help="Optional sources, e.g. prelim,testing [prelim].")
+@click.option("--overwrite", is_flag=True, help="Replace a cache or partial work made with other settings.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed in the cache), don't stop.")
+@click.option("--patient-regex", default=None, help="Regex with one group that extracts the patient ID.")
+def extract(
+    data: str,
+    out: str,
+    views: int,
+    image_size: int,
+    weights: str,
+    device: str,
+    amp: bool,
+    amp_dtype: str,
+    batch_size: int | None,
+    workers: int | None,
+    seed: int,
+    include: str | None,
+    overwrite: bool,
+    skip_bad: bool,
+    patient_regex: str | None,
+) -> None:
+    """Compute frozen ResNet-50 features of V views per image into a crash-safe, resumable HDF5 cache."""
+    from fastall.features.extract import describe
+    from fastall.features.extract import extract as run_extract
+
+    summary = run_extract(
+        data,
+        out,
+        views=views,
+        image_size=image_size,
+        weights=weights,
+        device=device,
+        amp=amp,
+        amp_dtype=amp_dtype,
+        batch_size=batch_size,
+        workers=workers,
+        seed=seed,
+        include=_csv(include),
+        overwrite=overwrite,
+        skip_bad=skip_bad,
+        patient_regex=patient_regex,
+        progress=True,
+        warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),
+    )
+    for line in describe(summary):
+        click.echo(line)

@@ -1,0 +1,296 @@
+"""The end-to-end model: `fastall verify`, `bench`, `predict` and `export`."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from fastall.cli.group import _csv, cli, console
+from fastall.errors import FastallError
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--images", type=int, default=32, show_default=True, help="Images to check (both classes).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option(
+    "--cache",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="The run's feature cache [the one recorded in head.pt].",
+)
+@click.option(
+    "--data",
+    default=None,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Data root of the original images [the one recorded in the cache].",
+)
+@click.option(
+    "--weights-path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Backbone weights file, where the recorded one has moved.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Also check this faster precision against fp32 (≥ 99.5% agreement).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(
+    run: str,
+    images: int,
+    device: str,
+    cache: str | None,
+    data: str | None,
+    weights_path: str | None,
+    precision: str,
+    as_json: bool,
+) -> None:
+    """Prove the end-to-end model on the original images gives the cached path's answers; exit 1 if not."""
+    import json
+
+    from fastall.inference.verify import render, verify_run
+
+    report = verify_run(
+        run,
+        images=images,
+        device=device,
+        cache=cache,
+        data=data,
+        weights_path=weights_path,
+        precision=precision,
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        Console().print(render(report))
+        for note in report.notes:
+            click.echo(f"note: {note}")
+    if not report.passed:
+        raise FastallError(
+            f"verify failed: {', '.join(c.name for c in report.checks if not c.passed)} "
+            "outside tolerance (wrong head, weights or preprocessing?)"
+        )
+    if not as_json:
+        click.echo("verify passed")
+
+
+@cli.command()
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--batch-sizes", default="1,8,32,256", show_default=True, help="Throughput batch sizes.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="int8: CPU only, calibrated on the benchmark images.",
+)
+@click.option("--threads", type=int, default=None, help="CPU threads for torch [all cores].")
+@click.option(
+    "--run",
+    default=None,
+    type=click.Path(path_type=str),
+    help="A trained run [a random-init backbone and a random head, timing only].",
+)
+@click.option("--images", type=int, default=32, show_default=True, help="Synthetic 450x450 BMP files.")
+@click.option("--image-size", type=int, default=224, show_default=True, help="Without --run.")
+@click.option("--iters", type=int, default=30, show_default=True, help="Timed batch-1 calls.")
+@click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "eager", "jit", "compile"]),
+    default="auto",
+    show_default=True,
+    help="CPU: jit (TorchScript freeze, oneDNN fusion; auto), compile (torch.compile, inductor) or eager.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bench(
+    device: str,
+    batch_sizes: str,
+    precision: str,
+    threads: int | None,
+    run: str | None,
+    images: int,
+    image_size: int,
+    iters: int,
+    workers: int | None,
+    backend: str,
+    as_json: bool,
+) -> None:
+    """Latency (p50/p90/p99, batch 1) and throughput, end-to-end from files and model-only."""
+    import json
+
+    from fastall.inference.bench import render, run_bench
+
+    try:
+        sizes = [int(v) for v in _csv(batch_sizes)]
+    except ValueError:
+        raise FastallError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
+    if not sizes or min(sizes) < 1 or images < 1 or iters < 1:
+        raise FastallError("--batch-sizes, --images and --iters must be positive")
+    result = run_bench(
+        device=device,
+        batch_sizes=sizes,
+        precision=precision,
+        threads=threads,
+        run=run,
+        images=images,
+        image_size=image_size,
+        iters=iters,
+        workers=workers,
+        backend=backend,
+        log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False),
+    )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    out = Console()
+    for table in render(result):
+        out.print(table)
+    if result["agreement_vs_fp32"]:
+        a = result["agreement_vs_fp32"]
+        out.print(
+            f"{a['precision']} agrees with fp32 on {a['agreement']:.1%} of {a['images']} images "
+            f"(max |Δprob| {a['max_dprob']:.3g})"
+        )
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Predictions CSV.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--tta",
+    type=int,
+    default=1,
+    is_flag=False,
+    flag_value=8,
+    show_default=True,
+    help="Average N views (view 0 plain, views 1.. augmented); --tta alone: 8.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    default=None,
+    help="[the model's: an export's chosen precision, fp32 for a run] int8 on a run is "
+    "calibrated on the run's own images.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "eager", "jit", "compile"]),
+    default="auto",
+    show_default=True,
+    help="CPU: jit (TorchScript, oneDNN fusion), compile (torch.compile; slow start, fastest bf16) or eager.",
+)
+@click.option(
+    "--skip-bad/--no-skip-bad",
+    default=True,
+    show_default=True,
+    help="Report and skip unreadable files (listed in <out>.skipped.csv), or stop at the first.",
+)
+@click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
+@click.option(
+    "--weights-path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Backbone weights file, where the recorded one has moved.",
+)
+def predict(
+    run: str,
+    paths: tuple[str, ...],
+    out: str,
+    device: str,
+    batch_size: int,
+    tta: int,
+    precision: str | None,
+    backend: str,
+    skip_bad: bool,
+    workers: int | None,
+    weights_path: str | None,
+) -> None:
+    """A probability and a label per image (files, or folders searched recursively); RUN or model.pt."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.text import Text
+
+    from fastall.inference.deploy import load_for_inference
+    from fastall.inference.predict import predict_paths, write_predictions
+
+    model = load_for_inference(
+        run, device=device, precision=precision, backend=backend, weights_path=weights_path
+    )
+    with Progress(
+        "[bold]predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as bar:
+        task = bar.add_task("predict", total=None)
+        preds = predict_paths(
+            model,
+            paths,
+            batch_size=batch_size,
+            tta=tta,
+            skip_bad=skip_bad,
+            workers=workers,
+            on_problem=lambda msg: bar.console.print(
+                Text.assemble(("skipped: ", "yellow"), msg), soft_wrap=True
+            ),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    sidecar = write_predictions(preds, out)
+    counts = {c: preds.labels.count(c) for c in preds.class_names}
+    click.echo(
+        f"{len(preds.paths)} images -> {out} ({', '.join(f'{n} {c}' for c, n in counts.items())}; "
+        f"{preds.precision}, {preds.views} view{'s' if preds.views > 1 else ''})"
+    )
+    if preds.skipped:
+        click.echo(f"{len(preds.skipped)} unreadable files skipped, listed in {sidecar}")
+
+
+@cli.command(name="export")
+@click.argument("run", type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Model file.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="CPU precision of the deployed model; auto: the fastest that agrees "
+    "with fp32 on >= 99.5% of the run's images (int8, bf16, else fp32).",
+)
+@click.option(
+    "--images", type=int, default=200, show_default=True, help="Run images the precision is checked on."
+)
+@click.option(
+    "--data",
+    default=None,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Data root of the run's images [the one recorded in the cache].",
+)
+@click.option(
+    "--weights-path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Backbone weights file, where the recorded one has moved.",
+)
+def export_cmd(
+    run: str, out: str, precision: str, images: int, data: str | None, weights_path: str | None
+) -> None:
+    """Write one self-contained model file (torch.load(weights_only=True)) for deployment."""
+    from fastall.inference.deploy import export_deployable
+
+    path, choice = export_deployable(
+        run,
+        out,
+        precision=precision,
+        images=images,
+        data=data,
+        weights_path=weights_path,
+        log=lambda msg: console.print(msg, highlight=False, soft_wrap=True),
+    )
+    n = choice["images"]
+    checked = f", {choice['agreement']:.1%} agreement on {n} images" if n else ""
+    size = path.stat().st_size / 1e6
+    click.echo(f"exported {run} -> {path} ({size:.1f} MB, {choice['precision']}{checked})")

@@ -1,0 +1,480 @@
+"""Dataset discovery: the C-NMC 2019 tree or a generic ``root/<class>/**/<image>`` tree, with patient IDs.
+
+Every problem is collected on ``Dataset.problems`` (each naming its file) and its records are left out;
+``Dataset.check()`` turns an unusable dataset into one clear error.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fastall.errors import FastallError
+
+IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+CNMC_CLASSES = ["hem", "all"]
+OPTIONAL_SOURCES = ("prelim", "testing")
+TRAINING_DIR = "training_data"
+PRELIM_DIR = "validation_data/C-NMC_test_prelim_phase_data"
+PRELIM_CSV = "validation_data/C-NMC_test_prelim_phase_data_labels.csv"
+TESTING_DIR = "testing_data/C-NMC_test_final_phase_data"
+CSV_COLUMNS = ("Patient_ID", "new_names", "labels")
+SEARCH_DEPTH = 3
+CNMC_PATTERN = "UID_<patient>_<image>_<cell>_<all|hem>.bmp"
+
+_CNMC_NAME = re.compile(r"UID_(H?\d+)_\d+_\d+_(all|hem)\.(?:bmp|png|jpe?g|tiff?)", re.IGNORECASE)
+_FOLD = re.compile(r"fold_\d+")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image. ``label`` is -1 (and ``class_name`` None) for unlabelled images."""
+
+    path: Path
+    rel_path: str
+    label: int
+    class_name: str | None
+    patient: str
+    source: str
+
+
+@dataclass
+class Problem:
+    """Something wrong with one file or folder; fatal problems make the dataset unusable."""
+
+    path: str
+    message: str
+    fatal: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class Dataset:
+    """The discovered images (sorted by source, then rel_path) and everything found wrong on the way."""
+
+    root: Path
+    layout: str
+    records: list[Record] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add_problem(self, path: str | Path, message: str, fatal: bool = False) -> None:
+        self.problems.append(Problem(str(path), message, fatal))
+
+    @property
+    def fatal_problems(self) -> list[Problem]:
+        return [p for p in self.problems if p.fatal]
+
+    def labelled(self) -> list[Record]:
+        return [r for r in self.records if r.label >= 0]
+
+    def unlabelled(self) -> list[Record]:
+        return [r for r in self.records if r.label < 0]
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({r.source for r in self.records})
+
+    def patients(self) -> list[str]:
+        """Distinct patients of the labelled images."""
+        return sorted({r.patient for r in self.labelled()})
+
+    def class_counts(self) -> dict[str, int]:
+        """Labelled images per class name (every class, zeros included)."""
+        return _tally(self.records, self.class_names)["per_class"]
+
+    def patient_class_counts(self) -> dict[str, int]:
+        """Distinct patients per class name."""
+        return _tally(self.records, self.class_names)["patients_per_class"]
+
+    def patient_counts(self) -> dict[str, int]:
+        """Labelled images per patient."""
+        return dict(sorted(Counter(r.patient for r in self.labelled()).items()))
+
+    def source_counts(self) -> dict[str, dict]:
+        """Per source: images, labelled patients, unlabelled images, and images and patients per class."""
+        return {s: _tally([r for r in self.records if r.source == s], self.class_names) for s in self.sources}
+
+    def check(self, *, training: bool = True) -> None:
+        """Raise a one-line ``FastallError`` on fatal problems, no images or (training) one class."""
+        fatal = self.fatal_problems
+        if fatal:
+            raise FastallError(
+                f"{len(fatal)} fatal problem(s) in {self.root}, first: {fatal[0]} "
+                f"(run `fastall scan {self.root}` for the full list)"
+            )
+        if not self.records:
+            raise FastallError(
+                f"no images found in {self.root} (expected C-NMC_Leukemia/training_data/"
+                "fold_*/{all,hem}/*.bmp or <root>/<class>/<images>)"
+            )
+        if training:
+            present = [c for c, n in self.class_counts().items() if n]
+            if len(present) < 2:
+                found = present[0] if present else "none"
+                raise FastallError(
+                    f"{self.root}: training needs labelled images of at least two classes, found: {found}"
+                )
+
+    def summary(self) -> dict:
+        """JSON-ready counts, warnings and problems (what `fastall scan` shows)."""
+        total = _tally(self.records, self.class_names)
+        n = total["images"] - total["unlabelled"]
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "class_names": list(self.class_names),
+            "images": total["images"],
+            "labelled_images": n,
+            "unlabelled_images": total["unlabelled"],
+            "patients": total["patients"],
+            "per_class": {
+                c: {
+                    "label": i,
+                    "images": total["per_class"][c],
+                    "patients": total["patients_per_class"][c],
+                    "fraction": round(total["per_class"][c] / n, 4) if n else 0.0,
+                }
+                for i, c in enumerate(self.class_names)
+            },
+            "per_source": self.source_counts(),
+            "warnings": list(self.warnings),
+            "problems": [asdict(p) for p in self.problems],
+            "fatal_problems": len(self.fatal_problems),
+        }
+
+
+def _tally(records: list[Record], class_names: list[str]) -> dict:
+    labelled = [r for r in records if r.label >= 0]
+    images = Counter(r.class_name for r in labelled)
+    patients = {c: {r.patient for r in labelled if r.class_name == c} for c in class_names}
+    return {
+        "images": len(records),
+        "patients": len({r.patient for r in labelled}),
+        "unlabelled": len(records) - len(labelled),
+        "per_class": {c: images.get(c, 0) for c in class_names},
+        "patients_per_class": {c: len(patients[c]) for c in class_names},
+    }
+
+
+def parse_cnmc_name(name: str) -> tuple[str, str] | None:
+    """``UID_h3_12_1_hem.bmp`` -> ``("H3", "hem")``; None if the name is not a C-NMC name."""
+    m = _CNMC_NAME.fullmatch(name)
+    return (m.group(1).upper(), m.group(2).lower()) if m else None
+
+
+def discover(
+    root: str | Path, *, patient_regex: str | None = None, include: Iterable[str] | str = ("prelim",)
+) -> Dataset:
+    """Find every image under ``root``: the C-NMC tree if there is one (a few levels down), else generic.
+
+    ``include`` picks the optional C-NMC sources (``prelim``, ``testing``; the training folds always come).
+    ``patient_regex`` (one capture group) gives the patient in a generic tree: searched in the file name, then
+    in its path below the class folder. Generic class names are sorted into label indices, except that
+    ``all``/``hem`` keep the C-NMC order (``hem`` 0, ``all`` 1).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FastallError(f"dataset folder not found: {root}")
+    if not root.is_dir():
+        raise FastallError(f"not a folder: {root}")
+    include = _parse_include(include)
+    regex = compile_patient_regex(patient_regex)
+    ds = Dataset(root=root, layout="generic")
+    found = _find_cnmc(root, ds)
+    if found is not None:
+        ds.layout, ds.class_names = "cnmc", list(CNMC_CLASSES)
+        if regex is not None:
+            ds.warnings.append("--patient-regex is ignored for the C-NMC layout (UID names give patients)")
+        _discover_cnmc(ds, *found, include)
+    else:
+        _discover_generic(ds, regex)
+    ds.records.sort(key=lambda r: (r.source, r.rel_path))
+    return ds
+
+
+def compile_patient_regex(pattern: str | None) -> re.Pattern | None:
+    """Compile a patient regex, which must have exactly one capture group."""
+    if pattern is None:
+        return None
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise FastallError(f"invalid --patient-regex {pattern!r}: {err}") from None
+    if regex.groups != 1:
+        raise FastallError(
+            f"--patient-regex {pattern!r} must have exactly one capture group, has {regex.groups}"
+        )
+    return regex
+
+
+def _parse_include(include: Iterable[str] | str) -> set[str]:
+    items = include.split(",") if isinstance(include, str) else list(include)
+    wanted = {s.strip().lower() for s in items if s.strip()}
+    unknown = sorted(wanted - set(OPTIONAL_SOURCES))
+    if unknown:
+        raise FastallError(f"unknown source(s) to include: {', '.join(unknown)} (choose prelim, testing)")
+    return wanted
+
+
+def _walk(top: Path, ds: Dataset) -> Iterator[Path]:
+    """Files under ``top``, sorted, hidden entries skipped; symlinked folders followed once (no loops)."""
+    seen: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                ds.add_problem(folder, "folder reached twice (symlink loop?); skipped")
+                continue
+            seen.add(key)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            ds.add_problem(folder, f"cannot read folder ({err.strerror or err}); skipped")
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    subdirs.append(Path(entry.path))
+                    continue
+                if entry.is_file():
+                    yield Path(entry.path)
+                    continue
+            except OSError:
+                pass
+            ds.add_problem(entry.path, "broken symlink, symlink loop or special file; skipped")
+        stack.extend(reversed(subdirs))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(
+            (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+        )
+    except OSError:
+        return []
+
+
+def _has_folds(folder: Path) -> bool:
+    return any(_FOLD.fullmatch(p.name) for p in _subdirs(folder))
+
+
+def _find_cnmc(root: Path, ds: Dataset) -> tuple[Path, Path | None] | None:
+    """(training folder, C-NMC base folder or None) of the shallowest C-NMC tree; None if there is none."""
+    if _has_folds(root) and not (root / TRAINING_DIR).is_dir():
+        ds.warnings.append(f"{root} looks like the training_data folder: only the training folds are used")
+        return root, None
+    level = [root]
+    for _ in range(SEARCH_DEPTH + 1):
+        hits = [d for d in level if _has_folds(d / TRAINING_DIR)]
+        if hits:
+            if len(hits) > 1:
+                others = ", ".join(map(str, hits[1:]))
+                ds.warnings.append(f"several C-NMC trees found, using {hits[0]} (not {others})")
+            return hits[0] / TRAINING_DIR, hits[0]
+        level = [sub for d in level for sub in _subdirs(d)]
+    return None
+
+
+def _rel(ds: Dataset, path: Path) -> str:
+    return path.relative_to(ds.root).as_posix()
+
+
+def _images(ds: Dataset, folder: Path) -> list[Path]:
+    """Image files under ``folder``; every other file is a (non-fatal) problem."""
+    images = []
+    for path in _walk(folder, ds):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            ds.add_problem(path, "not an image file; skipped")
+    return images
+
+
+def _discover_cnmc(ds: Dataset, training: Path, base: Path | None, include: set[str]) -> None:
+    candidates: list[tuple[str, Record]] = []
+    for fold in (d for d in _subdirs(training) if _FOLD.fullmatch(d.name)):
+        candidates += _cnmc_fold(ds, fold)
+    if base is not None and "prelim" in include:
+        candidates += _cnmc_prelim(ds, base)
+    by_name: dict[str, list[Record]] = defaultdict(list)
+    for name, rec in candidates:
+        by_name[name.lower()].append(rec)
+    for recs in by_name.values():
+        if len(recs) == 1:
+            ds.records.append(recs[0])
+            continue
+        for rec in recs:
+            others = ", ".join(r.rel_path for r in recs if r is not rec)
+            ds.add_problem(rec.path, f"duplicate image name (also {others})", fatal=True)
+    if base is not None and "testing" in include:
+        _cnmc_testing(ds, base)
+    folds_of = defaultdict(set)
+    for rec in ds.records:
+        if rec.source.startswith("fold_"):
+            folds_of[rec.patient].add(rec.source)
+    split = sorted(p for p, folds in folds_of.items() if len(folds) > 1)
+    if split:
+        ds.warnings.append(f"patients in more than one fold: {', '.join(split)}")
+
+
+def _cnmc_fold(ds: Dataset, fold: Path) -> list[tuple[str, Record]]:
+    out = []
+    subs = {d.name.lower(): d for d in _subdirs(fold)}
+    for extra in sorted(set(subs) - {"all", "hem"}):
+        ds.add_problem(subs[extra], "unexpected folder (not all/ or hem/); skipped")
+    for cls in ("all", "hem"):
+        folder = subs.get(cls)
+        if folder is None:
+            ds.add_problem(fold / cls, "missing class folder", fatal=True)
+            continue
+        images = _images(ds, folder)
+        for path in images:
+            parsed = parse_cnmc_name(path.name)
+            if parsed is None:
+                ds.add_problem(path, f"name does not match {CNMC_PATTERN}; skipped")
+                continue
+            patient, suffix = parsed
+            if suffix != cls:
+                ds.add_problem(path, f"name says {suffix} but the file is in the {cls} folder", fatal=True)
+            elif patient.startswith("H") != (cls == "hem"):
+                ds.add_problem(
+                    path,
+                    f"patient {patient} disagrees with class {cls} (normal patients, and "
+                    "only they, carry an H prefix); skipped",
+                )
+            else:
+                label = CNMC_CLASSES.index(cls)
+                out.append((path.name, Record(path, _rel(ds, path), label, cls, patient, fold.name)))
+        if not images:
+            ds.add_problem(folder, "empty class folder (no images)", fatal=True)
+    return out
+
+
+def _read_csv(ds: Dataset, path: Path) -> list[dict[str, str]] | None:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in CSV_COLUMNS if c not in columns]
+            if missing:
+                ds.add_problem(
+                    path,
+                    f"labels CSV lacks column(s) {', '.join(missing)} (has: {', '.join(columns) or 'none'})",
+                    fatal=True,
+                )
+                return None
+            return [
+                {(k or "").strip(): v.strip() if isinstance(v, str) else "" for k, v in row.items()}
+                for row in reader
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        reason = "file not found" if isinstance(err, FileNotFoundError) else str(err).replace("\n", " ")
+        ds.add_problem(path, f"cannot read labels CSV ({reason})", fatal=True)
+        return None
+
+
+def _cnmc_prelim(ds: Dataset, base: Path) -> list[tuple[str, Record]]:
+    folder, csv_path = base / PRELIM_DIR, base / PRELIM_CSV
+    if not folder.is_dir():
+        ds.warnings.append(f"no prelim-phase folder ({folder}); only the training folds are used")
+        return []
+    rows = _read_csv(ds, csv_path)
+    if rows is None:
+        return []
+    files = {path.relative_to(folder).as_posix(): path for path in _images(ds, folder)}
+    out, seen = [], {}
+    for line, row in enumerate(rows, start=2):
+        new, original, label = row.get("new_names", ""), row.get("Patient_ID", ""), row.get("labels", "")
+        where = f"row {line} of the labels CSV"
+        if not new or new in (".", "..") or "/" in new or "\\" in new or os.path.isabs(new):
+            ds.add_problem(
+                csv_path, f"{where}: new_names {new!r} is not a plain file name in {PRELIM_DIR}", fatal=True
+            )
+            continue
+        if new in seen:
+            ds.add_problem(csv_path, f"{where}: duplicate row for {new} (first: row {seen[new]})", fatal=True)
+            continue
+        seen[new] = line
+        path = folder / new
+        if label not in ("0", "1"):
+            ds.add_problem(path, f"{where}: labels must be 0 or 1, got {label!r}", fatal=True)
+            continue
+        parsed = parse_cnmc_name(original)
+        cls = CNMC_CLASSES[int(label)]
+        if parsed is None:
+            ds.add_problem(path, f"{where}: Patient_ID {original!r} does not match {CNMC_PATTERN}; skipped")
+        elif parsed[1] != cls:
+            ds.add_problem(
+                path, f"{where}: Patient_ID {original} says {parsed[1]} but labels says {label}", fatal=True
+            )
+        elif new not in files:
+            ds.add_problem(path, f"{where} names this file: missing")
+        else:
+            out.append((original, Record(path, _rel(ds, path), int(label), cls, parsed[0], "prelim")))
+    for name in sorted(set(files) - set(seen)):
+        ds.add_problem(files[name], "not listed in the labels CSV; skipped")
+    return out
+
+
+def _cnmc_testing(ds: Dataset, base: Path) -> None:
+    folder = base / TESTING_DIR
+    if not folder.is_dir():
+        ds.warnings.append(f"no final-phase testing folder ({folder})")
+        return
+    for path in _images(ds, folder):
+        ds.records.append(Record(path, _rel(ds, path), -1, None, f"unknown:{path.name}", "testing"))
+
+
+def _discover_generic(ds: Dataset, regex: re.Pattern | None) -> None:
+    class_dirs = _subdirs(ds.root)
+    if sorted(d.name.lower() for d in class_dirs) == ["all", "hem"]:
+        class_dirs.sort(key=lambda d: d.name.lower() == "all")
+    ds.class_names = [d.name for d in class_dirs]
+    try:
+        loose = sorted(p for p in ds.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    except OSError:
+        loose = []
+    for path in loose:
+        ds.add_problem(path, "image outside any class folder; skipped")
+    if not class_dirs:
+        ds.warnings.append(f"{ds.root} has no class folders (expected <root>/<class>/<images>)")
+    no_rule = 0
+    for label, folder in enumerate(class_dirs):
+        images = _images(ds, folder)
+        for path in images:
+            rel, inner = _rel(ds, path), path.relative_to(folder).as_posix()
+            if regex is not None:
+                m = regex.search(path.name) or regex.search(inner)
+                if not m or not m.group(1):
+                    ds.add_problem(path, f"name does not match --patient-regex {regex.pattern!r}; skipped")
+                    continue
+                patient = m.group(1)
+            else:
+                parsed = parse_cnmc_name(path.name)
+                if parsed is None:
+                    no_rule += 1
+                patient = parsed[0] if parsed else rel
+            ds.records.append(Record(path, rel, label, folder.name, patient, folder.name))
+        if not images:
+            ds.add_problem(folder, "empty class folder (no images)", fatal=True)
+    if no_rule:
+        ds.warnings.append(
+            f"{no_rule} image(s) match no patient rule (no --patient-regex, no C-NMC UID "
+            "name): each is its own group, so patient-level splitting is impossible and "
+            "scores will be optimistic"
+        )

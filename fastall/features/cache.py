@@ -1,0 +1,260 @@
+"""The HDF5 feature-cache schema: one atomic writer, one validating reader.
+
+Layout (plain h5py / h5dump can read it)::
+
+    features     float16 [N, V, D]  chunked (1, V, D): pooled backbone features of V views per image
+    labels       int64   [N]        class index into class_names (-1: unlabelled)
+    class_names  str     [K]
+    patient      str     [N]        patient ID (the grouping unit of every split)
+    path         str     [N]        image path relative to the data root
+    source       str     [N]        fold_0 | fold_1 | fold_2 | prelim | testing | <folder>
+    view_params  float32 [N, V, P]  augmentation parameters of each view (view 0: identity)
+    done         bool    [N]        all true in a complete cache
+    skipped      str     [S, 2]     (path, reason) of images left out with --skip-bad
+
+Attributes: schema_version, key, key_params (JSON of every parameter that changes the features), provenance
+(fastall/torch/torchvision versions, device, created, data_root) and view_param_names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from fastall.errors import CacheError
+from fastall.system.files import fsync_dir, kill_point
+
+SCHEMA_VERSION = 1
+REQUIRED = ("features", "labels", "class_names", "patient", "path", "source", "view_params", "done")
+_STR = h5py.string_dtype("utf-8")
+
+
+def cache_key(key_params: dict[str, Any]) -> str:
+    """sha256 over the canonical JSON of every parameter that changes the features."""
+    blob = json.dumps(key_params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def diff_params(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Names of the parameters that differ, as ``name: old -> new``."""
+    out = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name, "<absent>"), new.get(name, "<absent>")
+        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            out.append(f"{name}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class FeatureCache:
+    """A validated cache, arrays in memory (features are read once, as stored: float16)."""
+
+    path: Path
+    features: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    patients: np.ndarray
+    paths: np.ndarray
+    sources: np.ndarray
+    view_params: np.ndarray
+    view_param_names: list[str]
+    attrs: dict[str, Any]
+    key_params: dict[str, Any]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return str(self.attrs["key"])
+
+    @property
+    def n_images(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def n_views(self) -> int:
+        return int(self.view_params.shape[1])
+
+    @property
+    def dim(self) -> int:
+        if self.features.ndim == 3 and self.features.shape[0]:
+            return int(self.features.shape[2])
+        return int(self.attrs.get("feature_dim", 0))
+
+    @property
+    def groups(self) -> np.ndarray:
+        """int64 ``[N]`` patient group codes (indices into the sorted distinct patients)."""
+        return np.unique(self.patients.astype(str), return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+    def as_torch(self) -> tuple[Any, Any, Any]:
+        """``(features [N, V, D] float16, labels [N], groups [N])``: torch tensors sharing memory."""
+        import torch
+
+        return (torch.from_numpy(self.features), torch.from_numpy(self.labels), torch.from_numpy(self.groups))
+
+
+def write_cache(
+    path: str | Path,
+    *,
+    features: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    patients: list[str],
+    paths: list[str],
+    sources: list[str],
+    view_params: np.ndarray,
+    view_param_names: list[str],
+    key_params: dict[str, Any],
+    provenance: dict[str, Any],
+    skipped: list[tuple[str, str]] = (),
+) -> Path:
+    """Write a complete cache atomically: ``PATH.tmp`` is fsynced, then renamed onto ``PATH``."""
+    path = Path(path)
+    n = len(labels)
+    if features.shape[0] != n or view_params.shape[:2] != features.shape[:2]:
+        raise CacheError(f"{path}: inconsistent shapes {features.shape} / {view_params.shape} / {n} labels")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(
+                "features",
+                data=features.astype(np.float16, copy=False),
+                chunks=(1, *features.shape[1:]) if n else None,
+            )
+            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+            f.create_dataset("class_names", data=list(class_names), dtype=_STR)
+            f.create_dataset("patient", data=list(patients), dtype=_STR)
+            f.create_dataset("path", data=list(paths), dtype=_STR)
+            f.create_dataset("source", data=list(sources), dtype=_STR)
+            f.create_dataset("view_params", data=np.asarray(view_params, dtype=np.float32))
+            f.create_dataset("done", data=np.ones(n, dtype=bool))
+            f.create_dataset(
+                "skipped",
+                data=[list(s) for s in skipped] or np.empty((0, 2), dtype=object),
+                dtype=_STR,
+                shape=(len(skipped), 2),
+            )
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["key"] = cache_key(key_params)
+            f.attrs["key_params"] = json.dumps(key_params, sort_keys=True, default=str)
+            f.attrs["view_param_names"] = json.dumps(list(view_param_names))
+            f.attrs["feature_dim"] = int(features.shape[2])
+            for name, value in {**key_params, **provenance}.items():
+                f.attrs[name] = _attr(value)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        kill_point("cache-tmp")
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CacheError(f"{path}: cannot write cache: {err.strerror or err}") from None
+    return path
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, str):
+        return str(value)  # str subclasses such as torch.__version__ are not HDF5-storable as such
+    return value if isinstance(value, (int, float, bool)) else json.dumps(value, default=str)
+
+
+def read_cache(
+    path: str | Path, *, load_features: bool = True, expect: dict[str, Any] | None = None
+) -> FeatureCache:
+    """Open and validate a cache: schema version, datasets, shapes, dtypes, completeness and key.
+
+    ``expect`` (key parameters such as ``{"backbone": "resnet50", "image_size": 224}``) refuses a cache made
+    with other values, naming each differing parameter.
+    """
+    cache = _open_cache(Path(path), load_features)
+    if expect:
+        diffs = diff_params({k: cache.key_params.get(k, "<absent>") for k in expect}, dict(expect))
+        if diffs:
+            raise CacheError(
+                f"{cache.path}: cache made with other settings (cache -> expected): " + "; ".join(diffs)
+            )
+    return cache
+
+
+def _open_cache(path: Path, load_features: bool) -> FeatureCache:
+    if not path.is_file():
+        partial = path.with_name(path.name + ".partial")
+        hint = (
+            " (an interrupted extract left work in progress: run extract again to resume)"
+            if partial.exists()
+            else ""
+        )
+        raise CacheError(f"{path}: no such cache file{hint}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt?): {err}") from None
+    try:
+        with f:
+            return _read(path, f, load_features)
+    except CacheError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise CacheError(f"{path}: corrupt cache: {err}") from None
+
+
+def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
+    version = f.attrs.get("schema_version")
+    if version is None:
+        raise CacheError(f"{path}: not a fastall cache (no schema_version attribute)")
+    if int(version) != SCHEMA_VERSION:
+        raise CacheError(
+            f"{path}: cache schema version {int(version)}, this fastall reads version "
+            f"{SCHEMA_VERSION}: re-run `fastall extract --overwrite`"
+        )
+    missing = [name for name in REQUIRED if name not in f]
+    if missing:
+        raise CacheError(f"{path}: not a complete fastall cache, missing datasets: {', '.join(missing)}")
+    feats = f["features"]
+    n = f["labels"].shape[0]
+    if feats.ndim != 3 or feats.shape[0] != n or f["view_params"].shape[:2] != feats.shape[:2]:
+        raise CacheError(
+            f"{path}: inconsistent shapes: features {feats.shape}, labels ({n},), "
+            f"view_params {f['view_params'].shape}"
+        )
+    if feats.dtype not in (np.float16, np.float32) or f["labels"].dtype.kind not in "iu":
+        raise CacheError(f"{path}: unexpected dtypes: features {feats.dtype}, labels {f['labels'].dtype}")
+    for name in ("patient", "path", "source"):
+        if f[name].shape != (n,):
+            raise CacheError(f"{path}: dataset {name!r} has shape {f[name].shape}, expected ({n},)")
+    if not bool(np.all(f["done"][()])):
+        raise CacheError(f"{path}: cache is incomplete ({int(np.sum(~f['done'][()]))} rows not done)")
+    key_params = json.loads(f.attrs["key_params"])
+    if cache_key(key_params) != f.attrs["key"]:
+        raise CacheError(f"{path}: cache key does not match its recorded parameters (file was altered)")
+    labels = f["labels"][()].astype(np.int64)
+    class_names = list(f["class_names"].asstr()[()])
+    if labels.size and (labels.max() >= len(class_names) or labels.min() < -1):
+        raise CacheError(f"{path}: labels out of range for {len(class_names)} classes")
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    skipped = [tuple(row) for row in f["skipped"].asstr()[()]] if "skipped" in f else []
+    return FeatureCache(
+        path=path,
+        features=feats[()] if load_features else np.empty((0, 0, 0), dtype=np.float16),
+        labels=labels,
+        class_names=class_names,
+        patients=np.asarray(f["patient"].asstr()[()], dtype=object),
+        paths=np.asarray(f["path"].asstr()[()], dtype=object),
+        sources=np.asarray(f["source"].asstr()[()], dtype=object),
+        view_params=f["view_params"][()],
+        view_param_names=json.loads(f.attrs["view_param_names"]),
+        attrs=attrs,
+        key_params=key_params,
+        skipped=skipped,
+    )

@@ -1,0 +1,368 @@
+"""`fastall extract`: frozen ResNet-50 features of V views per image into a crash-safe HDF5 cache.
+
+This module decides what to compute (key, existing cache, partial work, lock) and assembles the result; the
+device loop is :mod:`fastall.features.loop`, the crash safety :mod:`fastall.features.shards`.
+Each finished batch is a
+shard beside the target; ``CACHE.h5`` appears only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+from fastall import __version__
+from fastall.data.discover import Record, discover
+from fastall.errors import CacheError, FastallError
+from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES
+from fastall.features.backbone import load_backbone
+from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
+from fastall.features.loop import run
+from fastall.features.shards import PartialStore, cache_lock
+from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from fastall.system.files import kill_point
+
+PREPROCESS = "v1: RGB uint8, resize bilinear+antialias (whole image, no crop), /255, [augment], mean/std"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ExtractSummary:
+    path: Path
+    images: int
+    views: int
+    seconds: float
+    computed: int = 0
+    resumed: int = 0
+    loop_seconds: float = 0.0
+    cache_bytes: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_existing: bool = False
+    device: str = "cpu"
+    amp_dtype: str = "fp32"
+    key: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        """Images computed per second of the extraction loop (decode to stored shard)."""
+        return self.computed / self.loop_seconds if self.loop_seconds > 0 else 0.0
+
+    @property
+    def forwards_per_s(self) -> float:
+        return self.images_per_s * self.views
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise FastallError(f"--device {name!r}: use auto, cuda or cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FastallError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def _fingerprint(records: list[Record]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        try:
+            size = os.stat(r.path).st_size
+        except OSError:
+            size = -1
+        h.update(json.dumps([r.rel_path, r.label, r.patient, r.source, size]).encode())
+    return h.hexdigest()
+
+
+def key_params_for(
+    *,
+    info: Any,
+    image_size: int,
+    views: int,
+    seed: int,
+    amp: bool,
+    amp_dtype: str,
+    records: list[Record],
+    class_names: list[str],
+) -> dict[str, Any]:
+    """Every parameter that changes the features (and nothing that does not)."""
+    return {
+        "backbone": info.name,
+        "weights": info.weights,
+        "weights_sha256": info.sha256,
+        "feature_dim": info.feature_dim,
+        "image_size": image_size,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "preprocess": PREPROCESS,
+        "views": views,
+        "augment": AUGMENT_CONFIG,
+        "seed": seed,
+        "amp": amp,
+        "amp_dtype": amp_dtype if amp else "fp32",
+        "dataset_fingerprint": _fingerprint(records),
+        "dataset_images": len(records),
+        "dataset_classes": list(class_names),
+    }
+
+
+def _check_args(
+    views: int, image_size: int, seed: int, batch_size: int | None, workers: int | None, amp_dtype: str
+) -> None:
+    checks = [
+        (views < 1, f"--views must be at least 1, got {views}"),
+        (not 32 <= image_size <= 2048, f"--image-size must be 32..2048, got {image_size}"),
+        (not 0 <= seed < 2**63, f"--seed must be in 0..2**63-1, got {seed}"),
+        (batch_size is not None and batch_size < 1, f"--batch-size must be >= 1, got {batch_size}"),
+        ((workers or 0) < 0, f"--workers must be non-negative, got {workers}"),
+        (amp_dtype not in AMP_DTYPES, f"--amp-dtype must be bf16 or fp16, got {amp_dtype!r}"),
+    ]
+    problems = [message for failed, message in checks if failed]
+    if problems:
+        raise FastallError("; ".join(problems))
+
+
+def _existing_matches(out: Path, key_params: dict[str, Any], overwrite: bool) -> bool:
+    """True when a complete cache with this key exists; refuse another key unless ``overwrite``."""
+    if not out.exists():
+        return False
+    try:
+        old = read_cache(out, load_features=False)
+    except CacheError as err:
+        if overwrite:
+            return False
+        raise CacheError(
+            f"{out} exists but is not a valid cache ({str(err).removeprefix(str(out) + ': ')}); "
+            "use --overwrite to replace it"
+        ) from None
+    if old.key == cache_key(key_params):
+        return True
+    if not overwrite:
+        diffs = "; ".join(diff_params(old.key_params, key_params))
+        raise CacheError(
+            f"{out} was made with other settings (cache -> now): {diffs}; use --overwrite to replace it"
+        )
+    return False
+
+
+def _open_partial(store: PartialStore, key_params: dict[str, Any], overwrite: bool, warn: Callable) -> None:
+    meta = store.meta()
+    if meta is not None and meta.get("key") != cache_key(key_params):
+        if not meta:
+            warn(f"{store.dir}: unreadable progress metadata, starting over")
+        elif not overwrite:
+            raise CacheError(
+                f"{store.dir} holds an unfinished extract with other settings (partial -> now): "
+                + "; ".join(diff_params(meta.get("key_params", {}), key_params))
+                + "; use --overwrite to discard it"
+            )
+        store.remove()
+        meta = None
+    if meta is None:
+        store.start(cache_key(key_params), key_params)
+
+
+def extract(
+    data: str | Path,
+    out: str | Path,
+    *,
+    views: int = 8,
+    image_size: int = 224,
+    weights: str = "imagenet1k_v1",
+    device: str = "auto",
+    amp: bool = True,
+    amp_dtype: str = "bf16",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    include: Iterable[str] = (),
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    patient_regex: str | None = None,
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+) -> ExtractSummary:
+    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``."""
+    start = time.perf_counter()
+    warnings: list[str] = []
+
+    def note(message: str) -> None:
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+
+    _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
+    dev = _device(device)
+    out = Path(out)
+    if out.is_dir():
+        raise FastallError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
+    if not out.parent.is_dir():
+        raise FastallError(f"--out {out}: folder {out.parent} does not exist")
+    include = tuple(include)
+    ds = discover(data, patient_regex=patient_regex, **({"include": include} if include else {}))
+    fatal = ds.fatal_problems
+    if fatal:
+        first = "; ".join(str(p) for p in fatal[:3])
+        raise FastallError(
+            f"{len(fatal)} fatal problem(s) in {ds.root}: {first}"
+            f"{' ...' if len(fatal) > 3 else ''} (`fastall scan {ds.root}` lists them all)"
+        )
+    ds.check(training=False)
+    for message in ds.warnings + [str(p) for p in ds.problems]:
+        note(message)
+    records = ds.records
+    with cache_lock(out, warn=note):
+        model, info = load_backbone(weights, seed=seed)
+        for message in info.warnings:
+            note(message)
+        key_params = key_params_for(
+            info=info,
+            image_size=image_size,
+            views=views,
+            seed=seed,
+            amp=amp,
+            amp_dtype=amp_dtype,
+            records=records,
+            class_names=ds.class_names,
+        )
+        compute = key_params["amp_dtype"]
+        summary = ExtractSummary(
+            path=out,
+            images=len(records),
+            views=views,
+            seconds=0.0,
+            device=str(dev),
+            amp_dtype=compute,
+            key=cache_key(key_params),
+            warnings=warnings,
+        )
+        store = PartialStore(out)
+        if _existing_matches(out, key_params, overwrite):
+            if store.meta() is not None and store.meta().get("key") == summary.key:
+                store.remove()
+            old = read_cache(out, load_features=False)
+            summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
+            summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
+            return summary
+        _open_partial(store, key_params, overwrite, note)
+        done, bad = store.load(len(records), views, info.feature_dim, warn=note)
+        todo = [i for i in range(len(records)) if i not in done and i not in bad]
+        summary.resumed = len(done)
+        if done or bad:
+            note(f"resuming: {len(done)} images already done in {store.dir}, {len(todo)} to go")
+        loop_start = time.perf_counter()
+        if todo:
+            run(
+                model,
+                records,
+                todo,
+                store,
+                dev=dev,
+                size=image_size,
+                views=views,
+                dim=info.feature_dim,
+                seed=seed,
+                amp=AMP_DTYPES[amp_dtype] if amp else None,
+                batch_size=batch_size,
+                workers=workers,
+                skip_bad=skip_bad,
+                progress=progress,
+            )
+        summary.loop_seconds = time.perf_counter() - loop_start
+        kill_point("finalize")
+        provenance = _provenance(dev, info, batch_size, workers, data)
+        _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)
+        kill_point("cleanup")
+        store.remove()
+    final = read_cache(out, load_features=False)
+    summary.images, summary.skipped = final.n_images, final.skipped
+    summary.computed = final.n_images - summary.resumed
+    summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
+    return summary
+
+
+def _provenance(
+    dev: torch.device, info: Any, batch_size: int | None, workers: int | None, data: str | Path
+) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {
+        "fastall_version": __version__,
+        "torch_version": str(torch.__version__),
+        "torchvision_version": str(torchvision.__version__),
+        "device": str(dev),
+        "device_name": name,
+        "batch_size": batch_size or 0,
+        "workers": -1 if workers is None else workers,
+        "weights_source": info.source,
+        "data_root": str(Path(data).resolve()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _finalize(
+    store: PartialStore,
+    out: Path,
+    records: list[Record],
+    class_names: list[str],
+    views: int,
+    dim: int,
+    key_params: dict[str, Any],
+    provenance: dict[str, Any],
+) -> None:
+    done, bad = store.load(len(records), views, dim)
+    missing = [i for i in range(len(records)) if i not in done and i not in bad]
+    if missing:
+        raise CacheError(f"{store.dir}: {len(missing)} images still missing after the run; run extract again")
+    rows = sorted(done)
+    if not rows:
+        raise FastallError(f"none of the {len(records)} images could be decoded; nothing to cache")
+    features = np.stack([done[i][0] for i in rows])
+    params = np.stack([done[i][1] for i in rows])
+    picked = [records[i] for i in rows]
+    skipped = [(records[i].rel_path, bad[i].removeprefix(f"{records[i].path}: ")) for i in sorted(bad)]
+    write_cache(
+        out,
+        features=features,
+        labels=np.array([r.label for r in picked], dtype=np.int64),
+        class_names=class_names,
+        patients=[r.patient for r in picked],
+        paths=[r.rel_path for r in picked],
+        sources=[r.source for r in picked],
+        view_params=params,
+        view_param_names=list(VIEW_PARAM_NAMES),
+        key_params=key_params,
+        provenance=provenance,
+        skipped=skipped,
+    )
+
+
+def describe(summary: ExtractSummary) -> list[str]:
+    """The end-of-run summary, one line each."""
+    size = f"{summary.cache_bytes / 2**20:,.1f} MiB"
+    if summary.skipped_existing:
+        lines = [
+            f"{summary.path} is already complete with these settings ({summary.images} images x "
+            f"{summary.views} views, {size}); nothing to do"
+        ]
+    else:
+        s = summary
+        resumed = f"; {s.resumed} resumed" if s.resumed else ""
+        lines = [
+            f"{s.path}: {s.images} images x {s.views} views in {s.seconds:,.1f} s ({s.computed} done "
+            f"at {s.images_per_s:,.1f} img/s = {s.forwards_per_s:,.1f} forwards/s on {s.device}, "
+            f"{s.amp_dtype}{resumed}), cache {size}"
+        ]
+    if summary.skipped:
+        lines.append(f"skipped {len(summary.skipped)} unreadable image(s):")
+        lines += [f"  {path}: {reason}" for path, reason in summary.skipped]
+    return lines

@@ -1,0 +1,234 @@
+"""The device loop of `extract`: decoding workers -> preprocessing + augmentation -> backbone -> shards.
+
+Workers decode and resize small chunks (uint8, channels_last for the fast resize kernel) and draw each
+image's view parameters; the main process regroups chunks into forward batches on the device, runs every
+view under ``inference_mode`` + autocast, and hands the float16 features to a writer thread that saves one
+shard per batch, so neither the device nor the disk waits for the other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from torch.utils.data import DataLoader
+
+from fastall.data.discover import Record
+from fastall.data.images import BadImageError, decode_image
+from fastall.errors import FastallError
+from fastall.features.augment import draw_view_params
+from fastall.features.shards import PartialStore
+from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_uint8
+from fastall.system.files import kill_point
+
+MAX_PENDING_WRITES = 2
+CHUNK = 32  # images per worker task: the first batch starts at once, little shared memory in flight
+
+
+class ImageViews(torch.utils.data.Dataset):
+    """Worker side: decode + resize to uint8 ``[3, S, S]`` and draw the view parameters of one image."""
+
+    def __init__(self, records: list[Record], todo: list[int], size: int, seed: int, views: int) -> None:
+        self.paths = [str(records[i].path) for i in todo]
+        self.todo, self.size, self.seed, self.views = todo, size, seed, views
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
+        index = self.todo[k]
+        params = torch.from_numpy(draw_view_params(self.seed, [index], self.views)[0])
+        try:
+            pixels = decode_image(self.paths[k])[None].contiguous(memory_format=torch.channels_last)
+            image, error = resize_uint8(pixels, self.size)[0], ""  # channels_last: the fast uint8 kernel
+        except BadImageError as err:
+            image, error = torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(err)
+        return image, params, index, error
+
+
+class _Writer:
+    """Saves shards on a background thread so the device never waits for the disk."""
+
+    def __init__(self, store: PartialStore) -> None:
+        self.store = store
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: list[Future] = []
+
+    def submit(
+        self,
+        indices: np.ndarray,
+        feats: torch.Tensor,
+        params: np.ndarray,
+        skipped: list[tuple[int, str]],
+        done: Callable[[int], None],
+    ) -> None:
+        event = None
+        if feats.is_cuda:
+            host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+            host.copy_(feats, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            feats = host
+
+        def write() -> None:
+            if event is not None:
+                event.synchronize()
+            self.store.write_shard(indices, feats.numpy(), params, skipped)
+            kill_point("shard")
+            done(len(indices) + len(skipped))
+
+        self.pending.append(self.pool.submit(write))
+        while len(self.pending) > MAX_PENDING_WRITES or (self.pending and self.pending[0].done()):
+            self.pending.pop(0).result()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for every pending shard (work already done is kept even when the run fails)."""
+        self.pool.shutdown(wait=True)
+        errors = [f.exception() for f in self.pending]
+        self.pending.clear()
+        first = next((e for e in errors if e is not None), None)
+        if first is not None and raise_errors:
+            raise first
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, autocast: Any) -> torch.Tensor:
+    if x.shape[0] == 1:  # oneDNN takes another path for batch 1: keep features batch-size independent
+        return _forward(model, x.expand(2, *x.shape[1:]), autocast)[:1]
+    with autocast:
+        return model(x.contiguous(memory_format=torch.channels_last))
+
+
+def run(
+    model: torch.nn.Module,
+    records: list[Record],
+    todo: list[int],
+    store: PartialStore,
+    *,
+    dev: torch.device,
+    size: int,
+    views: int,
+    dim: int,
+    seed: int,
+    amp: torch.dtype | None,
+    batch_size: int | None,
+    workers: int | None,
+    skip_bad: bool,
+    progress: bool,
+) -> None:
+    cuda = dev.type == "cuda"
+    batch_size = batch_size or (256 if cuda else 32)
+    cores = os.cpu_count() or 1
+    # CPU: decoding is ~1% of a forward; a worker process would only steal cores from torch's thread pool
+    workers = workers if workers is not None else (max(1, cores - 2) if cuda else 0)
+    loader = DataLoader(
+        ImageViews(records, todo, size, seed, views),
+        batch_size=min(batch_size, CHUNK),
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=cuda,
+        prefetch_factor=4 if workers else None,
+    )
+    model = model.to(dev)
+    autocast = torch.autocast(device_type=dev.type, dtype=amp or torch.float32, enabled=amp is not None)
+    writer = _Writer(store)
+    with _progress(len(todo), enabled=progress) as advance:
+        try:
+            with torch.inference_mode():
+                for x, params, indices, errors in _batches(loader, batch_size, dev):
+                    bad = [k for k, e in enumerate(errors) if e]
+                    if bad and not skip_bad:
+                        raise FastallError(f"{errors[bad[0]]} (use --skip-bad to skip unreadable images)")
+                    skipped = [(int(indices[k]), errors[k]) for k in bad]
+                    if bad:
+                        keep = torch.tensor([k for k, e in enumerate(errors) if not e], dtype=torch.long)
+                        x, params, indices = x[keep.to(dev)], params[keep], indices[keep]
+                    feats = _views(model, x, params.to(dev, non_blocking=True), size, views, dim, autocast)
+                    writer.submit(indices.numpy(), feats, params.numpy(), skipped, advance)
+        except BaseException:
+            writer.close(raise_errors=False)
+            raise
+        writer.close()
+
+
+def _views(
+    model: torch.nn.Module, x: torch.Tensor, p: torch.Tensor, size: int, views: int, dim: int, autocast: Any
+) -> torch.Tensor:
+    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]``."""
+    feats = torch.empty(x.shape[0], views, dim, dtype=torch.float16, device=x.device)
+    for v in range(views if x.shape[0] else 0):
+        xv = preprocess(x, size, IMAGENET_MEAN, IMAGENET_STD, p[:, v] if v else None)
+        feats[:, v] = _forward(model, xv, autocast).to(torch.float16)
+    return feats
+
+
+def _batches(loader: DataLoader, batch_size: int, dev: torch.device) -> Iterator[tuple]:
+    """Regroup the workers' small chunks (fast start, little shared memory) into forward batches.
+
+    Images go to the device chunk by chunk (pinned, non-blocking); params and indices stay on the host.
+    """
+    parts: list[tuple] = []
+    count = 0
+    for images, params, indices, errors in loader:
+        parts.append((images.to(dev, non_blocking=True), params, indices, list(errors)))
+        count += len(errors)
+        while count >= batch_size:
+            merged = _merge(parts)
+            take = min(batch_size, count)
+            yield tuple(m[:take] for m in merged)
+            rest = tuple(m[take:] for m in merged)
+            count -= take
+            parts = [rest] if count else []
+    if count:
+        yield _merge(parts)
+
+
+def _merge(parts: list[tuple]) -> tuple:
+    if len(parts) == 1:
+        return parts[0]
+    return (
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        torch.cat([p[2] for p in parts]),
+        [e for p in parts for e in p[3]],
+    )
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.1f} img/s" if task.speed else "-- img/s", style="progress.data.speed")
+
+
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = (
+        TextColumn("[bold]extract"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("extract", total=total)
+        yield lambda n: bar.advance(task, n)

@@ -1,0 +1,183 @@
+"""Crash safety for `extract`: test kill points, the cache lock and partial work.
+
+Nothing here is ever half-written: every file goes to a temporary name, is fsynced and renamed. A ``kill -9``
+at any moment loses at most the batch being written; the cache itself is assembled only when all is done.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastall.errors import CacheError
+from fastall.system.files import fsync_dir, kill_point
+from fastall.system.procs import pid_alive
+
+
+def _write_atomic(path: Path, write: Any, point: str) -> None:
+    """``write(fileobj)`` into ``.PATH.tmp``, fsync, rename onto ``path``; no partial file on failure."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        kill_point(point)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def cache_lock(target: str | Path, warn: Any = None) -> Iterator[Path]:
+    """Hold ``TARGET.lock`` (pid, host, start time); refuse a live holder, take over a stale one."""
+    target = Path(target)
+    lock = target.with_name(target.name + ".lock")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            _take_over_stale(lock, me["host"], warn)
+            continue
+        except OSError as err:
+            raise CacheError(
+                f"{target}: cannot write in {target.parent.resolve()}: {err.strerror or err}"
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    else:
+        raise CacheError(f"{target}: another extract took the lock {lock} just now; try again")
+    try:
+        yield lock
+    finally:
+        try:
+            if json.loads(lock.read_text()).get("pid") == me["pid"]:
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _take_over_stale(lock: Path, host: str, warn: Any) -> None:
+    try:
+        holder = json.loads(lock.read_text())
+        pid, their_host = int(holder["pid"]), str(holder["host"])
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError):
+        age = time.time() - lock.stat().st_mtime if lock.exists() else 1e9
+        if age < 10:
+            raise CacheError(f"{lock}: another extract is starting on this cache; try again") from None
+        pid, their_host, holder = -1, host, {}
+    if their_host != host:
+        raise CacheError(
+            f"{lock}: cache is locked by pid {pid} on host {their_host} (since "
+            f"{holder.get('started')}); if that job is gone, delete the lock file"
+        )
+    if pid > 0 and pid_alive(pid):
+        raise CacheError(
+            f"{lock}: another extract (pid {pid}, started {holder.get('started')}) is writing "
+            "this cache; wait for it or stop it"
+        )
+    if warn is not None:
+        warn(f"taking over a stale lock {lock} (pid {pid} is not running)")
+    lock.unlink(missing_ok=True)
+
+
+class PartialStore:
+    """Finished batches of an unfinished extract: ``TARGET.partial/meta.json`` + one ``batch-*.npz`` each.
+
+    Every file is written to a temporary name, fsynced and renamed, so a kill at any moment loses at most
+    the batch being written; the final cache is assembled from the shards only when every row is done.
+    """
+
+    def __init__(self, target: str | Path) -> None:
+        self.target = Path(target)
+        self.dir = self.target.with_name(self.target.name + ".partial")
+
+    def meta(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.dir / "meta.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def start(self, key: str, key_params: dict[str, Any]) -> None:
+        self.dir.mkdir(exist_ok=True)
+        blob = json.dumps({"key": key, "key_params": key_params}, sort_keys=True, default=str).encode()
+        self._io(lambda: _write_atomic(self.dir / "meta.json", lambda fh: fh.write(blob), "meta-tmp"))
+
+    def write_shard(
+        self,
+        indices: np.ndarray,
+        features: np.ndarray,
+        view_params: np.ndarray,
+        skipped: list[tuple[int, str]] = (),
+    ) -> Path:
+        """Record one finished batch: features/params of ``indices`` and the images skipped in it."""
+        first = min([int(i) for i in indices] + [i for i, _ in skipped])
+        path = self.dir / f"batch-{first:09d}.npz"
+        arrays = {
+            "indices": np.asarray(indices, dtype=np.int64),
+            "features": np.asarray(features, dtype=np.float16),
+            "view_params": np.asarray(view_params, dtype=np.float32),
+            "skipped_index": np.asarray([i for i, _ in skipped], dtype=np.int64),
+            "skipped_reason": np.asarray([r for _, r in skipped], dtype=str),
+        }
+        self._io(lambda: _write_atomic(path, lambda fh: np.savez(fh, **arrays), "shard-tmp"))
+        return path
+
+    def load(self, n: int, views: int, dim: int, warn: Any = None) -> tuple[dict, dict[int, str]]:
+        """``({index: (features [V, D], params [V, P])}, {index: reason})`` from every readable shard."""
+        done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        skipped: dict[int, str] = {}
+        for tmp in self.dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for shard in sorted(self.dir.glob("batch-*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    idx, feats, params = z["indices"], z["features"], z["view_params"]
+                    bad_idx, reasons = z["skipped_index"], z["skipped_reason"]
+                ok = (
+                    feats.shape == (len(idx), views, dim)
+                    and params.shape[:2] == (len(idx), views)
+                    and all(0 <= int(i) < n for i in [*idx, *bad_idx])
+                )
+            except (OSError, ValueError, KeyError, EOFError) as err:
+                ok, idx = False, str(err)
+            if not ok:
+                if warn is not None:
+                    warn(f"{shard}: unreadable or inconsistent partial batch, recomputing it")
+                shard.unlink(missing_ok=True)
+                continue
+            for row, i in enumerate(idx):
+                done.setdefault(int(i), (feats[row], params[row]))
+            for i, reason in zip(bad_idx, reasons, strict=True):
+                skipped.setdefault(int(i), str(reason))
+        return done, skipped
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _io(self, action: Any) -> None:
+        try:
+            action()
+        except OSError as err:
+            full = " (disk full)" if err.errno == errno.ENOSPC else ""
+            raise CacheError(
+                f"{self.dir}: cannot save extract progress{full}: {err.strerror or err}"
+            ) from None

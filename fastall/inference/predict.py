@@ -1,0 +1,144 @@
+"""`fastall predict`: a probability and a label for every readable image; bad files reported and skipped."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastall.data.loader import default_workers, find_images, iter_batches
+from fastall.errors import FastallError
+from fastall.features.augment import draw_view_params
+from fastall.inference.model import LeukemiaClassifier
+
+TTA_SEED = 0
+
+
+@dataclass
+class Predictions:
+    paths: list[str]
+    probs: np.ndarray
+    class_names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    precision: str = "fp32"
+    views: int = 1
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.class_names[i] for i in self.probs.argmax(axis=1)] if len(self.paths) else []
+
+
+def predict_paths(
+    model: LeukemiaClassifier,
+    inputs: Sequence[str | Path],
+    *,
+    batch_size: int = 32,
+    tta: int = 1,
+    skip_bad: bool = True,
+    workers: int | None = None,
+    on_problem: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Predictions:
+    """Class probabilities for each image in ``inputs`` (files, folders); ``tta`` views averaged.
+
+    A bad file is reported through ``on_problem`` and skipped, or with ``skip_bad=False`` raised.
+    """
+    if tta < 1:
+        raise FastallError(f"--tta needs at least 1 view, got {tta}")
+    paths, problems = find_images(inputs)
+    skipped: list[tuple[str, str]] = []
+    for path, reason in problems:
+        _bad(f"{path}: {reason}", path, reason, skipped, skip_bad, on_problem)
+    if not paths:
+        raise FastallError(f"no image files found in {', '.join(map(str, inputs))}")
+    workers = default_workers(model.device) if workers is None else workers
+    out_paths, out_probs = [], []
+    done = 0
+    for batch in iter_batches(
+        paths, model.image_size, batch_size, workers=workers, pin_memory=model.device.type == "cuda"
+    ):
+        for index, message in batch.bad:
+            _bad(message, str(paths[index]), message.split(": ", 1)[-1], skipped, skip_bad, on_problem)
+        if batch.indices:
+            out_probs.append(_probs(model, batch.images, batch.indices, tta))
+            out_paths.extend(str(paths[i]) for i in batch.indices)
+        done += len(batch.indices) + len(batch.bad)
+        if progress is not None:
+            progress(done, len(paths))
+    if not out_paths:
+        raise FastallError(
+            f"none of the {len(paths)} image files could be read (first: {skipped[0][0]}: {skipped[0][1]})"
+        )
+    return Predictions(
+        out_paths, np.concatenate(out_probs), list(model.class_names), skipped, model.precision, tta
+    )
+
+
+def _bad(
+    message: str,
+    path: str,
+    reason: str,
+    skipped: list,
+    skip_bad: bool,
+    on_problem: Callable[[str], None] | None,
+) -> None:
+    if not skip_bad:
+        raise FastallError(f"{message} (use --skip-bad to skip unreadable files)")
+    skipped.append((path, reason))
+    if on_problem is not None:
+        on_problem(message)
+
+
+@torch.inference_mode()
+def _probs(model: LeukemiaClassifier, images: torch.Tensor, indices: list[int], tta: int) -> np.ndarray:
+    images = images.to(model.device, non_blocking=True)
+    if tta == 1:
+        return torch.softmax(model(images), dim=1).cpu().numpy()
+    params = torch.from_numpy(draw_view_params(TTA_SEED, indices, tta))
+    total = sum(torch.softmax(model(images, params[:, v]), dim=1) for v in range(tta))
+    return (total / tta).cpu().numpy()
+
+
+def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
+    """Write ``out`` (path, label, prob_<class>...) and, if any file was skipped, ``<out>.skipped.csv``.
+
+    Both are written atomically; a stale sidecar from an earlier run is removed. Returns the sidecar path.
+    """
+    out = Path(out)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", *(f"prob_{c}" for c in preds.class_names)])
+    for path, label, row in zip(preds.paths, preds.labels, preds.probs, strict=True):
+        writer.writerow([path, label, *(f"{p:.6f}" for p in row)])
+    _atomic_text(out, buf.getvalue())
+    sidecar = out.with_name(out.stem + ".skipped.csv")
+    if not preds.skipped:
+        sidecar.unlink(missing_ok=True)
+        return None
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows(preds.skipped)
+    _atomic_text(sidecar, buf.getvalue())
+    return sidecar
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise FastallError(f"{path}: cannot write ({err.strerror or err})") from None

@@ -1,0 +1,197 @@
+"""Fast inference backbones: the same frozen network run at a chosen precision and backend.
+
+``fp32`` is the reference. ``bf16``/``fp16`` run under autocast; ``int8`` is static post-training quantisation
+(torch.ao fx, x86 kernels, CPU only; per-channel weights, histogram-calibrated activations over the full 8-bit
+range where the CPU has VNNI) calibrated on real images. Backends on the CPU: ``jit`` traces and freezes with
+TorchScript, folding batch norm and fusing convolutions with their activations (oneDNN); ``compile`` uses
+``torch.compile`` (inductor, frozen weights; needs a C++ compiler). GPUs run eager, channels_last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import shutil
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fastall.errors import FastallError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+BACKENDS = ("auto", "eager", "jit", "compile")
+INT8_ENGINE = "x86"
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise FastallError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and device.type != "cpu":
+        raise FastallError(f"int8 runs on the CPU only (x86 kernels); on {device.type} use bf16 or fp16")
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context of a half precision, or a no-op."""
+    dtype = _AUTOCAST.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto``: TorchScript on the CPU, eager on a GPU."""
+    if backend not in BACKENDS:
+        raise FastallError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if device.type != "cpu":
+        return "eager"
+    if backend == "compile" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "jit"  # inductor needs a C++ compiler
+    return "jit" if backend == "auto" else backend
+
+
+def has_vnni() -> bool:
+    """Whether the CPU multiplies u8 x s8 without saturation (VNNI), allowing full-range activations."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+class Runtime(nn.Module):
+    """Normalised float ``[B, 3, S, S]`` -> float32 features ``[B, D]`` at one precision."""
+
+    def __init__(
+        self, module: Callable, precision: str, device: torch.device, channels_last: bool, backend: str
+    ) -> None:
+        super().__init__()
+        self.module, self.precision, self.device = module, precision, device
+        self.channels_last, self.backend = channels_last, backend
+        self.int8_state: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=_format(self.channels_last))
+        with autocast(self.precision if self.backend != "compile" else "fp32", self.device):
+            return self.module(x).float()
+
+
+def build_runtime(
+    backbone: nn.Module,
+    precision: str = "fp32",
+    *,
+    device: torch.device | str = "cpu",
+    example: torch.Tensor | None = None,
+    calibration: torch.Tensor | None = None,
+    int8_state: dict | None = None,
+    backend: str = "auto",
+) -> Runtime:
+    """Wrap ``backbone`` (left untouched) for fast inference at ``precision``.
+
+    ``example`` (normalised ``[1, 3, S, S]``) is needed for tracing; int8 also needs ``calibration``
+    (normalised ``[K, 3, S, S]``) or a saved ``int8_state``.
+    """
+    device = torch.device(device)
+    check_precision(precision, device)
+    backend = resolve_backend(backend, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    state = None
+    if precision == "int8":
+        module = quantize_int8(backbone, example, calibration=calibration, state=int8_state)
+        state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in module.state_dict().items()}
+        channels_last = False
+        backend = "eager" if backend == "compile" else backend
+    else:
+        module = copy.deepcopy(backbone).to(device).eval().requires_grad_(False)
+        module = module.to(memory_format=torch.channels_last)
+        channels_last = True
+    if backend == "jit" and example is not None:
+        module = _freeze(module, example, precision, channels_last)
+    elif backend == "compile":
+        module = _compile(module, precision)
+    runtime = Runtime(module, precision, device, channels_last, backend).eval()
+    runtime.int8_state = state
+    if backend == "compile" and example is not None:
+        with torch.inference_mode():
+            runtime(example)  # compiles now rather than on the first image
+    return runtime
+
+
+def quantize_int8(
+    backbone: nn.Module,
+    example: torch.Tensor | None,
+    *,
+    calibration: torch.Tensor | None = None,
+    state: dict | None = None,
+) -> nn.Module:
+    """Static int8 quantisation of a copy of ``backbone`` (x86 backend), calibrated or from a saved state."""
+    from torch.ao.quantization import (
+        QConfig,
+        default_per_channel_weight_observer,
+        get_default_qconfig_mapping,
+    )
+    from torch.ao.quantization.observer import HistogramObserver
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if example is None or (calibration is None and state is None):
+        raise FastallError("int8 needs an example input and calibration images (or a saved int8 state)")
+    torch.backends.quantized.engine = INT8_ENGINE
+    qconfig = QConfig(
+        activation=HistogramObserver.with_args(reduce_range=not has_vnni()),
+        weight=default_per_channel_weight_observer,
+    )
+    model = copy.deepcopy(backbone).cpu().eval().requires_grad_(False)
+    model = model.to(memory_format=torch.contiguous_format)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(
+            model, get_default_qconfig_mapping(INT8_ENGINE).set_global(qconfig), (example.cpu(),)
+        )
+        if state is None:
+            with torch.no_grad():
+                for chunk in calibration.cpu().split(8):
+                    prepared(chunk)
+        quantized = convert_fx(prepared)
+    if state is not None:
+        try:
+            quantized.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0]
+            raise FastallError(f"saved int8 state does not fit the backbone: {first}") from None
+    return quantized
+
+
+def _format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _freeze(module: nn.Module, example: torch.Tensor, precision: str, channels_last: bool) -> nn.Module:
+    x = example.cpu().contiguous(memory_format=_format(channels_last))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad(), autocast(precision, "cpu"):
+            frozen = torch.jit.freeze(torch.jit.trace(module, x, check_trace=False))
+            if precision == "fp32":
+                frozen = torch.jit.optimize_for_inference(frozen)
+            for _ in range(2):  # the first calls specialise and fuse the graph
+                frozen(x)
+    return frozen
+
+
+def _compile(module: nn.Module, precision: str) -> Callable:
+    """``torch.compile`` with frozen weights; half precisions are cast outright (inductor fuses the rest)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    dtype = _AUTOCAST.get(precision)
+    if dtype is not None:
+        module = copy.deepcopy(module).to(dtype)
+        compiled = torch.compile(module)
+        return lambda x: compiled(x.to(dtype))
+    return torch.compile(module)

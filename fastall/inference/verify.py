@@ -1,0 +1,320 @@
+"""`fastall verify`: the end-to-end model on real pixels must give the cached path's answers.
+
+Both classes are sampled; each image is decoded from its original file, run through the end-to-end model, and
+compared with the head applied to the cached features of the same image (view 0, then one augmented view
+rebuilt from its stored ``view_params``). With a float16 cache or an AMP extraction the half-precision rule
+applies (100% class agreement, |Δprob| ≤ 1e-2); fp32 on both sides must agree to |Δprob| ≤ 1e-4. A faster
+precision is also checked against fp32 (≥ 99.5% agreement).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from fastall.data.loader import iter_batches
+from fastall.errors import FastallError
+from fastall.features.cache import FeatureCache, read_cache
+from fastall.head import Head
+from fastall.inference.model import LeukemiaClassifier, check_cache, head_file, load_head
+
+FP32_TOL, HALF_TOL, MIN_PRECISION_AGREEMENT = 1e-4, 1e-2, 0.995
+RECORDED_TOL = {"fp32": 1e-2, "bf16": 3e-2}
+CALIBRATION_IMAGES = 32
+
+
+@dataclass
+class Check:
+    name: str
+    images: int
+    max_dlogit: float | None
+    max_dprob: float
+    agreement: float
+    tol_prob: float | None
+    min_agreement: float | None
+    passed: bool
+
+
+@dataclass
+class VerifyReport:
+    run: str
+    cache: str
+    data_root: str
+    device: str
+    rule: str
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def compare(
+    name: str,
+    logits_a: torch.Tensor,
+    logits_b: torch.Tensor,
+    tol_prob: float | None,
+    min_agreement: float | None,
+) -> Check:
+    a, b = logits_a.double().cpu(), logits_b.double().cpu()
+    dlogit = (a - b).abs().max().item() if len(a) else 0.0
+    return _check(name, torch.softmax(a, 1), torch.softmax(b, 1), dlogit, tol_prob, min_agreement)
+
+
+def _check(
+    name: str,
+    prob_a: torch.Tensor,
+    prob_b: torch.Tensor,
+    dlogit: float | None,
+    tol_prob: float | None,
+    min_agreement: float | None,
+) -> Check:
+    dprob = (prob_a - prob_b).abs().max().item() if len(prob_a) else 0.0
+    agree = (prob_a.argmax(1) == prob_b.argmax(1)).double().mean().item() if len(prob_a) else 0.0
+    passed = (
+        len(prob_a) > 0
+        and (min_agreement is None or agree >= min_agreement)
+        and (tol_prob is None or dprob <= tol_prob)
+    )
+    return Check(name, len(prob_a), dlogit, dprob, agree, tol_prob, min_agreement, bool(passed))
+
+
+def extraction_precision(fc: FeatureCache, device: torch.device) -> str | None:
+    """The autocast dtype the cache's features were computed with, where ``device`` is of the same type."""
+    amp_dtype = str(fc.key_params.get("amp_dtype", ""))
+    same_device = str(fc.attrs.get("device", "")).split(":")[0] == torch.device(device).type
+    return amp_dtype if fc.key_params.get("amp") and amp_dtype in ("bf16", "fp16") and same_device else None
+
+
+def verify_run(
+    run: str | Path,
+    *,
+    images: int = 16,
+    device: str = "cpu",
+    cache: str | Path | None = None,
+    data: str | Path | None = None,
+    weights_path: str | Path | None = None,
+    precision: str = "fp32",
+    batch_size: int = 16,
+) -> VerifyReport:
+    record = load_head(head_file(run))
+    cache_path = Path(cache or record.get("cache_path") or "")
+    if not cache_path.is_file():
+        raise FastallError(f"{run}: the run's cache {cache_path} is not here: pass --cache PATH")
+    fc = check_cache(record, read_cache(cache_path, load_features=False), head_file(run))
+    model = LeukemiaClassifier.from_run(run, weights_path=weights_path, device=device)
+    root = _data_root(fc, data)
+    chosen = pick_images(fc.labels, images)
+    with h5py.File(fc.path, "r") as f:
+        feats = f["features"]
+        half = feats.dtype == np.float16 or bool(fc.key_params.get("amp", False))
+        cached = torch.from_numpy(feats[np.sort(chosen)].astype(np.float32))
+    order = np.argsort(np.argsort(chosen))
+    cached = cached[torch.from_numpy(order)]
+    tol, rule = (
+        (HALF_TOL, "half precision: 100% agreement, |Δprob| ≤ 1e-2")
+        if half
+        else (FP32_TOL, "fp32: 100% agreement, |Δprob| ≤ 1e-4")
+    )
+    report = VerifyReport(str(run), str(fc.path), str(root), str(device), rule)
+    pixels = load_images([root / fc.paths[i] for i in chosen], model.image_size, batch_size)
+    matched = extraction_precision(fc, model.device)
+    if matched:
+        model.optimize(matched, backend="eager")
+        report.notes.append(
+            f"end-to-end backbone run at the extraction's precision ({matched} autocast on "
+            f"{model.device.type}), as the cache was made"
+        )
+    with torch.inference_mode():
+        feats = _features(model, pixels, None, batch_size)
+        e2e = model.forward_head(feats).cpu()
+        report.checks.append(compare("view 0", e2e, model.forward_head(cached[:, 0]), tol, 1.0))
+        recorded = recorded_check(head_file(run).parent, record, fc, chosen, feats)
+        if recorded is None:
+            report.notes.append("no predictions.csv rows for these images: recorded predictions not checked")
+        else:
+            report.checks.append(recorded)
+        if fc.n_views > 1:
+            params = torch.from_numpy(fc.view_params[chosen, 1])
+            aug = model.forward_head(_features(model, pixels, params, batch_size)).cpu()
+            report.checks.append(compare("view 1 augmented", aug, model.forward_head(cached[:, 1]), tol, 1.0))
+        else:
+            report.notes.append("the cache holds one view: no augmented view to reproduce")
+    if matched:
+        model.optimize("fp32", backend="eager")
+    if precision != "fp32":
+        if matched:
+            with torch.inference_mode():
+                e2e = model.forward_head(_features(model, pixels, None, batch_size)).cpu()
+        report.checks.append(_precision_check(model, fc, root, chosen, pixels, e2e, precision, batch_size))
+    return report
+
+
+def _precision_check(
+    model: LeukemiaClassifier,
+    fc: FeatureCache,
+    root: Path,
+    chosen: np.ndarray,
+    pixels: torch.Tensor,
+    reference: torch.Tensor,
+    precision: str,
+    batch_size: int,
+) -> Check:
+    calibration = None
+    if precision == "int8":
+        rest = np.setdiff1d(np.arange(fc.n_images), chosen)
+        pick = (
+            rest[np.linspace(0, len(rest) - 1, min(CALIBRATION_IMAGES, len(rest))).astype(int)]
+            if len(rest)
+            else chosen
+        )
+        calibration = load_images([root / fc.paths[i] for i in pick], model.image_size, batch_size)
+    model.optimize(precision, calibration=calibration)
+    try:
+        with torch.inference_mode():
+            fast = model.forward_head(_features(model, pixels, None, batch_size)).cpu()
+    finally:
+        model.optimize("fp32", backend="eager")
+    return compare(f"{precision} vs fp32", fast, reference, None, MIN_PRECISION_AGREEMENT)
+
+
+def recorded_check(
+    run_dir: Path, record: dict[str, Any], fc: FeatureCache, chosen: np.ndarray, feats: torch.Tensor
+) -> Check | None:
+    """End-to-end features through the run's own fold and final heads vs its predictions.csv.
+
+    This catches a head file swapped in from another run, which the cached-path check cannot see.
+    """
+    path = run_dir / "predictions.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as fh:
+        rows = {row.get("path"): row for row in csv.DictReader(fh)}
+    heads = {"test": _head(record, record["state_dict"])}
+    for fold, state in enumerate(record.get("fold_state_dicts") or []):
+        heads[str(fold)] = _head(record, state)
+    mine, theirs = [], []
+    for k, i in enumerate(chosen):
+        row = rows.get(str(fc.paths[i]))
+        if row is None or not row.get("probability"):
+            continue
+        head = heads.get("test" if row.get("split") == "test" else str(row.get("fold")))
+        if head is None:
+            continue
+        prob = torch.softmax(head(feats[k : k + 1].to(next(head.parameters()).device)).double().cpu(), 1)[0]
+        score = prob[1] if len(prob) == 2 else prob.max()
+        mine.append(torch.stack([1 - score, score]))
+        recorded = float(row["probability"])
+        theirs.append(torch.tensor([1 - recorded, recorded], dtype=torch.float64))
+    if not mine:
+        return None
+    precision = str((record.get("train_config") or {}).get("precision", "fp32"))
+    return _check(
+        "recorded probs",
+        torch.stack(mine),
+        torch.stack(theirs),
+        None,
+        RECORDED_TOL.get(precision, RECORDED_TOL["bf16"]),
+        None,
+    )
+
+
+def _head(record: dict[str, Any], state: dict[str, torch.Tensor]) -> Head:
+    head = Head(**record["head_config"])
+    head.load_state_dict(state)
+    return head.eval()
+
+
+def _features(
+    model: LeukemiaClassifier, pixels: torch.Tensor, params: torch.Tensor | None, batch_size: int
+) -> torch.Tensor:
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        p = None if params is None else params[start : start + batch_size]
+        out.append(model.forward_features(pixels[start : start + batch_size], p).float())
+    return torch.cat(out)
+
+
+def _data_root(fc: FeatureCache, data: str | Path | None) -> Path:
+    root = data if data is not None else fc.attrs.get("data_root")
+    if not root:
+        raise FastallError(f"{fc.path}: the cache does not record its data root: pass --data DIR")
+    root = Path(str(root))
+    if not root.is_dir():
+        raise FastallError(f"{root}: data root of {fc.path} is not here: pass --data DIR")
+    return root
+
+
+def pick_images(labels: np.ndarray, n: int) -> np.ndarray:
+    """About ``n`` labelled images, evenly spread over each class (every class represented)."""
+    classes = sorted(int(c) for c in np.unique(labels[labels >= 0]))
+    if not classes:
+        raise FastallError("the cache holds no labelled images to verify against")
+    per = max(1, n // len(classes))
+    out = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        out.append(idx[np.unique(np.linspace(0, len(idx) - 1, min(per, len(idx))).round().astype(int))])
+    return np.concatenate(out)
+
+
+def load_images(paths: list[Path], size: int, batch_size: int = 16) -> torch.Tensor:
+    """Decode and resize ``paths`` (every file must be readable: a bad one is fatal)."""
+    chunks = []
+    for batch in iter_batches(paths, size, batch_size):
+        if batch.bad:
+            raise FastallError(f"{batch.bad[0][1]} (verify needs the original images)")
+        chunks.append(batch.images)
+    return torch.cat(chunks)
+
+
+def run_calibration_images(
+    run: str | Path, n: int = CALIBRATION_IMAGES, *, data: str | Path | None = None, size: int | None = None
+) -> torch.Tensor:
+    """Up to ``n`` of the run's own images (both classes), decoded and resized: int8 calibration data."""
+    record = load_head(head_file(run))
+    cache_path = Path(record.get("cache_path") or "")
+    if not cache_path.is_file():
+        raise FastallError(
+            f"{run}: int8 calibration needs the run's images, but its cache {cache_path} is not here"
+        )
+    fc = check_cache(record, read_cache(cache_path, load_features=False), head_file(run))
+    chosen = pick_images(fc.labels, n)
+    return load_images(
+        [_data_root(fc, data) / fc.paths[i] for i in chosen], size or int(record["key_params"]["image_size"])
+    )
+
+
+def render(report: VerifyReport):
+    """A rich table of the checks."""
+    from rich.table import Table
+
+    table = Table(title=f"verify {report.run}", caption=f"max |Δ| over the images; {report.rule}")
+    for col in ("check", "n", "Δlogit", "Δprob", "agree", "needs", "ok"):
+        table.add_column(col, justify="left" if col == "check" else "right", no_wrap=True)
+    for c in report.checks:
+        needs = " ".join(
+            ([f"{c.min_agreement:.1%}"] if c.min_agreement is not None else [])
+            + ([f"Δp≤{c.tol_prob:g}"] if c.tol_prob is not None else [])
+        )
+        dlogit = "-" if c.max_dlogit is None else f"{c.max_dlogit:.2g}"
+        table.add_row(
+            c.name,
+            str(c.images),
+            dlogit,
+            f"{c.max_dprob:.2g}",
+            f"{c.agreement:.1%}",
+            needs,
+            "[green]pass[/]" if c.passed else "[red]FAIL[/]",
+        )
+    return table

@@ -1,0 +1,4 @@
+"""Shared plumbing with one owner each: file safety (atomic files and folders), devices and precision, pids.
+
+May import only the shared contracts (``fastall.errors``). Imported by every stage.
+"""
