@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from e2e_helpers import cache_with, copy_run, shared_run
 
 from fastall.cli import cli
-from fastall.inference.verify import pick_images, verify_run
+from fastall.inference.precision import pick_images
+from fastall.inference.verify import verify_run
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +74,16 @@ def test_verify_refuses_swapped_weights(e2e, tmp_path):
 
 
 def test_verify_fails_numerically_when_weights_lie_about_their_sha(e2e, monkeypatch):
-    import fastall.inference.model as model_mod
+    import fastall.inference.artifacts as artifacts
 
-    real = model_mod.load_backbone
+    real = artifacts.load_backbone
 
     def impostor(weights, seed=0):
         _, info = real(weights, seed=seed)
         backbone, _ = real(weights, seed=seed + 1)
         return backbone, info
 
-    monkeypatch.setattr(model_mod, "load_backbone", impostor)
+    monkeypatch.setattr(artifacts, "load_backbone", impostor)
     report = verify_run(e2e.run, images=8)
     assert not report.passed
     assert report.checks[0].max_dprob > 1e-2 or report.checks[0].agreement < 1
