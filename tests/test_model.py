@@ -176,3 +176,48 @@ def test_export_cli_and_unwritable_target(e2e, tmp_path):
     )
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "cannot write" in result.output
     assert not (tmp_path / "no").exists()
+
+
+def test_optimize_returns_a_new_model_and_leaves_the_original(model, images):
+    fast = model.optimize("bf16", backend="eager")
+    assert fast is not model and fast.precision == "bf16" and fast.runtime is not None
+    assert model.precision == "fp32" and model.runtime is None and model.backend == "eager"
+    assert fast.backbone is model.backbone and fast.head is model.head
+    with torch.inference_mode():
+        assert torch.equal(model(images), model.optimize("fp32", backend="eager")(images))
+
+
+def test_predict_loader_reads_each_file_once(e2e, monkeypatch):
+    import fastall.inference.artifacts as artifacts
+    from fastall.inference.artifacts import load_for_inference
+
+    reads: list[str] = []
+    real_load, real_read_cache = torch.load, artifacts.read_cache
+
+    def counting_load(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_load(path, *args, **kwargs)
+
+    def counting_read_cache(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_read_cache(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    monkeypatch.setattr(artifacts, "read_cache", counting_read_cache)
+    model = load_for_inference(e2e.run, precision="int8")
+    assert model.precision == "int8"
+    assert sorted(reads) == sorted(["head.pt", e2e.cache.name])
+
+
+def test_head_file_format_is_shared_with_training(e2e):
+    from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
+    from fastall.training import train_head
+
+    blob = torch.load(Path(e2e.run) / "head.pt", weights_only=True)
+    assert (blob["format"], blob["format_version"]) == (HEAD_FORMAT, HEAD_VERSION)
+    assert train_head.HEAD_FORMAT is HEAD_FORMAT
+    head = Head.from_state(None, blob["fold_state_dicts"][0])
+    assert head.config() == {**blob["head_config"], "dropout": 0.5} and not head.training
+    with pytest.raises(FastallError, match="do not fit") as err:
+        Head.from_state({**blob["head_config"], "hidden": 3}, blob["state_dict"])
+    assert "\n" not in str(err.value)

@@ -132,3 +132,33 @@ def test_pick_images_covers_every_class():
 def test_verify_accepts_a_head_file_path(e2e):
     report = verify_run(Path(e2e.run) / "head.pt", images=4)
     assert report.passed
+
+
+def test_calibration_pick_is_disjoint_from_the_checked_images_and_covers_every_class():
+    import numpy as np
+
+    from fastall.inference.precision import calibration_pick
+
+    labels = np.array([0] * 10 + [1] * 6 + [-1] * 4)
+    checked = pick_images(labels, 8)
+    calib = calibration_pick(labels, checked, 4)
+    assert not set(calib) & set(checked) and set(labels[calib]) == {0, 1}
+    everything = np.flatnonzero(labels >= 0)
+    assert list(calibration_pick(labels, everything, 3)) == list(everything[:3])  # nothing left: checked ones
+    assert set(labels[calibration_pick(labels)]) == {0, 1}
+
+
+def test_one_agreement_rule_decides_export_bench_and_verify(monkeypatch):
+    import fastall.inference.precision as precision
+
+    ref = torch.tensor([[2.0, 0.0]] * 199 + [[0.0, 2.0]])
+    one_flip = ref.clone()
+    one_flip[0] = torch.tensor([0.0, 2.0])
+    trial = precision.compare_logits("int8", "jit", ref, one_flip)
+    assert trial.agreement == 0.995 and trial.agrees and trial.images == 200
+    assert trial.fp32_positive_rate == 0.005 and trial.max_dlogit == 2.0
+    two_flips = one_flip.clone()
+    two_flips[1] = torch.tensor([0.0, 2.0])
+    assert not precision.compare_logits("int8", "jit", ref, two_flips).agrees
+    monkeypatch.setattr(precision, "MIN_PRECISION_AGREEMENT", 1.0)
+    assert not trial.agrees
