@@ -147,8 +147,8 @@ class RunFolder:
         try:
             if self.cache_path is None or not self.cache_path.is_file():
                 raise FastallError(
-                    f"{self.run}: {needed_for} needs the run's cache {self.cache_path or '(not recorded)'}, "
-                    f"which is not here{hint}"
+                    f"{self.run}: the run's cache {self.cache_path or '(not recorded)'} is not here "
+                    f"({needed_for} needs it){hint}"
                 )
             fc = read_cache(self.cache_path, load_features=False)
             self._cache = check_cache(self.record, fc, self.head_path)
@@ -259,7 +259,7 @@ def load_run(
     """Rebuild RUN's model from ``RUN/head.pt``; with ``cache`` also refuse a cache it was not trained on."""
     folder = open_run(run, cache=cache)
     if cache is not None:
-        folder.cache("checking the cache", hint=": pass --cache PATH")
+        folder.cache("the cache check", hint=": pass --cache PATH")
     return model_from_run(folder, weights_path=weights_path, device=device)
 
 
