@@ -24,16 +24,16 @@ from pathlib import Path
 import torch
 import torchvision
 
-from fastall.data.loader import default_workers, find_images
+from fastall.data.loader import default_workers
 from fastall.data.synth import synthesize
+from fastall.data.walk import find_images
 from fastall.features.extract import extract
+from fastall.inference.artifacts import RunFolder, model_from_run, open_run
 from fastall.inference.bench import PAPER_CLAIMS_MS, latency, machine_info, throughput
-from fastall.inference.deploy import run_images
-from fastall.inference.model import LeukemiaClassifier
+from fastall.inference.precision import agrees, calibration_pick, logits, pick_images, try_precision
 from fastall.training.train_head import train_head
 
 CPU_TARGET_MS = 30.0
-MIN_AGREEMENT = 0.995
 DEFAULTS = {
     "cpu": {"configs": "fp32,fp32-jit,bf16-jit,bf16-compile,int8-jit", "batch_sizes": "1,8,32"},
     "cuda": {"configs": "fp32,bf16,fp16", "batch_sizes": "1,8,32,256"},
@@ -88,9 +88,15 @@ def wait_quiet(max_wait_s: float, threshold: float = 0.15, quiet_samples: int = 
     return time.perf_counter() - start
 
 
-@torch.inference_mode()
-def logits(model: LeukemiaClassifier, pixels: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(c).double().cpu() for c in pixels.split(32)])
+def run_images(folder: RunFolder, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(checked, calibration)``: what `fastall export --precision auto` checks on and calibrates with."""
+    labels = folder.cache("the benchmark").labels
+    checked = pick_images(labels, n)
+    calibration = calibration_pick(labels, checked)
+    return (
+        folder.images(checked, needed_for="the benchmark"),
+        folder.images(calibration, needed_for="the benchmark"),
+    )
 
 
 def main() -> None:
@@ -123,27 +129,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fastall-inference-") as tmp:
         run = make_run(Path(tmp), args.device, args.patients, args.per_patient, args.image_size)
         files, _ = find_images([Path(tmp) / "data"])
-        checked, calibration = run_images(run, args.check_images)
-        model = LeukemiaClassifier.from_run(run, device=args.device)
-        model.optimize("fp32", backend="eager")
-        reference = logits(model, checked)
+        folder = open_run(run)
+        checked, calibration = run_images(folder, args.check_images)
+        base = model_from_run(folder, device=args.device)
+        reference = logits(base, checked)
         print(f"set-up {time.perf_counter() - t0:.0f}s; {len(checked)} checked images", flush=True)
         results = {}
         for name in configs:
             precision, _, backend = name.partition("-")
             t = time.perf_counter()
-            model.optimize(
+            model, trial = try_precision(
+                base,
+                checked,
                 precision,
-                calibration=calibration if precision == "int8" else None,
+                calibration=calibration,
                 backend=backend or "eager",
+                reference=reference,
             )
-            fast = logits(model, checked)
-            dprob = (torch.softmax(fast, 1) - torch.softmax(reference, 1)).abs()
             agree = {
-                "agreement": float((fast.argmax(1) == reference.argmax(1)).double().mean()),
-                "images": len(checked),
-                "max_dprob": float(dprob.max()),
-                "mean_dprob": float(dprob.mean()),
+                "agreement": trial.agreement,
+                "images": trial.images,
+                "max_dprob": trial.max_dprob,
+                "mean_dprob": trial.mean_dprob,
             }
             waited = wait_quiet(args.wait_quiet) if args.wait_quiet else 0.0
             busy_before = cpu_busy(0.5)
@@ -209,7 +216,7 @@ def summarize(results: dict, device: str) -> dict:
                 for t, b in zip(r["throughput"], base["throughput"], strict=True)
             },
         }
-    ok = {n: r for n, r in results.items() if r["agreement_vs_fp32"]["agreement"] >= MIN_AGREEMENT}
+    ok = {n: r for n, r in results.items() if agrees(r["agreement_vs_fp32"]["agreement"])}
     name = min(ok, key=lambda n: ok[n]["latency_batch1"]["end_to_end"]["p50_ms"]) if ok else None
     chosen = None
     if name is not None:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from fastall.errors import FastallError
+
+HEAD_FORMAT, HEAD_VERSION = "fastall-head", 1  # head.pt, written by train-head, read by inference
 
 
 class Head(nn.Module):
@@ -33,6 +39,18 @@ class Head(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(torch.relu(self.fc1(self.standardize(features)))))
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any] | None, state: dict[str, torch.Tensor]) -> Head:
+        """The one way to rebuild a head: sizes from ``config`` (or, if None, from the state dict), weights
+        loaded, eval mode. A state that does not fit raises a one-line ``FastallError``."""
+        try:
+            head = cls(**(config if config is not None else _sizes(state)))
+            head.load_state_dict(state)
+        except (TypeError, RuntimeError, KeyError, AttributeError, ValueError) as err:
+            first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            raise FastallError(f"head weights do not fit head_config {config}: {first}") from None
+        return head.eval()
 
     def config(self) -> dict:
         return {
@@ -65,7 +83,13 @@ def head_state_dict(
 
 def head_from_state_dict(state: dict[str, torch.Tensor], dropout: float = 0.5) -> Head:
     """Rebuild a :class:`Head` (sizes read from the state dict) and load it."""
+    return Head.from_state({**_sizes(state), "dropout": dropout}, state)
+
+
+def _sizes(state: dict[str, torch.Tensor]) -> dict[str, int]:
     hidden, in_features = state["fc1.weight"].shape
-    head = Head(in_features, hidden, dropout, state["fc2.weight"].shape[0])
-    head.load_state_dict(state)
-    return head
+    return {
+        "in_features": int(in_features),
+        "hidden": int(hidden),
+        "classes": int(state["fc2.weight"].shape[0]),
+    }

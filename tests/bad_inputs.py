@@ -138,6 +138,18 @@ def _pickled_code() -> bytes:
     return buf.getvalue()
 
 
+def _fifo_beside_an_image(folder: Path) -> None:
+    (folder / "cell.bmp").write_bytes(_bmp_bytes(_cell()))
+    os.mkfifo(folder / "fifo.bmp")
+
+
+def _predict_folder(env: Env, fill: Callable[[Path], None]) -> list[str]:
+    folder = env.tmp / "folder"
+    folder.mkdir()
+    fill(folder)
+    return ["predict", str(env.run), str(folder), "--out", str(env.tmp / "p.csv")]
+
+
 CASES: list[Case] = [
     Case(
         "image",
@@ -295,6 +307,26 @@ CASES: list[Case] = [
         "head file that is text",
         lambda e: ["verify", str(_fake_run(e, b"hello\n"))],
         fragments=("head.pt",),
+    ),
+    # arch-inference: the one walker (non-regular entries reported, never opened), the one device resolver
+    Case(
+        "image",
+        "named pipe (FIFO) in a folder given to predict (reported, never opened)",
+        lambda e: _predict_folder(e, _fifo_beside_an_image),
+        expect="reported",
+        fragments=("fifo.bmp", "special file"),
+    ),
+    Case(
+        "device",
+        "--device cuda:7, a GPU that is not here",
+        lambda e: ["predict", str(e.run), str(e.data), "--out", str(e.tmp / "p.csv"), "--device", "cuda:7"],
+        fragments=("cuda:7",),
+    ),
+    Case(
+        "device",
+        "unknown --device name",
+        lambda e: ["verify", str(e.run), "--device", "gpu"],
+        fragments=("gpu", "cuda:N"),
     ),
 ]
 

@@ -123,3 +123,17 @@ def test_cli_offline_exit_code_2(monkeypatch, tmp_path):
     assert "Error:" in result.output and "resnet50-0676ba61.pth" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.lock").exists()
+
+
+def test_build_backbone_is_the_one_builder(full_state):
+    from fastall.features.backbone import build_backbone
+
+    built = build_backbone("resnet50", full_state, "test")
+    assert not built.training and not any(p.requires_grad for p in built.parameters())
+    assert built.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    without_fc = {k: v for k, v in full_state.items() if not k.startswith("fc.")}
+    assert state_dict_sha256(built.state_dict()) == state_dict_sha256(without_fc)
+    with pytest.raises(WeightsUnavailable, match="unknown backbone 'vit'"):
+        build_backbone("vit", full_state, "test")
+    with pytest.raises(WeightsUnavailable, match="not a ResNet-50 state dict"):
+        build_backbone("resnet50", {"conv1.weight": full_state["conv1.weight"]}, "test")

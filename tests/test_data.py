@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import MANIFEST
 
@@ -308,6 +309,11 @@ def _case_self_symlink(b):
     return "training_data/fold_0/all/UID_1_98_1_all.bmp", "symlink loop", False
 
 
+def _case_fifo(b):
+    os.mkfifo(b / "training_data/fold_0/all/UID_1_97_1_all.bmp")
+    return "training_data/fold_0/all/UID_1_97_1_all.bmp", "special file", False
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("_case_")]
 
 
@@ -386,3 +392,76 @@ def test_unreadable_folder_is_a_problem(synth_tree, tmp_path, monkeypatch):
     assert not any(r.rel_path.startswith("C-NMC_Leukemia/training_data/fold_0/all/") for r in ds.records)
     with pytest.raises(FastallError, match="fatal problem"):
         ds.check()
+
+
+def _odd_tree(top: Path) -> Path:
+    """Images beside hidden files and folders, a nested folder, a text file and non-regular entries."""
+    from PIL import Image
+
+    for rel in ("a/x.bmp", "a/.y.bmp", "a/.hidden/z.bmp", "a/deeper/w.png", "b/v.bmp"):
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (120, 30, 200)).save(top / rel, format="PNG")
+    (top / "b" / "notes.txt").write_text("not an image")
+    os.symlink("nowhere.bmp", top / "a" / "broken.bmp")
+    os.symlink("loop.bmp", top / "a" / "loop.bmp")
+    os.mkfifo(top / "b" / "pipe.bmp")
+    os.symlink("..", top / "b" / "up")
+    return top
+
+
+def test_one_walker_skips_hidden_entries_and_reports_what_is_not_a_file(tmp_path):
+    from fastall.data.walk import find_images, walk_files
+
+    top = _odd_tree(tmp_path / "t")
+    problems = []
+    files = list(walk_files(top, lambda path, message: problems.append((Path(path).name, message))))
+    assert [f.relative_to(top).as_posix() for f in files] == [
+        "a/x.bmp",
+        "a/deeper/w.png",
+        "b/notes.txt",
+        "b/v.bmp",
+    ]
+    assert sorted(problems) == [
+        ("broken.bmp", "broken symlink (target missing)"),
+        ("loop.bmp", "symlink loop"),
+        ("pipe.bmp", "special file (not a regular file or folder)"),
+        ("up", "folder reached twice (symlink loop?)"),
+    ]
+    paths, found_problems = find_images([top, top / "a" / "x.bmp", tmp_path / "gone"])
+    assert [p.relative_to(top).as_posix() for p in paths] == ["a/x.bmp", "a/deeper/w.png", "b/v.bmp"]
+    assert {Path(p).name for p, _ in found_problems} == {"broken.bmp", "loop.bmp", "pipe.bmp", "up", "gone"}
+
+
+def test_discovery_and_predict_walk_the_same_files(tmp_path):
+    from fastall.data.walk import IMAGE_EXTENSIONS, find_images
+
+    top = _odd_tree(tmp_path / "t")
+    (top / "b" / "up").unlink()  # discovery walks each class folder: a link up would reach the other class
+    ds = discover(top)
+    discovered = sorted(r.path for r in ds.records)
+    assert discovered == sorted(p for p in find_images([top])[0] if p.suffix.lower() in IMAGE_EXTENSIONS)
+    assert not any(".hidden" in str(p) for p in discovered)
+    assert any(p.message.startswith("not an image file") for p in ds.problems)
+
+
+def test_predict_and_extract_decode_the_same_pixels(synth_tree):
+    from fastall.data.loader import iter_batches
+    from fastall.features.loop import ImageViews
+
+    records = discover(synth_tree).records[:5]
+    views = ImageViews(records, list(range(len(records))), 24, seed=0, views=2)
+    batch = next(iter_batches([r.path for r in records], 24, batch_size=5))
+    for k in range(len(records)):
+        image, params, index, error = views[k]
+        assert error == "" and index == k and params.shape[0] == 2
+        assert torch.equal(image, batch.images[k])
+
+
+def test_extract_views_of_an_unreadable_image_are_zeros_with_the_message(tmp_path):
+    from fastall.data.records import Record
+    from fastall.features.loop import ImageViews
+
+    bad = tmp_path / "bad.bmp"
+    bad.write_bytes(b"")
+    image, _, _, error = ImageViews([Record(bad, "bad.bmp", 0, "all", "p", "x")], [0], 16, 0, 1)[0]
+    assert not image.any() and image.shape == (3, 16, 16) and "bad.bmp: empty file" in error

@@ -14,7 +14,7 @@ from e2e_helpers import shared_run
 from PIL import Image
 
 from fastall.cli import cli
-from fastall.inference.model import LeukemiaClassifier
+from fastall.inference.artifacts import load_run
 from fastall.inference.predict import predict_paths
 
 
@@ -134,7 +134,7 @@ def test_stale_sidecar_is_removed_and_unwritable_output_refused(e2e, tmp_path):
 
 
 def test_predict_paths_library(e2e):
-    model = LeukemiaClassifier.from_run(e2e.run)
+    model = load_run(e2e.run)
     seen = []
     preds = predict_paths(model, [e2e.data], batch_size=5, progress=lambda done, total: seen.append(done))
     assert len(preds.paths) == preds.probs.shape[0] == seen[-1] and preds.skipped == []

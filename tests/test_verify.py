@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from e2e_helpers import cache_with, copy_run, shared_run
 
 from fastall.cli import cli
-from fastall.inference.verify import pick_images, verify_run
+from fastall.inference.precision import pick_images
+from fastall.inference.verify import verify_run
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +74,16 @@ def test_verify_refuses_swapped_weights(e2e, tmp_path):
 
 
 def test_verify_fails_numerically_when_weights_lie_about_their_sha(e2e, monkeypatch):
-    import fastall.inference.model as model_mod
+    import fastall.inference.artifacts as artifacts
 
-    real = model_mod.load_backbone
+    real = artifacts.load_backbone
 
     def impostor(weights, seed=0):
         _, info = real(weights, seed=seed)
         backbone, _ = real(weights, seed=seed + 1)
         return backbone, info
 
-    monkeypatch.setattr(model_mod, "load_backbone", impostor)
+    monkeypatch.setattr(artifacts, "load_backbone", impostor)
     report = verify_run(e2e.run, images=8)
     assert not report.passed
     assert report.checks[0].max_dprob > 1e-2 or report.checks[0].agreement < 1
@@ -131,3 +132,33 @@ def test_pick_images_covers_every_class():
 def test_verify_accepts_a_head_file_path(e2e):
     report = verify_run(Path(e2e.run) / "head.pt", images=4)
     assert report.passed
+
+
+def test_calibration_pick_is_disjoint_from_the_checked_images_and_covers_every_class():
+    import numpy as np
+
+    from fastall.inference.precision import calibration_pick
+
+    labels = np.array([0] * 10 + [1] * 6 + [-1] * 4)
+    checked = pick_images(labels, 8)
+    calib = calibration_pick(labels, checked, 4)
+    assert not set(calib) & set(checked) and set(labels[calib]) == {0, 1}
+    everything = np.flatnonzero(labels >= 0)
+    assert list(calibration_pick(labels, everything, 3)) == list(everything[:3])  # nothing left: checked ones
+    assert set(labels[calibration_pick(labels)]) == {0, 1}
+
+
+def test_one_agreement_rule_decides_export_bench_and_verify(monkeypatch):
+    import fastall.inference.precision as precision
+
+    ref = torch.tensor([[2.0, 0.0]] * 199 + [[0.0, 2.0]])
+    one_flip = ref.clone()
+    one_flip[0] = torch.tensor([0.0, 2.0])
+    trial = precision.compare_logits("int8", "jit", ref, one_flip)
+    assert trial.agreement == 0.995 and trial.agrees and trial.images == 200
+    assert trial.fp32_positive_rate == 0.005 and trial.max_dlogit == 2.0
+    two_flips = one_flip.clone()
+    two_flips[1] = torch.tensor([0.0, 2.0])
+    assert not precision.compare_logits("int8", "jit", ref, two_flips).agrees
+    monkeypatch.setattr(precision, "MIN_PRECISION_AGREEMENT", 1.0)
+    assert not trial.agrees

@@ -217,7 +217,7 @@ def predict(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.text import Text
 
-    from fastall.inference.deploy import load_for_inference
+    from fastall.inference.artifacts import load_for_inference
     from fastall.inference.predict import predict_paths, write_predictions
 
     model = load_for_inference(
@@ -279,7 +279,7 @@ def export_cmd(
     run: str, out: str, precision: str, images: int, data: str | None, weights_path: str | None
 ) -> None:
     """Write one self-contained model file (torch.load(weights_only=True)) for deployment."""
-    from fastall.inference.deploy import export_deployable
+    from fastall.inference.export import export_deployable
 
     path, choice = export_deployable(
         run,

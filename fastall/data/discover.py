@@ -9,14 +9,14 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
+from fastall.data.records import Dataset, Record
+from fastall.data.walk import IMAGE_EXTENSIONS, walk_files
 from fastall.errors import FastallError
 
-IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 CNMC_CLASSES = ["hem", "all"]
 OPTIONAL_SOURCES = ("prelim", "testing")
 TRAINING_DIR = "training_data"
@@ -29,140 +29,6 @@ CNMC_PATTERN = "UID_<patient>_<image>_<cell>_<all|hem>.bmp"
 
 _CNMC_NAME = re.compile(r"UID_(H?\d+)_\d+_\d+_(all|hem)\.(?:bmp|png|jpe?g|tiff?)", re.IGNORECASE)
 _FOLD = re.compile(r"fold_\d+")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One image. ``label`` is -1 (and ``class_name`` None) for unlabelled images."""
-
-    path: Path
-    rel_path: str
-    label: int
-    class_name: str | None
-    patient: str
-    source: str
-
-
-@dataclass
-class Problem:
-    """Something wrong with one file or folder; fatal problems make the dataset unusable."""
-
-    path: str
-    message: str
-    fatal: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-@dataclass
-class Dataset:
-    """The discovered images (sorted by source, then rel_path) and everything found wrong on the way."""
-
-    root: Path
-    layout: str
-    records: list[Record] = field(default_factory=list)
-    class_names: list[str] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def add_problem(self, path: str | Path, message: str, fatal: bool = False) -> None:
-        self.problems.append(Problem(str(path), message, fatal))
-
-    @property
-    def fatal_problems(self) -> list[Problem]:
-        return [p for p in self.problems if p.fatal]
-
-    def labelled(self) -> list[Record]:
-        return [r for r in self.records if r.label >= 0]
-
-    def unlabelled(self) -> list[Record]:
-        return [r for r in self.records if r.label < 0]
-
-    @property
-    def sources(self) -> list[str]:
-        return sorted({r.source for r in self.records})
-
-    def patients(self) -> list[str]:
-        """Distinct patients of the labelled images."""
-        return sorted({r.patient for r in self.labelled()})
-
-    def class_counts(self) -> dict[str, int]:
-        """Labelled images per class name (every class, zeros included)."""
-        return _tally(self.records, self.class_names)["per_class"]
-
-    def patient_class_counts(self) -> dict[str, int]:
-        """Distinct patients per class name."""
-        return _tally(self.records, self.class_names)["patients_per_class"]
-
-    def patient_counts(self) -> dict[str, int]:
-        """Labelled images per patient."""
-        return dict(sorted(Counter(r.patient for r in self.labelled()).items()))
-
-    def source_counts(self) -> dict[str, dict]:
-        """Per source: images, labelled patients, unlabelled images, and images and patients per class."""
-        return {s: _tally([r for r in self.records if r.source == s], self.class_names) for s in self.sources}
-
-    def check(self, *, training: bool = True) -> None:
-        """Raise a one-line ``FastallError`` on fatal problems, no images or (training) one class."""
-        fatal = self.fatal_problems
-        if fatal:
-            raise FastallError(
-                f"{len(fatal)} fatal problem(s) in {self.root}, first: {fatal[0]} "
-                f"(run `fastall scan {self.root}` for the full list)"
-            )
-        if not self.records:
-            raise FastallError(
-                f"no images found in {self.root} (expected C-NMC_Leukemia/training_data/"
-                "fold_*/{all,hem}/*.bmp or <root>/<class>/<images>)"
-            )
-        if training:
-            present = [c for c, n in self.class_counts().items() if n]
-            if len(present) < 2:
-                found = present[0] if present else "none"
-                raise FastallError(
-                    f"{self.root}: training needs labelled images of at least two classes, found: {found}"
-                )
-
-    def summary(self) -> dict:
-        """JSON-ready counts, warnings and problems (what `fastall scan` shows)."""
-        total = _tally(self.records, self.class_names)
-        n = total["images"] - total["unlabelled"]
-        return {
-            "root": str(self.root),
-            "layout": self.layout,
-            "class_names": list(self.class_names),
-            "images": total["images"],
-            "labelled_images": n,
-            "unlabelled_images": total["unlabelled"],
-            "patients": total["patients"],
-            "per_class": {
-                c: {
-                    "label": i,
-                    "images": total["per_class"][c],
-                    "patients": total["patients_per_class"][c],
-                    "fraction": round(total["per_class"][c] / n, 4) if n else 0.0,
-                }
-                for i, c in enumerate(self.class_names)
-            },
-            "per_source": self.source_counts(),
-            "warnings": list(self.warnings),
-            "problems": [asdict(p) for p in self.problems],
-            "fatal_problems": len(self.fatal_problems),
-        }
-
-
-def _tally(records: list[Record], class_names: list[str]) -> dict:
-    labelled = [r for r in records if r.label >= 0]
-    images = Counter(r.class_name for r in labelled)
-    patients = {c: {r.patient for r in labelled if r.class_name == c} for c in class_names}
-    return {
-        "images": len(records),
-        "patients": len({r.patient for r in labelled}),
-        "unlabelled": len(records) - len(labelled),
-        "per_class": {c: images.get(c, 0) for c in class_names},
-        "patients_per_class": {c: len(patients[c]) for c in class_names},
-    }
 
 
 def parse_cnmc_name(name: str) -> tuple[str, str] | None:
@@ -225,41 +91,6 @@ def _parse_include(include: Iterable[str] | str) -> set[str]:
     return wanted
 
 
-def _walk(top: Path, ds: Dataset) -> Iterator[Path]:
-    """Files under ``top``, sorted, hidden entries skipped; symlinked folders followed once (no loops)."""
-    seen: set[tuple[int, int]] = set()
-    stack = [top]
-    while stack:
-        folder = stack.pop()
-        try:
-            st = folder.stat()
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                ds.add_problem(folder, "folder reached twice (symlink loop?); skipped")
-                continue
-            seen.add(key)
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as err:
-            ds.add_problem(folder, f"cannot read folder ({err.strerror or err}); skipped")
-            continue
-        subdirs = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir():
-                    subdirs.append(Path(entry.path))
-                    continue
-                if entry.is_file():
-                    yield Path(entry.path)
-                    continue
-            except OSError:
-                pass
-            ds.add_problem(entry.path, "broken symlink, symlink loop or special file; skipped")
-        stack.extend(reversed(subdirs))
-
-
 def _subdirs(folder: Path) -> list[Path]:
     try:
         return sorted(
@@ -297,7 +128,7 @@ def _rel(ds: Dataset, path: Path) -> str:
 def _images(ds: Dataset, folder: Path) -> list[Path]:
     """Image files under ``folder``; every other file is a (non-fatal) problem."""
     images = []
-    for path in _walk(folder, ds):
+    for path in walk_files(folder, lambda where, message: ds.add_problem(where, f"{message}; skipped")):
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(path)
         else:

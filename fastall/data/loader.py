@@ -1,25 +1,48 @@
-"""Image files -> batches of uint8 ``[B, 3, S, S]`` for inference, decoding ahead of the model.
+"""Image files -> uint8 ``[3, S, S]`` pixels: the one decode+resize, as a dataset and as batches.
 
-Each file is decoded (``fastall.data.images.decode_image``) and resized
-(``fastall.preprocess.resize_uint8``) on
-its own, exactly as ``extract`` does; bad files come back as ``(index, message)`` instead of pixels. With
-workers, decoding runs in DataLoader processes so that a GPU never waits for Pillow.
+Each file is decoded (``fastall.data.images.decode_image``) and resized (``fastall.preprocess.resize_uint8``)
+on its own, channels_last for the fast uint8 kernel: exactly what `extract` feeds the backbone, so `predict`,
+`verify` and `export` see the pixels the cache was made from. Bad files come back as a message instead of
+pixels. With workers, decoding runs in DataLoader processes so that a GPU never waits for Pillow.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastall.data.discover import IMAGE_EXTENSIONS
 from fastall.data.images import decode_image
 from fastall.errors import FastallError
 from fastall.preprocess import resize_uint8
+
+
+def decode_resized(path: str | Path, size: int) -> torch.Tensor:
+    """uint8 ``[3, size, size]`` of one file (``BadImageError`` if it cannot be decoded)."""
+    pixels = decode_image(path)[None].contiguous(memory_format=torch.channels_last)
+    return resize_uint8(pixels, size)[0]
+
+
+class ImageFiles(Dataset):
+    """Item ``i``: ``(i, pixels, None)``, or ``(i, None, message)`` for a file that cannot be decoded."""
+
+    def __init__(self, paths: Sequence[str | Path], size: int) -> None:
+        self.paths, self.size = [Path(p) for p in paths], size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return i, decode_resized(self.paths[i], self.size), None
+        except FastallError as err:
+            return i, None, str(err).splitlines()[0]
+        except Exception as err:  # noqa: BLE001 - a bad file must never stop the others
+            return i, None, f"{self.paths[i]}: cannot decode ({type(err).__name__}: {err})"
 
 
 @dataclass
@@ -33,22 +56,6 @@ class Batch:
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread, so that the copy to the GPU can overlap compute."""
         return Batch(self.indices, self.images.pin_memory(), self.bad)
-
-
-class _Files(Dataset):
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
-        self.paths, self.size = list(paths), size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            return i, resize_uint8(decode_image(self.paths[i]), self.size), None
-        except FastallError as err:
-            return i, None, str(err).splitlines()[0]
-        except Exception as err:  # noqa: BLE001 - a bad file must never stop the others
-            return i, None, f"{self.paths[i]}: cannot decode ({type(err).__name__}: {err})"
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
@@ -65,7 +72,7 @@ def iter_batches(
     if batch_size < 1:
         raise FastallError(f"batch size must be at least 1, got {batch_size}")
     loader = DataLoader(
-        _Files([Path(p) for p in paths], size),
+        ImageFiles(paths, size),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -77,60 +84,21 @@ def iter_batches(
     yield from loader
 
 
+def load_images(
+    paths: Sequence[str | Path], size: int, batch_size: int = 16, *, needed_for: str
+) -> torch.Tensor:
+    """All of ``paths`` decoded and resized, ``[N, 3, size, size]``; a bad file is fatal (``needed_for``
+    completes the message, e.g. "verify needs the original images")."""
+    chunks = []
+    for batch in iter_batches(paths, size, batch_size):
+        if batch.bad:
+            raise FastallError(f"{batch.bad[0][1]} ({needed_for})")
+        chunks.append(batch.images)
+    return torch.cat(chunks) if chunks else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+
 def default_workers(device: torch.device | str) -> int:
     """Decoder processes: none on the CPU (the cores run the model), most cores for a GPU."""
     if torch.device(device).type == "cpu":
         return 0
     return max(1, min(16, (os.cpu_count() or 2) - 1))
-
-
-def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given plus image files found under folders (recursively, sorted, no duplicates).
-
-    Returns ``(paths, problems)``; problems are missing inputs or unreadable folders, as ``(path, reason)``.
-    """
-    found: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    seen: set[str] = set()
-
-    def add(path: Path) -> None:
-        key = os.path.abspath(path)
-        if key not in seen:
-            seen.add(key)
-            found.append(path)
-
-    for raw in inputs:
-        top = Path(raw)
-        if top.is_dir():
-            for path in _walk(top, problems):
-                add(path)
-        elif top.is_file() or top.is_symlink():
-            add(top)
-        else:
-            problems.append((str(top), "no such file or folder"))
-    return found, problems
-
-
-def _walk(top: Path, problems: list[tuple[str, str]]) -> list[Path]:
-    out: list[Path] = []
-    seen_dirs: set[tuple[int, int]] = set()
-
-    def onerror(err: OSError) -> None:
-        problems.append((str(err.filename), f"cannot read folder ({err.strerror or err})"))
-
-    for folder, dirs, files in os.walk(top, onerror=onerror, followlinks=True):
-        try:
-            st = os.stat(folder)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            problems.append((folder, "symlink loop (folder already visited)"))
-            dirs[:] = []
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        dirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                out.append(Path(folder) / name)
-    return out

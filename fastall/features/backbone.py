@@ -80,7 +80,12 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.channels_last) if t.dim() == 4 else t.clone()
 
 
-def _build(state: dict[str, torch.Tensor], origin: str) -> nn.Module:
+def build_backbone(name: str, state: dict, origin: str = "state dict") -> nn.Module:
+    """The one place a backbone is built: ``name`` (``resnet50``) from a state dict (``fc`` entries and a
+    ``module.`` prefix dropped): eval mode, frozen, channels_last, on the CPU."""
+    if name != "resnet50":
+        raise WeightsUnavailable(f"{origin}: unknown backbone {name!r} (fastall builds resnet50)")
+    state = _strip(state, origin)
     model = _empty_model()
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -95,7 +100,7 @@ def _build(state: dict[str, torch.Tensor], origin: str) -> nn.Module:
         raise WeightsUnavailable(
             f"{origin}: tensor shapes do not fit ResNet-50: {str(err).splitlines()[-1].strip()}"
         ) from None
-    return model
+    return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
 @functools.lru_cache(maxsize=2)
@@ -157,13 +162,10 @@ def load_backbone(weights: str = "imagenet1k_v1", seed: int = 0) -> tuple[nn.Mod
         (state, sha), name, source = _random_state(seed), "none", f"random-init seed={seed}"
         warnings.append(RANDOM_INIT_WARNING)
     elif key in TORCHVISION_WEIGHTS:
-        raw, source = _torchvision_state(key)
-        state, name = _strip(raw, source), key
+        (state, source), name = _torchvision_state(key), key
     else:
         path = Path(weights).expanduser()
-        state, name, source = _strip(_file_state(path), str(path)), "file", str(path.resolve())
-    model = _build(state, source)
-    model.eval().requires_grad_(False)
-    model = model.to(memory_format=torch.channels_last)
+        state, name, source = _file_state(path), "file", str(path.resolve())
+    model = build_backbone("resnet50", state, source)
     sha = sha or state_dict_sha256(model.state_dict())
     return model, BackboneInfo(name="resnet50", weights=name, sha256=sha, source=source, warnings=warnings)

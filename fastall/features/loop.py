@@ -30,12 +30,12 @@ from rich.progress import (
 from rich.text import Text
 from torch.utils.data import DataLoader
 
-from fastall.data.discover import Record
-from fastall.data.images import BadImageError, decode_image
+from fastall.data.loader import ImageFiles
+from fastall.data.records import Record
 from fastall.errors import FastallError
 from fastall.features.augment import draw_view_params
 from fastall.features.shards import PartialStore
-from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_uint8
+from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from fastall.system.files import kill_point
 
 MAX_PENDING_WRITES = 2
@@ -43,10 +43,13 @@ CHUNK = 32  # images per worker task: the first batch starts at once, little sha
 
 
 class ImageViews(torch.utils.data.Dataset):
-    """Worker side: decode + resize to uint8 ``[3, S, S]`` and draw the view parameters of one image."""
+    """Worker side: one image decoded + resized (``ImageFiles``, uint8 ``[3, S, S]``) and its view parameters.
+
+    An unreadable image comes back as zeros with its message, for the main process to skip or refuse.
+    """
 
     def __init__(self, records: list[Record], todo: list[int], size: int, seed: int, views: int) -> None:
-        self.paths = [str(records[i].path) for i in todo]
+        self.files = ImageFiles([records[i].path for i in todo], size)
         self.todo, self.size, self.seed, self.views = todo, size, seed, views
 
     def __len__(self) -> int:
@@ -55,12 +58,10 @@ class ImageViews(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
         index = self.todo[k]
         params = torch.from_numpy(draw_view_params(self.seed, [index], self.views)[0])
-        try:
-            pixels = decode_image(self.paths[k])[None].contiguous(memory_format=torch.channels_last)
-            image, error = resize_uint8(pixels, self.size)[0], ""  # channels_last: the fast uint8 kernel
-        except BadImageError as err:
-            image, error = torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(err)
-        return image, params, index, error
+        _, image, error = self.files[k]
+        if image is None:
+            image = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        return image, params, index, error or ""
 
 
 class _Writer:

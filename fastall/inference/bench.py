@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastall.data.images import decode_image
-from fastall.data.loader import default_workers, find_images, iter_batches
+from fastall.data.loader import decode_resized, default_workers, iter_batches
+from fastall.data.walk import find_images
 from fastall.errors import FastallError
 from fastall.head import Head
+from fastall.inference.artifacts import load_run
 from fastall.inference.model import LeukemiaClassifier
-from fastall.preprocess import resize_uint8
-from fastall.training.engine import resolve_device
+from fastall.inference.precision import calibration_pick, try_precision
+from fastall.system.devices import resolve_device
 
 PAPER_CLAIMS_MS = {"cpu": 50.0, "cuda": 10.0}
 RANDOM_LABEL = "random-init ResNet-50 + random head (no --run: timing only, predictions meaningless)"
@@ -145,7 +146,7 @@ def latency(
         model.forward_head(model.backbone_features(x)).cpu()
 
     def end_to_end(i: int) -> None:
-        image = resize_uint8(decode_image(files[i % len(files)]), size)[None]
+        image = decode_resized(files[i % len(files)], size)[None]
         torch.softmax(model(image.to(device)), dim=1).cpu()
 
     _time_calls(lambda i: (model_only(i), end_to_end(i)), device, warmup, 0)
@@ -199,29 +200,17 @@ def throughput(
     }
 
 
-@torch.inference_mode()
 def agreement(
-    model: LeukemiaClassifier,
-    images: torch.Tensor,
-    precision: str,
-    calibration: torch.Tensor | None,
-    *,
-    backend: str = "auto",
-) -> dict[str, Any]:
-    """Share of images whose predicted class at ``precision`` equals eager fp32's (left at ``precision``)."""
-    model.optimize("fp32", backend="eager")
-    ref = torch.cat([model(c).cpu() for c in images.split(32)])
-    model.optimize(precision, calibration=calibration, backend=backend)
-    fast = torch.cat([model(c).cpu() for c in images.split(32)])
-    dprob = (torch.softmax(ref.double(), 1) - torch.softmax(fast.double(), 1)).abs()
-    return {
-        "precision": precision,
-        "images": len(images),
-        "agreement": float((ref.argmax(1) == fast.argmax(1)).double().mean()),
-        "max_dprob": float(dprob.max()),
-        "mean_dprob": float(dprob.mean()),
-        "fp32_positive_rate": float((ref.argmax(1) == 1).double().mean()),
-    }
+    model: LeukemiaClassifier, images: torch.Tensor, precision: str, *, backend: str = "auto"
+) -> tuple[LeukemiaClassifier, dict[str, Any]]:
+    """``model`` at ``precision`` and how it agrees with eager fp32 on ``images`` (the one rule; int8
+    calibrated by the one pick, here among the same images)."""
+    calibration = None
+    if precision == "int8":
+        one_class = np.zeros(len(images), dtype=np.int64)  # benchmark images carry no labels
+        calibration = images[calibration_pick(one_class, np.arange(len(images)))]
+    fast, trial = try_precision(model, images, precision, calibration=calibration, backend=backend)
+    return fast, trial.to_dict()
 
 
 def run_bench(
@@ -283,20 +272,18 @@ def _run_bench(
 ) -> dict[str, Any]:
     dev = resolve_device(device)
     if model is None:
-        model = LeukemiaClassifier.from_run(run, device=device) if run else random_model(image_size, device)
-    model.eval()
+        model = load_run(run, device=dev) if run else random_model(image_size, str(dev))
     workers = default_workers(dev) if workers is None else workers
     with tempfile.TemporaryDirectory(prefix="fastall-bench-") as tmp:
         log(f"writing {images} synthetic 450x450 BMP files")
         files = synthetic_files(tmp, images)
-        pixels = torch.stack([resize_uint8(decode_image(p), model.image_size) for p in files])
-        calibration = pixels if precision == "int8" else None
         agree = None
         if precision != "fp32" or backend != "eager":
+            pixels = torch.stack([decode_resized(p, model.image_size) for p in files])
             log(f"checking {precision} against fp32 on {len(pixels)} images")
-            agree = agreement(model, pixels, precision, calibration, backend=backend)
+            model, agree = agreement(model, pixels, precision, backend=backend)
         else:
-            model.optimize("fp32", backend="eager")
+            model = model.optimize("fp32", backend="eager")
         log("batch-1 latency")
         lat = latency(model, files, warmup=warmup, iters=iters)
         tput = []

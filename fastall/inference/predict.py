@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastall.data.loader import default_workers, find_images, iter_batches
+from fastall.data.loader import default_workers, iter_batches
+from fastall.data.walk import find_images
 from fastall.errors import FastallError
 from fastall.features.augment import draw_view_params
 from fastall.inference.model import LeukemiaClassifier

@@ -18,15 +18,13 @@ import h5py
 import numpy as np
 import torch
 
-from fastall.data.loader import iter_batches
-from fastall.errors import FastallError
-from fastall.features.cache import FeatureCache, read_cache
-from fastall.head import Head
-from fastall.inference.model import LeukemiaClassifier, check_cache, head_file, load_head
+from fastall.features.cache import FeatureCache
+from fastall.inference.artifacts import RunFolder, build_head, model_from_run, open_run
+from fastall.inference.model import LeukemiaClassifier
+from fastall.inference.precision import MIN_PRECISION_AGREEMENT, calibration_pick, pick_images, try_precision
 
-FP32_TOL, HALF_TOL, MIN_PRECISION_AGREEMENT = 1e-4, 1e-2, 0.995
+FP32_TOL, HALF_TOL = 1e-4, 1e-2
 RECORDED_TOL = {"fp32": 1e-2, "bf16": 3e-2}
-CALIBRATION_IMAGES = 32
 
 
 @dataclass
@@ -107,13 +105,10 @@ def verify_run(
     precision: str = "fp32",
     batch_size: int = 16,
 ) -> VerifyReport:
-    record = load_head(head_file(run))
-    cache_path = Path(cache or record.get("cache_path") or "")
-    if not cache_path.is_file():
-        raise FastallError(f"{run}: the run's cache {cache_path} is not here: pass --cache PATH")
-    fc = check_cache(record, read_cache(cache_path, load_features=False), head_file(run))
-    model = LeukemiaClassifier.from_run(run, weights_path=weights_path, device=device)
-    root = _data_root(fc, data)
+    folder = open_run(run, cache=cache)
+    fc = folder.cache("verify", hint=": pass --cache PATH")
+    model = model_from_run(folder, weights_path=weights_path, device=device)
+    root = folder.data_root(data)
     chosen = pick_images(fc.labels, images)
     with h5py.File(fc.path, "r") as f:
         feats = f["features"]
@@ -127,82 +122,81 @@ def verify_run(
         else (FP32_TOL, "fp32: 100% agreement, |Δprob| ≤ 1e-4")
     )
     report = VerifyReport(str(run), str(fc.path), str(root), str(device), rule)
-    pixels = load_images([root / fc.paths[i] for i in chosen], model.image_size, batch_size)
+    pixels = folder.images(chosen, data=data, needed_for="verify", batch_size=batch_size)
     matched = extraction_precision(fc, model.device)
+    as_cached = model
     if matched:
-        model.optimize(matched, backend="eager")
+        as_cached = model.optimize(matched, backend="eager")
         report.notes.append(
             f"end-to-end backbone run at the extraction's precision ({matched} autocast on "
             f"{model.device.type}), as the cache was made"
         )
     with torch.inference_mode():
-        feats = _features(model, pixels, None, batch_size)
+        feats = _features(as_cached, pixels, None, batch_size)
         e2e = model.forward_head(feats).cpu()
         report.checks.append(compare("view 0", e2e, model.forward_head(cached[:, 0]), tol, 1.0))
-        recorded = recorded_check(head_file(run).parent, record, fc, chosen, feats)
+        recorded = recorded_check(folder, fc, chosen, feats)
         if recorded is None:
             report.notes.append("no predictions.csv rows for these images: recorded predictions not checked")
         else:
             report.checks.append(recorded)
         if fc.n_views > 1:
             params = torch.from_numpy(fc.view_params[chosen, 1])
-            aug = model.forward_head(_features(model, pixels, params, batch_size)).cpu()
+            aug = model.forward_head(_features(as_cached, pixels, params, batch_size)).cpu()
             report.checks.append(compare("view 1 augmented", aug, model.forward_head(cached[:, 1]), tol, 1.0))
         else:
             report.notes.append("the cache holds one view: no augmented view to reproduce")
-    if matched:
-        model.optimize("fp32", backend="eager")
     if precision != "fp32":
         if matched:
             with torch.inference_mode():
                 e2e = model.forward_head(_features(model, pixels, None, batch_size)).cpu()
-        report.checks.append(_precision_check(model, fc, root, chosen, pixels, e2e, precision, batch_size))
+        report.checks.append(_precision_check(model, folder, chosen, pixels, e2e, precision, data))
     return report
 
 
 def _precision_check(
     model: LeukemiaClassifier,
-    fc: FeatureCache,
-    root: Path,
+    folder: RunFolder,
     chosen: np.ndarray,
     pixels: torch.Tensor,
     reference: torch.Tensor,
     precision: str,
-    batch_size: int,
+    data: str | Path | None,
 ) -> Check:
+    """``precision`` against eager fp32 on the verified images, by the one agreement rule."""
     calibration = None
     if precision == "int8":
-        rest = np.setdiff1d(np.arange(fc.n_images), chosen)
-        pick = (
-            rest[np.linspace(0, len(rest) - 1, min(CALIBRATION_IMAGES, len(rest))).astype(int)]
-            if len(rest)
-            else chosen
-        )
-        calibration = load_images([root / fc.paths[i] for i in pick], model.image_size, batch_size)
-    model.optimize(precision, calibration=calibration)
-    try:
-        with torch.inference_mode():
-            fast = model.forward_head(_features(model, pixels, None, batch_size)).cpu()
-    finally:
-        model.optimize("fp32", backend="eager")
-    return compare(f"{precision} vs fp32", fast, reference, None, MIN_PRECISION_AGREEMENT)
+        pick = calibration_pick(folder.cache("verify").labels, chosen)
+        calibration = folder.images(pick, data=data, needed_for="int8 calibration")
+    _, trial = try_precision(model, pixels, precision, calibration=calibration, reference=reference)
+    return Check(
+        f"{precision} vs fp32",
+        trial.images,
+        trial.max_dlogit,
+        trial.max_dprob,
+        trial.agreement,
+        None,
+        MIN_PRECISION_AGREEMENT,
+        trial.agrees,
+    )
 
 
 def recorded_check(
-    run_dir: Path, record: dict[str, Any], fc: FeatureCache, chosen: np.ndarray, feats: torch.Tensor
+    folder: RunFolder, fc: FeatureCache, chosen: np.ndarray, feats: torch.Tensor
 ) -> Check | None:
     """End-to-end features through the run's own fold and final heads vs its predictions.csv.
 
     This catches a head file swapped in from another run, which the cached-path check cannot see.
     """
-    path = run_dir / "predictions.csv"
+    record, where = folder.record, folder.head_path
+    path = folder.head_path.parent / "predictions.csv"
     if not path.is_file():
         return None
     with open(path, newline="") as fh:
         rows = {row.get("path"): row for row in csv.DictReader(fh)}
-    heads = {"test": _head(record, record["state_dict"])}
+    heads = {"test": build_head(record["head_config"], record["state_dict"], where)}
     for fold, state in enumerate(record.get("fold_state_dicts") or []):
-        heads[str(fold)] = _head(record, state)
+        heads[str(fold)] = build_head(record["head_config"], state, where)
     mine, theirs = [], []
     for k, i in enumerate(chosen):
         row = rows.get(str(fc.paths[i]))
@@ -229,12 +223,6 @@ def recorded_check(
     )
 
 
-def _head(record: dict[str, Any], state: dict[str, torch.Tensor]) -> Head:
-    head = Head(**record["head_config"])
-    head.load_state_dict(state)
-    return head.eval()
-
-
 def _features(
     model: LeukemiaClassifier, pixels: torch.Tensor, params: torch.Tensor | None, batch_size: int
 ) -> torch.Tensor:
@@ -243,56 +231,6 @@ def _features(
         p = None if params is None else params[start : start + batch_size]
         out.append(model.forward_features(pixels[start : start + batch_size], p).float())
     return torch.cat(out)
-
-
-def _data_root(fc: FeatureCache, data: str | Path | None) -> Path:
-    root = data if data is not None else fc.attrs.get("data_root")
-    if not root:
-        raise FastallError(f"{fc.path}: the cache does not record its data root: pass --data DIR")
-    root = Path(str(root))
-    if not root.is_dir():
-        raise FastallError(f"{root}: data root of {fc.path} is not here: pass --data DIR")
-    return root
-
-
-def pick_images(labels: np.ndarray, n: int) -> np.ndarray:
-    """About ``n`` labelled images, evenly spread over each class (every class represented)."""
-    classes = sorted(int(c) for c in np.unique(labels[labels >= 0]))
-    if not classes:
-        raise FastallError("the cache holds no labelled images to verify against")
-    per = max(1, n // len(classes))
-    out = []
-    for c in classes:
-        idx = np.flatnonzero(labels == c)
-        out.append(idx[np.unique(np.linspace(0, len(idx) - 1, min(per, len(idx))).round().astype(int))])
-    return np.concatenate(out)
-
-
-def load_images(paths: list[Path], size: int, batch_size: int = 16) -> torch.Tensor:
-    """Decode and resize ``paths`` (every file must be readable: a bad one is fatal)."""
-    chunks = []
-    for batch in iter_batches(paths, size, batch_size):
-        if batch.bad:
-            raise FastallError(f"{batch.bad[0][1]} (verify needs the original images)")
-        chunks.append(batch.images)
-    return torch.cat(chunks)
-
-
-def run_calibration_images(
-    run: str | Path, n: int = CALIBRATION_IMAGES, *, data: str | Path | None = None, size: int | None = None
-) -> torch.Tensor:
-    """Up to ``n`` of the run's own images (both classes), decoded and resized: int8 calibration data."""
-    record = load_head(head_file(run))
-    cache_path = Path(record.get("cache_path") or "")
-    if not cache_path.is_file():
-        raise FastallError(
-            f"{run}: int8 calibration needs the run's images, but its cache {cache_path} is not here"
-        )
-    fc = check_cache(record, read_cache(cache_path, load_features=False), head_file(run))
-    chosen = pick_images(fc.labels, n)
-    return load_images(
-        [_data_root(fc, data) / fc.paths[i] for i in chosen], size or int(record["key_params"]["image_size"])
-    )
 
 
 def render(report: VerifyReport):

@@ -22,7 +22,7 @@ from rich.console import Console
 from fastall import __version__
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
-from fastall.head import Head
+from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult, StackData
 from fastall.training.engine import resolve_device, resolve_precision, train_stacks
@@ -30,7 +30,6 @@ from fastall.training.metrics import PAPER_CV, PAPER_TEST, classification_metric
 from fastall.training.splits import Splits, audit_splits, fold_table, make_splits
 
 RUN_FORMAT, RUN_VERSION = "fastall-run", 1
-HEAD_FORMAT, HEAD_VERSION = "fastall-head", 1
 
 
 @dataclass
@@ -284,8 +283,8 @@ def _test_metrics(prep: Prepared, results: list[HeadResult], tta: bool) -> dict 
 
 def _write_head(path: Path, prep: Prepared, results: list[HeadResult], cfg: HeadConfig, config: dict) -> None:
     final = next(r for r in results if r.final)
-    head = Head(prep.data.dim, cfg.hidden, cfg.dropout, prep.data.classes)
-    head.load_state_dict(final.state)
+    sizes = {"in_features": prep.data.dim, "hidden": cfg.hidden, "classes": prep.data.classes}
+    head = Head.from_state({**sizes, "dropout": cfg.dropout}, final.state)
     blob = {
         "format": HEAD_FORMAT,
         "format_version": HEAD_VERSION,

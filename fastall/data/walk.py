@@ -1,0 +1,102 @@
+"""The one directory walker, used by dataset discovery and by `predict`'s file finder.
+
+Sorted, depth first; hidden entries (names starting with ``.``) are skipped, files and folders alike;
+symlinked folders are followed once (a folder reached twice is a loop); anything that is neither a regular
+file nor a folder (broken symlink, symlink loop, socket, device) is reported as a problem, never yielded.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+OnProblem = Callable[[str, str], None]
+
+
+def walk_files(
+    top: str | Path, on_problem: OnProblem, *, suffixes: tuple[str, ...] | None = None
+) -> Iterator[Path]:
+    """Regular files under ``top`` (only names ending in ``suffixes``, any case, when given).
+
+    ``on_problem(path, message)`` hears of every unreadable folder, loop and non-regular entry.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack = [Path(top)]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                on_problem(str(folder), "folder reached twice (symlink loop?)")
+                continue
+            seen.add(key)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            on_problem(str(folder), f"cannot read folder ({err.strerror or err})")
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    subdirs.append(Path(entry.path))
+                    continue
+                if suffixes is not None and not entry.name.lower().endswith(suffixes):
+                    continue
+                if entry.is_file():
+                    yield Path(entry.path)
+                    continue
+            except OSError:
+                pass
+            on_problem(entry.path, _not_regular(entry.path))
+        stack.extend(reversed(subdirs))
+
+
+def _not_regular(path: str) -> str:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "broken symlink (target missing)"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop"
+        return f"cannot read ({err.strerror or err})"
+    return "special file (not a regular file or folder)"
+
+
+def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given plus image files found under folders (recursively, sorted, no duplicates).
+
+    Returns ``(paths, problems)``; problems are missing inputs, unreadable folders and entries that are not
+    regular files, as ``(path, reason)``.
+    """
+    found: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def add(path: Path) -> None:
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            found.append(path)
+
+    def report(path: str, message: str) -> None:
+        problems.append((path, message))
+
+    for raw in inputs:
+        top = Path(raw)
+        if top.is_dir():
+            for path in walk_files(top, report, suffixes=IMAGE_EXTENSIONS):
+                add(path)
+        elif top.is_file() or top.is_symlink():
+            add(top)
+        else:
+            problems.append((str(top), "no such file or folder"))
+    return found, problems

@@ -1,0 +1,168 @@
+"""`fastall export`: one self-contained model file, at the fastest precision that agrees with fp32.
+
+int8 is calibrated on run images disjoint from the ones it is checked on (:mod:`fastall.inference.precision`
+decides both). The choice and its agreement travel with the exported model, which
+:func:`fastall.inference.artifacts.load_export` reads back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastall import __version__
+from fastall.errors import FastallError
+from fastall.features.backbone import state_dict_sha256
+from fastall.inference.artifacts import EXPORT_FORMAT, EXPORT_VERSION, load_run, model_from_run, open_run
+from fastall.inference.model import LeukemiaClassifier
+from fastall.inference.precision import (
+    MIN_PRECISION_AGREEMENT,
+    calibration_pick,
+    logits,
+    pick_images,
+    try_precision,
+)
+from fastall.system.devices import resolve_precision
+from fastall.system.jsonable import plain
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
+
+
+def candidates(device: torch.device) -> tuple[str, ...]:
+    """Faster precisions, fastest first: int8 then bf16 (where native) on CPU, bf16 then fp16 on GPU."""
+    if device.type == "cuda":
+        return ("bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp16",)
+    return ("int8", "bf16") if resolve_precision("auto", device) == "bf16" else ("int8",)
+
+
+def choose_precision(
+    model: LeukemiaClassifier,
+    checked: torch.Tensor,
+    calibration: torch.Tensor,
+    *,
+    precisions: Sequence[str] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[LeukemiaClassifier, dict[str, Any]]:
+    """The model at the first of ``precisions`` that agrees with fp32 (else eager fp32), and the trials."""
+    base = model.optimize("fp32", backend="eager")
+    reference = logits(base, checked)
+    trials = []
+    for precision in precisions or candidates(model.device):
+        fast, trial = try_precision(base, checked, precision, calibration=calibration, reference=reference)
+        trials.append(
+            {
+                "precision": precision,
+                "agreement": trial.agreement,
+                "max_dprob": trial.max_dprob,
+                "images": trial.images,
+            }
+        )
+        log(
+            f"{precision}: agrees with fp32 on {trial.agreement:.1%} of {trial.images} images "
+            f"(max |Δprob| {trial.max_dprob:.3g})"
+        )
+        if trial.agrees:
+            return fast, {
+                "precision": precision,
+                "agreement": trial.agreement,
+                "images": trial.images,
+                "trials": trials,
+            }
+    return base, {"precision": "fp32", "agreement": 1.0, "images": len(checked), "trials": trials}
+
+
+def export_deployable(
+    run: str | Path,
+    out: str | Path,
+    *,
+    precision: str = "auto",
+    images: int = 200,
+    data: str | Path | None = None,
+    weights_path: str | Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[Path, dict[str, Any]]:
+    """Export RUN with ``precision`` (``auto``: the fastest that agrees with fp32 on the run's images).
+
+    An explicit precision is checked and recorded too; below the agreement rule it is refused.
+    """
+    if precision not in PRECISION_CHOICES:
+        raise FastallError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
+    folder = open_run(run)
+    model = model_from_run(folder, weights_path=weights_path)
+    choice: dict[str, Any] = {"precision": "fp32", "agreement": 1.0, "images": 0, "trials": []}
+    if precision != "fp32":
+        need = "choosing a precision"
+        labels = folder.cache(need).labels
+        checked = pick_images(labels, images)
+        pixels = folder.images(checked, data=data, needed_for=need)
+        calibration = folder.images(calibration_pick(labels, checked), data=data, needed_for=need)
+        wanted = None if precision == "auto" else [precision]
+        model, choice = choose_precision(model, pixels, calibration, precisions=wanted, log=log)
+        if precision != "auto" and choice["precision"] != precision:
+            trial = choice["trials"][-1]
+            raise FastallError(
+                f"{precision} agrees with fp32 on only {trial['agreement']:.1%} of "
+                f"{trial['images']} run images (needs {MIN_PRECISION_AGREEMENT:.1%}): "
+                "use --precision auto"
+            )
+    return export_model(model, out, precision_check=choice), choice
+
+
+def export_run(
+    run: str | Path,
+    out: str | Path,
+    *,
+    weights_path: str | Path | None = None,
+    calibration: torch.Tensor | None = None,
+) -> Path:
+    """Write RUN's model as one file (atomic); with ``calibration`` images also its int8 state."""
+    model = load_run(run, weights_path=weights_path)
+    if calibration is not None:
+        model = model.optimize("int8", calibration=calibration)
+    return export_model(model, out)
+
+
+def export_model(model: LeukemiaClassifier, out: str | Path, *, precision_check: dict | None = None) -> Path:
+    """Write ``model``: fp32 backbone and head, preprocessing, classes, provenance, and its CPU precision
+    (with the int8 state if int8) and how well that precision agreed with fp32 (``precision_check``)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
+    blob = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "backbone_state_dict": state,
+        "backbone_state_sha256": state_dict_sha256(state),
+        "head_state_dict": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
+        "head_config": model.head.config(),
+        "image_size": model.image_size,
+        "mean": list(model.mean),
+        "std": list(model.std),
+        "class_names": model.class_names,
+        "int8_state_dict": model.int8_state(),
+        "precision": model.precision,
+        "precision_check": plain(precision_check),
+        "provenance": {
+            **plain(model.provenance),
+            "fastall_version": __version__,
+            "torch_version": str(torch.__version__),
+        },
+    }
+    return atomic_save(blob, out)
+
+
+def atomic_save(obj: Any, out: str | Path) -> Path:
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise FastallError(f"{out}: cannot write: {reason}") from None
+    return out
