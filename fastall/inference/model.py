@@ -6,7 +6,6 @@ provenance; ``export_run`` writes one self-contained file that ``from_export`` l
 
 from __future__ import annotations
 
-import os
 import pickle
 import warnings
 from collections.abc import Sequence
@@ -449,15 +448,10 @@ def _plain(value: Any) -> Any:
 
 
 def atomic_save(obj: Any, out: str | Path) -> Path:
+    from fastall.system.files import atomic_torch_save, describe_write_error
+
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-        raise FastallError(f"{out}: cannot write: {reason}") from None
-    return out
+        return atomic_torch_save(obj, out)
+    except OSError as err:
+        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from None
