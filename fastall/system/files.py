@@ -228,17 +228,16 @@ def check_free_space(folder: str | Path, needed: int) -> None:
 
 
 def is_disk_full(err: BaseException, folder: str | Path | None = None) -> bool:
-    """Whether ``err`` means a full disk: ENOSPC/EDQUOT, those words in a library's message, or a library's
-    bare "write failed" while ``folder`` has (almost) nothing free."""
-    if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
-        return True
+    """Whether ``err`` means a full disk: ENOSPC/EDQUOT, those words in a library's message, or (given the
+    ``folder`` being written) any failure while that folder's disk has less than 1 MiB free: torch, for one,
+    says only "unexpected pos" or "iostream error"."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in DISK_FULL_ERRNOS
     text = str(err)
     if any(s in text for s in ("No space left on device", "Disk quota exceeded", "errno = 28")):
         return True
-    if folder is not None and "write failed" in text:
-        free = free_bytes(folder)
-        return free is not None and free < 1 << 20
-    return False
+    free = free_bytes(folder) if folder is not None else None
+    return free is not None and free < 1 << 20
 
 
 def describe_write_error(err: BaseException, folder: str | Path | None = None) -> str:
