@@ -279,26 +279,25 @@ def test_an_old_copy_is_kept_while_out_is_not_complete(tmp_path):
     assert os.listdir(tmp_path) == ["run"]
 
 
-def test_train_head_killed_between_the_renames_then_rerun(tmp_path):
+def test_train_head_killed_between_the_renames_then_rerun(tmp_path, one_thread):
     """The real command: the previous run survives a kill at the worst moment, and the rerun recovers it."""
+    from click.testing import CliRunner
+
+    from fastall.cli import cli
+
     out = tmp_path / "run"
-    train = ["-m", "fastall", "train-head", str(FIXTURE / "cache.h5"), "--out", str(out)]
-    train += ["--folds", "2", "--hidden", "8", "--epochs", "1", "--device", "cpu"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    first = subprocess.run([sys.executable, *train], env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
+    train = ["train-head", str(FIXTURE / "cache.h5"), "--out", str(out), "--folds", "2", "--hidden", "8"]
+    train += ["--epochs", "1", "--device", "cpu"]
+    assert CliRunner().invoke(cli, train).exit_code == 0
     metrics = (out / "metrics.json").read_text()
-    killed = subprocess.run(
-        [sys.executable, *train, "--overwrite", "--seed", "1"],
-        env={**env, files.KILL_ENV: "publish-old"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert killed.returncode == -9 and not out.exists()
-    again = subprocess.run([sys.executable, *train], env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and "already there" in again.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", files.KILL_ENV: "publish-old"}
+    cmd = [sys.executable, "-m", "fastall", *train, "--overwrite", "--seed", "1"]
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9 and not out.exists(), killed.stderr
+    again = CliRunner().invoke(cli, train)
+    assert again.exit_code == 1 and "a complete fastall-run folder is already there" in again.output
     assert (out / "metrics.json").read_text() == metrics and (out / "head.pt").is_file()
+    assert os.listdir(tmp_path) == ["run"]
 
 
 def test_a_full_disk_while_the_run_folder_is_written(tmp_path, monkeypatch):

@@ -86,9 +86,11 @@ def _remove_stale(out: Path) -> None:
 def check_target(out: Path, overwrite: bool) -> None:
     """Refuse OUT before any work starts: a complete fastall folder (unless ``overwrite``), anything else.
 
-    A previous complete folder left beside a missing OUT by a crash is put back first (:func:`recover`).
+    A previous complete folder left beside a missing OUT by a crash is put back first (:func:`recover`), and
+    what dead processes left beside it is swept.
     """
     recover(out)
+    _remove_stale(Path(out).absolute())
     if not out.exists():
         return
     if not out.is_dir():
@@ -111,7 +113,6 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     """Yield an empty temporary folder; on success it replaces OUT, on any failure it is removed."""
     out = Path(out).absolute()
     check_target(out, overwrite)
-    _remove_stale(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
