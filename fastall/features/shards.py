@@ -1,4 +1,4 @@
-"""Crash safety for `extract`: test kill points, the cache lock and partial work.
+"""Crash safety for `extract`: the cache lock and partial work.
 
 Nothing here is ever half-written: every file goes to a temporary name, is fsynced and renamed. A ``kill -9``
 at any moment loses at most the batch being written; the cache itself is assembled only when all is done.
@@ -87,8 +87,12 @@ def _take_over_stale(lock: Path, host: str, warn: Any) -> None:
             "this cache; wait for it or stop it (if no extract is running, delete this lock file)"
         )
     if warn is not None:
-        why = "is this process, restarted" if pid == os.getpid() else "is not that extract any more"
-        why = why if pid > 0 and pid_alive(pid) else "is not running"
+        if pid <= 0 or not pid_alive(pid):
+            why = "is not running"
+        elif pid == os.getpid():
+            why = "is this process: the lock is from before a restart"
+        else:
+            why = "now names another process"
         warn(f"taking over a stale lock {lock} (pid {pid} {why})")
     lock.unlink(missing_ok=True)
 
