@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -101,6 +102,36 @@ def test_guarded_file_reads_back_what_it_wrote(tmp_path):
     files.atomic_write(tmp_path / "x.h5", write)
     with h5py.File(tmp_path / "x.h5", "r") as f:
         assert (f["x"][()] == data).all() and f.attrs["note"] == "é" * 1000
+
+
+def test_hdf5_survives_a_disk_that_fills_at_any_offset():
+    """h5py on a file whose writes fail from some offset on: never a segfault (as with HDF5 2.0 when the
+    error reaches it, or when it reads back what was never written), always one clean CacheError."""
+    code = """
+        import errno, os
+        from fastall.errors import CacheError
+        from tests.test_cache import _write
+        real, limit = os.pwrite, [0]
+
+        def fill_up(fd, data, offset):
+            if offset + len(data) > limit[0]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd, data, offset)
+
+        os.pwrite = fill_up
+        for limit[0] in range(0, 1_700_000, 37_813):
+            try:
+                _write(%r, n=200, views=8, dim=512)
+            except CacheError as err:
+                assert str(err).endswith("cannot write cache: no space left on device"), err
+            else:
+                raise SystemExit(f"written with {limit[0]} bytes")
+        print("clean")
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = _py(code % str(Path(tmp) / "c.h5"))
+        assert proc.returncode == 0 and proc.stdout.strip() == "clean", proc.stderr[-2000:]
+        assert os.listdir(tmp) == []
 
 
 def test_torch_save_on_a_full_disk_is_an_oserror_not_torchs_runtimeerror(tmp_path, monkeypatch):

@@ -85,16 +85,28 @@ def fsync_tree(folder: str | Path) -> None:
 
 
 class _GuardedFile(io.RawIOBase):
-    """The temporary file as a writing library sees it: a failed write is recorded, not raised.
+    """The temporary file as a writing library sees it: a failed write is recorded, never raised.
 
-    HDF5 2.0 segfaults when a write fails mid-file, and torch hides the errno; here the library finishes as if
-    all went well and :func:`atomic_write` raises the recorded ``OSError``. Positional I/O, no buffering.
+    HDF5 2.0 segfaults when a write fails mid-file, and torch hides the errno. So after the first failure the
+    file carries on in memory (what was written so far is read back, the disk copy is emptied), the library
+    finishes on a consistent file, and :func:`atomic_write` raises the recorded ``OSError``.
     """
 
     def __init__(self, fd: int, point: str) -> None:
         super().__init__()
         self.fd, self.pos, self.size = fd, 0, 0
-        self.error: OSError | None = _disk_full() if disk_full_point(point) else None
+        self.error: OSError | None = None
+        self.memory: bytearray | None = None
+        if disk_full_point(point):
+            self._fail(_disk_full())
+
+    def _fail(self, err: OSError) -> None:
+        self.error = err
+        try:
+            self.memory = bytearray(os.pread(self.fd, self.size, 0).ljust(self.size, b"\0"))
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            self.memory = self.memory if self.memory is not None else bytearray(self.size)
 
     def readable(self) -> bool:
         return True
@@ -114,31 +126,41 @@ class _GuardedFile(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        data = os.pread(self.fd, len(view), self.pos)
+        if self.memory is None:
+            data = os.pread(self.fd, len(view), self.pos)
+        else:
+            data = self.memory[self.pos : self.pos + len(view)]
         view[: len(data)] = data
         self.pos += len(data)
         return len(data)
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        if self.error is None:
+        if self.memory is None:
             try:
                 done = 0
                 while done < len(view):
                     done += os.pwrite(self.fd, view[done:], self.pos + done)
             except OSError as err:
-                self.error = err
+                self._fail(err)
+        if self.memory is not None:
+            if len(self.memory) < self.pos:
+                self.memory.extend(bytes(self.pos - len(self.memory)))
+            self.memory[self.pos : self.pos + len(view)] = view
         self.pos += len(view)
         self.size = max(self.size, self.pos)
         return len(view)
 
     def truncate(self, size: int | None = None) -> int:
         size = self.pos if size is None else size
-        if self.error is None:
+        if self.memory is None:
             try:
                 os.ftruncate(self.fd, size)
             except OSError as err:
-                self.error = err
+                self._fail(err)
+        if self.memory is not None:
+            del self.memory[size:]
+            self.memory.extend(bytes(size - len(self.memory)))
         self.size = size
         return size
 
