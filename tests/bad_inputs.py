@@ -357,28 +357,28 @@ def _stale_lock(env: Env, pid: int) -> list[str]:
 CASES += [
     Case(
         "disk",
-        "full disk while the final cache is written (was a segfault)",
+        "full disk while the final cache is written (simulated; was a segfault)",
         lambda e: ["extract", str(e.data), "--out", str(e.tmp / "c8.h5"), *_EXTRACT, "--workers", "0"],
         fragments=("c8.h5: cannot write cache: no space left on device", "c8.h5.partial is kept"),
         env=((_ENOSPC, "cache-tmp"),),
     ),
     Case(
         "disk",
-        "full disk while train-head writes its run folder",
+        "full disk while train-head writes its run folder (simulated)",
         lambda e: ["train-head", str(e.cache), "--out", str(e.tmp / "r"), "--folds", "2", "--epochs", "1"],
         fragments=("r: cannot write the output folder: no space left on device",),
         env=((_ENOSPC, "run-folder"),),
     ),
     Case(
         "disk",
-        "full disk while export writes the model",
+        "full disk while export writes the model (simulated)",
         lambda e: ["export", str(e.run), "--out", str(e.tmp / "m.pt"), "--precision", "fp32"],
         fragments=("m.pt: cannot write: no space left on device",),
         env=((_ENOSPC, "torch-save"),),
     ),
     Case(
         "disk",
-        "full disk while predict writes its CSV",
+        "full disk while predict writes its CSV (simulated)",
         lambda e: _predict(e, "one.bmp", lambda p: p.write_bytes(_bmp_bytes(_cell()))),
         fragments=("p.csv: cannot write (no space left on device)",),
         env=((_ENOSPC, "text"),),

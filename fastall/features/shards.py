@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fastall.errors import CacheError
-from fastall.system.files import atomic_write, describe_write_error
+from fastall.system.files import atomic_write, describe_write_error, is_disk_full
 from fastall.system.procs import holder_alive, pid_alive, process_start
 
 
@@ -177,6 +177,7 @@ class PartialStore:
         try:
             action()
         except OSError as err:
+            full = " (disk full)" if is_disk_full(err) else ""
             raise CacheError(
-                f"{self.dir}: cannot save extract progress: {describe_write_error(err, self.dir)}"
+                f"{self.dir}: cannot save extract progress{full}: {describe_write_error(err, self.dir)}"
             ) from None
