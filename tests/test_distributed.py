@@ -4,6 +4,7 @@ the others with one clear line; a rerun resumes; a rank may have no work; the pi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from PIL import Image
 
 from fastall.cli import cli
 from fastall.errors import CacheError, FastallError
+from fastall.features.cache import read_cache
 from fastall.features.distributed import coverage_problem
 from fastall.features.shards import claim_layout, partial_folder, rank_folder
 from fastall.system.distributed import DistEnv, detect, share
@@ -99,14 +101,21 @@ def ref(data, tmp_path_factory):
     return out
 
 
-def test_two_ranks_under_torchrun_write_the_single_process_cache(data, ref, tmp_path):
-    out, scratch = tmp_path / "c.h5", tmp_path / "scratch"
+def test_two_ranks_under_torchrun_write_the_single_process_cache(data, tmp_path):
+    """Through torchrun itself, shards in --scratch, an unreadable image skipped: skipped tables merge."""
+    shutil.copytree(data, tmp_path / "data")
+    folder = tmp_path / "data" / "C-NMC_Leukemia" / "training_data" / "fold_0" / "all"
+    (folder / "UID_1_99_1_all.bmp").write_bytes(b"BM not really")
+    single, out, scratch = tmp_path / "single.h5", tmp_path / "c.h5", tmp_path / "scratch"
+    run_extract(tmp_path / "data", single, skip_bad=True)
     scratch.mkdir()
     result = torchrun(
-        "extract", str(data), "--out", str(out), *EXTRACT, "--batch-size", "2", "--scratch", str(scratch)
-    )
+        "extract", str(tmp_path / "data"), "--out", str(out), *EXTRACT, "--batch-size", "2", "--skip-bad",
+        "--scratch", str(scratch),
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert_same_cache(ref, out)
+    assert_same_cache(single, out)
+    assert len(read_cache(out, load_features=False).skipped) == 1
     assert "x 2 ranks" in result.stdout and result.stdout.count(f"{out}:") == 1  # rank 0 reports, alone
     assert list(scratch.iterdir()) == [] and not (tmp_path / "c.h5.partial").exists()
 

@@ -126,7 +126,7 @@ def write_cache(
         raise CacheError(f"{path}: inconsistent shapes {features.shape} / {view_params.shape} / {n} labels")
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", locking=False) as f:  # private until renamed; NFS may lack locks (errno 37)
             f.create_dataset(
                 "features",
                 data=features.astype(np.float16, copy=False),

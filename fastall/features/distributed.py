@@ -205,27 +205,31 @@ def join_shards(
     """
     done, bad = store.load(n, views, dim)
     rows = sorted(done)
-    n_params = len(VIEW_PARAM_NAMES)
-    feats = np.stack([done[i][0] for i in rows]) if rows else np.empty((0, views, dim), np.float16)
-    params = np.stack([done[i][1] for i in rows]) if rows else np.empty((0, views, n_params), np.float32)
-    del done
+    n_params = done[rows[0]][1].shape[-1] if rows else len(VIEW_PARAM_NAMES)
     mine = {
         "key": (store.meta() or {}).get("key"),
         "rows": rows,
         "bad": bad,
-        "shapes": [list(feats.shape[1:]), list(params.shape[1:])],
+        "shapes": [[views, dim], [views, n_params]],
     }
     parts = group.all_gather(mine)
     problem = coverage_problem(parts, n, key)
     if problem:
         raise CacheError(f"{store.dir.parent}: {problem}; use --overwrite to start over")
-    arrays = group.gather_arrays([feats, params])
-    if arrays is None:
+    if not group.env.is_main:
+        feats = np.stack([done[i][0] for i in rows]) if rows else np.empty((0, views, dim), np.float16)
+        params = np.stack([done[i][1] for i in rows]) if rows else np.empty((0, views, n_params), np.float32)
+        del done
+        group.gather_arrays([feats, params])
         return None
+    nothing = [np.empty((0, views, dim), np.float16), np.empty((0, views, n_params), np.float32)]
+    arrays = group.gather_arrays(nothing)
     every = np.sort(np.concatenate([np.asarray(p["rows"], dtype=np.int64) for p in parts]))
     features = np.empty((len(every), views, dim), dtype=np.float16)
-    view_params = np.empty((len(every), views, params.shape[2]), dtype=np.float32)
-    for part, (f, p) in zip(parts, arrays, strict=True):
+    view_params = np.empty((len(every), views, n_params), dtype=np.float32)
+    for at, i in zip(np.searchsorted(every, rows).tolist(), rows, strict=True):
+        features[at], view_params[at] = done.pop(i)
+    for part, (f, p) in zip(parts[1:], arrays[1:], strict=True):
         at = np.searchsorted(every, np.asarray(part["rows"], dtype=np.int64))
         features[at], view_params[at] = f, p
     skipped = {i: reason for part in parts for i, reason in part["bad"].items()}
