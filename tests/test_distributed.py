@@ -109,10 +109,8 @@ def test_two_ranks_under_torchrun_write_the_single_process_cache(data, tmp_path)
     single, out, scratch = tmp_path / "single.h5", tmp_path / "c.h5", tmp_path / "scratch"
     run_extract(tmp_path / "data", single, skip_bad=True)
     scratch.mkdir()
-    result = torchrun(
-        "extract", str(tmp_path / "data"), "--out", str(out), *EXTRACT, "--batch-size", "2", "--skip-bad",
-        "--scratch", str(scratch),
-    )  # fmt: skip
+    flags = [*EXTRACT, "--batch-size", "2", "--skip-bad", "--scratch", str(scratch)]
+    result = torchrun("extract", str(tmp_path / "data"), "--out", str(out), *flags)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_same_cache(single, out)
     assert len(read_cache(out, load_features=False).skipped) == 1
