@@ -7,6 +7,7 @@
 (b) the join at real size (10,661 x 8 x 2048 float16): per-rank shard stores are simulated in the real
     PartialStore format (batches of --shard-images), then 2 ranks run the real join (`join_shards`: load the
     shards, gather them over gloo, put them in order) and rank 0 the real single writer (`write_cache`);
+    baseline: a plain run's own assembly of the same data (load its shards, stack, `write_cache`);
 (c) the single writer's throughput: feature MB/s of `write_cache`, against a plain sequential write of the
     same bytes (numpy tofile + fsync) to the same disk in the same run.
 
@@ -105,10 +106,29 @@ def simulate_shards(target: Path, world: int, n: int, views: int, dim: int, per_
     return time.perf_counter() - start
 
 
-def join_worker(target: Path, n: int, views: int, dim: int, result: Path) -> None:
-    """One rank of the timed join (run under torchrun): rank 0 writes the timings to ``result``."""
+def _write(target: Path, rows: list[int], features: np.ndarray, params: np.ndarray) -> None:
+    """The real single writer, with the real C-NMC patients and labels (tests/featcache.py)."""
     from featcache import manifest_layout
 
+    patients, labels = manifest_layout()
+    n = len(rows)
+    write_cache(
+        target,
+        features=features,
+        labels=np.resize(labels, n),
+        class_names=["hem", "all"],
+        patients=list(np.resize(np.asarray(patients, dtype=object), n)),
+        paths=[f"C-NMC_Leukemia/training_data/fold_0/all/UID_{i}_1_1_all.bmp" for i in rows],
+        sources=["fold_0"] * n,
+        view_params=params,
+        view_param_names=list(VIEW_PARAM_NAMES),
+        key_params={"simulated": True},
+        provenance={"created": "benchmark"},
+    )
+
+
+def join_worker(target: Path, n: int, views: int, dim: int, result: Path) -> None:
+    """One rank of the timed join (run under torchrun): rank 0 writes the timings to ``result``."""
     from fastall.features.distributed import join_shards
     from fastall.system.distributed import Group, detect
 
@@ -121,20 +141,7 @@ def join_worker(target: Path, n: int, views: int, dim: int, result: Path) -> Non
         t1 = time.perf_counter()
         if joined is not None:
             rows, features, params, _ = joined
-            patients, labels = manifest_layout()
-            write_cache(
-                target,
-                features=features,
-                labels=np.resize(labels, n),
-                class_names=["hem", "all"],
-                patients=list(np.resize(np.asarray(patients, dtype=object), n)),
-                paths=[f"C-NMC_Leukemia/training_data/fold_0/all/UID_{i}_1_1_all.bmp" for i in rows],
-                sources=["fold_0"] * n,
-                view_params=params,
-                view_param_names=list(VIEW_PARAM_NAMES),
-                key_params={"simulated": True},
-                provenance={"created": "benchmark"},
-            )
+            _write(target, rows, features, params)
             t2 = time.perf_counter()
             raw = target.with_name("raw.bin")
             with open(raw, "wb") as fh:
@@ -157,6 +164,20 @@ def join_worker(target: Path, n: int, views: int, dim: int, result: Path) -> Non
         group.wait()
 
 
+def single_finalize(tmp: Path, n: int, views: int, dim: int, per_shard: int) -> float:
+    """A plain run's own assembly of the same data (load its shards, stack, write): the join's baseline."""
+    target = tmp / "single" / "cache.h5"
+    target.parent.mkdir()
+    simulate_shards(target, 1, n, views, dim, per_shard)
+    start = time.perf_counter()
+    done, _ = PartialStore(target).load(n, views, dim)
+    rows = sorted(done)
+    features = np.stack([done[i][0] for i in rows])
+    params = np.stack([done[i][1] for i in rows])
+    _write(target, rows, features, params)
+    return time.perf_counter() - start
+
+
 def join_run(tmp: Path, args: argparse.Namespace) -> dict:
     target = tmp / "join" / "cache.h5"
     target.parent.mkdir()
@@ -166,6 +187,7 @@ def join_run(tmp: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__]
     _timed([*cmd, "--join-worker", str(target), str(n), str(views), str(dim), str(result)], 1)
     timings = json.loads(result.read_text())
+    timings["single_process_finalize_seconds"] = single_finalize(tmp, n, views, dim, args.shard_images)
     settings = {"images": n, "views": views, "dim": dim, "shard_images": args.shard_images}
     return {**settings, "simulate_shards_seconds": simulate, **timings}
 
@@ -206,6 +228,7 @@ def main() -> None:
         "speedup_2_ranks_vs_1_process_1_thread": two / ex["1_process_1_thread"]["images_per_s"],
         "join_share_of_extract": join["join_seconds"] / extract_join_size,
         "writer_vs_raw_write": join["writer_mb_per_s"] / join["raw_write_mb_per_s"],
+        "join_vs_single_process_finalize": join["join_seconds"] / join["single_process_finalize_seconds"],
     }
     result["extract_seconds_at_join_size_2_ranks"] = extract_join_size
     result["goal"] = {"join_share_of_extract": 0.05}
