@@ -261,3 +261,17 @@ def test_other_world_sizes_are_refused_or_discarded(tmp_path):
     with pytest.raises(CacheError, match="by 2 process"):
         claim_layout(base, 1, overwrite=False)
     claim_layout(base, 2, overwrite=False)
+
+
+def test_ranks_must_agree_before_any_work():
+    from fastall.features.distributed import _agree
+
+    same = {"error": None, "key_params": {"views": 8, "dataset_fingerprint": "a"}}
+    _agree([same, same], 1)
+    other = {"error": None, "key_params": {"views": 8, "dataset_fingerprint": "b"}}
+    with pytest.raises(FastallError, match=r"rank 1 would extract something else.*dataset_fingerprint"):
+        _agree([same, other], 0)
+    with pytest.raises(FastallError, match="^rank 1: no data here$"):
+        _agree([same, {"error": "no data here"}], 0)
+    with pytest.raises(FastallError, match="^no data here$"):
+        _agree([same, {"error": "no data here"}], 1)
