@@ -10,6 +10,7 @@ refused (``--overwrite`` discards the old work).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -75,7 +76,12 @@ def extract_distributed(
     _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
     dev = _device(rank_device(device, env))
     out = Path(out)
-    _check_out(out, scratch)
+    if env.is_main or scratch is None:  # with --scratch, only rank 0 needs --out's folder
+        _check_out(out, scratch)
+    elif not Path(scratch).is_dir():
+        raise FastallError(f"--scratch {scratch}: no such folder")
+    if workers is None and dev.type == "cuda":
+        workers = env.workers(max(1, (os.cpu_count() or 1) - 2))  # loop.run's default, shared by the ranks
     base = partial_folder(out, scratch)
     store = PartialStore(out, rank_folder(base, env.rank, env.world))
     with contextlib.ExitStack() as stack, Group(env, dev, timeout) as group:

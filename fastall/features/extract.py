@@ -219,10 +219,7 @@ def extract(
     warn: Callable[[str], None] | None = None,
     scratch: str | Path | None = None,
 ) -> ExtractSummary:
-    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
-
-    ``scratch``: keep the unfinished work in this folder (fast local disk) instead of beside ``out``.
-    """
+    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``."""
     start = time.perf_counter()
     warnings: list[str] = []
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastall.data.loader import find_images
+from fastall.data.loader import default_workers, find_images
 from fastall.errors import FastallError
 from fastall.inference.predict import Predictions, predict_paths
 from fastall.system.distributed import DEFAULT_TIMEOUT, DistEnv, Group, rank_device
@@ -36,6 +36,8 @@ def predict_distributed(
     ``options`` go to :func:`predict_paths`. Rank 0 returns every row, in input order; the others None."""
     out = Path(out)
     device = rank_device(device, env)
+    if options.get("workers") is None:
+        options["workers"] = env.workers(default_workers(device))
     with Group(env, device, timeout) as group:
         try:
             model = load(torch.device(device))

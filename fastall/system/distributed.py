@@ -39,10 +39,15 @@ class DistEnv:
     rank: int
     world: int
     local_rank: int
+    local_world: int = 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def workers(self, per_machine: int) -> int:
+        """This rank's part of ``per_machine`` decoding processes (the ranks of a machine share its cores)."""
+        return max(1, per_machine // self.local_world) if per_machine else 0
 
 
 def detect(flag: bool | None = None) -> DistEnv | None:
@@ -63,6 +68,7 @@ def detect(flag: bool | None = None) -> DistEnv | None:
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     except ValueError:
         raise FastallError(
             f"bad torchrun environment: RANK={os.environ['RANK']!r} WORLD_SIZE={os.environ['WORLD_SIZE']!r}"
@@ -71,7 +77,7 @@ def detect(flag: bool | None = None) -> DistEnv | None:
         raise FastallError(f"bad torchrun environment: RANK={rank} is not in 0..WORLD_SIZE-1={world - 1}")
     if world == 1 and not flag:
         return None
-    return DistEnv(rank, world, local_rank)
+    return DistEnv(rank, world, local_rank, max(1, local_world))
 
 
 def share(n: int, rank: int, world: int) -> range:
