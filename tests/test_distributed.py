@@ -37,11 +37,25 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node N -m fastall ARGS`` (torchrun picks a free port)."""
+    """``torchrun --standalone --nproc_per_node N -m fastall ARGS`` (torchrun picks a free port); on a timeout
+    the agent and its workers are killed together."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.run(
-        [*cmd, "-m", "fastall", *args], env=_env(), capture_output=True, text=True, timeout=LIMIT, cwd=ROOT
+    proc = subprocess.Popen(
+        [*cmd, "-m", "fastall", *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=LIMIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def launch(
