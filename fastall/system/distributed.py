@@ -177,9 +177,10 @@ class Group:
                 phases, failed = [int(s[0]) for s in seen], [r for r, s in enumerate(seen) if int(s[1])]
                 with self._cond:
                     self._seen_min = min(phases)
-                    if failed and failed != [self.env.rank]:
+                    others = [r for r in failed if r != self.env.rank]
+                    if others:
                         self.problem = (
-                            f"rank {self.env.rank}: stopping because rank {failed[0]} failed (its error is "
+                            f"rank {self.env.rank}: stopping because rank {others[0]} failed (its error is "
                             "above); finished work is kept: rerun the same command to resume"
                         )
                     self._cond.notify_all()
