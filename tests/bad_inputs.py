@@ -330,7 +330,37 @@ CASES: list[Case] = [
         lambda e: ["verify", str(e.run), "--device", "gpu"],
         fragments=("gpu", "cuda:N"),
     ),
+    Case(
+        "distributed",
+        "--distributed outside torchrun",
+        lambda e: ["extract", str(e.data), "--out", str(e.tmp / "c.h5"), "--distributed"],
+        fragments=("--distributed", "RANK", "torchrun --nproc_per_node"),
+    ),
+    Case(
+        "distributed",
+        "predict --distributed outside torchrun",
+        lambda e: ["predict", str(e.run), str(e.data), "--out", str(e.tmp / "p.csv"), "--distributed"],
+        fragments=("--distributed", "torchrun"),
+    ),
+    Case(
+        "distributed",
+        "resuming the unfinished work of 2 torchrun ranks with one process",
+        lambda e: _extract_over(e, "c.h5.partial/rank-1-of-2"),
+        fragments=("c.h5.partial", "by 2 process(es), this run has 1", "--overwrite"),
+    ),
+    Case(
+        "distributed",
+        "--scratch folder that does not exist",
+        lambda e: ["extract", str(e.data), "--out", str(e.tmp / "c.h5"), "--scratch", str(e.tmp / "nope")],
+        fragments=("--scratch", "nope"),
+    ),
 ]
+
+
+def _extract_over(env: Env, leftover: str) -> list[str]:
+    (env.tmp / leftover).mkdir(parents=True)
+    fast = ["--views", "1", "--image-size", "32", "--weights", "none", "--device", "cpu", "--workers", "0"]
+    return ["extract", str(env.data), "--out", str(env.tmp / "c.h5"), *fast]
 
 
 def _one_class_cache(env: Env) -> Path:

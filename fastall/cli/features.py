@@ -28,6 +28,24 @@ from fastall.cli.group import _csv, cli, console
 @click.option("--overwrite", is_flag=True, help="Replace a cache or partial work made with other settings.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed in the cache), don't stop.")
 @click.option("--patient-regex", default=None, help="Regex with one group that extracts the patient ID.")
+@click.option(
+    "--scratch",
+    default=None,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Keep unfinished work (shards) in this folder, e.g. node-local disk [beside --out].",
+)
+@click.option(
+    "--distributed/--no-distributed",
+    default=None,
+    help="Run as one rank of a torchrun job [auto: when torchrun starts more than one process].",
+)
+@click.option(
+    "--dist-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a rank waits for an unresponsive other rank before stopping.",
+)
 def extract(
     data: str,
     out: str,
@@ -44,11 +62,26 @@ def extract(
     overwrite: bool,
     skip_bad: bool,
     patient_regex: str | None,
+    scratch: str | None,
+    distributed: bool | None,
+    dist_timeout: float,
 ) -> None:
-    """Compute frozen ResNet-50 features of V views per image into a crash-safe, resumable HDF5 cache."""
+    """Compute frozen ResNet-50 features of V views per image into a crash-safe, resumable HDF5 cache.
+
+    Under `torchrun --nproc_per_node N -m fastall extract ...` every process extracts a share and rank 0
+    writes the one cache (docs/scale.md).
+    """
+    from functools import partial
+
     from fastall.features.extract import describe
     from fastall.features.extract import extract as run_extract
+    from fastall.system.distributed import detect
 
+    env = detect(distributed)
+    if env is not None:
+        from fastall.features.distributed import extract_distributed
+
+        run_extract = partial(extract_distributed, env=env, timeout=dist_timeout)
     summary = run_extract(
         data,
         out,
@@ -67,6 +100,8 @@ def extract(
         patient_regex=patient_regex,
         progress=True,
         warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),
+        scratch=scratch,
     )
-    for line in describe(summary):
-        click.echo(line)
+    if env is None or env.is_main:
+        for line in describe(summary):
+            click.echo(line)

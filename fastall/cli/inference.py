@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.console import Console
 
@@ -200,6 +202,18 @@ def bench(
     type=click.Path(dir_okay=False, path_type=str),
     help="Backbone weights file, where the recorded one has moved.",
 )
+@click.option(
+    "--distributed/--no-distributed",
+    default=None,
+    help="Run as one rank of a torchrun job [auto: when torchrun starts more than one process].",
+)
+@click.option(
+    "--dist-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a rank waits for an unresponsive other rank before stopping.",
+)
 def predict(
     run: str,
     paths: tuple[str, ...],
@@ -212,24 +226,39 @@ def predict(
     skip_bad: bool,
     workers: int | None,
     weights_path: str | None,
+    distributed: bool | None,
+    dist_timeout: float,
 ) -> None:
-    """A probability and a label per image (files, or folders searched recursively); RUN or model.pt."""
+    """A probability and a label per image (files, or folders searched recursively); RUN or model.pt.
+
+    Under `torchrun --nproc_per_node N -m fastall predict ...` every process predicts a share of the files
+    and rank 0 writes the one CSV.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.text import Text
 
     from fastall.inference.artifacts import load_for_inference
     from fastall.inference.predict import predict_paths, write_predictions
+    from fastall.system.distributed import detect
 
-    model = load_for_inference(
-        run, device=device, precision=precision, backend=backend, weights_path=weights_path
-    )
+    env = detect(distributed)
+
+    def load(on: Any) -> Any:
+        return load_for_inference(
+            run, device=on, precision=precision, backend=backend, weights_path=weights_path
+        )
+
+    model = load(device) if env is None else None
     with Progress(
-        "[bold]predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        "[bold]predict",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=env is not None and not env.is_main,
     ) as bar:
         task = bar.add_task("predict", total=None)
-        preds = predict_paths(
-            model,
-            paths,
+        options = dict(
             batch_size=batch_size,
             tta=tta,
             skip_bad=skip_bad,
@@ -239,6 +268,14 @@ def predict(
             ),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+        if env is None:
+            preds = predict_paths(model, paths, **options)
+        else:
+            from fastall.inference.distributed import predict_distributed
+
+            preds = predict_distributed(env, load, paths, out, device=device, timeout=dist_timeout, **options)
+    if preds is None:
+        return
     sidecar = write_predictions(preds, out)
     counts = {c: preds.labels.count(c) for c in preds.class_names}
     click.echo(

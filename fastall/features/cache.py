@@ -127,7 +127,7 @@ def write_cache(
     needed = expected_cache_bytes(features.shape, view_params.shape, [*patients, *paths, *sources])
 
     def write(fh: BinaryIO) -> None:
-        with h5py.File(fh, "w") as f:
+        with h5py.File(fh, "w", locking=False) as f:  # private until renamed; NFS may lack locks (errno 37)
             f.create_dataset(
                 "features",
                 data=features.astype(np.float16, copy=False),

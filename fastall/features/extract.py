@@ -28,7 +28,7 @@ from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
 from fastall.features.loop import run
-from fastall.features.shards import PartialStore, cache_lock
+from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from fastall.system.files import kill_point
 
@@ -172,6 +172,32 @@ def _open_partial(store: PartialStore, key_params: dict[str, Any], overwrite: bo
         store.start(cache_key(key_params), key_params)
 
 
+def _dataset(data: str | Path, include: Iterable[str], patient_regex: str | None, note: Callable) -> Any:
+    """The discovered dataset; fatal problems raise, the others are passed to ``note``."""
+    include = tuple(include)
+    ds = discover(data, patient_regex=patient_regex, **({"include": include} if include else {}))
+    fatal = ds.fatal_problems
+    if fatal:
+        first = "; ".join(str(p) for p in fatal[:3])
+        raise FastallError(
+            f"{len(fatal)} fatal problem(s) in {ds.root}: {first}"
+            f"{' ...' if len(fatal) > 3 else ''} (`fastall scan {ds.root}` lists them all)"
+        )
+    ds.check(training=False)
+    for message in ds.warnings + [str(p) for p in ds.problems]:
+        note(message)
+    return ds
+
+
+def _check_out(out: Path, scratch: str | Path | None) -> None:
+    if out.is_dir():
+        raise FastallError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
+    if not out.parent.is_dir():
+        raise FastallError(f"--out {out}: folder {out.parent} does not exist")
+    if scratch is not None and not Path(scratch).is_dir():
+        raise FastallError(f"--scratch {scratch}: no such folder")
+
+
 def extract(
     data: str | Path,
     out: str | Path,
@@ -191,6 +217,7 @@ def extract(
     patient_regex: str | None = None,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    scratch: str | Path | None = None,
 ) -> ExtractSummary:
     """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``."""
     start = time.perf_counter()
@@ -204,22 +231,8 @@ def extract(
     _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
     dev = _device(device)
     out = Path(out)
-    if out.is_dir():
-        raise FastallError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
-    if not out.parent.is_dir():
-        raise FastallError(f"--out {out}: folder {out.parent} does not exist")
-    include = tuple(include)
-    ds = discover(data, patient_regex=patient_regex, **({"include": include} if include else {}))
-    fatal = ds.fatal_problems
-    if fatal:
-        first = "; ".join(str(p) for p in fatal[:3])
-        raise FastallError(
-            f"{len(fatal)} fatal problem(s) in {ds.root}: {first}"
-            f"{' ...' if len(fatal) > 3 else ''} (`fastall scan {ds.root}` lists them all)"
-        )
-    ds.check(training=False)
-    for message in ds.warnings + [str(p) for p in ds.problems]:
-        note(message)
+    _check_out(out, scratch)
+    ds = _dataset(data, include, patient_regex, note)
     records = ds.records
     with cache_lock(out, warn=note):
         model, info = load_backbone(weights, seed=seed)
@@ -246,7 +259,7 @@ def extract(
             key=cache_key(key_params),
             warnings=warnings,
         )
-        store = PartialStore(out)
+        store = PartialStore(out, partial_folder(out, scratch))
         if _existing_matches(out, key_params, overwrite):
             if store.meta() is not None and store.meta().get("key") == summary.key:
                 store.remove()
@@ -254,6 +267,7 @@ def extract(
             summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
             summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
             return summary
+        claim_layout(store.dir, 1, overwrite)
         _open_partial(store, key_params, overwrite, note)
         done, bad = store.load(len(records), views, info.feature_dim, warn=note)
         todo = [i for i in range(len(records)) if i not in done and i not in bad]
@@ -324,10 +338,25 @@ def _finalize(
     if missing:
         raise CacheError(f"{store.dir}: {len(missing)} images still missing after the run; run extract again")
     rows = sorted(done)
+    features = np.stack([done[i][0] for i in rows]) if rows else None
+    params = np.stack([done[i][1] for i in rows]) if rows else None
+    _write(out, records, rows, features, params, bad, class_names, key_params, provenance)
+
+
+def _write(
+    out: Path,
+    records: list[Record],
+    rows: list[int],
+    features: np.ndarray | None,
+    params: np.ndarray | None,
+    bad: dict[int, str],
+    class_names: list[str],
+    key_params: dict[str, Any],
+    provenance: dict[str, Any],
+) -> None:
+    """The one cache of ``rows`` (sorted record indices; ``features``/``params`` in that order)."""
     if not rows:
         raise FastallError(f"none of the {len(records)} images could be decoded; nothing to cache")
-    features = np.stack([done[i][0] for i in rows])
-    params = np.stack([done[i][1] for i in rows])
     picked = [records[i] for i in rows]
     skipped = [(records[i].rel_path, bad[i].removeprefix(f"{records[i].path}: ")) for i in sorted(bad)]
     write_cache(
