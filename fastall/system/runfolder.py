@@ -17,7 +17,7 @@ from pathlib import Path
 from fastall.errors import FastallError
 from fastall.system.procs import pid_alive
 
-MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep"}
+MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep", "explain.json": "fastall-explain"}
 
 
 def _fastall_format(folder: Path) -> str | None:
