@@ -354,6 +354,52 @@ CASES: list[Case] = [
         lambda e: ["extract", str(e.data), "--out", str(e.tmp / "c.h5"), "--scratch", str(e.tmp / "nope")],
         fragments=("--scratch", "nope"),
     ),
+    # explain (issue 15)
+    Case(
+        "explain",
+        "unknown --target class (lists the run's classes)",
+        lambda e: ["explain", str(e.run), str(e.data), "--out", str(e.tmp / "ex"), "--target", "blast"],
+        fragments=("blast", "hem", "all"),
+    ),
+    Case(
+        "explain",
+        "unknown --method",
+        lambda e: ["explain", str(e.run), str(e.data), "--out", str(e.tmp / "ex"), "--method", "shap"],
+        fragments=("shap", "gradcam++", "layercam"),
+    ),
+    Case(
+        "explain",
+        "unreadable image among readable ones (reported, skipped)",
+        lambda e: ["explain", str(e.run), str(_one_good_one_bad(e)), "--out", str(e.tmp / "ex")],
+        expect="reported",
+        fragments=("trunc.bmp", "skipped.csv"),
+    ),
+    Case(
+        "explain",
+        "run whose weights file has moved",
+        lambda e: ["explain", str(_moved_weights_run(e)), str(e.data), "--out", str(e.tmp / "ex")],
+        fragments=("gone.pth", "--weights-path"),
+    ),
+    Case(
+        "explain",
+        "relative path under a data root that has moved",
+        lambda e: [
+            "explain",
+            str(e.run),
+            "fold_0/x.bmp",
+            "--data",
+            str(e.tmp / "moved"),
+            "--out",
+            str(e.tmp / "ex"),
+        ],
+        fragments=("moved", "--data"),
+    ),
+    Case(
+        "explain",
+        "--out holding other files (never overwritten)",
+        lambda e: ["explain", str(e.run), str(e.data), "--out", str(_occupied(e))],
+        fragments=("occupied", "--out"),
+    ),
 ]
 
 
@@ -462,3 +508,30 @@ CASES += [
         show="taking over a stale lock",
     ),
 ]
+
+
+def _one_good_one_bad(env: Env) -> Path:
+    folder = env.tmp / "imgs"
+    folder.mkdir()
+    (folder / "good.bmp").write_bytes(_bmp_bytes(_cell()))
+    (folder / "trunc.bmp").write_bytes(_bmp_bytes(_cell())[:500])
+    return folder
+
+
+def _moved_weights_run(env: Env) -> Path:
+    from fastall.features.cache import cache_key
+
+    run = env.tmp / "moved_run"
+    shutil.copytree(env.run, run)
+    blob = torch.load(run / "head.pt", weights_only=True)
+    kp = {**blob["key_params"], "weights": "file", "weights_path": str(env.tmp / "gone.pth")}
+    blob.update(key_params=kp, cache_key=cache_key(kp))
+    torch.save(blob, run / "head.pt")
+    return run
+
+
+def _occupied(env: Env) -> Path:
+    out = env.tmp / "occupied"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    return out
