@@ -39,6 +39,7 @@ def test_layer_contracts_hold():
         ("fastall/data/images.py", "from fastall.inference import model"),
         ("fastall/features/cache.py", "from fastall.training import splits"),
         ("fastall/inference/predict.py", "import fastall.cli"),
+        ("fastall/reporting/figures.py", "from fastall.training import metrics"),
     ],
 )
 def test_a_forbidden_import_breaks_the_contracts(tmp_path, module, forbidden):

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fastall.errors import FastallError
+from fastall.system.files import fsync_dir
 from fastall.system.procs import pid_alive
 
 MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep"}
@@ -86,6 +87,10 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
 
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
+        if path.is_dir():
+            _fsync_tree(path)
+            fsync_dir(path)
+            continue
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
 
