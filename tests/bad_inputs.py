@@ -308,14 +308,14 @@ CASES: list[Case] = [
         "run without metrics.json (figures still made from predictions.csv)",
         lambda e: ["report", str(_run_copy(e, drop="metrics.json"))],
         expect="reported",
-        fragments=("metrics.json is missing", "figures; report:"),
+        fragments=("metrics.json is missing", "; report:"),
     ),
     Case(
         "report",
         "run made before per-epoch history was recorded (other figures made)",
         lambda e: ["report", str(_run_copy(e))],
         expect="reported",
-        fragments=("no per-epoch history", "figures; report:"),
+        fragments=("no per-epoch history", "; report:"),
     ),
     Case(
         "report",

@@ -217,3 +217,25 @@ def test_sweep_writes_a_ranked_report_with_a_heatmap(pipeline, tmp_path):
     assert {"sweep_rank.png", "sweep_heatmap.png", "sweep_heatmap.svg"} <= {p.name for p in folder.rglob("*")}
     html = (folder / "index.html").read_text()
     assert "fastall train-head" in html and html.count("<img") == 2
+
+
+def test_more_than_two_classes_gets_the_figures_that_apply(tmp_path):
+    """A predictions.csv of three classes (no metrics.json): confusion matrices; ROC/PR/calibration are
+    two-class figures and are left out with a note."""
+    import csv
+
+    import numpy as np
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c"]
+    with open(run / "predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "patient", "label", "split", "fold", "prediction", "probability"])
+        for i in range(60):
+            label, pred = names[i % 3], names[int(rng.integers(3))]
+            w.writerow([f"x/{i}.png", f"p{i % 12}", label, "val", i % 2, pred, f"{rng.uniform(0.34, 1):.3f}"])
+    out = _invoke("report", str(run)).output
+    assert "3 classes" in out and "1 figure;" in out
+    assert (run / "report" / "figures" / "confusion.svg").is_file()

@@ -23,4 +23,5 @@ def report_cmd(run: str, data: str | None) -> None:
     made = write_report(run, data)
     for note in made.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    console.print(f"{len(made.figures)} figures; report: {made.path}", highlight=False, soft_wrap=True)
+    n = len(made.figures)
+    console.print(f"{n} figure{'s' * (n != 1)}; report: {made.path}", highlight=False, soft_wrap=True)

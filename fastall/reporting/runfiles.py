@@ -131,9 +131,9 @@ def _predictions(path: Path, classes: list[str] | None) -> Predictions:
     try:
         prob = np.array([float(r["probability"]) for r in rows], dtype=np.float64)
         ens = np.array([float(r.get("probability_ensemble") or "nan") for r in rows], dtype=np.float64)
-    except ValueError as err:
-        raise FastallError(f"{path}: a probability is not a number ({err})") from None
-    fold = np.array([int(r["fold"]) if r["fold"].strip() else -1 for r in rows], dtype=np.int64)
+        fold = np.array([int(r["fold"]) if r["fold"].strip() else -1 for r in rows], dtype=np.int64)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise FastallError(f"{path}: a probability or fold is not a number ({err})") from None
     label, pred = col("label"), col("prediction")
     return Predictions(
         path=col("path"),
