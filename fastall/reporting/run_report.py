@@ -18,6 +18,7 @@ from fastall.reporting import figures as F
 from fastall.reporting.grids import correct_rows, error_rows, grid_figure, image_root
 from fastall.reporting.html import Shown, render, run_tables, sweep_tables
 from fastall.reporting.runfiles import RunFiles, load_run
+from fastall.system.procs import pid_alive
 
 REPORT_DIR = "report"
 HOW = {
@@ -61,11 +62,12 @@ def write_report(
     shown = Path(shown_as) if shown_as else run.folder.absolute()
     run.notes = [n.replace(str(run.folder), str(shown)) for n in run.notes]
     final = run.folder / REPORT_DIR
+    _remove_stale(run.folder)
     tmp = run.folder / f"{REPORT_DIR}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         (tmp / "figures").mkdir(parents=True)
-        report = _sweep(run, tmp, shown_as) if run.sweep else _run(run, tmp, data, shown_as)
+        report = _sweep(run, tmp, shown) if run.sweep else _run(run, tmp, data, shown)
         _replace(tmp, final)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -77,6 +79,14 @@ def write_report(
     return report
 
 
+def _remove_stale(folder: Path) -> None:
+    """Half-written reports of processes that are gone (a crash between the writes and the rename)."""
+    for stale in folder.glob(f"{REPORT_DIR}.*-*"):
+        kind, _, pid = stale.name.removeprefix(f"{REPORT_DIR}.").partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _replace(tmp: Path, final: Path) -> None:
     old = final.with_name(f"{final.name}.old-{os.getpid()}")
     if final.exists():
@@ -85,9 +95,10 @@ def _replace(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _run(run: RunFiles, out: Path, data: str | Path | None, shown_as) -> Report:
+def _run(run: RunFiles, out: Path, data: str | Path | None, shown: Path) -> Report:
     notes = list(run.notes)
     m, p = run.metrics, run.predictions
+    root, note = image_root(p, m, data) if p is not None else (None, "")
     folder = out / "figures"
     shown: list[Shown] = []
 
@@ -110,7 +121,6 @@ def _run(run: RunFiles, out: Path, data: str | Path | None, shown_as) -> Report:
     if p is not None and p.binary:
         add("calibration", "Calibration", F.calibration_figure(p, pooled, test))
     if p is not None:
-        root, note = image_root(p, m, data)
         if root is None:
             notes.append(note)
         else:
@@ -128,7 +138,7 @@ def _run(run: RunFiles, out: Path, data: str | Path | None, shown_as) -> Report:
             )
     html = render(
         title="fastall run report",
-        run=str(shown_as or run.folder),
+        run=str(shown),
         command=(m or {}).get("command"),
         metrics=m,
         tables=run_tables(m) if m else [],
@@ -139,7 +149,7 @@ def _run(run: RunFiles, out: Path, data: str | Path | None, shown_as) -> Report:
     return Report(out / "index.html", [s.id for s in shown], notes)
 
 
-def _sweep(run: RunFiles, out: Path, shown_as) -> Report:
+def _sweep(run: RunFiles, out: Path, shown: Path) -> Report:
     s = run.sweep
     folder = out / "figures"
     shown = [
@@ -172,7 +182,7 @@ def _sweep(run: RunFiles, out: Path, shown_as) -> Report:
     }
     html = render(
         title="fastall sweep report",
-        run=str(shown_as or run.folder),
+        run=str(shown),
         command=s.get("command"),
         metrics=metrics,
         tables=sweep_tables(s),
