@@ -26,6 +26,9 @@ FLAGS = (
 )
 
 
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         found = shutil.which(name)
@@ -41,19 +44,27 @@ class Page:
     value: object = None
 
 
-def load(html: Path, expression: str, timeout: float = 60.0) -> Page:
+def load(html: Path, expression: str, timeout: float = 180.0) -> Page:
     """Open ``html`` in a fresh headless Chromium, wait for its load event, evaluate ``expression`` (its
     JSON-able value comes back), and collect console errors, exceptions and requested URLs."""
     import websocket
 
     profile = tempfile.mkdtemp(prefix="fastall-chromium-")
+    log = open(Path(profile).with_suffix(".log"), "w+b")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [chromium(), *FLAGS, "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
     try:
-        ws = websocket.create_connection(_page_socket(Path(profile), proc, timeout), timeout=timeout)
+        try:
+            url = _page_socket(Path(profile), proc, timeout)
+        except RuntimeError as err:
+            log.seek(0)
+            raise RuntimeError(
+                f"{err}; chromium said: {log.read()[-2000:].decode(errors='replace')}"
+            ) from None
+        ws = websocket.create_connection(url, timeout=timeout, suppress_origin=True)
         try:
             return _drive(ws, html, expression, timeout)
         finally:
@@ -66,6 +77,8 @@ def load(html: Path, expression: str, timeout: float = 60.0) -> Page:
             proc.kill()
             proc.wait(10)
         shutil.rmtree(profile, ignore_errors=True)
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
 
 
 def _page_socket(profile: Path, proc: subprocess.Popen, timeout: float) -> str:
@@ -77,7 +90,7 @@ def _page_socket(profile: Path, proc: subprocess.Popen, timeout: float) -> str:
         if port_file.is_file() and port_file.read_text().strip():
             port = port_file.read_text().split()[0]
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
+                with _NO_PROXY.open(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
                     targets = json.load(r)
             except OSError:
                 time.sleep(0.2)
