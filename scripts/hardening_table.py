@@ -59,6 +59,8 @@ def main() -> None:
                 seen = "accepted (converted where needed), one prediction row"
             elif errors:
                 seen = errors[0]
+            elif notes := [line for line in result.output.splitlines() if line.startswith("note:")]:
+                seen = " / ".join(notes) + " (exit 0: everything else is made)"
             else:
                 seen = "listed in the problems table, naming the file; the other images are used"
             seen = re.sub(r"…/(case\d+|env)/", "…/", seen.replace(tmp, "…")).replace("|", "\\|")

@@ -400,6 +400,58 @@ CASES: list[Case] = [
         lambda e: ["explain", str(e.run), str(e.data), "--out", str(_occupied(e))],
         fragments=("occupied", "--out"),
     ),
+    # issue 13: `fastall report` (figures and HTML from a run folder alone)
+    Case(
+        "report",
+        "folder that is not a run (no metrics.json, predictions.csv or results.json)",
+        lambda e: ["report", str(_mkdir(e.tmp / "not_a_run"))],
+        fragments=("not a fastall run folder",),
+    ),
+    Case(
+        "report",
+        "run without metrics.json (figures still made from predictions.csv)",
+        lambda e: ["report", str(_run_copy(e, drop="metrics.json"))],
+        expect="reported",
+        fragments=("metrics.json is missing", "; report:"),
+    ),
+    Case(
+        "report",
+        "run made before per-epoch history was recorded (other figures made)",
+        lambda e: ["report", str(_run_copy(e))],
+        expect="reported",
+        fragments=("no per-epoch history", "; report:"),
+    ),
+    Case(
+        "report",
+        "metrics.json that is not JSON",
+        lambda e: ["report", str(_run_copy(e, metrics=b"{not json"))],
+        fragments=("metrics.json", "unreadable"),
+    ),
+    Case(
+        "report",
+        "--data folder that does not exist",
+        lambda e: ["report", str(_run_copy(e)), "--data", str(e.tmp / "nowhere")],
+        fragments=("--data", "no such folder"),
+    ),
+    Case(
+        "report",
+        "--data pointing at other images (recorded paths missing)",
+        lambda e: ["report", str(_run_copy(e)), "--data", str(_other_data(e, patients=2, size=40, seed=7))],
+        fragments=("--data", "are not there"),
+    ),
+    Case(
+        "report",
+        "--data pointing at the same names with other pixels (dataset fingerprint)",
+        lambda e: ["report", str(_run_copy(e)), "--data", str(_other_data(e, patients=3, size=40, seed=1))],
+        fragments=("--data", "fingerprint"),
+    ),
+    Case(
+        "report",
+        "images moved away from the recorded data root (grids left out, rest made)",
+        lambda e: ["report", str(_run_copy(e, data_root=e.tmp / "moved"))],
+        expect="reported",
+        fragments=("grids left out", "--data DIR"),
+    ),
 ]
 
 
@@ -534,4 +586,34 @@ def _occupied(env: Env) -> Path:
     out = env.tmp / "occupied"
     out.mkdir()
     (out / "notes.txt").write_text("mine\n")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run_copy(
+    env: Env, drop: str | None = None, metrics: bytes | None = None, data_root: Path | None = None
+) -> Path:
+    """A copy of the shared run (never modified), without its report, changed as asked."""
+    run = env.tmp / "run_copy"
+    shutil.copytree(env.run, run, ignore=shutil.ignore_patterns("report"))
+    if drop:
+        (run / drop).unlink()
+    if metrics is not None:
+        (run / "metrics.json").write_bytes(metrics)
+    if data_root is not None:
+        m = json.loads((run / "metrics.json").read_text())
+        m["cache"]["data_root"] = str(data_root)
+        (run / "metrics.json").write_text(json.dumps(m))
+    return run
+
+
+def _other_data(env: Env, *, patients: int, size: int, seed: int) -> Path:
+    """A synthetic tree like the shared one (3 patients per class, 3 images, seed 1) but not it."""
+    from fastall.data.synth import synthesize
+
+    out = env.tmp / "other_data"
+    synthesize(out, patients_per_class=patients, images_per_patient=3, size=size, seed=seed)
     return out

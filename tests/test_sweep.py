@@ -114,7 +114,7 @@ def test_sweep_outputs_and_best_command_reproduces_the_best(cache, tmp_path):
         device="cpu",
     )
     out = tmp_path / "sw"
-    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["report", "results.csv", "results.json"]
     data = json.loads((out / "results.json").read_text())
     assert data["format"] == "fastall-sweep" and data["varying"] == ["lr", "hidden", "patience"]
     scores = [c["summary"]["auc"] for c in data["configs"]]

@@ -168,7 +168,7 @@ def test_train_head_outputs(cache, tmp_path):
     out = tmp_path / "run"
     result = _run(cache, out, tta=True, patience=2)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["folds.csv", "head.pt", "metrics.json", "predictions.csv"]
+    assert names == ["folds.csv", "head.pt", "metrics.json", "predictions.csv", "report"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["format"] == "fastall-run" and m["precision"] in ("bf16", "fp32")
     assert len(m["folds"]) == 5 and m["summary"]["peak_fold"] in range(5)

@@ -6,6 +6,13 @@ import click
 
 from fastall.cli.group import cli, console
 
+_report_option = click.option(
+    "--report/--no-report",
+    default=True,
+    show_default=True,
+    help="Write the HTML report (figures, CIs, provenance) into OUT/report/.",
+)
+
 
 @cli.command(name="train-head")
 @click.argument("cache", type=click.Path(dir_okay=False, path_type=str))
@@ -39,6 +46,7 @@ from fastall.cli.group import cli, console
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@_report_option
 def train_head_cmd(
     cache: str,
     out: str,
@@ -60,6 +68,7 @@ def train_head_cmd(
     seed: int,
     device: str,
     overwrite: bool,
+    report: bool,
 ) -> None:
     """Patient-level k-fold CV of the head from the feature cache, with test metrics, in seconds."""
     from fastall.training.train_head import print_run_summary, train_head
@@ -86,6 +95,7 @@ def train_head_cmd(
         device=device,
         overwrite=overwrite,
         console=console,
+        report=report,
     )
     print_run_summary(result, console)
 
@@ -114,6 +124,7 @@ def train_head_cmd(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing sweep folder.")
+@_report_option
 def sweep_cmd(
     cache: str,
     out: str,
@@ -126,6 +137,7 @@ def sweep_cmd(
     seed: int,
     device: str,
     overwrite: bool,
+    report: bool,
 ) -> None:
     """Train many head configurations on the same patient-level folds at once, ranked by a metric."""
     from fastall.training.sweep import print_sweep, sweep
@@ -143,5 +155,6 @@ def sweep_cmd(
         device=device,
         overwrite=overwrite,
         console=console,
+        report=report,
     )
     print_sweep(result, console)

@@ -8,9 +8,6 @@ shard beside the target; ``CACHE.h5`` appears only when complete.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,6 +20,7 @@ import torchvision
 
 from fastall import __version__
 from fastall.data.discover import Record, discover
+from fastall.data.fingerprint import dataset_fingerprint
 from fastall.errors import CacheError, FastallError
 from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES
 from fastall.features.backbone import load_backbone
@@ -73,17 +71,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _fingerprint(records: list[Record]) -> str:
-    h = hashlib.sha256()
-    for r in records:
-        try:
-            size = os.stat(r.path).st_size
-        except OSError:
-            size = -1
-        h.update(json.dumps([r.rel_path, r.label, r.patient, r.source, size]).encode())
-    return h.hexdigest()
-
-
 def key_params_for(
     *,
     info: Any,
@@ -110,7 +97,7 @@ def key_params_for(
         "seed": seed,
         "amp": amp,
         "amp_dtype": amp_dtype if amp else "fp32",
-        "dataset_fingerprint": _fingerprint(records),
+        "dataset_fingerprint": dataset_fingerprint(records),
         "dataset_images": len(records),
         "dataset_classes": list(class_names),
     }

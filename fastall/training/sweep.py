@@ -22,7 +22,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from fastall import __version__
 from fastall.errors import FastallError
+from fastall.reporting.provenance import command_line
 from fastall.reporting.tables import fmt
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult
@@ -146,6 +148,7 @@ def sample(grid: dict[str, list | Range], n: int, seed: int) -> list[HeadConfig]
 class SweepResult:
     out: Path
     results: dict[str, Any]
+    report: Any = None  # fastall.reporting.run_report.Report
 
     @property
     def best(self) -> dict:
@@ -168,6 +171,7 @@ def sweep(
     overwrite: bool = False,
     progress: bool = True,
     console: Console | None = None,
+    report: bool = True,
 ) -> SweepResult:
     """Train every configuration on train-head's folds and rank them by ``metric`` (mean over folds)."""
     t_start = time.perf_counter()
@@ -184,7 +188,7 @@ def sweep(
         cache_path, folds=folds, test=test, holdout=holdout, seed=seed, device=device, precision=precision
     )
     t0 = time.perf_counter()
-    with _GroupProgress(progress, console, configs) as report:
+    with _GroupProgress(progress, console, configs) as on_progress:
         heads = train_stacks(
             replace(prep.data, test=np.empty(0, dtype=np.int64)),
             configs,
@@ -192,7 +196,7 @@ def sweep(
             precision=prep.precision,
             final=False,
             states=False,
-            progress=report,
+            progress=on_progress,
         )
     train_s = time.perf_counter() - t0
     table = _rank(prep, configs, heads, metric)
@@ -210,7 +214,13 @@ def sweep(
     results = {
         "format": SWEEP_FORMAT,
         "format_version": SWEEP_VERSION,
-        "cache": {"path": str(prep.cache.path.absolute()), "key": prep.cache.key},
+        "command": command_line(),
+        "fastall_version": __version__,
+        "cache": {
+            "path": str(prep.cache.path.absolute()),
+            "key": prep.cache.key,
+            "key_params": prep.cache.key_params,
+        },
         "grid": text
         if text is not None
         else {k: asdict(v) if isinstance(v, Range) else v for k, v in spec.items()},
@@ -235,7 +245,11 @@ def sweep(
     with atomic_folder(out, overwrite=overwrite) as tmp:
         _write_csv(tmp / "results.csv", table)
         (tmp / "results.json").write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n")
-    return SweepResult(Path(out).absolute(), results)
+        if report:
+            from fastall.reporting.run_report import write_report
+
+            made = write_report(tmp, shown_as=Path(out).absolute())
+    return SweepResult(Path(out).absolute(), results, made if report else None)
 
 
 class _GroupProgress:
@@ -421,3 +435,5 @@ def print_sweep(result: SweepResult, console: Console | None = None, top: int = 
     )
     console.print("Best configuration, as a train-head run:")
     console.print(r["best"]["command"], soft_wrap=True, highlight=False, markup=False)
+    if result.report is not None:
+        console.print(f"Report: {result.report.path}", highlight=False, soft_wrap=True)

@@ -2,7 +2,7 @@
 
 One stack trains the k fold heads and the final head (all non-test images, kept at the median of the folds'
 best-epoch counts) together. Test metrics come from the final head and from the ensemble of fold heads.
-Outputs (written atomically): metrics.json, folds.csv, predictions.csv, head.pt.
+Outputs (written atomically): metrics.json, folds.csv, predictions.csv, head.pt and report/ (the HTML report).
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from fastall import __version__
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
 from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
+from fastall.reporting.provenance import command_line
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult, StackData
 from fastall.training.engine import resolve_device, resolve_precision, train_stacks
 from fastall.training.metrics import PAPER_CV, PAPER_TEST, classification_metrics, json_safe, summarize
 from fastall.training.splits import Splits, audit_splits, fold_table, make_splits
+from fastall.training.uncertainty import metrics_with_ci, pooled_with_ci
 
 RUN_FORMAT, RUN_VERSION = "fastall-run", 1
 
@@ -85,6 +87,7 @@ class RunResult:
 
     out: Path
     metrics: dict[str, Any]
+    report: Any = None  # fastall.reporting.run_report.Report: the HTML report's path and notes
 
     @property
     def summary(self) -> dict:
@@ -124,12 +127,14 @@ def train_head(
     overwrite: bool = False,
     progress: bool = True,
     console: Console | None = None,
+    report: bool = True,
 ) -> RunResult:
     """Cross-validate one head configuration by patient and write the run folder ``out``.
 
     Defaults are the paper's (Adam 1e-4, batch 32, 5 epochs, dropout 0.5, 512 hidden) plus ReduceLROnPlateau
     (factor 0.1, patience 2). Without ``patience`` every fold keeps its last epoch; with it, training stops
-    after ``patience`` epochs without a lower validation loss and the best epoch is restored.
+    after ``patience`` epochs without a lower validation loss and the best epoch is restored. With
+    ``report`` the HTML report is written into the run folder before it is published.
     """
     t_start = time.perf_counter()
     cfg = HeadConfig(
@@ -151,9 +156,9 @@ def train_head(
         cache_path, folds=folds, test=test, holdout=holdout, seed=seed, device=device, precision=precision
     )
     t0 = time.perf_counter()
-    with _EpochProgress(progress, console, epochs) as report:
+    with _EpochProgress(progress, console, epochs) as on_progress:
         results = train_stacks(
-            prep.data, [cfg], seed=seed, precision=prep.precision, final=True, tta=tta, progress=report
+            prep.data, [cfg], seed=seed, precision=prep.precision, final=True, tta=tta, progress=on_progress
         )
     train_s = time.perf_counter() - t0
     config = {
@@ -166,7 +171,7 @@ def train_head(
         "device": prep.device.type,
         "precision": prep.precision,
     }
-    metrics = _metrics(prep, results, config, tta)
+    metrics, made = _metrics(prep, results, config, tta), None
     t0 = time.perf_counter()
     with atomic_folder(out, overwrite=overwrite) as tmp:
         _write_head(tmp / "head.pt", prep, results, cfg, config)
@@ -179,7 +184,11 @@ def train_head(
             "total_s": time.perf_counter() - t_start,
         }
         (tmp / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
-    return RunResult(out.absolute(), metrics)
+        if report:  # imported here: matplotlib only when a report is made
+            from fastall.reporting.run_report import write_report
+
+            made = write_report(tmp, shown_as=out.absolute())
+    return RunResult(out.absolute(), metrics, made)
 
 
 class _EpochProgress:
@@ -228,6 +237,7 @@ def _metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bool)
     if tta:
         summary["tta"] = summarize(fold_tta)
     return {
+        "command": command_line(),
         "format": RUN_FORMAT,
         "format_version": RUN_VERSION,
         "fastall_version": __version__,
@@ -239,6 +249,7 @@ def _metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bool)
             "views": prep.cache.n_views,
             "dim": prep.data.dim,
             "class_names": prep.cache.class_names,
+            "data_root": prep.cache.attrs.get("data_root"),
         },
         "config": config,
         "device": prep.device.type,
@@ -253,27 +264,34 @@ def _metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bool)
         },
         "folds": fold_rows,
         "summary": summary,
+        "pooled": pooled_with_ci(
+            prep.cache.labels,
+            prep.cache.patients,
+            [(prep.splits.folds[r.fold][1], r.probs["val"]) for r in results if not r.final],
+            prep.data.classes,
+            seed=config["seed"],
+        ),
         "final_head": {
             "epochs": final.best_epoch,
             "lr_history": final.lr_history,
             "train_images": int(prep.splits.pool.size),
         },
-        "test": _test_metrics(prep, results, tta),
+        "test": _test_metrics(prep, results, tta, config["seed"]),
         "paper": {"cv": PAPER_CV, "test": PAPER_TEST},
     }
 
 
-def _test_metrics(prep: Prepared, results: list[HeadResult], tta: bool) -> dict | None:
+def _test_metrics(prep: Prepared, results: list[HeadResult], tta: bool, seed: int = 0) -> dict | None:
     rows = prep.splits.test
     if rows.size == 0:
         return None
-    y, k = prep.cache.labels[rows], prep.data.classes
+    y, k, patients = prep.cache.labels[rows], prep.data.classes, prep.cache.patients[rows]
     final = next(r for r in results if r.final)
     folds = [r for r in results if not r.final]
     out = {
         "images": int(rows.size),
-        "final": classification_metrics(y, final.probs["test"], k),
-        "ensemble": classification_metrics(y, np.mean([r.probs["test"] for r in folds], 0), k),
+        "final": metrics_with_ci(y, final.probs["test"], patients, k, seed=seed),
+        "ensemble": metrics_with_ci(y, np.mean([r.probs["test"] for r in folds], 0), patients, k, seed=seed),
     }
     if tta:
         out["final_tta"] = classification_metrics(y, final.probs["test_tta"], k)
@@ -378,4 +396,4 @@ def print_run_summary(result: RunResult, console: Console | None = None) -> None
     the paper's Tables II and III."""
     from fastall.reporting.tables import print_run
 
-    print_run(result.metrics, result.out, console or Console(stderr=True))
+    print_run(result.metrics, result.out, console or Console(stderr=True), result.report)
