@@ -1,7 +1,11 @@
 """The paper's metrics, all from sklearn: per split, and summarised over folds (mean ± std, peak fold).
 
 Binary: the positive class is label 1 (ALL in C-NMC 2019); more classes: macro averages and one-vs-rest AUC.
-An undefined AUC (one class only in the split) is NaN in Python and ``null`` in JSON.
+
+NaN policy: a value that is undefined is NaN in Python and ``null`` in JSON (``fastall.system.jsonable.plain``),
+never a made-up number. An AUC is undefined when the split holds one class only; a summary's mean over folds
+skips undefined values and is undefined when every fold's is; its standard deviation (ddof 1) is undefined for
+fewer than two folds with a defined value (one fold has no spread to estimate), in train-head and sweep alike.
 """
 
 from __future__ import annotations
@@ -75,30 +79,17 @@ def _auc(y_true: np.ndarray, prob: np.ndarray, labels: list[int]) -> float:
             return math.nan
 
 
-def summarize(per_fold: Sequence[dict]) -> dict:
-    """Mean and sample std (ddof=1) of each metric over folds, and the peak (highest-accuracy) fold."""
+def summarize(per_fold: Sequence[dict], names: Sequence[str] = (*METRICS, "log_loss")) -> dict:
+    """Mean and sample std (ddof=1) of each of ``names`` over folds (the NaN policy above), and the peak
+    (highest-accuracy) fold."""
     out: dict = {}
-    for name in (*METRICS, "log_loss"):
+    for name in names:
         values = np.array([f.get(name, math.nan) for f in per_fold], dtype=np.float64)
         finite = values[np.isfinite(values)]
         out[name] = float(finite.mean()) if finite.size else math.nan
-        std = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
-        out[f"{name}_std"] = std if finite.size else math.nan
+        out[f"{name}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
     acc = [f.get("accuracy", math.nan) for f in per_fold]
     peak = int(np.nanargmax(acc)) if np.isfinite(acc).any() else 0
     out["peak_fold"] = peak
     out["peak_accuracy"] = float(acc[peak]) if per_fold else math.nan
     return out
-
-
-def json_safe(value):
-    """NaN/inf -> None, numpy scalars -> Python, recursively (``json.dumps(..., allow_nan=False)`` works)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
