@@ -10,6 +10,7 @@ import click
 from fastall.cli.group import cli, console
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.grid import grid_help
+from fastall.training.hparams import hparams_of
 
 TEST_CHOICES = click.Choice(["holdout", "prelim", "none"])
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
@@ -26,11 +27,11 @@ def _apply(*decorators: Callable) -> Callable:
     return wrap
 
 
-def head_options() -> list[Callable]:
-    """One click option per HeadConfig field: ``--name`` (``--name/--no-name`` for a flag), its type or
-    choices, default and help."""
+def head_options(config: type = HeadConfig) -> list[Callable]:
+    """One click option per hyperparameter field of ``config``: ``--name`` (``--name/--no-name`` for a flag),
+    its type or choices, default and help."""
     options = []
-    for p in HeadConfig.hparams():
+    for p in hparams_of(config):
         decls = [f"{p.flag}/--no-{p.flag[2:]}"] if p.kind is bool else [p.flag]
         kind = click.Choice(list(p.choices)) if p.choices else p.kind
         extra = {} if p.kind is bool else {"type": kind}

@@ -9,9 +9,9 @@ import numpy as np
 
 
 def plain(value: Any) -> Any:
-    """Only dict (str keys), list, str, int, float, bool and None, recursively: numpy scalars and arrays become
-    Python values and lists, tuples lists, paths and anything else their ``str``; a NaN or infinite float
-    becomes None (``null``), so ``json.dumps(plain(x), allow_nan=False)`` always works."""
+    """Only dict (str keys), list, str, int, float, bool and None, recursively: numpy scalars and arrays
+    become Python values and lists, tuples lists, paths and anything else their ``str``; a NaN or infinite
+    float becomes None (``null``), so ``json.dumps(plain(x), allow_nan=False)`` always works."""
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -53,9 +53,9 @@ def standardize_rows(
 class EpochBatch:
     """One epoch of a chunk of ``Mc`` heads: ``S`` steps of ``B`` rows (D features, H hidden, K classes).
 
-    Heads that share a fold and ``standardize`` share their inputs (one *variant*), and heads of one fold share
-    their dropout lanes. Rows past the end of a head's fold (its last steps when folds differ in size) have
-    weight 0.
+    Heads that share a fold and ``standardize`` share their inputs (one *variant*), and heads of one fold
+    share their dropout lanes. Rows past the end of a head's fold (its last steps when folds differ in size)
+    have weight 0.
     """
 
     steps: int  # S: the most steps of any fold in the chunk
@@ -77,8 +77,9 @@ def epoch_batch(
     lanes: dict[int, torch.Tensor],
     dtype: torch.dtype,
 ) -> EpochBatch:
-    """The epoch's inputs for heads a..b: ``order[f]`` is fold f's (rows, views) in epoch order, ``n_steps[f]``
-    its step count, ``lanes[f]`` its dropout lanes ``[steps, B, H]``; ``dtype`` is the compute dtype."""
+    """The epoch's inputs for heads a..b: ``order[f]`` is fold f's (rows, views) in epoch order,
+    ``n_steps[f]`` its step count, ``lanes[f]`` its dropout lanes ``[steps, B, H]``; ``dtype`` is the
+    compute dtype."""
     data, heads, dev, bsz, k = (
         layout.data,
         layout.heads[a:b],

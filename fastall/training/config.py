@@ -133,10 +133,10 @@ HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "lr")
 class HeadResult:
     """One trained head: its Head state dict (CPU) and what happened while training it.
 
-    ``best_epoch`` is 1-based: the epoch whose parameters the head keeps. ``history`` holds one value per epoch
-    run under each of :data:`HISTORY_KEYS`: the mean training loss over the epoch's steps, the validation loss
-    and accuracy (view 0) and the learning rate the epoch trained with; the final head has no validation rows,
-    so its ``val_loss`` and ``val_accuracy`` lists are empty.
+    ``best_epoch`` is 1-based: the epoch whose parameters the head keeps. ``history`` holds one value per
+    epoch run under each of :data:`HISTORY_KEYS`: the mean training loss over the epoch's steps, the
+    validation loss and accuracy (view 0) and the learning rate the epoch trained with; the final head has no
+    validation rows, so its ``val_loss`` and ``val_accuracy`` lists are empty.
     """
 
     config: int

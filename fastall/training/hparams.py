@@ -1,8 +1,8 @@
 """The head's hyperparameters as data, read from the fields of a dataclass (``HeadConfig``).
 
-A field declared with :func:`hparam` carries its help text, its allowed values and how a sweep samples it. From
-that one declaration come the CLI options of train-head, the sweep grid's names, types and validation, the
-configuration check and the printed ``fastall train-head`` command: adding a hyperparameter is one edit.
+A field declared with :func:`hparam` carries its help text, its allowed values and how a sweep samples it.
+From that one declaration come the CLI options of train-head, the sweep grid's names, types and validation,
+the configuration check and the printed ``fastall train-head`` command: adding a hyperparameter is one edit.
 """
 
 from __future__ import annotations
@@ -28,15 +28,17 @@ def hparam(
     choices: Sequence[str] | None = None,
     log: bool = False,
 ) -> Any:
-    """A dataclass field that is a hyperparameter: ``check(value)`` must hold (else ``"<name> <value> <rule>"``),
-    a string takes one of ``choices``; ``log``: a sweep samples its ranges log-uniformly."""
+    """A dataclass field that is a hyperparameter: ``check(value)`` must hold (else the problem reads
+    ``"<name> <value> <rule>"``), a string takes one of ``choices``; ``log``: a sweep samples its ranges
+    log-uniformly."""
     meta = {"help": help, "check": check, "rule": rule, "choices": tuple(choices or ()), "log": log}
     return field(default=default, metadata={"hparam": meta})
 
 
 @dataclass(frozen=True)
 class HParam:
-    """One hyperparameter: name, base type (int, float, str or bool), whether None is allowed, default, help."""
+    """One hyperparameter: name, base type (int, float, str or bool), whether None is allowed, default,
+    help."""
 
     name: str
     kind: type

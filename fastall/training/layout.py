@@ -5,8 +5,8 @@ A stack holds M heads of one shape (hidden size H, batch size B); head i is one 
 stored fold-major (the heads of a fold are contiguous). With D features and K classes:
 
 - parameters (fp32): ``W1 [M, D, H]``, ``b1 [M, 1, H]``, ``W2 [M, K, H]``, ``b2 [M, 1, K]``;
-- standardisation: ``mean``, ``std [M, D]`` (0 and 1 for a head without ``standardize``), ``inv = 1 / std`` and
-  ``shift = -mean / std``, both ``[M, 1, D]``;
+- standardisation: ``mean``, ``std [M, D]`` (0 and 1 for a head without ``standardize``),
+  ``inv = 1 / std`` and ``shift = -mean / std``, both ``[M, 1, D]``;
 - dropout: ``thr [M, 1, 1]`` (int16 lane threshold, see ``streams.dropout_threshold``), ``scale [M, 1, 1]``
   (``1 / (1 - p)``);
 - loss: ``class_w [M, K]`` (ones, or balanced over the head's training rows).

@@ -2,10 +2,11 @@
 
 Binary: the positive class is label 1 (ALL in C-NMC 2019); more classes: macro averages and one-vs-rest AUC.
 
-NaN policy: a value that is undefined is NaN in Python and ``null`` in JSON (``fastall.system.jsonable.plain``),
-never a made-up number. An AUC is undefined when the split holds one class only; a summary's mean over folds
-skips undefined values and is undefined when every fold's is; its standard deviation (ddof 1) is undefined for
-fewer than two folds with a defined value (one fold has no spread to estimate), in train-head and sweep alike.
+NaN policy: a value that is undefined is NaN in Python and ``null`` in JSON
+(``fastall.system.jsonable.plain``), never a made-up number. An AUC is undefined when the split holds one
+class only. A summary's mean over folds skips undefined values and is undefined when every fold's is; its
+standard deviation (ddof 1) is undefined for fewer than two folds with a defined value (one fold has no
+spread to estimate), in train-head and sweep alike (``summarize`` is the one owner).
 """
 
 from __future__ import annotations

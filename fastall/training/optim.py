@@ -1,11 +1,11 @@
-"""The optimiser and schedule of every head: torch.optim.Adam over stacked heads, ReduceLROnPlateau, weight grads.
+"""The optimiser and schedule of every head: Adam over stacked heads, ReduceLROnPlateau, weight gradients.
 
 :class:`StackedAdam` holds M heads' parameters ``[M, ...]`` with their gradients and Adam state and steps any
 subset of them, each head with its own learning rate and weight decay (torch.optim.Adam's formula: L2 weight
 decay, bias correction, eps 1e-8). Two implementations agree (tested): :func:`fused_adam_`, torch's fused
-kernel over per-head tensor lists grouped by (lr, weight decay), and :func:`stacked_adam_`, plain tensor ops
-over the stacked tensors with lr, weight decay and an active mask as per-head tensors (the public fallback for a
-device without the fused kernel).
+kernel over per-head tensor lists grouped by (lr, weight decay), and :func:`stacked_adam_`, plain tensor
+ops over the stacked tensors with lr, weight decay and an active mask as per-head tensors (the public
+fallback for a device without the fused kernel).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ def fused_adam_(groups: Sequence[tuple[float, float, AdamLists]], steps: list[to
     """One Adam step of every (lr, weight decay, tensor lists) group through torch's fused kernel; increments
     ``steps`` (the step tensors of all groups) first, as torch.optim.Adam does.
 
-    The only use of a private torch API: ``torch._fused_adam_`` skips the public wrapper's per-call grouping by
-    device and dtype (about 10 µs a call, one call per head and step on a CPU: about 1% of a CV). Without it,
-    the public ``torch.optim.adam.adam(fused=True)`` runs the same kernel.
+    The only use of a private torch API: ``torch._fused_adam_`` skips the public wrapper's per-call grouping
+    by device and dtype (about 10 µs a call, one call per head and step on a CPU: about 1% of a CV). Without
+    it, the public ``torch.optim.adam.adam(fused=True)`` runs the same kernel (tested to agree).
     """
     private = getattr(torch, "_fused_adam_", None) if USE_PRIVATE_FUSED else None
     if private is not None:

@@ -1,9 +1,10 @@
 """The head's arithmetic for M heads at once, written by hand: a training step's forward and backward, the
 forward alone (probabilities), and the class-weighted cross-entropy.
 
-The head is ``x -> relu(x W1 + b1) -> dropout -> · W2^T + b2 -> softmax``. Shapes: M heads, B rows, N rows to
-predict, D features, H hidden units, K classes; parameters ``W1 [M, D, H]``, ``b1 [M, 1, H]``, ``W2 [M, K, H]``,
-``b2 [M, 1, K]`` (fp32). Matmuls run in the inputs' dtype (bf16 or fp32) with fp32 parameters, softmax and loss.
+The head is ``x -> relu(x W1 + b1) -> dropout -> · W2^T + b2 -> softmax``. Shapes: M heads, B rows, N rows
+to predict, D features, H hidden units, K classes; parameters ``W1 [M, D, H]``, ``b1 [M, 1, H]``,
+``W2 [M, K, H]``, ``b2 [M, 1, K]`` (fp32). Matmuls run in the inputs' dtype (bf16 or fp32) with fp32
+parameters, softmax and loss.
 These functions read only their arguments and write only the buffers they are given.
 """
 
@@ -28,8 +29,8 @@ def forward_backward(
     g1c: torch.Tensor | None = None,
     loss_sum: torch.Tensor | None = None,
 ) -> None:
-    """One training step of M heads: writes into ``grads`` (the parameters' shapes, fp32) the gradients of each
-    head's loss ``-sum_b target_b · log p_b`` (the class-weighted mean cross-entropy of the batch).
+    """One training step of M heads: writes into ``grads`` (the parameters' shapes, fp32) the gradients of
+    each head's loss ``-sum_b target_b · log p_b`` (the class-weighted mean cross-entropy of the batch).
 
     - ``x [M, B, D]``: standardised inputs, in the compute dtype;
     - ``mask [M, B, H]`` fp32: the dropout multiplier (0, or ``1 / (1 - p)``);

@@ -59,8 +59,9 @@ def sweep(
 ) -> SweepResult:
     """Train every configuration on train-head's folds and rank them by ``metric`` (mean over folds).
 
-    ``options`` (folds, test, holdout, seed, device, precision, overwrite, progress, console) are train-head's;
-    the flat keywords of earlier versions (``folds=..., device=...``) still work and override them."""
+    ``options`` (folds, test, holdout, seed, device, precision, overwrite, progress, console) are
+    train-head's; the flat keywords of earlier versions (``folds=..., device=...``) still work and override
+    them."""
     t_start = time.perf_counter()
     options = replace(options or TrainOptions(), **keywords)
     if metric not in METRICS:
