@@ -24,7 +24,7 @@ from fastall.training.config import HeadConfig, HeadResult, StackData
 from fastall.training.layout import StackLayout
 from fastall.training.optim import StackedAdam
 from fastall.training.results import end_final_epoch, package, restore_kept
-from fastall.training.stacked import forward_backward
+from fastall.training.stacked import forward_backward, train_loss
 from fastall.training.streams import dropout_lanes, epoch_order, fold_statistics
 from fastall.training.validation import Validator, end_fold_epoch
 
@@ -110,21 +110,19 @@ class Stack:
         cast = cdt != params[0].dtype
         w1c = self.scratch.get("w1c", tuple(params[0].shape), cdt) if cast else None
         g1c = self.scratch.get("g1c", tuple(params[0].shape), cdt) if cast else None
-        loss_sum = torch.zeros(tuple(batch.target.shape[1:]), device=self.device)
-        single = variant is None and batch.x.shape[1] == 1
+        xs, w, target, probs = batch.x, batch.w, batch.target, []
+        single = variant is None and xs.shape[1] == 1
         for s in range(batch.steps):
-            x = batch.x[s] if not single else batch.x[s, 0].unsqueeze(0)  # contiguous: no copy for x^T
+            x = xs[s] if not single else xs[s, 0].unsqueeze(0)  # contiguous: no copy for x^T
             keep = lanes[s]
             if variant is not None:
                 x = x.index_select(0, variant)
             if fold is not None:
                 keep = keep.index_select(0, fold)
             mask = keep if premasked else torch.where(keep >= thr, scale, 0.0)
-            forward_backward(
-                params, grads, x, mask, batch.w[s], batch.target[s], w1c=w1c, g1c=g1c, loss_sum=loss_sum
-            )
+            probs.append(forward_backward(params, grads, x, mask, w[s], target[s], w1c=w1c, g1c=g1c))
             self.adam.step(updates[s])
-        self.train_loss[a:b] = loss_sum.sum((1, 2)).neg_()
+        self.train_loss[a:b] = train_loss(probs, target)
 
     def _end_epoch(self, epoch: int) -> None:
         scores = self.val.scores(self.params, self.chunk, self._map)

@@ -38,13 +38,25 @@ def fused_adam_(groups: Sequence[tuple[float, float, AdamLists]], steps: list[to
     private = getattr(torch, "_fused_adam_", None) if USE_PRIVATE_FUSED else None
     if private is not None:
         torch._foreach_add_(steps, 1)
-    for lr, weight_decay, (params, grads, exp_avg, exp_avg_sq, state_steps) in groups:
-        kw = {"lr": lr, "weight_decay": weight_decay, "eps": EPS, "amsgrad": False, "maximize": False}
-        kw |= {"beta1": BETAS[0], "beta2": BETAS[1]}
+    for lr, decay, (params, grads, exp_avg, exp_avg_sq, state_steps) in groups:
         if private is not None:
-            private(params, grads, exp_avg, exp_avg_sq, [], state_steps, **kw)
+            private(params, grads, exp_avg, exp_avg_sq, [], state_steps, lr=lr, weight_decay=decay, **_ADAM)
         else:
-            torch_adam(params, grads, exp_avg, exp_avg_sq, [], state_steps, fused=True, **kw)
+            torch_adam(
+                params,
+                grads,
+                exp_avg,
+                exp_avg_sq,
+                [],
+                state_steps,
+                fused=True,
+                lr=lr,
+                weight_decay=decay,
+                **_ADAM,
+            )
+
+
+_ADAM = {"beta1": BETAS[0], "beta2": BETAS[1], "eps": EPS, "amsgrad": False, "maximize": False}
 
 
 def stacked_adam_(

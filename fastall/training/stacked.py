@@ -27,18 +27,16 @@ def forward_backward(
     *,
     w1c: torch.Tensor | None = None,
     g1c: torch.Tensor | None = None,
-    loss_sum: torch.Tensor | None = None,
-) -> None:
+) -> torch.Tensor:
     """One training step of M heads: writes into ``grads`` (the parameters' shapes, fp32) the gradients of
-    each head's loss ``-sum_b target_b · log p_b`` (the class-weighted mean cross-entropy of the batch).
+    each head's loss ``-sum_b target_b · log p_b`` (the class-weighted mean cross-entropy of the batch) and
+    returns the step's probabilities ``p [M, B, K]`` (for :func:`train_loss`, at no extra cost).
 
     - ``x [M, B, D]``: standardised inputs, in the compute dtype;
     - ``mask [M, B, H]`` fp32: the dropout multiplier (0, or ``1 / (1 - p)``);
     - ``w [M, B, 1]``: row weights summing to 1 per head (0 on padding rows); ``target [M, B, K]``: one-hot
       labels times ``w``;
-    - ``w1c``, ``g1c [M, D, H]``: scratch in the compute dtype for W1 and its gradient when that is not fp32;
-    - ``loss_sum [M, B, K]``: when given, ``target · log p`` is added to it (``-loss_sum.sum((1, 2))`` is then
-      the loss summed over steps; from the step's own probabilities, no extra pass).
+    - ``w1c``, ``g1c [M, D, H]``: scratch in the compute dtype for W1 and its gradient when that is not fp32.
     """
     W1, b1, W2, b2 = params
     gW1, gb1, gW2, gb2 = grads
@@ -49,14 +47,21 @@ def forward_backward(
     act = z * mask
     dmask = mask * torch.sign(z)  # d act / d z: the dropout scale where z > 0
     prob = torch.softmax(torch.baddbmm(b2, act, W2.transpose(1, 2)), -1)
-    if loss_sum is not None:
-        loss_sum.addcmul_(target, prob.clamp_min(1e-30).log_())
-    dl = prob.mul_(w).sub_(target)
+    dl = prob.mul(w).sub_(target)
     torch.bmm(dl.transpose(1, 2), act, out=gW2)
     torch.sum(dl, 1, keepdim=True, out=gb2)
     dz = torch.bmm(dl, W2).mul_(dmask)
     torch.sum(dz, 1, keepdim=True, out=gb1)
     weight_grad(x, dz, gW1, g1c)
+    return prob
+
+
+def train_loss(probs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Each head's training loss summed over an epoch's steps ``[M]``, from the probabilities
+    ``forward_backward`` returned at each step (``S × [M, B, K]``) and the targets ``[S, M, B, K]`` (p clamped
+    at 1e-30, as :func:`weighted_nll`)."""
+    p = torch.stack(list(probs))
+    return -(target[: p.shape[0]] * p.clamp_min(1e-30).log()).sum((0, 2, 3))
 
 
 @torch.no_grad()
