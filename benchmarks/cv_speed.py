@@ -36,8 +36,9 @@ from featcache import real_size_cache  # noqa: E402
 
 from fastall.head import Head  # noqa: E402
 from fastall.inference.bench import machine_info  # noqa: E402
-from fastall.training.config import HeadConfig, StackData  # noqa: E402
-from fastall.training.engine import resolve_precision, train_stacks  # noqa: E402
+from fastall.system.devices import resolve_precision  # noqa: E402
+from fastall.training.config import HeadConfig, StackData, TrainOptions  # noqa: E402
+from fastall.training.engine import train_stacks  # noqa: E402
 from fastall.training.splits import make_splits  # noqa: E402
 from fastall.training.streams import epoch_order  # noqa: E402
 
@@ -54,7 +55,8 @@ def child_cv(cache: str, device: str, out: str) -> None:
     from fastall.training.train_head import train_head
 
     t0 = time.perf_counter()
-    result = train_head(cache, out, folds=5, seed=0, device=device, progress=False, overwrite=True)
+    options = TrainOptions(folds=5, seed=0, device=device, progress=False, overwrite=True)
+    result = train_head(cache, out, options=options)
     wall = time.perf_counter() - t0
     m = result.metrics
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

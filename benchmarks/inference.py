@@ -31,6 +31,7 @@ from fastall.features.extract import extract
 from fastall.inference.artifacts import RunFolder, model_from_run, open_run
 from fastall.inference.bench import PAPER_CLAIMS_MS, latency, machine_info, throughput
 from fastall.inference.precision import agrees, calibration_pick, logits, pick_images, try_precision
+from fastall.training.config import TrainOptions
 from fastall.training.train_head import train_head
 
 CPU_TARGET_MS = 30.0
@@ -55,7 +56,8 @@ def make_run(root: Path, device: str, patients: int, per_patient: int, image_siz
         amp=False,
         progress=False,
     )
-    train_head(root / "cache.h5", root / "run", folds=5, test="none", device=device, progress=False)
+    options = TrainOptions(folds=5, test="none", device=device, progress=False)
+    train_head(root / "cache.h5", root / "run", options=options)
     return root / "run"
 
 

@@ -52,6 +52,7 @@ def run_demo(
     """Run the whole product once. Re-running reuses the synthetic data and the cache (extract resumes)."""
     from fastall.data.synth import synthesize
     from fastall.features.extract import describe, extract
+    from fastall.training.config import TrainOptions
     from fastall.training.train_head import print_run_summary, train_head
 
     console = console or Console(stderr=True)
@@ -102,7 +103,7 @@ def run_demo(
     console.rule("[bold]3/3 train-head[/]: patient-level 5-fold CV + holdout test, from the cache")
     t0 = time.perf_counter()
     run = out / "run"
-    result = train_head(cache, run, folds=5, seed=seed, device=device, overwrite=True)
+    result = train_head(cache, run, options=TrainOptions(folds=5, seed=seed, device=device, overwrite=True))
     seconds["train_head"] = time.perf_counter() - t0
     print_run_summary(result, console)
     total = sum(seconds.values())

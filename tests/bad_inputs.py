@@ -452,6 +452,33 @@ CASES: list[Case] = [
         expect="reported",
         fragments=("grids left out", "--data DIR"),
     ),
+    Case(
+        "device",
+        "unknown --device, given to train-head",
+        lambda e: ["train-head", str(e.cache), "--device", "gpu", "--out", str(e.tmp / "r")],
+        fragments=("'gpu'", "cuda:N"),
+    ),
+    Case(
+        "device",
+        "a CUDA device this machine does not have, given to train-head",
+        lambda e: ["train-head", str(e.cache), "--device", "cuda:7", "--out", str(e.tmp / "r")],
+        fragments=("cuda:7",),
+    ),
+    Case(
+        "grid",
+        "a range with `none` as an end, given to sweep --random",
+        lambda e: [
+            "sweep",
+            str(e.cache),
+            "--random",
+            "2",
+            "--grid",
+            "patience=none:3",
+            "--out",
+            str(e.tmp / "s"),
+        ],
+        fragments=("patience=none:3",),
+    ),
 ]
 
 

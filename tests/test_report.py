@@ -50,7 +50,7 @@ def test_train_head_writes_the_report_and_prints_its_path(pipeline):
     assert page.is_file()
     assert f"Report: {page}" in pipeline["out"].replace("\n", "")
     figures = {p.name for p in (run / "report" / "figures").iterdir()}
-    for name in ("roc", "pr", "confusion", "calibration"):
+    for name in ("roc", "pr", "confusion", "calibration", "curves"):
         assert {f"{name}.png", f"{name}.svg"} <= figures
     assert {"cells_correct.png", "cells_errors.png"} <= figures
     assert not list(run.parent.glob("run.tmp-*")) and not list(run.glob("report.*-*"))
@@ -79,7 +79,7 @@ def test_page_is_self_contained_and_holds_the_tables(pipeline):
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
     assert "<script" not in html and "@import" not in html and "url(" not in html
     srcs = re.findall(r"<img src=\"([^\"]+)\"", html)
-    assert len(srcs) == 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
     summary = html[html.index('id="summary-table"') :]
     summary = summary[: summary.index("</table>")]
     assert f"{100 * m['summary']['accuracy']:.2f}" in summary
@@ -109,7 +109,7 @@ def test_the_report_opens_in_headless_chromium(pipeline):
     assert result.requests and local, result.requests
     assert [u for u in result.requests if u.startswith("file://")] == [page.absolute().as_uri()]
     images = result.value["images"]
-    assert len(images) == 6 and all(done and w > 0 and h > 0 for done, w, h in images), images
+    assert len(images) == 7 and all(done and w > 0 and h > 0 for done, w, h in images), images
     mean = _metrics(pipeline["run"])["summary"]["accuracy"]
     assert f"{100 * mean:.2f}" in result.value["summary"]
 
@@ -126,8 +126,8 @@ def test_report_remakes_from_the_run_folder_alone(pipeline, tmp_path):
     shutil.copytree(pipeline["run"], run)
     shutil.rmtree(run / "report")
     out = _invoke("report", str(run)).output
-    assert (run / "report" / "index.html").is_file() and "6 figures" in out
-    assert "no per-epoch history" in out
+    assert (run / "report" / "index.html").is_file() and "7 figures" in out
+    assert "no per-epoch history" not in out
 
 
 def test_moved_images_need_data_and_wrong_images_are_refused(pipeline, tmp_path):
@@ -139,7 +139,7 @@ def test_moved_images_need_data_and_wrong_images_are_refused(pipeline, tmp_path)
     metrics["cache"]["data_root"] = str(tmp_path / "gone")
     (run / "metrics.json").write_text(json.dumps(metrics))
     out = _invoke("report", str(run)).output
-    assert "grids left out" in out and "--data" in out and "4 figures" in out
+    assert "grids left out" in out and "--data" in out and "5 figures" in out
     assert not (run / "report" / "figures" / "cells_correct.png").exists()
     moved = tmp_path / "moved"
     shutil.copytree(pipeline["data"], moved)

@@ -7,6 +7,12 @@ AUC (average precision). NaN policy: a metric that is undefined on a split is Na
 JSON: AUC and PR AUC with one class only, specificity without negatives, NPV without predicted negatives,
 specificity and NPV with more than two classes. Precision, recall and F1 keep sklearn's 0 for an empty
 denominator; MCC is 0 there, as in sklearn.
+
+NaN policy: a value that is undefined is NaN in Python and ``null`` in JSON
+(``fastall.system.jsonable.plain``), never a made-up number. An AUC is undefined when the split holds one
+class only. A summary's mean over folds skips undefined values and is undefined when every fold's is; its
+standard deviation (ddof 1) is undefined for fewer than two folds with a defined value (one fold has no
+spread to estimate), in train-head and sweep alike (``summarize`` is the one owner).
 """
 
 from __future__ import annotations
@@ -124,30 +130,17 @@ def _auc(y_true: np.ndarray, prob: np.ndarray, labels: list[int]) -> float:
             return math.nan
 
 
-def summarize(per_fold: Sequence[dict]) -> dict:
-    """Mean and sample std (ddof=1) of each metric over folds, and the peak (highest-accuracy) fold."""
+def summarize(per_fold: Sequence[dict], names: Sequence[str] = (*METRICS, *CLINICAL, "log_loss")) -> dict:
+    """Mean and sample std (ddof=1) of each of ``names`` over folds (the NaN policy above), and the peak
+    (highest-accuracy) fold."""
     out: dict = {}
-    for name in (*METRICS, *CLINICAL, "log_loss"):
+    for name in names:
         values = np.array([f.get(name, math.nan) for f in per_fold], dtype=np.float64)
         finite = values[np.isfinite(values)]
         out[name] = float(finite.mean()) if finite.size else math.nan
-        std = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
-        out[f"{name}_std"] = std if finite.size else math.nan
+        out[f"{name}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
     acc = [f.get("accuracy", math.nan) for f in per_fold]
     peak = int(np.nanargmax(acc)) if np.isfinite(acc).any() else 0
     out["peak_fold"] = peak
     out["peak_accuracy"] = float(acc[peak]) if per_fold else math.nan
     return out
-
-
-def json_safe(value):
-    """NaN/inf -> None, numpy scalars -> Python, recursively (``json.dumps(..., allow_nan=False)`` works)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
