@@ -11,7 +11,7 @@ import csv
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,15 @@ from fastall import __version__
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
 from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
+from fastall.system.devices import decide_precision
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult, StackData
-from fastall.training.engine import resolve_device, resolve_precision, train_stacks
+from fastall.training.engine import resolve_device, train_stacks
 from fastall.training.metrics import PAPER_CV, PAPER_TEST, classification_metrics, json_safe, summarize
 from fastall.training.splits import Splits, audit_splits, fold_table, make_splits
 
 RUN_FORMAT, RUN_VERSION = "fastall-run", 1
+EXTRACT_PRECISION_ATTRS = ("amp_dtype", "precision_requested", "precision_reason", "cpu_capability_label")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Prepared:
     device: torch.device
     precision: str
     load_s: float
+    precision_record: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(
@@ -57,7 +60,8 @@ def prepare(
 ) -> Prepared:
     """Read the cache once (float16), split by patient, audit, and put the features on the device."""
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    choice = decide_precision(precision, dev, allowed=("fp32", "bf16"))
+    prec = choice.precision
     t0 = time.perf_counter()
     cache = read_cache(cache_path)
     if cache.n_images == 0:
@@ -76,7 +80,7 @@ def prepare(
     features = torch.from_numpy(np.ascontiguousarray(cache.features))
     features = features.to(dev) if dev.type != "cpu" else features
     data = StackData(features, cache.labels, len(cache.class_names), splits.folds, splits.pool, splits.test)
-    return Prepared(cache, splits, audit, data, dev, prec, time.perf_counter() - t0)
+    return Prepared(cache, splits, audit, data, dev, prec, time.perf_counter() - t0, choice.record())
 
 
 @dataclass
@@ -243,6 +247,8 @@ def _metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bool)
         "config": config,
         "device": prep.device.type,
         "precision": prep.precision,
+        "precision_decision": prep.precision_record,
+        "extract_precision": {k: prep.cache.attrs.get(k) for k in EXTRACT_PRECISION_ATTRS},
         "environment": {"torch": torch.__version__, "python": platform.python_version()},
         "splits": {
             "test_mode": prep.splits.test_mode,
