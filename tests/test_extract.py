@@ -82,7 +82,9 @@ def test_schema_as_documented(ref):
             "key_params",
         ):
             assert attr in f.attrs, attr
-        assert f.attrs["schema_version"] == SCHEMA_VERSION and f.attrs["amp_dtype"] == resolve_precision("auto", "cpu")
+        assert f.attrs["schema_version"] == SCHEMA_VERSION and f.attrs["amp_dtype"] == resolve_precision(
+            "auto", "cpu"
+        )
         assert json.loads(f.attrs["view_param_names"]) == list(VIEW_PARAM_NAMES)
     cache = read_cache(ref)
     assert all(not p.startswith("/") for p in cache.paths)

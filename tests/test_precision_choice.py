@@ -110,7 +110,18 @@ def test_explicit_fp32_and_no_amp_make_the_same_cache(data, tmp_path):
 
 
 def _cli_extract(data, out, *flags):
-    args = ["extract", str(data), "--out", str(out), "--views", "1", "--image-size", "32", "--weights", "none"]
+    args = [
+        "extract",
+        str(data),
+        "--out",
+        str(out),
+        "--views",
+        "1",
+        "--image-size",
+        "32",
+        "--weights",
+        "none",
+    ]
     return CliRunner().invoke(cli, [*args, "--device", "cpu", "--batch-size", "4", "--workers", "0", *flags])
 
 
