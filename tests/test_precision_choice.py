@@ -143,3 +143,42 @@ def test_cli_amp_aliases_and_precision(data, tmp_path, avx2_cpu):
     assert "emulated" in emulated.output
     clash = _cli_extract(data, tmp_path / "x.h5", "--precision", "bf16", "--no-amp")
     assert clash.exit_code == 1 and "contradicts --no-amp" in clash.output
+
+
+@pytest.mark.parametrize(("int8_ms", "chosen"), [(10.0, "fp32"), (2.0, "int8")])
+def test_export_auto_chooses_by_measured_speed(tmp_path_factory, monkeypatch, int8_ms, chosen):
+    """int8 agrees in both cases; auto keeps it only where it measured faster than fp32."""
+    from e2e_helpers import images_of, shared_run
+
+    import fastall.inference.export as export
+    import fastall.inference.precision as precision
+    from fastall.inference.artifacts import load_run
+
+    e2e = shared_run(tmp_path_factory)
+    monkeypatch.setattr(precision, "MIN_PRECISION_AGREEMENT", 0.0)
+    measured = []
+
+    def fake_latency(models, pixels, rounds=7):
+        measured.append(sorted(models))
+        return {name: {"fp32": 5.0, "int8": int8_ms}.get(name, 50.0) for name in models}  # bf16: slow
+
+    monkeypatch.setattr(export, "latency_ms", fake_latency)
+    pixels = images_of(e2e, 4)
+    model, choice = export.choose_precision(load_run(e2e.run), pixels, pixels, precisions=None)
+    assert len(measured) == 1 and {"fp32", "int8"} <= set(measured[0])
+    assert choice["precision"] == model.precision == chosen and choice["fp32_batch1_ms"] == 5.0
+    assert choice["trials"][0]["batch1_ms"] == int8_ms and choice["trials"][0]["agrees"]
+    if chosen == "fp32":
+        assert "faster than fp32" in choice["reason"]
+
+
+def test_latency_ms_measures_every_model(tmp_path_factory):
+    from e2e_helpers import images_of, shared_run
+
+    from fastall.inference.artifacts import load_run
+    from fastall.inference.precision import latency_ms
+
+    e2e = shared_run(tmp_path_factory)
+    base = load_run(e2e.run)
+    times = latency_ms({"a": base, "b": base.optimize("fp32", backend="eager")}, images_of(e2e, 1), rounds=2)
+    assert sorted(times) == ["a", "b"] and all(t > 0 for t in times.values())
