@@ -11,8 +11,9 @@ Ratios: (b)/(a). Goals: >= 0.85 on the GPU, >= 0.8 on the 2-core CPU.
     PYTHONPATH=$PWD python3 benchmarks/extract_throughput.py --device cuda --out benchmarks/results/x.json
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - fastall first: its OpenMP wait policy must precede torch
 
+import fastall  # noqa: F401
 import argparse
 import datetime
 import json

@@ -273,6 +273,24 @@ def _run_bench(
     }
 
 
+def onnx_latency(
+    session: Any, files: Sequence[Path], size: int, *, warmup: int, iters: int, rounds: int = 1
+) -> dict[str, Any]:
+    """Batch-1 latency of an ONNX Runtime session: from a file path, and on decoded uint8 pixels."""
+    from fastall.inference.onnx_export import INPUT
+
+    one = decode_resized(files[0], size)[None].numpy()
+
+    def end_to_end(i: int) -> None:
+        session.run(None, {INPUT: decode_resized(files[i % len(files)], size)[None].numpy()})
+
+    def model_only(_: int) -> None:
+        session.run(None, {INPUT: one})
+
+    cpu = torch.device("cpu")
+    return paired_latency(model_only, end_to_end, cpu, warmup=warmup, iters=iters, rounds=rounds)
+
+
 def onnx_bench(
     session: Any,
     model: LeukemiaClassifier,
@@ -282,20 +300,14 @@ def onnx_bench(
     warmup: int,
     iters: int,
     batches: int,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """ONNX Runtime (CPU) beside the PyTorch path: batch-1 latency, throughput, and agreement with fp32 (the
     one rule) on the benchmark images. Model-only here is the graph on decoded uint8 pixels."""
     from fastall.inference.onnx_export import INPUT, run_onnx
 
-    size, cpu = model.image_size, torch.device("cpu")
-    one = pixels[:1].numpy()
-
-    def end_to_end(i: int) -> None:
-        session.run(None, {INPUT: decode_resized(files[i % len(files)], size)[None].numpy()})
-
-    lat = paired_latency(
-        lambda _: session.run(None, {INPUT: one}), end_to_end, cpu, warmup=warmup, iters=iters
-    )
+    size, cpu, one = model.image_size, torch.device("cpu"), pixels[:1].numpy()
+    lat = onnx_latency(session, files, size, warmup=warmup, iters=iters, rounds=rounds)
     tput = []
     for bs in batch_sizes:
         batch = np.ascontiguousarray(np.repeat(one, bs, axis=0))

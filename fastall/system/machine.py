@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+import fastall
+
 CLASSES = ("baseline", "AVX2", "AVX512", "AVX512_BF16", "AMX")
 DECIDING_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")
 FLAGS = ("avx2", "avx512f", *DECIDING_FLAGS, "amx_int8", "avx512_fp16", "amx_fp16")
@@ -167,6 +169,7 @@ def thread_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "omp_env": {k: os.environ[k] for k in OMP_ENV if k in os.environ},
+        "omp_wait_policy_in_force": fastall.OMP_WAIT_POLICY_IN_FORCE or "runtime default (spins)",
     }
 
 
