@@ -172,12 +172,13 @@ def run_bench(
 
 def estimate_s(probe_s: float, device: torch.device, plan: dict[str, Any]) -> float:
     """Rough seconds for ``plan`` from one batch-1 forward (``probe_s``): the CPU's cost grows with the
-    images, a GPU's with the calls (batch 1 is latency-bound there)."""
-    sizes = plan["batch_sizes"]
-    calls = plan["check"] * 2 + plan["warmup"] + 2 * plan["iters"] + 2 * (plan["batches"] + 1) * len(sizes)
-    images = plan["check"] * 2 + plan["warmup"] + 2 * plan["iters"] + 2 * (plan["batches"] + 1) * sum(sizes)
-    paths = 2 if plan["onnx"] else 1
-    return probe_s * (calls if device.type == "cuda" else images) * paths
+    images, a GPU's with the calls (batch 1 is latency-bound there). Building a traced or int8 model
+    counts as a few forwards; an int8 check also calibrates."""
+    sizes, check = plan["batch_sizes"], plan["check"] * (3 if plan["precision"] == "int8" else 2)
+    build = 4 if plan["check"] else 0
+    calls = check + build + plan["warmup"] + 2 * plan["iters"] + 2 * (plan["batches"] + 1) * len(sizes)
+    images = check + build + plan["warmup"] + 2 * plan["iters"] + 2 * (plan["batches"] + 1) * sum(sizes)
+    return probe_s * (calls if device.type == "cuda" else images) * (2 if plan["onnx"] else 1)
 
 
 def _probe_s(model: LeukemiaClassifier) -> float:
@@ -221,14 +222,20 @@ def _run_bench(
         raise FastallError(f"{onnx}: takes {image_size} px images but the run's are {model.image_size} px")
     check = 0 if choice.precision == "fp32" and backend == "eager" else min(images, CHECK_IMAGES)
     plan = {"batch_sizes": batch_sizes, "check": check, "warmup": warmup, "iters": iters, "batches": batches}
-    guess = estimate_s(_probe_s(model), dev, {**plan, "onnx": session is not None})
-    log(
-        f"bench: about {guess:.0f} s ({choice.precision}, batch sizes {','.join(map(str, batch_sizes))}, "
-        f"{iters} batch-1 calls; --batch-sizes and --iters change it)"
-    )
     with tempfile.TemporaryDirectory(prefix="fastall-bench-") as tmp:
-        log(f"writing {images} synthetic 450x450 BMP files")
+        start = time.perf_counter()
         files = synthetic_files(tmp, images)
+        guess = (
+            time.perf_counter()
+            - start
+            + estimate_s(
+                _probe_s(model), dev, {**plan, "precision": choice.precision, "onnx": session is not None}
+            )
+        )
+        log(
+            f"bench: about {guess:.0f} s ({choice.precision}, batch sizes {','.join(map(str, batch_sizes))}, "
+            f"{iters} batch-1 calls; --batch-sizes and --iters change it)"
+        )
         compared = max(check, min(images, CHECK_IMAGES) if session is not None else 1)
         pixels = torch.stack([decode_resized(p, model.image_size) for p in files[:compared]])
         agree = None
