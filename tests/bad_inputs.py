@@ -44,6 +44,8 @@ class Case:
     build: Callable[[Env], list[str]]
     expect: str = "fatal"  # fatal: non-zero exit, one-line error; reported: listed, exit 0; ok: accepted
     fragments: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # environment of the run (test hooks such as a simulated full disk)
+    show: str = ""  # for ok/reported cases: the docs show the first output line holding this text
 
 
 def _cell(side: int = 40) -> np.ndarray:
@@ -426,3 +428,76 @@ def _truncate(env: Env) -> Path:
 
 def case_id(case: Case) -> str:
     return json.dumps(f"{case.category}: {case.name}")[1:-1]
+
+
+# --- hardening round 2 (issue 18): full disks and stale locks ---------------------------------------------
+
+_ENOSPC = "FASTALL_TEST_ENOSPC_AT"  # fastall.system.files: the writes at that step fail as on a full disk
+_EXTRACT = ["--views", "2", "--image-size", "32", "--weights", "none", "--device", "cpu", "--no-amp"]
+
+
+def _stale_lock(env: Env, pid: int) -> list[str]:
+    """A complete cache whose lock names ``pid`` with another process start (a container restart)."""
+    import socket
+
+    from fastall.system.procs import process_start
+
+    cache = env.tmp / "c.h5"
+    shutil.copy(env.cache, cache)
+    boot = (process_start(os.getpid()) or "boot:0").split(":")[0]
+    holder = {
+        "pid": pid,
+        "host": socket.gethostname(),
+        "started": "before the restart",
+        "pid_start": f"{boot}:1",
+    }
+    (env.tmp / "c.h5.lock").write_text(json.dumps(holder))
+    return ["extract", str(env.data), "--out", str(cache), *_EXTRACT, "--workers", "0"]
+
+
+CASES += [
+    Case(
+        "disk",
+        "full disk while the final cache is written (simulated; was a segfault)",
+        lambda e: ["extract", str(e.data), "--out", str(e.tmp / "c8.h5"), *_EXTRACT, "--workers", "0"],
+        fragments=("c8.h5: cannot write cache: no space left on device", "c8.h5.partial is kept"),
+        env=((_ENOSPC, "cache-tmp"),),
+    ),
+    Case(
+        "disk",
+        "full disk while train-head writes its run folder (simulated)",
+        lambda e: ["train-head", str(e.cache), "--out", str(e.tmp / "r"), "--folds", "2", "--epochs", "1"],
+        fragments=("r: cannot write the output folder: no space left on device",),
+        env=((_ENOSPC, "run-folder"),),
+    ),
+    Case(
+        "disk",
+        "full disk while export writes the model (simulated)",
+        lambda e: ["export", str(e.run), "--out", str(e.tmp / "m.pt"), "--precision", "fp32"],
+        fragments=("m.pt: cannot write: no space left on device",),
+        env=((_ENOSPC, "torch-save"),),
+    ),
+    Case(
+        "disk",
+        "full disk while predict writes its CSV (simulated)",
+        lambda e: _predict(e, "one.bmp", lambda p: p.write_bytes(_bmp_bytes(_cell()))),
+        fragments=("p.csv: cannot write (no space left on device)",),
+        env=((_ENOSPC, "text"),),
+    ),
+    Case(
+        "lock",
+        "stale lock naming this process's own pid (container restart)",
+        lambda e: _stale_lock(e, os.getpid()),
+        expect="reported",
+        fragments=("taking over a stale lock", "c.h5.lock", "nothing to do"),
+        show="taking over a stale lock",
+    ),
+    Case(
+        "lock",
+        "stale lock naming pid 1, a live process that is not the holder",
+        lambda e: _stale_lock(e, 1),
+        expect="reported",
+        fragments=("taking over a stale lock", "c.h5.lock", "pid 1 ", "nothing to do"),
+        show="taking over a stale lock",
+    ),
+]

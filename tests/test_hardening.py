@@ -38,7 +38,7 @@ def env_base(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_bad_input(case, env_base, tmp_path):
     env = Env(env_base.data, env_base.cache, env_base.run, tmp_path)
-    result = CliRunner(env={"COLUMNS": "400"}).invoke(cli, case.build(env))
+    result = CliRunner(env={"COLUMNS": "400", **dict(case.env)}).invoke(cli, case.build(env))
     output = result.output
     assert "Traceback" not in output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

@@ -7,7 +7,6 @@ decides both). The choice and its agreement travel with the exported model, whic
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from fastall.inference.precision import (
     try_precision,
 )
 from fastall.system.devices import decide_precision, resolve_precision
+from fastall.system.files import atomic_torch_save, describe_write_error
 from fastall.system.jsonable import plain
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -177,15 +177,9 @@ def export_model(model: LeukemiaClassifier, out: str | Path, *, precision_check:
 
 
 def atomic_save(obj: Any, out: str | Path) -> Path:
+    """``torch.save`` through the one file-safety writer; a full disk is one line."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-        raise FastallError(f"{out}: cannot write: {reason}") from None
-    return out
+        return atomic_torch_save(obj, out)
+    except OSError as err:
+        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from None
