@@ -28,6 +28,7 @@ from fastall.inference.artifacts import model_from_run, open_run
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import compare_logits, logits, pick_images
 from fastall.preprocess import preprocess
+from fastall.system.files import atomic_write, describe_write_error
 
 EXTRA = "pip install 'fastall[onnx]'"
 MAX_DPROB = 1e-3
@@ -68,7 +69,7 @@ def export_onnx(
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write RUN's model as ONNX at ``out`` once ONNX Runtime agrees with PyTorch fp32 on the run's images."""
-    onnx, _ = require("--format onnx")
+    require("--format onnx")
     out = Path(out)
     if not out.parent.is_dir():
         raise FastallError(f"--out {out}: folder {out.parent} does not exist")
@@ -79,26 +80,24 @@ def export_onnx(
         data=data,
         needed_for="checking the ONNX model",
     )
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        proto = _graph(Deployable(model).eval(), model.image_size, metadata(model))
-        _save(onnx, proto, tmp)
-        check = check_onnx(tmp, model, pixels)
-        log(
-            f"onnxruntime agrees with PyTorch fp32 on {check['agreement']:.1%} of {check['images']} run "
-            f"images (max |Δprob| {check['max_dprob']:.2g})"
+    proto = _graph(Deployable(model).eval(), model.image_size, metadata(model))
+    check = check_onnx(proto.SerializeToString(), model, pixels)
+    log(
+        f"onnxruntime agrees with PyTorch fp32 on {check['agreement']:.1%} of {check['images']} run "
+        f"images (max |Δprob| {check['max_dprob']:.2g})"
+    )
+    if not check["passed"]:
+        raise FastallError(
+            f"the ONNX model agrees with PyTorch fp32 on {check['agreement']:.1%} of {check['images']} "
+            f"images, max |Δprob| {check['max_dprob']:.2g} (needs >= 99.5% and <= {MAX_DPROB:g}): "
+            "not written"
         )
-        if not check["passed"]:
-            raise FastallError(
-                f"the ONNX model agrees with PyTorch fp32 on {check['agreement']:.1%} of {check['images']} "
-                f"images, max |Δprob| {check['max_dprob']:.2g} (needs >= 99.5% and <= {MAX_DPROB:g}): "
-                "not written"
-            )
-        _annotate(proto, {"onnx_check": json.dumps(check)})
-        _save(onnx, proto, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _annotate(proto, {"onnx_check": json.dumps(check)})
+    data = proto.SerializeToString()  # one file, the weights inside it (no external data)
+    try:
+        atomic_write(out, lambda fh: fh.write(data), point="onnx")
+    except OSError as err:
+        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from None
     return out, check
 
 
@@ -128,17 +127,9 @@ def _annotate(proto: Any, meta: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
-def _save(onnx: Any, proto: Any, path: Path) -> None:
-    """One file, the weights inside it (no external data)."""
-    try:
-        onnx.save_model(proto, str(path))
-    except OSError as err:
-        raise FastallError(f"{path}: cannot write ({err.strerror or err})") from None
-
-
-def check_onnx(path: str | Path, model: LeukemiaClassifier, pixels: torch.Tensor) -> dict[str, Any]:
-    """ONNX Runtime against eager PyTorch fp32 on ``pixels``: class agreement and |Δprob|."""
-    session = session_for(path)
+def check_onnx(model_bytes: bytes, model: LeukemiaClassifier, pixels: torch.Tensor) -> dict[str, Any]:
+    """ONNX Runtime (the serialised graph) against eager PyTorch fp32 on ``pixels``: agreement, |Δprob|."""
+    session = session_for(model_bytes)
     fast = torch.from_numpy(run_onnx(session, pixels.numpy())[0])
     trial = compare_logits(
         "fp32", "onnxruntime", logits(model.optimize("fp32", backend="eager"), pixels), fast
@@ -160,8 +151,9 @@ def metadata(model: LeukemiaClassifier) -> dict[str, str]:
     }
 
 
-def session_for(path: str | Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session; threads wait passively where OpenMP does (``OMP_WAIT_POLICY``)."""
+def session_for(path: str | Path | bytes, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session of a file (or a serialised model); threads wait passively where OpenMP
+    does (``OMP_WAIT_POLICY``)."""
     _, ort = require("ONNX Runtime inference")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -169,10 +161,12 @@ def session_for(path: str | Path, threads: int | None = None) -> Any:
     if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for bad files
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise FastallError(f"{path}: not a readable ONNX model ({first})") from None
+        where = "the exported graph" if isinstance(path, bytes) else path
+        raise FastallError(f"{where}: not a readable ONNX model ({first})") from None
 
 
 def image_size_of(session: Any) -> int:
