@@ -12,8 +12,9 @@ Goals: GPU >= 100 configurations × 5 folds within 10 s; 2-core CPU >= 50% of pe
         --out benchmarks/results/sweep_speed_cpu.json
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - fastall first: its OpenMP wait policy must precede torch
 
+import fastall  # noqa: F401
 import argparse
 import json
 import os
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from featcache import real_size_cache  # noqa: E402
 
 from fastall.features.cache import read_cache  # noqa: E402
-from fastall.inference.bench import machine_info  # noqa: E402
+from fastall.system.machine import machine_info  # noqa: E402
 from fastall.training.config import HeadConfig, TrainOptions  # noqa: E402
 from fastall.training.splits import make_splits  # noqa: E402
 from fastall.training.sweep import sweep  # noqa: E402

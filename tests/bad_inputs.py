@@ -6,6 +6,7 @@ by scripts/hardening_table.py (docs/hardening.md shows what the user sees, taken
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -20,6 +21,10 @@ import torch
 from PIL import Image
 
 from fastall.data.synth import TREE, _bmp_bytes
+from fastall.system.machine import cpu_capability
+
+_HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
+_CPU_FP16 = cpu_capability().native_fp16
 
 
 @dataclass(frozen=True)
@@ -479,6 +484,60 @@ CASES: list[Case] = [
         ],
         fragments=("patience=none:3",),
     ),
+    # speed: the one precision resolver (aliases that contradict, a precision the CPU cannot compute) and ONNX
+    Case(
+        "precision",
+        "extract --precision bf16 together with --no-amp (contradictory aliases)",
+        lambda e: [*_extract_args(e), "--precision", "bf16", "--no-amp"],
+        fragments=("--precision bf16", "--no-amp"),
+    ),
+    *(
+        []
+        if _CPU_FP16
+        else [
+            Case(
+                "precision",
+                "extract --precision fp16 on a CPU without native fp16",
+                lambda e: [*_extract_args(e), "--precision", "fp16"],
+                fragments=("fp16", "no native fp16"),
+            ),
+            Case(
+                "precision",
+                "predict --precision fp16 on a CPU without native fp16",
+                lambda e: [
+                    "predict",
+                    str(e.run),
+                    str(e.data),
+                    "--out",
+                    str(e.tmp / "p.csv"),
+                    "--precision",
+                    "fp16",
+                ],
+                fragments=("fp16", "no native fp16"),
+            ),
+        ]
+    ),
+    Case(
+        "onnx",
+        "export --format onnx with --precision int8 (the ONNX graph is fp32)",
+        lambda e: [
+            "export",
+            str(e.run),
+            "--format",
+            "onnx",
+            "--out",
+            str(e.tmp / "m.onnx"),
+            "--precision",
+            "int8",
+        ],
+        fragments=("--format onnx", "int8"),
+    ),
+    Case(
+        "onnx",
+        "bench --onnx given a file that is not an ONNX model",
+        lambda e: ["bench", "--device", "cpu", "--onnx", str(_not_onnx(e)), "--images", "2"],
+        fragments=("not-a-model.onnx", "not a readable ONNX model") if _HAVE_ORT else ("fastall[onnx]",),
+    ),
 ]
 
 
@@ -486,6 +545,16 @@ def _extract_over(env: Env, leftover: str) -> list[str]:
     (env.tmp / leftover).mkdir(parents=True)
     fast = ["--views", "1", "--image-size", "32", "--weights", "none", "--device", "cpu", "--workers", "0"]
     return ["extract", str(env.data), "--out", str(env.tmp / "c.h5"), *fast]
+
+
+def _extract_args(env: Env) -> list[str]:
+    return ["extract", str(env.data), "--out", str(env.tmp / "c.h5"), "--weights", "none", "--device", "cpu"]
+
+
+def _not_onnx(env: Env) -> Path:
+    path = env.tmp / "not-a-model.onnx"
+    path.write_text("hello\n")
+    return path
 
 
 def _one_class_cache(env: Env) -> Path:

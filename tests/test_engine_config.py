@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from fastall.cli.training import _head_config, head_options, sweep_cmd, train_head_cmd
 from fastall.errors import FastallError
-from fastall.system import devices
-from fastall.system.devices import cpu_flags, resolve_device, resolve_precision
+from fastall.system import machine
+from fastall.system.devices import resolve_device, resolve_precision
 from fastall.system.jsonable import plain
 from fastall.training.config import HeadConfig, TrainOptions, split_keywords
 from fastall.training.grid import parse_grid
@@ -117,30 +117,12 @@ def test_resolve_device():
                 resolve_device(name)
 
 
-def test_cpu_bf16_needs_avx512_dispatch_and_the_bf16_instructions(monkeypatch, tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
-    assert cpu_flags(info) == {"fpu", "sse", "avx2", "avx512f", "avx512_bf16"}
-    assert cpu_flags(tmp_path / "missing") == set()
-    check = devices.cpu_has_bf16.__wrapped__
-    for capability, flags, expected in [
-        ("AVX512", {"avx512_bf16"}, True),
-        ("AVX512", {"amx_bf16"}, True),
-        ("AVX512", {"avx512f"}, False),
-        ("AVX2", {"avx512_bf16"}, False),
-    ]:
-        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
-        monkeypatch.setattr(devices, "cpu_flags", lambda f=flags: f)
-        assert check() is expected, (capability, flags)
-
-
 def test_auto_precision_on_this_cpu():
-    native = devices.cpu_has_bf16()
+    """Training resolves through the one resolver: bf16 where this CPU computes it natively, else fp32."""
+    native = machine.cpu_capability().native_bf16
     assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    if torch.backends.cpu.get_cpu_capability() == "AVX512" and "avx512_bf16" in cpu_flags():
-        assert native  # the machine these figures come from (AMD EPYC with avx512_bf16) trains in bf16
-    with pytest.raises(FastallError, match="expected auto, bf16 or fp32"):
+    with pytest.raises(FastallError, match="expected auto, fp32 or bf16"):
         resolve_precision("fp16", torch.device("cpu"))
 
 

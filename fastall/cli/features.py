@@ -19,8 +19,17 @@ from fastall.cli.group import _csv, cli, console
     help="imagenet1k_v1, imagenet1k_v2, a .pth state dict, or none (random init, tests only).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (autocast).")
-@click.option("--amp-dtype", type=click.Choice(["bf16", "fp16"]), default="bf16", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 where the device computes it natively (GPU; CPU with avx512_bf16/AMX), else fp32.",
+)
+@click.option("--amp/--no-amp", default=None, help="Older alias: --amp is --precision bf16, --no-amp fp32.")
+@click.option(
+    "--amp-dtype", type=click.Choice(["bf16", "fp16"]), default=None, help="Older alias of --precision."
+)
 @click.option("--batch-size", type=int, default=None, help="Images per forward [256 on GPU, 32 on CPU].")
 @click.option("--workers", type=int, default=None, help="Decoding processes [up to 10 on GPU, 0 on CPU].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Augmentation (and random-init) seed.")
@@ -53,8 +62,9 @@ def extract(
     image_size: int,
     weights: str,
     device: str,
-    amp: bool,
-    amp_dtype: str,
+    precision: str,
+    amp: bool | None,
+    amp_dtype: str | None,
     batch_size: int | None,
     workers: int | None,
     seed: int,
@@ -89,6 +99,7 @@ def extract(
         image_size=image_size,
         weights=weights,
         device=device,
+        precision=precision,
         amp=amp,
         amp_dtype=amp_dtype,
         batch_size=batch_size,

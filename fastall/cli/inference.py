@@ -35,10 +35,10 @@ from fastall.errors import FastallError
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
     default="fp32",
     show_default=True,
-    help="Also check this faster precision against fp32 (≥ 99.5% agreement).",
+    help="Also check this faster precision against fp32 (≥ 99.5% agreement); auto: bf16 where native.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(
@@ -82,13 +82,16 @@ def verify(
 
 @cli.command()
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--batch-sizes", default="1,8,32,256", show_default=True, help="Throughput batch sizes.")
+@click.option(
+    "--batch-sizes", default=None, help="Throughput batch sizes [1,8,32 on CPU; 1,8,32,256 on GPU]."
+)
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
     default="fp32",
     show_default=True,
-    help="int8: CPU only, calibrated on the benchmark images.",
+    help="auto: bf16 where the device computes it natively, else fp32; int8: CPU only, calibrated on the "
+    "benchmark images.",
 )
 @click.option("--threads", type=int, default=None, help="CPU threads for torch [all cores].")
 @click.option(
@@ -99,7 +102,7 @@ def verify(
 )
 @click.option("--images", type=int, default=32, show_default=True, help="Synthetic 450x450 BMP files.")
 @click.option("--image-size", type=int, default=224, show_default=True, help="Without --run.")
-@click.option("--iters", type=int, default=30, show_default=True, help="Timed batch-1 calls.")
+@click.option("--iters", type=int, default=20, show_default=True, help="Timed batch-1 calls.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
 @click.option(
     "--backend",
@@ -108,10 +111,16 @@ def verify(
     show_default=True,
     help="CPU: jit (TorchScript freeze, oneDNN fusion; auto), compile (torch.compile, inductor) or eager.",
 )
+@click.option(
+    "--onnx",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Also time this ONNX model (from `fastall export --format onnx`) with ONNX Runtime.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(
     device: str,
-    batch_sizes: str,
+    batch_sizes: str | None,
     precision: str,
     threads: int | None,
     run: str | None,
@@ -120,6 +129,7 @@ def bench(
     iters: int,
     workers: int | None,
     backend: str,
+    onnx: str | None,
     as_json: bool,
 ) -> None:
     """Latency (p50/p90/p99, batch 1) and throughput, end-to-end from files and model-only."""
@@ -128,10 +138,10 @@ def bench(
     from fastall.inference.bench import render, run_bench
 
     try:
-        sizes = [int(v) for v in _csv(batch_sizes)]
+        sizes = None if batch_sizes is None else [int(v) for v in _csv(batch_sizes)]
     except ValueError:
         raise FastallError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
-    if not sizes or min(sizes) < 1 or images < 1 or iters < 1:
+    if (sizes is not None and (not sizes or min(sizes) < 1)) or images < 1 or iters < 1:
         raise FastallError("--batch-sizes, --images and --iters must be positive")
     result = run_bench(
         device=device,
@@ -144,6 +154,7 @@ def bench(
         iters=iters,
         workers=workers,
         backend=backend,
+        onnx=onnx,
         log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False),
     )
     if as_json:
@@ -158,6 +169,9 @@ def bench(
             f"{a['precision']} agrees with fp32 on {a['agreement']:.1%} of {a['images']} images "
             f"(max |Δprob| {a['max_dprob']:.3g})"
         )
+    if result["onnx"]:
+        a = result["onnx"]["agreement_vs_fp32"]
+        out.print(f"onnxruntime agrees with PyTorch fp32 on {a['agreement']:.1%} of {a['images']} images")
 
 
 @cli.command()
@@ -177,7 +191,7 @@ def bench(
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
     default=None,
     help="[the model's: an export's chosen precision, fp32 for a run] int8 on a run is "
     "calibrated on the run's own images.",
@@ -298,6 +312,15 @@ def predict(
     "with fp32 on >= 99.5% of the run's images (int8, bf16, else fp32).",
 )
 @click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["torch", "onnx"]),
+    default="torch",
+    show_default=True,
+    help="torch: one fastall model file; onnx: uint8 pixels -> probabilities for ONNX Runtime "
+    "(fp32, checked against PyTorch; needs the extra: pip install 'fastall[onnx]').",
+)
+@click.option(
     "--images", type=int, default=200, show_default=True, help="Run images the precision is checked on."
 )
 @click.option(
@@ -313,11 +336,14 @@ def predict(
     help="Backbone weights file, where the recorded one has moved.",
 )
 def export_cmd(
-    run: str, out: str, precision: str, images: int, data: str | None, weights_path: str | None
+    run: str, out: str, precision: str, fmt: str, images: int, data: str | None, weights_path: str | None
 ) -> None:
-    """Write one self-contained model file (torch.load(weights_only=True)) for deployment."""
+    """Write one self-contained model file (torch.load(weights_only=True), or ONNX) for deployment."""
     from fastall.inference.export import export_deployable
 
+    if fmt == "onnx":
+        _export_onnx(run, out, precision, images, data, weights_path)
+        return
     path, choice = export_deployable(
         run,
         out,
@@ -331,3 +357,25 @@ def export_cmd(
     checked = f", {choice['agreement']:.1%} agreement on {n} images" if n else ""
     size = path.stat().st_size / 1e6
     click.echo(f"exported {run} -> {path} ({size:.1f} MB, {choice['precision']}{checked})")
+
+
+def _export_onnx(
+    run: str, out: str, precision: str, images: int, data: str | None, weights_path: str | None
+) -> None:
+    from fastall.inference.onnx_export import export_onnx
+
+    if precision not in ("auto", "fp32"):
+        raise FastallError(f"--format onnx writes an fp32 graph: --precision {precision} does not apply")
+    path, check = export_onnx(
+        run,
+        out,
+        images=images,
+        data=data,
+        weights_path=weights_path,
+        log=lambda msg: console.print(msg, highlight=False, soft_wrap=True),
+    )
+    size = path.stat().st_size / 1e6
+    click.echo(
+        f"exported {run} -> {path} ({size:.1f} MB, ONNX fp32, {check['agreement']:.1%} agreement with "
+        f"PyTorch on {check['images']} images, max |Δprob| {check['max_dprob']:.2g})"
+    )

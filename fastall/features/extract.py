@@ -28,10 +28,12 @@ from fastall.features.cache import cache_key, diff_params, read_cache, write_cac
 from fastall.features.loop import run
 from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from fastall.system.devices import decide_precision, precision_alias
 from fastall.system.files import kill_point
 
 PREPROCESS = "v1: RGB uint8, resize bilinear+antialias (whole image, no crop), /255, [augment], mean/std"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -49,6 +51,7 @@ class ExtractSummary:
     device: str = "cpu"
     amp_dtype: str = "fp32"
     key: str = ""
+    precision: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -104,7 +107,7 @@ def key_params_for(
 
 
 def _check_args(
-    views: int, image_size: int, seed: int, batch_size: int | None, workers: int | None, amp_dtype: str
+    views: int, image_size: int, seed: int, batch_size: int | None, workers: int | None, amp_dtype: str | None
 ) -> None:
     checks = [
         (views < 1, f"--views must be at least 1, got {views}"),
@@ -112,7 +115,10 @@ def _check_args(
         (not 0 <= seed < 2**63, f"--seed must be in 0..2**63-1, got {seed}"),
         (batch_size is not None and batch_size < 1, f"--batch-size must be >= 1, got {batch_size}"),
         ((workers or 0) < 0, f"--workers must be non-negative, got {workers}"),
-        (amp_dtype not in AMP_DTYPES, f"--amp-dtype must be bf16 or fp16, got {amp_dtype!r}"),
+        (
+            amp_dtype is not None and amp_dtype not in AMP_DTYPES,
+            f"--amp-dtype must be bf16 or fp16, got {amp_dtype!r}",
+        ),
     ]
     problems = [message for failed, message in checks if failed]
     if problems:
@@ -193,8 +199,9 @@ def extract(
     image_size: int = 224,
     weights: str = "imagenet1k_v1",
     device: str = "auto",
-    amp: bool = True,
-    amp_dtype: str = "bf16",
+    precision: str = "auto",
+    amp: bool | None = None,
+    amp_dtype: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     seed: int = 0,
@@ -206,7 +213,11 @@ def extract(
     warn: Callable[[str], None] | None = None,
     scratch: str | Path | None = None,
 ) -> ExtractSummary:
-    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``."""
+    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
+
+    ``precision``: auto (bf16 where the device computes it natively, else fp32), fp32, bf16 or fp16;
+    ``amp``/``amp_dtype`` are its older aliases. The precision used is in the cache key.
+    """
     start = time.perf_counter()
     warnings: list[str] = []
 
@@ -217,6 +228,9 @@ def extract(
 
     _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
     dev = _device(device)
+    choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
+    if not choice.native:
+        note(f"{choice.reason} (--precision auto picks fp32 here)")
     out = Path(out)
     _check_out(out, scratch)
     ds = _dataset(data, include, patient_regex, note)
@@ -230,8 +244,8 @@ def extract(
             image_size=image_size,
             views=views,
             seed=seed,
-            amp=amp,
-            amp_dtype=amp_dtype,
+            amp=choice.precision != "fp32",
+            amp_dtype=choice.precision,
             records=records,
             class_names=ds.class_names,
         )
@@ -245,6 +259,7 @@ def extract(
             amp_dtype=compute,
             key=cache_key(key_params),
             warnings=warnings,
+            precision=choice.to_dict(),
         )
         store = PartialStore(out, partial_folder(out, scratch))
         if _existing_matches(out, key_params, overwrite):
@@ -273,7 +288,7 @@ def extract(
                 views=views,
                 dim=info.feature_dim,
                 seed=seed,
-                amp=AMP_DTYPES[amp_dtype] if amp else None,
+                amp=choice.autocast_dtype,
                 batch_size=batch_size,
                 workers=workers,
                 skip_bad=skip_bad,
@@ -281,7 +296,7 @@ def extract(
             )
         summary.loop_seconds = time.perf_counter() - loop_start
         kill_point("finalize")
-        provenance = _provenance(dev, info, batch_size, workers, data)
+        provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record()}
         _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)
         kill_point("cleanup")
         store.remove()
@@ -378,6 +393,8 @@ def describe(summary: ExtractSummary) -> list[str]:
             f"at {s.images_per_s:,.1f} img/s = {s.forwards_per_s:,.1f} forwards/s on {s.device}, "
             f"{s.amp_dtype}{resumed}), cache {size}"
         ]
+    if summary.precision and not summary.skipped_existing:
+        lines.append(f"precision {summary.precision['precision']}: {summary.precision['reason']}")
     if summary.skipped:
         lines.append(f"skipped {len(summary.skipped)} unreadable image(s):")
         lines += [f"  {path}: {reason}" for path, reason in summary.skipped]

@@ -40,6 +40,9 @@ RUN_FORMAT, RUN_VERSION = "fastall-run", 1
 HEAD_FORMAT, HEAD_VERSION = "fastall-head", 1
 
 
+EXTRACT_PRECISION_ATTRS = ("amp_dtype", "precision_requested", "precision_reason", "cpu_capability_label")
+
+
 def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bool) -> dict[str, Any]:
     """metrics.json without its timings."""
     labels, k = prep.cache.labels, prep.data.classes
@@ -83,6 +86,8 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
         "config": config,
         "device": prep.device.type,
         "precision": prep.precision,
+        "precision_decision": prep.precision_record,
+        "extract_precision": {k: prep.cache.attrs.get(k) for k in EXTRACT_PRECISION_ATTRS},
         "environment": {"torch": torch.__version__, "python": platform.python_version()},
         "splits": {
             "test_mode": prep.splits.test_mode,

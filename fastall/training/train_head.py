@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from rich.console import Console
 
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
-from fastall.system.devices import resolve_device, resolve_precision
+from fastall.system.devices import decide_precision, resolve_device
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training import run_files
@@ -40,13 +40,15 @@ class Prepared:
     device: torch.device
     precision: str
     load_s: float
+    precision_record: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
     """Read the cache once (float16), split by patient (``options``: folds, test, holdout, seed), audit, and
     put the features on the device."""
     dev = resolve_device(options.device)
-    prec = resolve_precision(options.precision, dev)
+    choice = decide_precision(options.precision, dev, allowed=("fp32", "bf16"))
+    prec = choice.precision
     t0 = time.perf_counter()
     cache = read_cache(cache_path)
     if cache.n_images == 0:
@@ -65,7 +67,7 @@ def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
     features = torch.from_numpy(np.ascontiguousarray(cache.features))
     features = features.to(dev) if dev.type != "cpu" else features
     data = StackData(features, cache.labels, len(cache.class_names), splits.folds, splits.pool, splits.test)
-    return Prepared(cache, splits, audit, data, dev, prec, time.perf_counter() - t0)
+    return Prepared(cache, splits, audit, data, dev, prec, time.perf_counter() - t0, choice.record())
 
 
 @dataclass
