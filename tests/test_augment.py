@@ -61,7 +61,7 @@ def test_param_ranges_and_frequencies():
     area = box[:, 2] * box[:, 3]
     assert area.min() >= 0.02 - 1e-6 and area.max() <= 0.33 + 1e-6
     assert np.all(box[:, 0] + box[:, 2] <= 1) and np.all(box[:, 1] + box[:, 3] <= 1)
-    assert np.all(p[~erase][:, P["erase_top"] :] == 0)
+    assert np.all(p[~erase][:, P["erase_top"] : P["erase_width"] + 1] == 0)
 
 
 def test_identity_is_bit_exact():
