@@ -28,8 +28,8 @@ from fastall.cli.group import _csv, cli, console
     "--fill",
     default="auto",
     show_default=True,
-    help="Corners uncovered by rotation/zoom: auto (black on a black border, else reflect), black, reflect, "
-    "edge, median (border colour) or constant:R,G,B.",
+    help="Corners uncovered by rotation/zoom: auto (black on a black border, else the median border colour), "
+    "black, reflect, edge, median or constant:R,G,B.",
 )
 @click.option("--include", default=None, help="Optional sources, e.g. prelim,testing [prelim].")
 @click.option("--overwrite", is_flag=True, help="Replace a cache or partial work made with other settings.")

@@ -29,7 +29,7 @@ from fastall.features.viewparams import FILL_EDGE, FILL_REFLECT, IDENTITY, VIEW_
 
 FILLS = ("auto", "black", "reflect", "edge", "median")
 FILL_FORMS = "auto, black, reflect, edge, median or constant:R,G,B (each 0-255, e.g. constant:235,230,240)"
-AUTO_LIGHT = "reflect"
+AUTO_LIGHT = "median"
 BLACK_LEVEL, BLACK_SHARE = 16, 0.75
 _CONSTANT = re.compile(r"constant:(\d{1,3}),(\d{1,3}),(\d{1,3})")
 
