@@ -78,11 +78,6 @@ class ProbeResult:
         }
 
 
-def _pipeline(c: float) -> Pipeline:
-    logreg = LogisticRegression(C=c, solver="lbfgs", max_iter=MAX_ITER)
-    return Pipeline([("scale", StandardScaler()), ("logreg", logreg)])
-
-
 def _full_proba(model: Pipeline | LogisticRegression, x: np.ndarray, classes: int) -> np.ndarray:
     out = np.zeros((x.shape[0], classes), dtype=np.float64)
     out[:, model.classes_.astype(np.int64)] = model.predict_proba(x)
@@ -98,7 +93,8 @@ def _inner_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> l
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         splits = list(sgkf.split(np.zeros(y.size), y, groups))
-    return [(tr, va) for tr, va in splits if np.unique(y[tr]).size >= 2]
+    present = np.unique(y).size
+    return [(tr, va) for tr, va in splits if np.unique(y[tr]).size == present]  # warm starts need every class
 
 
 def fit_probe(
@@ -113,35 +109,32 @@ def fit_probe(
 ) -> ProbeFit:
     """Choose C by patient-grouped inner CV on these rows alone, then fit on all of them.
 
-    C goes up the grid with warm starts and stops once the inner log loss rises (it is unimodal in C in
-    practice), so the slow, weakly regularised fits run only when they help.
+    The rows are standardised once; C goes up the grid and stops once the inner log loss rises (it is
+    unimodal in C in practice), so the slow, weakly regularised fits run only when they help. Every fit
+    warm-starts from the one before (same rows of this fold only), so most take a few lbfgs steps.
     """
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     groups = np.asarray(groups, dtype=object)
+    scaler = StandardScaler().fit(x)
+    xs = scaler.transform(x)
     splits = _inner_splits(y, groups, inner_folds, seed)
-    inner = [_standardised(x[tr], x[va]) + (y[tr], y[va]) for tr, va in splits]  # once per split, not per C
-    models = [LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, warm_start=True) for _ in splits]
+    model = LogisticRegression(C=FALLBACK_C, solver="lbfgs", max_iter=MAX_ITER, warm_start=True)
     loss: dict[float, float] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for c in sorted(c_grid) if splits else []:
             total = 0.0
-            for model, (x_tr, x_va, y_tr, y_va) in zip(models, inner, strict=True):
-                model.set_params(C=c).fit(x_tr, y_tr)
-                total += log_loss(y_va, _full_proba(model, x_va, classes), labels=list(range(classes)))
+            for tr, va in splits:
+                model.set_params(C=c).fit(xs[tr], y[tr])
+                total += log_loss(y[va], _full_proba(model, xs[va], classes), labels=list(range(classes)))
             loss[float(c)] = total / len(splits)
             if loss[float(c)] > min(loss.values()):
                 break
-        del inner
         best = min(loss, key=loss.get) if loss else FALLBACK_C
-        pipe = _pipeline(best).fit(x, y)
-    return ProbeFit(pipe, float(best), len(splits), loss)
-
-
-def _standardised(x_tr: np.ndarray, x_va: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scaler = StandardScaler().fit(x_tr)
-    return scaler.transform(x_tr), scaler.transform(x_va)
+        model.set_params(C=best).fit(xs, y)
+    model.set_params(warm_start=False)
+    return ProbeFit(Pipeline([("scale", scaler), ("logreg", model)]), float(best), len(splits), loss)
 
 
 def linear_probe(
