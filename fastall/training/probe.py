@@ -5,7 +5,8 @@ chosen by an inner patient-grouped CV (``StratifiedGroupKFold`` by patient, insi
 ``C_GRID`` by log loss; it then scores the fold's validation rows. The final probe (C chosen the same way on
 the whole pool) scores the test rows. The inner search walks C upwards with warm starts and stops once the
 inner loss rises, so a real-size cache (10,661 x 2048) costs seconds. Same folds and test set as the head:
-the caller passes the row indices.
+the caller passes the row indices. BLAS and OpenMP run on one thread here: lbfgs is a series of
+memory-bound matrix-vector products, where more threads only spin (3-7x slower on a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from fastall.features.cache import FeatureCache
 from fastall.training.metrics import classification_metrics, summarize
@@ -152,6 +154,22 @@ def linear_probe(
 ) -> ProbeResult:
     """Cross-validate the probe on ``folds`` (row indices into ``features [N, D]``, view 0) and, with a
     ``test`` set, fit the final probe on ``pool`` (default: every fold row) and score ``test``."""
+    with threadpool_limits(limits=1):
+        return _linear_probe(features, labels, groups, folds, test, pool, classes, c_grid, inner_folds, seed)
+
+
+def _linear_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    test: np.ndarray | None,
+    pool: np.ndarray | None,
+    classes: int | None,
+    c_grid: tuple[float, ...],
+    inner_folds: int,
+    seed: int,
+) -> ProbeResult:
     t0 = time.perf_counter()
     labels = np.asarray(labels, dtype=np.int64)
     groups = np.asarray(groups, dtype=object)
