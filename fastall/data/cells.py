@@ -82,9 +82,12 @@ def appearance(
 
 
 def typicality_ranges(classes: int, margin: float | None) -> list[tuple[float, float]]:
-    """Each class's range of patient typicality, side by side in [0, 1]. ``margin``: the gap between
-    neighbouring ranges as a fraction of their spacing (1: every patient textbook, 0: touching, < 0:
-    overlapping). ``None`` is 0.5, except for two classes: the original ranges, hem (0, 0.15), ALL (0.65, 1)."""
+    """Each class's range of patient typicality, side by side in [0, 1].
+
+    ``margin``: the gap between neighbouring ranges as a fraction of their spacing (1: every patient
+    textbook, 0: touching, < 0: overlapping). ``None`` is 0.5, except for two classes: the original ranges,
+    hem (0, 0.15) and ALL (0.65, 1).
+    """
     if margin is None and classes == 2:
         return [LEGACY_TYPICALITY["hem"], LEGACY_TYPICALITY["all"]]
     m = 0.5 if margin is None else margin
