@@ -1,6 +1,6 @@
 """Default `train-head` against the linear-probe baseline, on the same cache and folds, in one run (issue 11).
 
-Three kinds of synthetic data, each easy (the demo's margin) and hard (class margin 0, patient effects 3x):
+Three kinds of synthetic data, each easy (the demo's margin) and hard (margin 0.5, patient effects 2x):
   light   generic 2-class tree on a light background (the fill matters: also extracted with --fill black);
   small   the C-NMC tree, 5 patients per class of about 20 images (about 20 images per class per fold);
   4class  generic 4-class tree on a smear background.

@@ -232,11 +232,13 @@ def test_hard_narrows_the_margin_and_widens_patient_effects(tmp_path):
 
 def test_typicality_ranges():
     assert typicality_ranges(2, None) == [(0.0, 0.15), (0.65, 1.0)]
-    four = typicality_ranges(4, 0.4)
-    gaps = [round(b[0] - a[1], 6) for a, b in zip(four[:-1], four[1:], strict=True)]
-    assert gaps == [round(0.4 / 3.6, 6)] * 3 and four[0][0] == 0 and four[-1][1] == pytest.approx(1.0)
-    assert typicality_ranges(3, 1.0) == [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
     assert typicality_ranges(2, 0.0) == [(0.0, 0.5), (0.5, 1.0)]
+    four = typicality_ranges(4, 0.4)
+    gaps = [b[0] - a[1] for a, b in zip(four[:-1], four[1:], strict=True)]
+    spacing = 2 / 3.6  # more classes than fit in [0, 1] at the 2-class spacing: the span is [-0.5, 1.5]
+    assert gaps == pytest.approx([0.4 * spacing] * 3) and four[0][0] == pytest.approx(-0.5)
+    assert four[-1][1] == pytest.approx(1.5)
+    assert typicality_ranges(3, 1.0) == [(-0.5, -0.5), (0.5, 0.5), (1.5, 1.5)]
     overlap = typicality_ranges(2, -0.5)
     assert overlap[0][1] > overlap[1][0]
 

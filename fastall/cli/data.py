@@ -93,7 +93,8 @@ def scan(data: str, patient_regex: str | None, include: str, as_json: bool) -> N
     type=click.Choice(["easy", "hard"]),
     default="easy",
     show_default=True,
-    help="easy: the demo's wide class margin; hard: margin 0 and patient effects as large as the class's.",
+    help="easy: the demo's wide class margin; hard: margin 0.5, patient effects twice as large (about the "
+    "class effect).",
 )
 @click.option("--class-margin", type=float, default=None, help="Gap between classes, -1..1 [difficulty].")
 @click.option(

@@ -18,7 +18,7 @@ import numpy as np
 from fastall.errors import FastallError
 
 BACKGROUNDS = ("black", "light", "smear")
-DIFFICULTY = {"easy": (None, 1.0), "hard": (0.0, 3.0)}
+DIFFICULTY = {"easy": (None, 1.0), "hard": (0.5, 2.0)}
 CLASS = {
     "all": {
         "cell": 0.62,
@@ -82,18 +82,21 @@ def appearance(
 
 
 def typicality_ranges(classes: int, margin: float | None) -> list[tuple[float, float]]:
-    """Each class's range of patient typicality, side by side in [0, 1].
+    """Each class's range of patient typicality, side by side and centred on 0.5.
 
     ``margin``: the gap between neighbouring ranges as a fraction of their spacing (1: every patient
-    textbook, 0: touching, < 0: overlapping). ``None`` is 0.5, except for two classes: the original ranges,
-    hem (0, 0.15) and ALL (0.65, 1).
+    textbook, 0: touching, < 0: overlapping). Neighbouring classes are as far apart as two classes in [0, 1]
+    while the whole span fits in [-0.5, 1.5] (beyond the textbook cells, the morphology extrapolates), so a
+    K-class tree is about as hard per pair of classes as a 2-class one. ``None`` is 0.5, except for two
+    classes: the original ranges, hem (0, 0.15) and ALL (0.65, 1).
     """
     if margin is None and classes == 2:
         return [LEGACY_TYPICALITY["hem"], LEGACY_TYPICALITY["all"]]
     m = 0.5 if margin is None else margin
-    spacing = 1.0 / (classes - m)
+    spacing = min(1.0 / (2 - m), 2.0 / (classes - m))
     width = (1 - m) * spacing
-    return [(k * spacing, k * spacing + width) for k in range(classes)]
+    start = 0.5 - ((classes - 1) * spacing + width) / 2
+    return [(start + k * spacing, start + k * spacing + width) for k in range(classes)]
 
 
 def _morphology(t: float) -> dict:

@@ -6,8 +6,9 @@ The cells (:mod:`fastall.data.cells`) differ in coarse morphology so that even a
 separate the classes; every patient has its own stain, illumination, cell size and typicality, so image-level
 splits score higher than patient-level ones. ``difficulty`` ``easy`` (the default) keeps the wide class margin
 of the demo (a random-init ResNet-50 and the paper's head reach about 0.96-0.99 patient-level CV accuracy);
-``hard`` narrows the margin and makes patient effects as large as the class effect. ``class_margin`` and
-``patient_effect`` set either directly. Backgrounds: black (C-NMC), light, smear (light with red cells).
+``hard`` narrows the margin and doubles patient effects (about as large as the class effect);
+``class_margin`` and ``patient_effect`` set either directly. Backgrounds: black (C-NMC), light, smear (light
+with red cells).
 
 Defaults: 10 patients per class, about 12 images each, 450 px, plus 3 prelim-phase patients per class (about
 240 training and 70 prelim images, a few seconds).
