@@ -2,7 +2,8 @@
 
 Three kinds of synthetic data, each easy (the demo's margin) and hard (margin 0.5, patient effects 2x):
   light   generic 2-class tree on a light background (the fill matters: also extracted with --fill black);
-  small   the C-NMC tree, 5 patients per class of about 20 images (about 20 images per class per fold);
+  small   the C-NMC tree (no prelim), 5 patients per class of about 20 images (about 20 images per class per
+          fold);
   4class  generic 4-class tree on a smear background.
 Each: synth -> extract (random-init ResNet-50, `--weights none`) -> `train_head` with its defaults and
 `--test none --folds 5` -> `probe_cache` on the same splits. Reports mean CV accuracy and AUC of both, the
@@ -62,7 +63,7 @@ def one(kind: str, difficulty: str, fill: str, args: argparse.Namespace, tmp: Pa
             data,
             size=args.side,
             seed=args.seed,
-            prelim=None if spec["layout"] == "cnmc" else False,
+            prelim=False,
             look=appearance(background, difficulty),
             **spec,
         )
