@@ -22,11 +22,12 @@ from fastall import __version__
 from fastall.data.discover import Record, discover
 from fastall.data.fingerprint import dataset_fingerprint
 from fastall.errors import CacheError, FastallError
-from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES
+from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES, parse_fill
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
 from fastall.features.loop import run
 from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder
+from fastall.features.viewparams import describe_fills
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from fastall.system.devices import decide_precision, precision_alias
 from fastall.system.files import kill_point
@@ -51,6 +52,8 @@ class ExtractSummary:
     device: str = "cpu"
     amp_dtype: str = "fp32"
     key: str = ""
+    fill: str = "auto"
+    fills: dict[str, int] = field(default_factory=dict)
     precision: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -84,6 +87,7 @@ def key_params_for(
     amp_dtype: str,
     records: list[Record],
     class_names: list[str],
+    fill: str = "auto",
 ) -> dict[str, Any]:
     """Every parameter that changes the features (and nothing that does not)."""
     return {
@@ -97,6 +101,7 @@ def key_params_for(
         "preprocess": PREPROCESS,
         "views": views,
         "augment": AUGMENT_CONFIG,
+        "fill": parse_fill(fill),
         "seed": seed,
         "amp": amp,
         "amp_dtype": amp_dtype if amp else "fp32",
@@ -205,6 +210,7 @@ def extract(
     batch_size: int | None = None,
     workers: int | None = None,
     seed: int = 0,
+    fill: str = "auto",
     include: Iterable[str] = (),
     overwrite: bool = False,
     skip_bad: bool = False,
@@ -216,7 +222,8 @@ def extract(
     """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
 
     ``precision``: auto (bf16 where the device computes it natively, else fp32), fp32, bf16 or fp16;
-    ``amp``/``amp_dtype`` are its older aliases. The precision used is in the cache key.
+    ``amp``/``amp_dtype`` are its older aliases. The precision used is in the cache key. ``fill``
+    (:data:`fastall.features.augment.FILL_FORMS`) fills the corners that rotation and zoom uncover.
     """
     start = time.perf_counter()
     warnings: list[str] = []
@@ -227,6 +234,7 @@ def extract(
             warn(message)
 
     _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
+    fill = parse_fill(fill)
     dev = _device(device)
     choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
     if not choice.native:
@@ -248,6 +256,7 @@ def extract(
             amp_dtype=choice.precision,
             records=records,
             class_names=ds.class_names,
+            fill=fill,
         )
         compute = key_params["amp_dtype"]
         summary = ExtractSummary(
@@ -258,6 +267,7 @@ def extract(
             device=str(dev),
             amp_dtype=compute,
             key=cache_key(key_params),
+            fill=fill,
             warnings=warnings,
             precision=choice.to_dict(),
         )
@@ -267,6 +277,7 @@ def extract(
                 store.remove()
             old = read_cache(out, load_features=False)
             summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
+            summary.fills = describe_fills(old.view_params)
             summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
             return summary
         claim_layout(store.dir, 1, overwrite)
@@ -288,6 +299,7 @@ def extract(
                 views=views,
                 dim=info.feature_dim,
                 seed=seed,
+                fill=fill,
                 amp=choice.autocast_dtype,
                 batch_size=batch_size,
                 workers=workers,
@@ -302,6 +314,7 @@ def extract(
         store.remove()
     final = read_cache(out, load_features=False)
     summary.images, summary.skipped = final.n_images, final.skipped
+    summary.fills = describe_fills(final.view_params)
     summary.computed = final.n_images - summary.resumed
     summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
     return summary
@@ -395,6 +408,9 @@ def describe(summary: ExtractSummary) -> list[str]:
         ]
     if summary.precision and not summary.skipped_existing:
         lines.append(f"precision {summary.precision['precision']}: {summary.precision['reason']}")
+    if summary.fills:
+        used = ", ".join(f"{name} {n}" for name, n in summary.fills.items())
+        lines.append(f"fill --fill {summary.fill}: {used} image(s)")
     if summary.skipped:
         lines.append(f"skipped {len(summary.skipped)} unreadable image(s):")
         lines += [f"  {path}: {reason}" for path, reason in summary.skipped]
