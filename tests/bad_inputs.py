@@ -348,7 +348,80 @@ CASES: list[Case] = [
         expect="reported",
         fragments=("grids left out", "--data DIR"),
     ),
+    # issue 11 (fill-probe): --fill and the synthetic data's new options
+    Case(
+        "arguments",
+        "extract --fill colour that does not parse",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "c.h5"),
+            "--weights",
+            "none",
+            "--fill",
+            "white",
+        ],
+        fragments=("--fill 'white'", "auto, black, reflect, edge, median or constant:R,G,B"),
+    ),
+    Case(
+        "arguments",
+        "extract --fill constant with a channel over 255",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "c.h5"),
+            "--weights",
+            "none",
+            "--fill",
+            "constant:300,0,0",
+        ],
+        fragments=("constant:R,G,B",),
+    ),
+    Case(
+        "arguments",
+        "synth --layout generic --classes 1",
+        lambda e: ["synth", str(e.tmp / "s"), "--layout", "generic", "--classes", "1", "--size", "16"],
+        fragments=("classes must be between 2 and 20",),
+    ),
+    Case(
+        "arguments",
+        "synth --classes 3 in the C-NMC layout",
+        lambda e: ["synth", str(e.tmp / "s"), "--classes", "3", "--size", "16"],
+        fragments=("C-NMC layout has 2 classes", "--layout generic"),
+    ),
+    Case(
+        "arguments",
+        "synth --layout generic --testing",
+        lambda e: ["synth", str(e.tmp / "s"), "--layout", "generic", "--testing", "--size", "16"],
+        fragments=("--testing needs the C-NMC layout",),
+    ),
+    Case(
+        "arguments",
+        "synth --class-margin out of range",
+        lambda e: ["synth", str(e.tmp / "s"), "--class-margin", "2", "--size", "16"],
+        fragments=("class margin must be between -1 and 1",),
+    ),
+    Case(
+        "arguments",
+        "synth --patient-effect negative",
+        lambda e: ["synth", str(e.tmp / "s"), "--patient-effect", "-1", "--size", "16"],
+        fragments=("patient effect must be between 0 and 5",),
+    ),
+    Case(
+        "arguments",
+        "synth --layout generic into a folder that is not empty (the tree is the folder itself)",
+        lambda e: ["synth", str(_with_file(e.tmp / "mixed")), "--layout", "generic", "--size", "16"],
+        fragments=("already exists and is not empty",),
+    ),
 ]
+
+
+def _with_file(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("keep me\n")
+    return folder
 
 
 def _one_class_cache(env: Env) -> Path:

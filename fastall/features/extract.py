@@ -22,11 +22,12 @@ from fastall import __version__
 from fastall.data.discover import Record, discover
 from fastall.data.fingerprint import dataset_fingerprint
 from fastall.errors import CacheError, FastallError
-from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES
+from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES, parse_fill
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
 from fastall.features.loop import run
 from fastall.features.shards import PartialStore, cache_lock
+from fastall.features.viewparams import describe_fills
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from fastall.system.files import kill_point
 
@@ -49,6 +50,8 @@ class ExtractSummary:
     device: str = "cpu"
     amp_dtype: str = "fp32"
     key: str = ""
+    fill: str = "auto"
+    fills: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -81,6 +84,7 @@ def key_params_for(
     amp_dtype: str,
     records: list[Record],
     class_names: list[str],
+    fill: str = "auto",
 ) -> dict[str, Any]:
     """Every parameter that changes the features (and nothing that does not)."""
     return {
@@ -94,6 +98,7 @@ def key_params_for(
         "preprocess": PREPROCESS,
         "views": views,
         "augment": AUGMENT_CONFIG,
+        "fill": parse_fill(fill),
         "seed": seed,
         "amp": amp,
         "amp_dtype": amp_dtype if amp else "fp32",
@@ -172,6 +177,7 @@ def extract(
     batch_size: int | None = None,
     workers: int | None = None,
     seed: int = 0,
+    fill: str = "auto",
     include: Iterable[str] = (),
     overwrite: bool = False,
     skip_bad: bool = False,
@@ -179,7 +185,10 @@ def extract(
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
 ) -> ExtractSummary:
-    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``."""
+    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
+
+    ``fill`` (:data:`fastall.features.augment.FILL_FORMS`) fills the corners that rotation and zoom uncover.
+    """
     start = time.perf_counter()
     warnings: list[str] = []
 
@@ -189,6 +198,7 @@ def extract(
             warn(message)
 
     _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
+    fill = parse_fill(fill)
     dev = _device(device)
     out = Path(out)
     if out.is_dir():
@@ -221,6 +231,7 @@ def extract(
             amp_dtype=amp_dtype,
             records=records,
             class_names=ds.class_names,
+            fill=fill,
         )
         compute = key_params["amp_dtype"]
         summary = ExtractSummary(
@@ -231,6 +242,7 @@ def extract(
             device=str(dev),
             amp_dtype=compute,
             key=cache_key(key_params),
+            fill=fill,
             warnings=warnings,
         )
         store = PartialStore(out)
@@ -239,6 +251,7 @@ def extract(
                 store.remove()
             old = read_cache(out, load_features=False)
             summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
+            summary.fills = describe_fills(old.view_params)
             summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
             return summary
         _open_partial(store, key_params, overwrite, note)
@@ -259,6 +272,7 @@ def extract(
                 views=views,
                 dim=info.feature_dim,
                 seed=seed,
+                fill=fill,
                 amp=AMP_DTYPES[amp_dtype] if amp else None,
                 batch_size=batch_size,
                 workers=workers,
@@ -273,6 +287,7 @@ def extract(
         store.remove()
     final = read_cache(out, load_features=False)
     summary.images, summary.skipped = final.n_images, final.skipped
+    summary.fills = describe_fills(final.view_params)
     summary.computed = final.n_images - summary.resumed
     summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
     return summary
@@ -349,6 +364,9 @@ def describe(summary: ExtractSummary) -> list[str]:
             f"at {s.images_per_s:,.1f} img/s = {s.forwards_per_s:,.1f} forwards/s on {s.device}, "
             f"{s.amp_dtype}{resumed}), cache {size}"
         ]
+    if summary.fills:
+        used = ", ".join(f"{name} {n}" for name, n in summary.fills.items())
+        lines.append(f"fill --fill {summary.fill}: {used} image(s)")
     if summary.skipped:
         lines.append(f"skipped {len(summary.skipped)} unreadable image(s):")
         lines += [f"  {path}: {reason}" for path, reason in summary.skipped]

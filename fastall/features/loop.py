@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from fastall.data.discover import Record
 from fastall.data.images import BadImageError, decode_image
 from fastall.errors import FastallError
-from fastall.features.augment import draw_view_params
+from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.features.shards import PartialStore
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_uint8
 from fastall.system.files import kill_point
@@ -43,23 +43,26 @@ CHUNK = 32  # images per worker task: the first batch starts at once, little sha
 
 
 class ImageViews(torch.utils.data.Dataset):
-    """Worker side: decode + resize to uint8 ``[3, S, S]`` and draw the view parameters of one image."""
+    """Worker side: decode + resize to uint8 ``[3, S, S]``, resolve its fill, draw its view parameters."""
 
-    def __init__(self, records: list[Record], todo: list[int], size: int, seed: int, views: int) -> None:
+    def __init__(
+        self, records: list[Record], todo: list[int], size: int, seed: int, views: int, fill: str = "black"
+    ) -> None:
         self.paths = [str(records[i].path) for i in todo]
-        self.todo, self.size, self.seed, self.views = todo, size, seed, views
+        self.todo, self.size, self.seed, self.views, self.fill = todo, size, seed, views, fill
 
     def __len__(self) -> int:
         return len(self.todo)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
         index = self.todo[k]
-        params = torch.from_numpy(draw_view_params(self.seed, [index], self.views)[0])
         try:
             pixels = decode_image(self.paths[k])[None].contiguous(memory_format=torch.channels_last)
             image, error = resize_uint8(pixels, self.size)[0], ""  # channels_last: the fast uint8 kernel
         except BadImageError as err:
             image, error = torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(err)
+        fill = resolve_fill(image[None], self.fill)
+        params = torch.from_numpy(draw_view_params(self.seed, [index], self.views, fill)[0])
         return image, params, index, error
 
 
@@ -126,6 +129,7 @@ def run(
     views: int,
     dim: int,
     seed: int,
+    fill: str = "black",
     amp: torch.dtype | None,
     batch_size: int | None,
     workers: int | None,
@@ -138,7 +142,7 @@ def run(
     # CPU: decoding is ~1% of a forward; a worker process would only steal cores from torch's thread pool
     workers = workers if workers is not None else (max(1, cores - 2) if cuda else 0)
     loader = DataLoader(
-        ImageViews(records, todo, size, seed, views),
+        ImageViews(records, todo, size, seed, views, fill),
         batch_size=min(batch_size, CHUNK),
         shuffle=False,
         num_workers=workers,
@@ -159,7 +163,7 @@ def run(
                     if bad:
                         keep = torch.tensor([k for k, e in enumerate(errors) if not e], dtype=torch.long)
                         x, params, indices = x[keep.to(dev)], params[keep], indices[keep]
-                    feats = _views(model, x, params.to(dev, non_blocking=True), size, views, dim, autocast)
+                    feats = _views(model, x, params, size, views, dim, autocast)
                     writer.submit(indices.numpy(), feats, params.numpy(), skipped, advance)
         except BaseException:
             writer.close(raise_errors=False)
@@ -170,7 +174,7 @@ def run(
 def _views(
     model: torch.nn.Module, x: torch.Tensor, p: torch.Tensor, size: int, views: int, dim: int, autocast: Any
 ) -> torch.Tensor:
-    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]``."""
+    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]`` (host parameters)."""
     feats = torch.empty(x.shape[0], views, dim, dtype=torch.float16, device=x.device)
     for v in range(views if x.shape[0] else 0):
         xv = preprocess(x, size, IMAGENET_MEAN, IMAGENET_STD, p[:, v] if v else None)

@@ -15,7 +15,7 @@ import torch
 
 from fastall.data.loader import default_workers, find_images, iter_batches
 from fastall.errors import FastallError
-from fastall.features.augment import draw_view_params
+from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.inference.model import LeukemiaClassifier
 
 TTA_SEED = 0
@@ -98,10 +98,13 @@ def _bad(
 
 @torch.inference_mode()
 def _probs(model: LeukemiaClassifier, images: torch.Tensor, indices: list[int], tta: int) -> np.ndarray:
+    fill = None
+    if tta > 1:  # the fill the run's cache was extracted with (black for runs made before --fill)
+        fill = resolve_fill(images, model.provenance.get("key_params", {}).get("fill", "black"))
     images = images.to(model.device, non_blocking=True)
     if tta == 1:
         return torch.softmax(model(images), dim=1).cpu().numpy()
-    params = torch.from_numpy(draw_view_params(TTA_SEED, indices, tta))
+    params = torch.from_numpy(draw_view_params(TTA_SEED, indices, tta, fill))
     total = sum(torch.softmax(model(images, params[:, v]), dim=1) for v in range(tta))
     return (total / tta).cpu().numpy()
 
