@@ -28,6 +28,7 @@ from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult, StackData
 from fastall.training.engine import resolve_device, resolve_precision, train_stacks
 from fastall.training.metrics import PAPER_CV, PAPER_TEST, classification_metrics, json_safe, summarize
+from fastall.training.patients import run_patient_level
 from fastall.training.splits import Splits, audit_splits, fold_table, make_splits
 from fastall.training.uncertainty import metrics_with_ci, pooled_with_ci
 
@@ -178,6 +179,7 @@ def train_head(
         _write_head(tmp / "head.pt", prep, results, cfg, config)
         _write_folds_csv(tmp / "folds.csv", prep)
         _write_predictions(tmp / "predictions.csv", prep, results, tta)
+        metrics["patient_level"] = run_patient_level(tmp / "predictions.csv", prep.cache.class_names)
         metrics["timings"] = {
             "load_cache_s": prep.load_s,
             "train_s": train_s,
