@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from fastall.cli import cli
 from fastall.errors import FastallError
 from fastall.inference.evaluate import evaluate_run, map_labels, parse_classes
 from fastall.inference.shift import domain_shift
 from fastall.inference.threshold import choose_threshold
+from fastall.reporting.tables import print_run
 from fastall.training.patients import SAME_AS_CELLS, patient_level, proportion
 
 
@@ -195,3 +197,6 @@ def test_train_head_records_patient_level(runs):
     m = json.loads((runs / "runA" / "metrics.json").read_text())
     oof = m["patient_level"]["out_of_fold"]
     assert oof["patients"] > 6 and oof["mean_probability"]["accuracy"]["ci"] is not None
+    out = io.StringIO()
+    print_run(m, runs / "runA", Console(file=out, width=300))
+    assert f"patient level (out of fold): {oof['patients']} patients" in out.getvalue()

@@ -171,7 +171,7 @@ def evaluate_run(
         "format_version": EVAL_VERSION,
         "command": command_line(),
         "run": str(Path(run).absolute()),
-        "data": {**{k_: v for k_, v in ds.summary().items() if k_ not in ("problems", "per_source")}},
+        "data": {key: v for key, v in ds.summary().items() if key not in ("problems", "per_source")},
         "class_names": names,
         "images": int(len(records)),
         "skipped": len(skipped),
