@@ -32,7 +32,7 @@ from fastall.data.synth import GENERIC_PATIENT_REGEX, synthesize  # noqa: E402
 from fastall.features.cache import read_cache  # noqa: E402
 from fastall.features.extract import extract  # noqa: E402
 from fastall.inference.bench import machine_info  # noqa: E402
-from fastall.training.metrics import json_safe  # noqa: E402
+from fastall.system.jsonable import plain  # noqa: E402
 from fastall.training.probe import probe_cache  # noqa: E402
 from fastall.training.splits import make_splits  # noqa: E402
 from fastall.training.train_head import train_head  # noqa: E402
@@ -132,7 +132,7 @@ def main() -> None:
     result["machine"]["load_average_after"] = list(os.getloadavg())
     result["seconds"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(json_safe(result), indent=2) + "\n")
+    args.out.write_text(json.dumps(plain(result), indent=2) + "\n")
     print(f"wrote {args.out} in {result['seconds']:.0f} s")
 
 

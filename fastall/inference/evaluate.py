@@ -24,12 +24,14 @@ from fastall.data.discover import Record, discover
 from fastall.data.loader import default_workers, iter_batches
 from fastall.errors import FastallError
 from fastall.features.cache import read_cache
-from fastall.inference.model import LeukemiaClassifier, head_file, load_head
+from fastall.inference.artifacts import head_file, load_run, read_head
+from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.shift import domain_shift, same_files
 from fastall.inference.threshold import choose_threshold
 from fastall.reporting.provenance import command_line
+from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
-from fastall.training.metrics import clinical_metrics, json_safe
+from fastall.training.metrics import clinical_metrics
 from fastall.training.patients import patient_level
 from fastall.training.uncertainty import metrics_with_ci
 
@@ -142,7 +144,7 @@ def evaluate_run(
     """Evaluate RUN on DATA and write OUT (see the module doc)."""
     out = Path(out)
     check_target(out.absolute(), overwrite)
-    record = load_head(head_file(run))
+    record = read_head(head_file(run))
     names = list(record["class_names"])
     ds = discover(data, patient_regex=patient_regex)
     ds.check(training=False)
@@ -154,7 +156,7 @@ def evaluate_run(
     notes = [f"{p}" for p in ds.problems] + list(ds.warnings)
     if len(ds.unlabelled()):
         notes.append(f"{len(ds.unlabelled())} unlabelled image(s) in DATA ignored")
-    model = LeukemiaClassifier.from_run(run, weights_path=weights_path, device=device)
+    model = load_run(run, weights_path=weights_path, device=device)
     kept, prob, feats, skipped = run_model(model, [r.path for r in records], batch_size, on_problem)
     records = [records[i] for i in kept]
     y, patients = labels[kept], np.array([r.patient for r in records])
@@ -211,7 +213,7 @@ def evaluate_run(
         _write_rows(tmp / "patients.csv", patient_rows)
         if skipped:
             _write_rows(tmp / "skipped.csv", [{"path": p, "reason": r} for p, r in skipped])
-        (tmp / "evaluation.json").write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
+        (tmp / "evaluation.json").write_text(json.dumps(plain(result), indent=2, allow_nan=False) + "\n")
         if report:
             from fastall.inference.evaluate_report import write_evaluation_report
 

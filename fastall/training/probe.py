@@ -66,7 +66,7 @@ class ProbeResult:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        """What metrics.json holds (``json_safe`` it before dumping)."""
+        """What metrics.json holds (``fastall.system.jsonable.plain`` it before dumping)."""
         return {
             "model": MODEL,
             "c_grid": list(self.c_grid),
