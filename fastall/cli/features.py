@@ -28,6 +28,16 @@ from fastall.cli.group import _csv, cli, console
 @click.option("--overwrite", is_flag=True, help="Replace a cache or partial work made with other settings.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed in the cache), don't stop.")
 @click.option("--patient-regex", default=None, help="Regex with one group that extracts the patient ID.")
+@click.option(
+    "--update",
+    is_flag=True,
+    help="Recompute images whose file changed since they were cached (refused without it); keep the rest.",
+)
+@click.option(
+    "--verify-content",
+    is_flag=True,
+    help="Hash every image file to find changes, not only those whose size or mtime changed.",
+)
 def extract(
     data: str,
     out: str,
@@ -44,6 +54,8 @@ def extract(
     overwrite: bool,
     skip_bad: bool,
     patient_regex: str | None,
+    update: bool,
+    verify_content: bool,
 ) -> None:
     """Compute frozen ResNet-50 features of V views per image into a crash-safe, resumable HDF5 cache."""
     from fastall.features.extract import describe
@@ -65,6 +77,8 @@ def extract(
         overwrite=overwrite,
         skip_bad=skip_bad,
         patient_regex=patient_regex,
+        update=update,
+        verify_content=verify_content,
         progress=True,
         warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),
     )

@@ -55,5 +55,27 @@ def _csv(value: str | None) -> tuple[str, ...]:
 
 @click.group(cls=FastallGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fastall")
-def cli() -> None:
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest image decoded, in pixels [$FASTALL_MAX_PIXELS or 16777216 = 4096x4096]; the decode "
+    "memory budget is 16 bytes per pixel of it.",
+)
+@click.pass_context
+def cli(ctx: click.Context, max_pixels: int | None) -> None:
     """fastall: the frozen-ResNet-50 C-NMC 2019 leukemia classifier, trained from a feature cache."""
+    if max_pixels is not None:
+        from fastall.data import images
+
+        before = os.environ.get(images.MAX_PIXELS_ENV)
+        images.set_max_pixels(max_pixels)
+        ctx.call_on_close(lambda: _restore_max_pixels(before))
+
+
+def _restore_max_pixels(before: str | None) -> None:
+    from fastall.data import images
+
+    images.set_max_pixels(None)
+    if before is not None:
+        os.environ[images.MAX_PIXELS_ENV] = before

@@ -7,10 +7,11 @@ file nor a folder (broken symlink, symlink loop, socket, device) is reported as 
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from fastall.system.files import file_kind
 
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -60,15 +61,10 @@ def walk_files(
 
 
 def _not_regular(path: str) -> str:
-    try:
-        os.stat(path)
-    except FileNotFoundError:
-        return "broken symlink (target missing)"
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            return "symlink loop"
-        return f"cannot read ({err.strerror or err})"
-    return "special file (not a regular file or folder)"
+    kind = file_kind(path) or "not a regular file"
+    if kind.startswith(("a broken symlink", "a symlink loop", "unreadable")):
+        return kind.removeprefix("a ")
+    return f"special file: {kind}, not a regular file or folder"
 
 
 def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -95,8 +91,10 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[st
         if top.is_dir():
             for path in walk_files(top, report, suffixes=IMAGE_EXTENSIONS):
                 add(path)
-        elif top.is_file() or top.is_symlink():
+        elif top.is_file():
             add(top)
+        elif os.path.lexists(top):
+            problems.append((str(top), _not_regular(str(top))))
         else:
             problems.append((str(top), "no such file or folder"))
     return found, problems

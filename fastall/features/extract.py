@@ -24,6 +24,7 @@ import torchvision
 from fastall import __version__
 from fastall.data.discover import Record, discover
 from fastall.errors import CacheError, FastallError
+from fastall.features import content
 from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
@@ -145,7 +146,7 @@ def _existing_matches(out: Path, key_params: dict[str, Any], overwrite: bool) ->
             f"{out} exists but is not a valid cache ({str(err).removeprefix(str(out) + ': ')}); "
             "use --overwrite to replace it"
         ) from None
-    if old.key == cache_key(key_params):
+    if cache_key(content.run_params(old.key_params)) == cache_key(key_params):
         return True
     if not overwrite:
         diffs = "; ".join(diff_params(old.key_params, key_params))
@@ -191,8 +192,14 @@ def extract(
     patient_regex: str | None = None,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    update: bool = False,
+    verify_content: bool = False,
 ) -> ExtractSummary:
-    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``."""
+    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
+
+    Images whose file changed since their features were computed are refused, or recomputed with
+    ``update`` (:mod:`fastall.features.content`); ``verify_content`` hashes every file, not only those
+    whose size or mtime changed."""
     start = time.perf_counter()
     warnings: list[str] = []
 
@@ -221,6 +228,7 @@ def extract(
     for message in ds.warnings + [str(p) for p in ds.problems]:
         note(message)
     records = ds.records
+    content.views_warning(views, len(records), note)
     with cache_lock(out, warn=note):
         model, info = load_backbone(weights, seed=seed)
         for message in info.warnings:
@@ -247,15 +255,25 @@ def extract(
             warnings=warnings,
         )
         store = PartialStore(out)
+        changed: list[int] = []
         if _existing_matches(out, key_params, overwrite):
-            if store.meta() is not None and store.meta().get("key") == summary.key:
-                store.remove()
             old = read_cache(out, load_features=False)
-            summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
-            summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
-            return summary
+            check = dict(verify=verify_content, update=update or overwrite, note=note)
+            changed = content.check_cache(out, old, records, **check)
+            if not changed:
+                if store.meta() is not None and store.meta().get("key") == summary.key:
+                    store.remove()
+                summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
+                summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
+                return summary
+            store.remove()
         _open_partial(store, key_params, overwrite, note)
+        if changed and not overwrite:
+            content.seed_update(store, out, records, changed, note)
         done, bad = store.load(len(records), views, info.feature_dim, warn=note)
+        check = dict(verify=verify_content, update=update, note=note)
+        if content.check_partial(store, records, list(done), **check):
+            done, bad = store.load(len(records), views, info.feature_dim, warn=note)
         todo = [i for i in range(len(records)) if i not in done and i not in bad]
         summary.resumed = len(done)
         if done or bad:
@@ -285,6 +303,9 @@ def extract(
         kill_point("cleanup")
         store.remove()
     final = read_cache(out, load_features=False)
+    summary.key = final.key
+    for message in content.duplicate_warnings(final):
+        note(message)
     summary.images, summary.skipped = final.n_images, final.skipped
     summary.computed = final.n_images - summary.resumed
     summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
@@ -343,6 +364,7 @@ def _finalize(
         key_params=key_params,
         provenance=provenance,
         skipped=skipped,
+        stamps=content.row_stamps(store, records, rows),
     )
 
 
