@@ -13,6 +13,30 @@ from fastall.system.files import describe_write_error, is_disk_full
 
 console = Console(stderr=True)
 
+OUT_OF_MEMORY = "out of memory: use smaller sizes (--batch-size, --hidden, --views, --image-size)"
+NOTHING_KEPT = "nothing was written (outputs appear only when complete): run the command again"
+INTERRUPTED = {
+    "extract": "the finished batches are kept in the cache's .partial folder: run it again to resume",
+    "train-head": "no run folder was written (it appears only when complete): run the command again",
+    "sweep": "no sweep folder was written (it appears only when complete): run the command again",
+}
+_ALLOCATOR = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory", "out of memory")
+
+
+def _allocator_failure(err: BaseException) -> bool:
+    """torch's allocators fail with a RuntimeError (torch.OutOfMemoryError on CUDA), not a MemoryError."""
+    return isinstance(err, RuntimeError) and any(s in str(err) for s in _ALLOCATOR)
+
+
+def _allocator_detail(err: BaseException) -> str:
+    text = str(err)
+    start = text.find("you tried to allocate ")
+    if start >= 0:
+        amount = text[start + len("you tried to allocate ") :].split(" bytes", 1)[0]
+        if amount.isdigit():
+            return f"torch tried to allocate {int(amount) / 2**30:,.1f} GiB"
+    return text.splitlines()[0][:160]
+
 
 class _UserError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1) -> None:
@@ -33,11 +57,13 @@ class FastallGroup(click.Group):
             raise _UserError(message, err.exit_code) from None
         except KeyboardInterrupt:
             raise _UserError(
-                "interrupted; completed work was kept (re-run the command to resume)", 130
+                f"interrupted; {INTERRUPTED.get(ctx.invoked_subcommand, NOTHING_KEPT)}", 130
             ) from None
         except MemoryError:
-            raise _UserError("out of memory: use a smaller --batch-size or fewer --views", 1) from None
+            raise _UserError(OUT_OF_MEMORY, 1) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
+            if _allocator_failure(err):
+                raise _UserError(f"{OUT_OF_MEMORY} ({_allocator_detail(err)})", 1) from None
             if is_disk_full(err):
                 where = f"{err.filename}: " if isinstance(err, OSError) and err.filename else ""
                 raise _UserError(f"{where}{describe_write_error(err)}", 1) from None

@@ -11,7 +11,13 @@ from fastall.errors import FastallError
 
 @cli.command()
 @click.argument("run", type=click.Path(path_type=str))
-@click.option("--images", type=int, default=32, show_default=True, help="Images to check (both classes).")
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Images to check (both classes).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option(
     "--cache",
@@ -88,7 +94,9 @@ def verify(
     show_default=True,
     help="int8: CPU only, calibrated on the benchmark images.",
 )
-@click.option("--threads", type=int, default=None, help="CPU threads for torch [all cores].")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch [all cores]."
+)
 @click.option(
     "--run",
     default=None,
@@ -96,7 +104,9 @@ def verify(
     help="A trained run [a random-init backbone and a random head, timing only].",
 )
 @click.option("--images", type=int, default=32, show_default=True, help="Synthetic 450x450 BMP files.")
-@click.option("--image-size", type=int, default=224, show_default=True, help="Without --run.")
+@click.option(
+    "--image-size", type=click.IntRange(32, 2048), default=224, show_default=True, help="Without --run."
+)
 @click.option("--iters", type=int, default=30, show_default=True, help="Timed batch-1 calls.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
 @click.option(
@@ -166,7 +176,7 @@ def bench(
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option(
     "--tta",
-    type=int,
+    type=click.IntRange(1, 64),
     default=1,
     is_flag=False,
     flag_value=8,
@@ -218,8 +228,9 @@ def predict(
     from rich.text import Text
 
     from fastall.inference.artifacts import load_for_inference
-    from fastall.inference.predict import predict_paths, write_predictions
+    from fastall.inference.predict import check_out, predict_paths, write_predictions
 
+    check_out(out, [run, *paths])
     model = load_for_inference(
         run, device=device, precision=precision, backend=backend, weights_path=weights_path
     )
@@ -261,7 +272,11 @@ def predict(
     "with fp32 on >= 99.5% of the run's images (int8, bf16, else fp32).",
 )
 @click.option(
-    "--images", type=int, default=200, show_default=True, help="Run images the precision is checked on."
+    "--images",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Run images the precision is checked on.",
 )
 @click.option(
     "--data",

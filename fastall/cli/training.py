@@ -39,6 +39,7 @@ from fastall.cli.group import cli, console
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--dedupe", is_flag=True, help="Keep one copy of byte-identical images (content hashes).")
 def train_head_cmd(
     cache: str,
     out: str,
@@ -60,6 +61,7 @@ def train_head_cmd(
     seed: int,
     device: str,
     overwrite: bool,
+    dedupe: bool,
 ) -> None:
     """Patient-level k-fold CV of the head from the feature cache, with test metrics, in seconds."""
     from fastall.training.train_head import print_run_summary, train_head
@@ -86,6 +88,7 @@ def train_head_cmd(
         device=device,
         overwrite=overwrite,
         console=console,
+        dedupe=dedupe,
     )
     print_run_summary(result, console)
 

@@ -19,12 +19,19 @@ OnProblem = Callable[[str, str], None]
 
 
 def walk_files(
-    top: str | Path, on_problem: OnProblem, *, suffixes: tuple[str, ...] | None = None
+    top: str | Path,
+    on_problem: OnProblem,
+    *,
+    suffixes: tuple[str, ...] | None = None,
+    inside: str | Path | None = None,
 ) -> Iterator[Path]:
     """Regular files under ``top`` (only names ending in ``suffixes``, any case, when given).
 
-    ``on_problem(path, message)`` hears of every unreadable folder, loop and non-regular entry.
+    ``on_problem(path, message)`` hears of every unreadable folder, loop and non-regular entry. With
+    ``inside``, a symlinked folder whose target is outside ``inside`` is reported and not followed (a link
+    to /usr or to another class folder must not relabel files).
     """
+    fence = Path(inside).resolve() if inside is not None else None
     seen: set[tuple[int, int]] = set()
     stack = [Path(top)]
     while stack:
@@ -47,6 +54,10 @@ def walk_files(
                 continue
             try:
                 if entry.is_dir():
+                    target = Path(entry.path).resolve() if entry.is_symlink() else None
+                    if fence is not None and target is not None and not target.is_relative_to(fence):
+                        on_problem(entry.path, f"folder symlink to {target}, outside {fence}: not followed")
+                        continue
                     subdirs.append(Path(entry.path))
                     continue
                 if suffixes is not None and not entry.name.lower().endswith(suffixes):

@@ -137,6 +137,9 @@ def write_cache(
     n = len(labels)
     if features.shape[0] != n or view_params.shape[:2] != features.shape[:2]:
         raise CacheError(f"{path}: inconsistent shapes {features.shape} / {view_params.shape} / {n} labels")
+    key_params = {
+        k: v for k, v in key_params.items() if k != "content_fingerprint"
+    }  # this file's rows decide
     if stamps is not None:
         hashes = [s.hash for s in stamps]
         key_params = {

@@ -9,6 +9,8 @@ import torch
 
 from fastall.errors import FastallError
 
+MAX_LR, MAX_WEIGHT_DECAY, MAX_HIDDEN, MAX_EPOCHS, MAX_BATCH = 1.0, 1.0, 65536, 10000, 65536
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -28,13 +30,19 @@ class HeadConfig:
 
     def check(self) -> HeadConfig:
         problems = [
-            (self.lr > 0, f"lr {self.lr} must be > 0"),
-            (self.weight_decay >= 0, f"weight_decay {self.weight_decay} must be >= 0"),
+            (0 < self.lr <= MAX_LR, f"lr {self.lr} must be a finite number in (0, {MAX_LR:g}]"),
+            (
+                0 <= self.weight_decay <= MAX_WEIGHT_DECAY,
+                f"weight_decay {self.weight_decay} must be a finite number in [0, {MAX_WEIGHT_DECAY:g}]",
+            ),
             (0 <= self.dropout < 1, f"dropout {self.dropout} must be in [0, 1)"),
-            (self.hidden >= 1, f"hidden {self.hidden} must be >= 1"),
-            (self.epochs >= 1, f"epochs {self.epochs} must be >= 1"),
-            (self.batch_size >= 1, f"batch_size {self.batch_size} must be >= 1"),
-            (self.patience is None or self.patience >= 1, f"patience {self.patience} must be >= 1"),
+            (1 <= self.hidden <= MAX_HIDDEN, f"hidden {self.hidden} must be in 1..{MAX_HIDDEN}"),
+            (1 <= self.epochs <= MAX_EPOCHS, f"epochs {self.epochs} must be in 1..{MAX_EPOCHS}"),
+            (1 <= self.batch_size <= MAX_BATCH, f"batch_size {self.batch_size} must be in 1..{MAX_BATCH}"),
+            (
+                self.patience is None or 1 <= self.patience <= MAX_EPOCHS,
+                f"patience {self.patience} must be in 1..{MAX_EPOCHS}",
+            ),
             (0 < self.plateau_factor <= 1, f"plateau_factor {self.plateau_factor} must be in (0, 1]"),
             (self.plateau_patience >= 0, f"plateau_patience {self.plateau_patience} must be >= 0"),
             (

@@ -26,8 +26,9 @@ from fastall.errors import FastallError
 from fastall.reporting.tables import fmt
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult
+from fastall.training.divergence import diverged, metrics_or_nan
 from fastall.training.engine import train_stacks
-from fastall.training.metrics import classification_metrics, json_safe
+from fastall.training.metrics import json_safe
 from fastall.training.train_head import Prepared, prepare
 
 SWEEP_FORMAT, SWEEP_VERSION = "fastall-sweep", 1
@@ -179,7 +180,7 @@ def sweep(
         grid = text
     spec = parse_grid(grid, allow_ranges=bool(random)) if isinstance(grid, str) else grid
     configs = sample(spec, random, seed) if random else expand(spec)
-    check_target(Path(out).absolute(), overwrite)
+    check_target(Path(out).absolute(), overwrite, kind=SWEEP_FORMAT)
     prep = prepare(
         cache_path, folds=folds, test=test, holdout=holdout, seed=seed, device=device, precision=precision
     )
@@ -197,7 +198,9 @@ def sweep(
     train_s = time.perf_counter() - t0
     table = _rank(prep, configs, heads, metric)
     varying = [n for n in _KIND if len({getattr(c, n) for c in configs}) > 1]
-    best = table[0]
+    best = next((row for row in table if not row["diverged"]), None)
+    if best is None:
+        raise FastallError("every configuration diverged (the loss became NaN/Inf): lower lr or weight_decay")
     cmd = train_head_command(
         prep.cache.path,
         configs[best["config"]],
@@ -280,10 +283,11 @@ def _rank(prep: Prepared, configs: list[HeadConfig], heads: list[HeadResult], me
     for i, cfg in enumerate(configs):
         per_fold = []
         for r in (h for h in heads if h.config == i):
-            m = classification_metrics(labels[prep.splits.folds[r.fold][1]], r.probs["val"], k, detail=False)
+            m = metrics_or_nan(labels[prep.splits.folds[r.fold][1]], r.probs["val"], k, detail=False)
             per_fold.append(
                 {
                     "fold": r.fold,
+                    "diverged": diverged(r),
                     "val_loss": r.val_loss,
                     "best_epoch": r.best_epoch,
                     **{n: m[n] for n in ("accuracy", "precision", "recall", "f1", "auc")},
@@ -295,12 +299,15 @@ def _rank(prep: Prepared, configs: list[HeadConfig], heads: list[HeadResult], me
             v = v[np.isfinite(v)]
             summary[name] = float(v.mean()) if v.size else math.nan
             summary[f"{name}_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
-        rows.append({"config": i, "params": asdict(cfg), "summary": summary, "folds": per_fold})
+        gone = any(f["diverged"] for f in per_fold)
+        rows.append(
+            {"config": i, "params": asdict(cfg), "summary": summary, "folds": per_fold, "diverged": gone}
+        )
 
     def key(row: dict) -> tuple:
         s = row["summary"]
         score = s[metric] if math.isfinite(s[metric]) else -math.inf
-        return (-score, s["val_loss"], row["config"])
+        return (row["diverged"], -score, s["val_loss"], row["config"])
 
     rows.sort(key=key)
     for rank, row in enumerate(rows, 1):
@@ -370,6 +377,7 @@ def _write_csv(path: Path, table: list[dict]) -> None:
         "config",
         *names,
         "fold",
+        "diverged",
         "val_loss",
         "best_epoch",
         "accuracy",
@@ -402,7 +410,7 @@ def print_sweep(result: SweepResult, console: Console | None = None, top: int = 
         s, p = row["summary"], row["params"]
         params = (f"{p[n]:.3g}" if isinstance(p[n], float) else str(p[n]) for n in varying)
         table.add_row(
-            str(row["rank"]),
+            str(row["rank"]) + (" diverged" if row.get("diverged") else ""),
             *params,
             fmt(s[metric], metric == "accuracy", s[f"{metric}_std"]),
             fmt(s["accuracy"], True),

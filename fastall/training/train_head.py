@@ -11,7 +11,7 @@ import csv
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,10 @@ from fastall.features.cache import FeatureCache, read_cache
 from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult, StackData
+from fastall.training.divergence import check_divergence, diverged, metrics_or_nan
 from fastall.training.engine import resolve_device, resolve_precision, train_stacks
-from fastall.training.metrics import PAPER_CV, PAPER_TEST, classification_metrics, json_safe, summarize
+from fastall.training.hygiene import check_rows, content_leak_notes
+from fastall.training.metrics import PAPER_CV, PAPER_TEST, json_safe, summarize
 from fastall.training.splits import Splits, audit_splits, fold_table, make_splits
 
 RUN_FORMAT, RUN_VERSION = "fastall-run", 1
@@ -43,6 +45,7 @@ class Prepared:
     device: torch.device
     precision: str
     load_s: float
+    notes: list[str] = field(default_factory=list)
 
 
 def prepare(
@@ -54,14 +57,17 @@ def prepare(
     seed: int,
     device: str,
     precision: str = "auto",
+    dedupe: bool = False,
 ) -> Prepared:
-    """Read the cache once (float16), split by patient, audit, and put the features on the device."""
+    """Read the cache once (float16), split by patient, audit, and put the features on the device
+    (``dedupe``: one copy of byte-identical images, :mod:`fastall.training.hygiene`)."""
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     t0 = time.perf_counter()
     cache = read_cache(cache_path)
     if cache.n_images == 0:
         raise FastallError(f"{cache.path}: the cache holds no images")
+    cache, notes = check_rows(cache, dedupe=dedupe)
     splits = make_splits(
         cache.labels,
         cache.patients,
@@ -72,11 +78,12 @@ def prepare(
         seed=seed,
         class_names=cache.class_names,
     )
-    audit = audit_splits(splits, cache.patients)
+    audit = audit_splits(splits, cache.patients, cache.content_hashes)
+    notes += content_leak_notes(audit)
     features = torch.from_numpy(np.ascontiguousarray(cache.features))
     features = features.to(dev) if dev.type != "cpu" else features
     data = StackData(features, cache.labels, len(cache.class_names), splits.folds, splits.pool, splits.test)
-    return Prepared(cache, splits, audit, data, dev, prec, time.perf_counter() - t0)
+    return Prepared(cache, splits, audit, data, dev, prec, time.perf_counter() - t0, notes)
 
 
 @dataclass
@@ -124,6 +131,7 @@ def train_head(
     overwrite: bool = False,
     progress: bool = True,
     console: Console | None = None,
+    dedupe: bool = False,
 ) -> RunResult:
     """Cross-validate one head configuration by patient and write the run folder ``out``.
 
@@ -147,15 +155,18 @@ def train_head(
     ).check()
     out = Path(out)
     check_target(out.absolute(), overwrite)
-    prep = prepare(
-        cache_path, folds=folds, test=test, holdout=holdout, seed=seed, device=device, precision=precision
-    )
+    split = {"folds": folds, "test": test, "holdout": holdout, "seed": seed}
+    prep = prepare(cache_path, **split, device=device, precision=precision, dedupe=dedupe)
+    warn = None if console is None else lambda m: console.print(f"[yellow]Warning:[/] {m}", soft_wrap=True)
+    for note in prep.notes if warn else ():
+        warn(note)
     t0 = time.perf_counter()
     with _EpochProgress(progress, console, epochs) as report:
         results = train_stacks(
             prep.data, [cfg], seed=seed, precision=prep.precision, final=True, tta=tta, progress=report
         )
     train_s = time.perf_counter() - t0
+    check_divergence(results, cfg.lr, cfg.weight_decay, warn)
     config = {
         "folds": folds,
         "test": test,
@@ -165,8 +176,10 @@ def train_head(
         "seed": seed,
         "device": prep.device.type,
         "precision": prep.precision,
+        **({"dedupe": True} if dedupe else {}),
     }
     metrics = _metrics(prep, results, config, tta)
+    metrics["warnings"] = prep.notes
     t0 = time.perf_counter()
     with atomic_folder(out, overwrite=overwrite) as tmp:
         _write_head(tmp / "head.pt", prep, results, cfg, config)
@@ -217,10 +230,11 @@ def _metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bool)
             "val_loss": r.val_loss,
             "val_loss_history": r.val_loss_history,
             "lr_history": r.lr_history,
-            **classification_metrics(labels[val], r.probs["val"], k),
+            **metrics_or_nan(labels[val], r.probs["val"], k),
+            "diverged": diverged(r),
         }
         if tta:
-            row["tta"] = classification_metrics(labels[val], r.probs["val_tta"], k)
+            row["tta"] = metrics_or_nan(labels[val], r.probs["val_tta"], k)
             fold_tta.append(row["tta"])
         fold_rows.append(row)
     final = next(r for r in results if r.final)
@@ -272,12 +286,12 @@ def _test_metrics(prep: Prepared, results: list[HeadResult], tta: bool) -> dict 
     folds = [r for r in results if not r.final]
     out = {
         "images": int(rows.size),
-        "final": classification_metrics(y, final.probs["test"], k),
-        "ensemble": classification_metrics(y, np.mean([r.probs["test"] for r in folds], 0), k),
+        "final": metrics_or_nan(y, final.probs["test"], k),
+        "ensemble": metrics_or_nan(y, np.mean([r.probs["test"] for r in folds], 0), k),
     }
     if tta:
-        out["final_tta"] = classification_metrics(y, final.probs["test_tta"], k)
-        out["ensemble_tta"] = classification_metrics(y, np.mean([r.probs["test_tta"] for r in folds], 0), k)
+        out["final_tta"] = metrics_or_nan(y, final.probs["test_tta"], k)
+        out["ensemble_tta"] = metrics_or_nan(y, np.mean([r.probs["test_tta"] for r in folds], 0), k)
     return out
 
 
