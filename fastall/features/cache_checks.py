@@ -28,9 +28,12 @@ def check_links(path: Any, f: h5py.File) -> None:
         link = f.get(name, getlink=True)
         if not isinstance(link, h5py.HardLink):
             target = getattr(link, "filename", None) or getattr(link, "path", "")
+            kind = {"ExternalLink": "an external link", "SoftLink": "a soft link"}.get(
+                type(link).__name__, "a link"
+            )
             raise CacheError(
-                f"{path}: {name!r} is a {type(link).__name__} to {target!r}: a fastall cache holds its data "
-                "itself (refused: links can make HDF5 read other files)"
+                f"{path}: {name!r} is {kind} to {target!r}: a fastall cache holds its data itself (refused: "
+                "links can make HDF5 read other files)"
             )
         obj = f[name]
         if isinstance(obj, h5py.Dataset):
@@ -55,10 +58,19 @@ def read_attrs(path: Any, f: h5py.File) -> dict[str, Any]:
         if aid.get_storage_size() > MAX_ATTR_BYTES:
             _too_big(path, name, aid.get_storage_size())
         value = f.attrs[name]
-        if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_BYTES:
-            _too_big(path, name, len(value))
+        if _text_bytes(value) > MAX_ATTR_BYTES:
+            _too_big(path, name, _text_bytes(value))
         out[name] = value.item() if isinstance(value, np.generic) else value
     return out
+
+
+def _text_bytes(value: Any) -> int:
+    """Characters of a variable-length string attribute (a string or an array of them); 0 otherwise."""
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return sum(len(v) for v in value.ravel() if isinstance(v, (str, bytes)))
+    return 0
 
 
 def _too_big(path: Any, name: str, size: int) -> None:

@@ -51,7 +51,7 @@ def check_rows(cache: FeatureCache, *, dedupe: bool = False) -> tuple[FeatureCac
     keep, dropped, conflicting = dedupe_rows(groups, cache.labels, cache.n_images)
     if dropped or conflicting:
         notes.append(
-            f"--dedupe: kept one copy of each byte-identical image, dropped {dropped} copies"
+            f"--dedupe: kept one copy of each byte-identical image, dropped {dropped} duplicate(s)"
             + (
                 f" and all {conflicting} rows of images whose copies carry different labels"
                 if conflicting
