@@ -469,9 +469,12 @@ def _stale(env: Env, *extra: str, keep_mtime: bool = False, touch: bool = False)
 
 def _old_cache(env: Env) -> list[str]:
     """The cache as fastall 0.1 wrote it: no content hashes."""
-    from tests.e2e_helpers import E2ERun, cache_with
+    from fastall.features.cache import read_cache, write_cache
 
-    cache = cache_with(E2ERun(env.run, env.cache, env.data), env.tmp / "old.h5")
+    fc = read_cache(env.cache)
+    names = ("features", "labels", "class_names", "view_params", "view_param_names", "key_params")
+    rows = {"patients": list(fc.patients), "paths": list(fc.paths), "sources": list(fc.sources)}
+    cache = write_cache(env.tmp / "old.h5", **{n: getattr(fc, n) for n in names}, **rows, provenance={})
     return ["extract", str(env.data), "--out", str(cache), *_EXTRACT, "--workers", "0"]
 
 
