@@ -32,6 +32,11 @@ OTHER = """
 | read-only output folder, full disk | one-line error naming the path (`no space left on device`); no partial file at the target; the cache's free space is checked before it is written, and a disk that fills anyway never reaches HDF5 or torch as an I/O error (tested on a real 2 MiB tmpfs where the platform allows mounting one) |
 | a cache made with other settings (`extract` again) | refused, naming each differing parameter (`--overwrite` replaces it) |
 | loading | `torch.load(weights_only=True)` everywhere; nothing is ever unpickled; caches are validated (schema version, shapes, dtypes, key) before use |
+| `extract` under torchrun: a rank killed (SIGKILL) or crashed | the other ranks stop at once with one line (`lost contact with the other ranks ...; rerun the same command to resume`); a hung rank is given up after `--dist-timeout` seconds; every rank's finished shards are kept in `CACHE.h5.partial/rank-R-of-W/` and a rerun resumes to the same cache, bit for bit (tests/test_distributed.py) |
+| `extract` under torchrun: one rank fails (bad image without `--skip-bad`, full disk) | it prints its error; the others stop within a heartbeat (`stopping because rank R failed`) |
+| a rerun with another number of processes (torchrun ↔ plain, or another `--nproc_per_node`) | refused: `... holds an unfinished extract by 2 process(es), this run has 1: rerun with the same number ... or use --overwrite` |
+| ranks that see different data or settings | refused before any work, naming each differing key parameter |
+| shards that do not cover every image exactly once, or carry another key or shape | every rank refuses with the same message; nothing is written |
 """
 
 
@@ -54,6 +59,8 @@ def main() -> None:
                 seen = "accepted (converted where needed), one prediction row"
             elif errors:
                 seen = errors[0]
+            elif notes := [line for line in result.output.splitlines() if line.startswith("note:")]:
+                seen = " / ".join(notes) + " (exit 0: everything else is made)"
             else:
                 seen = "listed in the problems table, naming the file; the other images are used"
             seen = re.sub(r"…/(case\d+|env)/", "…/", seen.replace(tmp, "…")).replace("|", "\\|")

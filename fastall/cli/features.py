@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fastall.cli.group import _csv, cli, console
+from fastall.errors import FastallError
 
 
 @cli.command()
@@ -19,11 +20,27 @@ from fastall.cli.group import _csv, cli, console
     help="imagenet1k_v1, imagenet1k_v2, a .pth state dict, or none (random init, tests only).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (autocast).")
-@click.option("--amp-dtype", type=click.Choice(["bf16", "fp16"]), default="bf16", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 where the device computes it natively (GPU; CPU with avx512_bf16/AMX), else fp32.",
+)
+@click.option("--amp/--no-amp", default=None, help="Older alias: --amp is --precision bf16, --no-amp fp32.")
+@click.option(
+    "--amp-dtype", type=click.Choice(["bf16", "fp16"]), default=None, help="Older alias of --precision."
+)
 @click.option("--batch-size", type=int, default=None, help="Images per forward [256 on GPU, 32 on CPU].")
 @click.option("--workers", type=int, default=None, help="Decoding processes [up to 10 on GPU, 0 on CPU].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Augmentation (and random-init) seed.")
+@click.option(
+    "--fill",
+    default="auto",
+    show_default=True,
+    help="Corners uncovered by rotation/zoom: auto (black on a black border, else the median border colour), "
+    "black, reflect, edge, median or constant:R,G,B.",
+)
 @click.option("--include", default=None, help="Optional sources, e.g. prelim,testing [prelim].")
 @click.option("--overwrite", is_flag=True, help="Replace a cache or partial work made with other settings.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed in the cache), don't stop.")
@@ -38,6 +55,24 @@ from fastall.cli.group import _csv, cli, console
     is_flag=True,
     help="Hash every image file to find changes, not only those whose size or mtime changed.",
 )
+@click.option(
+    "--scratch",
+    default=None,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Keep unfinished work (shards) in this folder, e.g. node-local disk [beside --out].",
+)
+@click.option(
+    "--distributed/--no-distributed",
+    default=None,
+    help="Run as one rank of a torchrun job [auto: when torchrun starts more than one process].",
+)
+@click.option(
+    "--dist-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a rank waits for an unresponsive other rank before stopping.",
+)
 def extract(
     data: str,
     out: str,
@@ -45,22 +80,42 @@ def extract(
     image_size: int,
     weights: str,
     device: str,
-    amp: bool,
-    amp_dtype: str,
+    precision: str,
+    amp: bool | None,
+    amp_dtype: str | None,
     batch_size: int | None,
     workers: int | None,
     seed: int,
+    fill: str,
     include: str | None,
     overwrite: bool,
     skip_bad: bool,
     patient_regex: str | None,
     update: bool,
     verify_content: bool,
+    scratch: str | None,
+    distributed: bool | None,
+    dist_timeout: float,
 ) -> None:
-    """Compute frozen ResNet-50 features of V views per image into a crash-safe, resumable HDF5 cache."""
+    """Compute frozen ResNet-50 features of V views per image into a crash-safe, resumable HDF5 cache.
+
+    Under `torchrun --nproc_per_node N -m fastall extract ...` every process extracts a share and rank 0
+    writes the one cache (docs/scale.md).
+    """
+    from functools import partial
+
     from fastall.features.extract import describe
     from fastall.features.extract import extract as run_extract
+    from fastall.system.distributed import detect
 
+    env = detect(distributed)
+    content = {"update": update, "verify_content": verify_content}
+    if env is not None:
+        from fastall.features.distributed import extract_distributed
+
+        if update or verify_content:
+            raise FastallError("--update and --verify-content run in one process: start extract alone")
+        run_extract, content = partial(extract_distributed, env=env, timeout=dist_timeout), {}
     summary = run_extract(
         data,
         out,
@@ -68,19 +123,22 @@ def extract(
         image_size=image_size,
         weights=weights,
         device=device,
+        precision=precision,
         amp=amp,
         amp_dtype=amp_dtype,
         batch_size=batch_size,
         workers=workers,
         seed=seed,
+        fill=fill,
         include=_csv(include),
         overwrite=overwrite,
         skip_bad=skip_bad,
         patient_regex=patient_regex,
-        update=update,
-        verify_content=verify_content,
+        **content,
         progress=True,
         warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),
+        scratch=scratch,
     )
-    for line in describe(summary):
-        click.echo(line)
+    if env is None or env.is_main:
+        for line in describe(summary):
+            click.echo(line)

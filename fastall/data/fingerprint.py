@@ -1,13 +1,16 @@
-"""Content fingerprints of image files: a 128-bit hash of the bytes, with the file's size and mtime.
+"""Fingerprints: of a dataset (``dataset_fingerprint``, which every cache records, so that a run's images can
+be recognised again wherever they have moved) and of each image file's content.
 
-``xxh3_128`` (the ``xxhash`` package: tens of GB/s, far below the cost of decoding) or, where xxhash is not
-installed, ``blake2b-128`` from hashlib (about 100x slower, still a fraction of a decode). A *stamp* is
-``(hash, size, mtime_ns)``: the size and mtime are the cheap first check, the hash settles it.
+A file's content hash is ``xxh3_128`` (the ``xxhash`` package: tens of GB/s, far below the cost of decoding)
+or, where xxhash is not installed, ``blake2b-128`` from hashlib (about 100x slower, still a fraction of a
+decode). A *stamp* is ``(hash, size, mtime_ns)``: the size and mtime are the cheap first check, the hash
+settles it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastall.data.records import Record
 from fastall.system.files import open_regular
 
 try:
@@ -31,6 +35,18 @@ except ImportError:  # pragma: no cover - xxhash is a core dependency
 
 CHUNK = 1 << 20
 _MASK = (1 << 64) - 1
+
+
+def dataset_fingerprint(records: list[Record]) -> str:
+    """sha256 over (relative path, label, patient, source, file size) of every record, in discovery order."""
+    h = hashlib.sha256()
+    for r in records:
+        try:
+            size = os.stat(r.path).st_size
+        except OSError:
+            size = -1
+        h.update(json.dumps([r.rel_path, r.label, r.patient, r.source, size]).encode())
+    return h.hexdigest()
 
 
 def hash_bytes(data: bytes) -> str:

@@ -1,10 +1,12 @@
 """Robust image decoding: a BMP, PNG, JPEG or TIFF file (by content, not extension) to uint8 RGB [3, H, W].
 
-Only those formats are opened (an EPS or any other format Pillow has a plug-in for is refused before a
-plug-in sees it), only regular files are read (a FIFO or device is refused, never opened for a blocking
-read), and the decode is bounded: a pixel limit (default 16,777,216 = 4096 x 4096, far above a cell crop) and
-a memory budget of 16 bytes per allowed pixel, against the peak that each image mode takes to decode and
-convert (16-bit, alpha and float images cost more per pixel than 8-bit RGB).
+Uncompressed 24-bit BMP (C-NMC's format) is read straight from the file's bytes with numpy, giving Pillow's
+pixels exactly; everything else goes through Pillow, opened for those formats only (an EPS or any other
+format Pillow has a plug-in for is refused before a plug-in sees it). Only regular files are read (a FIFO or
+device is refused, never opened for a blocking read), and the decode is bounded: a pixel limit (default
+16,777,216 = 4096 x 4096, far above a cell crop) and a memory budget of 16 bytes per allowed pixel, against
+the peak that each image mode takes to decode and convert (16-bit, alpha and float images cost more per
+pixel than 8-bit RGB).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -38,6 +41,7 @@ _RAW_BYTES = {
 }  # Pillow's storage; else 4
 
 _max_pixels: int | None = None
+_BMP_HEADERS = (40, 52, 56, 108, 124)  # BITMAPINFOHEADER and its extensions (V2, V3, V4, V5)
 
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
@@ -113,8 +117,7 @@ def _open_bytes(path: Path):
         raise _fail(path, f"cannot open ({err.strerror or err})") from None
 
 
-def _check_size(path: Path, im: Image.Image, limit: int) -> None:
-    w, h = im.size
+def _check_size(path: Path, w: int, h: int, mode: str, limit: int) -> None:
     hint = f"raise it with `fastall --max-pixels N` or {MAX_PIXELS_ENV}=N"
     if w * h > limit:
         raise _fail(
@@ -122,11 +125,11 @@ def _check_size(path: Path, im: Image.Image, limit: int) -> None:
             f"{w}x{h} = {w * h:,} pixels is over the limit of {limit:,} (fastall's decompression-bomb "
             f"guard); {hint}",
         )
-    needed, budget = decode_bytes_needed(w, h, im.mode), limit * BUDGET_BYTES_PER_PIXEL
+    needed, budget = decode_bytes_needed(w, h, mode), limit * BUDGET_BYTES_PER_PIXEL
     if needed > budget:
         raise _fail(
             path,
-            f"{w}x{h} {im.mode} image needs about {needed / 2**20:,.0f} MiB to decode, over fastall's "
+            f"{w}x{h} {mode} image needs about {needed / 2**20:,.0f} MiB to decode, over fastall's "
             f"budget of {budget / 2**20:,.0f} MiB ({BUDGET_BYTES_PER_PIXEL} bytes x {limit:,} pixels); "
             + hint,
         )
@@ -166,8 +169,12 @@ def decode_bytes(data: bytes, path: str | Path) -> torch.Tensor:
     limit = get_max_pixels()
     Image.MAX_IMAGE_PIXELS = None  # fastall's own limit (_check_size) applies, before any pixel is decoded
     try:
+        fast = bmp_pixels(data)
+        if fast is not None:
+            _check_size(path, fast.shape[1], fast.shape[0], "RGB", limit)
+            return torch.from_numpy(fast.transpose(2, 0, 1).copy())
         with Image.open(io.BytesIO(data), formats=FORMATS) as im:
-            _check_size(path, im, limit)
+            _check_size(path, *im.size, im.mode, limit)
             im.load()
             arr = _to_rgb(_oriented(im))
     except BadImageError:
@@ -179,6 +186,23 @@ def decode_bytes(data: bytes, path: str | Path) -> torch.Tensor:
     except Exception as err:  # Pillow plug-ins raise many types on bad input
         raise _fail(path, f"cannot decode ({type(err).__name__}: {err})") from None
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+def bmp_pixels(data: bytes) -> np.ndarray | None:
+    """HxWx3 RGB view of an uncompressed 24-bit (BI_RGB) BMP, straight from its bytes (bottom-up or
+    top-down rows); None for every other kind of file, which Pillow decodes instead."""
+    if len(data) < 54 or data[:2] != b"BM":
+        return None
+    (offset,) = struct.unpack_from("<I", data, 10)
+    header, width, height, planes, bits, compression = struct.unpack_from("<IiiHHI", data, 14)
+    if header not in _BMP_HEADERS or (planes, bits, compression) != (1, 24, 0) or width <= 0 or height == 0:
+        return None
+    rows, stride = abs(height), (width * 3 + 3) & ~3
+    if offset < 14 + header or offset + stride * rows > len(data):
+        return None
+    pixels = np.frombuffer(data, np.uint8, stride * rows, offset).reshape(rows, stride)
+    pixels = pixels[:, : width * 3].reshape(rows, width, 3)[:, :, ::-1]
+    return pixels[::-1] if height > 0 else pixels
 
 
 def _oriented(im: Image.Image) -> Image.Image:

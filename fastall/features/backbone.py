@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-from fastall.errors import WeightsUnavailable
+from fastall.errors import FastallError, WeightsUnavailable
 from fastall.system.files import file_kind
 
 FEATURE_DIM = 2048
@@ -173,3 +173,20 @@ def load_backbone(weights: str = "imagenet1k_v1", seed: int = 0) -> tuple[nn.Mod
     model = build_backbone("resnet50", state, source)
     sha = sha or state_dict_sha256(model.state_dict())
     return model, BackboneInfo(name="resnet50", weights=name, sha256=sha, source=source, warnings=warnings)
+
+
+# Grad-CAM's target layer per backbone: a module path inside the model ``load_backbone`` returns (its last
+# convolutional stage, whose activations keep a spatial layout). A new backbone declares its own entry.
+GRADCAM_LAYERS = {"resnet50": "layer4"}
+
+
+def target_layer(model: nn.Module, name: str = "resnet50") -> nn.Module:
+    """The module of backbone ``name`` (as recorded in key_params["backbone"]) whose maps Grad-CAM weighs."""
+    if name not in GRADCAM_LAYERS:
+        raise FastallError(
+            f"backbone {name!r} declares no Grad-CAM layer (known: {', '.join(sorted(GRADCAM_LAYERS))})"
+        )
+    try:
+        return model.get_submodule(GRADCAM_LAYERS[name])
+    except AttributeError:
+        raise FastallError(f"backbone {name!r} has no module {GRADCAM_LAYERS[name]!r}") from None

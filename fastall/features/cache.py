@@ -8,7 +8,9 @@ Layout (plain h5py / h5dump can read it)::
     patient      str     [N]        patient ID (the grouping unit of every split)
     path         str     [N]        image path relative to the data root
     source       str     [N]        fold_0 | fold_1 | fold_2 | prelim | testing | <folder>
-    view_params  float32 [N, V, P]  augmentation parameters of each view (view 0: identity)
+    view_params  float32 [N, V, P]  augmentation parameters of each view (view 0: identity), columns named by
+                                    the view_param_names attribute (fastall.features.viewparams; a cache
+                                    without the fill columns reads as black fill)
     done         bool    [N]        all true in a complete cache
     skipped      str     [S, 2]     (path, reason) of images left out with --skip-bad
     content_hash str     [N]        hash of each image file's bytes as decoded (absent in older caches)
@@ -34,6 +36,7 @@ import numpy as np
 from fastall.data.fingerprint import ALGORITHM, Stamp
 from fastall.errors import CacheError
 from fastall.features import cache_checks
+from fastall.features.viewparams import upgrade_view_params
 from fastall.system.files import atomic_write, check_free_space, describe_write_error, file_kind
 
 SCHEMA_VERSION = 1
@@ -85,6 +88,11 @@ class FeatureCache:
     @property
     def key(self) -> str:
         return str(self.attrs["key"])
+
+    @property
+    def fill(self) -> str:
+        """The ``--fill`` of the extraction (``black`` for a cache made before the option)."""
+        return str(self.key_params.get("fill", "black"))
 
     @property
     def n_images(self) -> int:
@@ -149,7 +157,7 @@ def write_cache(
     needed = expected_cache_bytes(features.shape, view_params.shape, [*patients, *paths, *sources])
 
     def write(fh: BinaryIO) -> None:
-        with h5py.File(fh, "w") as f:
+        with h5py.File(fh, "w", locking=False) as f:  # private until renamed; NFS may lack locks (errno 37)
             f.create_dataset(
                 "features",
                 data=features.astype(np.float16, copy=False),
@@ -311,6 +319,7 @@ def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
     features = feats[()] if load_features else np.empty((0, 0, 0), dtype=np.float16)
     if load_features:
         cache_checks.check_finite(path, features, paths)
+    view_params, names = upgrade_view_params(f["view_params"][()], json.loads(attrs["view_param_names"]))
     return FeatureCache(
         path=path,
         features=features,
@@ -319,8 +328,8 @@ def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
         patients=patients,
         paths=paths,
         sources=sources,
-        view_params=f["view_params"][()],
-        view_param_names=json.loads(attrs["view_param_names"]),
+        view_params=view_params,
+        view_param_names=names,
         attrs=attrs,
         key_params=key_params,
         skipped=skipped,

@@ -160,9 +160,8 @@ def seed_update(
     note(f"--update: {len(changed)} changed image(s) of {out} are recomputed, {len(rows)} kept")
 
 
-def row_stamps(store: PartialStore, records: list[Record], rows: list[int]) -> list[Stamp]:
+def row_stamps(stamps: dict[int, Stamp], records: list[Record], rows: list[int]) -> list[Stamp]:
     """The stamp of every finished row; one missing (work of an older fastall) is taken from the file now."""
-    stamps = store.stamps()
     out = []
     for i in rows:
         stamp = stamps.get(i)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from fastall.data.loader import ImageFiles
 from fastall.data.records import Record
 from fastall.errors import FastallError
-from fastall.features.augment import draw_view_params
+from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.features.shards import PartialStore
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from fastall.system.files import kill_point
@@ -43,25 +43,27 @@ CHUNK = 32  # images per worker task: the first batch starts at once, little sha
 
 
 class ImageViews(torch.utils.data.Dataset):
-    """Worker side: one image decoded + resized (``ImageFiles``, uint8 ``[3, S, S]``), its view parameters,
-    and the stamp (content hash, size, mtime) of the bytes decoded, as four int64.
-
-    An unreadable image comes back as zeros with its message, for the main process to skip or refuse.
+    """Worker side: one image decoded + resized (``ImageFiles``, uint8 ``[3, S, S]``), its fill resolved and
+    its view parameters drawn, and the stamp (content hash, size, mtime) of the bytes decoded, as four int64.
+    An unreadable image comes back as zeros with its message.
     """
 
-    def __init__(self, records: list[Record], todo: list[int], size: int, seed: int, views: int) -> None:
+    def __init__(
+        self, records: list[Record], todo: list[int], size: int, seed: int, views: int, fill: str = "black"
+    ) -> None:
         self.files = ImageFiles([records[i].path for i in todo], size)
-        self.todo, self.size, self.seed, self.views = todo, size, seed, views
+        self.todo, self.size, self.seed, self.views, self.fill = todo, size, seed, views, fill
 
     def __len__(self) -> int:
         return len(self.todo)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int, str, torch.Tensor]:
         index = self.todo[k]
-        params = torch.from_numpy(draw_view_params(self.seed, [index], self.views)[0])
         image, error, stamp = self.files.stamped(k)
         if image is None:
             image = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        fill = resolve_fill(image[None], self.fill)
+        params = torch.from_numpy(draw_view_params(self.seed, [index], self.views, fill)[0])
         return image, params, index, error or "", torch.tensor(stamp.as_ints(), dtype=torch.int64)
 
 
@@ -131,6 +133,7 @@ def run(
     views: int,
     dim: int,
     seed: int,
+    fill: str = "black",
     amp: torch.dtype | None,
     batch_size: int | None,
     workers: int | None,
@@ -143,7 +146,7 @@ def run(
     # CPU: decoding is ~1% of a forward; a worker process would only steal cores from torch's thread pool
     workers = workers if workers is not None else (max(1, cores - 2) if cuda else 0)
     loader = DataLoader(
-        ImageViews(records, todo, size, seed, views),
+        ImageViews(records, todo, size, seed, views, fill),
         batch_size=min(batch_size, CHUNK),
         shuffle=False,
         num_workers=workers,
@@ -169,7 +172,7 @@ def run(
                             indices[keep],
                             stamps[keep],
                         )
-                    feats = _views(model, x, params.to(dev, non_blocking=True), size, views, dim, autocast)
+                    feats = _views(model, x, params, size, views, dim, autocast)
                     paths = [records[int(i)].rel_path for i in indices]
                     writer.submit(
                         indices.numpy(), feats, params.numpy(), skipped, advance, stamps.numpy(), paths
@@ -195,7 +198,7 @@ def check_finite(feats: np.ndarray, paths: list[str]) -> None:
 def _views(
     model: torch.nn.Module, x: torch.Tensor, p: torch.Tensor, size: int, views: int, dim: int, autocast: Any
 ) -> torch.Tensor:
-    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]``."""
+    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]`` (host parameters)."""
     feats = torch.empty(x.shape[0], views, dim, dtype=torch.float16, device=x.device)
     for v in range(views if x.shape[0] else 0):
         xv = preprocess(x, size, IMAGENET_MEAN, IMAGENET_STD, p[:, v] if v else None)

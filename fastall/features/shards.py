@@ -6,8 +6,10 @@ at any moment loses at most the batch being written; the cache itself is assembl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -105,9 +107,9 @@ class PartialStore:
     the batch being written; the final cache is assembled from the shards only when every row is done.
     """
 
-    def __init__(self, target: str | Path) -> None:
+    def __init__(self, target: str | Path, folder: str | Path | None = None) -> None:
         self.target = Path(target)
-        self.dir = self.target.with_name(self.target.name + ".partial")
+        self.dir = Path(folder) if folder is not None else partial_folder(self.target)
 
     def meta(self) -> dict[str, Any] | None:
         try:
@@ -118,7 +120,7 @@ class PartialStore:
             return {}
 
     def start(self, key: str, key_params: dict[str, Any]) -> None:
-        self.dir.mkdir(exist_ok=True)
+        self._io(lambda: self.dir.mkdir(parents=True, exist_ok=True))
         blob = json.dumps({"key": key, "key_params": key_params}, sort_keys=True, default=str).encode()
         self._io(lambda: atomic_write(self.dir / "meta.json", lambda fh: fh.write(blob), point="meta-tmp"))
 
@@ -232,3 +234,47 @@ class PartialStore:
             raise CacheError(
                 f"{self.dir}: cannot save extract progress{full}: {describe_write_error(err, self.dir)}"
             ) from None
+
+
+_RANK_DIR = re.compile(r"rank-(\d+)-of-(\d+)")
+
+
+def partial_folder(target: str | Path, scratch: str | Path | None = None) -> Path:
+    """Where the unfinished work on ``target`` lives: ``TARGET.partial`` beside it, or a folder in ``scratch``
+    (node-local disk) named after the target and a hash of its absolute path."""
+    target = Path(target)
+    if scratch is None:
+        return target.with_name(target.name + ".partial")
+    tag = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:8]
+    return Path(scratch) / f"{target.name}-{tag}.partial"
+
+
+def rank_folder(base: Path, rank: int, world: int) -> Path:
+    """One rank's shard store: ``base`` itself for a plain run, else ``base/rank-R-of-W``."""
+    return base if world == 1 else base / f"rank-{rank}-of-{world}"
+
+
+def claim_layout(base: Path, world: int, overwrite: bool) -> None:
+    """Refuse unfinished work in ``base`` by another number of processes; with ``overwrite`` discard it."""
+    if not base.is_dir():
+        return
+    others: dict[Path, int] = {}
+    for entry in base.iterdir():
+        m = _RANK_DIR.fullmatch(entry.name)
+        if m and int(m[2]) != world:
+            others[entry] = int(m[2])
+        elif not m and world != 1 and (entry.name == "meta.json" or entry.name.startswith(("batch-", "."))):
+            others[entry] = 1
+    if not others:
+        return
+    if not overwrite:
+        counts = " and ".join(str(n) for n in sorted(set(others.values())))
+        raise CacheError(
+            f"{base} holds an unfinished extract by {counts} process(es), this run has {world}: rerun with "
+            "the same number (torchrun --nproc_per_node/--nnodes), or use --overwrite to discard it"
+        )
+    for entry in others:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from fastall.system.files import (
 )
 from fastall.system.procs import pid_alive
 
-MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep"}
+MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep", "explain.json": "fastall-explain"}
 
 
 def _fastall_format(folder: Path) -> str | None:

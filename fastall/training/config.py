@@ -1,63 +1,130 @@
-"""What the training engine takes and returns: a head configuration, the data of a stack, a trained head."""
+"""What the training engine takes and returns: a head configuration and the run options, the data of a stack,
+a trained head with its history."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fastall.errors import FastallError
+from fastall.training.hparams import HParam, hparam, hparams_of
 
 MAX_LR, MAX_WEIGHT_DECAY, MAX_HIDDEN, MAX_EPOCHS, MAX_BATCH = 1.0, 1.0, 65536, 10000, 65536
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """One head configuration (the train-head options that change training)."""
+    """One head configuration: the train-head options that change training (the paper's by default).
 
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    dropout: float = 0.5
-    hidden: int = 512
-    epochs: int = 5
-    batch_size: int = 32
-    patience: int | None = None
-    plateau_factor: float = 0.1
-    plateau_patience: int = 2
-    class_weight: str = "none"
-    standardize: bool = True
+    Each field is a :func:`~fastall.training.hparams.hparam`; the CLI options, the sweep grid and the printed
+    train-head command are generated from these declarations.
+    """
+
+    lr: float = hparam(
+        1e-4,
+        "Adam learning rate.",
+        check=lambda v: 0 < v <= MAX_LR,
+        rule=f"must be a finite number in (0, {MAX_LR:g}]",
+        log=True,
+    )
+    weight_decay: float = hparam(
+        0.0,
+        "Adam L2 weight decay.",
+        check=lambda v: 0 <= v <= MAX_WEIGHT_DECAY,
+        rule=f"must be a finite number in [0, {MAX_WEIGHT_DECAY:g}]",
+        log=True,
+    )
+    dropout: float = hparam(
+        0.5, "Dropout before the output layer.", check=lambda v: 0 <= v < 1, rule="must be in [0, 1)"
+    )
+    hidden: int = hparam(
+        512,
+        "Hidden units of the head.",
+        check=lambda v: 1 <= v <= MAX_HIDDEN,
+        rule=f"must be in 1..{MAX_HIDDEN}",
+    )
+    epochs: int = hparam(
+        5,
+        "Training epochs (the most, with --patience).",
+        check=lambda v: 1 <= v <= MAX_EPOCHS,
+        rule=f"must be in 1..{MAX_EPOCHS}",
+    )
+    batch_size: int = hparam(
+        32, "Images per step.", check=lambda v: 1 <= v <= MAX_BATCH, rule=f"must be in 1..{MAX_BATCH}"
+    )
+    patience: int | None = hparam(
+        None,
+        "Early stopping on validation loss (best kept).",
+        check=lambda v: 1 <= v <= MAX_EPOCHS,
+        rule=f"must be in 1..{MAX_EPOCHS}",
+    )
+    plateau_factor: float = hparam(
+        0.1, "ReduceLROnPlateau factor.", check=lambda v: 0 < v <= 1, rule="must be in (0, 1]"
+    )
+    plateau_patience: int = hparam(
+        2, "ReduceLROnPlateau patience.", check=lambda v: v >= 0, rule="must be >= 0"
+    )
+    class_weight: str = hparam(
+        "none",
+        "Loss weights: none, or balanced (inverse class frequency of the training fold).",
+        choices=("none", "balanced"),
+    )
+    standardize: bool = hparam(
+        True, "Standardise features with training-fold statistics (stored in the head)."
+    )
+
+    @staticmethod
+    def hparams() -> tuple[HParam, ...]:
+        return hparams_of(HeadConfig)
 
     def check(self) -> HeadConfig:
-        problems = [
-            (0 < self.lr <= MAX_LR, f"lr {self.lr} must be a finite number in (0, {MAX_LR:g}]"),
-            (
-                0 <= self.weight_decay <= MAX_WEIGHT_DECAY,
-                f"weight_decay {self.weight_decay} must be a finite number in [0, {MAX_WEIGHT_DECAY:g}]",
-            ),
-            (0 <= self.dropout < 1, f"dropout {self.dropout} must be in [0, 1)"),
-            (1 <= self.hidden <= MAX_HIDDEN, f"hidden {self.hidden} must be in 1..{MAX_HIDDEN}"),
-            (1 <= self.epochs <= MAX_EPOCHS, f"epochs {self.epochs} must be in 1..{MAX_EPOCHS}"),
-            (1 <= self.batch_size <= MAX_BATCH, f"batch_size {self.batch_size} must be in 1..{MAX_BATCH}"),
-            (
-                self.patience is None or 1 <= self.patience <= MAX_EPOCHS,
-                f"patience {self.patience} must be in 1..{MAX_EPOCHS}",
-            ),
-            (0 < self.plateau_factor <= 1, f"plateau_factor {self.plateau_factor} must be in (0, 1]"),
-            (self.plateau_patience >= 0, f"plateau_patience {self.plateau_patience} must be >= 0"),
-            (
-                self.class_weight in ("none", "balanced"),
-                f"class_weight {self.class_weight!r}: expected none or balanced",
-            ),
-        ]
-        bad = [msg for ok, msg in problems if not ok]
-        if bad:
-            raise FastallError(f"invalid head configuration: {bad[0]}")
+        for spec in self.hparams():
+            problem = spec.problem(getattr(self, spec.name))
+            if problem:
+                raise FastallError(f"invalid head configuration: {problem}")
         return self
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.hidden, self.batch_size)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a configuration is run (not what is trained): folds, test set, seed, device, output handling."""
+
+    folds: int = 5
+    test: str = "holdout"
+    holdout: float = 0.1
+    tta: bool = False
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+    report: bool = True
+    dedupe: bool = False
+    console: Console | None = field(default=None, compare=False, repr=False)
+
+
+def split_keywords(
+    config: HeadConfig | None, options: TrainOptions | None, keywords: dict[str, Any]
+) -> tuple[HeadConfig, TrainOptions]:
+    """``config`` and ``options`` with the old flat keyword arguments (``lr=..., folds=...``) applied."""
+    head_names = {f.name for f in fields(HeadConfig)}
+    run_names = {f.name for f in fields(TrainOptions)}
+    unknown = set(keywords) - head_names - run_names
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+    config = replace(config or HeadConfig(), **{k: v for k, v in keywords.items() if k in head_names})
+    options = replace(options or TrainOptions(), **{k: v for k, v in keywords.items() if k in run_names})
+    return config, options
 
 
 @dataclass
@@ -83,9 +150,18 @@ class StackData:
         return list(range(1, self.views)) if self.views > 1 else [0]
 
 
+HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "lr")
+
+
 @dataclass
 class HeadResult:
-    """One trained head: its Head state dict (CPU) and what happened while training it."""
+    """One trained head: its Head state dict (CPU) and what happened while training it.
+
+    ``best_epoch`` is 1-based: the epoch whose parameters the head keeps. ``history`` holds one value per
+    epoch run under each of :data:`HISTORY_KEYS`: the mean training loss over the epoch's steps, the
+    validation loss and accuracy (view 0) and the learning rate the epoch trained with; the final head has no
+    validation rows, so its ``val_loss`` and ``val_accuracy`` lists are empty.
+    """
 
     config: int
     fold: int
@@ -97,3 +173,4 @@ class HeadResult:
     val_loss_history: list[float]
     lr_history: list[float]
     probs: dict[str, np.ndarray] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
