@@ -67,6 +67,9 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
             fold_tta.append(row["tta"])
         fold_rows.append(row)
     final = next(r for r in results if r.final)
+    pooled = [
+        (prep.splits.folds[r.fold][1], r.probs["val"]) for r in results if not r.final and not diverged(r)
+    ]
     summary = summarize(fold_rows)
     if tta:
         summary["tta"] = summarize(fold_tta)
@@ -100,13 +103,9 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
         },
         "folds": fold_rows,
         "summary": summary,
-        "pooled": pooled_with_ci(
-            labels,
-            prep.cache.patients,
-            [(prep.splits.folds[r.fold][1], r.probs["val"]) for r in results if not r.final],
-            k,
-            seed=config["seed"],
-        ),
+        "pooled": pooled_with_ci(labels, prep.cache.patients, pooled, k, seed=config["seed"])
+        if pooled
+        else None,
         "final_head": {
             "epochs": final.best_epoch,
             "lr_history": final.lr_history,
@@ -185,7 +184,8 @@ def _score(prob: np.ndarray) -> np.ndarray:
 
 
 def write_predictions(path: Path, prep: Prepared, results: list[HeadResult], tta: bool) -> None:
-    """Out-of-fold validation predictions of the pool, and the final head and ensemble on the test set."""
+    """Out-of-fold validation predictions of the pool, and the final head and ensemble on the test set (a
+    diverged fold head's rows are left out and it takes no part in the ensemble)."""
     c = prep.cache
     fields = [
         "path",
@@ -199,6 +199,7 @@ def write_predictions(path: Path, prep: Prepared, results: list[HeadResult], tta
     ]
     fields += ["probability_tta", "probability_ensemble_tta"] if tta else []
     lines = []
+    results = [r for r in results if r.final or not diverged(r)]
     for r in (r for r in results if not r.final):
         rows = prep.splits.folds[r.fold][1]
         extra = {"probability_tta": _score(r.probs["val_tta"])} if tta else {}
