@@ -605,6 +605,53 @@ CASES: list[Case] = [
         lambda e: ["synth", str(_with_file(e.tmp / "mixed")), "--layout", "generic", "--size", "16"],
         fragments=("already exists and is not empty",),
     ),
+    # issue 14: fastall evaluate
+    Case(
+        "evaluate",
+        "DATA with a class the run does not know",
+        lambda e: ["evaluate", str(e.run), str(_eval_data(e, {"all": "blast"})), "--out", str(e.tmp / "o")],
+        fragments=("DATA class 'blast' is not a class of the run (its classes: hem, all)", "--classes"),
+    ),
+    Case(
+        "evaluate",
+        "DATA with an unreadable image (skipped and reported)",
+        lambda e: ["evaluate", str(e.run), str(_eval_data(e, bad=True)), "--out", str(e.tmp / "o")],
+        expect="reported",
+        fragments=("skipped:", "broken.bmp", "(1 skipped)"),
+    ),
+    Case(
+        "evaluate",
+        "DATA with one class only (per-class figures, AUC undefined)",
+        lambda e: ["evaluate", str(e.run), str(_eval_data(e, {"hem": None})), "--out", str(e.tmp / "o")],
+        expect="reported",
+        fragments=("one class only (all)", "AUC is undefined"),
+    ),
+    Case(
+        "evaluate",
+        "DATA that is the run's own training images",
+        lambda e: ["evaluate", str(e.run), str(e.data), "--out", str(e.tmp / "o")],
+        expect="reported",
+        fragments=("have the same file contents as the run's training images",),
+    ),
+    Case(
+        "evaluate",
+        "a run whose cache has moved (shift not measured, --cache named)",
+        lambda e: ["evaluate", str(_run_moved_cache(e)), str(_eval_data(e)), "--out", str(e.tmp / "o")],
+        expect="reported",
+        fragments=("is not here (pass --cache PATH)",),
+    ),
+    Case(
+        "evaluate",
+        "a RUN folder that is not a run",
+        lambda e: ["evaluate", str(_mkdir(e.tmp / "nothing")), str(e.data), "--out", str(e.tmp / "o")],
+        fragments=("no head.pt",),
+    ),
+    Case(
+        "evaluate",
+        "--threshold that is neither a number, youden nor sens=S",
+        lambda e: ["evaluate", str(e.run), str(e.data), "--out", str(e.tmp / "o"), "--threshold", "best"],
+        fragments=("use a number (0.5), youden or sens=0.95",),
+    ),
 ]
 
 
@@ -786,6 +833,32 @@ def _other_data(env: Env, *, patients: int, size: int, seed: int) -> Path:
     out = env.tmp / "other_data"
     synthesize(out, patients_per_class=patients, images_per_patient=3, size=size, seed=seed)
     return out
+
+
+def _eval_data(env: Env, rename: dict | None = None, bad: bool = False) -> Path:
+    """A generic labelled tree of a few shared images (re-encoded as PNG, so not byte copies): ``rename``
+    maps a class folder to a new name (None drops the class); ``bad`` adds an unreadable image."""
+    rename = rename or {}
+    out = env.tmp / "eval_data"
+    for cls in ("all", "hem"):
+        target = rename.get(cls, cls)
+        if target is None:
+            continue
+        _mkdir(out / target)
+        for i, path in enumerate(sorted(env.data.rglob(f"training_data/*/{cls}/*.bmp"))[:4]):
+            Image.open(path).convert("RGB").save(out / target / f"cell{i}.png")
+    if bad:
+        (out / "hem" / "broken.bmp").write_bytes(b"BM not really")
+    return out
+
+
+def _run_moved_cache(env: Env) -> Path:
+    run = env.tmp / "run_moved"
+    shutil.copytree(env.run, run, ignore=shutil.ignore_patterns("report"))
+    head = torch.load(run / "head.pt", weights_only=True)
+    head["cache_path"] = str(env.tmp / "gone.h5")
+    torch.save(head, run / "head.pt")
+    return run
 
 
 # --- hardening round 2 (issue 18): stale content, NaN, FIFOs, symlinks, duplicates, trusted structure ------

@@ -104,8 +104,8 @@ def extract(
     """
     from functools import partial
 
-    from fastall.features.extract import describe
     from fastall.features.extract import extract as run_extract
+    from fastall.features.summary import describe
     from fastall.system.distributed import detect
 
     env = detect(distributed)

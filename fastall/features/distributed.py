@@ -26,11 +26,9 @@ from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache
 from fastall.features.extract import (
     EXTRACT_PRECISIONS,
-    ExtractSummary,
     _check_args,
     _check_out,
     _dataset,
-    _device,
     _existing_matches,
     _open_partial,
     _provenance,
@@ -39,7 +37,8 @@ from fastall.features.extract import (
 )
 from fastall.features.loop import run
 from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder, rank_folder
-from fastall.system.devices import decide_precision, precision_alias
+from fastall.features.summary import ExtractSummary
+from fastall.system.devices import decide_precision, precision_alias, resolve_device
 from fastall.system.distributed import DEFAULT_TIMEOUT, DistEnv, Group, rank_device, share
 from fastall.system.files import kill_point
 
@@ -80,7 +79,7 @@ def extract_distributed(
 
     _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
     fill = parse_fill(fill)
-    dev = _device(rank_device(device, env))
+    dev = resolve_device(rank_device(device, env))
     choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
     out = Path(out)
     if env.is_main or scratch is None:  # with --scratch, only rank 0 needs --out's folder

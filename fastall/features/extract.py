@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,54 +27,15 @@ from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
 from fastall.features.loop import run
 from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder
+from fastall.features.summary import ExtractSummary
 from fastall.features.viewparams import describe_fills
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from fastall.system.devices import decide_precision, precision_alias
+from fastall.system.devices import decide_precision, precision_alias, resolve_device
 from fastall.system.files import kill_point
 
 PREPROCESS = "v1: RGB uint8, resize bilinear+antialias (whole image, no crop), /255, [augment], mean/std"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass
-class ExtractSummary:
-    path: Path
-    images: int
-    views: int
-    seconds: float
-    computed: int = 0
-    resumed: int = 0
-    loop_seconds: float = 0.0
-    cache_bytes: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    skipped_existing: bool = False
-    device: str = "cpu"
-    amp_dtype: str = "fp32"
-    key: str = ""
-    fill: str = "auto"
-    fills: dict[str, int] = field(default_factory=dict)
-    precision: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def images_per_s(self) -> float:
-        """Images computed per second of the extraction loop (decode to stored shard)."""
-        return self.computed / self.loop_seconds if self.loop_seconds > 0 else 0.0
-
-    @property
-    def forwards_per_s(self) -> float:
-        return self.images_per_s * self.views
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise FastallError(f"--device {name!r}: use auto, cuda or cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FastallError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
-    return torch.device(name)
 
 
 def key_params_for(
@@ -241,7 +201,7 @@ def extract(
 
     _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
     fill = parse_fill(fill)
-    dev = _device(device)
+    dev = resolve_device(device)
     choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
     if not choice.native:
         note(f"{choice.reason} (--precision auto picks fp32 here)")
@@ -411,30 +371,3 @@ def _write(
         skipped=skipped,
         stamps=content.row_stamps(stamps, records, rows),
     )
-
-
-def describe(summary: ExtractSummary) -> list[str]:
-    """The end-of-run summary, one line each."""
-    size = f"{summary.cache_bytes / 2**20:,.1f} MiB"
-    if summary.skipped_existing:
-        lines = [
-            f"{summary.path} is already complete with these settings ({summary.images} images x "
-            f"{summary.views} views, {size}); nothing to do"
-        ]
-    else:
-        s = summary
-        resumed = f"; {s.resumed} resumed" if s.resumed else ""
-        lines = [
-            f"{s.path}: {s.images} images x {s.views} views in {s.seconds:,.1f} s ({s.computed} done "
-            f"at {s.images_per_s:,.1f} img/s = {s.forwards_per_s:,.1f} forwards/s on {s.device}, "
-            f"{s.amp_dtype}{resumed}), cache {size}"
-        ]
-    if summary.precision and not summary.skipped_existing:
-        lines.append(f"precision {summary.precision['precision']}: {summary.precision['reason']}")
-    if summary.fills:
-        used = ", ".join(f"{name} {n}" for name, n in summary.fills.items())
-        lines.append(f"fill --fill {summary.fill}: {used} image(s)")
-    if summary.skipped:
-        lines.append(f"skipped {len(summary.skipped)} unreadable image(s):")
-        lines += [f"  {path}: {reason}" for path, reason in summary.skipped]
-    return lines
