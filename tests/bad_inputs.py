@@ -859,3 +859,587 @@ def _run_moved_cache(env: Env) -> Path:
     head["cache_path"] = str(env.tmp / "gone.h5")
     torch.save(head, run / "head.pt")
     return run
+
+
+# --- hardening round 2 (issue 18): stale content, NaN, FIFOs, symlinks, duplicates, trusted structure ------
+
+_TRAIN = ["--folds", "2", "--epochs", "1", "--test", "none"]
+
+
+def _first_image(root: Path, cls: str = "all") -> Path:
+    return sorted(root.rglob(f"fold_0/{cls}/*.bmp"))[0]
+
+
+def _rewrite_pixels(path: Path, keep_mtime: bool = False) -> None:
+    """Other pixels, same byte size (C-NMC BMPs all have one size), optionally with the old mtime."""
+    st = path.stat()
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    path.write_bytes(_bmp_bytes(255 - pixels))
+    assert path.stat().st_size == st.st_size
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _stale(env: Env, *extra: str, keep_mtime: bool = False, touch: bool = False) -> list[str]:
+    """A copy of the data and its cache; one image rewritten (or every file touched), then extract again."""
+    data = env.tmp / "data"
+    shutil.copytree(env.data, data)
+    cache = env.tmp / "c.h5"
+    shutil.copy(env.cache, cache)
+    if touch:
+        for path in data.rglob("*.bmp"):
+            os.utime(path)
+    else:
+        _rewrite_pixels(_first_image(data), keep_mtime=keep_mtime)
+    return ["extract", str(data), "--out", str(cache), *_EXTRACT, "--workers", "0", *extra]
+
+
+def _old_cache(env: Env) -> list[str]:
+    """The cache as fastall 0.1 wrote it: no content hashes."""
+    from fastall.features.cache import read_cache, write_cache
+
+    fc = read_cache(env.cache)
+    names = ("features", "labels", "class_names", "view_params", "view_param_names", "key_params")
+    rows = {"patients": list(fc.patients), "paths": list(fc.paths), "sources": list(fc.sources)}
+    cache = write_cache(env.tmp / "old.h5", **{n: getattr(fc, n) for n in names}, **rows, provenance={})
+    return ["extract", str(env.data), "--out", str(cache), *_EXTRACT, "--workers", "0"]
+
+
+def _edit_cache(env: Env, edit: Callable[[h5py.File], None], name: str = "edited.h5") -> Path:
+    path = env.tmp / name
+    shutil.copy(env.cache, path)
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
+def _nan_rows(rows: slice) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        feats = f["features"][()]
+        feats[rows] = np.nan
+        f["features"][...] = feats
+
+    return edit
+
+
+def _replace(name: str, data, **kw) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        del f[name]
+        f.create_dataset(name, data=data, **kw)
+
+    return edit
+
+
+def _narrow_features(f: h5py.File) -> None:
+    shape = (*f["features"].shape[:2], 7)
+    del f["features"]
+    f.create_dataset("features", data=np.zeros(shape, np.float16))
+
+
+def _external_link(f: h5py.File) -> None:
+    del f["skipped"]
+    f["skipped"] = h5py.ExternalLink("/usr/bin/bash", "/data")
+
+
+def _external_storage(env: Env) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        labels = f["labels"][()]
+        raw = env.tmp / "labels.raw"
+        raw.write_bytes(labels.astype("<i8").tobytes())
+        del f["labels"]
+        f.create_dataset("labels", shape=labels.shape, dtype="<i8", external=[(str(raw), 0, labels.nbytes)])
+
+    return edit
+
+
+def _path_entry(value: str) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        paths = list(f["path"].asstr()[()])
+        paths[0] = value
+        del f["path"]
+        f.create_dataset("path", data=paths, dtype=h5py.string_dtype("utf-8"))
+
+    return edit
+
+
+def _huge_attribute(f: h5py.File) -> None:
+    f.attrs.create("notes", data=np.array(["x" * (20 << 20)], dtype=object), dtype=h5py.string_dtype())
+
+
+def _train(env: Env, cache: Path, *extra: str) -> list[str]:
+    return ["train-head", str(cache), "--out", str(env.tmp / "r"), *_TRAIN, *extra]
+
+
+def _nan_weights(env: Env) -> list[str]:
+    from fastall.features.backbone import load_backbone
+
+    state = load_backbone("none")[0].state_dict()
+    state["conv1.weight"] = torch.full_like(state["conv1.weight"], float("nan"))
+    path = env.tmp / "nan.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    return ["extract", str(env.data), "--out", str(env.tmp / "n.h5"), *_EXTRACT, "--weights", str(path)]
+
+
+def _fifo_cache_image(env: Env) -> list[str]:
+    """The run's data with one cached image replaced by a named pipe, given to verify."""
+    data = env.tmp / "data"
+    shutil.copytree(env.data, data)
+    image = _first_image(data)
+    image.unlink()
+    os.mkfifo(image)
+    return ["verify", str(env.run), "--data", str(data), "--images", "100"]
+
+
+def _fifo_csv(env: Env) -> list[str]:
+    root = _tree_copy(env, "csv")
+    csv = next(root.glob("validation_data/*.csv"))
+    csv.unlink()
+    os.mkfifo(csv)
+    return ["scan", str(root.parent)]
+
+
+def _fifo_given(env: Env) -> list[str]:
+    (env.tmp / "cell.bmp").write_bytes(_bmp_bytes(_cell()))
+    os.mkfifo(env.tmp / "pipe.bmp")
+    out = str(env.tmp / "p.csv")
+    return ["predict", str(env.run), str(env.tmp / "cell.bmp"), str(env.tmp / "pipe.bmp"), "--out", out]
+
+
+def _linked(env: Env, link: str, target: Callable[[Path], Path]) -> list[str]:
+    root = _generic(env, {"all": 4, "hem": 4})
+    os.symlink(target(root), root / link)
+    return ["scan", str(root), "--patient-regex", r"(p\d+)_"]
+
+
+def _outside(root: Path) -> Path:
+    folder = root.parent / "elsewhere" / "usr"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        (folder / f"p7_{i}.bmp").write_bytes(_bmp_bytes(_cell(32)))
+    return folder
+
+
+def _class_outside(env: Env) -> list[str]:
+    root = _generic(env, {"all": 4})
+    os.symlink(_outside(root), root / "hem")
+    return ["scan", str(root), "--patient-regex", r"(p\d+)_"]
+
+
+def _duplicated(data: Path) -> None:
+    """A copy of an 'all' image renamed into 'hem' (another class) and one into another 'all' patient."""
+    base = next(data.rglob("training_data"))
+    shutil.copy(_first_image(data), base / "fold_0" / "hem" / "UID_H2_9_9_hem.bmp")
+    second = sorted(base.glob("fold_0/all/*.bmp"))[1]
+    shutil.copy(second, base / "fold_1" / "all" / "UID_1_9_9_all.bmp")
+
+
+def _dup_extract(env: Env) -> list[str]:
+    data = env.tmp / "data"
+    shutil.copytree(env.data, data)
+    _duplicated(data)
+    return ["extract", str(data), "--out", str(env.tmp / "d.h5"), *_EXTRACT, "--workers", "0"]
+
+
+def _dup_cache(env: Env) -> Path:
+    """A cache with byte-identical images across classes and patients (built once per corpus run)."""
+    from fastall.features.extract import extract
+
+    shared = env.cache.parent / "dup"
+    if not (shared / "dup.h5").exists():
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.copytree(env.data, shared / "data")
+        _duplicated(shared / "data")
+        extract(
+            shared / "data",
+            shared / "dup.h5",
+            views=2,
+            image_size=32,
+            weights="none",
+            device="cpu",
+            amp=False,
+            workers=0,
+            progress=False,
+        )
+    return shared / "dup.h5"
+
+
+def _lookalike(env: Env) -> list[str]:
+    root = _tree_copy(env, "ids")
+    first = sorted(root.glob("training_data/fold_0/all/*.bmp"))[0]
+    patient = first.name.split("_")[1]
+    shutil.copy(first, first.with_name(f"UID_00{patient}_9_9_all.bmp"))
+    shutil.copy(first, first.with_name(f"UID_0{patient}_9_8_all.bmp"))
+    return ["scan", str(root.parent)]
+
+
+def _png_header(width: int, height: int, depth: int, color: int) -> Callable[[Path], None]:
+    """A PNG whose header says ``width x height`` (the pixel data is never reached: it is refused first)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def write(path: Path) -> None:
+        ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+        body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+    return write
+
+
+def _eps(path: Path) -> None:
+    path.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto showpage\n")
+
+
+def _gif(path: Path) -> None:
+    Image.fromarray(_cell()).save(path, format="GIF")
+
+
+def _predict_out(env: Env, out: str) -> list[str]:
+    (env.tmp / "cell.bmp").write_bytes(_bmp_bytes(_cell()))
+    return ["predict", str(env.run), str(env.tmp / "cell.bmp"), "--out", str(env.tmp / out)]
+
+
+def _out_is_input(env: Env) -> list[str]:
+    cell = env.tmp / "cell.dat"
+    cell.write_bytes(_bmp_bytes(_cell()))
+    return ["predict", str(env.run), str(cell), "--out", str(cell)]
+
+
+def _sweep_over_run(env: Env) -> list[str]:
+    run = env.tmp / "run"
+    shutil.copytree(env.run, run)
+    return ["sweep", str(env.cache), "--out", str(run), "--overwrite", "--grid", "lr=1e-4", "--folds", "2"]
+
+
+CASES += [
+    Case(
+        "content",
+        "image rewritten with other pixels of the same byte size (extract said 'nothing to do')",
+        lambda e: _stale(e),
+        fragments=("1 image(s) changed since they were cached", "UID_", "--update"),
+    ),
+    Case(
+        "content",
+        "the same, with --update: only the changed image is recomputed",
+        lambda e: _stale(e, "--update"),
+        expect="reported",
+        fragments=("--update: 1 changed image(s)", "1 done", "resumed"),
+        show="--update:",
+    ),
+    Case(
+        "content",
+        "image rewritten keeping its old mtime, found by --verify-content",
+        lambda e: _stale(e, "--verify-content", keep_mtime=True),
+        fragments=("1 image(s) changed since they were cached",),
+    ),
+    Case(
+        "content",
+        "every file touched, content unchanged: still nothing to do",
+        lambda e: _stale(e, touch=True),
+        expect="reported",
+        fragments=("same content (checked by hash)", "nothing to do"),
+        show="same content",
+    ),
+    Case(
+        "content",
+        "cache from fastall 0.1 without content hashes (the size check, and a note)",
+        _old_cache,
+        expect="reported",
+        fragments=("records no content hashes", "nothing to do"),
+        show="records no content hashes",
+    ),
+    Case(
+        "NaN",
+        "cache with NaN features, given to train-head",
+        lambda e: _train(e, _edit_cache(e, _nan_rows(slice(0, 1)))),
+        fragments=("1 of", "non-finite features"),
+    ),
+    Case(
+        "NaN",
+        "cache that is all NaN",
+        lambda e: _train(e, _edit_cache(e, _nan_rows(slice(None)))),
+        fragments=("non-finite features",),
+    ),
+    Case("NaN", "train-head --lr inf", lambda e: _train(e, e.cache, "--lr", "inf"), fragments=("lr inf",)),
+    Case(
+        "NaN", "train-head --lr 1e30", lambda e: _train(e, e.cache, "--lr", "1e30"), fragments=("lr 1e+30",)
+    ),
+    Case(
+        "NaN",
+        "train-head --weight-decay inf",
+        lambda e: _train(e, e.cache, "--weight-decay", "inf"),
+        fragments=("weight_decay inf",),
+    ),
+    Case(
+        "NaN",
+        "extract with a state dict full of NaN (wrote a 100% NaN cache)",
+        _nan_weights,
+        fragments=("non-finite features", "NaN"),
+    ),
+    Case(
+        "NaN",
+        'sweep --grid "lr=inf" (recommended --lr inf)',
+        lambda e: ["sweep", str(e.cache), "--out", str(e.tmp / "s"), "--grid", "lr=inf", "--folds", "2"],
+        fragments=("lr inf",),
+    ),
+    Case(
+        "NaN",
+        'sweep --grid "lr=1e-4,inf" (ranked the diverged head at 52.5%)',
+        lambda e: ["sweep", str(e.cache), "--out", str(e.tmp / "s"), "--grid", "lr=1e-4,inf", "--folds", "2"],
+        fragments=("lr inf",),
+    ),
+    Case(
+        "FIFO",
+        "named pipe given to predict directly (said 'no such file or folder')",
+        _fifo_given,
+        expect="reported",
+        fragments=("pipe.bmp", "named pipe (FIFO)"),
+        show="named pipe",
+    ),
+    Case(
+        "FIFO",
+        "cache path naming a named pipe, given to verify (hung)",
+        _fifo_cache_image,
+        fragments=("named pipe (FIFO)",),
+    ),
+    Case("FIFO", "labels CSV that is a named pipe (hung)", _fifo_csv, fragments=("named pipe (FIFO)",)),
+    Case(
+        "symlink",
+        "folder symlink out of the data root (ln -s /usr DATA/all/usr)",
+        lambda e: _linked(e, "all/usr", _outside),
+        expect="reported",
+        fragments=("all/usr", "not followed"),
+        show="not followed",
+    ),
+    Case(
+        "symlink",
+        "folder symlink to another class (DATA/all/hemlink -> ../hem)",
+        lambda e: _linked(e, "all/hemlink", lambda root: Path("../hem")),
+        expect="reported",
+        fragments=("all/hemlink", "not followed"),
+        show="not followed",
+    ),
+    Case(
+        "symlink",
+        "one file reached under two classes (all/p9_9.bmp -> ../hem/p1_1.bmp)",
+        lambda e: _linked(e, "all/p9_9.bmp", lambda root: Path("../hem/p1_1.bmp")),
+        fragments=("two labels",),
+    ),
+    Case(
+        "symlink",
+        "class folder that is a symlink out of the data root",
+        _class_outside,
+        fragments=("outside the data root",),
+    ),
+    Case(
+        "duplicates",
+        "identical bytes under two classes and two patients (a renamed copy)",
+        _dup_extract,
+        expect="reported",
+        fragments=("byte-identical copies across patients or classes", "--dedupe"),
+        show="byte-identical",
+    ),
+    Case(
+        "duplicates",
+        "patient IDs differing only in leading zeros (UID_003 / UID_03 / UID_3)",
+        _lookalike,
+        expect="reported",
+        fragments=("leading zeros",),
+        show="leading zeros",
+    ),
+    Case(
+        "duplicates",
+        "train-head on a cache with duplicates: warned",
+        lambda e: _train(e, _dup_cache(e)),
+        expect="reported",
+        fragments=("byte-identical copies",),
+        show="byte-identical",
+    ),
+    Case(
+        "duplicates",
+        "train-head --dedupe keeps one copy",
+        lambda e: _train(e, _dup_cache(e), "--dedupe"),
+        expect="reported",
+        fragments=("--dedupe: kept one copy",),
+        show="--dedupe",
+    ),
+    Case(
+        "cache",
+        "features [N, V, 7] with a feature_dim attribute of 2048",
+        lambda e: _train(e, _edit_cache(e, _narrow_features)),
+        fragments=("7-dimensional", "2048"),
+    ),
+    Case(
+        "cache",
+        "HDF5 external link (one pointed at /usr/bin/bash)",
+        lambda e: _train(e, _edit_cache(e, _external_link)),
+        fragments=("external link", "/usr/bin/bash"),
+    ),
+    Case(
+        "cache",
+        "HDF5 external raw storage",
+        lambda e: _train(e, _edit_cache(e, _external_storage(e))),
+        fragments=("external file",),
+    ),
+    Case(
+        "cache",
+        "a class name with no images (gave a 3-output head)",
+        lambda e: _train(
+            e, _edit_cache(e, _replace("class_names", ["hem", "all", "ghost"], dtype=h5py.string_dtype()))
+        ),
+        fragments=("'ghost'", "no images"),
+    ),
+    Case(
+        "cache",
+        "empty 'done' dataset",
+        lambda e: _train(e, _edit_cache(e, _replace("done", np.zeros(0, bool)))),
+        fragments=("'done' has shape (0,)",),
+    ),
+    Case(
+        "cache",
+        "path entry ../../../../etc/passwd, given to verify",
+        lambda e: [
+            "verify",
+            str(e.run),
+            "--cache",
+            str(_edit_cache(e, _path_entry("../../../../etc/passwd"))),
+        ],
+        fragments=("leaves the data root",),
+    ),
+    Case(
+        "cache",
+        "path entry /etc/passwd, given to verify",
+        lambda e: ["verify", str(e.run), "--cache", str(_edit_cache(e, _path_entry("/etc/passwd")))],
+        fragments=("'/etc/passwd' leaves the data root",),
+    ),
+    Case(
+        "cache",
+        "a 20 MiB cache attribute (a 300 MB one tripled train-head's memory)",
+        lambda e: _train(e, _edit_cache(e, _huge_attribute)),
+        fragments=("attribute 'notes'", "limit of 1 MiB"),
+    ),
+    Case(
+        "image",
+        "16-bit 7999x7999 PNG of a few bytes (decoded at 2.27 GB)",
+        lambda e: _predict(e, "deep.png", _png_header(7999, 7999, 16, 0)),
+        fragments=("over the limit of 16,777,216", "--max-pixels"),
+    ),
+    Case(
+        "image",
+        "3200x3200 RGBA image, under the pixel limit, over the decode memory budget",
+        lambda e: _predict(e, "rgba.png", _png_header(3200, 3200, 8, 6)),
+        fragments=("MiB to decode", "budget of 256 MiB"),
+    ),
+    Case(
+        "image",
+        "the pixel limit set with `fastall --max-pixels`",
+        lambda e: [
+            "--max-pixels",
+            "1000",
+            *_predict(e, "cell.bmp", lambda p: p.write_bytes(_bmp_bytes(_cell()))),
+        ],
+        fragments=("over the limit of 1,000",),
+    ),
+    Case(
+        "image",
+        "EPS file named .bmp (reached Ghostscript)",
+        lambda e: _predict(e, "eps.bmp", _eps),
+        fragments=("BMP, PNG, JPEG or TIFF",),
+    ),
+    Case(
+        "image",
+        "GIF named .png (a format fastall does not document)",
+        lambda e: _predict(e, "gif.png", _gif),
+        fragments=("BMP, PNG, JPEG or TIFF",),
+    ),
+    Case(
+        "range",
+        "bench --image-size 0",
+        lambda e: ["bench", "--image-size", "0", "--images", "1", "--iters", "1", "--batch-sizes", "1"],
+        fragments=("--image-size",),
+    ),
+    Case(
+        "range",
+        "train-head --hidden 100000000000 (hit DefaultCPUAllocator)",
+        lambda e: _train(e, e.cache, "--hidden", "100000000000"),
+        fragments=("hidden 100000000000",),
+    ),
+    Case(
+        "small",
+        "Ctrl-C in sweep (simulated; said completed work was kept)",
+        lambda e: ["sweep", str(e.cache), "--out", str(e.tmp / "s"), "--grid", "lr=1e-4", "--folds", "2"],
+        fragments=("interrupted; no sweep folder was written",),
+        env=(("FASTALL_TEST_INTERRUPT_AT", "run-folder"),),
+    ),
+    Case(
+        "small",
+        "verify --images 0",
+        lambda e: ["verify", str(e.run), "--images", "0"],
+        fragments=("--images",),
+    ),
+    Case(
+        "small",
+        "verify --images -5",
+        lambda e: ["verify", str(e.run), "--images", "-5"],
+        fragments=("--images",),
+    ),
+    Case(
+        "small",
+        "export --images 0",
+        lambda e: ["export", str(e.run), "--out", str(e.tmp / "m.pt"), "--images", "0"],
+        fragments=("--images",),
+    ),
+    Case(
+        "small",
+        "extract --views 1000 (warned before the work; here the cache has other settings)",
+        lambda e: ["extract", str(e.data), "--out", str(e.cache), *_EXTRACT[2:], "--views", "1000"],
+        expect="reported",
+        fragments=("--views 1000", "backbone forwards", "GiB"),
+        show="--views 1000",
+    ),
+    Case(
+        "small",
+        'sweep --grid "epochs=1e9"',
+        lambda e: ["sweep", str(e.cache), "--out", str(e.tmp / "s"), "--grid", "epochs=1e9", "--folds", "2"],
+        fragments=("epochs 1000000000",),
+    ),
+    Case(
+        "small",
+        "--weights DIR (said 'file not found')",
+        lambda e: ["extract", str(e.data), "--out", str(e.tmp / "w.h5"), "--weights", str(e.tmp)],
+        fragments=("is a folder, not a weights file",),
+    ),
+    Case(
+        "small",
+        "a text file as --weights (said '(101)')",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "w.h5"),
+            "--weights",
+            str((e.tmp / "w.pth").write_text("hello\n") and e.tmp / "w.pth"),
+        ],
+        fragments=("not a PyTorch weights file",),
+    ),
+    Case(
+        "small",
+        "predict --out existing.png (overwrote an image with CSV)",
+        lambda e: _predict_out(e, "existing.png"),
+        fragments=("image extension",),
+    ),
+    Case(
+        "small",
+        "predict --out that is one of the inputs",
+        _out_is_input,
+        fragments=("one of the inputs",),
+    ),
+    Case(
+        "small",
+        "sweep --overwrite onto a train-head run folder (head.pt was lost)",
+        _sweep_over_run,
+        fragments=("fastall-run", "not a fastall-sweep"),
+    ),
+]

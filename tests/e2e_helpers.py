@@ -87,7 +87,18 @@ def cache_with(e2e: E2ERun, dest: Path, **key_changes) -> Path:
         view_param_names=fc.view_param_names,
         key_params={**fc.key_params, **key_changes},
         provenance={"data_root": attrs["data_root"]},
+        stamps=stamps_of(fc),
     )
+
+
+def stamps_of(fc) -> list | None:
+    """The cache's content stamps (None for a cache without them), to write the same rows again."""
+    from fastall.data.fingerprint import Stamp
+
+    if fc.content_hashes is None:
+        return None
+    rows = zip(fc.content_hashes, fc.file_sizes, fc.file_mtimes, strict=True)
+    return [Stamp(str(h), int(s), int(m)) for h, s, m in rows]
 
 
 def images_of(e2e: E2ERun, n: int = 4) -> torch.Tensor:

@@ -73,10 +73,11 @@ def test_bad_weight_files_give_one_line_errors(tmp_path, full_state):
     torch.save({"model": object()}, pickled)
     for path, words in [
         (missing, "not found"),
-        (garbage, "not a loadable"),
+        (garbage, "not a PyTorch weights file"),
         (wrong, "missing keys"),
         (shapes, "shapes"),
-        (pickled, "not a loadable"),
+        (pickled, "not a PyTorch weights file"),
+        (tmp_path, "is a folder, not a weights file"),
     ]:
         with pytest.raises(WeightsUnavailable) as err:
             load_backbone(str(path))

@@ -154,7 +154,7 @@ def test_the_free_space_check_runs_before_any_byte_is_written(tmp_path, monkeypa
 
 def test_expected_size_is_close_to_the_real_size(tmp_path):
     for n, views, dim in [(200, 8, 2048), (3000, 2, 64)]:
-        path = _write(tmp_path / f"c{n}.h5", n=n, views=views, dim=dim)
+        path = _write(tmp_path / f"c{n}.h5", n=n, views=views, dim=dim, key={**KEY, "views": views})
         c = fc.read_cache(path)
         guess = fc.expected_cache_bytes((n, views, dim), (n, views, 11), [*c.patients, *c.paths, *c.sources])
         assert 1.0 <= guess / path.stat().st_size < 1.2, (n, guess, path.stat().st_size)

@@ -424,7 +424,7 @@ def test_one_walker_skips_hidden_entries_and_reports_what_is_not_a_file(tmp_path
     assert sorted(problems) == [
         ("broken.bmp", "broken symlink (target missing)"),
         ("loop.bmp", "symlink loop"),
-        ("pipe.bmp", "special file (not a regular file or folder)"),
+        ("pipe.bmp", "special file: a named pipe (FIFO), not a regular file or folder"),
         ("up", "folder reached twice (symlink loop?)"),
     ]
     paths, found_problems = find_images([top, top / "a" / "x.bmp", tmp_path / "gone"])
@@ -452,7 +452,7 @@ def test_predict_and_extract_decode_the_same_pixels(synth_tree):
     views = ImageViews(records, list(range(len(records))), 24, seed=0, views=2)
     batch = next(iter_batches([r.path for r in records], 24, batch_size=5))
     for k in range(len(records)):
-        image, params, index, error = views[k]
+        image, params, index, error, _ = views[k]
         assert error == "" and index == k and params.shape[0] == 2
         assert torch.equal(image, batch.images[k])
 
@@ -463,5 +463,5 @@ def test_extract_views_of_an_unreadable_image_are_zeros_with_the_message(tmp_pat
 
     bad = tmp_path / "bad.bmp"
     bad.write_bytes(b"")
-    image, _, _, error = ImageViews([Record(bad, "bad.bmp", 0, "all", "p", "x")], [0], 16, 0, 1)[0]
+    image, _, _, error, _ = ImageViews([Record(bad, "bad.bmp", 0, "all", "p", "x")], [0], 16, 0, 1)[0]
     assert not image.any() and image.shape == (3, 16, 16) and "bad.bmp: empty file" in error

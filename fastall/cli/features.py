@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fastall.cli.group import _csv, cli, console
+from fastall.errors import FastallError
 
 
 @cli.command()
@@ -45,6 +46,16 @@ from fastall.cli.group import _csv, cli, console
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed in the cache), don't stop.")
 @click.option("--patient-regex", default=None, help="Regex with one group that extracts the patient ID.")
 @click.option(
+    "--update",
+    is_flag=True,
+    help="Recompute images whose file changed since they were cached (refused without it); keep the rest.",
+)
+@click.option(
+    "--verify-content",
+    is_flag=True,
+    help="Hash every image file to find changes, not only those whose size or mtime changed.",
+)
+@click.option(
     "--scratch",
     default=None,
     type=click.Path(file_okay=False, path_type=str),
@@ -80,6 +91,8 @@ def extract(
     overwrite: bool,
     skip_bad: bool,
     patient_regex: str | None,
+    update: bool,
+    verify_content: bool,
     scratch: str | None,
     distributed: bool | None,
     dist_timeout: float,
@@ -96,10 +109,13 @@ def extract(
     from fastall.system.distributed import detect
 
     env = detect(distributed)
+    content = {"update": update, "verify_content": verify_content}
     if env is not None:
         from fastall.features.distributed import extract_distributed
 
-        run_extract = partial(extract_distributed, env=env, timeout=dist_timeout)
+        if update or verify_content:
+            raise FastallError("--update and --verify-content run in one process: start extract alone")
+        run_extract, content = partial(extract_distributed, env=env, timeout=dist_timeout), {}
     summary = run_extract(
         data,
         out,
@@ -118,6 +134,7 @@ def extract(
         overwrite=overwrite,
         skip_bad=skip_bad,
         patient_regex=patient_regex,
+        **content,
         progress=True,
         warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),
         scratch=scratch,

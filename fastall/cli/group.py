@@ -13,6 +13,30 @@ from fastall.system.files import describe_write_error, is_disk_full
 
 console = Console(stderr=True)
 
+OUT_OF_MEMORY = "out of memory: use smaller sizes (--batch-size, --hidden, --views, --image-size)"
+NOTHING_KEPT = "nothing was written (outputs appear only when complete): run the command again"
+INTERRUPTED = {
+    "extract": "the finished batches are kept in the cache's .partial folder: run it again to resume",
+    "train-head": "no run folder was written (it appears only when complete): run the command again",
+    "sweep": "no sweep folder was written (it appears only when complete): run the command again",
+}
+_ALLOCATOR = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory", "out of memory")
+
+
+def _allocator_failure(err: BaseException) -> bool:
+    """torch's allocators fail with a RuntimeError (torch.OutOfMemoryError on CUDA), not a MemoryError."""
+    return isinstance(err, RuntimeError) and any(s in str(err) for s in _ALLOCATOR)
+
+
+def _allocator_detail(err: BaseException) -> str:
+    text = str(err)
+    start = text.find("you tried to allocate ")
+    if start >= 0:
+        amount = text[start + len("you tried to allocate ") :].split(" bytes", 1)[0]
+        if amount.isdigit():
+            return f"torch tried to allocate {int(amount) / 2**30:,.1f} GiB"
+    return text.splitlines()[0][:160]
+
 
 class _UserError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1) -> None:
@@ -33,11 +57,13 @@ class FastallGroup(click.Group):
             raise _UserError(message, err.exit_code) from None
         except KeyboardInterrupt:
             raise _UserError(
-                "interrupted; completed work was kept (re-run the command to resume)", 130
+                f"interrupted; {INTERRUPTED.get(ctx.invoked_subcommand, NOTHING_KEPT)}", 130
             ) from None
         except MemoryError:
-            raise _UserError("out of memory: use a smaller --batch-size or fewer --views", 1) from None
+            raise _UserError(OUT_OF_MEMORY, 1) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
+            if _allocator_failure(err):
+                raise _UserError(f"{OUT_OF_MEMORY} ({_allocator_detail(err)})", 1) from None
             if is_disk_full(err):
                 where = f"{err.filename}: " if isinstance(err, OSError) and err.filename else ""
                 raise _UserError(f"{where}{describe_write_error(err)}", 1) from None
@@ -55,5 +81,27 @@ def _csv(value: str | None) -> tuple[str, ...]:
 
 @click.group(cls=FastallGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fastall")
-def cli() -> None:
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest image decoded, in pixels [$FASTALL_MAX_PIXELS or 16777216 = 4096x4096]; the decode "
+    "memory budget is 16 bytes per pixel of it.",
+)
+@click.pass_context
+def cli(ctx: click.Context, max_pixels: int | None) -> None:
     """fastall: the frozen-ResNet-50 C-NMC 2019 leukemia classifier, trained from a feature cache."""
+    if max_pixels is not None:
+        from fastall.data import images
+
+        before = os.environ.get(images.MAX_PIXELS_ENV)
+        images.set_max_pixels(max_pixels)
+        ctx.call_on_close(lambda: _restore_max_pixels(before))
+
+
+def _restore_max_pixels(before: str | None) -> None:
+    from fastall.data import images
+
+    images.set_max_pixels(None)
+    if before is not None:
+        os.environ[images.MAX_PIXELS_ENV] = before

@@ -13,7 +13,13 @@ from fastall.errors import FastallError
 
 @cli.command()
 @click.argument("run", type=click.Path(path_type=str))
-@click.option("--images", type=int, default=32, show_default=True, help="Images to check (both classes).")
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Images to check (both classes).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option(
     "--cache",
@@ -93,7 +99,9 @@ def verify(
     help="auto: bf16 where the device computes it natively, else fp32; int8: CPU only, calibrated on the "
     "benchmark images.",
 )
-@click.option("--threads", type=int, default=None, help="CPU threads for torch [all cores].")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch [all cores]."
+)
 @click.option(
     "--run",
     default=None,
@@ -101,7 +109,9 @@ def verify(
     help="A trained run [a random-init backbone and a random head, timing only].",
 )
 @click.option("--images", type=int, default=32, show_default=True, help="Synthetic 450x450 BMP files.")
-@click.option("--image-size", type=int, default=224, show_default=True, help="Without --run.")
+@click.option(
+    "--image-size", type=click.IntRange(32, 2048), default=224, show_default=True, help="Without --run."
+)
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed batch-1 calls.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
 @click.option(
@@ -182,7 +192,7 @@ def bench(
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option(
     "--tta",
-    type=int,
+    type=click.IntRange(1, 64),
     default=1,
     is_flag=False,
     flag_value=8,
@@ -252,9 +262,10 @@ def predict(
     from rich.text import Text
 
     from fastall.inference.artifacts import load_for_inference
-    from fastall.inference.predict import predict_paths, write_predictions
+    from fastall.inference.predict import check_out, predict_paths, write_predictions
     from fastall.system.distributed import detect
 
+    check_out(out, [run, *paths])
     env = detect(distributed)
 
     def load(on: Any) -> Any:
@@ -321,7 +332,11 @@ def predict(
     "(fp32, checked against PyTorch; needs the extra: pip install 'fastall[onnx]').",
 )
 @click.option(
-    "--images", type=int, default=200, show_default=True, help="Run images the precision is checked on."
+    "--images",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Run images the precision is checked on.",
 )
 @click.option(
     "--data",

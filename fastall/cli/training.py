@@ -78,6 +78,7 @@ def _device_options(what: str) -> list[Callable]:
         "--tta/--no-tta", default=False, show_default=True, help="Also report mean-over-views metrics."
     ),
     *_device_options("run"),
+    click.option("--dedupe", is_flag=True, help="Keep one copy of byte-identical images (content hashes)."),
 )
 def train_head_cmd(
     cache: str,
@@ -90,6 +91,7 @@ def train_head_cmd(
     device: str,
     overwrite: bool,
     report: bool,
+    dedupe: bool,
     **head: Any,
 ) -> None:
     """Patient-level k-fold CV of the head from the feature cache, with test metrics, in seconds."""
@@ -105,6 +107,7 @@ def train_head_cmd(
         overwrite=overwrite,
         report=report,
         console=console,
+        dedupe=dedupe,
     )
     result = train_head(cache, out, _head_config(head), options)
     print_run_summary(result, console)

@@ -7,15 +7,18 @@ Every problem is collected on ``Dataset.problems`` (each naming its file) and it
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from fastall.data.duplicates import lookalike_warning
 from fastall.data.records import Dataset, Record
 from fastall.data.walk import IMAGE_EXTENSIONS, walk_files
 from fastall.errors import FastallError
+from fastall.system.files import open_regular
 
 CNMC_CLASSES = ["hem", "all"]
 OPTIONAL_SOURCES = ("prelim", "testing")
@@ -64,7 +67,37 @@ def discover(
     else:
         _discover_generic(ds, regex)
     ds.records.sort(key=lambda r: (r.source, r.rel_path))
+    _same_files(ds)
+    named = [r.patient for r in ds.labelled() if r.patient != r.rel_path]
+    lookalike = lookalike_warning(sorted(set(named)))
+    if lookalike:
+        ds.warnings.append(lookalike)
     return ds
+
+
+def _same_files(ds: Dataset) -> None:
+    """A file reached twice (a symlink, a hard link): fatal under two classes, else the second is skipped."""
+    first: dict[tuple[int, int], Record] = {}
+    keep = []
+    for rec in ds.records:
+        try:
+            st = os.stat(rec.path)
+        except OSError:
+            keep.append(rec)
+            continue
+        seen = first.setdefault((st.st_dev, st.st_ino), rec)
+        if seen is rec:
+            keep.append(rec)
+        elif seen.class_name != rec.class_name:
+            ds.add_problem(
+                rec.path,
+                f"the same file as {seen.rel_path} (class {seen.class_name}) reached again under class "
+                f"{rec.class_name} through a symlink or hard link: one image cannot have two labels",
+                fatal=True,
+            )
+        else:
+            ds.add_problem(rec.path, f"the same file as {seen.rel_path} (a symlink or hard link); skipped")
+    ds.records = keep
 
 
 def compile_patient_regex(pattern: str | None) -> re.Pattern | None:
@@ -126,9 +159,15 @@ def _rel(ds: Dataset, path: Path) -> str:
 
 
 def _images(ds: Dataset, folder: Path) -> list[Path]:
-    """Image files under ``folder``; every other file is a (non-fatal) problem."""
-    images = []
-    for path in walk_files(folder, lambda where, message: ds.add_problem(where, f"{message}; skipped")):
+    """Image files under ``folder``; every other file is a (non-fatal) problem, and so is a folder symlink
+    leaving ``folder``. A class folder that is a symlink out of the data root is a fatal problem."""
+    images: list[Path] = []
+    target = folder.resolve()
+    if not target.is_relative_to(ds.root.resolve()):
+        ds.add_problem(folder, f"class folder leads to {target}, outside the data root: refused", fatal=True)
+        return images
+    report = lambda where, message: ds.add_problem(where, f"{message}; skipped")  # noqa: E731
+    for path in walk_files(folder, report, inside=folder):
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(path)
         else:
@@ -198,7 +237,7 @@ def _cnmc_fold(ds: Dataset, fold: Path) -> list[tuple[str, Record]]:
 
 def _read_csv(ds: Dataset, path: Path) -> list[dict[str, str]] | None:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with io.TextIOWrapper(open_regular(path), newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip() for c in reader.fieldnames or []]
             missing = [c for c in CSV_COLUMNS if c not in columns]
@@ -215,6 +254,8 @@ def _read_csv(ds: Dataset, path: Path) -> list[dict[str, str]] | None:
             ]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         reason = "file not found" if isinstance(err, FileNotFoundError) else str(err).replace("\n", " ")
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
+            reason = err.strerror
         ds.add_problem(path, f"cannot read labels CSV ({reason})", fatal=True)
         return None
 

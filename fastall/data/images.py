@@ -1,12 +1,18 @@
-"""Robust image decoding: any Pillow-readable file (by content, not extension) to uint8 RGB [3, H, W].
+"""Robust image decoding: a BMP, PNG, JPEG or TIFF file (by content, not extension) to uint8 RGB [3, H, W].
 
 Uncompressed 24-bit BMP (C-NMC's format) is read straight from the file's bytes with numpy, giving Pillow's
-pixels exactly; everything else goes through Pillow.
+pixels exactly; everything else goes through Pillow, opened for those formats only (an EPS or any other
+format Pillow has a plug-in for is refused before a plug-in sees it). Only regular files are read (a FIFO or
+device is refused, never opened for a blocking read), and the decode is bounded: a pixel limit (default
+16,777,216 = 4096 x 4096, far above a cell crop) and a memory budget of 16 bytes per allowed pixel, against
+the peak that each image mode takes to decode and convert (16-bit, alpha and float images cost more per
+pixel than 8-bit RGB).
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import struct
 import warnings
@@ -17,9 +23,22 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fastall.errors import FastallError
+from fastall.system.files import open_regular
 
-DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_PIXELS = 4096 * 4096
 MAX_PIXELS_ENV = "FASTALL_MAX_PIXELS"
+BUDGET_BYTES_PER_PIXEL = 16
+FORMATS = ("BMP", "PNG", "JPEG", "TIFF")
+FORMAT_NAMES = "BMP, PNG, JPEG or TIFF"
+_RAW_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+}  # Pillow's storage; else 4
 
 _max_pixels: int | None = None
 _BMP_HEADERS = (40, 52, 56, 108, 124)  # BITMAPINFOHEADER and its extensions (V2, V3, V4, V5)
@@ -32,15 +51,21 @@ class BadImageError(FastallError):
 
 
 def set_max_pixels(limit: int | None) -> None:
-    """Set the decompression-bomb limit (pixels per image); None returns to the env var or the default."""
+    """Set the decompression-bomb limit (pixels per image); None returns to the env var or the default.
+
+    Also exported as ``FASTALL_MAX_PIXELS`` so that decoding worker processes see the same limit."""
     global _max_pixels
     if limit is not None and limit <= 0:
         raise FastallError(f"max pixels must be positive, got {limit}")
     _max_pixels = limit
+    if limit is None:
+        os.environ.pop(MAX_PIXELS_ENV, None)
+    else:
+        os.environ[MAX_PIXELS_ENV] = str(limit)
 
 
 def get_max_pixels() -> int:
-    """The limit in force: ``set_max_pixels``, else ``$FASTALL_MAX_PIXELS``, else 64 MP."""
+    """The limit in force: ``set_max_pixels``, else ``$FASTALL_MAX_PIXELS``, else 16,777,216 (4096 x 4096)."""
     if _max_pixels is not None:
         return _max_pixels
     raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
@@ -48,11 +73,26 @@ def get_max_pixels() -> int:
         return DEFAULT_MAX_PIXELS
     try:
         value = int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):
         value = 0
     if value <= 0:
         raise FastallError(f"{MAX_PIXELS_ENV} must be a positive number of pixels, got {raw!r}")
     return value
+
+
+def decode_bytes_needed(width: int, height: int, mode: str) -> int:
+    """About the peak memory of decoding and converting a ``width x height`` image of Pillow ``mode``: the
+    decoded pixels, an EXIF-rotated copy, and the conversion to RGB uint8 (heavier for alpha and float)."""
+    raw = _RAW_BYTES.get(mode, 4)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        convert = 19
+    elif mode == "F":
+        convert = 41
+    elif mode.startswith("I"):
+        convert = 13
+    else:
+        convert = 6 if mode == "RGB" else 10
+    return width * height * (2 * raw + convert)
 
 
 def _fail(path: Path, problem: str) -> BadImageError:
@@ -61,19 +101,58 @@ def _fail(path: Path, problem: str) -> BadImageError:
 
 def _open_bytes(path: Path):
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        return open_regular(path)
     except FileNotFoundError:
         reason = "broken symlink (target missing)" if os.path.islink(path) else "file not found"
         raise _fail(path, reason) from None
     except PermissionError:
         raise _fail(path, "permission denied (cannot read the file)") from None
-    except IsADirectoryError:
-        raise _fail(path, "is a folder, not an image") from None
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise _fail(path, "symlink loop") from None
+        if (err.strerror or "").startswith("a folder"):
+            raise _fail(path, "is a folder, not an image") from None
+        if err.errno == errno.EINVAL and err.strerror:
+            raise _fail(path, f"is {err.strerror}") from None
         raise _fail(path, f"cannot open ({err.strerror or err})") from None
-    return fh
+
+
+def _check_size(path: Path, w: int, h: int, mode: str, limit: int) -> None:
+    hint = f"raise it with `fastall --max-pixels N` or {MAX_PIXELS_ENV}=N"
+    if w * h > limit:
+        raise _fail(
+            path,
+            f"{w}x{h} = {w * h:,} pixels is over the limit of {limit:,} (fastall's decompression-bomb "
+            f"guard); {hint}",
+        )
+    needed, budget = decode_bytes_needed(w, h, mode), limit * BUDGET_BYTES_PER_PIXEL
+    if needed > budget:
+        raise _fail(
+            path,
+            f"{w}x{h} {mode} image needs about {needed / 2**20:,.0f} MiB to decode, over fastall's "
+            f"budget of {budget / 2**20:,.0f} MiB ({BUDGET_BYTES_PER_PIXEL} bytes x {limit:,} pixels); "
+            + hint,
+        )
+
+
+def read_image_file(path: str | Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file and its ``stat`` (``BadImageError`` for anything else, or empty)."""
+    path = Path(path)
+    with _open_bytes(path) as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_size == 0:
+            raise _fail(path, "empty file (0 bytes)")
+        budget = get_max_pixels() * BUDGET_BYTES_PER_PIXEL
+        if st.st_size > budget:
+            raise _fail(
+                path,
+                f"file of {st.st_size / 2**20:,.0f} MiB is over fastall's decode budget of "
+                f"{budget / 2**20:,.0f} MiB; raise it with `fastall --max-pixels N` or {MAX_PIXELS_ENV}=N",
+            )
+        try:
+            return fh.read(), st
+        except OSError as err:
+            raise _fail(path, f"cannot read ({err.strerror or err})") from None
 
 
 def decode_image(path: str | Path) -> torch.Tensor:
@@ -81,46 +160,32 @@ def decode_image(path: str | Path) -> torch.Tensor:
 
     Raises ``BadImageError`` for empty, truncated, non-image, unreadable or over-large files.
     """
+    return decode_bytes(read_image_file(path)[0], path)
+
+
+def decode_bytes(data: bytes, path: str | Path) -> torch.Tensor:
+    """:func:`decode_image` of a file's content already read (``path`` names it in messages)."""
     path = Path(path)
     limit = get_max_pixels()
-    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = limit
-    with _open_bytes(path) as fh:
-        try:
-            if os.fstat(fh.fileno()).st_size == 0:
-                raise _fail(path, "empty file (0 bytes)")
-            if fh.read(2) == b"BM":
-                fh.seek(0)
-                fast = bmp_pixels(fh.read())
-                if fast is not None:
-                    _check_pixels(path, fast.shape[1], fast.shape[0], limit)
-                    return torch.from_numpy(fast.transpose(2, 0, 1).copy())
-            fh.seek(0)
-            with Image.open(fh) as im:
-                _check_pixels(path, *im.size, limit)
-                im.load()
-                arr = _to_rgb(_oriented(im))
-        except BadImageError:
-            raise
-        except UnidentifiedImageError:
-            raise _fail(path, "not an image (unrecognised format)") from None
-        except Image.DecompressionBombError as err:
-            raise _fail(path, f"refused as a decompression bomb ({err}); raise {MAX_PIXELS_ENV}") from None
-        except (OSError, SyntaxError, EOFError) as err:
-            raise _fail(path, f"truncated or corrupt image ({err})") from None
-        except Exception as err:  # Pillow plug-ins raise many types on bad input
-            raise _fail(path, f"cannot decode ({type(err).__name__}: {err})") from None
+    Image.MAX_IMAGE_PIXELS = None  # fastall's own limit (_check_size) applies, before any pixel is decoded
+    try:
+        fast = bmp_pixels(data)
+        if fast is not None:
+            _check_size(path, fast.shape[1], fast.shape[0], "RGB", limit)
+            return torch.from_numpy(fast.transpose(2, 0, 1).copy())
+        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            _check_size(path, *im.size, im.mode, limit)
+            im.load()
+            arr = _to_rgb(_oriented(im))
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise _fail(path, f"not an image fastall reads (a {FORMAT_NAMES} file)") from None
+    except (OSError, SyntaxError, EOFError) as err:
+        raise _fail(path, f"truncated or corrupt image ({err})") from None
+    except Exception as err:  # Pillow plug-ins raise many types on bad input
+        raise _fail(path, f"cannot decode ({type(err).__name__}: {err})") from None
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
-
-
-def _check_pixels(path: Path, w: int, h: int, limit: int) -> None:
-    if w * h > limit:
-        raise _fail(
-            path,
-            f"{w}x{h} = {w * h:,} pixels is over the limit of {limit:,} "
-            f"(decompression bomb guard); raise it with {MAX_PIXELS_ENV}=<pixels> "
-            "or fastall.data.images.set_max_pixels()",
-        )
 
 
 def bmp_pixels(data: bytes) -> np.ndarray | None:
@@ -151,8 +216,8 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     """HxWx3 uint8 array of any Pillow mode; 16/32-bit grey scaled to 8 bit, alpha composited on black."""
     mode = im.mode
     if mode.startswith("I;16") or mode == "I":
-        grey = np.asarray(im, dtype=np.float64) if mode == "I" else np.asarray(im).astype(np.float64)
-        grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)
+        wide = np.asarray(im).astype(np.int64 if mode == "I" else np.uint32)
+        grey = np.clip((wide + 128) // 257, 0, 255).astype(np.uint8)  # round(v / 257): 65535 -> 255
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "F":
         grey = np.asarray(im, dtype=np.float64)

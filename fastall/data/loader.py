@@ -16,15 +16,25 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastall.data.images import decode_image
+from fastall.data.fingerprint import EMPTY, Stamp, stamp_of
+from fastall.data.images import decode_bytes, decode_image, read_image_file
 from fastall.errors import FastallError
 from fastall.preprocess import resize_uint8
 
 
+def _resized(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    return resize_uint8(pixels[None].contiguous(memory_format=torch.channels_last), size)[0]
+
+
 def decode_resized(path: str | Path, size: int) -> torch.Tensor:
     """uint8 ``[3, size, size]`` of one file (``BadImageError`` if it cannot be decoded)."""
-    pixels = decode_image(path)[None].contiguous(memory_format=torch.channels_last)
-    return resize_uint8(pixels, size)[0]
+    return _resized(decode_image(path), size)
+
+
+def decode_resized_stamped(path: str | Path, size: int) -> tuple[torch.Tensor, Stamp]:
+    """:func:`decode_resized` and the :class:`~fastall.data.fingerprint.Stamp` of the very bytes decoded."""
+    data, st = read_image_file(path)
+    return _resized(decode_bytes(data, path), size), stamp_of(data, st)
 
 
 class ImageFiles(Dataset):
@@ -43,6 +53,16 @@ class ImageFiles(Dataset):
             return i, None, str(err).splitlines()[0]
         except Exception as err:  # noqa: BLE001 - a bad file must never stop the others
             return i, None, f"{self.paths[i]}: cannot decode ({type(err).__name__}: {err})"
+
+    def stamped(self, i: int) -> tuple[torch.Tensor | None, str | None, Stamp]:
+        """``(pixels, None, stamp)`` of file ``i``; ``(None, message, EMPTY)`` when it cannot be decoded."""
+        try:
+            pixels, stamp = decode_resized_stamped(self.paths[i], self.size)
+            return pixels, None, stamp
+        except FastallError as err:
+            return None, str(err).splitlines()[0], EMPTY
+        except Exception as err:  # noqa: BLE001 - a bad file must never stop the others
+            return None, f"{self.paths[i]}: cannot decode ({type(err).__name__}: {err})", EMPTY
 
 
 @dataclass

@@ -7,10 +7,11 @@ file nor a folder (broken symlink, symlink loop, socket, device) is reported as 
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from fastall.system.files import file_kind
 
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -18,12 +19,19 @@ OnProblem = Callable[[str, str], None]
 
 
 def walk_files(
-    top: str | Path, on_problem: OnProblem, *, suffixes: tuple[str, ...] | None = None
+    top: str | Path,
+    on_problem: OnProblem,
+    *,
+    suffixes: tuple[str, ...] | None = None,
+    inside: str | Path | None = None,
 ) -> Iterator[Path]:
     """Regular files under ``top`` (only names ending in ``suffixes``, any case, when given).
 
-    ``on_problem(path, message)`` hears of every unreadable folder, loop and non-regular entry.
+    ``on_problem(path, message)`` hears of every unreadable folder, loop and non-regular entry. With
+    ``inside``, a symlinked folder whose target is outside ``inside`` is reported and not followed (a link
+    to /usr or to another class folder must not relabel files).
     """
+    fence = Path(inside).resolve() if inside is not None else None
     seen: set[tuple[int, int]] = set()
     stack = [Path(top)]
     while stack:
@@ -46,6 +54,10 @@ def walk_files(
                 continue
             try:
                 if entry.is_dir():
+                    target = Path(entry.path).resolve() if entry.is_symlink() else None
+                    if fence is not None and target is not None and not target.is_relative_to(fence):
+                        on_problem(entry.path, f"folder symlink to {target}, outside {fence}: not followed")
+                        continue
                     subdirs.append(Path(entry.path))
                     continue
                 if suffixes is not None and not entry.name.lower().endswith(suffixes):
@@ -60,15 +72,10 @@ def walk_files(
 
 
 def _not_regular(path: str) -> str:
-    try:
-        os.stat(path)
-    except FileNotFoundError:
-        return "broken symlink (target missing)"
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            return "symlink loop"
-        return f"cannot read ({err.strerror or err})"
-    return "special file (not a regular file or folder)"
+    kind = file_kind(path) or "not a regular file"
+    if kind.startswith(("a broken symlink", "a symlink loop", "unreadable")):
+        return kind.removeprefix("a ")
+    return f"special file: {kind}, not a regular file or folder"
 
 
 def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -95,8 +102,10 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[st
         if top.is_dir():
             for path in walk_files(top, report, suffixes=IMAGE_EXTENSIONS):
                 add(path)
-        elif top.is_file() or top.is_symlink():
+        elif top.is_file():
             add(top)
+        elif os.path.lexists(top):
+            problems.append((str(top), _not_regular(str(top))))
         else:
             problems.append((str(top), "no such file or folder"))
     return found, problems

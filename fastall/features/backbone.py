@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
 from fastall.errors import FastallError, WeightsUnavailable
+from fastall.system.files import file_kind
 
 FEATURE_DIM = 2048
 TORCHVISION_WEIGHTS = {
@@ -139,15 +140,18 @@ def _torchvision_state(name: str) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def _file_state(path: Path) -> dict:
-    if not path.is_file():
-        raise WeightsUnavailable(
-            f"{path}: weights file not found (use imagenet1k_v1, imagenet1k_v2, a .pth path or none)"
-        )
+    kind = file_kind(path)
+    if kind is not None:
+        what = "weights file not found" if kind == "no such file" else f"is {kind}, not a weights file"
+        raise WeightsUnavailable(f"{path}: {what} (use imagenet1k_v1, imagenet1k_v2, a .pth file or none)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad weights file
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise WeightsUnavailable(f"{path}: not a loadable state dict ({first[:200]})") from None
+        first = str(err).splitlines()[0].strip() if str(err) else ""
+        detail = f" ({first[:160]})" if first and not first.isdigit() else ""
+        raise WeightsUnavailable(
+            f"{path}: not a PyTorch weights file (a ResNet-50 state dict saved with torch.save){detail}"
+        ) from None
     if not isinstance(state, dict):
         raise WeightsUnavailable(f"{path}: holds a {type(state).__name__}, expected a state dict")
     return state

@@ -13,9 +13,13 @@ Layout (plain h5py / h5dump can read it)::
                                     without the fill columns reads as black fill)
     done         bool    [N]        all true in a complete cache
     skipped      str     [S, 2]     (path, reason) of images left out with --skip-bad
+    content_hash str     [N]        hash of each image file's bytes as decoded (absent in older caches)
+    file_size    int64   [N]        its size in bytes      } the cheap first check of whether a file
+    file_mtime_ns int64  [N]        its mtime in ns        } changed since (absent in older caches)
 
-Attributes: schema_version, key, key_params (JSON of every parameter that changes the features), provenance
-(fastall/torch/torchvision versions, device, created, data_root) and view_param_names.
+Attributes: schema_version, key, key_params (JSON of every parameter that changes the features, with
+``content_fingerprint``: sha256 over every row's path, label, patient, source and content hash), provenance
+(fastall/torch/torchvision versions, device, created, data_root), view_param_names, content_hash_algorithm.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from typing import Any, BinaryIO
 import h5py
 import numpy as np
 
+from fastall.data.fingerprint import ALGORITHM, Stamp
 from fastall.errors import CacheError
+from fastall.features import cache_checks
 from fastall.features.viewparams import upgrade_view_params
-from fastall.system.files import atomic_write, check_free_space, describe_write_error
+from fastall.system.files import atomic_write, check_free_space, describe_write_error, file_kind
 
 SCHEMA_VERSION = 1
 REQUIRED = ("features", "labels", "class_names", "patient", "path", "source", "view_params", "done")
@@ -75,6 +81,9 @@ class FeatureCache:
     attrs: dict[str, Any]
     key_params: dict[str, Any]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    content_hashes: np.ndarray | None = None
+    file_sizes: np.ndarray | None = None
+    file_mtimes: np.ndarray | None = None
 
     @property
     def key(self) -> str:
@@ -125,13 +134,26 @@ def write_cache(
     key_params: dict[str, Any],
     provenance: dict[str, Any],
     skipped: list[tuple[str, str]] = (),
+    stamps: list[Stamp] | None = None,
 ) -> Path:
     """Write a complete cache atomically (:func:`~fastall.system.files.atomic_write`), after checking that the
-    disk has room for it; a full disk is a one-line CacheError, and leaves no temporary file."""
+    disk has room for it; a full disk is a one-line CacheError, and leaves no temporary file.
+
+    With ``stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
+    ``content_fingerprint`` (over every row) joins the key parameters."""
     path = Path(path)
     n = len(labels)
     if features.shape[0] != n or view_params.shape[:2] != features.shape[:2]:
         raise CacheError(f"{path}: inconsistent shapes {features.shape} / {view_params.shape} / {n} labels")
+    key_params = {
+        k: v for k, v in key_params.items() if k != "content_fingerprint"
+    }  # this file's rows decide
+    if stamps is not None:
+        hashes = [s.hash for s in stamps]
+        key_params = {
+            **key_params,
+            "content_fingerprint": cache_checks.rows_fingerprint(paths, labels, patients, sources, hashes),
+        }
     needed = expected_cache_bytes(features.shape, view_params.shape, [*patients, *paths, *sources])
 
     def write(fh: BinaryIO) -> None:
@@ -159,6 +181,11 @@ def write_cache(
             f.attrs["key_params"] = json.dumps(key_params, sort_keys=True, default=str)
             f.attrs["view_param_names"] = json.dumps(list(view_param_names))
             f.attrs["feature_dim"] = int(features.shape[2])
+            if stamps is not None:
+                f.create_dataset("content_hash", data=hashes, dtype=_STR)
+                f.create_dataset("file_size", data=np.array([s.size for s in stamps], dtype=np.int64))
+                f.create_dataset("file_mtime_ns", data=np.array([s.mtime_ns for s in stamps], dtype=np.int64))
+                f.attrs["content_hash_algorithm"] = ALGORITHM
             for name, value in {**key_params, **provenance}.items():
                 f.attrs[name] = _attr(value)
 
@@ -215,6 +242,9 @@ def read_cache(
 
 
 def _open_cache(path: Path, load_features: bool) -> FeatureCache:
+    kind = file_kind(path)
+    if kind is not None and kind != "no such file":
+        raise CacheError(f"{path}: is {kind}, not a cache file")
     if not path.is_file():
         partial = path.with_name(path.name + ".partial")
         hint = (
@@ -237,7 +267,9 @@ def _open_cache(path: Path, load_features: bool) -> FeatureCache:
 
 
 def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
-    version = f.attrs.get("schema_version")
+    cache_checks.check_links(path, f)
+    attrs = cache_checks.read_attrs(path, f)
+    version = attrs.get("schema_version")
     if version is None:
         raise CacheError(f"{path}: not a fastall cache (no schema_version attribute)")
     if int(version) != SCHEMA_VERSION:
@@ -260,29 +292,58 @@ def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
     for name in ("patient", "path", "source"):
         if f[name].shape != (n,):
             raise CacheError(f"{path}: dataset {name!r} has shape {f[name].shape}, expected ({n},)")
+    key_params = json.loads(attrs["key_params"])
+    cache_checks.check_dims(path, f, attrs, key_params)
     if not bool(np.all(f["done"][()])):
         raise CacheError(f"{path}: cache is incomplete ({int(np.sum(~f['done'][()]))} rows not done)")
-    key_params = json.loads(f.attrs["key_params"])
-    if cache_key(key_params) != f.attrs["key"]:
+    if cache_key(key_params) != attrs["key"]:
         raise CacheError(f"{path}: cache key does not match its recorded parameters (file was altered)")
     labels = f["labels"][()].astype(np.int64)
     class_names = list(f["class_names"].asstr()[()])
     if labels.size and (labels.max() >= len(class_names) or labels.min() < -1):
         raise CacheError(f"{path}: labels out of range for {len(class_names)} classes")
-    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    paths = np.asarray(f["path"].asstr()[()], dtype=object)
+    cache_checks.check_paths(path, paths)
+    patients = np.asarray(f["patient"].asstr()[()], dtype=object)
+    sources = np.asarray(f["source"].asstr()[()], dtype=object)
+    stamps = _stamps(path, f, n)
+    if "content_fingerprint" in key_params:
+        hashes = stamps[0] if stamps else [""] * n
+        fingerprint = cache_checks.rows_fingerprint(paths, labels, patients, sources, hashes)
+        if fingerprint != key_params["content_fingerprint"]:
+            raise CacheError(
+                f"{path}: the rows (paths, labels, patients, sources, content hashes) do not match the "
+                "recorded content_fingerprint (file was altered)"
+            )
     skipped = [tuple(row) for row in f["skipped"].asstr()[()]] if "skipped" in f else []
-    view_params, names = upgrade_view_params(f["view_params"][()], json.loads(f.attrs["view_param_names"]))
+    features = feats[()] if load_features else np.empty((0, 0, 0), dtype=np.float16)
+    if load_features:
+        cache_checks.check_finite(path, features, paths)
+    view_params, names = upgrade_view_params(f["view_params"][()], json.loads(attrs["view_param_names"]))
     return FeatureCache(
         path=path,
-        features=feats[()] if load_features else np.empty((0, 0, 0), dtype=np.float16),
+        features=features,
         labels=labels,
         class_names=class_names,
-        patients=np.asarray(f["patient"].asstr()[()], dtype=object),
-        paths=np.asarray(f["path"].asstr()[()], dtype=object),
-        sources=np.asarray(f["source"].asstr()[()], dtype=object),
+        patients=patients,
+        paths=paths,
+        sources=sources,
         view_params=view_params,
         view_param_names=names,
         attrs=attrs,
         key_params=key_params,
         skipped=skipped,
+        **dict(zip(("content_hashes", "file_sizes", "file_mtimes"), stamps or (None,) * 3, strict=True)),
     )
+
+
+def _stamps(path: Path, f: h5py.File, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(content_hash, file_size, file_mtime_ns)`` of every row, or None for a cache without them."""
+    names = ("content_hash", "file_size", "file_mtime_ns")
+    if not all(name in f for name in names):
+        return None
+    for name in names:
+        if f[name].shape != (n,):
+            raise CacheError(f"{path}: dataset {name!r} has shape {f[name].shape}, expected ({n},)")
+    hashes = np.asarray(f["content_hash"].asstr()[()], dtype=object)
+    return hashes, f["file_size"][()].astype(np.int64), f["file_mtime_ns"][()].astype(np.int64)

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from fastall.data.fingerprint import Stamp
 from fastall.errors import CacheError, FastallError
+from fastall.features import content
 from fastall.features.augment import VIEW_PARAM_NAMES, parse_fill
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache
@@ -109,6 +111,9 @@ def extract_distributed(
             if env.is_main:
                 stack.enter_context(cache_lock(out, warn=note))
                 existing = _existing_matches(out, key_params, overwrite)
+                if existing:  # a changed image is refused (--update runs without torchrun)
+                    old = read_cache(out, load_features=False)
+                    content.check_cache(out, old, ds.records, verify=False, update=False, note=note)
             state: dict[str, Any] = {"error": None, "key_params": key_params, "existing": existing}
         except FastallError as err:
             state = {"error": str(err)}
@@ -138,6 +143,7 @@ def extract_distributed(
                 claim_layout(base, env.world, overwrite)
                 _open_partial(store, key_params, overwrite, lambda m: note(m, True))
                 done, bad = store.load(len(records), views, dim, warn=lambda m: note(m, True))
+                content.check_partial(store, records, list(done), verify=False, update=False, note=note)
                 todo = [i for i in mine if i not in done and i not in bad]
                 state = {"error": None, "resumed": len(done), "todo": len(todo), "bad": len(bad)}
             except FastallError as err:
@@ -208,10 +214,11 @@ def _agree(states: list[dict[str, Any]], rank: int) -> None:
 
 def join_shards(
     group: Group, store: PartialStore, n: int, views: int, dim: int, key: str
-) -> tuple[list[int], np.ndarray, np.ndarray, dict[int, str]] | None:
+) -> tuple[list[int], np.ndarray, np.ndarray, dict[int, str], dict[int, Stamp]] | None:
     """Every rank's finished rows gathered on rank 0, checked and put in index order.
 
-    Rank 0 gets ``(rows, features [N, V, D], params [N, V, P], skipped {index: reason})``; the others None.
+    Rank 0 gets ``(rows, features [N, V, D], params [N, V, P], skipped {index: reason}, content stamps
+    {index: Stamp})``; the others None.
     Every rank raises the same :class:`CacheError` when the shards do not cover each image exactly once, or
     hold another cache key or shape.
     """
@@ -223,6 +230,7 @@ def join_shards(
         "rows": rows,
         "bad": bad,
         "shapes": [[views, dim], [views, n_params]],
+        "stamps": {i: s.as_ints() for i, s in store.stamps().items()},
     }
     parts = group.all_gather(mine)
     problem = coverage_problem(parts, n, key)
@@ -245,7 +253,8 @@ def join_shards(
         at = np.searchsorted(every, np.asarray(part["rows"], dtype=np.int64))
         features[at], view_params[at] = f, p
     skipped = {i: reason for part in parts for i, reason in part["bad"].items()}
-    return every.tolist(), features, view_params, skipped
+    stamps = {i: Stamp.from_ints(row) for part in parts for i, row in part.get("stamps", {}).items()}
+    return every.tolist(), features, view_params, skipped, stamps
 
 
 def coverage_problem(parts: list[dict[str, Any]], n: int, key: str) -> str | None:

@@ -19,8 +19,9 @@ import torchvision
 
 from fastall import __version__
 from fastall.data.discover import Record, discover
-from fastall.data.fingerprint import dataset_fingerprint
+from fastall.data.fingerprint import Stamp, dataset_fingerprint
 from fastall.errors import CacheError, FastallError
+from fastall.features import content
 from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES, parse_fill
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
@@ -103,7 +104,7 @@ def _existing_matches(out: Path, key_params: dict[str, Any], overwrite: bool) ->
             f"{out} exists but is not a valid cache ({str(err).removeprefix(str(out) + ': ')}); "
             "use --overwrite to replace it"
         ) from None
-    if old.key == cache_key(key_params):
+    if cache_key(content.run_params(old.key_params)) == cache_key(key_params):
         return True
     if not overwrite:
         diffs = "; ".join(diff_params(old.key_params, key_params))
@@ -178,12 +179,17 @@ def extract(
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
     scratch: str | Path | None = None,
+    update: bool = False,
+    verify_content: bool = False,
 ) -> ExtractSummary:
     """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
 
     ``precision``: auto (bf16 where the device computes it natively, else fp32), fp32, bf16 or fp16;
     ``amp``/``amp_dtype`` are its older aliases. The precision used is in the cache key. ``fill``
     (:data:`fastall.features.augment.FILL_FORMS`) fills the corners that rotation and zoom uncover.
+    Images whose file changed since their features were computed are refused, or recomputed with
+    ``update`` (:mod:`fastall.features.content`); ``verify_content`` hashes every file, not only those
+    whose size or mtime changed.
     """
     start = time.perf_counter()
     warnings: list[str] = []
@@ -203,6 +209,7 @@ def extract(
     _check_out(out, scratch)
     ds = _dataset(data, include, patient_regex, note)
     records = ds.records
+    content.views_warning(views, len(records), note)
     with cache_lock(out, warn=note):
         model, info = load_backbone(weights, seed=seed)
         for message in info.warnings:
@@ -232,17 +239,27 @@ def extract(
             precision=choice.to_dict(),
         )
         store = PartialStore(out, partial_folder(out, scratch))
+        changed: list[int] = []
         if _existing_matches(out, key_params, overwrite):
-            if store.meta() is not None and store.meta().get("key") == summary.key:
-                store.remove()
             old = read_cache(out, load_features=False)
-            summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
-            summary.fills = describe_fills(old.view_params)
-            summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
-            return summary
+            check = dict(verify=verify_content, update=update or overwrite, note=note)
+            changed = content.check_cache(out, old, records, **check)
+            if not changed:
+                if store.meta() is not None and store.meta().get("key") == summary.key:
+                    store.remove()
+                summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
+                summary.fills = describe_fills(old.view_params)
+                summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
+                return summary
+            store.remove()
         claim_layout(store.dir, 1, overwrite)
         _open_partial(store, key_params, overwrite, note)
+        if changed and not overwrite:
+            content.seed_update(store, out, records, changed, note)
         done, bad = store.load(len(records), views, info.feature_dim, warn=note)
+        check = dict(verify=verify_content, update=update, note=note)
+        if content.check_partial(store, records, list(done), **check):
+            done, bad = store.load(len(records), views, info.feature_dim, warn=note)
         todo = [i for i in range(len(records)) if i not in done and i not in bad]
         summary.resumed = len(done)
         if done or bad:
@@ -273,6 +290,9 @@ def extract(
         kill_point("cleanup")
         store.remove()
     final = read_cache(out, load_features=False)
+    summary.key = final.key
+    for message in content.duplicate_warnings(final):
+        note(message)
     summary.images, summary.skipped = final.n_images, final.skipped
     summary.fills = describe_fills(final.view_params)
     summary.computed = final.n_images - summary.resumed
@@ -315,7 +335,7 @@ def _finalize(
     rows = sorted(done)
     features = np.stack([done[i][0] for i in rows]) if rows else None
     params = np.stack([done[i][1] for i in rows]) if rows else None
-    _write(out, records, rows, features, params, bad, class_names, key_params, provenance)
+    _write(out, records, rows, features, params, bad, store.stamps(), class_names, key_params, provenance)
 
 
 def _write(
@@ -325,11 +345,13 @@ def _write(
     features: np.ndarray | None,
     params: np.ndarray | None,
     bad: dict[int, str],
+    stamps: dict[int, Stamp],
     class_names: list[str],
     key_params: dict[str, Any],
     provenance: dict[str, Any],
 ) -> None:
-    """The one cache of ``rows`` (sorted record indices; ``features``/``params`` in that order)."""
+    """The one cache of ``rows`` (sorted record indices; ``features``/``params`` in that order; ``stamps``:
+    the content stamp each row's file was read with)."""
     if not rows:
         raise FastallError(f"none of the {len(records)} images could be decoded; nothing to cache")
     picked = [records[i] for i in rows]
@@ -347,4 +369,5 @@ def _write(
         key_params=key_params,
         provenance=provenance,
         skipped=skipped,
+        stamps=content.row_stamps(stamps, records, rows),
     )

@@ -44,7 +44,8 @@ CHUNK = 32  # images per worker task: the first batch starts at once, little sha
 
 class ImageViews(torch.utils.data.Dataset):
     """Worker side: one image decoded + resized (``ImageFiles``, uint8 ``[3, S, S]``), its fill resolved and
-    its view parameters drawn. An unreadable image comes back as zeros with its message.
+    its view parameters drawn, and the stamp (content hash, size, mtime) of the bytes decoded, as four int64.
+    An unreadable image comes back as zeros with its message.
     """
 
     def __init__(
@@ -56,14 +57,14 @@ class ImageViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.todo)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int, str, torch.Tensor]:
         index = self.todo[k]
-        _, image, error = self.files[k]
+        image, error, stamp = self.files.stamped(k)
         if image is None:
             image = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
         fill = resolve_fill(image[None], self.fill)
         params = torch.from_numpy(draw_view_params(self.seed, [index], self.views, fill)[0])
-        return image, params, index, error or ""
+        return image, params, index, error or "", torch.tensor(stamp.as_ints(), dtype=torch.int64)
 
 
 class _Writer:
@@ -81,6 +82,8 @@ class _Writer:
         params: np.ndarray,
         skipped: list[tuple[int, str]],
         done: Callable[[int], None],
+        stamps: np.ndarray | None = None,
+        paths: list[str] = (),
     ) -> None:
         event = None
         if feats.is_cuda:
@@ -93,7 +96,8 @@ class _Writer:
         def write() -> None:
             if event is not None:
                 event.synchronize()
-            self.store.write_shard(indices, feats.numpy(), params, skipped)
+            check_finite(feats.numpy(), paths)
+            self.store.write_shard(indices, feats.numpy(), params, skipped, stamps=stamps)
             kill_point("shard")
             done(len(indices) + len(skipped))
 
@@ -155,20 +159,40 @@ def run(
     with _progress(len(todo), enabled=progress) as advance:
         try:
             with torch.inference_mode():
-                for x, params, indices, errors in _batches(loader, batch_size, dev):
+                for x, params, indices, errors, stamps in _batches(loader, batch_size, dev):
                     bad = [k for k, e in enumerate(errors) if e]
                     if bad and not skip_bad:
                         raise FastallError(f"{errors[bad[0]]} (use --skip-bad to skip unreadable images)")
                     skipped = [(int(indices[k]), errors[k]) for k in bad]
                     if bad:
                         keep = torch.tensor([k for k, e in enumerate(errors) if not e], dtype=torch.long)
-                        x, params, indices = x[keep.to(dev)], params[keep], indices[keep]
+                        x, params, indices, stamps = (
+                            x[keep.to(dev)],
+                            params[keep],
+                            indices[keep],
+                            stamps[keep],
+                        )
                     feats = _views(model, x, params, size, views, dim, autocast)
-                    writer.submit(indices.numpy(), feats, params.numpy(), skipped, advance)
+                    paths = [records[int(i)].rel_path for i in indices]
+                    writer.submit(
+                        indices.numpy(), feats, params.numpy(), skipped, advance, stamps.numpy(), paths
+                    )
         except BaseException:
             writer.close(raise_errors=False)
             raise
         writer.close()
+
+
+def check_finite(feats: np.ndarray, paths: list[str]) -> None:
+    """Refuse a batch whose features hold NaN or Inf (broken weights, an fp16 overflow), naming an image."""
+    if feats.size and not (np.isfinite(feats.max()) and np.isfinite(feats.min())):
+        rows = np.flatnonzero(~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1))
+        first = paths[int(rows[0])] if len(paths) > rows[0] else f"row {int(rows[0])}"
+        raise FastallError(
+            f"the backbone gave non-finite features (NaN/Inf) for {len(rows)} of {len(feats)} images in a "
+            f"batch, first {first}: the weights hold NaN/Inf or the values overflow float16; nothing of this "
+            "batch was stored"
+        )
 
 
 def _views(
@@ -189,8 +213,8 @@ def _batches(loader: DataLoader, batch_size: int, dev: torch.device) -> Iterator
     """
     parts: list[tuple] = []
     count = 0
-    for images, params, indices, errors in loader:
-        parts.append((images.to(dev, non_blocking=True), params, indices, list(errors)))
+    for images, params, indices, errors, stamps in loader:
+        parts.append((images.to(dev, non_blocking=True), params, indices, list(errors), stamps))
         count += len(errors)
         while count >= batch_size:
             merged = _merge(parts)
@@ -206,11 +230,11 @@ def _batches(loader: DataLoader, batch_size: int, dev: torch.device) -> Iterator
 def _merge(parts: list[tuple]) -> tuple:
     if len(parts) == 1:
         return parts[0]
-    return (
-        torch.cat([p[0] for p in parts]),
-        torch.cat([p[1] for p in parts]),
-        torch.cat([p[2] for p in parts]),
-        [e for p in parts for e in p[3]],
+    return tuple(
+        [e for p in parts for e in p[k]]
+        if isinstance(parts[0][k], list)
+        else torch.cat([p[k] for p in parts])
+        for k in range(len(parts[0]))
     )
 
 

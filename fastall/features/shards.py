@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fastall.data.fingerprint import Stamp
 from fastall.errors import CacheError
 from fastall.system.files import atomic_write, describe_write_error, is_disk_full
 from fastall.system.procs import holder_alive, pid_alive, process_start
@@ -129,8 +130,10 @@ class PartialStore:
         features: np.ndarray,
         view_params: np.ndarray,
         skipped: list[tuple[int, str]] = (),
+        stamps: np.ndarray | None = None,
     ) -> Path:
-        """Record one finished batch: features/params of ``indices`` and the images skipped in it."""
+        """Record one finished batch: features/params of ``indices``, the images skipped in it, and the
+        stamps of the files read (int64 ``[n, 4]``, :class:`~fastall.data.fingerprint.Stamp`)."""
         first = min([int(i) for i in indices] + [i for i, _ in skipped])
         path = self.dir / f"batch-{first:09d}.npz"
         arrays = {
@@ -139,6 +142,9 @@ class PartialStore:
             "view_params": np.asarray(view_params, dtype=np.float32),
             "skipped_index": np.asarray([i for i, _ in skipped], dtype=np.int64),
             "skipped_reason": np.asarray([r for _, r in skipped], dtype=str),
+            "stamps": np.zeros((len(indices), 4), np.int64)
+            if stamps is None
+            else np.asarray(stamps, np.int64),
         }
         self._io(lambda: atomic_write(path, lambda fh: np.savez(fh, **arrays), point="shard-tmp"))
         return path
@@ -171,6 +177,51 @@ class PartialStore:
             for i, reason in zip(bad_idx, reasons, strict=True):
                 skipped.setdefault(int(i), str(reason))
         return done, skipped
+
+    def stamps(self) -> dict[int, Stamp]:
+        """The stamp each finished image was read with (none for shards of an older fastall)."""
+        out: dict[int, Stamp] = {}
+        for shard in sorted(self.dir.glob("batch-*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    if "stamps" not in z.files:
+                        continue
+                    idx, rows = z["indices"], z["stamps"]
+            except (OSError, ValueError, KeyError, EOFError):
+                continue
+            if rows.shape == (len(idx), 4):
+                for i, row in zip(idx, rows, strict=True):
+                    out.setdefault(int(i), Stamp.from_ints(row))
+        return out
+
+    def drop(self, indices: set[int]) -> None:
+        """Forget the finished work of ``indices`` (to recompute them): each shard holding one is rewritten
+        without it, under the name of its new first index, or removed when nothing is left."""
+        for shard in sorted(self.dir.glob("batch-*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    arrays = {name: z[name] for name in z.files}
+            except (OSError, ValueError, KeyError, EOFError):
+                continue
+            keep = np.array([int(i) not in indices for i in arrays["indices"]], dtype=bool)
+            keep_bad = np.array([int(i) not in indices for i in arrays["skipped_index"]], dtype=bool)
+            if keep.all() and keep_bad.all():
+                continue
+            for name in ("indices", "features", "view_params", "stamps"):
+                if name in arrays:
+                    arrays[name] = arrays[name][keep]
+            for name in ("skipped_index", "skipped_reason"):
+                arrays[name] = arrays[name][keep_bad]
+            left = [int(i) for i in (*arrays["indices"], *arrays["skipped_index"])]
+            if left:
+                path = self.dir / f"batch-{min(left):09d}.npz"
+                self._io(
+                    lambda a=arrays, p=path: atomic_write(p, lambda fh: np.savez(fh, **a), point="shard-tmp")
+                )
+                if path != shard:
+                    shard.unlink(missing_ok=True)
+            else:
+                shard.unlink(missing_ok=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

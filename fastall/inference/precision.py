@@ -24,6 +24,8 @@ CALIBRATION_IMAGES = 32
 
 def pick_images(labels: np.ndarray, n: int) -> np.ndarray:
     """About ``n`` labelled images, evenly spread over each class (every class represented)."""
+    if n < 1:
+        raise FastallError(f"--images {n}: check at least 1 image")
     classes = sorted(int(c) for c in np.unique(labels[labels >= 0]))
     if not classes:
         raise FastallError("the cache holds no labelled images to check against")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fastall.data.loader import default_workers, iter_batches
-from fastall.data.walk import find_images
+from fastall.data.walk import IMAGE_EXTENSIONS, find_images
 from fastall.errors import FastallError
 from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.inference.model import LeukemiaClassifier
@@ -32,6 +32,21 @@ class Predictions:
     @property
     def labels(self) -> list[str]:
         return [self.class_names[i] for i in self.probs.argmax(axis=1)] if len(self.paths) else []
+
+
+def check_out(out: str | Path, inputs: Sequence[str | Path]) -> Path:
+    """Refuse an ``--out`` that would overwrite an input (the model, an image) or any image: predictions are
+    a CSV, so an image extension is refused too."""
+    out = Path(out)
+    if out.suffix.lower() in IMAGE_EXTENSIONS:
+        raise FastallError(
+            f"--out {out}: has an image extension; predictions are a CSV (e.g. {out.stem}.csv)"
+        )
+    if any(out.resolve() == Path(raw).resolve() for raw in inputs):
+        raise FastallError(f"--out {out}: is one of the inputs; write the predictions elsewhere")
+    if out.is_dir():
+        raise FastallError(f"--out {out}: is a folder; give a file name such as {out / 'predictions.csv'}")
+    return out
 
 
 def predict_paths(
@@ -59,7 +74,8 @@ def predict_paths(
     for path, reason in problems if share[0] == 0 else ():
         _bad(f"{path}: {reason}", path, reason, skipped, skip_bad, on_problem)
     if not paths:
-        raise FastallError(f"no image files found in {', '.join(map(str, inputs))}")
+        first = f" ({problems[0][0]}: {problems[0][1]})" if problems else ""
+        raise FastallError(f"no image files found in {', '.join(map(str, inputs))}{first}")
     order = range(share[0], len(paths), share[1])
     workers = default_workers(model.device) if workers is None else workers
     out_paths, out_probs = [], [np.empty((0, len(model.class_names)), dtype=np.float32)]

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any, BinaryIO
 from fastall.system.procs import pid_alive
 
 KILL_ENV, PAUSE_ENV, ENOSPC_ENV = "FASTALL_TEST_KILL_AT", "FASTALL_TEST_PAUSE_AT", "FASTALL_TEST_ENOSPC_AT"
+INTERRUPT_ENV = "FASTALL_TEST_INTERRUPT_AT"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _kill_hits: Counter[str] = Counter()
 
@@ -32,7 +34,10 @@ _kill_hits: Counter[str] = Counter()
 def kill_point(name: str) -> None:
     """Test hooks: ``FASTALL_TEST_KILL_AT=name[:n]`` SIGKILLs this process the n-th time it passes ``name``
     (``shard-tmp``, ``shard``, ``finalize``, ``cache-tmp``, ``cleanup``, ``publish-old``, ``publish-new``);
-    ``FASTALL_TEST_PAUSE_AT`` sleeps there instead, for a test to kill it from outside."""
+    ``FASTALL_TEST_PAUSE_AT`` sleeps there instead, for a test to kill it from outside;
+    ``FASTALL_TEST_INTERRUPT_AT`` raises KeyboardInterrupt there (a Ctrl-C)."""
+    if os.environ.get(INTERRUPT_ENV) == name:
+        raise KeyboardInterrupt
     specs = {env: os.environ.get(env) for env in (KILL_ENV, PAUSE_ENV)}
     if not any(specs.values()):
         return
@@ -274,3 +279,48 @@ def describe_write_error(err: BaseException, folder: str | Path | None = None) -
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def kind_of_mode(mode: int) -> str | None:
+    """None for a regular file, else what ``mode`` (an ``st_mode``) is, in words: "a named pipe (FIFO)"."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def file_kind(path: str | Path) -> str | None:
+    """None when ``path`` is a regular file (after symlinks); else what it is, in a few words: "no such
+    file", "a folder", "a named pipe (FIFO)", "a broken symlink (target missing)", "a symlink loop"...
+    Never opens ``path``, so a FIFO or a device cannot block."""
+    try:
+        return kind_of_mode(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return "a broken symlink (target missing)" if os.path.islink(path) else "no such file"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink loop"
+        return f"unreadable ({err.strerror or err})"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a regular file for reading without ever blocking: a FIFO, socket or device is refused with an
+    ``OSError`` whose ``strerror`` says what it is (``open()`` on a FIFO waits forever for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        kind = kind_of_mode(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

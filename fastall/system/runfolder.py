@@ -83,8 +83,9 @@ def _remove_stale(out: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse OUT before any work starts: a complete fastall folder (unless ``overwrite``), anything else.
+def check_target(out: Path, overwrite: bool, kind: str | None = None) -> None:
+    """Refuse OUT before any work starts: a complete fastall folder (unless ``overwrite``; never one of
+    another ``kind``, such as a train-head run under a sweep), anything else.
 
     A previous complete folder left beside a missing OUT by a crash is put back first (:func:`recover`), and
     what dead processes left beside it is swept.
@@ -101,6 +102,11 @@ def check_target(out: Path, overwrite: bool) -> None:
     if fmt is None:
         raise FastallError(
             f"{out}: exists and is not a fastall run folder: choose another --out (it is never overwritten)"
+        )
+    if kind is not None and fmt != kind:
+        raise FastallError(
+            f"{out}: holds a {fmt} folder, not a {kind} one: --overwrite replaces only a folder of the same "
+            "kind; choose another --out"
         )
     if not overwrite:
         raise FastallError(
@@ -122,6 +128,7 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         raise FastallError(f"{out}: cannot create the output folder: {err.strerror or err}") from None
     try:
         yield tmp
+        kill_point("run-folder")
         if disk_full_point("run-folder"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fsync_tree(tmp)
@@ -139,8 +146,9 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
 
 
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename ``tmp`` onto OUT; a complete OUT is first moved aside to ``OUT.old-<pid>`` (see the module)."""
-    check_target(out, overwrite)
+    """Rename ``tmp`` onto OUT; a complete OUT is first moved aside to ``OUT.old-<pid>`` (see the module).
+    A complete OUT of another kind than ``tmp`` (a run under a sweep) is never replaced."""
+    check_target(out, overwrite, _fastall_format(tmp))
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():

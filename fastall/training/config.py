@@ -12,6 +12,8 @@ import torch
 from fastall.errors import FastallError
 from fastall.training.hparams import HParam, hparam, hparams_of
 
+MAX_LR, MAX_WEIGHT_DECAY, MAX_HIDDEN, MAX_EPOCHS, MAX_BATCH = 1.0, 1.0, 65536, 10000, 65536
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -24,23 +26,43 @@ class HeadConfig:
     train-head command are generated from these declarations.
     """
 
-    lr: float = hparam(1e-4, "Adam learning rate.", check=lambda v: v > 0, rule="must be > 0", log=True)
+    lr: float = hparam(
+        1e-4,
+        "Adam learning rate.",
+        check=lambda v: 0 < v <= MAX_LR,
+        rule=f"must be a finite number in (0, {MAX_LR:g}]",
+        log=True,
+    )
     weight_decay: float = hparam(
-        0.0, "Adam L2 weight decay.", check=lambda v: v >= 0, rule="must be >= 0", log=True
+        0.0,
+        "Adam L2 weight decay.",
+        check=lambda v: 0 <= v <= MAX_WEIGHT_DECAY,
+        rule=f"must be a finite number in [0, {MAX_WEIGHT_DECAY:g}]",
+        log=True,
     )
     dropout: float = hparam(
         0.5, "Dropout before the output layer.", check=lambda v: 0 <= v < 1, rule="must be in [0, 1)"
     )
-    hidden: int = hparam(512, "Hidden units of the head.", check=lambda v: v >= 1, rule="must be >= 1")
-    epochs: int = hparam(
-        5, "Training epochs (the most, with --patience).", check=lambda v: v >= 1, rule="must be >= 1"
+    hidden: int = hparam(
+        512,
+        "Hidden units of the head.",
+        check=lambda v: 1 <= v <= MAX_HIDDEN,
+        rule=f"must be in 1..{MAX_HIDDEN}",
     )
-    batch_size: int = hparam(32, "Images per step.", check=lambda v: v >= 1, rule="must be >= 1")
+    epochs: int = hparam(
+        5,
+        "Training epochs (the most, with --patience).",
+        check=lambda v: 1 <= v <= MAX_EPOCHS,
+        rule=f"must be in 1..{MAX_EPOCHS}",
+    )
+    batch_size: int = hparam(
+        32, "Images per step.", check=lambda v: 1 <= v <= MAX_BATCH, rule=f"must be in 1..{MAX_BATCH}"
+    )
     patience: int | None = hparam(
         None,
         "Early stopping on validation loss (best kept).",
-        check=lambda v: v >= 1,
-        rule="must be >= 1",
+        check=lambda v: 1 <= v <= MAX_EPOCHS,
+        rule=f"must be in 1..{MAX_EPOCHS}",
     )
     plateau_factor: float = hparam(
         0.1, "ReduceLROnPlateau factor.", check=lambda v: 0 < v <= 1, rule="must be in (0, 1]"
@@ -87,6 +109,7 @@ class TrainOptions:
     overwrite: bool = False
     progress: bool = True
     report: bool = True
+    dedupe: bool = False
     console: Console | None = field(default=None, compare=False, repr=False)
 
 

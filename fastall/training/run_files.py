@@ -29,6 +29,7 @@ from fastall.head import Head
 from fastall.reporting.provenance import command_line
 from fastall.system.jsonable import plain
 from fastall.training.config import HISTORY_KEYS, HeadConfig, HeadResult
+from fastall.training.divergence import diverged, metrics_or_nan
 from fastall.training.metrics import PAPER_CV, PAPER_TEST, classification_metrics, summarize
 from fastall.training.splits import fold_table
 from fastall.training.uncertainty import metrics_with_ci, pooled_with_ci
@@ -58,13 +59,17 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
             "val_loss": r.val_loss,
             "val_loss_history": r.val_loss_history,
             "lr_history": r.lr_history,
-            **classification_metrics(labels[val], r.probs["val"], k),
+            **metrics_or_nan(labels[val], r.probs["val"], k),
+            "diverged": diverged(r),
         }
         if tta:
-            row["tta"] = classification_metrics(labels[val], r.probs["val_tta"], k)
+            row["tta"] = metrics_or_nan(labels[val], r.probs["val_tta"], k)
             fold_tta.append(row["tta"])
         fold_rows.append(row)
     final = next(r for r in results if r.final)
+    pooled = [
+        (prep.splits.folds[r.fold][1], r.probs["val"]) for r in results if not r.final and not diverged(r)
+    ]
     summary = summarize(fold_rows)
     if tta:
         summary["tta"] = summarize(fold_tta)
@@ -98,13 +103,9 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
         },
         "folds": fold_rows,
         "summary": summary,
-        "pooled": pooled_with_ci(
-            labels,
-            prep.cache.patients,
-            [(prep.splits.folds[r.fold][1], r.probs["val"]) for r in results if not r.final],
-            k,
-            seed=config["seed"],
-        ),
+        "pooled": pooled_with_ci(labels, prep.cache.patients, pooled, k, seed=config["seed"])
+        if pooled
+        else None,
         "final_head": {
             "epochs": final.best_epoch,
             "lr_history": final.lr_history,
@@ -137,7 +138,7 @@ def _test_metrics(prep: Prepared, results: list[HeadResult], tta: bool, seed: in
         return None
     y, k, patients = prep.cache.labels[rows], prep.data.classes, prep.cache.patients[rows]
     final = next(r for r in results if r.final)
-    folds = [r for r in results if not r.final]
+    folds = [r for r in results if not r.final and not diverged(r)] or [final]  # a diverged head never votes
     out = {
         "images": int(rows.size),
         "final": metrics_with_ci(y, final.probs["test"], patients, k, seed=seed),
@@ -183,7 +184,8 @@ def _score(prob: np.ndarray) -> np.ndarray:
 
 
 def write_predictions(path: Path, prep: Prepared, results: list[HeadResult], tta: bool) -> None:
-    """Out-of-fold validation predictions of the pool, and the final head and ensemble on the test set."""
+    """Out-of-fold validation predictions of the pool, and the final head and ensemble on the test set (a
+    diverged fold head's rows are left out and it takes no part in the ensemble)."""
     c = prep.cache
     fields = [
         "path",
@@ -197,6 +199,7 @@ def write_predictions(path: Path, prep: Prepared, results: list[HeadResult], tta
     ]
     fields += ["probability_tta", "probability_ensemble_tta"] if tta else []
     lines = []
+    results = [r for r in results if r.final or not diverged(r)]
     for r in (r for r in results if not r.final):
         rows = prep.splits.folds[r.fold][1]
         extra = {"probability_tta": _score(r.probs["val_tta"])} if tta else {}

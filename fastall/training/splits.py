@@ -134,8 +134,11 @@ def _check_patients_per_class(
         )
 
 
-def audit_splits(splits: Splits, patients: np.ndarray) -> list[dict]:
-    """Raise :class:`LeakageError` if a patient is in two of train/val/test in any fold; else audit rows."""
+def audit_splits(splits: Splits, patients: np.ndarray, hashes: np.ndarray | None = None) -> list[dict]:
+    """Raise :class:`LeakageError` if a patient is in two of train/val/test in any fold; else audit rows.
+
+    With the cache's content ``hashes`` each row also counts the validation and test images whose bytes are
+    identical to a training image's (``identical_content_val``, ``identical_content_test``)."""
     patients = np.asarray(patients, dtype=object)
     test_p = set(patients[splits.test])
     rows = []
@@ -167,6 +170,11 @@ def audit_splits(splits: Splits, patients: np.ndarray) -> list[dict]:
                 "shared_patients": 0,
             }
         )
+        if hashes is not None:
+            hashes = np.asarray(hashes, dtype=object)
+            for name, part, against in (("val", val, train), ("test", splits.test, splits.pool)):
+                seen = set(hashes[against]) - {""}
+                rows[-1][f"identical_content_{name}"] = int(sum(h in seen for h in hashes[part]))
     return rows
 
 

@@ -27,9 +27,10 @@ from fastall.reporting.tables import fmt
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult, TrainOptions
+from fastall.training.divergence import diverged, metrics_or_nan
 from fastall.training.engine import train_stacks
 from fastall.training.grid import Range, expand, parse_grid, sample
-from fastall.training.metrics import classification_metrics, summarize
+from fastall.training.metrics import summarize
 from fastall.training.train_head import Prepared, prepare
 
 SWEEP_FORMAT, SWEEP_VERSION = "fastall-sweep", 1
@@ -75,7 +76,7 @@ def sweep(
         grid = text
     spec = parse_grid(grid, allow_ranges=bool(random)) if isinstance(grid, str) else grid
     configs = sample(spec, random, options.seed) if random else expand(spec)
-    check_target(Path(out).absolute(), options.overwrite)
+    check_target(Path(out).absolute(), options.overwrite, kind=SWEEP_FORMAT)
     prep = prepare(cache_path, options)
     t0 = time.perf_counter()
     with _GroupProgress(options.progress, options.console, configs) as on_progress:
@@ -91,7 +92,9 @@ def sweep(
     train_s = time.perf_counter() - t0
     table = _rank(prep, configs, heads, metric)
     varying = [f.name for f in fields(HeadConfig) if len({getattr(c, f.name) for c in configs}) > 1]
-    best = table[0]
+    best = next((row for row in table if not row["diverged"]), None)
+    if best is None:
+        raise FastallError("every configuration diverged (the loss became NaN/Inf): lower lr or weight_decay")
     results = {
         "format": SWEEP_FORMAT,
         "format_version": SWEEP_VERSION,
@@ -176,22 +179,25 @@ def _rank(prep: Prepared, configs: list[HeadConfig], heads: list[HeadResult], me
     for i, cfg in enumerate(configs):
         per_fold = []
         for r in (h for h in heads if h.config == i):
-            m = classification_metrics(labels[prep.splits.folds[r.fold][1]], r.probs["val"], k, detail=False)
+            m = metrics_or_nan(labels[prep.splits.folds[r.fold][1]], r.probs["val"], k, detail=False)
             per_fold.append(
                 {
                     "fold": r.fold,
+                    "diverged": diverged(r),
                     "val_loss": r.val_loss,
                     "best_epoch": r.best_epoch,
                     **{n: m[n] for n in FOLD_METRICS},
                 }
             )
         summary = summarize(per_fold, ("val_loss", *FOLD_METRICS))
-        rows.append({"config": i, "params": asdict(cfg), "summary": summary, "folds": per_fold})
+        gone = any(f["diverged"] for f in per_fold)  # marked, ranked last, never recommended
+        row = {"config": i, "params": asdict(cfg), "summary": summary, "folds": per_fold, "diverged": gone}
+        rows.append(row)
 
     def key(row: dict) -> tuple:
         s = row["summary"]
         score = s[metric] if math.isfinite(s[metric]) else -math.inf
-        return (-score, s["val_loss"], row["config"])
+        return (row["diverged"], -score, s["val_loss"], row["config"])
 
     rows.sort(key=key)
     for rank, row in enumerate(rows, 1):
@@ -215,6 +221,7 @@ def _write_csv(path: Path, table: list[dict]) -> None:
         "config",
         *names,
         "fold",
+        "diverged",
         "val_loss",
         "best_epoch",
         "accuracy",
@@ -247,7 +254,7 @@ def print_sweep(result: SweepResult, console: Console | None = None, top: int = 
         s, p = row["summary"], row["params"]
         params = (f"{p[n]:.3g}" if isinstance(p[n], float) else str(p[n]) for n in varying)
         table.add_row(
-            str(row["rank"]),
+            str(row["rank"]) + (" diverged" if row.get("diverged") else ""),
             *params,
             fmt(s[metric], metric == "accuracy", s[f"{metric}_std"]),
             fmt(s["accuracy"], True),

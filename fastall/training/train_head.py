@@ -25,7 +25,9 @@ from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training import run_files
 from fastall.training.config import HeadConfig, StackData, TrainOptions, split_keywords
+from fastall.training.divergence import check_divergence
 from fastall.training.engine import train_stacks
+from fastall.training.hygiene import check_rows, content_leak_notes
 from fastall.training.patients import run_patient_level
 from fastall.training.splits import Splits, audit_splits, make_splits
 
@@ -42,11 +44,12 @@ class Prepared:
     precision: str
     load_s: float
     precision_record: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
     """Read the cache once (float16), split by patient (``options``: folds, test, holdout, seed), audit, and
-    put the features on the device."""
+    put the features on the device (``options.dedupe``: one copy of byte-identical images, ``hygiene``)."""
     dev = resolve_device(options.device)
     choice = decide_precision(options.precision, dev, allowed=("fp32", "bf16"))
     prec = choice.precision
@@ -54,6 +57,7 @@ def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
     cache = read_cache(cache_path)
     if cache.n_images == 0:
         raise FastallError(f"{cache.path}: the cache holds no images")
+    cache, notes = check_rows(cache, dedupe=options.dedupe)
     splits = make_splits(
         cache.labels,
         cache.patients,
@@ -64,11 +68,13 @@ def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
         seed=options.seed,
         class_names=cache.class_names,
     )
-    audit = audit_splits(splits, cache.patients)
+    audit = audit_splits(splits, cache.patients, cache.content_hashes)
+    notes += content_leak_notes(audit)
     features = torch.from_numpy(np.ascontiguousarray(cache.features))
     features = features.to(dev) if dev.type != "cpu" else features
     data = StackData(features, cache.labels, len(cache.class_names), splits.folds, splits.pool, splits.test)
-    return Prepared(cache, splits, audit, data, dev, prec, time.perf_counter() - t0, choice.record())
+    load_s = time.perf_counter() - t0
+    return Prepared(cache, splits, audit, data, dev, prec, load_s, choice.record(), notes)
 
 
 @dataclass
@@ -113,6 +119,10 @@ def train_head(
     out = Path(out)
     check_target(out.absolute(), options.overwrite)
     prep = prepare(cache_path, options)
+    console = options.console
+    warn = None if console is None else lambda m: console.print(f"[yellow]Warning:[/] {m}", soft_wrap=True)
+    for note in prep.notes if warn else ():
+        warn(note)
     t0 = time.perf_counter()
     with _EpochProgress(options.progress, options.console, config.epochs) as on_progress:
         results = train_stacks(
@@ -125,6 +135,7 @@ def train_head(
             progress=on_progress,
         )
     train_s = time.perf_counter() - t0
+    check_divergence(results, config.lr, config.weight_decay, warn)
     run_config = {
         "folds": options.folds,
         "test": options.test,
@@ -134,8 +145,10 @@ def train_head(
         "seed": options.seed,
         "device": prep.device.type,
         "precision": prep.precision,
+        **({"dedupe": True} if options.dedupe else {}),
     }
     metrics, made = run_files.run_metrics(prep, results, run_config, options.tta), None
+    metrics["warnings"] = prep.notes
     t0 = time.perf_counter()
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
         run_files.write_head(tmp / "head.pt", prep, results, config, run_config)
