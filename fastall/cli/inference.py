@@ -96,7 +96,13 @@ def verify(
     help="A trained run [a random-init backbone and a random head, timing only].",
 )
 @click.option("--images", type=int, default=32, show_default=True, help="Synthetic 450x450 BMP files.")
-@click.option("--image-size", type=int, default=224, show_default=True, help="Without --run.")
+@click.option("--image-size", type=int, default=None, help="Without --run [the backbone's own size: 224].")
+@click.option(
+    "--backbone",
+    default="resnet50",
+    show_default=True,
+    help="Without --run: the random-init backbone to time (resnet18 ... vit_b_16, as extract).",
+)
 @click.option("--iters", type=int, default=30, show_default=True, help="Timed batch-1 calls.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
 @click.option(
@@ -114,7 +120,8 @@ def bench(
     threads: int | None,
     run: str | None,
     images: int,
-    image_size: int,
+    image_size: int | None,
+    backbone: str,
     iters: int,
     workers: int | None,
     backend: str,
@@ -139,6 +146,7 @@ def bench(
         run=run,
         images=images,
         image_size=image_size,
+        backbone=backbone,
         iters=iters,
         workers=workers,
         backend=backend,

@@ -1,4 +1,4 @@
-"""`fastall extract`: frozen ResNet-50 features of V views per image into a crash-safe HDF5 cache.
+"""`fastall extract`: frozen backbone features of V views per image into a crash-safe HDF5 cache.
 
 This module decides what to compute (key, existing cache, partial work, lock) and assembles the result; the
 device loop is :mod:`fastall.features.loop`, the crash safety :mod:`fastall.features.shards`.
@@ -102,8 +102,8 @@ def key_params_for(
         "weights_sha256": info.sha256,
         "feature_dim": info.feature_dim,
         "image_size": image_size,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(getattr(info, "mean", IMAGENET_MEAN)),
+        "std": list(getattr(info, "std", IMAGENET_STD)),
         "preprocess": PREPROCESS,
         "views": views,
         "augment": AUGMENT_CONFIG,
@@ -177,8 +177,9 @@ def extract(
     out: str | Path,
     *,
     views: int = 8,
-    image_size: int = 224,
-    weights: str = "imagenet1k_v1",
+    image_size: int | None = None,
+    weights: str | None = None,
+    backbone: str = "resnet50",
     device: str = "auto",
     amp: bool = True,
     amp_dtype: str = "bf16",
@@ -192,7 +193,12 @@ def extract(
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
 ) -> ExtractSummary:
-    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``."""
+    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
+
+    ``backbone``: a name of :data:`fastall.features.backbone.BACKBONES`; ``weights``: its torchvision weights
+    (``DEFAULT``, ``IMAGENET1K_V1``, ...), a ``.pth`` state dict or ``none`` [resnet50: imagenet1k_v1, others
+    DEFAULT]; ``image_size``: the weights' own size where None, refused where the model cannot take it.
+    """
     start = time.perf_counter()
     warnings: list[str] = []
 
@@ -201,7 +207,7 @@ def extract(
         if warn is not None:
             warn(message)
 
-    _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
+    _check_args(views, 224 if image_size is None else image_size, seed, batch_size, workers, amp_dtype)
     dev = _device(device)
     out = Path(out)
     if out.is_dir():
@@ -222,7 +228,9 @@ def extract(
         note(message)
     records = ds.records
     with cache_lock(out, warn=note):
-        model, info = load_backbone(weights, seed=seed)
+        model, info = load_backbone(weights, seed=seed, backbone=backbone)
+        image_size = info.natural_size if image_size is None else image_size
+        info.check_size(image_size)
         for message in info.warnings:
             note(message)
         key_params = key_params_for(
@@ -271,6 +279,8 @@ def extract(
                 size=image_size,
                 views=views,
                 dim=info.feature_dim,
+                mean=info.mean,
+                std=info.std,
                 seed=seed,
                 amp=AMP_DTYPES[amp_dtype] if amp else None,
                 batch_size=batch_size,
@@ -281,6 +291,8 @@ def extract(
         summary.loop_seconds = time.perf_counter() - loop_start
         kill_point("finalize")
         provenance = _provenance(dev, info, batch_size, workers, data)
+        if todo:
+            provenance["extract_s_per_image"] = summary.loop_seconds / len(todo)
         _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)
         kill_point("cleanup")
         store.remove()
@@ -304,6 +316,7 @@ def _provenance(
         "batch_size": batch_size or 0,
         "workers": -1 if workers is None else workers,
         "weights_source": info.source,
+        "backbone_params": int(getattr(info, "params", 0)),
         "data_root": str(Path(data).resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -9,7 +9,7 @@ shard per batch, so neither the device nor the disk waits for the other.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -128,6 +128,8 @@ def run(
     dim: int,
     seed: int,
     amp: torch.dtype | None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     batch_size: int | None,
     workers: int | None,
     skip_bad: bool,
@@ -160,7 +162,8 @@ def run(
                     if bad:
                         keep = torch.tensor([k for k, e in enumerate(errors) if not e], dtype=torch.long)
                         x, params, indices = x[keep.to(dev)], params[keep], indices[keep]
-                    feats = _views(model, x, params.to(dev, non_blocking=True), size, views, dim, autocast)
+                    p = params.to(dev, non_blocking=True)
+                    feats = _views(model, x, p, size, views, dim, autocast, (mean, std))
                     writer.submit(indices.numpy(), feats, params.numpy(), skipped, advance)
         except BaseException:
             writer.close(raise_errors=False)
@@ -169,12 +172,19 @@ def run(
 
 
 def _views(
-    model: torch.nn.Module, x: torch.Tensor, p: torch.Tensor, size: int, views: int, dim: int, autocast: Any
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    p: torch.Tensor,
+    size: int,
+    views: int,
+    dim: int,
+    autocast: Any,
+    norm: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
 ) -> torch.Tensor:
     """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]``."""
     feats = torch.empty(x.shape[0], views, dim, dtype=torch.float16, device=x.device)
     for v in range(views if x.shape[0] else 0):
-        xv = preprocess(x, size, IMAGENET_MEAN, IMAGENET_STD, p[:, v] if v else None)
+        xv = preprocess(x, size, *norm, p[:, v] if v else None)
         feats[:, v] = _forward(model, xv, autocast).to(torch.float16)
     return feats
 

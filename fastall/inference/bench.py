@@ -31,7 +31,7 @@ from fastall.inference.precision import calibration_pick, try_precision
 from fastall.system.devices import resolve_device
 
 PAPER_CLAIMS_MS = {"cpu": 50.0, "cuda": 10.0}
-RANDOM_LABEL = "random-init ResNet-50 + random head (no --run: timing only, predictions meaningless)"
+RANDOM_LABEL = "random-init {} + random head (no --run: timing only, predictions meaningless)"
 
 
 def machine_info(device: torch.device | str) -> dict[str, Any]:
@@ -64,18 +64,25 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def random_model(image_size: int, device: str = "cpu", seed: int = 0) -> LeukemiaClassifier:
-    """A random-init backbone and a random head (labelled as such in every report)."""
-    from fastall.features.backbone import load_backbone
+def random_model(
+    image_size: int | None, device: str = "cpu", seed: int = 0, backbone: str = "resnet50"
+) -> LeukemiaClassifier:
+    """A random-init ``backbone`` (at ``image_size``, or its own size) and a random head (labelled as such
+    in every report)."""
+    from fastall.features.backbone import get_spec, load_backbone
 
-    backbone, _ = load_backbone("none", seed=seed)
+    model, info = load_backbone("none", seed=seed, backbone=backbone)
+    size = info.natural_size if image_size is None else image_size
+    info.check_size(size)
     torch.manual_seed(seed)
     return LeukemiaClassifier(
-        backbone,
-        Head(),
-        image_size=image_size,
+        model,
+        Head(in_features=info.feature_dim),
+        image_size=size,
         class_names=["hem", "all"],
-        provenance={"label": RANDOM_LABEL},
+        mean=info.mean,
+        std=info.std,
+        provenance={"label": RANDOM_LABEL.format(get_spec(backbone).title), "backbone": backbone},
     ).to(device)
 
 
@@ -221,16 +228,18 @@ def run_bench(
     threads: int | None = None,
     run: str | Path | None = None,
     images: int = 32,
-    image_size: int = 224,
+    image_size: int | None = 224,
     warmup: int = 5,
     iters: int = 30,
     batches: int = 3,
     workers: int | None = None,
     backend: str = "auto",
     model: LeukemiaClassifier | None = None,
+    backbone: str = "resnet50",
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns a JSON-ready dict (``log`` gets progress lines)."""
+    """The whole benchmark; returns a JSON-ready dict (``log`` gets progress lines). Without ``run`` or
+    ``model``: a random-init ``backbone`` at ``image_size`` (None: its own size)."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -248,6 +257,7 @@ def run_bench(
             workers=workers,
             backend=backend,
             model=model,
+            backbone=backbone,
             log=log,
         )
     finally:
@@ -261,18 +271,19 @@ def _run_bench(
     precision: str,
     run: str | Path | None,
     images: int,
-    image_size: int,
+    image_size: int | None,
     warmup: int,
     iters: int,
     batches: int,
     workers: int | None,
     backend: str,
     model: LeukemiaClassifier | None,
+    backbone: str,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     dev = resolve_device(device)
     if model is None:
-        model = load_run(run, device=dev) if run else random_model(image_size, str(dev))
+        model = load_run(run, device=dev) if run else random_model(image_size, str(dev), backbone=backbone)
     workers = default_workers(dev) if workers is None else workers
     with tempfile.TemporaryDirectory(prefix="fastall-bench-") as tmp:
         log(f"writing {images} synthetic 450x450 BMP files")
@@ -295,6 +306,9 @@ def _run_bench(
     return {
         "machine": machine_info(dev),
         "model": model.provenance.get("label") or f"run {run}",
+        "backbone": model.provenance.get("backbone")
+        or model.provenance.get("key_params", {}).get("backbone")
+        or "resnet50",
         "precision": model.precision,
         "backend": model.backend,
         "image_size": model.image_size,
