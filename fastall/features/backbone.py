@@ -33,7 +33,8 @@ class BackboneSpec:
     ``classifier_attr``: dotted path of the final Linear (replaced by Identity, its weights dropped);
     ``gradcam_layer``: dotted path of the Grad-CAM target layer, whose output is ``gradcam_layout``
     (``nchw``, or ``tokens`` ``[B, 1 + H*W, C]`` with a class token first); ``fixed_size``: the model takes
-    one input size only (given by its weights).
+    one input size only (given by its weights); ``calibrated_init``: its random init (``--weights none``)
+    gets BatchNorm statistics from seeded noise, as its eval-mode activations vanish otherwise.
     """
 
     name: str
@@ -43,6 +44,7 @@ class BackboneSpec:
     gradcam_layer: str
     gradcam_layout: str = "nchw"
     fixed_size: bool = False
+    calibrated_init: bool = False
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -52,11 +54,17 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("resnet50", "ResNet-50", 2048, "fc", "layer4"),
         BackboneSpec("resnet101", "ResNet-101", 2048, "fc", "layer4"),
         BackboneSpec("densenet121", "DenseNet-121", 1024, "classifier", "features"),
-        BackboneSpec("efficientnet_b0", "EfficientNet-B0", 1280, "classifier.1", "features"),
-        BackboneSpec("efficientnet_v2_s", "EfficientNetV2-S", 1280, "classifier.1", "features"),
+        BackboneSpec(
+            "efficientnet_b0", "EfficientNet-B0", 1280, "classifier.1", "features", calibrated_init=True
+        ),
+        BackboneSpec(
+            "efficientnet_v2_s", "EfficientNetV2-S", 1280, "classifier.1", "features", calibrated_init=True
+        ),
         BackboneSpec("convnext_tiny", "ConvNeXt-Tiny", 768, "classifier.2", "features"),
         BackboneSpec("regnet_y_800mf", "RegNetY-800MF", 784, "fc", "trunk_output"),
-        BackboneSpec("mobilenet_v3_large", "MobileNetV3-Large", 1280, "classifier.3", "features"),
+        BackboneSpec(
+            "mobilenet_v3_large", "MobileNetV3-Large", 1280, "classifier.3", "features", calibrated_init=True
+        ),
         BackboneSpec("swin_t", "Swin-T", 768, "head", "permute"),
         BackboneSpec(
             "vit_b_16",
@@ -237,11 +245,29 @@ def build_backbone(name: str, state: dict, origin: str = "state dict") -> nn.Mod
     return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
+def _calibrate_batchnorm(model: nn.Module, seed: int) -> None:
+    """Running BatchNorm statistics of one batch of seeded Gaussian noise."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    noise = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 128, 128, generator=noise))
+    for bn in norms:
+        bn.momentum = 0.1
+    model.eval()
+
+
 @functools.lru_cache(maxsize=2)
 def _random_state(name: str, seed: int) -> tuple[dict[str, torch.Tensor], str]:
+    spec = get_spec(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _drop_classifier(get_model(name), get_spec(name))
+        model = _drop_classifier(get_model(name), spec)
+        if spec.calibrated_init:
+            _calibrate_batchnorm(model, seed)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     return state, state_dict_sha256(state)
 
