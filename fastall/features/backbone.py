@@ -13,17 +13,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, WeightsEnum, get_model, get_model_weights
 
 from fastall.errors import FastallError, WeightsUnavailable
+from fastall.features.weights import file_state, fixed_sizes, named_weights, torchvision_state
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,6 @@ TORCHVISION_WEIGHTS = {  # resnet50's names from before the multi-weight API; st
     "imagenet1k_v1": ResNet50_Weights.IMAGENET1K_V1,
     "imagenet1k_v2": ResNet50_Weights.IMAGENET1K_V2,
 }
-DOWNLOAD_TIMEOUT_S = 15.0
 MIN_IMAGE_SIZE = 32
 RANDOM_INIT_WARNING = (
     "--weights none: the backbone is randomly initialised; features are only good for "
@@ -102,11 +99,6 @@ def get_spec(name: str) -> BackboneSpec:
 def default_weights(name: str) -> str:
     """``imagenet1k_v1`` for resnet50 (as before), the architecture's ``DEFAULT`` weights otherwise."""
     return "imagenet1k_v1" if name == DEFAULT_BACKBONE else "DEFAULT"
-
-
-def weight_names(name: str) -> list[str]:
-    """The torchvision weights of ``name`` (e.g. ``IMAGENET1K_V1``), ``DEFAULT`` first."""
-    return ["DEFAULT", *(n for n in get_model_weights(name).__members__ if n != "DEFAULT")]
 
 
 @dataclass
@@ -132,21 +124,13 @@ class BackboneInfo:
         if self.fixed_size is not None and size != self.fixed_size:
             raise FastallError(
                 f"--image-size {size}: {spec.title} with {self.weights} weights takes exactly "
-                f"{self.fixed_size} px ({self.name} sizes: {_fixed_sizes(self.name)})"
+                f"{self.fixed_size} px ({self.name} sizes: {fixed_sizes(self.name)})"
             )
         if size < self.min_size:
             raise FastallError(
                 f"--image-size {size}: {spec.title} needs at least {self.min_size} px "
                 f"(sizes it can take: {self.min_size} to 2048)"
             )
-
-
-def _fixed_sizes(name: str) -> str:
-    sizes: dict[int, list[str]] = {}
-    for member in get_model_weights(name):
-        sizes.setdefault(int(member.meta["min_size"][0]), []).append(member.name)
-    sizes.setdefault(224, []).append("none")
-    return ", ".join(f"{s} ({', '.join(n)})" for s, n in sorted(sizes.items()))
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -272,51 +256,6 @@ def _random_state(name: str, seed: int) -> tuple[dict[str, torch.Tensor], str]:
     return state, state_dict_sha256(state)
 
 
-def _torchvision_state(spec: BackboneSpec, weights: WeightsEnum) -> tuple[dict[str, torch.Tensor], str]:
-    file_name = os.path.basename(urlparse(weights.url).path)
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-    try:
-        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - offline, refused, corrupt file: all mean "not available"
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        cached = folder / file_name
-        what = (
-            f"cached file {cached} is unreadable ({reason})"
-            if cached.is_file()
-            else f"not cached and cannot be downloaded ({reason}): put {file_name} into {folder}"
-        )
-        raise WeightsUnavailable(
-            f"{spec.name} {weights.name.lower()} weights {what}; or use --weights PATH (a {spec.title} "
-            ".pth state dict) or --weights none (random init, tests only)"
-        ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-    return state, f"torchvision:{weights.url}"
-
-
-def _file_state(path: Path, name: str) -> dict:
-    if not path.is_file():
-        choices = ", ".join(weight_names(name))
-        raise WeightsUnavailable(
-            f"{path}: weights file not found (for {name} use {choices}, a .pth path or none)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad weights file
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise WeightsUnavailable(f"{path}: not a loadable state dict ({first[:200]})") from None
-    if not isinstance(state, dict):
-        raise WeightsUnavailable(f"{path}: holds a {type(state).__name__}, expected a state dict")
-    return state
-
-
-def named_weights(name: str, weights: str) -> WeightsEnum | None:
-    """The torchvision weights ``weights`` names for architecture ``name`` (any case, ``DEFAULT`` too)."""
-    return get_model_weights(name).__members__.get(str(weights).upper())
-
-
 def _input_rules(spec: BackboneSpec, weights: WeightsEnum | None, model: nn.Module) -> dict:
     reference = weights or get_model_weights(spec.name).DEFAULT
     transforms = reference.transforms()
@@ -346,10 +285,10 @@ def load_backbone(
         (state, sha), name, source = _random_state(spec.name, seed), "none", f"random-init seed={seed}"
         warnings.append(RANDOM_INIT_WARNING)
     elif (member := named_weights(spec.name, weights)) is not None:
-        (state, source), name = _torchvision_state(spec, member), member.name.lower()
+        (state, source), name = torchvision_state(spec.name, spec.title, member), member.name.lower()
     else:
         path = Path(weights).expanduser()
-        state, name, source = _file_state(path, spec.name), "file", str(path.resolve())
+        state, name, source = file_state(path, spec.name), "file", str(path.resolve())
     model = build_backbone(spec.name, state, source)
     sha = sha or state_dict_sha256(model.state_dict())
     return model, BackboneInfo(
