@@ -17,7 +17,7 @@ from pathlib import Path
 from fastall.errors import FastallError
 from fastall.system.procs import pid_alive
 
-MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep"}
+MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep", "compare.json": "fastall-compare"}
 
 
 def _fastall_format(folder: Path) -> str | None:
@@ -86,6 +86,9 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
 
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
+        if path.is_dir():
+            _fsync_tree(path)
+            continue
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
 
