@@ -1,8 +1,13 @@
-"""Rich tables for `fastall compare`: backbones ranked by pooled out-of-fold AUC with their costs, then each
-backbone against the best (per-fold differences and the paired bootstrap's verdict)."""
+"""The outputs of `fastall compare`: rich tables (backbones ranked by pooled out-of-fold AUC beside their
+logistic-probe baseline; each against the best: the paired bootstrap and per-fold differences; costs) and
+compare.json / compare.csv."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -10,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fastall.reporting.tables import fmt
+from fastall.training.metrics import METRICS, json_safe
 
 
 def _ci(value: Any, low: Any, high: Any, sign: bool = False) -> str:
@@ -36,9 +42,10 @@ def ranked_table(results: dict[str, Any]) -> Table:
         title=f"Backbones ranked by pooled out-of-fold AUC ({s['folds']} patient-level folds, the same for "
         f"each: {s['oof_images']} images of {s['oof_patients']} patients)",
         title_justify="left",
-        caption=f"mean±std over folds; OOF: pooled out-of-fold, [{level:.0%} patient-bootstrap CI]",
+        caption=f"mean±std over folds; OOF: pooled out-of-fold, [{level:.0%} patient-bootstrap CI]; probe: "
+        "the baseline, a standardised logistic regression on view 0, same folds",
     )
-    for col in ("#", "backbone", "AUC", "Acc %", "F1", "OOF AUC [CI]", "test AUC"):
+    for col in ("#", "backbone", "AUC", "Acc %", "OOF AUC [CI]", "probe OOF", "test AUC"):
         table.add_column(col, **_style(col))
     for e in results["backbones"]:
         m, oof = e["summary"], e.get("oof") or {}
@@ -47,8 +54,8 @@ def ranked_table(results: dict[str, Any]) -> Table:
             escape(e["name"]),
             fmt(m.get("auc"), False, m.get("auc_std")),
             fmt(m.get("accuracy"), True, m.get("accuracy_std")),
-            fmt(m.get("f1"), False, m.get("f1_std")),
             _ci(oof.get("auc"), oof.get("low"), oof.get("high")),
+            fmt((e.get("probe") or {}).get("oof_auc"), False),
             fmt((e.get("test") or {}).get("auc"), False),
         )
     return table
@@ -117,3 +124,65 @@ def print_comparison(results: dict[str, Any], out: Any, console: Console) -> Non
     console.print(
         f"wrote {out}/compare.json, compare.csv and a run per backbone in {out}/runs", highlight=False
     )
+
+
+CSV_FIELDS = (
+    "rank",
+    "name",
+    "backbone",
+    "weights",
+    "image_size",
+    "dim",
+    *(k for m in METRICS for k in (m, f"{m}_std")),
+    "oof_auc",
+    "oof_auc_low",
+    "oof_auc_high",
+    "auc_diff_vs_best",
+    "auc_diff_low",
+    "auc_diff_high",
+    "distinguishable",
+    "probe_oof_auc",
+    "test_auc",
+    "extract_ms_per_image",
+    "params",
+    "latency_ms",
+    "latency_device",
+    "cache",
+)
+
+
+def write_csv(path: Path, results: dict[str, Any]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for e in results["backbones"]:
+            oof, diff = e.get("oof") or {}, ((e.get("vs_best") or {}).get("auc")) or {}
+            writer.writerow(
+                json_safe(
+                    {
+                        **{k: e.get(k) for k in ("rank", "name", "backbone", "weights", "image_size", "dim")},
+                        **e["summary"],
+                        "oof_auc": oof.get("auc"),
+                        "oof_auc_low": oof.get("low"),
+                        "oof_auc_high": oof.get("high"),
+                        "auc_diff_vs_best": diff.get("difference"),
+                        "auc_diff_low": diff.get("low"),
+                        "auc_diff_high": diff.get("high"),
+                        "distinguishable": diff.get("distinguishable"),
+                        "probe_oof_auc": (e.get("probe") or {}).get("oof_auc"),
+                        "test_auc": (e.get("test") or {}).get("auc"),
+                        **{k: e["cost"].get(k) for k in ("extract_ms_per_image", "params", "latency_ms")},
+                        "latency_device": e["cost"].get("latency_device"),
+                        "cache": e["cache"],
+                    }
+                )
+            )
+
+
+def write_outputs(folder: Path, results: dict[str, Any]) -> None:
+    """compare.json and compare.csv, each written beside its target and renamed onto it."""
+    text = json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n"
+    (folder / "compare.json.tmp").write_text(text)
+    write_csv(folder / "compare.csv.tmp", results)
+    for name in ("compare.json", "compare.csv"):
+        os.replace(folder / f"{name}.tmp", folder / name)

@@ -4,7 +4,8 @@ The caches must hold one dataset (the same images, labels and patients, in the s
 then gets the same patient-level folds and test set (:func:`fastall.training.splits.make_splits` on the shared
 labels, patients and seed; each run's folds.csv is checked against them) and the same head configuration, or
 the best of its own small sweep. Backbones are ranked by the pooled out-of-fold AUC, with a patient-bootstrap
-interval; each is compared with the best on the same bootstrap draws of patients (a paired bootstrap).
+interval; each is compared with the best on the same bootstrap draws of patients (a paired bootstrap), and
+set beside its baseline, a standardised logistic probe on the same cache and folds.
 Costs come from what each cache recorded (extract time per image, parameters); end-to-end latency needs the
 backbone and is added by :mod:`fastall.inference.costs`.
 """
@@ -12,8 +13,6 @@ backbone and is added by :mod:`fastall.inference.costs`.
 from __future__ import annotations
 
 import csv
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +23,11 @@ from rich.console import Console
 
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
+from fastall.reporting.compare import write_outputs
 from fastall.system.runfolder import atomic_folder
 from fastall.training.bootstrap import N_BOOT, auc_with_ci, paired_auc_difference, patient_codes
 from fastall.training.config import HeadConfig
-from fastall.training.metrics import json_safe
+from fastall.training.probe import probe_auc
 from fastall.training.splits import Splits, fold_table, make_splits
 
 COMPARE_FORMAT, COMPARE_VERSION = "fastall-compare", 1
@@ -236,6 +236,9 @@ def compare_caches(
             if _folds_of(tmp / "runs" / name) != expected:
                 raise FastallError(f"{name}: train-head made other folds than the comparison's (a bug)")
             entries.append(_entry(name, cache, Path("runs") / name, result.metrics, cfg))
+            if len(ref.class_names) == 2:
+                features = read_cache(cache.path).features[:, 0]
+                entries[-1]["probe"] = probe_auc(features, cache.labels, splits)
             scores.append(_oof_scores(tmp / "runs" / name, cache))
         results = _rank(entries, scores, ref, splits, options)
         results["config"] = asdict(config)
@@ -320,69 +323,9 @@ def statement(name: str, diff: dict[str, Any], level: float) -> str:
     )
 
 
-CSV_FIELDS = (
-    "rank",
-    "name",
-    "backbone",
-    "weights",
-    "image_size",
-    "dim",
-    *(k for m in METRICS for k in (m, f"{m}_std")),
-    "oof_auc",
-    "oof_auc_low",
-    "oof_auc_high",
-    "auc_diff_vs_best",
-    "auc_diff_low",
-    "auc_diff_high",
-    "distinguishable",
-    "test_auc",
-    "extract_ms_per_image",
-    "params",
-    "latency_ms",
-    "latency_device",
-    "cache",
-)
-
-
-def write_csv(path: Path, results: dict[str, Any]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for e in results["backbones"]:
-            oof, diff = e.get("oof") or {}, ((e.get("vs_best") or {}).get("auc")) or {}
-            writer.writerow(
-                json_safe(
-                    {
-                        **{k: e.get(k) for k in ("rank", "name", "backbone", "weights", "image_size", "dim")},
-                        **e["summary"],
-                        "oof_auc": oof.get("auc"),
-                        "oof_auc_low": oof.get("low"),
-                        "oof_auc_high": oof.get("high"),
-                        "auc_diff_vs_best": diff.get("difference"),
-                        "auc_diff_low": diff.get("low"),
-                        "auc_diff_high": diff.get("high"),
-                        "distinguishable": diff.get("distinguishable"),
-                        "test_auc": (e.get("test") or {}).get("auc"),
-                        **{k: e["cost"].get(k) for k in ("extract_ms_per_image", "params", "latency_ms")},
-                        "latency_device": e["cost"].get("latency_device"),
-                        "cache": e["cache"],
-                    }
-                )
-            )
-
-
 def add_costs(comparison: Comparison, costs: dict[str, dict[str, Any]]) -> Comparison:
     """Record measured costs (``{name: {"params": ..., "latency_ms": ..., ...}}``) and rewrite the outputs."""
     for entry in comparison.backbones:
         entry["cost"].update({k: v for k, v in costs.get(entry["name"], {}).items() if v is not None})
     write_outputs(comparison.out, comparison.results)
     return comparison
-
-
-def write_outputs(folder: Path, results: dict[str, Any]) -> None:
-    """compare.json and compare.csv, each written beside its target and renamed onto it."""
-    text = json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n"
-    (folder / "compare.json.tmp").write_text(text)
-    write_csv(folder / "compare.csv.tmp", results)
-    for name in ("compare.json", "compare.csv"):
-        os.replace(folder / f"{name}.tmp", folder / name)
