@@ -109,9 +109,9 @@ def cost_table(results: dict[str, Any]) -> Table:
             _cost(cost.get("extract_ms_per_image"), ".1f"),
             _cost(cost.get("latency_ms"), ".1f"),
         )
-    table.caption = escape("; ".join(sorted(devices))) + (
-        "" if any(e["cost"].get("latency_ms") for e in results["backbones"]) else "; latency: use --latency"
-    )
+    if not any(e["cost"].get("latency_ms") for e in results["backbones"]):
+        devices.add("latency: use --latency")
+    table.caption = escape("; ".join(sorted(devices)))
     return table
 
 
