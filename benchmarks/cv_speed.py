@@ -14,8 +14,9 @@
     PYTHONPATH=$PWD python3 benchmarks/cv_speed.py --device cpu --out benchmarks/results/cv_speed_cpu.json
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - fastall first: its OpenMP wait policy must precede torch
 
+import fastall  # noqa: F401
 import argparse
 import json
 import os
@@ -35,9 +36,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from featcache import real_size_cache  # noqa: E402
 
 from fastall.head import Head  # noqa: E402
-from fastall.inference.bench import machine_info  # noqa: E402
-from fastall.training.config import HeadConfig, StackData  # noqa: E402
-from fastall.training.engine import resolve_precision, train_stacks  # noqa: E402
+from fastall.system.devices import resolve_precision  # noqa: E402
+from fastall.system.machine import machine_info  # noqa: E402
+from fastall.training.config import HeadConfig, StackData, TrainOptions  # noqa: E402
+from fastall.training.engine import train_stacks  # noqa: E402
 from fastall.training.splits import make_splits  # noqa: E402
 from fastall.training.streams import epoch_order  # noqa: E402
 
@@ -54,7 +56,8 @@ def child_cv(cache: str, device: str, out: str) -> None:
     from fastall.training.train_head import train_head
 
     t0 = time.perf_counter()
-    result = train_head(cache, out, folds=5, seed=0, device=device, progress=False, overwrite=True)
+    options = TrainOptions(folds=5, seed=0, device=device, progress=False, overwrite=True)
+    result = train_head(cache, out, options=options)
     wall = time.perf_counter() - t0
     m = result.metrics
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -15,6 +15,7 @@ run() {  # name, limit seconds, command...
   echo "=== $name ($(date -u +%T))" >>"$log"
   timeout "$limit" "$@" >>"$log" 2>&1; echo "=== $name rc=$? ($(date -u +%T))" >>"$log"
 }
+run profile 200 python3 benchmarks/gpu_profile.py --device cuda --out "$OUT/gpu_profile_cuda.json"
 run extract 150 python3 benchmarks/extract_throughput.py --device cuda --out "$OUT/extract_throughput_cuda.json"
 run inference 120 python3 benchmarks/inference.py --device cuda --out "$OUT/inference_cuda.json"
 run cv_speed 120 python3 benchmarks/cv_speed.py --device cuda --cache /tmp/real_size.h5 --out "$OUT/cv_speed_cuda.json"

@@ -12,8 +12,9 @@ Goals: GPU >= 100 configurations × 5 folds within 10 s; 2-core CPU >= 50% of pe
         --out benchmarks/results/sweep_speed_cpu.json
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - fastall first: its OpenMP wait policy must precede torch
 
+import fastall  # noqa: F401
 import argparse
 import json
 import os
@@ -30,7 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from featcache import real_size_cache  # noqa: E402
 
 from fastall.features.cache import read_cache  # noqa: E402
-from fastall.inference.bench import machine_info  # noqa: E402
+from fastall.system.machine import machine_info  # noqa: E402
+from fastall.training.config import HeadConfig, TrainOptions  # noqa: E402
 from fastall.training.splits import make_splits  # noqa: E402
 from fastall.training.sweep import sweep  # noqa: E402
 from fastall.training.train_head import train_head  # noqa: E402
@@ -100,7 +102,8 @@ def main() -> None:
     text = args.grid or (GPU_GRID if device.type == "cuda" else CPU_GRID)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = sweep(cache, Path(tmp) / "sweep", grid=text, folds=5, device=args.device, progress=False)
+        options = TrainOptions(folds=5, device=args.device, progress=False)
+        res = sweep(cache, Path(tmp) / "sweep", grid=text, options=options)
         sweep_wall = time.perf_counter() - t0
         configs = len(res.results["configs"])
         train_s = res.results["timings"]["train_s"]
@@ -112,14 +115,7 @@ def main() -> None:
         seq = []
         for row in sorted(res.results["configs"], key=lambda r: r["config"])[:k]:
             t1 = time.perf_counter()
-            train_head(
-                cache,
-                Path(tmp) / f"seq{len(seq)}",
-                folds=5,
-                device=args.device,
-                progress=False,
-                **row["params"],
-            )
+            train_head(cache, Path(tmp) / f"seq{len(seq)}", HeadConfig(**row["params"]), options)
             seq.append(time.perf_counter() - t1)
         print(f"sequential train-head: {seq}", flush=True)
 

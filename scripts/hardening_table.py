@@ -25,12 +25,18 @@ OTHER = """
 | situation | what happens |
 |---|---|
 | `extract` killed (SIGKILL, power loss) at any moment | finished batches are kept as fsynced shards in `CACHE.h5.partial/`; the next run resumes and the final cache is identical to an uninterrupted one (tested at the first shard, mid-shard, during the HDF5 write and before cleanup) |
-| a partial cache | `CACHE.h5` is written as `CACHE.h5.tmp` and renamed only when complete; a reader never mistakes partial work for a cache |
-| two `extract` runs on one cache | the second is refused, naming the pid that holds `CACHE.h5.lock`; a lock whose process is gone is taken over with a warning |
+| a partial cache | `CACHE.h5` is written as `.CACHE.h5.tmp-<pid>`, fsynced and renamed only when complete, then its folder is fsynced (every file fastall writes goes this way: `fastall/system/files.py`); a reader never mistakes partial work for a cache |
+| two `extract` runs on one cache | the second is refused, naming `CACHE.h5.lock` and the pid holding it; the lock records the holder's start time, so a lock whose process is gone, or whose pid now names another process (this one, pid 1, after a restart), is taken over with a warning |
 | Ctrl-C in `train-head` or `sweep` | the run folder is built as `OUT.tmp-<pid>` and renamed when complete; nothing that looks complete is left |
-| read-only output folder, full disk | one-line error naming the path; no partial file at the target |
+| a kill while `--overwrite` replaces a run folder | the old folder is moved to `OUT.old-<pid>` before the new one is renamed onto OUT; a kill between the two renames leaves no OUT, and the next run first puts the complete old folder back (tested by killing at both steps) |
+| read-only output folder, full disk | one-line error naming the path (`no space left on device`); no partial file at the target; the cache's free space is checked before it is written, and a disk that fills anyway never reaches HDF5 or torch as an I/O error (tested on a real 2 MiB tmpfs where the platform allows mounting one) |
 | a cache made with other settings (`extract` again) | refused, naming each differing parameter (`--overwrite` replaces it) |
 | loading | `torch.load(weights_only=True)` everywhere; nothing is ever unpickled; caches are validated (schema version, shapes, dtypes, key) before use |
+| `extract` under torchrun: a rank killed (SIGKILL) or crashed | the other ranks stop at once with one line (`lost contact with the other ranks ...; rerun the same command to resume`); a hung rank is given up after `--dist-timeout` seconds; every rank's finished shards are kept in `CACHE.h5.partial/rank-R-of-W/` and a rerun resumes to the same cache, bit for bit (tests/test_distributed.py) |
+| `extract` under torchrun: one rank fails (bad image without `--skip-bad`, full disk) | it prints its error; the others stop within a heartbeat (`stopping because rank R failed`) |
+| a rerun with another number of processes (torchrun ↔ plain, or another `--nproc_per_node`) | refused: `... holds an unfinished extract by 2 process(es), this run has 1: rerun with the same number ... or use --overwrite` |
+| ranks that see different data or settings | refused before any work, naming each differing key parameter |
+| shards that do not cover every image exactly once, or carry another key or shape | every rank refuses with the same message; nothing is written |
 """
 
 
@@ -44,12 +50,17 @@ def main() -> None:
             work = Path(tmp) / f"case{i}"
             work.mkdir()
             argv = case.build(Env(env.data, env.cache, env.run, work))
-            result = CliRunner(env={"COLUMNS": "400"}).invoke(cli, argv)
+            result = CliRunner(env={"COLUMNS": "400", **dict(case.env)}).invoke(cli, argv)
             errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-            if case.expect == "ok":
+            shown = [line for line in result.output.splitlines() if case.show and case.show in line]
+            if shown:
+                seen = shown[0].strip()
+            elif case.expect == "ok":
                 seen = "accepted (converted where needed), one prediction row"
             elif errors:
                 seen = errors[0]
+            elif notes := [line for line in result.output.splitlines() if line.startswith("note:")]:
+                seen = " / ".join(notes) + " (exit 0: everything else is made)"
             else:
                 seen = "listed in the problems table, naming the file; the other images are used"
             seen = re.sub(r"…/(case\d+|env)/", "…/", seen.replace(tmp, "…")).replace("|", "\\|")

@@ -6,6 +6,7 @@ by scripts/hardening_table.py (docs/hardening.md shows what the user sees, taken
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -20,6 +21,10 @@ import torch
 from PIL import Image
 
 from fastall.data.synth import TREE, _bmp_bytes
+from fastall.system.machine import cpu_capability
+
+_HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
+_CPU_FP16 = cpu_capability().native_fp16
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class Case:
     build: Callable[[Env], list[str]]
     expect: str = "fatal"  # fatal: non-zero exit, one-line error; reported: listed, exit 0; ok: accepted
     fragments: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # environment of the run (test hooks such as a simulated full disk)
+    show: str = ""  # for ok/reported cases: the docs show the first output line holding this text
 
 
 def _cell(side: int = 40) -> np.ndarray:
@@ -328,6 +335,209 @@ CASES: list[Case] = [
         lambda e: ["verify", str(e.run), "--device", "gpu"],
         fragments=("gpu", "cuda:N"),
     ),
+    Case(
+        "distributed",
+        "--distributed outside torchrun",
+        lambda e: ["extract", str(e.data), "--out", str(e.tmp / "c.h5"), "--distributed"],
+        fragments=("--distributed", "RANK", "torchrun --nproc_per_node"),
+    ),
+    Case(
+        "distributed",
+        "predict --distributed outside torchrun",
+        lambda e: ["predict", str(e.run), str(e.data), "--out", str(e.tmp / "p.csv"), "--distributed"],
+        fragments=("--distributed", "torchrun"),
+    ),
+    Case(
+        "distributed",
+        "resuming the unfinished work of 2 torchrun ranks with one process",
+        lambda e: _extract_over(e, "c.h5.partial/rank-1-of-2"),
+        fragments=("c.h5.partial", "by 2 process(es), this run has 1", "--overwrite"),
+    ),
+    Case(
+        "distributed",
+        "--scratch folder that does not exist",
+        lambda e: ["extract", str(e.data), "--out", str(e.tmp / "c.h5"), "--scratch", str(e.tmp / "nope")],
+        fragments=("--scratch", "nope"),
+    ),
+    # explain (issue 15)
+    Case(
+        "explain",
+        "unknown --target class (lists the run's classes)",
+        lambda e: ["explain", str(e.run), str(e.data), "--out", str(e.tmp / "ex"), "--target", "blast"],
+        fragments=("blast", "hem", "all"),
+    ),
+    Case(
+        "explain",
+        "unknown --method",
+        lambda e: ["explain", str(e.run), str(e.data), "--out", str(e.tmp / "ex"), "--method", "shap"],
+        fragments=("shap", "gradcam++", "layercam"),
+    ),
+    Case(
+        "explain",
+        "unreadable image among readable ones (reported, skipped)",
+        lambda e: ["explain", str(e.run), str(_one_good_one_bad(e)), "--out", str(e.tmp / "ex")],
+        expect="reported",
+        fragments=("trunc.bmp", "skipped.csv"),
+    ),
+    Case(
+        "explain",
+        "run whose weights file has moved",
+        lambda e: ["explain", str(_moved_weights_run(e)), str(e.data), "--out", str(e.tmp / "ex")],
+        fragments=("gone.pth", "--weights-path"),
+    ),
+    Case(
+        "explain",
+        "relative path under a data root that has moved",
+        lambda e: [
+            "explain",
+            str(e.run),
+            "fold_0/x.bmp",
+            "--data",
+            str(e.tmp / "moved"),
+            "--out",
+            str(e.tmp / "ex"),
+        ],
+        fragments=("moved", "--data"),
+    ),
+    Case(
+        "explain",
+        "--out holding other files (never overwritten)",
+        lambda e: ["explain", str(e.run), str(e.data), "--out", str(_occupied(e))],
+        fragments=("occupied", "--out"),
+    ),
+    # issue 13: `fastall report` (figures and HTML from a run folder alone)
+    Case(
+        "report",
+        "folder that is not a run (no metrics.json, predictions.csv or results.json)",
+        lambda e: ["report", str(_mkdir(e.tmp / "not_a_run"))],
+        fragments=("not a fastall run folder",),
+    ),
+    Case(
+        "report",
+        "run without metrics.json (figures still made from predictions.csv)",
+        lambda e: ["report", str(_run_copy(e, drop="metrics.json"))],
+        expect="reported",
+        fragments=("metrics.json is missing", "; report:"),
+    ),
+    Case(
+        "report",
+        "run made before per-epoch history was recorded (other figures made)",
+        lambda e: ["report", str(_run_copy(e))],
+        expect="reported",
+        fragments=("no per-epoch history", "; report:"),
+    ),
+    Case(
+        "report",
+        "metrics.json that is not JSON",
+        lambda e: ["report", str(_run_copy(e, metrics=b"{not json"))],
+        fragments=("metrics.json", "unreadable"),
+    ),
+    Case(
+        "report",
+        "--data folder that does not exist",
+        lambda e: ["report", str(_run_copy(e)), "--data", str(e.tmp / "nowhere")],
+        fragments=("--data", "no such folder"),
+    ),
+    Case(
+        "report",
+        "--data pointing at other images (recorded paths missing)",
+        lambda e: ["report", str(_run_copy(e)), "--data", str(_other_data(e, patients=2, size=40, seed=7))],
+        fragments=("--data", "are not there"),
+    ),
+    Case(
+        "report",
+        "--data pointing at the same names with other pixels (dataset fingerprint)",
+        lambda e: ["report", str(_run_copy(e)), "--data", str(_other_data(e, patients=3, size=40, seed=1))],
+        fragments=("--data", "fingerprint"),
+    ),
+    Case(
+        "report",
+        "images moved away from the recorded data root (grids left out, rest made)",
+        lambda e: ["report", str(_run_copy(e, data_root=e.tmp / "moved"))],
+        expect="reported",
+        fragments=("grids left out", "--data DIR"),
+    ),
+    Case(
+        "device",
+        "unknown --device, given to train-head",
+        lambda e: ["train-head", str(e.cache), "--device", "gpu", "--out", str(e.tmp / "r")],
+        fragments=("'gpu'", "cuda:N"),
+    ),
+    Case(
+        "device",
+        "a CUDA device this machine does not have, given to train-head",
+        lambda e: ["train-head", str(e.cache), "--device", "cuda:7", "--out", str(e.tmp / "r")],
+        fragments=("cuda:7",),
+    ),
+    Case(
+        "grid",
+        "a range with `none` as an end, given to sweep --random",
+        lambda e: [
+            "sweep",
+            str(e.cache),
+            "--random",
+            "2",
+            "--grid",
+            "patience=none:3",
+            "--out",
+            str(e.tmp / "s"),
+        ],
+        fragments=("patience=none:3",),
+    ),
+    # speed: the one precision resolver (aliases that contradict, a precision the CPU cannot compute) and ONNX
+    Case(
+        "precision",
+        "extract --precision bf16 together with --no-amp (contradictory aliases)",
+        lambda e: [*_extract_args(e), "--precision", "bf16", "--no-amp"],
+        fragments=("--precision bf16", "--no-amp"),
+    ),
+    *(
+        []
+        if _CPU_FP16
+        else [
+            Case(
+                "precision",
+                "extract --precision fp16 on a CPU without native fp16",
+                lambda e: [*_extract_args(e), "--precision", "fp16"],
+                fragments=("fp16", "no native fp16"),
+            ),
+            Case(
+                "precision",
+                "predict --precision fp16 on a CPU without native fp16",
+                lambda e: [
+                    "predict",
+                    str(e.run),
+                    str(e.data),
+                    "--out",
+                    str(e.tmp / "p.csv"),
+                    "--precision",
+                    "fp16",
+                ],
+                fragments=("fp16", "no native fp16"),
+            ),
+        ]
+    ),
+    Case(
+        "onnx",
+        "export --format onnx with --precision int8 (the ONNX graph is fp32)",
+        lambda e: [
+            "export",
+            str(e.run),
+            "--format",
+            "onnx",
+            "--out",
+            str(e.tmp / "m.onnx"),
+            "--precision",
+            "int8",
+        ],
+        fragments=("--format onnx", "int8"),
+    ),
+    Case(
+        "onnx",
+        "bench --onnx given a file that is not an ONNX model",
+        lambda e: ["bench", "--device", "cpu", "--onnx", str(_not_onnx(e)), "--images", "2"],
+        fragments=("not-a-model.onnx", "not a readable ONNX model") if _HAVE_ORT else ("fastall[onnx]",),
+    ),
     # backbones: an unknown name, a size the model cannot take, another architecture's weights; compare
     Case(
         "backbone",
@@ -381,6 +591,22 @@ CASES: list[Case] = [
 ]
 
 
+def _extract_over(env: Env, leftover: str) -> list[str]:
+    (env.tmp / leftover).mkdir(parents=True)
+    fast = ["--views", "1", "--image-size", "32", "--weights", "none", "--device", "cpu", "--workers", "0"]
+    return ["extract", str(env.data), "--out", str(env.tmp / "c.h5"), *fast]
+
+
+def _extract_args(env: Env) -> list[str]:
+    return ["extract", str(env.data), "--out", str(env.tmp / "c.h5"), "--weights", "none", "--device", "cpu"]
+
+
+def _not_onnx(env: Env) -> Path:
+    path = env.tmp / "not-a-model.onnx"
+    path.write_text("hello\n")
+    return path
+
+
 def _one_class_cache(env: Env) -> Path:
     from fastall.features.extract import extract
 
@@ -407,6 +633,136 @@ def _truncate(env: Env) -> Path:
 
 def case_id(case: Case) -> str:
     return json.dumps(f"{case.category}: {case.name}")[1:-1]
+
+
+# --- hardening round 2 (issue 18): full disks and stale locks ---------------------------------------------
+
+_ENOSPC = "FASTALL_TEST_ENOSPC_AT"  # fastall.system.files: the writes at that step fail as on a full disk
+_EXTRACT = ["--views", "2", "--image-size", "32", "--weights", "none", "--device", "cpu", "--no-amp"]
+
+
+def _stale_lock(env: Env, pid: int) -> list[str]:
+    """A complete cache whose lock names ``pid`` with another process start (a container restart)."""
+    import socket
+
+    from fastall.system.procs import process_start
+
+    cache = env.tmp / "c.h5"
+    shutil.copy(env.cache, cache)
+    boot = (process_start(os.getpid()) or "boot:0").split(":")[0]
+    holder = {
+        "pid": pid,
+        "host": socket.gethostname(),
+        "started": "before the restart",
+        "pid_start": f"{boot}:1",
+    }
+    (env.tmp / "c.h5.lock").write_text(json.dumps(holder))
+    return ["extract", str(env.data), "--out", str(cache), *_EXTRACT, "--workers", "0"]
+
+
+CASES += [
+    Case(
+        "disk",
+        "full disk while the final cache is written (simulated; was a segfault)",
+        lambda e: ["extract", str(e.data), "--out", str(e.tmp / "c8.h5"), *_EXTRACT, "--workers", "0"],
+        fragments=("c8.h5: cannot write cache: no space left on device", "c8.h5.partial is kept"),
+        env=((_ENOSPC, "cache-tmp"),),
+    ),
+    Case(
+        "disk",
+        "full disk while train-head writes its run folder (simulated)",
+        lambda e: ["train-head", str(e.cache), "--out", str(e.tmp / "r"), "--folds", "2", "--epochs", "1"],
+        fragments=("r: cannot write the output folder: no space left on device",),
+        env=((_ENOSPC, "run-folder"),),
+    ),
+    Case(
+        "disk",
+        "full disk while export writes the model (simulated)",
+        lambda e: ["export", str(e.run), "--out", str(e.tmp / "m.pt"), "--precision", "fp32"],
+        fragments=("m.pt: cannot write: no space left on device",),
+        env=((_ENOSPC, "torch-save"),),
+    ),
+    Case(
+        "disk",
+        "full disk while predict writes its CSV (simulated)",
+        lambda e: _predict(e, "one.bmp", lambda p: p.write_bytes(_bmp_bytes(_cell()))),
+        fragments=("p.csv: cannot write (no space left on device)",),
+        env=((_ENOSPC, "text"),),
+    ),
+    Case(
+        "lock",
+        "stale lock naming this process's own pid (container restart)",
+        lambda e: _stale_lock(e, os.getpid()),
+        expect="reported",
+        fragments=("taking over a stale lock", "c.h5.lock", "nothing to do"),
+        show="taking over a stale lock",
+    ),
+    Case(
+        "lock",
+        "stale lock naming pid 1, a live process that is not the holder",
+        lambda e: _stale_lock(e, 1),
+        expect="reported",
+        fragments=("taking over a stale lock", "c.h5.lock", "pid 1 ", "nothing to do"),
+        show="taking over a stale lock",
+    ),
+]
+
+
+def _one_good_one_bad(env: Env) -> Path:
+    folder = env.tmp / "imgs"
+    folder.mkdir()
+    (folder / "good.bmp").write_bytes(_bmp_bytes(_cell()))
+    (folder / "trunc.bmp").write_bytes(_bmp_bytes(_cell())[:500])
+    return folder
+
+
+def _moved_weights_run(env: Env) -> Path:
+    from fastall.features.cache import cache_key
+
+    run = env.tmp / "moved_run"
+    shutil.copytree(env.run, run)
+    blob = torch.load(run / "head.pt", weights_only=True)
+    kp = {**blob["key_params"], "weights": "file", "weights_path": str(env.tmp / "gone.pth")}
+    blob.update(key_params=kp, cache_key=cache_key(kp))
+    torch.save(blob, run / "head.pt")
+    return run
+
+
+def _occupied(env: Env) -> Path:
+    out = env.tmp / "occupied"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run_copy(
+    env: Env, drop: str | None = None, metrics: bytes | None = None, data_root: Path | None = None
+) -> Path:
+    """A copy of the shared run (never modified), without its report, changed as asked."""
+    run = env.tmp / "run_copy"
+    shutil.copytree(env.run, run, ignore=shutil.ignore_patterns("report"))
+    if drop:
+        (run / drop).unlink()
+    if metrics is not None:
+        (run / "metrics.json").write_bytes(metrics)
+    if data_root is not None:
+        m = json.loads((run / "metrics.json").read_text())
+        m["cache"]["data_root"] = str(data_root)
+        (run / "metrics.json").write_text(json.dumps(m))
+    return run
+
+
+def _other_data(env: Env, *, patients: int, size: int, seed: int) -> Path:
+    """A synthetic tree like the shared one (3 patients per class, 3 images, seed 1) but not it."""
+    from fastall.data.synth import synthesize
+
+    out = env.tmp / "other_data"
+    synthesize(out, patients_per_class=patients, images_per_patient=3, size=size, seed=seed)
+    return out
 
 
 def _resnet18_weights(env: Env) -> Path:

@@ -27,6 +27,7 @@ class E2ERun:
 def build_run(base: Path, *, image_size: int = 32, views: int = 2, testing: bool = False) -> E2ERun:
     from fastall.data.synth import synthesize
     from fastall.features.extract import extract
+    from fastall.training.config import HeadConfig, TrainOptions
     from fastall.training.train_head import train_head
 
     base.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,8 @@ def build_run(base: Path, *, image_size: int = 32, views: int = 2, testing: bool
         workers=0,
         progress=False,
     )
-    train_head(base / "cache.h5", base / "run", folds=3, test="none", epochs=3, device="cpu", progress=False)
+    options = TrainOptions(folds=3, test="none", device="cpu", progress=False)
+    train_head(base / "cache.h5", base / "run", HeadConfig(epochs=3), options)
     return E2ERun(base / "run", base / "cache.h5", base / "data")
 
 

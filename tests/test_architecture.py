@@ -41,6 +41,7 @@ def test_layer_contracts_hold():
         ("fastall/inference/predict.py", "import fastall.cli"),
         ("fastall/inference/bench.py", "import fastall.training.engine"),
         ("fastall/inference/model.py", "from fastall.inference import artifacts"),
+        ("fastall/reporting/figures.py", "from fastall.training import metrics"),
     ],
 )
 def test_a_forbidden_import_breaks_the_contracts(tmp_path, module, forbidden):

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from fastall.errors import CacheError
 from fastall.features import cache as fc
 from fastall.features import shards as partial
-from fastall.system import files
+from fastall.system import files, procs
 
 KEY = {"backbone": "resnet50", "weights": "none", "image_size": 32, "views": 2, "seed": 0}
 
@@ -51,7 +52,7 @@ def test_roundtrip_and_zero_copy_torch(tmp_path):
     assert groups.tolist() == [0, 0, 1, 1, 2, 2]
     light = fc.read_cache(path, load_features=False)
     assert light.features.size == 0 and light.dim == 8
-    assert not list(tmp_path.glob("*.tmp"))
+    assert os.listdir(tmp_path) == ["c.h5"]
 
 
 def test_expect_names_differing_parameters(tmp_path):
@@ -107,9 +108,56 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(h5py, "File", no_space)
-    with pytest.raises(CacheError, match="No space left"):
+    with pytest.raises(CacheError, match="no space left on device"):
         _write(tmp_path / "c.h5")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_enospc_inside_h5py_is_one_clean_error_and_the_old_cache_stays(tmp_path, monkeypatch):
+    """A disk that fills while HDF5 writes: h5py never sees the error (HDF5 2.0 segfaults on one)."""
+    path = _write(tmp_path / "c.h5", n=4)
+    before = path.read_bytes()
+    real_pwrite, seen = os.pwrite, []
+
+    def fill_up(fd, data, offset):
+        if offset + len(data) > 50_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    real_file = h5py.File
+
+    def spy(*args, **kwargs):
+        f = real_file(*args, **kwargs)
+        seen.append(kwargs.get("driver") or type(args[0]).__name__)
+        return f
+
+    monkeypatch.setattr(os, "pwrite", fill_up)
+    monkeypatch.setattr(h5py, "File", spy)
+    with pytest.raises(CacheError, match=r"c\.h5: cannot write cache: no space left on device$") as err:
+        _write(path, n=200, views=8, dim=64)
+    assert "\n" not in str(err.value) and seen == ["_GuardedFile"]
+    assert os.listdir(tmp_path) == ["c.h5"] and path.read_bytes() == before
+    (tmp_path / "c.h5.partial").mkdir()
+    with pytest.raises(CacheError, match=r"c\.h5\.partial is kept: run extract again to resume"):
+        _write(path, n=200, views=8, dim=64)
+
+
+def test_the_free_space_check_runs_before_any_byte_is_written(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 10**5, 10**5))
+    monkeypatch.setattr(os, "open", lambda *a, **k: pytest.fail("the cache was opened despite a full disk"))
+    with pytest.raises(CacheError, match=r"no space left on device \(about 6\.4 MiB needed, 0\.1 MiB free\)"):
+        _write(tmp_path / "c.h5", n=200, views=8, dim=2048)
+
+
+def test_expected_size_is_close_to_the_real_size(tmp_path):
+    for n, views, dim in [(200, 8, 2048), (3000, 2, 64)]:
+        path = _write(tmp_path / f"c{n}.h5", n=n, views=views, dim=dim)
+        c = fc.read_cache(path)
+        guess = fc.expected_cache_bytes((n, views, dim), (n, views, 11), [*c.patients, *c.paths, *c.sources])
+        assert 1.0 <= guess / path.stat().st_size < 1.2, (n, guess, path.stat().st_size)
 
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
@@ -129,6 +177,61 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then"}))
     with pytest.raises(CacheError, match="host elsewhere"), partial.cache_lock(target):
         pass
+
+
+def _lock(path, pid, pid_start="<absent>", age=0.0):
+    holder = {"pid": pid, "host": socket.gethostname(), "started": "then"}
+    if pid_start != "<absent>":
+        holder["pid_start"] = pid_start
+    path.write_text(json.dumps(holder))
+    if age:
+        os.utime(path, (time.time() - age, time.time() - age))
+
+
+@pytest.mark.skipif(procs.process_start(os.getpid()) is None, reason="no /proc: start times unknown")
+def test_a_lock_naming_a_reused_pid_is_stale(tmp_path):
+    """After a container restart a lock can name this process's own pid, or pid 1: both are taken over."""
+    target, lock = tmp_path / "c.h5", tmp_path / "c.h5.lock"
+    boot = procs.process_start(os.getpid()).split(":")[0]
+    cases = {
+        "own pid, another start": (os.getpid(), f"{boot}:1"),
+        "own pid, older fastall lock": (os.getpid(), "<absent>"),
+        "pid 1, another start": (1, f"{boot}:999999999"),
+        "pid 1, another boot": (1, "another-boot:" + procs.process_start(1).split(":")[1]),
+    }
+    for name, (pid, start) in cases.items():
+        _lock(lock, pid, start)
+        warnings: list[str] = []
+        with partial.cache_lock(target, warn=warnings.append):
+            held = json.loads(lock.read_text())
+            assert held["pid"] == os.getpid() and held["pid_start"] == procs.process_start(os.getpid()), name
+        assert len(warnings) == 1 and f"stale lock {lock} (pid {pid}" in warnings[0], name
+        assert not lock.exists()
+    started_pid1 = procs.process_started_at(1)
+    _lock(lock, 1, age=time.time() - started_pid1 + 3600)  # an older fastall's lock from before pid 1 started
+    with partial.cache_lock(target):
+        pass
+
+
+def test_a_lock_of_a_live_process_is_refused_naming_the_lock_file(tmp_path):
+    target, lock = tmp_path / "c.h5", tmp_path / "c.h5.lock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for start in [procs.process_start(sleeper.pid), "<absent>"]:
+            _lock(lock, sleeper.pid, start)
+            with pytest.raises(CacheError) as err, partial.cache_lock(target):
+                pass
+            message = str(err.value)
+            assert (
+                message.startswith(f"{lock}: another extract (pid {sleeper.pid}")
+                and "delete this lock" in message
+            )
+        _lock(lock, 1)  # pid 1, an older fastall's lock written after pid 1 started: it may hold it
+        with pytest.raises(CacheError, match="pid 1,"), partial.cache_lock(target):
+            pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_partial_store_roundtrip_and_recovery(tmp_path):

@@ -15,15 +15,11 @@ from sklearn.metrics import roc_auc_score
 from fastall.cli import cli
 from fastall.errors import FastallError
 from fastall.features.cache import read_cache, write_cache
-from fastall.training.bootstrap import (
-    auc_with_ci,
-    bootstrap_counts,
-    paired_auc_difference,
-    patient_codes,
-    replicate_aucs,
-)
+from fastall.training.bootstrap import paired_auc_difference, patient_codes, patient_counts, replicate_aucs
 from fastall.training.compare import CompareOptions, check_same_dataset, compare_caches
+from fastall.training.config import TrainOptions
 from fastall.training.splits import make_splits
+from fastall.training.uncertainty import bootstrap_intervals
 
 LAYOUT = {"patients": (6, 7), "images_per_patient": 6, "views": 2}
 
@@ -71,7 +67,7 @@ def test_compare_uses_the_same_folds_for_every_backbone(pair, tmp_path):
         "15",
         "--lr",
         "1e-3",
-        "--bootstrap",
+        "--resamples",
         "300",
     ]
     result = CliRunner(env={"COLUMNS": "200"}).invoke(cli, [*args, "--device", "cpu"])
@@ -123,7 +119,8 @@ def test_compare_refuses_caches_of_different_datasets(pair, tmp_path):
 
 
 def test_compare_with_a_sweep_per_backbone(pair, tmp_path):
-    options = CompareOptions(folds=2, test="none", device="cpu", sweep="lr=1e-4,1e-3 epochs=2", n_boot=200)
+    run = TrainOptions(folds=2, test="none", device="cpu")
+    options = CompareOptions(run=run, sweep="lr=1e-4,1e-3 epochs=2", resamples=200)
     result = compare_caches(list(pair), tmp_path / "cmp", options=options)
     for entry in result.backbones:
         assert entry["config"]["lr"] in (1e-4, 1e-3) and entry["config"]["epochs"] == 2
@@ -131,40 +128,44 @@ def test_compare_with_a_sweep_per_backbone(pair, tmp_path):
 
 
 def _slow_resample(groups, counts_row):
-    return np.concatenate([np.repeat(np.flatnonzero(groups == p), c) for p, c in enumerate(counts_row)])
+    return np.concatenate([np.repeat(np.flatnonzero(groups == p), int(c)) for p, c in enumerate(counts_row)])
 
 
 def test_paired_bootstrap_matches_a_slow_reference():
     rng = np.random.default_rng(1)
-    patients = np.repeat([f"p{i}" for i in range(9)], rng.integers(1, 6, 9))
+    patients = np.repeat([f"p{i:02d}" for i in range(12)], rng.integers(1, 6, 12))
     labels = np.array([int(p[1:]) % 2 for p in patients])
     groups = patient_codes(patients)
     a = np.round(rng.random(len(labels)) + 0.4 * labels, 1)  # ties on purpose
     b = np.round(rng.random(len(labels)), 1)
-    counts = bootstrap_counts(groups, labels, 60, seed=3)
+    counts = patient_counts(12, 80, seed=3)
     ref_a, ref_b = [], []
     for row in counts:
         idx = _slow_resample(groups, row)
-        assert sorted(set(labels[idx])) == [0, 1]  # drawn within classes: both always present
-        ref_a.append(roc_auc_score(labels[idx], a[idx]))
-        ref_b.append(roc_auc_score(labels[idx], b[idx]))
+        two = len(set(labels[idx])) == 2
+        ref_a.append(roc_auc_score(labels[idx], a[idx]) if two else np.nan)
+        ref_b.append(roc_auc_score(labels[idx], b[idx]) if two else np.nan)
     np.testing.assert_allclose(replicate_aucs(labels, a, groups, counts), ref_a, atol=1e-12)
-    diff = paired_auc_difference(labels, a, b, groups, n_boot=60, seed=3)
-    low, high = np.percentile(np.array(ref_a) - np.array(ref_b), [2.5, 97.5])
+    diff = paired_auc_difference(labels, a, b, patients, resamples=80, seed=3)
+    ref = np.array(ref_a) - np.array(ref_b)
+    low, high = np.percentile(ref[np.isfinite(ref)], [2.5, 97.5])
     assert diff["low"] == pytest.approx(low) and diff["high"] == pytest.approx(high)
     assert diff["difference"] == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b))
     assert diff["distinguishable"] == (low > 0 or high < 0)
-    single = auc_with_ci(labels, a, groups, n_boot=60, seed=3)
-    assert (single["low"], single["high"]) == pytest.approx(tuple(np.percentile(ref_a, [2.5, 97.5])))
+    # the same resamples as the interval train-head records for each model alone
+    single = bootstrap_intervals(labels, np.stack([1 - a, a], 1), patients, resamples=80, seed=3)
+    finite = np.array(ref_a)[np.isfinite(ref_a)]
+    assert single["intervals"]["auc"] == pytest.approx(list(np.percentile(finite, [2.5, 97.5])))
 
 
 def test_a_clear_difference_is_distinguishable_and_a_null_one_is_not():
     rng = np.random.default_rng(0)
     patients = np.repeat(np.arange(40), 10)
     labels = (patients % 2).astype(int)
-    groups = patient_codes(patients)
     good = labels + rng.normal(0, 0.5, labels.size)
     bad = labels + rng.normal(0, 3.0, labels.size)
-    assert paired_auc_difference(labels, good, bad, groups, n_boot=500)["distinguishable"]
-    same = paired_auc_difference(labels, good, good + rng.normal(0, 1e-3, labels.size), groups, n_boot=500)
+    assert paired_auc_difference(labels, good, bad, patients, resamples=500)["distinguishable"]
+    same = paired_auc_difference(
+        labels, good, good + rng.normal(0, 1e-3, labels.size), patients, resamples=500
+    )
     assert not same["distinguishable"]

@@ -11,10 +11,23 @@ from fastall.demo import run_demo
 
 
 def test_demo_learns_on_synthetic_data_with_random_weights(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-empty"))
+    printed = io.StringIO()
     demo = run_demo(
-        tmp_path / "demo", patients_per_class=6, images_per_patient=6, image_side=96, input_size=64, views=2
+        tmp_path / "demo",
+        patients_per_class=6,
+        images_per_patient=6,
+        image_side=96,
+        input_size=64,
+        views=2,
+        console=Console(file=printed, width=300),
     )
+    report = demo.run / "report" / "index.html"
+    assert report.is_file() and printed.getvalue().strip().splitlines()[-1] == f"Report: {report.absolute()}"
     assert demo.weights == "none"
     metrics = json.loads((demo.run / "metrics.json").read_text())
     assert metrics["summary"]["accuracy"] >= 0.9
@@ -46,5 +59,6 @@ def test_help_lists_every_command():
         "predict",
         "export",
         "demo",
+        "report",
     ]:
         assert name in result.output

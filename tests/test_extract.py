@@ -30,6 +30,7 @@ from fastall.features.augment import IDENTITY, VIEW_PARAM_NAMES
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import SCHEMA_VERSION, read_cache
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from fastall.system.devices import resolve_precision
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -81,7 +82,9 @@ def test_schema_as_documented(ref):
             "key_params",
         ):
             assert attr in f.attrs, attr
-        assert f.attrs["schema_version"] == SCHEMA_VERSION and f.attrs["amp_dtype"] == "bf16"
+        assert f.attrs["schema_version"] == SCHEMA_VERSION and f.attrs["amp_dtype"] == resolve_precision(
+            "auto", "cpu"
+        )
         assert json.loads(f.attrs["view_param_names"]) == list(VIEW_PARAM_NAMES)
     cache = read_cache(ref)
     assert all(not p.startswith("/") for p in cache.paths)

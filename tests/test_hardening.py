@@ -12,6 +12,7 @@ from tests.bad_inputs import CASES, Env, case_id
 def build_env(base) -> Env:
     from fastall.data.synth import synthesize
     from fastall.features.extract import extract
+    from fastall.training.config import HeadConfig, TrainOptions
     from fastall.training.train_head import train_head
 
     synthesize(base / "data", patients_per_class=3, images_per_patient=3, size=48, seed=1)
@@ -26,7 +27,8 @@ def build_env(base) -> Env:
         workers=0,
         progress=False,
     )
-    train_head(base / "cache.h5", base / "run", folds=2, test="none", epochs=2, device="cpu", progress=False)
+    options = TrainOptions(folds=2, test="none", device="cpu", progress=False)
+    train_head(base / "cache.h5", base / "run", HeadConfig(epochs=2), options)
     return Env(data=base / "data", cache=base / "cache.h5", run=base / "run", tmp=base)
 
 
@@ -38,7 +40,7 @@ def env_base(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_bad_input(case, env_base, tmp_path):
     env = Env(env_base.data, env_base.cache, env_base.run, tmp_path)
-    result = CliRunner(env={"COLUMNS": "400"}).invoke(cli, case.build(env))
+    result = CliRunner(env={"COLUMNS": "400", **dict(case.env)}).invoke(cli, case.build(env))
     output = result.output
     assert "Traceback" not in output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from fastall.training.metrics import classification_metrics, json_safe, summarize
+from fastall.system.jsonable import plain
+from fastall.training.metrics import classification_metrics, summarize
 
 
 def _probs(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +49,7 @@ def test_undefined_auc_is_nan_and_null_in_json():
     p = np.tile([0.2, 0.8], (10, 1))
     m = classification_metrics(y, p)
     assert math.isnan(m["auc"])
-    text = json.dumps(json_safe(m), allow_nan=False)
+    text = json.dumps(plain(m), allow_nan=False)
     assert json.loads(text)["auc"] is None
 
 

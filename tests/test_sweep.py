@@ -13,7 +13,7 @@ from featcache import make_feature_cache
 
 from fastall.cli import cli
 from fastall.errors import FastallError
-from fastall.training.config import HeadConfig
+from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.sweep import Range, expand, parse_grid, sample, sweep
 from fastall.training.train_head import train_head
 
@@ -84,9 +84,8 @@ def test_random_sampling_is_seeded_and_within_ranges():
 
 def test_sweep_equals_train_head_per_fold(cache, tmp_path):
     """A configuration inside a 12-configuration sweep and the same configuration trained alone (fp32)."""
-    res = sweep(
-        cache, tmp_path / "sweep", grid=GRID, folds=4, precision="fp32", progress=False, device="cpu", seed=5
-    )
+    options = TrainOptions(folds=4, precision="fp32", progress=False, device="cpu", seed=5)
+    res = sweep(cache, tmp_path / "sweep", grid=GRID, options=options)
     assert len(res.results["configs"]) == 12
     target = next(
         c
@@ -94,9 +93,7 @@ def test_sweep_equals_train_head_per_fold(cache, tmp_path):
         if c["params"]["lr"] == 1e-3 and c["params"]["dropout"] == 0.5 and c["params"]["weight_decay"] == 1e-4
     )
     p = target["params"]
-    alone = train_head(
-        cache, tmp_path / "alone", folds=4, precision="fp32", progress=False, device="cpu", seed=5, **p
-    )
+    alone = train_head(cache, tmp_path / "alone", HeadConfig(**p), options)
     swept = sorted(target["folds"], key=lambda f: f["fold"])
     assert len(swept) == len(alone.folds) == 4
     for s, a in zip(swept, alone.folds, strict=True):
@@ -105,16 +102,10 @@ def test_sweep_equals_train_head_per_fold(cache, tmp_path):
 
 
 def test_sweep_outputs_and_best_command_reproduces_the_best(cache, tmp_path):
-    res = sweep(
-        cache,
-        tmp_path / "sw",
-        grid="lr=1e-3,3e-3 hidden=16,32 patience=1,none",
-        folds=3,
-        progress=False,
-        device="cpu",
-    )
+    options = TrainOptions(folds=3, progress=False, device="cpu")
+    res = sweep(cache, tmp_path / "sw", grid="lr=1e-3,3e-3 hidden=16,32 patience=1,none", options=options)
     out = tmp_path / "sw"
-    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["report", "results.csv", "results.json"]
     data = json.loads((out / "results.json").read_text())
     assert data["format"] == "fastall-sweep" and data["varying"] == ["lr", "hidden", "patience"]
     scores = [c["summary"]["auc"] for c in data["configs"]]
@@ -131,7 +122,7 @@ def test_sweep_outputs_and_best_command_reproduces_the_best(cache, tmp_path):
     best = sorted(res.best["folds"], key=lambda f: f["fold"])
     assert [f["val_loss"] for f in run["folds"]] == pytest.approx([f["val_loss"] for f in best], abs=1e-6)
     with pytest.raises(FastallError, match="--overwrite"):
-        sweep(cache, out, grid="lr=1e-3", folds=3, progress=False, device="cpu")
+        sweep(cache, out, grid="lr=1e-3", options=options)
 
 
 def test_cli_sweep_prints_table_and_command(cache, tmp_path):

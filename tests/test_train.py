@@ -22,13 +22,14 @@ from fastall.cli import cli
 from fastall.errors import FastallError
 from fastall.features.cache import read_cache
 from fastall.head import Head, head_from_state_dict
-from fastall.training.config import HeadConfig, StackData
+from fastall.training.config import HeadConfig, StackData, TrainOptions
 from fastall.training.engine import Stack
 from fastall.training.optim import plateau_update
 from fastall.training.streams import dropout_lanes, dropout_threshold, epoch_order, fold_statistics, init_head
 from fastall.training.train_head import train_head
 
 FAST = {"hidden": 32, "epochs": 3, "lr": 1e-3, "progress": False, "device": "cpu"}
+HEAD_FIELDS = {p.name for p in HeadConfig.hparams()}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,6 +81,7 @@ def test_engine_matches_autograd_and_torch_adam(cache):
     opt = torch.optim.Adam(head.parameters(), lr=3e-3, weight_decay=1e-3)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=0)
     feats = data.features.float()
+    train_losses = []
     for epoch in range(2):
         rows, views = epoch_order(7, 0, epoch, train_rows, data.views)
         steps = -(-len(rows) // 8)
@@ -89,6 +91,7 @@ def test_engine_matches_autograd_and_torch_adam(cache):
             keep = (lanes[s, : len(r)] >= dropout_threshold(0.3)).float() / 0.7
             h = torch.relu(head.fc1(head.standardize(feats[r, v]))) * keep
             loss = F.cross_entropy(head.fc2(h), torch.as_tensor(data.labels[r]), weight=weight)
+            train_losses.append(loss.item())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -100,6 +103,8 @@ def test_engine_matches_autograd_and_torch_adam(cache):
             head.train()
         assert stack.heads[0].lr_history[epoch] == pytest.approx(opt.param_groups[0]["lr"])
         assert stack.heads[0].val_history[epoch] == pytest.approx(float(val_loss), rel=1e-5)
+        assert stack.heads[0].history["train_loss"][epoch] == pytest.approx(np.mean(train_losses), rel=1e-5)
+        train_losses.clear()
         sched.step(float(val_loss))
     for name, ref in head.state_dict().items():
         torch.testing.assert_close(got[name], ref, atol=2e-5, rtol=1e-4, msg=name)
@@ -161,14 +166,18 @@ def test_stack_of_one_equals_head_inside_a_stack(cache):
 
 
 def _run(cache: Path, out: Path, **kw):
-    return train_head(cache, out, **{**FAST, **kw})
+    kw = {**FAST, **kw}
+    config = HeadConfig(**{k: v for k, v in kw.items() if k in HEAD_FIELDS})
+    return train_head(
+        cache, out, config, TrainOptions(**{k: v for k, v in kw.items() if k not in HEAD_FIELDS})
+    )
 
 
 def test_train_head_outputs(cache, tmp_path):
     out = tmp_path / "run"
     result = _run(cache, out, tta=True, patience=2)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["folds.csv", "head.pt", "metrics.json", "predictions.csv"]
+    assert names == ["folds.csv", "head.pt", "metrics.json", "predictions.csv", "report"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["format"] == "fastall-run" and m["precision"] in ("bf16", "fp32")
     assert len(m["folds"]) == 5 and m["summary"]["peak_fold"] in range(5)
@@ -196,7 +205,7 @@ def test_train_head_outputs(cache, tmp_path):
 
 def test_identical_runs_give_identical_metrics(cache, tmp_path):
     a = _run(cache, tmp_path / "a", seed=1).metrics
-    b = _run(cache, tmp_path / "b", seed=1).metrics
+    b = train_head(cache, tmp_path / "b", seed=1, **FAST).metrics  # the flat keywords of earlier versions
     c = _run(cache, tmp_path / "c", seed=2).metrics
     for m in (a, b, c):
         m.pop("timings")
@@ -220,12 +229,12 @@ def test_existing_run_is_refused_unless_overwrite(cache, tmp_path):
 
 
 def test_failure_during_training_leaves_no_folder(cache, tmp_path, monkeypatch):
-    import fastall.training.train_head as train_mod
+    import fastall.training.run_files as run_files
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "_write_predictions", boom)
+    monkeypatch.setattr(run_files, "write_predictions", boom)
     with pytest.raises(KeyboardInterrupt):
         _run(cache, tmp_path / "run", epochs=1)
     assert list(tmp_path.iterdir()) == []
@@ -278,9 +287,11 @@ def test_standardize_learns_large_scale_features_that_raw_features_do_not(tmp_pa
         scale=20.0,
         separation=0.6,
     )
-    kw = {"hidden": 64, "epochs": 6, "lr": 1e-3, "test": "none", "progress": False, "device": "cpu"}
-    on = train_head(big, tmp_path / "on", standardize=True, **kw)
-    off = train_head(big, tmp_path / "off", standardize=False, **kw)
+    options = TrainOptions(test="none", progress=False, device="cpu")
+    on = train_head(big, tmp_path / "on", HeadConfig(hidden=64, epochs=6, lr=1e-3, standardize=True), options)
+    off = train_head(
+        big, tmp_path / "off", HeadConfig(hidden=64, epochs=6, lr=1e-3, standardize=False), options
+    )
     assert on.summary["accuracy"] > 0.9
     assert on.summary["accuracy"] > off.summary["accuracy"] + 0.05
     assert on.summary["log_loss"] < off.summary["log_loss"]

@@ -43,19 +43,11 @@ def test_verify_table_and_faster_precision(e2e):
 
 
 def test_verify_fails_with_a_head_swapped_in_from_another_run(e2e, tmp_path):
+    from fastall.training.config import HeadConfig, TrainOptions
     from fastall.training.train_head import train_head
 
-    train_head(
-        e2e.cache,
-        tmp_path / "other",
-        folds=3,
-        test="none",
-        epochs=3,
-        lr=3e-3,
-        seed=7,
-        device="cpu",
-        progress=False,
-    )
+    options = TrainOptions(folds=3, test="none", seed=7, device="cpu", progress=False)
+    train_head(e2e.cache, tmp_path / "other", HeadConfig(epochs=3, lr=3e-3), options)
     run = copy_run(e2e, tmp_path / "run")
     shutil.copy(tmp_path / "other" / "head.pt", run / "head.pt")
     result = _verify(str(run), "--images", "8")

@@ -31,8 +31,17 @@ from fastall.cli.group import _csv, cli, console
     "a .pth state dict, or none (random init, tests only) [resnet50: imagenet1k_v1, others: DEFAULT].",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (autocast).")
-@click.option("--amp-dtype", type=click.Choice(["bf16", "fp16"]), default="bf16", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 where the device computes it natively (GPU; CPU with avx512_bf16/AMX), else fp32.",
+)
+@click.option("--amp/--no-amp", default=None, help="Older alias: --amp is --precision bf16, --no-amp fp32.")
+@click.option(
+    "--amp-dtype", type=click.Choice(["bf16", "fp16"]), default=None, help="Older alias of --precision."
+)
 @click.option("--batch-size", type=int, default=None, help="Images per forward [256 on GPU, 32 on CPU].")
 @click.option("--workers", type=int, default=None, help="Decoding processes [up to 10 on GPU, 0 on CPU].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Augmentation (and random-init) seed.")
@@ -40,6 +49,24 @@ from fastall.cli.group import _csv, cli, console
 @click.option("--overwrite", is_flag=True, help="Replace a cache or partial work made with other settings.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed in the cache), don't stop.")
 @click.option("--patient-regex", default=None, help="Regex with one group that extracts the patient ID.")
+@click.option(
+    "--scratch",
+    default=None,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Keep unfinished work (shards) in this folder, e.g. node-local disk [beside --out].",
+)
+@click.option(
+    "--distributed/--no-distributed",
+    default=None,
+    help="Run as one rank of a torchrun job [auto: when torchrun starts more than one process].",
+)
+@click.option(
+    "--dist-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a rank waits for an unresponsive other rank before stopping.",
+)
 def extract(
     data: str,
     out: str,
@@ -48,8 +75,9 @@ def extract(
     backbone: str,
     weights: str | None,
     device: str,
-    amp: bool,
-    amp_dtype: str,
+    precision: str,
+    amp: bool | None,
+    amp_dtype: str | None,
     batch_size: int | None,
     workers: int | None,
     seed: int,
@@ -57,11 +85,26 @@ def extract(
     overwrite: bool,
     skip_bad: bool,
     patient_regex: str | None,
+    scratch: str | None,
+    distributed: bool | None,
+    dist_timeout: float,
 ) -> None:
-    """Compute frozen backbone features of V views per image into a crash-safe, resumable HDF5 cache."""
+    """Compute frozen backbone features of V views per image into a crash-safe, resumable HDF5 cache.
+
+    Under `torchrun --nproc_per_node N -m fastall extract ...` every process extracts a share and rank 0
+    writes the one cache (docs/scale.md).
+    """
+    from functools import partial
+
     from fastall.features.extract import describe
     from fastall.features.extract import extract as run_extract
+    from fastall.system.distributed import detect
 
+    env = detect(distributed)
+    if env is not None:
+        from fastall.features.distributed import extract_distributed
+
+        run_extract = partial(extract_distributed, env=env, timeout=dist_timeout)
     summary = run_extract(
         data,
         out,
@@ -70,6 +113,7 @@ def extract(
         weights=weights,
         backbone=backbone,
         device=device,
+        precision=precision,
         amp=amp,
         amp_dtype=amp_dtype,
         batch_size=batch_size,
@@ -81,6 +125,8 @@ def extract(
         patient_regex=patient_regex,
         progress=True,
         warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),
+        scratch=scratch,
     )
-    for line in describe(summary):
-        click.echo(line)
+    if env is None or env.is_main:
+        for line in describe(summary):
+            click.echo(line)

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from fastall import __version__
 from fastall.errors import FastallError
+from fastall.system.files import describe_write_error, is_disk_full
 
 console = Console(stderr=True)
 
@@ -37,6 +38,9 @@ class FastallGroup(click.Group):
         except MemoryError:
             raise _UserError("out of memory: use a smaller --batch-size or fewer --views", 1) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
+            if is_disk_full(err):
+                where = f"{err.filename}: " if isinstance(err, OSError) and err.filename else ""
+                raise _UserError(f"{where}{describe_write_error(err)}", 1) from None
             if os.environ.get("FASTALL_DEBUG"):
                 raise
             first = str(err).splitlines()[0] if str(err) else ""

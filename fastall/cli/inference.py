@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.console import Console
 
@@ -33,10 +35,10 @@ from fastall.errors import FastallError
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
     default="fp32",
     show_default=True,
-    help="Also check this faster precision against fp32 (≥ 99.5% agreement).",
+    help="Also check this faster precision against fp32 (≥ 99.5% agreement); auto: bf16 where native.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(
@@ -80,13 +82,16 @@ def verify(
 
 @cli.command()
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--batch-sizes", default="1,8,32,256", show_default=True, help="Throughput batch sizes.")
+@click.option(
+    "--batch-sizes", default=None, help="Throughput batch sizes [1,8,32 on CPU; 1,8,32,256 on GPU]."
+)
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
     default="fp32",
     show_default=True,
-    help="int8: CPU only, calibrated on the benchmark images.",
+    help="auto: bf16 where the device computes it natively, else fp32; int8: CPU only, calibrated on the "
+    "benchmark images.",
 )
 @click.option("--threads", type=int, default=None, help="CPU threads for torch [all cores].")
 @click.option(
@@ -103,7 +108,7 @@ def verify(
     show_default=True,
     help="Without --run: the random-init backbone to time (resnet18 ... vit_b_16, as extract).",
 )
-@click.option("--iters", type=int, default=30, show_default=True, help="Timed batch-1 calls.")
+@click.option("--iters", type=int, default=20, show_default=True, help="Timed batch-1 calls.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
 @click.option(
     "--backend",
@@ -112,10 +117,16 @@ def verify(
     show_default=True,
     help="CPU: jit (TorchScript freeze, oneDNN fusion; auto), compile (torch.compile, inductor) or eager.",
 )
+@click.option(
+    "--onnx",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Also time this ONNX model (from `fastall export --format onnx`) with ONNX Runtime.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(
     device: str,
-    batch_sizes: str,
+    batch_sizes: str | None,
     precision: str,
     threads: int | None,
     run: str | None,
@@ -125,6 +136,7 @@ def bench(
     iters: int,
     workers: int | None,
     backend: str,
+    onnx: str | None,
     as_json: bool,
 ) -> None:
     """Latency (p50/p90/p99, batch 1) and throughput, end-to-end from files and model-only."""
@@ -133,10 +145,10 @@ def bench(
     from fastall.inference.bench import render, run_bench
 
     try:
-        sizes = [int(v) for v in _csv(batch_sizes)]
+        sizes = None if batch_sizes is None else [int(v) for v in _csv(batch_sizes)]
     except ValueError:
         raise FastallError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
-    if not sizes or min(sizes) < 1 or images < 1 or iters < 1:
+    if (sizes is not None and (not sizes or min(sizes) < 1)) or images < 1 or iters < 1:
         raise FastallError("--batch-sizes, --images and --iters must be positive")
     result = run_bench(
         device=device,
@@ -150,6 +162,7 @@ def bench(
         iters=iters,
         workers=workers,
         backend=backend,
+        onnx=onnx,
         log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False),
     )
     if as_json:
@@ -164,6 +177,9 @@ def bench(
             f"{a['precision']} agrees with fp32 on {a['agreement']:.1%} of {a['images']} images "
             f"(max |Δprob| {a['max_dprob']:.3g})"
         )
+    if result["onnx"]:
+        a = result["onnx"]["agreement_vs_fp32"]
+        out.print(f"onnxruntime agrees with PyTorch fp32 on {a['agreement']:.1%} of {a['images']} images")
 
 
 @cli.command()
@@ -183,7 +199,7 @@ def bench(
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
     default=None,
     help="[the model's: an export's chosen precision, fp32 for a run] int8 on a run is "
     "calibrated on the run's own images.",
@@ -208,6 +224,18 @@ def bench(
     type=click.Path(dir_okay=False, path_type=str),
     help="Backbone weights file, where the recorded one has moved.",
 )
+@click.option(
+    "--distributed/--no-distributed",
+    default=None,
+    help="Run as one rank of a torchrun job [auto: when torchrun starts more than one process].",
+)
+@click.option(
+    "--dist-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a rank waits for an unresponsive other rank before stopping.",
+)
 def predict(
     run: str,
     paths: tuple[str, ...],
@@ -220,24 +248,39 @@ def predict(
     skip_bad: bool,
     workers: int | None,
     weights_path: str | None,
+    distributed: bool | None,
+    dist_timeout: float,
 ) -> None:
-    """A probability and a label per image (files, or folders searched recursively); RUN or model.pt."""
+    """A probability and a label per image (files, or folders searched recursively); RUN or model.pt.
+
+    Under `torchrun --nproc_per_node N -m fastall predict ...` every process predicts a share of the files
+    and rank 0 writes the one CSV.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.text import Text
 
     from fastall.inference.artifacts import load_for_inference
     from fastall.inference.predict import predict_paths, write_predictions
+    from fastall.system.distributed import detect
 
-    model = load_for_inference(
-        run, device=device, precision=precision, backend=backend, weights_path=weights_path
-    )
+    env = detect(distributed)
+
+    def load(on: Any) -> Any:
+        return load_for_inference(
+            run, device=on, precision=precision, backend=backend, weights_path=weights_path
+        )
+
+    model = load(device) if env is None else None
     with Progress(
-        "[bold]predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        "[bold]predict",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=env is not None and not env.is_main,
     ) as bar:
         task = bar.add_task("predict", total=None)
-        preds = predict_paths(
-            model,
-            paths,
+        options = dict(
             batch_size=batch_size,
             tta=tta,
             skip_bad=skip_bad,
@@ -247,6 +290,14 @@ def predict(
             ),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+        if env is None:
+            preds = predict_paths(model, paths, **options)
+        else:
+            from fastall.inference.distributed import predict_distributed
+
+            preds = predict_distributed(env, load, paths, out, device=device, timeout=dist_timeout, **options)
+    if preds is None:
+        return
     sidecar = write_predictions(preds, out)
     counts = {c: preds.labels.count(c) for c in preds.class_names}
     click.echo(
@@ -269,6 +320,15 @@ def predict(
     "with fp32 on >= 99.5% of the run's images (int8, bf16, else fp32).",
 )
 @click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["torch", "onnx"]),
+    default="torch",
+    show_default=True,
+    help="torch: one fastall model file; onnx: uint8 pixels -> probabilities for ONNX Runtime "
+    "(fp32, checked against PyTorch; needs the extra: pip install 'fastall[onnx]').",
+)
+@click.option(
     "--images", type=int, default=200, show_default=True, help="Run images the precision is checked on."
 )
 @click.option(
@@ -284,11 +344,14 @@ def predict(
     help="Backbone weights file, where the recorded one has moved.",
 )
 def export_cmd(
-    run: str, out: str, precision: str, images: int, data: str | None, weights_path: str | None
+    run: str, out: str, precision: str, fmt: str, images: int, data: str | None, weights_path: str | None
 ) -> None:
-    """Write one self-contained model file (torch.load(weights_only=True)) for deployment."""
+    """Write one self-contained model file (torch.load(weights_only=True), or ONNX) for deployment."""
     from fastall.inference.export import export_deployable
 
+    if fmt == "onnx":
+        _export_onnx(run, out, precision, images, data, weights_path)
+        return
     path, choice = export_deployable(
         run,
         out,
@@ -302,3 +365,25 @@ def export_cmd(
     checked = f", {choice['agreement']:.1%} agreement on {n} images" if n else ""
     size = path.stat().st_size / 1e6
     click.echo(f"exported {run} -> {path} ({size:.1f} MB, {choice['precision']}{checked})")
+
+
+def _export_onnx(
+    run: str, out: str, precision: str, images: int, data: str | None, weights_path: str | None
+) -> None:
+    from fastall.inference.onnx_export import export_onnx
+
+    if precision not in ("auto", "fp32"):
+        raise FastallError(f"--format onnx writes an fp32 graph: --precision {precision} does not apply")
+    path, check = export_onnx(
+        run,
+        out,
+        images=images,
+        data=data,
+        weights_path=weights_path,
+        log=lambda msg: console.print(msg, highlight=False, soft_wrap=True),
+    )
+    size = path.stat().st_size / 1e6
+    click.echo(
+        f"exported {run} -> {path} ({size:.1f} MB, ONNX fp32, {check['agreement']:.1%} agreement with "
+        f"PyTorch on {check['images']} images, max |Δprob| {check['max_dprob']:.2g})"
+    )

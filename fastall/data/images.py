@@ -1,9 +1,14 @@
-"""Robust image decoding: any Pillow-readable file (by content, not extension) to uint8 RGB [3, H, W]."""
+"""Robust image decoding: any Pillow-readable file (by content, not extension) to uint8 RGB [3, H, W].
+
+Uncompressed 24-bit BMP (C-NMC's format) is read straight from the file's bytes with numpy, giving Pillow's
+pixels exactly; everything else goes through Pillow.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -17,6 +22,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 MAX_PIXELS_ENV = "FASTALL_MAX_PIXELS"
 
 _max_pixels: int | None = None
+_BMP_HEADERS = (40, 52, 56, 108, 124)  # BITMAPINFOHEADER and its extensions (V2, V3, V4, V5)
 
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
@@ -83,15 +89,15 @@ def decode_image(path: str | Path) -> torch.Tensor:
         try:
             if os.fstat(fh.fileno()).st_size == 0:
                 raise _fail(path, "empty file (0 bytes)")
+            if fh.read(2) == b"BM":
+                fh.seek(0)
+                fast = bmp_pixels(fh.read())
+                if fast is not None:
+                    _check_pixels(path, fast.shape[1], fast.shape[0], limit)
+                    return torch.from_numpy(fast.transpose(2, 0, 1).copy())
+            fh.seek(0)
             with Image.open(fh) as im:
-                w, h = im.size
-                if w * h > limit:
-                    raise _fail(
-                        path,
-                        f"{w}x{h} = {w * h:,} pixels is over the limit of {limit:,} "
-                        f"(decompression bomb guard); raise it with {MAX_PIXELS_ENV}=<pixels> "
-                        "or fastall.data.images.set_max_pixels()",
-                    )
+                _check_pixels(path, *im.size, limit)
                 im.load()
                 arr = _to_rgb(_oriented(im))
         except BadImageError:
@@ -105,6 +111,33 @@ def decode_image(path: str | Path) -> torch.Tensor:
         except Exception as err:  # Pillow plug-ins raise many types on bad input
             raise _fail(path, f"cannot decode ({type(err).__name__}: {err})") from None
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+def _check_pixels(path: Path, w: int, h: int, limit: int) -> None:
+    if w * h > limit:
+        raise _fail(
+            path,
+            f"{w}x{h} = {w * h:,} pixels is over the limit of {limit:,} "
+            f"(decompression bomb guard); raise it with {MAX_PIXELS_ENV}=<pixels> "
+            "or fastall.data.images.set_max_pixels()",
+        )
+
+
+def bmp_pixels(data: bytes) -> np.ndarray | None:
+    """HxWx3 RGB view of an uncompressed 24-bit (BI_RGB) BMP, straight from its bytes (bottom-up or
+    top-down rows); None for every other kind of file, which Pillow decodes instead."""
+    if len(data) < 54 or data[:2] != b"BM":
+        return None
+    (offset,) = struct.unpack_from("<I", data, 10)
+    header, width, height, planes, bits, compression = struct.unpack_from("<IiiHHI", data, 14)
+    if header not in _BMP_HEADERS or (planes, bits, compression) != (1, 24, 0) or width <= 0 or height == 0:
+        return None
+    rows, stride = abs(height), (width * 3 + 3) & ~3
+    if offset < 14 + header or offset + stride * rows > len(data):
+        return None
+    pixels = np.frombuffer(data, np.uint8, stride * rows, offset).reshape(rows, stride)
+    pixels = pixels[:, : width * 3].reshape(rows, width, 3)[:, :, ::-1]
+    return pixels[::-1] if height > 0 else pixels
 
 
 def _oriented(im: Image.Image) -> Image.Image:

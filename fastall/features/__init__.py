@@ -2,7 +2,7 @@
 
 Owns: augmentation (``augment``), the only place a backbone is built (``backbone``), extraction and its device
 loop (``extract``, ``loop``), the crash-safe shard store and lock (``shards``), the cache schema with its one
-writer and one validating reader (``cache``).
+writer and one validating reader (``cache``), the torchrun join of per-rank shards (``distributed``).
 May import: ``fastall.data``, the shared contracts and ``fastall.system``.
 Never imports training, inference or the CLI.
 """

@@ -1,7 +1,9 @@
-"""The frozen backbones: torchvision classifiers without their last Linear, giving pooled pre-logits features.
+"""The frozen backbones: torchvision classifiers without their classifier, giving pooled features.
 
-One registry (:data:`BACKBONES`) says, per architecture, which Linear is the classifier (replaced by
-``Identity``; its ``in_features`` is the feature dimension) and which layer Grad-CAM looks at. Weights come
+One registry (:data:`BACKBONES`) says, per architecture, which module is the classifier (replaced by
+``Identity``; the ``in_features`` of its first Linear is the feature dimension) and which layer Grad-CAM looks
+at: the last feature map, whose channels are the pooled features (so `fastall explain` can standardise them
+with the head's statistics). Weights come
 through torchvision's multi-weight API (the torch hub cache under TORCH_HOME, or a download), from a ``.pth``
 state dict, or from a deterministic random init (``none``, for tests and demos). Their identity is the sha256
 of the loaded state dict, recorded in every cache. Mean, std and the input sizes a model takes come from the
@@ -28,7 +30,8 @@ from fastall.features.weights import file_state, fixed_sizes, named_weights, tor
 class BackboneSpec:
     """How fastall uses one torchvision architecture.
 
-    ``classifier_attr``: dotted path of the final Linear (replaced by Identity, its weights dropped);
+    ``classifier_attr``: dotted path of the classifier: the final Linear, or for MobileNetV3 its two-layer
+    head, so that the features are the pooled last feature map (replaced by Identity, its weights dropped);
     ``gradcam_layer``: dotted path of the Grad-CAM target layer, whose output is ``gradcam_layout``
     (``nchw``, or ``tokens`` ``[B, 1 + H*W, C]`` with a class token first); ``fixed_size``: the model takes
     one input size only (given by its weights); ``calibrated_init``: its random init (``--weights none``)
@@ -61,7 +64,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("convnext_tiny", "ConvNeXt-Tiny", 768, "classifier.2", "features"),
         BackboneSpec("regnet_y_800mf", "RegNetY-800MF", 784, "fc", "trunk_output"),
         BackboneSpec(
-            "mobilenet_v3_large", "MobileNetV3-Large", 1280, "classifier.3", "features", calibrated_init=True
+            "mobilenet_v3_large", "MobileNetV3-Large", 960, "classifier", "features", calibrated_init=True
         ),
         BackboneSpec("swin_t", "Swin-T", 768, "head", "permute"),
         BackboneSpec(
@@ -117,6 +120,12 @@ class BackboneInfo:
     min_size: int = MIN_IMAGE_SIZE
     fixed_size: int | None = None
     params: int = 0
+
+    def input_size(self, size: int | None) -> int:
+        """``size``, or these weights' own size where None; refused where the model cannot take it."""
+        size = self.natural_size if size is None else int(size)
+        self.check_size(size)
+        return size
 
     def check_size(self, size: int) -> None:
         """Refuse an input size these weights cannot take, naming the sizes they can."""
@@ -305,19 +314,41 @@ def load_backbone(
 
 @functools.cache
 def _feature_dim(spec: BackboneSpec) -> int:
-    """``in_features`` of the architecture's classifier: the dimension of its pooled pre-logits features."""
-    return int(_skeleton(spec.name).get_submodule(spec.classifier_attr).in_features)
+    """``in_features`` of the classifier's first Linear: the dimension of the pooled features."""
+    classifier = _skeleton(spec.name).get_submodule(spec.classifier_attr)
+    return int(next(m for m in classifier.modules() if isinstance(m, nn.Linear)).in_features)
 
 
-def gradcam_target(model: nn.Module, name: str) -> nn.Module:
-    """The Grad-CAM target layer of backbone ``name`` inside ``model`` (a backbone built here)."""
-    return model.get_submodule(get_spec(name).gradcam_layer)
+# Grad-CAM's target layer per backbone: a module path inside the model ``load_backbone`` returns, whose output
+# has the feature channels on a spatial grid (``gradcam_layout``: ViT's are tokens, see :func:`gradcam_nchw`).
+GRADCAM_LAYERS = {name: spec.gradcam_layer for name, spec in BACKBONES.items()}
+
+
+def target_layer(model: nn.Module, name: str = DEFAULT_BACKBONE) -> nn.Module:
+    """The module of backbone ``name`` (as recorded in key_params["backbone"]) whose maps Grad-CAM weighs."""
+    if name not in GRADCAM_LAYERS:
+        raise FastallError(
+            f"backbone {name!r} declares no Grad-CAM layer (known: {', '.join(sorted(GRADCAM_LAYERS))})"
+        )
+    try:
+        return model.get_submodule(GRADCAM_LAYERS[name])
+    except AttributeError:
+        raise FastallError(f"backbone {name!r} has no module {GRADCAM_LAYERS[name]!r}") from None
 
 
 def gradcam_nchw(name: str, activation: torch.Tensor) -> torch.Tensor:
     """The target layer's output as ``[B, C, H, W]`` (a ViT's patch tokens laid out on their grid)."""
-    if get_spec(name).gradcam_layout == "tokens":
-        tokens = activation[:, 1:]
-        side = math.isqrt(tokens.shape[1])
-        return tokens.reshape(tokens.shape[0], side, side, tokens.shape[2]).permute(0, 3, 1, 2)
-    return activation
+    if BACKBONES.get(name) is None or BACKBONES[name].gradcam_layout != "tokens":
+        return activation
+    tokens = activation[:, 1:]
+    side = math.isqrt(tokens.shape[1])
+    return tokens.reshape(tokens.shape[0], side, side, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def gradcam_layout_back(name: str, grid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`gradcam_nchw`: ``grid [B, C, H, W]`` in the layer's own layout (shaped as
+    ``like``; a ViT's class token gets zeros)."""
+    if BACKBONES.get(name) is None or BACKBONES[name].gradcam_layout != "tokens":
+        return grid
+    tokens = grid.permute(0, 2, 3, 1).reshape(grid.shape[0], -1, grid.shape[1])
+    return torch.cat([torch.zeros_like(like[:, :1]), tokens], dim=1)

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
 
 from fastall.errors import CacheError
-from fastall.system.files import fsync_dir, kill_point
+from fastall.system.files import atomic_write, check_free_space, describe_write_error
 
 SCHEMA_VERSION = 1
 REQUIRED = ("features", "labels", "class_names", "patient", "path", "source", "view_params", "done")
@@ -124,14 +123,16 @@ def write_cache(
     provenance: dict[str, Any],
     skipped: list[tuple[str, str]] = (),
 ) -> Path:
-    """Write a complete cache atomically: ``PATH.tmp`` is fsynced, then renamed onto ``PATH``."""
+    """Write a complete cache atomically (:func:`~fastall.system.files.atomic_write`), after checking that the
+    disk has room for it; a full disk is a one-line CacheError, and leaves no temporary file."""
     path = Path(path)
     n = len(labels)
     if features.shape[0] != n or view_params.shape[:2] != features.shape[:2]:
         raise CacheError(f"{path}: inconsistent shapes {features.shape} / {view_params.shape} / {n} labels")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
+    needed = expected_cache_bytes(features.shape, view_params.shape, [*patients, *paths, *sources])
+
+    def write(fh: BinaryIO) -> None:
+        with h5py.File(fh, "w", locking=False) as f:  # private until renamed; NFS may lack locks (errno 37)
             f.create_dataset(
                 "features",
                 data=features.astype(np.float16, copy=False),
@@ -157,15 +158,33 @@ def write_cache(
             f.attrs["feature_dim"] = int(features.shape[2])
             for name, value in {**key_params, **provenance}.items():
                 f.attrs[name] = _attr(value)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        kill_point("cache-tmp")
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+
+    try:
+        check_free_space(path.parent, needed)
+        atomic_write(path, write, point="cache-tmp")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise CacheError(f"{path}: cannot write cache: {err.strerror or err}") from None
+        partial = path.with_name(path.name + ".partial")
+        kept = (
+            f"; the finished work in {partial} is kept: run extract again to resume"
+            if partial.exists()
+            else ""
+        )
+        raise CacheError(
+            f"{path}: cannot write cache: {describe_write_error(err, path.parent)}{kept}"
+        ) from None
     return path
+
+
+def expected_cache_bytes(
+    features_shape: tuple[int, ...], view_params_shape: tuple[int, ...], strings: list[str]
+) -> int:
+    """About how many bytes a cache takes: float16 features, float32 view parameters, the string tables, and
+    HDF5's bookkeeping (a chunk index entry per image, headers)."""
+    n = features_shape[0] if features_shape else 0
+    features = 2 * int(np.prod(features_shape))
+    params = 4 * int(np.prod(view_params_shape))
+    text = sum(len(s.encode()) + 16 for s in strings)
+    return features + params + text + 128 * n + (64 << 10)
 
 
 def _attr(value: Any) -> Any:

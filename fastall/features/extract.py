@@ -8,9 +8,6 @@ shard beside the target; ``CACHE.h5`` appears only when complete.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,17 +20,20 @@ import torchvision
 
 from fastall import __version__
 from fastall.data.discover import Record, discover
+from fastall.data.fingerprint import dataset_fingerprint
 from fastall.errors import CacheError, FastallError
 from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
 from fastall.features.loop import run
-from fastall.features.shards import PartialStore, cache_lock
+from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from fastall.system.devices import decide_precision, precision_alias
 from fastall.system.files import kill_point
 
 PREPROCESS = "v1: RGB uint8, resize bilinear+antialias (whole image, no crop), /255, [augment], mean/std"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -51,6 +51,7 @@ class ExtractSummary:
     device: str = "cpu"
     amp_dtype: str = "fp32"
     key: str = ""
+    precision: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -71,17 +72,6 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FastallError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
     return torch.device(name)
-
-
-def _fingerprint(records: list[Record]) -> str:
-    h = hashlib.sha256()
-    for r in records:
-        try:
-            size = os.stat(r.path).st_size
-        except OSError:
-            size = -1
-        h.update(json.dumps([r.rel_path, r.label, r.patient, r.source, size]).encode())
-    return h.hexdigest()
 
 
 def key_params_for(
@@ -110,14 +100,14 @@ def key_params_for(
         "seed": seed,
         "amp": amp,
         "amp_dtype": amp_dtype if amp else "fp32",
-        "dataset_fingerprint": _fingerprint(records),
+        "dataset_fingerprint": dataset_fingerprint(records),
         "dataset_images": len(records),
         "dataset_classes": list(class_names),
     }
 
 
 def _check_args(
-    views: int, image_size: int, seed: int, batch_size: int | None, workers: int | None, amp_dtype: str
+    views: int, image_size: int, seed: int, batch_size: int | None, workers: int | None, amp_dtype: str | None
 ) -> None:
     checks = [
         (views < 1, f"--views must be at least 1, got {views}"),
@@ -125,7 +115,10 @@ def _check_args(
         (not 0 <= seed < 2**63, f"--seed must be in 0..2**63-1, got {seed}"),
         (batch_size is not None and batch_size < 1, f"--batch-size must be >= 1, got {batch_size}"),
         ((workers or 0) < 0, f"--workers must be non-negative, got {workers}"),
-        (amp_dtype not in AMP_DTYPES, f"--amp-dtype must be bf16 or fp16, got {amp_dtype!r}"),
+        (
+            amp_dtype is not None and amp_dtype not in AMP_DTYPES,
+            f"--amp-dtype must be bf16 or fp16, got {amp_dtype!r}",
+        ),
     ]
     problems = [message for failed, message in checks if failed]
     if problems:
@@ -172,48 +165,8 @@ def _open_partial(store: PartialStore, key_params: dict[str, Any], overwrite: bo
         store.start(cache_key(key_params), key_params)
 
 
-def extract(
-    data: str | Path,
-    out: str | Path,
-    *,
-    views: int = 8,
-    image_size: int | None = None,
-    weights: str | None = None,
-    backbone: str = "resnet50",
-    device: str = "auto",
-    amp: bool = True,
-    amp_dtype: str = "bf16",
-    batch_size: int | None = None,
-    workers: int | None = None,
-    seed: int = 0,
-    include: Iterable[str] = (),
-    overwrite: bool = False,
-    skip_bad: bool = False,
-    patient_regex: str | None = None,
-    progress: bool = True,
-    warn: Callable[[str], None] | None = None,
-) -> ExtractSummary:
-    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
-
-    ``backbone``: a name of :data:`fastall.features.backbone.BACKBONES`; ``weights``: its torchvision weights
-    (``DEFAULT``, ``IMAGENET1K_V1``, ...), a ``.pth`` state dict or ``none`` [resnet50: imagenet1k_v1, others
-    DEFAULT]; ``image_size``: the weights' own size where None, refused where the model cannot take it.
-    """
-    start = time.perf_counter()
-    warnings: list[str] = []
-
-    def note(message: str) -> None:
-        warnings.append(message)
-        if warn is not None:
-            warn(message)
-
-    _check_args(views, 224 if image_size is None else image_size, seed, batch_size, workers, amp_dtype)
-    dev = _device(device)
-    out = Path(out)
-    if out.is_dir():
-        raise FastallError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
-    if not out.parent.is_dir():
-        raise FastallError(f"--out {out}: folder {out.parent} does not exist")
+def _dataset(data: str | Path, include: Iterable[str], patient_regex: str | None, note: Callable) -> Any:
+    """The discovered dataset; fatal problems raise, the others are passed to ``note``."""
     include = tuple(include)
     ds = discover(data, patient_regex=patient_regex, **({"include": include} if include else {}))
     fatal = ds.fatal_problems
@@ -226,11 +179,67 @@ def extract(
     ds.check(training=False)
     for message in ds.warnings + [str(p) for p in ds.problems]:
         note(message)
+    return ds
+
+
+def _check_out(out: Path, scratch: str | Path | None) -> None:
+    if out.is_dir():
+        raise FastallError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
+    if not out.parent.is_dir():
+        raise FastallError(f"--out {out}: folder {out.parent} does not exist")
+    if scratch is not None and not Path(scratch).is_dir():
+        raise FastallError(f"--scratch {scratch}: no such folder")
+
+
+def extract(
+    data: str | Path,
+    out: str | Path,
+    *,
+    views: int = 8,
+    image_size: int | None = None,
+    weights: str | None = None,
+    backbone: str = "resnet50",
+    device: str = "auto",
+    precision: str = "auto",
+    amp: bool | None = None,
+    amp_dtype: str | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    include: Iterable[str] = (),
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    patient_regex: str | None = None,
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+    scratch: str | Path | None = None,
+) -> ExtractSummary:
+    """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
+
+    ``precision``: auto (bf16 where the device computes it natively, else fp32), fp32, bf16 or fp16;
+    ``amp``/``amp_dtype`` are its older aliases. The precision used is in the cache key. ``backbone`` and
+    ``weights``: as :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None, the weights' own.
+    """
+    start = time.perf_counter()
+    warnings: list[str] = []
+
+    def note(message: str) -> None:
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+
+    _check_args(views, 224 if image_size is None else image_size, seed, batch_size, workers, amp_dtype)
+    dev = _device(device)
+    choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
+    if not choice.native:
+        note(f"{choice.reason} (--precision auto picks fp32 here)")
+    out = Path(out)
+    _check_out(out, scratch)
+    ds = _dataset(data, include, patient_regex, note)
     records = ds.records
     with cache_lock(out, warn=note):
         model, info = load_backbone(weights, seed=seed, backbone=backbone)
-        image_size = info.natural_size if image_size is None else image_size
-        info.check_size(image_size)
+        image_size = info.input_size(image_size)
         for message in info.warnings:
             note(message)
         key_params = key_params_for(
@@ -238,8 +247,8 @@ def extract(
             image_size=image_size,
             views=views,
             seed=seed,
-            amp=amp,
-            amp_dtype=amp_dtype,
+            amp=choice.precision != "fp32",
+            amp_dtype=choice.precision,
             records=records,
             class_names=ds.class_names,
         )
@@ -253,8 +262,9 @@ def extract(
             amp_dtype=compute,
             key=cache_key(key_params),
             warnings=warnings,
+            precision=choice.to_dict(),
         )
-        store = PartialStore(out)
+        store = PartialStore(out, partial_folder(out, scratch))
         if _existing_matches(out, key_params, overwrite):
             if store.meta() is not None and store.meta().get("key") == summary.key:
                 store.remove()
@@ -262,6 +272,7 @@ def extract(
             summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
             summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
             return summary
+        claim_layout(store.dir, 1, overwrite)
         _open_partial(store, key_params, overwrite, note)
         done, bad = store.load(len(records), views, info.feature_dim, warn=note)
         todo = [i for i in range(len(records)) if i not in done and i not in bad]
@@ -279,10 +290,9 @@ def extract(
                 size=image_size,
                 views=views,
                 dim=info.feature_dim,
-                mean=info.mean,
-                std=info.std,
+                norm=(info.mean, info.std),
                 seed=seed,
-                amp=AMP_DTYPES[amp_dtype] if amp else None,
+                amp=choice.autocast_dtype,
                 batch_size=batch_size,
                 workers=workers,
                 skip_bad=skip_bad,
@@ -290,7 +300,7 @@ def extract(
             )
         summary.loop_seconds = time.perf_counter() - loop_start
         kill_point("finalize")
-        provenance = _provenance(dev, info, batch_size, workers, data)
+        provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record()}
         if todo:
             provenance["extract_s_per_image"] = summary.loop_seconds / len(todo)
         _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)
@@ -337,10 +347,25 @@ def _finalize(
     if missing:
         raise CacheError(f"{store.dir}: {len(missing)} images still missing after the run; run extract again")
     rows = sorted(done)
+    features = np.stack([done[i][0] for i in rows]) if rows else None
+    params = np.stack([done[i][1] for i in rows]) if rows else None
+    _write(out, records, rows, features, params, bad, class_names, key_params, provenance)
+
+
+def _write(
+    out: Path,
+    records: list[Record],
+    rows: list[int],
+    features: np.ndarray | None,
+    params: np.ndarray | None,
+    bad: dict[int, str],
+    class_names: list[str],
+    key_params: dict[str, Any],
+    provenance: dict[str, Any],
+) -> None:
+    """The one cache of ``rows`` (sorted record indices; ``features``/``params`` in that order)."""
     if not rows:
         raise FastallError(f"none of the {len(records)} images could be decoded; nothing to cache")
-    features = np.stack([done[i][0] for i in rows])
-    params = np.stack([done[i][1] for i in rows])
     picked = [records[i] for i in rows]
     skipped = [(records[i].rel_path, bad[i].removeprefix(f"{records[i].path}: ")) for i in sorted(bad)]
     write_cache(
@@ -375,6 +400,8 @@ def describe(summary: ExtractSummary) -> list[str]:
             f"at {s.images_per_s:,.1f} img/s = {s.forwards_per_s:,.1f} forwards/s on {s.device}, "
             f"{s.amp_dtype}{resumed}), cache {size}"
         ]
+    if summary.precision and not summary.skipped_existing:
+        lines.append(f"precision {summary.precision['precision']}: {summary.precision['reason']}")
     if summary.skipped:
         lines.append(f"skipped {len(summary.skipped)} unreadable image(s):")
         lines += [f"  {path}: {reason}" for path, reason in summary.skipped]

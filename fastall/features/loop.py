@@ -128,8 +128,7 @@ def run(
     dim: int,
     seed: int,
     amp: torch.dtype | None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    norm: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
     batch_size: int | None,
     workers: int | None,
     skip_bad: bool,
@@ -163,7 +162,7 @@ def run(
                         keep = torch.tensor([k for k, e in enumerate(errors) if not e], dtype=torch.long)
                         x, params, indices = x[keep.to(dev)], params[keep], indices[keep]
                     p = params.to(dev, non_blocking=True)
-                    feats = _views(model, x, p, size, views, dim, autocast, (mean, std))
+                    feats = _views(model, x, p, size, views, dim, autocast, norm)
                     writer.submit(indices.numpy(), feats, params.numpy(), skipped, advance)
         except BaseException:
             writer.close(raise_errors=False)

@@ -1,4 +1,4 @@
-"""Crash safety for `extract`: test kill points, the cache lock and partial work.
+"""Crash safety for `extract`: the cache lock and partial work.
 
 Nothing here is ever half-written: every file goes to a temporary name, is fsynced and renamed. A ``kill -9``
 at any moment loses at most the batch being written; the cache itself is assembled only when all is done.
@@ -6,9 +6,10 @@ at any moment loses at most the batch being written; the cache itself is assembl
 
 from __future__ import annotations
 
-import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -20,32 +21,25 @@ from typing import Any
 import numpy as np
 
 from fastall.errors import CacheError
-from fastall.system.files import fsync_dir, kill_point
-from fastall.system.procs import pid_alive
-
-
-def _write_atomic(path: Path, write: Any, point: str) -> None:
-    """``write(fileobj)`` into ``.PATH.tmp``, fsync, rename onto ``path``; no partial file on failure."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        kill_point(point)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from fastall.system.files import atomic_write, describe_write_error, is_disk_full
+from fastall.system.procs import holder_alive, pid_alive, process_start
 
 
 @contextmanager
 def cache_lock(target: str | Path, warn: Any = None) -> Iterator[Path]:
-    """Hold ``TARGET.lock`` (pid, host, start time); refuse a live holder, take over a stale one."""
+    """Hold ``TARGET.lock`` (pid, host, start time); refuse a live holder, take over a stale one.
+
+    The lock records which process holds it (``pid_start``, see :func:`process_start`), so that a pid reused
+    after a restart (this process's own, pid 1) is recognised as stale.
+    """
     target = Path(target)
     lock = target.with_name(target.name + ".lock")
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pid_start": process_start(os.getpid()),
+    }
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -65,7 +59,8 @@ def cache_lock(target: str | Path, warn: Any = None) -> Iterator[Path]:
         yield lock
     finally:
         try:
-            if json.loads(lock.read_text()).get("pid") == me["pid"]:
+            holder = json.loads(lock.read_text())
+            if holder.get("pid") == me["pid"] and holder.get("pid_start") == me["pid_start"]:
                 lock.unlink()
         except (OSError, ValueError):
             pass
@@ -87,13 +82,20 @@ def _take_over_stale(lock: Path, host: str, warn: Any) -> None:
             f"{lock}: cache is locked by pid {pid} on host {their_host} (since "
             f"{holder.get('started')}); if that job is gone, delete the lock file"
         )
-    if pid > 0 and pid_alive(pid):
+    written = lock.stat().st_mtime if lock.exists() else None
+    if pid > 0 and holder_alive(pid, holder.get("pid_start"), written):
         raise CacheError(
             f"{lock}: another extract (pid {pid}, started {holder.get('started')}) is writing "
-            "this cache; wait for it or stop it"
+            "this cache; wait for it or stop it (if no extract is running, delete this lock file)"
         )
     if warn is not None:
-        warn(f"taking over a stale lock {lock} (pid {pid} is not running)")
+        if pid <= 0 or not pid_alive(pid):
+            why = "is not running"
+        elif pid == os.getpid():
+            why = "is this process: the lock is from before a restart"
+        else:
+            why = "now names another process"
+        warn(f"taking over a stale lock {lock} (pid {pid} {why})")
     lock.unlink(missing_ok=True)
 
 
@@ -104,9 +106,9 @@ class PartialStore:
     the batch being written; the final cache is assembled from the shards only when every row is done.
     """
 
-    def __init__(self, target: str | Path) -> None:
+    def __init__(self, target: str | Path, folder: str | Path | None = None) -> None:
         self.target = Path(target)
-        self.dir = self.target.with_name(self.target.name + ".partial")
+        self.dir = Path(folder) if folder is not None else partial_folder(self.target)
 
     def meta(self) -> dict[str, Any] | None:
         try:
@@ -117,9 +119,9 @@ class PartialStore:
             return {}
 
     def start(self, key: str, key_params: dict[str, Any]) -> None:
-        self.dir.mkdir(exist_ok=True)
+        self._io(lambda: self.dir.mkdir(parents=True, exist_ok=True))
         blob = json.dumps({"key": key, "key_params": key_params}, sort_keys=True, default=str).encode()
-        self._io(lambda: _write_atomic(self.dir / "meta.json", lambda fh: fh.write(blob), "meta-tmp"))
+        self._io(lambda: atomic_write(self.dir / "meta.json", lambda fh: fh.write(blob), point="meta-tmp"))
 
     def write_shard(
         self,
@@ -138,14 +140,14 @@ class PartialStore:
             "skipped_index": np.asarray([i for i, _ in skipped], dtype=np.int64),
             "skipped_reason": np.asarray([r for _, r in skipped], dtype=str),
         }
-        self._io(lambda: _write_atomic(path, lambda fh: np.savez(fh, **arrays), "shard-tmp"))
+        self._io(lambda: atomic_write(path, lambda fh: np.savez(fh, **arrays), point="shard-tmp"))
         return path
 
     def load(self, n: int, views: int, dim: int, warn: Any = None) -> tuple[dict, dict[int, str]]:
         """``({index: (features [V, D], params [V, P])}, {index: reason})`` from every readable shard."""
         done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         skipped: dict[int, str] = {}
-        for tmp in self.dir.glob(".*.tmp"):
+        for tmp in [*self.dir.glob(".*.tmp"), *self.dir.glob(".*.tmp-*")]:
             tmp.unlink(missing_ok=True)
         for shard in sorted(self.dir.glob("batch-*.npz")):
             try:
@@ -177,7 +179,51 @@ class PartialStore:
         try:
             action()
         except OSError as err:
-            full = " (disk full)" if err.errno == errno.ENOSPC else ""
+            full = " (disk full)" if is_disk_full(err) else ""
             raise CacheError(
-                f"{self.dir}: cannot save extract progress{full}: {err.strerror or err}"
+                f"{self.dir}: cannot save extract progress{full}: {describe_write_error(err, self.dir)}"
             ) from None
+
+
+_RANK_DIR = re.compile(r"rank-(\d+)-of-(\d+)")
+
+
+def partial_folder(target: str | Path, scratch: str | Path | None = None) -> Path:
+    """Where the unfinished work on ``target`` lives: ``TARGET.partial`` beside it, or a folder in ``scratch``
+    (node-local disk) named after the target and a hash of its absolute path."""
+    target = Path(target)
+    if scratch is None:
+        return target.with_name(target.name + ".partial")
+    tag = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:8]
+    return Path(scratch) / f"{target.name}-{tag}.partial"
+
+
+def rank_folder(base: Path, rank: int, world: int) -> Path:
+    """One rank's shard store: ``base`` itself for a plain run, else ``base/rank-R-of-W``."""
+    return base if world == 1 else base / f"rank-{rank}-of-{world}"
+
+
+def claim_layout(base: Path, world: int, overwrite: bool) -> None:
+    """Refuse unfinished work in ``base`` by another number of processes; with ``overwrite`` discard it."""
+    if not base.is_dir():
+        return
+    others: dict[Path, int] = {}
+    for entry in base.iterdir():
+        m = _RANK_DIR.fullmatch(entry.name)
+        if m and int(m[2]) != world:
+            others[entry] = int(m[2])
+        elif not m and world != 1 and (entry.name == "meta.json" or entry.name.startswith(("batch-", "."))):
+            others[entry] = 1
+    if not others:
+        return
+    if not overwrite:
+        counts = " and ".join(str(n) for n in sorted(set(others.values())))
+        raise CacheError(
+            f"{base} holds an unfinished extract by {counts} process(es), this run has {world}: rerun with "
+            "the same number (torchrun --nproc_per_node/--nnodes), or use --overwrite to discard it"
+        )
+    for entry in others:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import calibration_pick
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from fastall.system.devices import resolve_device
+from fastall.system.devices import decide_precision, resolve_device
 
 EXPORT_FORMAT, EXPORT_VERSION = "fastall-model", 1
 _HEAD_KEYS = ("state_dict", "head_config", "class_names", "cache_key", "key_params")
@@ -337,14 +337,18 @@ def load_for_inference(
     weights_path: str | Path | None = None,
 ) -> LeukemiaClassifier:
     """`predict`'s loader: a run or an export at ``precision`` (None: the model's own, e.g. an export's
-    int8) and ``backend``. fp32 runs eagerly unless a backend is named; int8 for a run is calibrated on the
-    run's own images."""
+    int8; auto: the one resolver's choice) and ``backend``. fp32 runs eagerly unless a backend is named;
+    int8 for a run is calibrated on the run's own images."""
     path = Path(path)
     blob, folder = _open(path)
     if folder is None:
         model = model_from_export(blob, path, device)
     else:
         model = model_from_run(folder, weights_path=weights_path, device=device)
+    if precision is not None:
+        precision = decide_precision(
+            precision, model.device, allowed=("fp32", "bf16", "fp16", "int8")
+        ).precision
     wanted = precision or model.precision
     if wanted == model.precision and backend in ("auto", model.backend):
         return model

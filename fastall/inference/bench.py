@@ -9,59 +9,32 @@ gives throughput.
 from __future__ import annotations
 
 import math
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fastall.data.loader import decode_resized, default_workers, iter_batches
+from fastall.data.loader import decode_resized, default_workers
 from fastall.data.walk import find_images
 from fastall.errors import FastallError
 from fastall.head import Head
 from fastall.inference.artifacts import load_run
 from fastall.inference.model import LeukemiaClassifier
-from fastall.inference.precision import calibration_pick, try_precision
-from fastall.system.devices import resolve_device
+from fastall.inference.precision import calibration_pick, compare_logits, logits, try_precision
+from fastall.inference.timing import paired_latency, paired_throughput
+from fastall.system.devices import decide_precision, resolve_device
+from fastall.system.machine import machine_info
+
+__all__ = ["machine_info", "run_bench", "render", "latency", "throughput", "random_model"]
 
 PAPER_CLAIMS_MS = {"cpu": 50.0, "cuda": 10.0}
 RANDOM_LABEL = "random-init {} + random head (no --run: timing only, predictions meaningless)"
-
-
-def machine_info(device: torch.device | str) -> dict[str, Any]:
-    device = torch.device(device)
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": device.type,
-        "device_name": _cpu_model(),
-        "load_average": list(os.getloadavg()),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+DEFAULT_BATCH_SIZES = {"cpu": (1, 8, 32), "cuda": (1, 8, 32, 256)}
+CHECK_IMAGES = 16  # images the precision is checked on (of the benchmark's synthetic files)
 
 
 def random_model(
@@ -72,8 +45,7 @@ def random_model(
     from fastall.features.backbone import get_spec, load_backbone
 
     model, info = load_backbone("none", seed=seed, backbone=backbone)
-    size = info.natural_size if image_size is None else image_size
-    info.check_size(size)
+    size = info.input_size(image_size)
     torch.manual_seed(seed)
     return LeukemiaClassifier(
         model,
@@ -108,44 +80,11 @@ def synthetic_files(folder: str | Path, n: int, size: int = 450, seed: int = 0) 
     return [paths[int(i * step)] for i in range(n)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _percentiles(seconds: Sequence[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1e3
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        "n": len(ms),
-    }
-
-
-def _time_calls(fn: Callable[[int], None], device: torch.device, warmup: int, iters: int) -> list[float]:
-    for i in range(warmup):
-        fn(i)
-    _sync(device)
-    times = []
-    for i in range(iters):
-        start = time.perf_counter()
-        fn(i)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 @torch.inference_mode()
 def latency(
     model: LeukemiaClassifier, files: Sequence[Path], *, warmup: int, iters: int, rounds: int = 1
 ) -> dict[str, Any]:
-    """Batch-1 latency, end-to-end from a file path and model-only from a normalised tensor, interleaved.
-
-    With ``rounds`` > 1 (a shared, noisy machine) the round with the lowest end-to-end p50 is kept; every
-    round's p50 is reported.
-    """
+    """Batch-1 latency, end-to-end from a file path and model-only from a normalised tensor, interleaved."""
     device, size = model.device, model.image_size
     x = torch.randn(1, 3, size, size, device=device)
 
@@ -156,55 +95,26 @@ def latency(
         image = decode_resized(files[i % len(files)], size)[None]
         torch.softmax(model(image.to(device)), dim=1).cpu()
 
-    _time_calls(lambda i: (model_only(i), end_to_end(i)), device, warmup, 0)
-    best = None
-    p50s = []
-    for _ in range(rounds):
-        mo, e2e = [], []
-        for i in range(iters):
-            mo += _time_calls(model_only, device, 0, 1)
-            e2e += _time_calls(lambda _, i=i: end_to_end(i), device, 0, 1)
-        result = {"model_only": _percentiles(mo), "end_to_end": _percentiles(e2e)}
-        p50s.append(result["end_to_end"]["p50_ms"])
-        if best is None or p50s[-1] < best["end_to_end"]["p50_ms"]:
-            best = result
-    return {**best, "rounds_end_to_end_p50_ms": p50s}
+    return paired_latency(model_only, end_to_end, device, warmup=warmup, iters=iters, rounds=rounds)
 
 
 @torch.inference_mode()
 def throughput(
     model: LeukemiaClassifier, files: Sequence[Path], batch_size: int, *, batches: int, workers: int
 ) -> dict[str, float]:
-    """Images per second at ``batch_size``: model-only, and end-to-end with ``workers`` decoder processes.
-
-    End-to-end is timed from the first batch's arrival (worker start-up excluded) over a stream long enough
-    that batches decoded ahead during the start-up are a small part of it (at least 4 per worker).
-    """
+    """Images per second at ``batch_size``: model-only, and end-to-end with ``workers`` decoder processes."""
     device, size = model.device, model.image_size
     x = torch.randn(batch_size, 3, size, size, device=device)
 
     def model_only(_: int) -> None:
         model.forward_head(model.backbone_features(x)).cpu()
 
-    model_s = _time_calls(model_only, device, 1, batches)
-    n_batches = max(batches, 4 * workers)
-    stream = [files[i % len(files)] for i in range(batch_size * (n_batches + 1))]
-    loader = iter_batches(stream, size, batch_size, workers=workers, pin_memory=device.type == "cuda")
-    first = next(loader)
-    torch.softmax(model(first.images.to(device, non_blocking=True)), dim=1).cpu()
-    start, count = time.perf_counter(), 0
-    for batch in loader:
-        torch.softmax(model(batch.images.to(device, non_blocking=True)), dim=1).cpu()
-        count += len(batch.indices)
-    e2e = count / (time.perf_counter() - start)
-    mo = batch_size * len(model_s) / sum(model_s)
-    return {
-        "batch_size": batch_size,
-        "model_only_img_s": mo,
-        "end_to_end_img_s": e2e,
-        "end_to_end_vs_model_only": e2e / mo,
-        "timed_images": count,
-    }
+    def infer(images: torch.Tensor) -> None:
+        torch.softmax(model(images.to(device, non_blocking=True)), dim=1).cpu()
+
+    return paired_throughput(
+        model_only, infer, files, size, batch_size, device, batches=batches, workers=workers
+    )
 
 
 def agreement(
@@ -223,39 +133,44 @@ def agreement(
 def run_bench(
     *,
     device: str = "cpu",
-    batch_sizes: Sequence[int] = (1, 8, 32, 256),
+    batch_sizes: Sequence[int] | None = None,
     precision: str = "fp32",
     threads: int | None = None,
     run: str | Path | None = None,
     images: int = 32,
     image_size: int | None = 224,
-    warmup: int = 5,
-    iters: int = 30,
-    batches: int = 3,
+    warmup: int = 3,
+    iters: int = 20,
+    batches: int | None = None,
     workers: int | None = None,
     backend: str = "auto",
+    onnx: str | Path | None = None,
     model: LeukemiaClassifier | None = None,
     backbone: str = "resnet50",
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns a JSON-ready dict (``log`` gets progress lines). Without ``run`` or
-    ``model``: a random-init ``backbone`` at ``image_size`` (None: its own size)."""
+    """The whole benchmark; returns a JSON-ready dict (``log`` gets progress lines, first an estimate of
+    the time it takes). Defaults: batch sizes 1,8,32 on the CPU (1..256 on a GPU), 2 timed batches on the
+    CPU (3 on a GPU): about a minute on 2 CPU cores. ``onnx``: also time that ONNX model (ONNX Runtime).
+    Without ``run`` or ``model``: a random-init ``backbone`` at ``image_size`` (None: its own size)."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
+        dev = resolve_device(device)
         return _run_bench(
-            device=device,
-            batch_sizes=batch_sizes,
+            dev=dev,
+            batch_sizes=tuple(batch_sizes or DEFAULT_BATCH_SIZES["cuda" if dev.type == "cuda" else "cpu"]),
             precision=precision,
             run=run,
             images=images,
             image_size=image_size,
             warmup=warmup,
             iters=iters,
-            batches=batches,
-            workers=workers,
+            batches=batches or (3 if dev.type == "cuda" else 2),
+            workers=default_workers(dev) if workers is None else workers,
             backend=backend,
+            onnx=onnx,
             model=model,
             backbone=backbone,
             log=log,
@@ -264,10 +179,32 @@ def run_bench(
         torch.set_num_threads(previous)
 
 
+def estimate_s(probe_s: float, device: torch.device, plan: dict[str, Any]) -> float:
+    """Rough seconds for ``plan`` from one batch-1 forward (``probe_s``): the CPU's cost grows with the
+    images, a GPU's with the calls (batch 1 is latency-bound there). Building a traced or int8 model
+    counts as a few forwards; an int8 check also calibrates."""
+    sizes, check = plan["batch_sizes"], plan["check"] * (3 if plan["precision"] == "int8" else 2)
+    build = 4 if plan["check"] else 0
+    calls = check + build + plan["warmup"] + 2 * plan["iters"] + 2 * (plan["batches"] + 1) * len(sizes)
+    images = check + build + plan["warmup"] + 2 * plan["iters"] + 2 * (plan["batches"] + 1) * sum(sizes)
+    return probe_s * (calls if device.type == "cuda" else images) * (2 if plan["onnx"] else 1)
+
+
+def _probe_s(model: LeukemiaClassifier) -> float:
+    x = torch.zeros(1, 3, model.image_size, model.image_size, dtype=torch.uint8)
+    with torch.inference_mode():
+        model(x)
+        start = time.perf_counter()
+        model(x)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+    return time.perf_counter() - start
+
+
 def _run_bench(
     *,
-    device: str,
-    batch_sizes: Sequence[int],
+    dev: torch.device,
+    batch_sizes: tuple[int, ...],
     precision: str,
     run: str | Path | None,
     images: int,
@@ -275,24 +212,46 @@ def _run_bench(
     warmup: int,
     iters: int,
     batches: int,
-    workers: int | None,
+    workers: int,
     backend: str,
+    onnx: str | Path | None,
     model: LeukemiaClassifier | None,
     backbone: str,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    dev = resolve_device(device)
+    choice = decide_precision(precision, dev, allowed=("fp32", "bf16", "fp16", "int8"))
+    session = None
+    if onnx is not None:
+        from fastall.inference.onnx_export import image_size_of, session_for
+
+        session = session_for(onnx)
+        image_size = image_size_of(session)
     if model is None:
         model = load_run(run, device=dev) if run else random_model(image_size, str(dev), backbone=backbone)
-    workers = default_workers(dev) if workers is None else workers
+    if session is not None and model.image_size != image_size:
+        raise FastallError(f"{onnx}: takes {image_size} px images but the run's are {model.image_size} px")
+    check = 0 if choice.precision == "fp32" and backend == "eager" else min(images, CHECK_IMAGES)
+    plan = {"batch_sizes": batch_sizes, "check": check, "warmup": warmup, "iters": iters, "batches": batches}
     with tempfile.TemporaryDirectory(prefix="fastall-bench-") as tmp:
-        log(f"writing {images} synthetic 450x450 BMP files")
+        start = time.perf_counter()
         files = synthetic_files(tmp, images)
+        guess = (
+            time.perf_counter()
+            - start
+            + estimate_s(
+                _probe_s(model), dev, {**plan, "precision": choice.precision, "onnx": session is not None}
+            )
+        )
+        log(
+            f"bench: about {guess:.0f} s ({choice.precision}, batch sizes {','.join(map(str, batch_sizes))}, "
+            f"{iters} batch-1 calls; --batch-sizes and --iters change it)"
+        )
+        compared = max(check, min(images, CHECK_IMAGES) if session is not None else 1)
+        pixels = torch.stack([decode_resized(p, model.image_size) for p in files[:compared]])
         agree = None
-        if precision != "fp32" or backend != "eager":
-            pixels = torch.stack([decode_resized(p, model.image_size) for p in files])
-            log(f"checking {precision} against fp32 on {len(pixels)} images")
-            model, agree = agreement(model, pixels, precision, backend=backend)
+        if check:
+            log(f"checking {choice.precision} against fp32 on {check} images")
+            model, agree = agreement(model, pixels, choice.precision, backend=backend)
         else:
             model = model.optimize("fp32", backend="eager")
         log("batch-1 latency")
@@ -301,6 +260,10 @@ def _run_bench(
         for bs in batch_sizes:
             log(f"throughput at batch size {bs}")
             tput.append(throughput(model, files, bs, batches=batches, workers=workers))
+        onnx_result = None
+        if session is not None:
+            log(f"ONNX Runtime: {onnx}")
+            onnx_result = onnx_bench(session, model, files, pixels, batch_sizes, warmup, iters, batches)
     claim = PAPER_CLAIMS_MS.get(dev.type)
     p50 = lat["end_to_end"]["p50_ms"]
     return {
@@ -310,13 +273,17 @@ def _run_bench(
         or model.provenance.get("key_params", {}).get("backbone")
         or "resnet50",
         "precision": model.precision,
+        "precision_decision": choice.to_dict(),
         "backend": model.backend,
         "image_size": model.image_size,
         "decode_workers": workers,
-        "source_images": "synthetic 450x450 24-bit BMP (fastall.data.synth), decoded with Pillow",
+        "source_images": "synthetic 450x450 24-bit BMP (fastall.data.synth), decoded by fastall.data.images",
+        "settings": {**plan, "batch_sizes": list(batch_sizes), "images": images},
+        "estimated_s": guess,
         "latency_batch1": lat,
         "throughput": tput,
         "agreement_vs_fp32": agree,
+        "onnx": onnx_result,
         "paper_claim": {
             "ms_per_image": claim,
             "end_to_end_p50_ms": p50,
@@ -326,35 +293,104 @@ def _run_bench(
     }
 
 
+def onnx_latency(
+    session: Any, files: Sequence[Path], size: int, *, warmup: int, iters: int, rounds: int = 1
+) -> dict[str, Any]:
+    """Batch-1 latency of an ONNX Runtime session: from a file path, and on decoded uint8 pixels."""
+    from fastall.inference.onnx_export import INPUT
+
+    one = decode_resized(files[0], size)[None].numpy()
+
+    def end_to_end(i: int) -> None:
+        session.run(None, {INPUT: decode_resized(files[i % len(files)], size)[None].numpy()})
+
+    def model_only(_: int) -> None:
+        session.run(None, {INPUT: one})
+
+    cpu = torch.device("cpu")
+    return paired_latency(model_only, end_to_end, cpu, warmup=warmup, iters=iters, rounds=rounds)
+
+
+def onnx_bench(
+    session: Any,
+    model: LeukemiaClassifier,
+    files: Sequence[Path],
+    pixels: torch.Tensor,
+    batch_sizes: Sequence[int],
+    warmup: int,
+    iters: int,
+    batches: int,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    """ONNX Runtime (CPU) beside the PyTorch path: batch-1 latency, throughput, and agreement with fp32 (the
+    one rule) on the benchmark images. Model-only here is the graph on decoded uint8 pixels."""
+    from fastall.inference.onnx_export import INPUT, run_onnx
+
+    size, cpu, one = model.image_size, torch.device("cpu"), pixels[:1].numpy()
+    lat = onnx_latency(session, files, size, warmup=warmup, iters=iters, rounds=rounds)
+    tput = []
+    for bs in batch_sizes:
+        batch = np.ascontiguousarray(np.repeat(one, bs, axis=0))
+        tput.append(
+            paired_throughput(
+                lambda _, b=batch: session.run(None, {INPUT: b}),
+                lambda images: session.run(None, {INPUT: images.contiguous().numpy()}),
+                files,
+                size,
+                bs,
+                cpu,
+                batches=batches,
+                workers=0,
+            )
+        )
+    reference = logits(model.optimize("fp32", backend="eager"), pixels)
+    trial = compare_logits(
+        "fp32", "onnxruntime", reference, torch.from_numpy(run_onnx(session, pixels.numpy())[0])
+    )
+    return {
+        "provider": session.get_providers()[0],
+        "latency_batch1": lat,
+        "throughput": tput,
+        "agreement_vs_fp32": trial.to_dict(),
+    }
+
+
 def render(result: dict[str, Any]):
-    """Rich tables: batch-1 latency beside the paper's claim, then throughput per batch size."""
+    """Rich tables: batch-1 latency beside the paper's claim, then throughput per batch size (with ONNX
+    Runtime beside PyTorch where measured)."""
     from rich.table import Table
 
     m = result["machine"]
     claim = result["paper_claim"]["ms_per_image"]
+    onnx = result.get("onnx")
     lat = Table(
-        title=f"batch-1 latency, {m['device_name']} ({m['device']}), {result['precision']}, "
-        f"{result['image_size']} px — {result['model']}"
+        title=f"batch-1 latency, {m['device_name']} ({m['device']}, {m.get('cpu_capability_label', '')}), "
+        f"{result['precision']}, {result['image_size']} px — {result['model']}"
     )
     for col in ("path", "p50 ms", "p90 ms", "p99 ms", "paper claim"):
         lat.add_column(col, justify="left" if col == "path" else "right")
-    for name in ("end_to_end", "model_only"):
-        r = result["latency_batch1"][name]
-        lat.add_row(
-            name.replace("_", "-"),
-            f"{r['p50_ms']:.1f}",
-            f"{r['p90_ms']:.1f}",
-            f"{r['p99_ms']:.1f}",
-            f"< {claim:g} ms" if claim and name == "end_to_end" else "",
-        )
+    rows = [("", result["latency_batch1"])] + ([("onnxruntime ", onnx["latency_batch1"])] if onnx else [])
+    for prefix, block in rows:
+        for name in ("end_to_end", "model_only"):
+            r = block[name]
+            lat.add_row(
+                prefix + name.replace("_", "-"),
+                f"{r['p50_ms']:.1f}",
+                f"{r['p90_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                f"< {claim:g} ms" if claim and name == "end_to_end" else "",
+            )
     tput = Table(title="throughput (images/s)")
-    for col in ("batch", "end-to-end", "model-only", "ratio"):
+    for col in ("path", "batch", "end-to-end", "model-only", "ratio"):
         tput.add_column(col, justify="right")
-    for r in result["throughput"]:
-        tput.add_row(
-            str(r["batch_size"]),
-            f"{r['end_to_end_img_s']:.1f}",
-            f"{r['model_only_img_s']:.1f}",
-            f"{r['end_to_end_vs_model_only']:.2f}",
-        )
+    rows = [("pytorch", result["throughput"])] + ([("onnxruntime", onnx["throughput"])] if onnx else [])
+    for path, block in rows:
+        for r in block:
+            tput.add_row(
+                path,
+                str(r["batch_size"]),
+                f"{r['end_to_end_img_s']:.1f}",
+                f"{r['model_only_img_s']:.1f}",
+                f"{r['end_to_end_vs_model_only']:.2f}",
+            )
     return lat, tput

@@ -7,6 +7,7 @@ allows. `export`, `verify` and `bench` all decide with these two functions.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -113,3 +114,20 @@ def try_precision(
         precision, calibration=calibration if precision == "int8" else None, backend=backend
     )
     return fast, compare_logits(precision, fast.backend, reference, logits(fast, pixels))
+
+
+@torch.inference_mode()
+def latency_ms(
+    models: dict[str, LeukemiaClassifier], pixels: torch.Tensor, rounds: int = 7
+) -> dict[str, float]:
+    """Median ms per call of each model on ``pixels``, measured interleaved (round-robin) so that a change
+    of machine load affects every model alike; one warm-up call each."""
+    for model in models.values():
+        model(pixels)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(pixels)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,34 +44,42 @@ def predict_paths(
     workers: int | None = None,
     on_problem: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> Predictions:
     """Class probabilities for each image in ``inputs`` (files, folders); ``tta`` views averaged.
 
     A bad file is reported through ``on_problem`` and skipped, or with ``skip_bad=False`` raised.
+    ``share=(rank, world)``: only every world-th image from ``rank`` (one rank of a torchrun job; missing
+    inputs are reported by rank 0 only, and a share may be empty).
     """
     if tta < 1:
         raise FastallError(f"--tta needs at least 1 view, got {tta}")
     paths, problems = find_images(inputs)
     skipped: list[tuple[str, str]] = []
-    for path, reason in problems:
+    for path, reason in problems if share[0] == 0 else ():
         _bad(f"{path}: {reason}", path, reason, skipped, skip_bad, on_problem)
     if not paths:
         raise FastallError(f"no image files found in {', '.join(map(str, inputs))}")
+    order = range(share[0], len(paths), share[1])
     workers = default_workers(model.device) if workers is None else workers
-    out_paths, out_probs = [], []
+    out_paths, out_probs = [], [np.empty((0, len(model.class_names)), dtype=np.float32)]
     done = 0
     for batch in iter_batches(
-        paths, model.image_size, batch_size, workers=workers, pin_memory=model.device.type == "cuda"
+        [paths[i] for i in order],
+        model.image_size,
+        batch_size,
+        workers=workers,
+        pin_memory=model.device.type == "cuda",
     ):
-        for index, message in batch.bad:
-            _bad(message, str(paths[index]), message.split(": ", 1)[-1], skipped, skip_bad, on_problem)
+        for k, message in batch.bad:
+            _bad(message, str(paths[order[k]]), message.split(": ", 1)[-1], skipped, skip_bad, on_problem)
         if batch.indices:
-            out_probs.append(_probs(model, batch.images, batch.indices, tta))
-            out_paths.extend(str(paths[i]) for i in batch.indices)
+            out_probs.append(_probs(model, batch.images, [order[k] for k in batch.indices], tta))
+            out_paths.extend(str(paths[order[k]]) for k in batch.indices)
         done += len(batch.indices) + len(batch.bad)
         if progress is not None:
-            progress(done, len(paths))
-    if not out_paths:
+            progress(done, len(order))
+    if not out_paths and share[1] == 1:
         raise FastallError(
             f"none of the {len(paths)} image files could be read (first: {skipped[0][0]}: {skipped[0][1]})"
         )
@@ -99,6 +105,8 @@ def _bad(
 
 @torch.inference_mode()
 def _probs(model: LeukemiaClassifier, images: torch.Tensor, indices: list[int], tta: int) -> np.ndarray:
+    if images.shape[0] == 1:  # oneDNN takes another path for batch 1: keep rows batch-composition independent
+        return _probs(model, images.expand(2, *images.shape[1:]), indices * 2, tta)[:1]
     images = images.to(model.device, non_blocking=True)
     if tta == 1:
         return torch.softmax(model(images), dim=1).cpu().numpy()
@@ -132,14 +140,9 @@ def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    from fastall.system.files import atomic_write_text, describe_write_error
+
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise FastallError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise FastallError(f"{path}: cannot write ({describe_write_error(err, path.parent)})") from None

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fastall.errors import FastallError
+from fastall.system import machine
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "eager", "jit", "compile")
@@ -54,13 +55,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def has_vnni() -> bool:
-    """Whether the CPU multiplies u8 x s8 without saturation (VNNI), allowing full-range activations."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    """Whether the CPU's int8 kernels multiply u8 x s8 without saturation (VNNI), allowing full-range
+    activations (the ISA limits in force count: an emulated AVX2 CPU has none)."""
+    return machine.cpu_capability().vnni
 
 
 class Runtime(nn.Module):

@@ -22,6 +22,7 @@ from fastall.features.cache import FeatureCache
 from fastall.inference.artifacts import RunFolder, build_head, model_from_run, open_run
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import MIN_PRECISION_AGREEMENT, calibration_pick, pick_images, try_precision
+from fastall.system.devices import decide_precision
 
 FP32_TOL, HALF_TOL = 1e-4, 1e-2
 RECORDED_TOL = {"fp32": 1e-2, "bf16": 3e-2}
@@ -108,6 +109,7 @@ def verify_run(
     folder = open_run(run, cache=cache)
     fc = folder.cache("verify", hint=": pass --cache PATH")
     model = model_from_run(folder, weights_path=weights_path, device=device)
+    precision = decide_precision(precision, model.device, allowed=("fp32", "bf16", "fp16", "int8")).precision
     root = folder.data_root(data)
     chosen = pick_images(fc.labels, images)
     with h5py.File(fc.path, "r") as f:

@@ -15,7 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from fastall.reporting.tables import fmt
-from fastall.training.metrics import METRICS, json_safe
+from fastall.system.jsonable import plain
+
+METRICS = ("accuracy", "precision", "recall", "f1", "auc")
 
 
 def _ci(value: Any, low: Any, high: Any, sign: bool = False) -> str:
@@ -158,7 +160,7 @@ def write_csv(path: Path, results: dict[str, Any]) -> None:
         for e in results["backbones"]:
             oof, diff = e.get("oof") or {}, ((e.get("vs_best") or {}).get("auc")) or {}
             writer.writerow(
-                json_safe(
+                plain(
                     {
                         **{k: e.get(k) for k in ("rank", "name", "backbone", "weights", "image_size", "dim")},
                         **e["summary"],
@@ -181,7 +183,7 @@ def write_csv(path: Path, results: dict[str, Any]) -> None:
 
 def write_outputs(folder: Path, results: dict[str, Any]) -> None:
     """compare.json and compare.csv, each written beside its target and renamed onto it."""
-    text = json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(plain(results), indent=2, allow_nan=False) + "\n"
     (folder / "compare.json.tmp").write_text(text)
     write_csv(folder / "compare.csv.tmp", results)
     for name in ("compare.json", "compare.csv"):

@@ -1,5 +1,6 @@
-"""Rich tables for train-head runs: the leakage audit, folds with mean ± std and peak, and the test set,
-each beside the paper's Tables II and III."""
+"""Rich tables for train-head runs: the leakage audit, folds with mean ± std and peak, the test set, each
+beside the paper's Tables II and III, and the clinical metrics with their patient-level 95% CIs. The rows are
+plain strings so that the HTML report shows the same numbers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from fastall.training.metrics import PAPER_CV, PAPER_TEST
+from fastall.reporting.paper import PAPER_CV, PAPER_TEST
 
 COLUMNS = (
     ("Acc %", "accuracy", True),
@@ -18,6 +20,23 @@ COLUMNS = (
     ("Rec %", "recall", True),
     ("F1", "f1", False),
     ("AUC", "auc", False),
+)
+
+
+# (label, short label, metrics.json key, shown in percent)
+CLINICAL_ROWS = (
+    ("Accuracy %", "Acc %", "accuracy", True),
+    ("Balanced accuracy %", "Bal. acc %", "balanced_accuracy", True),
+    ("Sensitivity (recall) %", "Sens %", "recall", True),
+    ("Specificity %", "Spec %", "specificity", True),
+    ("Precision (PPV) %", "PPV %", "precision", True),
+    ("NPV %", "NPV %", "npv", True),
+    ("F1", "F1", "f1", False),
+    ("Weighted F1 (C-NMC 2019)", "wF1", "f1_weighted", False),
+    ("MCC", "MCC", "mcc", False),
+    ("ROC AUC", "AUC", "auc", False),
+    ("PR AUC (average precision)", "PR AUC", "pr_auc", False),
+    ("Brier score", "Brier", "brier", False),
 )
 
 
@@ -29,6 +48,75 @@ def fmt(value: Any, percent: bool, std: Any = None) -> str:
     if isinstance(std, float) and math.isfinite(std):
         text += f"±{100 * std:.2f}" if percent else f"±{std:.3f}"
     return text
+
+
+def fmt_ci(m: dict | None, key: str, percent: bool, sep: str = " ") -> str:
+    """``95.12 [93.40, 96.55]`` from a metrics block with ``"ci"``; ``unreliable`` under 10 patients."""
+    if not m:
+        return ""
+    text = fmt(m.get(key), percent)
+    ci = m.get("ci")
+    if not ci or text == "n/a":
+        return text
+    if not ci.get("reliable"):
+        return f"{text}{sep}[unreliable]"
+    interval = (ci.get("intervals") or {}).get(key)
+    if not interval:
+        return f"{text}{sep}[n/a]"
+    return f"{text}{sep}[{fmt(interval[0], percent)}, {fmt(interval[1], percent)}]"
+
+
+def clinical_rows(m: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The summary with CIs: per metric, CV mean ± std, pooled out-of-fold, test (final head, fold ensemble)
+    with 95% CIs, and the paper's Tables II and III (``compact``: short labels, the CI on its own line, no
+    paper columns: for a terminal)."""
+    s, pooled, test = m.get("summary") or {}, m.get("pooled"), m.get("test") or {}
+    header = ["Metric", "CV mean±std", "Pooled out-of-fold [95% CI]"]
+    blocks = [("summary", s), ("pooled", pooled)]
+    for key, name in (("final", "Test, final head [95% CI]"), ("ensemble", "Test, fold ensemble [95% CI]")):
+        if key in test:
+            header.append(name)
+            blocks.append(("test", test[key]))
+    header += [] if compact else ["Paper Table II", "Paper Table III"]
+    rows = []
+    for label, short, key, pct in CLINICAL_ROWS:
+        row = [short if compact else label]
+        for kind, block in blocks:
+            if kind == "summary":
+                row.append(fmt(block.get(key), pct, block.get(f"{key}_std")))
+            else:
+                row.append(fmt_ci(block, key, pct, "\n" if compact else " ") or "n/a")
+        if compact:
+            rows.append(row)
+            continue
+        cv_std = PAPER_CV.get(f"{key}_std")
+        row += [
+            fmt(PAPER_CV.get(key), pct, cv_std) if key in PAPER_CV else "",
+            fmt(PAPER_TEST.get(key), pct) if key in PAPER_TEST else "",
+        ]
+        rows.append(row)
+    return header, rows
+
+
+def ci_note(m: dict) -> str:
+    """How the intervals were made, in one line."""
+    ci = (m.get("pooled") or {}).get("ci") or ((m.get("test") or {}).get("final") or {}).get("ci")
+    if not ci:
+        return "no confidence intervals in this metrics.json (made by an older fastall)"
+    return (
+        f"95% CIs: patient-level bootstrap ({ci['resamples']} resamples of patients with replacement, "
+        f"seed {ci['seed']}, percentile); under 10 patients an interval is marked unreliable"
+    )
+
+
+def clinical_table(m: dict) -> Table:
+    header, rows = clinical_rows(m, compact=True)
+    table = Table(title=f"Clinical metrics ({ci_note(m)})", title_justify="left")
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
 
 
 def _row(m: dict, with_std: bool = False) -> list[str]:
@@ -93,13 +181,16 @@ def test_table(m: dict) -> Table | None:
     return table
 
 
-def print_run(m: dict, out: Path, console: Console) -> None:
+def print_run(m: dict, out: Path, console: Console, report: Any = None) -> None:
+    """The run's tables, its one-line summary and, if one was made, the report's notes and path."""
     cfg = m["config"]
     console.print(audit_table(m["splits"]["audit"], m["splits"]["test_mode"]))
     console.print(folds_table(m))
     table = test_table(m)
     if table is not None:
         console.print(table)
+    if "pooled" in m:
+        console.print(clinical_table(m))
     secs = m.get("timings", {}).get("train_s")
     took = f" in {secs:.1f} s" if secs is not None else ""
     console.print(
@@ -108,3 +199,7 @@ def print_run(m: dict, out: Path, console: Console) -> None:
         f"dropout {cfg['dropout']:g}, standardize {'on' if cfg['standardize'] else 'off'}. "
         f"Outputs in {out}"
     )
+    for note in getattr(report, "notes", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    if report is not None:
+        console.print(f"Report: {report.path}", highlight=False, soft_wrap=True)

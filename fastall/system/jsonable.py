@@ -1,4 +1,4 @@
-"""Plain data for JSON files and ``torch.load(weights_only=True)``: the one converter."""
+"""One conversion to plain data, for JSON files and ``torch.load(weights_only=True)`` blobs alike."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ import numpy as np
 
 
 def plain(value: Any) -> Any:
-    """Only dict/list/str/int/float/bool/None, recursively: NaN/inf -> None, numpy scalars -> Python,
-    tuples -> lists, anything else -> ``str`` (so ``json.dumps(..., allow_nan=False)`` always works)."""
+    """Only dict (str keys), list, str, int, float, bool and None, recursively: numpy scalars and arrays
+    become Python values and lists, tuples lists, paths and anything else their ``str``; a NaN or infinite
+    float becomes None (``null``), so ``json.dumps(plain(x), allow_nan=False)`` always works."""
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, bool) or value is None:
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
         return value
-    if isinstance(value, int):
-        return int(value)
     return str(value)

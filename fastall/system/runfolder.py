@@ -2,10 +2,15 @@
 
 A crash, Ctrl-C or full disk leaves no folder at OUT that looks complete. A complete fastall folder at OUT is
 refused unless ``overwrite``; a folder holding anything else is never overwritten.
+
+Replacing a complete OUT takes two renames (OUT -> ``OUT.old-<pid>``, tmp -> OUT). A crash between them leaves
+no OUT; the next run puts the previous complete folder back before anything else, so a rerun never deletes
+the only complete copy. Stale ``OUT.old-<pid>`` folders are deleted only while OUT itself is complete.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,9 +20,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fastall.errors import FastallError
+from fastall.system.files import (
+    describe_write_error,
+    disk_full_point,
+    fsync_dir,
+    fsync_tree,
+    is_disk_full,
+    kill_point,
+)
 from fastall.system.procs import pid_alive
 
-MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep", "compare.json": "fastall-compare"}
+MARKERS = {
+    "metrics.json": "fastall-run",
+    "results.json": "fastall-sweep",
+    "explain.json": "fastall-explain",
+    "compare.json": "fastall-compare",
+}
 
 
 def _fastall_format(folder: Path) -> str | None:
@@ -30,18 +48,54 @@ def _fastall_format(folder: Path) -> str | None:
     return None
 
 
-def _remove_stale(out: Path) -> None:
-    pattern = re.compile(re.escape(out.name) + r"\.(tmp|old)-(\d+)")
+def _stale(out: Path, kind: str) -> list[Path]:
+    """``OUT.<kind>-<pid>`` folders of processes that are gone."""
+    pattern = re.compile(re.escape(out.name) + rf"\.{kind}-(\d+)")
     if not out.parent.is_dir():
-        return
-    for sibling in out.parent.iterdir():
-        m = pattern.fullmatch(sibling.name)
-        if m and sibling.is_dir() and not pid_alive(int(m.group(2))):
-            shutil.rmtree(sibling, ignore_errors=True)
+        return []
+    return [
+        sibling
+        for sibling in out.parent.iterdir()
+        if (m := pattern.fullmatch(sibling.name))
+        and sibling.is_dir()
+        and int(m.group(1)) != os.getpid()
+        and not pid_alive(int(m.group(1)))
+    ]
+
+
+def recover(out: str | Path) -> bool:
+    """Undo a publish cut short between its two renames: with OUT gone, put the newest complete
+    ``OUT.old-<pid>`` of a dead process back at OUT. True if it did."""
+    out = Path(out).absolute()
+    try:
+        if out.exists() or out.is_symlink():
+            return False
+        complete = [old for old in _stale(out, "old") if _fastall_format(old)]
+        if not complete:
+            return False
+        os.replace(max(complete, key=lambda p: p.stat().st_mtime_ns), out)
+        fsync_dir(out.parent)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_stale(out: Path) -> None:
+    for tmp in _stale(out, "tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if _fastall_format(out):
+        for old in _stale(out, "old"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse OUT before any work starts: a complete fastall folder (unless ``overwrite``), anything else."""
+    """Refuse OUT before any work starts: a complete fastall folder (unless ``overwrite``), anything else.
+
+    A previous complete folder left beside a missing OUT by a crash is put back first (:func:`recover`), and
+    what dead processes left beside it is swept.
+    """
+    recover(out)
+    _remove_stale(Path(out).absolute())
     if not out.exists():
         return
     if not out.is_dir():
@@ -64,7 +118,6 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     """Yield an empty temporary folder; on success it replaces OUT, on any failure it is removed."""
     out = Path(out).absolute()
     check_target(out, overwrite)
-    _remove_stale(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,34 +127,40 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         raise FastallError(f"{out}: cannot create the output folder: {err.strerror or err}") from None
     try:
         yield tmp
-        _fsync_tree(tmp)
+        if disk_full_point("run-folder"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync_tree(tmp)
         _publish(tmp, out, overwrite)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not is_disk_full(err, out.parent):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        reason = describe_write_error(err, out.parent)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise FastallError(f"{out}: cannot write the output folder: {err.strerror or err}") from None
+        raise FastallError(f"{out}: cannot write the output folder: {reason}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_dir():
-            _fsync_tree(path)
-            continue
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-
-
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` onto OUT; a complete OUT is first moved aside to ``OUT.old-<pid>`` (see the module)."""
     check_target(out, overwrite)
-    old = None
-    if out.exists():
-        if any(out.iterdir()):
-            old = out.with_name(f"{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        else:
-            out.rmdir()
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+        return
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    fsync_dir(out.parent)
+    kill_point("publish-old")
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    fsync_dir(out.parent)
+    kill_point("publish-new")
+    shutil.rmtree(old, ignore_errors=True)

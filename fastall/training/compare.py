@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,11 @@ from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
 from fastall.reporting.compare import write_outputs
 from fastall.system.runfolder import atomic_folder
-from fastall.training.bootstrap import N_BOOT, auc_with_ci, paired_auc_difference, patient_codes
-from fastall.training.config import HeadConfig
+from fastall.training.bootstrap import paired_auc_difference, patient_codes
+from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.probe import probe_auc
 from fastall.training.splits import Splits, fold_table, make_splits
+from fastall.training.uncertainty import LEVEL, RESAMPLES
 
 COMPARE_FORMAT, COMPARE_VERSION = "fastall-compare", 1
 METRICS = ("auc", "accuracy", "f1", "precision", "recall")
@@ -37,18 +38,18 @@ DIFF_METRICS = ("auc", "accuracy", "f1")
 
 @dataclass
 class CompareOptions:
-    """The run options every backbone shares (as train-head's), the optional sweep and the bootstrap."""
+    """How every backbone's head is run (train-head's options, shared), the optional sweep grid, and the
+    bootstrap (``resamples``, ``level``: those of :mod:`fastall.training.uncertainty`, so that the paired
+    resamples are the ones behind each run's own intervals)."""
 
-    folds: int = 5
-    test: str = "holdout"
-    holdout: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    tta: bool = False
+    run: TrainOptions = field(default_factory=TrainOptions)
     sweep: str | None = None
-    n_boot: int = N_BOOT
-    level: float = 0.95
+    resamples: int = RESAMPLES
+    level: float = LEVEL
+
+    def for_runs(self) -> TrainOptions:
+        """train-head's options for one backbone: quiet, no per-run HTML report."""
+        return replace(self.run, overwrite=False, progress=False, report=False, console=None)
 
 
 @dataclass
@@ -67,37 +68,13 @@ def run_train_head(cache: Path, out: Path, config: HeadConfig, options: CompareO
     """The one call into train-head (one head configuration, the shared run options)."""
     from fastall.training.train_head import train_head
 
-    return train_head(
-        cache,
-        out,
-        **asdict(config),
-        folds=options.folds,
-        test=options.test,
-        holdout=options.holdout,
-        tta=options.tta,
-        seed=options.seed,
-        device=options.device,
-        precision=options.precision,
-        progress=False,
-    )
+    return train_head(cache, out, config, options.for_runs())
 
 
 def _best_of_sweep(cache: Path, out: Path, options: CompareOptions) -> HeadConfig:
     from fastall.training.sweep import sweep
 
-    result = sweep(
-        cache,
-        out,
-        grid=options.sweep,
-        folds=options.folds,
-        metric="auc",
-        test=options.test,
-        holdout=options.holdout,
-        seed=options.seed,
-        device=options.device,
-        precision=options.precision,
-        progress=False,
-    )
+    result = sweep(cache, out, grid=options.sweep, metric="auc", options=options.for_runs())
     return HeadConfig(**result.best["params"])
 
 
@@ -179,6 +156,7 @@ def _entry(name: str, cache: FeatureCache, run: Path, metrics: dict, config: Hea
         "summary": {k: summary.get(k) for m in METRICS for k in (m, f"{m}_std")},
         "folds": [{m: f.get(m) for m in ("fold", *METRICS)} for f in metrics["folds"]],
         "test": (metrics.get("test") or {}).get("final"),
+        "oof": _pooled_auc(metrics.get("pooled") or {}),
         "cost": {
             "extract_ms_per_image": None if seconds is None else 1e3 * float(seconds),
             "extract_device": attrs.get("device_name") or attrs.get("device"),
@@ -187,6 +165,15 @@ def _entry(name: str, cache: FeatureCache, run: Path, metrics: dict, config: Hea
             "latency_device": None,
         },
     }
+
+
+def _pooled_auc(pooled: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's pooled out-of-fold AUC and the patient-bootstrap interval train-head recorded for it."""
+    if pooled.get("auc") is None:
+        return None
+    ci = pooled.get("ci") or {}
+    low, high = ((ci.get("intervals") or {}).get("auc")) or (None, None)
+    return {"auc": pooled["auc"], "low": low, "high": high, "note": ci.get("note")}
 
 
 def compare_caches(
@@ -215,10 +202,10 @@ def compare_caches(
         ref.labels,
         ref.patients,
         ref.sources,
-        folds=options.folds,
-        test=options.test,
-        holdout=options.holdout,
-        seed=options.seed,
+        folds=options.run.folds,
+        test=options.run.test,
+        holdout=options.run.holdout,
+        seed=options.run.seed,
         class_names=ref.class_names,
     )
     expected = {
@@ -250,11 +237,9 @@ def _rank(
     entries: list[dict], scores: list[np.ndarray], ref: FeatureCache, splits: Splits, options: CompareOptions
 ) -> dict[str, Any]:
     rows = np.flatnonzero(np.isfinite(np.vstack(scores)).all(0))
-    labels, groups = ref.labels[rows], patient_codes(ref.patients[rows])
-    boot = {"n_boot": options.n_boot, "seed": options.seed, "level": options.level}
+    labels, patients = ref.labels[rows], ref.patients[rows]
+    boot = {"resamples": options.resamples, "seed": options.run.seed, "level": options.level}
     two_classes = len(ref.class_names) == 2
-    for entry, s in zip(entries, scores, strict=True):
-        entry["oof"] = auc_with_ci(labels, s[rows], groups, **boot) if two_classes else None
 
     def score(i: int) -> float:
         value = (entries[i]["oof"] or {}).get("auc", entries[i]["summary"]["auc"])
@@ -279,7 +264,7 @@ def _rank(
             },
         }
         if two_classes:
-            diff["auc"] = paired_auc_difference(labels, scores[i][rows], scores[best][rows], groups, **boot)
+            diff["auc"] = paired_auc_difference(labels, scores[i][rows], scores[best][rows], patients, **boot)
         diff["statement"] = statement(entry["name"], diff, options.level)
         entry["vs_best"] = diff
     return {
@@ -292,16 +277,20 @@ def _rank(
             "fingerprint": ref.key_params.get("dataset_fingerprint"),
         },
         "splits": {
-            "folds": options.folds,
+            "folds": options.run.folds,
             "test_mode": splits.test_mode,
-            "seed": options.seed,
+            "seed": options.run.seed,
             "pool_images": int(splits.pool.size),
             "test_images": int(splits.test.size),
             "oof_images": int(rows.size),
-            "oof_patients": int(groups.max() + 1) if rows.size else 0,
+            "oof_patients": int(patient_codes(patients).max() + 1) if rows.size else 0,
         },
-        "bootstrap": {**boot, "unit": "patient, drawn with replacement within its class", "paired": True},
-        "options": asdict(options),
+        "bootstrap": {
+            **boot,
+            "unit": "patient, drawn with replacement (train-head's resamples)",
+            "paired": True,
+        },
+        "options": {**asdict(options.for_runs()), "sweep": options.sweep},
         "best": entries[best]["name"],
         "backbones": [entries[i] for i in order],
     }

@@ -1,55 +1,107 @@
-"""What the training engine takes and returns: a head configuration, the data of a stack, a trained head."""
+"""What the training engine takes and returns: a head configuration and the run options, the data of a stack,
+a trained head with its history."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fastall.errors import FastallError
+from fastall.training.hparams import HParam, hparam, hparams_of
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """One head configuration (the train-head options that change training)."""
+    """One head configuration: the train-head options that change training (the paper's by default).
 
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    dropout: float = 0.5
-    hidden: int = 512
-    epochs: int = 5
-    batch_size: int = 32
-    patience: int | None = None
-    plateau_factor: float = 0.1
-    plateau_patience: int = 2
-    class_weight: str = "none"
-    standardize: bool = True
+    Each field is a :func:`~fastall.training.hparams.hparam`; the CLI options, the sweep grid and the printed
+    train-head command are generated from these declarations.
+    """
+
+    lr: float = hparam(1e-4, "Adam learning rate.", check=lambda v: v > 0, rule="must be > 0", log=True)
+    weight_decay: float = hparam(
+        0.0, "Adam L2 weight decay.", check=lambda v: v >= 0, rule="must be >= 0", log=True
+    )
+    dropout: float = hparam(
+        0.5, "Dropout before the output layer.", check=lambda v: 0 <= v < 1, rule="must be in [0, 1)"
+    )
+    hidden: int = hparam(512, "Hidden units of the head.", check=lambda v: v >= 1, rule="must be >= 1")
+    epochs: int = hparam(
+        5, "Training epochs (the most, with --patience).", check=lambda v: v >= 1, rule="must be >= 1"
+    )
+    batch_size: int = hparam(32, "Images per step.", check=lambda v: v >= 1, rule="must be >= 1")
+    patience: int | None = hparam(
+        None,
+        "Early stopping on validation loss (best kept).",
+        check=lambda v: v >= 1,
+        rule="must be >= 1",
+    )
+    plateau_factor: float = hparam(
+        0.1, "ReduceLROnPlateau factor.", check=lambda v: 0 < v <= 1, rule="must be in (0, 1]"
+    )
+    plateau_patience: int = hparam(
+        2, "ReduceLROnPlateau patience.", check=lambda v: v >= 0, rule="must be >= 0"
+    )
+    class_weight: str = hparam(
+        "none",
+        "Loss weights: none, or balanced (inverse class frequency of the training fold).",
+        choices=("none", "balanced"),
+    )
+    standardize: bool = hparam(
+        True, "Standardise features with training-fold statistics (stored in the head)."
+    )
+
+    @staticmethod
+    def hparams() -> tuple[HParam, ...]:
+        return hparams_of(HeadConfig)
 
     def check(self) -> HeadConfig:
-        problems = [
-            (self.lr > 0, f"lr {self.lr} must be > 0"),
-            (self.weight_decay >= 0, f"weight_decay {self.weight_decay} must be >= 0"),
-            (0 <= self.dropout < 1, f"dropout {self.dropout} must be in [0, 1)"),
-            (self.hidden >= 1, f"hidden {self.hidden} must be >= 1"),
-            (self.epochs >= 1, f"epochs {self.epochs} must be >= 1"),
-            (self.batch_size >= 1, f"batch_size {self.batch_size} must be >= 1"),
-            (self.patience is None or self.patience >= 1, f"patience {self.patience} must be >= 1"),
-            (0 < self.plateau_factor <= 1, f"plateau_factor {self.plateau_factor} must be in (0, 1]"),
-            (self.plateau_patience >= 0, f"plateau_patience {self.plateau_patience} must be >= 0"),
-            (
-                self.class_weight in ("none", "balanced"),
-                f"class_weight {self.class_weight!r}: expected none or balanced",
-            ),
-        ]
-        bad = [msg for ok, msg in problems if not ok]
-        if bad:
-            raise FastallError(f"invalid head configuration: {bad[0]}")
+        for spec in self.hparams():
+            problem = spec.problem(getattr(self, spec.name))
+            if problem:
+                raise FastallError(f"invalid head configuration: {problem}")
         return self
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.hidden, self.batch_size)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a configuration is run (not what is trained): folds, test set, seed, device, output handling."""
+
+    folds: int = 5
+    test: str = "holdout"
+    holdout: float = 0.1
+    tta: bool = False
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+    report: bool = True
+    console: Console | None = field(default=None, compare=False, repr=False)
+
+
+def split_keywords(
+    config: HeadConfig | None, options: TrainOptions | None, keywords: dict[str, Any]
+) -> tuple[HeadConfig, TrainOptions]:
+    """``config`` and ``options`` with the old flat keyword arguments (``lr=..., folds=...``) applied."""
+    head_names = {f.name for f in fields(HeadConfig)}
+    run_names = {f.name for f in fields(TrainOptions)}
+    unknown = set(keywords) - head_names - run_names
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+    config = replace(config or HeadConfig(), **{k: v for k, v in keywords.items() if k in head_names})
+    options = replace(options or TrainOptions(), **{k: v for k, v in keywords.items() if k in run_names})
+    return config, options
 
 
 @dataclass
@@ -75,9 +127,18 @@ class StackData:
         return list(range(1, self.views)) if self.views > 1 else [0]
 
 
+HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "lr")
+
+
 @dataclass
 class HeadResult:
-    """One trained head: its Head state dict (CPU) and what happened while training it."""
+    """One trained head: its Head state dict (CPU) and what happened while training it.
+
+    ``best_epoch`` is 1-based: the epoch whose parameters the head keeps. ``history`` holds one value per
+    epoch run under each of :data:`HISTORY_KEYS`: the mean training loss over the epoch's steps, the
+    validation loss and accuracy (view 0) and the learning rate the epoch trained with; the final head has no
+    validation rows, so its ``val_loss`` and ``val_accuracy`` lists are empty.
+    """
 
     config: int
     fold: int
@@ -89,3 +150,4 @@ class HeadResult:
     val_loss_history: list[float]
     lr_history: list[float]
     probs: dict[str, np.ndarray] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})

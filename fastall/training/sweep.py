@@ -1,15 +1,13 @@
 """`fastall sweep`: many head configurations × the same patient-level folds, trained as stacks.
 
-The grid is ``name=v1,v2 name=v3 ...`` (full product) or, with ``random=N``, N samples where ``name=a:b`` is a
-range (log-uniform for lr and weight_decay, uniform otherwise, integers for integer parameters) and a list is
-a choice. Every configuration runs through the same engine as train-head, so its per-fold results equal
-those of ``fastall train-head`` with the printed command.
+The grid (``grid``: names, ranges, sampling) is ``name=v1,v2 name=v3 ...`` (full product) or, with
+``random=N``, N samples. Every configuration runs through the same engine as train-head, so its per-fold
+results equal those of ``fastall train-head`` with the printed command.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import shlex
@@ -22,130 +20,30 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from fastall import __version__
 from fastall.errors import FastallError
+from fastall.reporting.provenance import command_line
 from fastall.reporting.tables import fmt
+from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
-from fastall.training.config import HeadConfig, HeadResult
+from fastall.training.config import HeadConfig, HeadResult, TrainOptions
 from fastall.training.engine import train_stacks
-from fastall.training.metrics import classification_metrics, json_safe
+from fastall.training.grid import Range, expand, parse_grid, sample
+from fastall.training.metrics import classification_metrics, summarize
 from fastall.training.train_head import Prepared, prepare
 
 SWEEP_FORMAT, SWEEP_VERSION = "fastall-sweep", 1
 METRICS = ("auc", "accuracy", "f1")
 DEFAULT_GRID = "lr=1e-4,3e-4,1e-3 dropout=0.3,0.5 hidden=256,512,1024 epochs=5,10 weight_decay=0,1e-4"
 DEFAULT_RANGES = "lr=1e-5:1e-2 dropout=0.1:0.7 weight_decay=1e-6:1e-2 hidden=512 epochs=5"
-_KIND = {f.name: f.type for f in fields(HeadConfig)}
-_LOG = ("lr", "weight_decay")
-
-
-@dataclass(frozen=True)
-class Range:
-    low: float
-    high: float
-
-
-def _value(name: str, text: str, token: str) -> Any:
-    kind = _KIND[name]
-    try:
-        if name == "patience" and text.lower() in ("none", "off", "-"):
-            return None
-        if kind == "bool":
-            if text.lower() not in ("true", "false", "on", "off", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "on", "1", "yes")
-        if kind == "str":
-            return text
-        if "int" in kind:
-            number = float(text)
-            if number != int(number):
-                raise ValueError
-            return int(number)
-        return float(text)
-    except ValueError:
-        number = "an integer" if "int" in kind else "a number"
-        expected = {"bool": "true or false", "str": "a word"}.get(kind, number)
-        raise FastallError(f"bad --grid token {token!r}: {text!r} is not {expected}") from None
-
-
-def _check(name: str, value: Any, token: str) -> None:
-    try:
-        replace(HeadConfig(), **{name: value}).check()
-    except FastallError as err:
-        raise FastallError(f"bad --grid token {token!r}: {str(err).split(': ', 1)[-1]}") from None
-
-
-def parse_grid(text: str, *, allow_ranges: bool = False) -> dict[str, list | Range]:
-    """``"lr=1e-4,3e-4 hidden=256:1024"`` -> ``{"lr": [1e-4, 3e-4], "hidden": Range(256, 1024)}``."""
-    grid: dict[str, list | Range] = {}
-    for token in text.split():
-        name, sep, values = token.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not name:
-            raise FastallError(f"bad --grid token {token!r}: expected name=value[,value...] or name=low:high")
-        if name not in _KIND:
-            raise FastallError(
-                f"bad --grid token {token!r}: unknown parameter {name!r} (known: {', '.join(_KIND)})"
-            )
-        if name in grid:
-            raise FastallError(f"bad --grid token {token!r}: {name} is given twice")
-        if ":" in values:
-            if not allow_ranges:
-                raise FastallError(f"bad --grid token {token!r}: a range needs --random N")
-            if _KIND[name] not in ("float", "int"):
-                raise FastallError(f"bad --grid token {token!r}: {name} takes a list of values, not a range")
-            low, _, high = values.partition(":")
-            lo, hi = _value(name, low, token), _value(name, high, token)
-            if lo > hi:
-                raise FastallError(f"bad --grid token {token!r}: the range needs low <= high")
-            _check(name, lo, token)
-            _check(name, hi, token)
-            grid[name] = Range(lo, hi)
-            continue
-        items = [v for v in values.split(",") if v.strip()]
-        if not items:
-            raise FastallError(f"bad --grid token {token!r}: no values")
-        parsed = [_value(name, v.strip(), token) for v in items]
-        for v in parsed:
-            _check(name, v, token)
-        grid[name] = list(dict.fromkeys(parsed))
-    if not grid:
-        raise FastallError("--grid is empty: give name=value[,value...] tokens")
-    return grid
-
-
-def expand(grid: dict[str, list | Range]) -> list[HeadConfig]:
-    names = list(grid)
-    return [
-        replace(HeadConfig(), **dict(zip(names, combo, strict=True)))
-        for combo in itertools.product(*(grid[n] for n in names))
-    ]
-
-
-def sample(grid: dict[str, list | Range], n: int, seed: int) -> list[HeadConfig]:
-    """N configurations: log-uniform for lr/weight_decay ranges above 0, else uniform; lists are choices."""
-    if n < 1:
-        raise FastallError(f"--random {n}: expected at least 1 configuration")
-    rng = np.random.default_rng([seed, 0x5EE9])
-    out = []
-    for _ in range(n):
-        values = {}
-        for name, spec in grid.items():
-            if isinstance(spec, list):
-                values[name] = spec[int(rng.integers(len(spec)))]
-            elif "int" in _KIND[name]:
-                values[name] = int(rng.integers(int(spec.low), int(spec.high) + 1))
-            elif name in _LOG and spec.low > 0:
-                values[name] = float(math.exp(rng.uniform(math.log(spec.low), math.log(spec.high))))
-            else:
-                values[name] = float(rng.uniform(spec.low, spec.high))
-        out.append(replace(HeadConfig(), **values))
-    return out
+FOLD_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
 
 
 @dataclass
 class SweepResult:
     out: Path
     results: dict[str, Any]
+    report: Any = None  # fastall.reporting.run_report.Report
 
     @property
     def best(self) -> dict:
@@ -158,19 +56,17 @@ def sweep(
     *,
     grid: str | dict | None = None,
     random: int | None = None,
-    folds: int = 5,
     metric: str = "auc",
-    test: str = "holdout",
-    holdout: float = 0.1,
-    seed: int = 0,
-    device: str = "auto",
-    precision: str = "auto",
-    overwrite: bool = False,
-    progress: bool = True,
-    console: Console | None = None,
+    options: TrainOptions | None = None,
+    **keywords: Any,
 ) -> SweepResult:
-    """Train every configuration on train-head's folds and rank them by ``metric`` (mean over folds)."""
+    """Train every configuration on train-head's folds and rank them by ``metric`` (mean over folds).
+
+    ``options`` (folds, test, holdout, seed, device, precision, overwrite, progress, console) are
+    train-head's; the flat keywords of earlier versions (``folds=..., device=...``) still work and override
+    them."""
     t_start = time.perf_counter()
+    options = replace(options or TrainOptions(), **keywords)
     if metric not in METRICS:
         raise FastallError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     text = grid if isinstance(grid, str) else None
@@ -178,53 +74,48 @@ def sweep(
         text = DEFAULT_RANGES if random else DEFAULT_GRID
         grid = text
     spec = parse_grid(grid, allow_ranges=bool(random)) if isinstance(grid, str) else grid
-    configs = sample(spec, random, seed) if random else expand(spec)
-    check_target(Path(out).absolute(), overwrite)
-    prep = prepare(
-        cache_path, folds=folds, test=test, holdout=holdout, seed=seed, device=device, precision=precision
-    )
+    configs = sample(spec, random, options.seed) if random else expand(spec)
+    check_target(Path(out).absolute(), options.overwrite)
+    prep = prepare(cache_path, options)
     t0 = time.perf_counter()
-    with _GroupProgress(progress, console, configs) as report:
+    with _GroupProgress(options.progress, options.console, configs) as on_progress:
         heads = train_stacks(
             replace(prep.data, test=np.empty(0, dtype=np.int64)),
             configs,
-            seed=seed,
+            seed=options.seed,
             precision=prep.precision,
             final=False,
             states=False,
-            progress=report,
+            progress=on_progress,
         )
     train_s = time.perf_counter() - t0
     table = _rank(prep, configs, heads, metric)
-    varying = [n for n in _KIND if len({getattr(c, n) for c in configs}) > 1]
+    varying = [f.name for f in fields(HeadConfig) if len({getattr(c, f.name) for c in configs}) > 1]
     best = table[0]
-    cmd = train_head_command(
-        prep.cache.path,
-        configs[best["config"]],
-        folds=folds,
-        test=test,
-        holdout=holdout,
-        seed=seed,
-        device=device,
-    )
     results = {
         "format": SWEEP_FORMAT,
         "format_version": SWEEP_VERSION,
-        "cache": {"path": str(prep.cache.path.absolute()), "key": prep.cache.key},
+        "command": command_line(),
+        "fastall_version": __version__,
+        "cache": {
+            "path": str(prep.cache.path.absolute()),
+            "key": prep.cache.key,
+            "key_params": prep.cache.key_params,
+        },
         "grid": text
         if text is not None
         else {k: asdict(v) if isinstance(v, Range) else v for k, v in spec.items()},
         "random": random,
         "metric": metric,
-        "folds": folds,
-        "test": test,
-        "holdout": holdout,
-        "seed": seed,
+        "folds": options.folds,
+        "test": options.test,
+        "holdout": options.holdout,
+        "seed": options.seed,
         "device": prep.device.type,
         "precision": prep.precision,
         "varying": varying,
         "configs": table,
-        "best": {**best, "command": cmd},
+        "best": {**best, "command": train_head_command(prep.cache.path, configs[best["config"]], options)},
         "timings": {
             "load_cache_s": prep.load_s,
             "train_s": train_s,
@@ -232,10 +123,15 @@ def sweep(
             "total_s": time.perf_counter() - t_start,
         },
     }
-    with atomic_folder(out, overwrite=overwrite) as tmp:
+    with atomic_folder(out, overwrite=options.overwrite) as tmp:
         _write_csv(tmp / "results.csv", table)
-        (tmp / "results.json").write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n")
-    return SweepResult(Path(out).absolute(), results)
+        (tmp / "results.json").write_text(json.dumps(plain(results), indent=2, allow_nan=False) + "\n")
+        made = None
+        if options.report:
+            from fastall.reporting.run_report import write_report
+
+            made = write_report(tmp, shown_as=Path(out).absolute())
+    return SweepResult(Path(out).absolute(), results, made)
 
 
 class _GroupProgress:
@@ -286,15 +182,10 @@ def _rank(prep: Prepared, configs: list[HeadConfig], heads: list[HeadResult], me
                     "fold": r.fold,
                     "val_loss": r.val_loss,
                     "best_epoch": r.best_epoch,
-                    **{n: m[n] for n in ("accuracy", "precision", "recall", "f1", "auc")},
+                    **{n: m[n] for n in FOLD_METRICS},
                 }
             )
-        summary = {}
-        for name in ("val_loss", "accuracy", "precision", "recall", "f1", "auc"):
-            v = np.array([f[name] for f in per_fold], dtype=float)
-            v = v[np.isfinite(v)]
-            summary[name] = float(v.mean()) if v.size else math.nan
-            summary[f"{name}_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        summary = summarize(per_fold, ("val_loss", *FOLD_METRICS))
         rows.append({"config": i, "params": asdict(cfg), "summary": summary, "folds": per_fold})
 
     def key(row: dict) -> tuple:
@@ -308,59 +199,13 @@ def _rank(prep: Prepared, configs: list[HeadConfig], heads: list[HeadResult], me
     return rows
 
 
-def train_head_command(
-    cache: Path,
-    cfg: HeadConfig,
-    *,
-    folds: int,
-    test: str,
-    holdout: float,
-    seed: int,
-    device: str,
-    out: str = "runs/best",
-) -> str:
+def train_head_command(cache: Path, cfg: HeadConfig, options: TrainOptions, out: str = "runs/best") -> str:
     """The exact `fastall train-head` command that reproduces one configuration's folds."""
-    parts = [
-        "fastall",
-        "train-head",
-        shlex.quote(str(cache)),
-        "--folds",
-        str(folds),
-        "--out",
-        out,
-        "--test",
-        test,
-        "--holdout",
-        repr(holdout),
-        "--epochs",
-        str(cfg.epochs),
-        "--batch-size",
-        str(cfg.batch_size),
-        "--lr",
-        repr(cfg.lr),
-        "--weight-decay",
-        repr(cfg.weight_decay),
-        "--dropout",
-        repr(cfg.dropout),
-        "--hidden",
-        str(cfg.hidden),
-    ]
-    if cfg.patience is not None:
-        parts += ["--patience", str(cfg.patience)]
-    parts += [
-        "--plateau-factor",
-        repr(cfg.plateau_factor),
-        "--plateau-patience",
-        str(cfg.plateau_patience),
-        "--class-weight",
-        cfg.class_weight,
-        "--standardize" if cfg.standardize else "--no-standardize",
-        "--seed",
-        str(seed),
-        "--device",
-        device,
-    ]
-    return " ".join(parts)
+    parts = ["fastall", "train-head", shlex.quote(str(cache)), "--folds", str(options.folds), "--out", out]
+    parts += ["--test", options.test, "--holdout", repr(options.holdout)]
+    for spec in HeadConfig.hparams():
+        parts += spec.argv(getattr(cfg, spec.name))
+    return " ".join([*parts, "--seed", str(options.seed), "--device", options.device])
 
 
 def _write_csv(path: Path, table: list[dict]) -> None:
@@ -421,3 +266,5 @@ def print_sweep(result: SweepResult, console: Console | None = None, top: int = 
     )
     console.print("Best configuration, as a train-head run:")
     console.print(r["best"]["command"], soft_wrap=True, highlight=False, markup=False)
+    if result.report is not None:
+        console.print(f"Report: {result.report.path}", highlight=False, soft_wrap=True)

@@ -1,0 +1,27 @@
+"""`fastall report`."""
+
+from __future__ import annotations
+
+import click
+
+from fastall.cli.group import cli, console
+
+
+@cli.command(name="report")
+@click.argument("run", type=click.Path(file_okay=False, path_type=str))
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Where the run's images are now, if not where the cache recorded them (for the cell grids).",
+)
+def report_cmd(run: str, data: str | None) -> None:
+    """Remake RUN/report/index.html (one self-contained page: figures, metrics with CIs, provenance) from a
+    train-head or sweep folder alone."""
+    from fastall.reporting.run_report import write_report
+
+    made = write_report(run, data)
+    for note in made.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    n = len(made.figures)
+    console.print(f"{n} figure{'s' * (n != 1)}; report: {made.path}", highlight=False, soft_wrap=True)

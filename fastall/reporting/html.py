@@ -1,0 +1,175 @@
+"""The report page: one self-contained HTML file (figures embedded as base64 PNG, no network, printable),
+rendered by Jinja2 from the package's templates."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastall import __version__
+from fastall.reporting.paper import PAPER_CV, PAPER_TEST
+from fastall.reporting.provenance import provenance_rows
+from fastall.reporting.tables import COLUMNS, ci_note, clinical_rows, fmt
+
+CLINICAL_COLUMNS = (
+    ("Bal. acc %", "balanced_accuracy", True),
+    ("Spec %", "specificity", True),
+    ("NPV %", "npv", True),
+    ("MCC", "mcc", False),
+    ("wF1", "f1_weighted", False),
+    ("Brier", "brier", False),
+    ("PR AUC", "pr_auc", False),
+)
+
+
+@dataclass
+class Shown:
+    """One figure on the page: its PNG (embedded), its SVG beside it if any, and how to read it."""
+
+    id: str
+    title: str
+    png: Path
+    how: str
+    svg: bool = True
+
+    @property
+    def src(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png.read_bytes()).decode("ascii")
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    emphasis: tuple[int, ...] = ()
+    dim: tuple[int, ...] = ()
+    note: str = ""
+    nav: str = ""
+
+
+def _cells(m: dict, columns, with_std: bool = False) -> list[str]:
+    return [fmt(m.get(key), pct, m.get(f"{key}_std") if with_std else None) for _, key, pct in columns]
+
+
+def run_tables(m: dict) -> list[Table]:
+    """The leakage audit, the fold table beside Table II, the test table beside Table III, the summary with
+    CIs and the clinical metrics per fold."""
+    tables = []
+    splits = m.get("splits") or {}
+    if splits.get("audit"):
+        rows = [
+            [
+                str(r["fold"]),
+                f"{r['train_images']}/{r['train_patients']}",
+                f"{r['val_images']}/{r['val_patients']}",
+                f"{r['test_images']}/{r['test_patients']}",
+                f"{r['shared_patients']} ✓" if r["shared_patients"] == 0 else f"{r['shared_patients']} ✗",
+            ]
+            for r in splits["audit"]
+        ]
+        header = ["Fold", "Train img/pat", "Val img/pat", "Test img/pat", "Shared patients"]
+        title = f"Leakage audit: patient-level splits (test: {splits.get('test_mode', '?')})"
+        tables.append(Table("audit", title, header, rows, nav="Leakage audit"))
+    folds, s = m.get("folds") or [], m.get("summary") or {}
+    if folds and s:
+        header = ["Fold", "Val img", "Epoch", *(c for c, _, _ in COLUMNS)]
+        rows = [
+            [str(f["fold"]), str(f["val_images"]), str(f["best_epoch"]), *_cells(f, COLUMNS)] for f in folds
+        ]
+        peak = folds[s.get("peak_fold", 0)]
+        rows += [
+            ["mean±std", "", "", *_cells(s, COLUMNS, True)],
+            [f"peak (fold {s.get('peak_fold', 0)})", "", "", *_cells(peak, COLUMNS)],
+            ["paper Table II", "", "", *_cells(PAPER_CV, COLUMNS, True)],
+            ["paper peak", "", "", fmt(PAPER_CV["peak_accuracy"], True), "", "", "", ""],
+        ]
+        n = len(folds)
+        title = "Patient-level cross-validation (validation on view 0), beside the paper's Table II"
+        tables.append(Table("folds", title, header, rows, emphasis=(n,), dim=(n + 2, n + 3), nav="Folds"))
+    test = m.get("test")
+    if test:
+        names = {"final": "final head", "ensemble": "fold ensemble", "final_tta": "final head + TTA"}
+        names["ensemble_tta"] = "fold ensemble + TTA"
+        rows = [[name, *_cells(test[key], COLUMNS)] for key, name in names.items() if key in test]
+        rows.append(["paper Table III", *_cells(PAPER_TEST, COLUMNS)])
+        patients = splits.get("test_patients", "?")
+        title = (
+            f"Test set ({test.get('images', '?')} images, {patients} patients), beside the paper's Table III"
+        )
+        header = ["Model", *(c for c, _, _ in COLUMNS)]
+        tables.append(Table("test", title, header, rows, dim=(len(rows) - 1,), nav="Test set"))
+    if s:
+        header, rows = clinical_rows(m)
+        title = "Summary with 95% confidence intervals"
+        tables.append(Table("summary", title, header, rows, note=ci_note(m), nav="Summary with CIs"))
+    if folds and any("balanced_accuracy" in f for f in folds):
+        header = ["Fold", *(c for c, _, _ in CLINICAL_COLUMNS)]
+        rows = [[str(f["fold"]), *_cells(f, CLINICAL_COLUMNS)] for f in folds]
+        rows.append(["mean±std", *_cells(s, CLINICAL_COLUMNS, True)])
+        title = "Clinical metrics per fold"
+        tables.append(Table("clinical-folds", title, header, rows, emphasis=(len(folds),), nav="Per fold"))
+    return tables
+
+
+def sweep_tables(sweep: dict, top: int = 30) -> list[Table]:
+    metric, varying = sweep["metric"], sweep.get("varying") or []
+    header = ["#", *varying, f"{metric} mean±std", "Acc %", "F1", "AUC", "val loss"]
+    rows = []
+    for r in sweep["configs"][:top]:
+        s, p = r["summary"], r["params"]
+        rows.append(
+            [
+                str(r["rank"]),
+                *(f"{p[n]:.3g}" if isinstance(p[n], float) else str(p[n]) for n in varying),
+                fmt(s.get(metric), metric == "accuracy", s.get(f"{metric}_std")),
+                fmt(s.get("accuracy"), True),
+                fmt(s.get("f1"), False),
+                fmt(s.get("auc"), False),
+                fmt(s.get("val_loss"), False),
+            ]
+        )
+    title = (
+        f"Sweep: {len(sweep['configs'])} configurations × {sweep.get('folds', '?')} folds, ranked by {metric}"
+    )
+    more = len(sweep["configs"]) - top
+    note = f"{more} more in results.csv" if more > 0 else ""
+    return [Table("summary", title, header, rows, note=note, nav="Ranked configurations")]
+
+
+def render(
+    *,
+    title: str,
+    run: str,
+    command: str | None,
+    metrics: dict | None,
+    tables: list[Table],
+    figures: list[Shown],
+    notes: list[str],
+    extra: dict | None = None,
+) -> str:
+    """The page as one HTML string."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("fastall.reporting", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template("report.html.j2").render(
+        title=title,
+        run=run,
+        command=command,
+        provenance=provenance_rows(metrics) if metrics else [],
+        tables=tables,
+        figures=figures,
+        notes=notes,
+        extra=extra or {},
+        version=__version__,
+        made=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )

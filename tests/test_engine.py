@@ -1,0 +1,163 @@
+"""The engine's parts: the stacked Adam (fused and plain paths against torch.optim.Adam), the per-epoch
+history contract of HeadResult and metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from featcache import make_feature_cache
+
+from fastall.features.cache import read_cache
+from fastall.training import optim
+from fastall.training.config import HISTORY_KEYS, HeadConfig, StackData, TrainOptions
+from fastall.training.engine import Stack
+from fastall.training.optim import StackedAdam
+from fastall.training.streams import fold_statistics
+from fastall.training.train_head import train_head
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHAPES = [(3, 8, 5), (3, 1, 5), (3, 2, 5), (3, 1, 2)]  # W1, b1, W2, b2 of 3 heads
+LR = [1e-3, 3e-3, 1e-2]
+DECAY = [0.0, 1e-2, 0.0]
+ACTIVE = [[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 1, 1]]  # step s: which heads update
+
+
+def _state(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g) for s in SHAPES]
+    grads = [[torch.randn(s, generator=g) for s in SHAPES] for _ in ACTIVE]
+    return params, grads
+
+
+def _run_stacked(fused: bool) -> list[torch.Tensor]:
+    params, grads = _state()
+    adam = StackedAdam(params, fused=fused)
+    plan = adam.plan(
+        0,
+        torch.tensor(LR, dtype=torch.float64),
+        torch.tensor(DECAY, dtype=torch.float64),
+        torch.tensor(ACTIVE, dtype=torch.bool),
+    )
+    for s, update in enumerate(plan):
+        for g, new in zip(adam.grads, grads[s], strict=True):
+            g.copy_(new)
+        adam.step(update)
+    assert adam.steps[:, 0].tolist() == [sum(r[i] for r in ACTIVE) for i in range(3)]
+    return adam.params
+
+
+def _run_torch() -> list[torch.Tensor]:
+    params, grads = _state()
+    out = [p.clone() for p in params]
+    for i in range(3):
+        head = [torch.nn.Parameter(p[i].clone()) for p in params]
+        opt = torch.optim.Adam(head, lr=LR[i], weight_decay=DECAY[i])
+        for s, row in enumerate(ACTIVE):
+            if row[i]:
+                for p, g in zip(head, grads[s], strict=True):
+                    p.grad = g[i].clone()
+                opt.step()
+        for o, p in zip(out, head, strict=True):
+            o[i] = p.detach()
+    return out
+
+
+def test_stacked_adam_fused_and_plain_paths_match_torch_adam():
+    """Per-head lr and weight decay, heads skipping steps: both paths are torch.optim.Adam."""
+    reference = _run_torch()
+    for fused in (True, False):
+        got = _run_stacked(fused)
+        for g, r in zip(got, reference, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7, msg=f"fused={fused}")
+
+
+def test_an_inactive_head_is_left_exactly_as_it_was():
+    for fused in (True, False):
+        params, grads = _state()
+        before = [p.clone() for p in params]
+        adam = StackedAdam(params, fused=fused)
+        active = torch.tensor([[True, False, True]])
+        (update,) = adam.plan(
+            0, torch.tensor(LR, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), active
+        )
+        for g, new in zip(adam.grads, grads[0], strict=True):
+            g.copy_(new)
+        adam.step(update)
+        for p, q in zip(params, before, strict=True):
+            assert torch.equal(p[1], q[1]) and not torch.equal(p[0], q[0])
+        assert adam.steps[1].tolist() == [0.0] * 4
+
+
+@pytest.mark.skipif(not hasattr(torch, "_fused_adam_"), reason="this torch has no private fused Adam")
+def test_private_fused_adam_and_its_public_fallback_agree(monkeypatch):
+    private = _run_stacked(True)
+    monkeypatch.setattr(optim, "USE_PRIVATE_FUSED", False)
+    public = _run_stacked(True)
+    for a, b in zip(private, public, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_cpu_uses_the_fused_kernel():
+    """A broken probe would silently fall back to the (slower) plain path."""
+    assert StackedAdam([torch.zeros(2, 3)]).fused
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_feature_cache(
+        tmp_path_factory.mktemp("e") / "c.h5", patients=(8, 10), images_per_patient=10, dim=32, views=3
+    )
+
+
+def test_the_engine_trains_the_same_on_either_adam_path(cache):
+    c = read_cache(cache)
+    rows = np.arange(c.n_images)
+    folds = [(rows[rows % 4 != k], rows[rows % 4 == k]) for k in range(2)]
+    data = StackData(torch.from_numpy(c.features), c.labels, 2, folds, rows)
+    stats = fold_statistics(data.features, [f[0] for f in folds] + [rows], data.train_views())
+    configs = [
+        (0, HeadConfig(hidden=16, epochs=3, batch_size=8, lr=3e-3, weight_decay=1e-3, patience=1)),
+        (1, HeadConfig(hidden=16, epochs=2, batch_size=8, lr=1e-3, dropout=0.2)),
+    ]
+    out = []
+    for fused in (True, False):
+        stack = Stack(data, configs, final=True, seed=2, precision="fp32", stats=stats, chunk=6, fused=fused)
+        stack.train()
+        out.append(stack.results(tta=False))
+    for a, b in zip(*out, strict=True):
+        assert (a.best_epoch, a.epochs_run) == (b.best_epoch, b.epochs_run)
+        assert a.val_loss_history == pytest.approx(b.val_loss_history, rel=1e-5)
+        for name in a.state:
+            torch.testing.assert_close(a.state[name], b.state[name], rtol=1e-4, atol=1e-5)
+
+
+def test_history_contract_in_results_and_metrics_json(cache, tmp_path):
+    config = HeadConfig(hidden=16, epochs=8, lr=3e-2, patience=1)
+    result = train_head(cache, tmp_path / "run", config, TrainOptions(folds=3, device="cpu", progress=False))
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["history"] == json.loads(json.dumps(result.metrics["history"]))
+    history = m["history"]
+    assert [h["fold"] for h in history["folds"]] == [0, 1, 2]
+    for h, fold in zip(history["folds"], m["folds"], strict=True):
+        n = h["epochs_run"]
+        assert n == fold["epochs_run"] and 1 <= n <= 8
+        assert all(len(h[k]) == n for k in HISTORY_KEYS)
+        assert h["val_loss"] == fold["val_loss_history"] and h["lr"] == fold["lr_history"]
+        best = h["best_epoch"]
+        assert best == fold["best_epoch"] == int(np.argmin(h["val_loss"])) + 1
+        assert h["val_loss"][best - 1] == fold["val_loss"]
+        assert h["val_accuracy"][best - 1] == pytest.approx(fold["accuracy"], abs=1e-6)
+        assert n == 8 or n - best == 1  # early stopping: patience epochs without a lower loss
+        assert all(math.isfinite(x) and x > 0 for x in h["train_loss"])
+    assert any(h["epochs_run"] < 8 for h in history["folds"])
+    final = history["final"]
+    assert final["val_loss"] == [] and final["val_accuracy"] == []
+    assert len(final["train_loss"]) == len(final["lr"]) == final["epochs_run"] >= final["best_epoch"]
+    assert final["best_epoch"] == m["final_head"]["epochs"]
+    assert final["train_loss"][-1] < final["train_loss"][0]
