@@ -17,10 +17,13 @@ from fastall.cli import cli
 from fastall.errors import FastallError
 from fastall.features.backbone import (
     BACKBONES,
+    _drop_classifier,
     _feature_dim,
     _skeleton,
+    gradcam_layout_back,
     gradcam_nchw,
     load_backbone,
+    target_layer,
 )
 from fastall.features.cache import cache_key, read_cache
 from fastall.features.extract import extract
@@ -34,12 +37,18 @@ SMALL = ["resnet18", "mobilenet_v3_large", "efficientnet_b0"]
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_registry_matches_the_model(name):
-    """The declared dimension is the classifier's in_features; the Grad-CAM layer exists."""
+    """Declared dimension = pooled features = the Grad-CAM layer's channels (what explain standardises)."""
     spec = BACKBONES[name]
     assert _feature_dim(spec) == spec.dim
-    model = _skeleton(name)
-    assert isinstance(model.get_submodule(spec.classifier_attr), torch.nn.Linear)
-    model.get_submodule(spec.gradcam_layer)
+    model = _drop_classifier(_skeleton(name), spec)
+    seen = []
+    target_layer(model, name).register_forward_hook(lambda _m, _i, out: seen.append(out))
+    device = next(model.parameters()).device  # meta, except regnet (built for real)
+    with torch.no_grad():
+        features = model.eval()(torch.zeros(1, 3, 224, 224, device=device))
+    assert features.shape == (1, spec.dim)
+    grid = gradcam_nchw(name, seen[0])
+    assert grid.dim() == 4 and grid.shape[:2] == (1, spec.dim)
 
 
 def test_gradcam_tokens_are_laid_out_on_their_grid():
@@ -47,6 +56,8 @@ def test_gradcam_tokens_are_laid_out_on_their_grid():
     grid = gradcam_nchw("vit_b_16", tokens)
     assert grid.shape == (2, 3, 2, 2)
     assert torch.equal(grid[1, :, 1, 0], tokens[1, 3])
+    back = gradcam_layout_back("vit_b_16", grid, tokens)
+    assert torch.equal(back[:, 1:], tokens[:, 1:]) and not back[:, 0].any()
     assert gradcam_nchw("resnet18", tokens) is tokens
 
 
@@ -187,3 +198,27 @@ def test_bench_times_another_backbone():
     out = json.loads(result.stdout)
     assert out["backbone"] == "mobilenet_v3_large" and "MobileNetV3-Large" in out["model"]
     assert out["image_size"] == 32 and out["latency_batch1"]["end_to_end"]["p50_ms"] > 0
+
+
+@pytest.mark.parametrize(("name", "size"), [("mobilenet_v3_large", 64), ("vit_b_16", 224)])
+def test_explain_maps_every_kind_of_layer(name, size):
+    """Grad-CAM through the declared layer: a CNN's feature map, and ViT's tokens laid out on their grid."""
+    from fastall.inference.bench import random_model
+    from fastall.inference.explain import explain_batch
+
+    model = random_model(size, backbone=name)
+    model.provenance["key_params"] = {"backbone": name}
+    images = (torch.rand(2, 3, size, size) * 255).to(torch.uint8)
+    with torch.inference_mode():
+        reference = torch.softmax(model(images), 1).numpy()
+    maps = explain_batch(model, images)
+    assert maps.cams.shape == (2, size, size) and np.isfinite(maps.cams).all()
+    assert all(cam.max() > cam.min() for cam in maps.cams)  # a map, not a constant
+    np.testing.assert_allclose(maps.probs, reference, atol=1e-5)  # the hook leaves the model's values alone
+
+
+def test_the_v0_1_fixture_reads_as_resnet50():
+    from pathlib import Path
+
+    fc = read_cache(Path(__file__).parent / "fixtures" / "v0_1" / "cache.h5", load_features=False)
+    assert fc.backbone == "resnet50" and fc.dim == 2048 and "backbone_params" not in fc.attrs
