@@ -56,7 +56,7 @@ def child_cv(cache: str, device: str, out: str) -> None:
     from fastall.training.train_head import train_head
 
     t0 = time.perf_counter()
-    options = TrainOptions(folds=5, seed=0, device=device, progress=False, overwrite=True)
+    options = TrainOptions(folds=5, seed=0, device=device, progress=False, overwrite=True, report=False)
     result = train_head(cache, out, options=options)
     wall = time.perf_counter() - t0
     m = result.metrics

@@ -102,7 +102,7 @@ def main() -> None:
     text = args.grid or (GPU_GRID if device.type == "cuda" else CPU_GRID)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        options = TrainOptions(folds=5, device=args.device, progress=False)
+        options = TrainOptions(folds=5, device=args.device, progress=False, report=False)
         res = sweep(cache, Path(tmp) / "sweep", grid=text, options=options)
         sweep_wall = time.perf_counter() - t0
         configs = len(res.results["configs"])

@@ -51,7 +51,8 @@ def run_demo(
 ) -> DemoResult:
     """Run the whole product once. Re-running reuses the synthetic data and the cache (extract resumes)."""
     from fastall.data.synth import synthesize
-    from fastall.features.extract import describe, extract
+    from fastall.features.extract import extract
+    from fastall.features.summary import describe
     from fastall.training.config import TrainOptions
     from fastall.training.train_head import print_run_summary, train_head
 

@@ -538,6 +538,120 @@ CASES: list[Case] = [
         lambda e: ["bench", "--device", "cpu", "--onnx", str(_not_onnx(e)), "--images", "2"],
         fragments=("not-a-model.onnx", "not a readable ONNX model") if _HAVE_ORT else ("fastall[onnx]",),
     ),
+    # issue 11 (fill-probe): --fill and the synthetic data's new options
+    Case(
+        "arguments",
+        "extract --fill colour that does not parse",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "c.h5"),
+            "--weights",
+            "none",
+            "--fill",
+            "white",
+        ],
+        fragments=("--fill 'white'", "auto, black, reflect, edge, median or constant:R,G,B"),
+    ),
+    Case(
+        "arguments",
+        "extract --fill constant with a channel over 255",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "c.h5"),
+            "--weights",
+            "none",
+            "--fill",
+            "constant:300,0,0",
+        ],
+        fragments=("constant:R,G,B",),
+    ),
+    Case(
+        "arguments",
+        "synth --layout generic --classes 1",
+        lambda e: ["synth", str(e.tmp / "s"), "--layout", "generic", "--classes", "1", "--size", "16"],
+        fragments=("classes must be between 2 and 20",),
+    ),
+    Case(
+        "arguments",
+        "synth --classes 3 in the C-NMC layout",
+        lambda e: ["synth", str(e.tmp / "s"), "--classes", "3", "--size", "16"],
+        fragments=("C-NMC layout has 2 classes", "--layout generic"),
+    ),
+    Case(
+        "arguments",
+        "synth --layout generic --testing",
+        lambda e: ["synth", str(e.tmp / "s"), "--layout", "generic", "--testing", "--size", "16"],
+        fragments=("--testing needs the C-NMC layout",),
+    ),
+    Case(
+        "arguments",
+        "synth --class-margin out of range",
+        lambda e: ["synth", str(e.tmp / "s"), "--class-margin", "2", "--size", "16"],
+        fragments=("class margin must be between -1 and 1",),
+    ),
+    Case(
+        "arguments",
+        "synth --patient-effect negative",
+        lambda e: ["synth", str(e.tmp / "s"), "--patient-effect", "-1", "--size", "16"],
+        fragments=("patient effect must be between 0 and 5",),
+    ),
+    Case(
+        "arguments",
+        "synth --layout generic into a folder that is not empty (the tree is the folder itself)",
+        lambda e: ["synth", str(_with_file(e.tmp / "mixed")), "--layout", "generic", "--size", "16"],
+        fragments=("already exists and is not empty",),
+    ),
+    # issue 14: fastall evaluate
+    Case(
+        "evaluate",
+        "DATA with a class the run does not know",
+        lambda e: ["evaluate", str(e.run), str(_eval_data(e, {"all": "blast"})), "--out", str(e.tmp / "o")],
+        fragments=("DATA class 'blast' is not a class of the run (its classes: hem, all)", "--classes"),
+    ),
+    Case(
+        "evaluate",
+        "DATA with an unreadable image (skipped and reported)",
+        lambda e: ["evaluate", str(e.run), str(_eval_data(e, bad=True)), "--out", str(e.tmp / "o")],
+        expect="reported",
+        fragments=("skipped:", "broken.bmp", "(1 skipped)"),
+    ),
+    Case(
+        "evaluate",
+        "DATA with one class only (per-class figures, AUC undefined)",
+        lambda e: ["evaluate", str(e.run), str(_eval_data(e, {"hem": None})), "--out", str(e.tmp / "o")],
+        expect="reported",
+        fragments=("one class only (all)", "AUC is undefined"),
+    ),
+    Case(
+        "evaluate",
+        "DATA that is the run's own training images",
+        lambda e: ["evaluate", str(e.run), str(e.data), "--out", str(e.tmp / "o")],
+        expect="reported",
+        fragments=("have the same file contents as the run's training images",),
+    ),
+    Case(
+        "evaluate",
+        "a run whose cache has moved (shift not measured, --cache named)",
+        lambda e: ["evaluate", str(_run_moved_cache(e)), str(_eval_data(e)), "--out", str(e.tmp / "o")],
+        expect="reported",
+        fragments=("is not here (pass --cache PATH)",),
+    ),
+    Case(
+        "evaluate",
+        "a RUN folder that is not a run",
+        lambda e: ["evaluate", str(_mkdir(e.tmp / "nothing")), str(e.data), "--out", str(e.tmp / "o")],
+        fragments=("no head.pt",),
+    ),
+    Case(
+        "evaluate",
+        "--threshold that is neither a number, youden nor sens=S",
+        lambda e: ["evaluate", str(e.run), str(e.data), "--out", str(e.tmp / "o"), "--threshold", "best"],
+        fragments=("use a number (0.5), youden or sens=0.95",),
+    ),
     # backbones: an unknown name, a size the model cannot take, another architecture's weights; compare
     Case(
         "backbone",
@@ -605,6 +719,12 @@ def _not_onnx(env: Env) -> Path:
     path = env.tmp / "not-a-model.onnx"
     path.write_text("hello\n")
     return path
+
+
+def _with_file(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("keep me\n")
+    return folder
 
 
 def _one_class_cache(env: Env) -> Path:
@@ -763,6 +883,32 @@ def _other_data(env: Env, *, patients: int, size: int, seed: int) -> Path:
     out = env.tmp / "other_data"
     synthesize(out, patients_per_class=patients, images_per_patient=3, size=size, seed=seed)
     return out
+
+
+def _eval_data(env: Env, rename: dict | None = None, bad: bool = False) -> Path:
+    """A generic labelled tree of a few shared images (re-encoded as PNG, so not byte copies): ``rename``
+    maps a class folder to a new name (None drops the class); ``bad`` adds an unreadable image."""
+    rename = rename or {}
+    out = env.tmp / "eval_data"
+    for cls in ("all", "hem"):
+        target = rename.get(cls, cls)
+        if target is None:
+            continue
+        _mkdir(out / target)
+        for i, path in enumerate(sorted(env.data.rglob(f"training_data/*/{cls}/*.bmp"))[:4]):
+            Image.open(path).convert("RGB").save(out / target / f"cell{i}.png")
+    if bad:
+        (out / "hem" / "broken.bmp").write_bytes(b"BM not really")
+    return out
+
+
+def _run_moved_cache(env: Env) -> Path:
+    run = env.tmp / "run_moved"
+    shutil.copytree(env.run, run, ignore=shutil.ignore_patterns("report"))
+    head = torch.load(run / "head.pt", weights_only=True)
+    head["cache_path"] = str(env.tmp / "gone.h5")
+    torch.save(head, run / "head.pt")
+    return run
 
 
 def _resnet18_weights(env: Env) -> Path:

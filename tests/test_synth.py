@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -15,8 +16,9 @@ from conftest import MANIFEST
 from PIL import Image
 
 from fastall.cli import cli
-from fastall.data.discover import PRELIM_CSV, PRELIM_DIR, TESTING_DIR, parse_cnmc_name
-from fastall.data.synth import synthesize
+from fastall.data.cells import appearance, typicality_ranges
+from fastall.data.discover import PRELIM_CSV, PRELIM_DIR, TESTING_DIR, discover, parse_cnmc_name
+from fastall.data.synth import GENERIC_PATIENT_REGEX, synthesize
 from fastall.errors import FastallError
 
 
@@ -161,3 +163,135 @@ def test_cli_synth(tmp_path):
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 1 and isinstance(again.exception, SystemExit)
     assert "already exists" in again.output and "Traceback" not in again.output
+
+
+def _pixels(root: Path, pattern: str = "**/*.bmp") -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p), dtype=np.float32) for p in sorted(root.glob(pattern))])
+
+
+def test_light_and_smear_backgrounds(tmp_path):
+    kwargs = {"patients_per_class": 2, "images_per_patient": 3, "size": 64, "prelim": False, "seed": 1}
+    black = _pixels(synthesize(tmp_path / "b", **kwargs).root)
+    light = _pixels(synthesize(tmp_path / "l", look=appearance("light"), **kwargs).root)
+    smear = _pixels(synthesize(tmp_path / "s", look=appearance("smear"), **kwargs).root)
+    ring = lambda a: np.concatenate([a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]], axis=1)  # noqa: E731
+    assert ring(black).max() == 0
+    assert ring(light).min(axis=(0, 1)).min() > 150 and light[:, 32, 32].mean() < ring(light).mean() - 40
+    redness = lambda a: np.quantile(a[..., 0] - a[..., 1], 0.99)  # noqa: E731
+    assert redness(ring(smear)) > redness(ring(light)) + 15  # faint red cells around the white cell
+    assert np.array_equal(smear[:, 28:36, 28:36] > 0, light[:, 28:36, 28:36] > 0)
+
+
+def test_generic_layout_with_four_classes(tmp_path):
+    s = synthesize(tmp_path, layout="generic", classes=4, patients_per_class=3, images_per_patient=3, size=24)
+    assert s.root == tmp_path and s.class_names == ["class0", "class1", "class2", "class3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == s.class_names
+    assert s.patient_regex == GENERIC_PATIENT_REGEX and s.patients == 12
+    owner: dict[str, set[str]] = defaultdict(set)
+    for path in tmp_path.rglob("*.bmp"):
+        owner[re.search(GENERIC_PATIENT_REGEX, path.name).group(1)].add(path.parent.name)
+    assert len(owner) == 12 and all(len(c) == 1 for c in owner.values())
+    ds = discover(tmp_path, patient_regex=GENERIC_PATIENT_REGEX)
+    assert ds.layout == "generic" and ds.class_names == s.class_names and not ds.problems
+    assert sorted(ds.patients()) == sorted(owner) and len(ds.records) == s.images
+    with pytest.raises(FastallError, match="already exists"):
+        synthesize(tmp_path, layout="generic", classes=4, patients_per_class=1, images_per_patient=1, size=8)
+    again = synthesize(
+        tmp_path,
+        layout="generic",
+        classes=3,
+        patients_per_class=1,
+        images_per_patient=1,
+        size=8,
+        overwrite=True,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == again.class_names
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FastallError, match="holds other files"):
+        synthesize(tmp_path, layout="generic", overwrite=True, size=8)
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_hard_narrows_the_margin_and_widens_patient_effects(tmp_path):
+    kwargs = {"patients_per_class": 6, "images_per_patient": 3, "size": 48, "prelim": False}
+    stats = {}
+    for name in ("easy", "hard"):
+        s = synthesize(tmp_path / name, look=appearance(difficulty=name), **kwargs)
+        base = s.root / "training_data"
+        area = {c: (_pixels(base, f"*/{c}/*.bmp").max(axis=3) > 0).mean(axis=(1, 2)) for c in ("hem", "all")}
+        per_patient = defaultdict(list)
+        for p in base.rglob("*.bmp"):
+            img = np.asarray(Image.open(p), dtype=np.float32)
+            per_patient[parse_cnmc_name(p.name)[0]].append(img[img.max(axis=2) > 0].mean(axis=0))
+        colours = np.stack([np.mean(v, axis=0) for v in per_patient.values()])
+        stats[name] = (area["all"].mean() / area["hem"].mean(), colours.std(axis=0).mean())
+    assert stats["hard"][0] < stats["easy"][0] and stats["hard"][1] > 1.5 * stats["easy"][1]
+    assert appearance(difficulty="hard", class_margin=0.3).class_margin == 0.3
+    assert appearance(patient_effect=2).patient_effect == 2.0
+
+
+def test_typicality_ranges():
+    assert typicality_ranges(2, None) == [(0.0, 0.15), (0.65, 1.0)]
+    assert typicality_ranges(2, 0.0) == [(0.0, 0.5), (0.5, 1.0)]
+    four = typicality_ranges(4, 0.4)
+    gaps = [b[0] - a[1] for a, b in zip(four[:-1], four[1:], strict=True)]
+    spacing = 2 / 3.6  # more classes than fit in [0, 1] at the 2-class spacing: the span is [-0.5, 1.5]
+    assert gaps == pytest.approx([0.4 * spacing] * 3) and four[0][0] == pytest.approx(-0.5)
+    assert four[-1][1] == pytest.approx(1.5)
+    assert typicality_ranges(3, 1.0) == [(-0.5, -0.5), (0.5, 0.5), (1.5, 1.5)]
+    overlap = typicality_ranges(2, -0.5)
+    assert overlap[0][1] > overlap[1][0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"layout": "generic", "classes": 1}, "classes must be between 2 and 20"),
+        ({"layout": "generic", "classes": 21}, "classes must be between 2 and 20"),
+        ({"classes": 3}, "C-NMC layout has 2 classes"),
+        ({"layout": "generic", "testing": True}, "--testing needs the C-NMC layout"),
+        ({"layout": "tree"}, "layout 'tree'"),
+    ],
+)
+def test_layout_refusals(tmp_path, kwargs, message):
+    with pytest.raises(FastallError, match=message):
+        synthesize(tmp_path, size=8, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"background": "grey"}, "background 'grey'"),
+        ({"difficulty": "medium"}, "difficulty 'medium'"),
+        ({"class_margin": 1.5}, "class margin must be between -1 and 1"),
+        ({"patient_effect": -1}, "patient effect must be between 0 and 5"),
+    ],
+)
+def test_appearance_refusals(kwargs, message):
+    with pytest.raises(FastallError, match=message):
+        appearance(**kwargs)
+
+
+def test_cli_synth_generic_prints_the_patient_regex(tmp_path):
+    args = [
+        "synth",
+        str(tmp_path),
+        "--layout",
+        "generic",
+        "--classes",
+        "3",
+        "--background",
+        "smear",
+        "--difficulty",
+        "hard",
+        "--patients-per-class",
+        "2",
+        "--images-per-patient",
+        "2",
+        "--size",
+        "16",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"--patient-regex '{GENERIC_PATIENT_REGEX}'" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class0", "class1", "class2"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from fastall.cli import compare, data, demo, explain, features, inference, report, training  # noqa: F401  (registers the commands)
+from fastall.cli import compare, data, demo, evaluate, explain, features, inference, report, training  # noqa: F401  (registers the commands)
 from fastall.cli.group import cli
 
 __all__ = ["cli", "main"]

@@ -73,6 +73,33 @@ def scan(data: str, patient_regex: str | None, include: str, as_json: bool) -> N
 @click.option("--testing", is_flag=True, help="Also write unlabelled testing_data.")
 @click.option("--like-manifest", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--max-per-patient", type=int, default=None)
+@click.option(
+    "--layout",
+    type=click.Choice(["cnmc", "generic"]),
+    default="cnmc",
+    show_default=True,
+    help="cnmc: the C-NMC 2019 tree; generic: OUT/class<k>/P<patient>_<image>.bmp.",
+)
+@click.option("--classes", type=int, default=2, show_default=True, help="Classes of a generic tree.")
+@click.option(
+    "--background",
+    type=click.Choice(["black", "light", "smear"]),
+    default="black",
+    show_default=True,
+    help="black (C-NMC), light (bright-field slide), smear (light, faint neighbouring red cells).",
+)
+@click.option(
+    "--difficulty",
+    type=click.Choice(["easy", "hard"]),
+    default="easy",
+    show_default=True,
+    help="easy: the demo's wide class margin; hard: margin 0.5, patient effects twice as large (about the "
+    "class effect).",
+)
+@click.option("--class-margin", type=float, default=None, help="Gap between classes, -1..1 [difficulty].")
+@click.option(
+    "--patient-effect", type=float, default=None, help="Spread of patient looks, 0..5 [difficulty]."
+)
 def synth(
     out: str,
     patients_per_class: int | None,
@@ -82,8 +109,15 @@ def synth(
     testing: bool,
     like_manifest: str | None,
     max_per_patient: int | None,
+    layout: str,
+    classes: int,
+    background: str,
+    difficulty: str,
+    class_margin: float | None,
+    patient_effect: float | None,
 ) -> None:
-    """Write a deterministic synthetic dataset in the C-NMC 2019 tree layout."""
+    """Write a deterministic synthetic dataset: the C-NMC 2019 tree layout, or a generic K-class tree."""
+    from fastall.data.cells import appearance
     from fastall.data.synth import synthesize
 
     counts = {
@@ -101,11 +135,21 @@ def synth(
         testing=testing,
         like_manifest=like_manifest,
         max_per_patient=max_per_patient,
+        layout=layout,
+        classes=classes,
+        look=appearance(background, difficulty, class_margin, patient_effect),
         progress=True,
         **counts,
     )
-    per = ", ".join(f"{s} {n['all']} all / {n['hem']} hem" for s, n in summary.per_source.items())
+    per = ", ".join(
+        f"{s} " + " / ".join(f"{n[c]} {c}" for c in reversed(summary.class_names))
+        for s, n in summary.per_source.items()
+    )
+    if layout == "generic":
+        per = ", ".join(f"{n} {c}" for c, n in summary.patients_per_class.items()) + " patients"
     click.echo(
         f"wrote {summary.images} images of {summary.patients} patients ({per}) to {summary.root} "
         f"in {summary.seconds:.1f} s"
     )
+    if summary.patient_regex:
+        click.echo(f"patients are in the file names: use --patient-regex '{summary.patient_regex}'")

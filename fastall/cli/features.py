@@ -45,6 +45,13 @@ from fastall.cli.group import _csv, cli, console
 @click.option("--batch-size", type=int, default=None, help="Images per forward [256 on GPU, 32 on CPU].")
 @click.option("--workers", type=int, default=None, help="Decoding processes [up to 10 on GPU, 0 on CPU].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Augmentation (and random-init) seed.")
+@click.option(
+    "--fill",
+    default="auto",
+    show_default=True,
+    help="Corners uncovered by rotation/zoom: auto (black on a black border, else the median border colour), "
+    "black, reflect, edge, median or constant:R,G,B.",
+)
 @click.option("--include", default=None, help="Optional sources, e.g. prelim,testing [prelim].")
 @click.option("--overwrite", is_flag=True, help="Replace a cache or partial work made with other settings.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (listed in the cache), don't stop.")
@@ -81,6 +88,7 @@ def extract(
     batch_size: int | None,
     workers: int | None,
     seed: int,
+    fill: str,
     include: str | None,
     overwrite: bool,
     skip_bad: bool,
@@ -96,8 +104,8 @@ def extract(
     """
     from functools import partial
 
-    from fastall.features.extract import describe
     from fastall.features.extract import extract as run_extract
+    from fastall.features.summary import describe
     from fastall.system.distributed import detect
 
     env = detect(distributed)
@@ -119,6 +127,7 @@ def extract(
         batch_size=batch_size,
         workers=workers,
         seed=seed,
+        fill=fill,
         include=_csv(include),
         overwrite=overwrite,
         skip_bad=skip_bad,

@@ -1,12 +1,14 @@
-"""Deterministic synthetic C-NMC 2019 data: the real tree layout and names, one drawn cell per 24-bit BMP.
+"""Deterministic synthetic data, a drawn cell per 24-bit BMP: the C-NMC 2019 tree, or a generic K-class tree.
 
-ALL (lymphoblast) and hem (normal) cells differ in coarse morphology so that even a random-init ResNet-50 can
-separate them: ALL cells are larger, with a larger nucleus-to-cytoplasm ratio, an irregular contour, fine pale
-chromatin and nucleoli; hem cells are small and round with a dark, coarsely clumped nucleus. Every patient has
-its own stain, illumination, cell-size offset and typicality (how textbook its cells look: ``_TYPICALITY``),
-so image-level splits score higher than patient-level ones. With the defaults a random-init ResNet-50 and the
-paper's head reach about 0.96-0.99 patient-level CV accuracy; moving the two typicality ranges closer widens
-the image/patient gap and lowers that accuracy.
+Layouts: ``cnmc``, the real C-NMC tree and names (folds, prelim phase, unlabelled testing phase); ``generic``,
+``root/class<k>/P<patient>_<image>.bmp`` with the patient in the file name (:data:`GENERIC_PATIENT_REGEX`).
+The cells (:mod:`fastall.data.cells`) differ in coarse morphology so that even a random-init ResNet-50 can
+separate the classes; every patient has its own stain, illumination, cell size and typicality, so image-level
+splits score higher than patient-level ones. ``difficulty`` ``easy`` (the default) keeps the wide class margin
+of the demo (a random-init ResNet-50 and the paper's head reach about 0.96-0.99 patient-level CV accuracy);
+``hard`` narrows the margin and doubles patient effects (about as large as the class effect);
+``class_margin`` and ``patient_effect`` set either directly. Backgrounds: black (C-NMC), light, smear (light
+with red cells).
 
 Defaults: 10 patients per class, about 12 images each, 450 px, plus 3 prelim-phase patients per class (about
 240 training and 70 prelim images, a few seconds).
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import struct
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -25,40 +26,27 @@ from pathlib import Path
 
 import numpy as np
 
+from fastall.data.cells import (
+    Appearance,
+    background_params,
+    bmp_bytes,
+    image_params,
+    patient_look,
+    render,
+    slide_colour,
+    typicality_ranges,
+)
 from fastall.data.discover import CNMC_CLASSES, PRELIM_CSV, PRELIM_DIR, TESTING_DIR, parse_cnmc_name
 from fastall.errors import FastallError
+
+_bmp_bytes = bmp_bytes  # the name tests/bad_inputs.py imports
 
 TREE = "C-NMC_Leukemia"
 _MANIFEST_LINE = re.compile(r"training_data/(fold_\d+)/(all|hem)/([^/]+)")
 _PIXELS_PER_BATCH = 1_500_000
-_CLASS = {
-    "all": {
-        "cell": 0.62,
-        "ncr": 0.86,
-        "cell_wobble": 0.06,
-        "nuc_wobble": 0.08,
-        "freq": (9.0, 16.0),
-        "tex": 0.08,
-        "nucleoli": 0.45,
-        "nucleus": (0.50, 0.34, 0.64),
-        "cytoplasm": (0.72, 0.64, 0.86),
-    },
-    "hem": {
-        "cell": 0.40,
-        "ncr": 0.70,
-        "cell_wobble": 0.015,
-        "nuc_wobble": 0.02,
-        "freq": (2.5, 5.0),
-        "tex": 0.22,
-        "nucleoli": 0.0,
-        "nucleus": (0.33, 0.18, 0.45),
-        "cytoplasm": (0.78, 0.70, 0.90),
-    },
-}
-_TYPICALITY = {"hem": (0.0, 0.15), "all": (0.65, 1.0)}
-_WOBBLE_ORDERS = np.arange(2, 7, dtype=np.float32)
-_TEXTURE_WAVES = 5
-_NUCLEOLI = 3
+LAYOUTS = ("cnmc", "generic")
+GENERIC_PATIENT_REGEX = r"^(P\d+)_"
+MAX_CLASSES = 20
 
 
 @dataclass(frozen=True)
@@ -73,7 +61,8 @@ class _Item:
 
 @dataclass
 class SynthSummary:
-    """What ``synthesize`` wrote. ``testing_labels`` holds the truth the testing folder does not carry."""
+    """What ``synthesize`` wrote. ``testing_labels`` holds the truth the testing folder does not carry;
+    ``patient_regex`` is the ``--patient-regex`` a generic tree needs."""
 
     root: Path
     images: int
@@ -84,6 +73,10 @@ class SynthSummary:
     seed: int
     seconds: float
     testing_labels: dict[str, int] = field(default_factory=dict)
+    layout: str = "cnmc"
+    class_names: list[str] = field(default_factory=lambda: list(CNMC_CLASSES))
+    appearance: Appearance = field(default_factory=Appearance)
+    patient_regex: str | None = None
 
 
 def synthesize(
@@ -97,29 +90,34 @@ def synthesize(
     testing: bool = False,
     like_manifest: str | Path | None = None,
     max_per_patient: int | None = None,
+    layout: str = "cnmc",
+    classes: int = 2,
+    look: Appearance | None = None,
     progress: bool = False,
     overwrite: bool = False,
 ) -> SynthSummary:
-    """Write a synthetic tree under ``out/C-NMC_Leukemia`` and return its summary.
+    """Write a synthetic tree (``out/C-NMC_Leukemia``, or ``out`` itself for ``layout="generic"``).
 
     The number of images per patient varies around ``images_per_patient`` (half to one and a half times).
     ``like_manifest`` reproduces the training names of a manifest (lines like
     ``training_data/fold_0/all/UID_11_10_1_all.bmp``), keeping the first ``max_per_patient`` of each
     patient if given. ``prelim`` (None: on, unless ``like_manifest``) adds the prelim-phase folder and labels
-    CSV; ``testing`` the unlabelled final-phase folder.
-    Byte-identical output for the same arguments.
+    CSV; ``testing`` the unlabelled final-phase folder. A generic tree has ``classes`` class folders.
+    ``look`` (:func:`appearance`) sets background and difficulty. Byte-identical output for equal arguments.
     """
     start = time.perf_counter()
+    look = look or Appearance()
     _validate(patients_per_class, images_per_patient, size, max_per_patient)
-    if prelim is None:
-        prelim = like_manifest is None
-    root = Path(out) / TREE
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FastallError(f"{root} already exists and is not empty; remove it or choose another folder")
-        shutil.rmtree(root)
+    _check_layout(layout, classes, testing, like_manifest, prelim)
+    generic = layout == "generic"
+    names = _class_names(classes) if generic else list(CNMC_CLASSES)
+    prelim = False if generic else (like_manifest is None if prelim is None else prelim)
+    root = Path(out) if generic else Path(out) / TREE
+    _clear(root, names if generic else None, overwrite)
     rng = np.random.default_rng([seed, 1])
-    if like_manifest is not None:
+    if generic:
+        items = _generic_items(rng, seed, names, patients_per_class, images_per_patient)
+    elif like_manifest is not None:
         items = _manifest_items(Path(like_manifest))
     else:
         items = _training_items(rng, seed, patients_per_class, images_per_patient)
@@ -127,7 +125,7 @@ def synthesize(
         kept: Counter[str] = Counter()
         items = [it for it in items if (kept.update([it.patient]) or kept[it.patient] <= max_per_patient)]
     extra_patients = max(1, round(0.3 * patients_per_class))
-    next_number = _next_numbers(items)
+    next_number = _next_numbers(items) if not generic else {}
     testing_labels: dict[str, int] = {}
     if prelim:
         prelim_items = _extra_items(
@@ -141,8 +139,9 @@ def synthesize(
         )
         items += test_items
         testing_labels = {it.file: CNMC_CLASSES.index(it.cls) for it in test_items}
-    _render_all(root, items, size, seed, progress)
-    per_source: dict[str, dict[str, int]] = defaultdict(lambda: {c: 0 for c in CNMC_CLASSES})
+    ranges = dict(zip(names, typicality_ranges(len(names), look.class_margin), strict=True))
+    _render_all(root, items, size, seed, progress, look, ranges)
+    per_source: dict[str, dict[str, int]] = defaultdict(lambda: {c: 0 for c in names})
     patients: dict[str, set[str]] = defaultdict(set)
     for it in items:
         per_source[it.source][it.cls] += 1
@@ -151,12 +150,16 @@ def synthesize(
         root=root,
         images=len(items),
         patients=sum(len(p) for p in patients.values()),
-        patients_per_class={c: len(patients[c]) for c in CNMC_CLASSES},
+        patients_per_class={c: len(patients[c]) for c in names},
         per_source=dict(sorted(per_source.items())),
         size=size,
         seed=seed,
         seconds=time.perf_counter() - start,
         testing_labels=testing_labels,
+        layout=layout,
+        class_names=names,
+        appearance=look,
+        patient_regex=GENERIC_PATIENT_REGEX if generic else None,
     )
 
 
@@ -171,6 +174,62 @@ def _validate(
         raise FastallError(f"image size must be between 8 and 4096 pixels, got {size}")
     if max_per_patient is not None and max_per_patient < 1:
         raise FastallError(f"max per patient must be at least 1, got {max_per_patient}")
+
+
+def _check_layout(
+    layout: str, classes: int, testing: bool, like_manifest: str | Path | None, prelim: bool | None
+) -> None:
+    if layout not in LAYOUTS:
+        raise FastallError(f"layout {layout!r}: use {' or '.join(LAYOUTS)}")
+    if layout == "cnmc":
+        if classes != 2:
+            raise FastallError(f"the C-NMC layout has 2 classes, got {classes} (use --layout generic)")
+        return
+    if not 2 <= classes <= MAX_CLASSES:
+        raise FastallError(f"classes must be between 2 and {MAX_CLASSES}, got {classes}")
+    unsupported = [(testing, "--testing"), (like_manifest is not None, "--like-manifest"), (prelim, "prelim")]
+    for used, name in unsupported:
+        if used:
+            raise FastallError(f"{name} needs the C-NMC layout (--layout cnmc)")
+
+
+def _class_names(classes: int) -> list[str]:
+    return [f"class{k:0{len(str(classes - 1))}d}" for k in range(classes)]
+
+
+def _clear(root: Path, generic_names: list[str] | None, overwrite: bool) -> None:
+    """Refuse a non-empty target unless ``overwrite``; a generic tree only ever removes its class folders."""
+    if not root.exists() or not any(root.iterdir()):
+        return
+    if not overwrite:
+        raise FastallError(f"{root} already exists and is not empty; remove it or choose another folder")
+    if generic_names is None:
+        shutil.rmtree(root)
+        return
+    ours = re.compile(r"class\d+")
+    foreign = sorted(p.name for p in root.iterdir() if not (p.is_dir() and ours.fullmatch(p.name)))
+    if foreign:
+        raise FastallError(f"{root} holds other files ({foreign[0]}, ...); choose an empty folder")
+    for folder in root.iterdir():
+        shutil.rmtree(folder)
+
+
+def _generic_items(
+    rng: np.random.Generator, seed: int, names: list[str], per_class: int, mean: int
+) -> list[_Item]:
+    """Patients ``P<number>`` (numbers shuffled across classes), images ``P<number>_<image>.bmp``."""
+    total = per_class * len(names)
+    numbers = rng.permutation(total) + 1
+    width = max(3, len(str(total)))
+    items = []
+    for k, cls in enumerate(names):
+        for i in range(per_class):
+            patient = f"P{int(numbers[k * per_class + i]):0{width}d}"
+            prng = np.random.default_rng(_seed_of(seed, 2, patient))
+            for j in range(1, _count(prng, mean) + 1):
+                name = f"{patient}_{j:03d}.bmp"
+                items.append(_Item(cls, name, patient, cls, cls, name))
+    return items
 
 
 def _seed_of(*parts: int | str) -> list[int]:
@@ -264,7 +323,15 @@ def _write_prelim_csv(root: Path, items: list[_Item]) -> None:
     path.write_text("Patient_ID,new_names,labels\n" + "\n".join(rows) + "\n", encoding="utf-8")
 
 
-def _render_all(root: Path, items: list[_Item], size: int, seed: int, progress: bool) -> None:
+def _render_all(
+    root: Path,
+    items: list[_Item],
+    size: int,
+    seed: int,
+    progress: bool,
+    look: Appearance,
+    ranges: dict[str, tuple[float, float]],
+) -> None:
     by_patient: dict[str, list[_Item]] = defaultdict(list)
     for it in items:
         by_patient[it.patient].append(it)
@@ -282,123 +349,18 @@ def _render_all(root: Path, items: list[_Item], size: int, seed: int, progress: 
     try:
         for patient, its in by_patient.items():
             prng = np.random.default_rng(_seed_of(seed, 3, patient))
-            look = _patient_look(prng, its[0].cls)
+            cells = patient_look(prng, ranges[its[0].cls], look.patient_effect)
+            bg_rng = np.random.default_rng(_seed_of(seed, 4, patient))
+            slide = slide_colour(bg_rng, look.patient_effect) if look.background != "black" else None
             for lo in range(0, len(its), batch):
                 chunk = its[lo : lo + batch]
-                images = _render(_image_params(prng, look, len(chunk)), size, prng)
+                params = image_params(prng, cells, len(chunk))
+                params.update(background_params(bg_rng, look.background, slide, len(chunk)))
+                images = render(params, size, prng)
                 for it, img in zip(chunk, images, strict=True):
-                    (root / it.folder / it.file).write_bytes(_bmp_bytes(img))
+                    (root / it.folder / it.file).write_bytes(bmp_bytes(img))
                 if bar is not None:
                     bar.advance(task, len(chunk))
     finally:
         if bar is not None:
             bar.stop()
-
-
-def _morphology(t: float) -> dict:
-    """Class morphology at typicality ``t``: 0 is a textbook hem cell, 1 a textbook ALL blast."""
-    hem, blast = _CLASS["hem"], _CLASS["all"]
-    return {key: np.asarray(hem[key]) + t * (np.asarray(blast[key]) - np.asarray(hem[key])) for key in hem}
-
-
-def _patient_look(rng: np.random.Generator, cls: str) -> dict:
-    """A patient's morphology (some patients are atypical), stain, illumination and cell-size offset."""
-    spec = _morphology(float(rng.uniform(*_TYPICALITY[cls])))
-    return {
-        "spec": spec,
-        "scale": float(np.exp(rng.normal(0, 0.09))),
-        "ncr": float(rng.normal(0, 0.025)),
-        "nucleus": np.asarray(spec["nucleus"]) * np.exp(rng.normal(0, 0.09, 3)),
-        "cytoplasm": np.asarray(spec["cytoplasm"]) * np.exp(rng.normal(0, 0.06, 3)),
-        "gain": float(np.exp(rng.normal(0, 0.08))),
-        "gradient": rng.normal(0, 0.08, 2),
-    }
-
-
-def _image_params(rng: np.random.Generator, look: dict, n: int) -> dict[str, np.ndarray]:
-    spec = look["spec"]
-    k, w, m = len(_WOBBLE_ORDERS), _TEXTURE_WAVES, _NUCLEOLI
-    rc = spec["cell"] * look["scale"] * np.exp(rng.normal(0, 0.06, n))
-    ncr = np.clip(spec["ncr"] + look["ncr"] + rng.normal(0, 0.03, n), 0.45, 0.95)
-    shift = (1 - ncr) * rc * rng.uniform(0.2, 0.7, n)
-    angle = rng.uniform(0, 2 * np.pi, n)
-    decay = 1.0 / (_WOBBLE_ORDERS - 1)
-    spot_r, spot_a = rng.uniform(0, 0.55, (n, m)), rng.uniform(0, 2 * np.pi, (n, m))
-    present = rng.uniform(0, 1, (n, m)) < np.array([1.0, 0.6, 0.3])
-    return {
-        "cx": rng.normal(0, 0.03, n),
-        "cy": rng.normal(0, 0.03, n),
-        "rc": rc,
-        "rn": ncr * rc,
-        "nx": shift * np.cos(angle),
-        "ny": shift * np.sin(angle),
-        "ca": spec["cell_wobble"] * decay * rng.uniform(0.3, 1.0, (n, k)),
-        "cp": rng.uniform(0, 2 * np.pi, (n, k)),
-        "na": spec["nuc_wobble"] * decay * rng.uniform(0.3, 1.0, (n, k)),
-        "np": rng.uniform(0, 2 * np.pi, (n, k)),
-        "tf": rng.uniform(*spec["freq"], (n, w)),
-        "ta": rng.uniform(0, 2 * np.pi, (n, w)),
-        "tp": rng.uniform(0, 2 * np.pi, (n, w)),
-        "tex": spec["tex"] * rng.uniform(0.7, 1.3, n),
-        "ox": spot_r * np.cos(spot_a),
-        "oy": spot_r * np.sin(spot_a),
-        "oa": spec["nucleoli"] * present * rng.uniform(0.6, 1.0, (n, m)),
-        "nucleus": np.broadcast_to(look["nucleus"], (n, 3)),
-        "cytoplasm": np.broadcast_to(look["cytoplasm"], (n, 3)),
-        "gain": look["gain"] * np.exp(rng.normal(0, 0.03, n)),
-        "gx": look["gradient"][0] + rng.normal(0, 0.02, n),
-        "gy": look["gradient"][1] + rng.normal(0, 0.02, n),
-    }
-
-
-def _render(p: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 [n, size, size, 3] RGB images of one cell each on black."""
-    f32 = {key: np.asarray(v, dtype=np.float32) for key, v in p.items()}
-
-    def col(key: str, j: int | None = None) -> np.ndarray:
-        v = f32[key] if j is None else f32[key][:, j]
-        return v[:, None, None]
-
-    def outline(radius: np.ndarray, dx: np.ndarray, dy: np.ndarray, amp: str, phase: str) -> np.ndarray:
-        theta = np.arctan2(dy, dx)
-        wobble = sum(col(amp, j) * np.cos(o * theta + col(phase, j)) for j, o in enumerate(_WOBBLE_ORDERS))
-        inside = radius * (1 + wobble) - np.sqrt(dx * dx + dy * dy)
-        return np.clip(inside * np.float32(size / 2) + 0.5, 0, 1)
-
-    g = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-    x, y = g[None, None, :], g[None, :, None]
-    dx, dy = x - col("cx"), y - col("cy")
-    cell = outline(col("rc"), dx, dy, "ca", "cp")
-    ndx, ndy = dx - col("nx"), dy - col("ny")
-    nucleus = (outline(col("rn"), ndx, ndy, "na", "np") * cell)[..., None]
-    u, v = ndx / col("rn"), ndy / col("rn")
-    two_pi = np.float32(2 * np.pi)
-    texture = sum(
-        np.sin(two_pi * col("tf", j) * (u * np.cos(col("ta", j)) + v * np.sin(col("ta", j))) + col("tp", j))
-        for j in range(_TEXTURE_WAVES)
-    )
-    texture = texture * col("tex") / np.float32(np.sqrt(_TEXTURE_WAVES))
-    spots = sum(
-        col("oa", j) * np.exp(((u - col("ox", j)) ** 2 + (v - col("oy", j)) ** 2) / np.float32(-0.03))
-        for j in range(_NUCLEOLI)
-    )
-    spots = np.clip(spots, 0, 1)[..., None]
-    cytoplasm, nuc = f32["cytoplasm"][:, None, None, :], f32["nucleus"][:, None, None, :]
-    nuc = nuc * (1 + texture[..., None])
-    nuc = nuc + (cytoplasm * np.float32(0.9) - nuc) * spots
-    rgb = cytoplasm * (1 - nucleus) + nuc * nucleus
-    light = col("gain") * (1 + col("gx") * x + col("gy") * y)
-    grain = (rng.random(cell.shape, dtype=np.float32) - np.float32(0.5)) * np.float32(0.05)
-    rgb = (rgb * light[..., None] + grain[..., None]) * cell[..., None]
-    return np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
-
-
-def _bmp_bytes(img: np.ndarray) -> bytes:
-    """A 24-bit bottom-up BMP of an RGB uint8 [H, W, 3] array."""
-    h, w, _ = img.shape
-    row = w * 3
-    data = np.zeros((h, row + (-row) % 4), dtype=np.uint8)
-    data[:, :row] = img[::-1, :, ::-1].reshape(h, row)
-    header = struct.pack("<2sIHHI", b"BM", 54 + data.size, 0, 0, 54)
-    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, data.size, 2835, 2835, 0, 0)
-    return header + info + data.tobytes()

@@ -8,7 +8,9 @@ Layout (plain h5py / h5dump can read it)::
     patient      str     [N]        patient ID (the grouping unit of every split)
     path         str     [N]        image path relative to the data root
     source       str     [N]        fold_0 | fold_1 | fold_2 | prelim | testing | <folder>
-    view_params  float32 [N, V, P]  augmentation parameters of each view (view 0: identity)
+    view_params  float32 [N, V, P]  augmentation parameters of each view (view 0: identity), columns named by
+                                    the view_param_names attribute (fastall.features.viewparams; a cache
+                                    without the fill columns reads as black fill)
     done         bool    [N]        all true in a complete cache
     skipped      str     [S, 2]     (path, reason) of images left out with --skip-bad
 
@@ -28,6 +30,7 @@ import h5py
 import numpy as np
 
 from fastall.errors import CacheError
+from fastall.features.viewparams import upgrade_view_params
 from fastall.system.files import atomic_write, check_free_space, describe_write_error
 
 SCHEMA_VERSION = 1
@@ -76,6 +79,11 @@ class FeatureCache:
     @property
     def key(self) -> str:
         return str(self.attrs["key"])
+
+    @property
+    def fill(self) -> str:
+        """The ``--fill`` of the extraction (``black`` for a cache made before the option)."""
+        return str(self.key_params.get("fill", "black"))
 
     @property
     def n_images(self) -> int:
@@ -268,6 +276,7 @@ def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
         raise CacheError(f"{path}: labels out of range for {len(class_names)} classes")
     attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     skipped = [tuple(row) for row in f["skipped"].asstr()[()]] if "skipped" in f else []
+    view_params, names = upgrade_view_params(f["view_params"][()], json.loads(f.attrs["view_param_names"]))
     return FeatureCache(
         path=path,
         features=feats[()] if load_features else np.empty((0, 0, 0), dtype=np.float16),
@@ -276,8 +285,8 @@ def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
         patients=np.asarray(f["patient"].asstr()[()], dtype=object),
         paths=np.asarray(f["path"].asstr()[()], dtype=object),
         sources=np.asarray(f["source"].asstr()[()], dtype=object),
-        view_params=f["view_params"][()],
-        view_param_names=json.loads(f.attrs["view_param_names"]),
+        view_params=view_params,
+        view_param_names=names,
         attrs=attrs,
         key_params=key_params,
         skipped=skipped,

@@ -19,16 +19,14 @@ from typing import Any
 import numpy as np
 
 from fastall.errors import CacheError, FastallError
-from fastall.features.augment import VIEW_PARAM_NAMES
+from fastall.features.augment import VIEW_PARAM_NAMES, parse_fill
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache
 from fastall.features.extract import (
-    AMP_DTYPES,
-    ExtractSummary,
+    EXTRACT_PRECISIONS,
     _check_args,
     _check_out,
     _dataset,
-    _device,
     _existing_matches,
     _open_partial,
     _provenance,
@@ -37,6 +35,8 @@ from fastall.features.extract import (
 )
 from fastall.features.loop import run
 from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder, rank_folder
+from fastall.features.summary import ExtractSummary
+from fastall.system.devices import decide_precision, precision_alias, resolve_device
 from fastall.system.distributed import DEFAULT_TIMEOUT, DistEnv, Group, rank_device, share
 from fastall.system.files import kill_point
 
@@ -53,11 +53,13 @@ def extract_distributed(
     weights: str | None = None,
     backbone: str = "resnet50",
     device: str = "auto",
-    amp: bool = True,
-    amp_dtype: str = "bf16",
+    precision: str = "auto",
+    amp: bool | None = None,
+    amp_dtype: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     seed: int = 0,
+    fill: str = "auto",
     include: Iterable[str] = (),
     overwrite: bool = False,
     skip_bad: bool = False,
@@ -75,7 +77,9 @@ def extract_distributed(
             warn(message if env.is_main else f"rank {env.rank}: {message}")
 
     _check_args(views, 224 if image_size is None else image_size, seed, batch_size, workers, amp_dtype)
-    dev = _device(rank_device(device, env))
+    fill = parse_fill(fill)
+    dev = resolve_device(rank_device(device, env))
+    choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
     out = Path(out)
     if env.is_main or scratch is None:  # with --scratch, only rank 0 needs --out's folder
         _check_out(out, scratch)
@@ -97,10 +101,11 @@ def extract_distributed(
                 image_size=image_size,
                 views=views,
                 seed=seed,
-                amp=amp,
-                amp_dtype=amp_dtype,
+                amp=choice.precision != "fp32",
+                amp_dtype=choice.precision,
                 records=ds.records,
                 class_names=ds.class_names,
+                fill=fill,
             )
             existing = False
             if env.is_main:
@@ -159,7 +164,8 @@ def extract_distributed(
                     dim=dim,
                     norm=(info.mean, info.std),
                     seed=seed,
-                    amp=AMP_DTYPES[amp_dtype] if amp else None,
+                    fill=fill,
+                    amp=choice.autocast_dtype,
                     batch_size=batch_size,
                     workers=workers,
                     skip_bad=skip_bad,
@@ -170,7 +176,7 @@ def extract_distributed(
             joined = join_shards(group, store, len(records), views, dim, key)
             if joined is not None:
                 kill_point("finalize")
-                provenance = _provenance(dev, info, batch_size, workers, data)
+                provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record()}
                 _write(out, records, *joined, ds.class_names, key_params, provenance)
                 kill_point("cleanup")
             group.wait()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,56 +21,20 @@ from fastall import __version__
 from fastall.data.discover import Record, discover
 from fastall.data.fingerprint import dataset_fingerprint
 from fastall.errors import CacheError, FastallError
-from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES
+from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES, parse_fill
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
 from fastall.features.loop import run
 from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder
+from fastall.features.summary import ExtractSummary
+from fastall.features.viewparams import describe_fills
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from fastall.system.devices import decide_precision, precision_alias
+from fastall.system.devices import decide_precision, precision_alias, resolve_device
 from fastall.system.files import kill_point
 
 PREPROCESS = "v1: RGB uint8, resize bilinear+antialias (whole image, no crop), /255, [augment], mean/std"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass
-class ExtractSummary:
-    path: Path
-    images: int
-    views: int
-    seconds: float
-    computed: int = 0
-    resumed: int = 0
-    loop_seconds: float = 0.0
-    cache_bytes: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    skipped_existing: bool = False
-    device: str = "cpu"
-    amp_dtype: str = "fp32"
-    key: str = ""
-    precision: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def images_per_s(self) -> float:
-        """Images computed per second of the extraction loop (decode to stored shard)."""
-        return self.computed / self.loop_seconds if self.loop_seconds > 0 else 0.0
-
-    @property
-    def forwards_per_s(self) -> float:
-        return self.images_per_s * self.views
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise FastallError(f"--device {name!r}: use auto, cuda or cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FastallError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
-    return torch.device(name)
 
 
 def key_params_for(
@@ -84,6 +47,7 @@ def key_params_for(
     amp_dtype: str,
     records: list[Record],
     class_names: list[str],
+    fill: str = "auto",
 ) -> dict[str, Any]:
     """Every parameter that changes the features (and nothing that does not)."""
     return {
@@ -97,6 +61,7 @@ def key_params_for(
         "preprocess": PREPROCESS,
         "views": views,
         "augment": AUGMENT_CONFIG,
+        "fill": parse_fill(fill),
         "seed": seed,
         "amp": amp,
         "amp_dtype": amp_dtype if amp else "fp32",
@@ -206,6 +171,7 @@ def extract(
     batch_size: int | None = None,
     workers: int | None = None,
     seed: int = 0,
+    fill: str = "auto",
     include: Iterable[str] = (),
     overwrite: bool = False,
     skip_bad: bool = False,
@@ -217,8 +183,10 @@ def extract(
     """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
 
     ``precision``: auto (bf16 where the device computes it natively, else fp32), fp32, bf16 or fp16;
-    ``amp``/``amp_dtype`` are its older aliases. The precision used is in the cache key. ``backbone`` and
-    ``weights``: as :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None, the weights' own.
+    ``amp``/``amp_dtype`` are its older aliases. The precision used is in the cache key. ``fill``
+    (:data:`fastall.features.augment.FILL_FORMS`) fills the corners that rotation and zoom uncover.
+    ``backbone``, ``weights``: as :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None for
+    the weights' own.
     """
     start = time.perf_counter()
     warnings: list[str] = []
@@ -229,7 +197,8 @@ def extract(
             warn(message)
 
     _check_args(views, 224 if image_size is None else image_size, seed, batch_size, workers, amp_dtype)
-    dev = _device(device)
+    fill = parse_fill(fill)
+    dev = resolve_device(device)
     choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
     if not choice.native:
         note(f"{choice.reason} (--precision auto picks fp32 here)")
@@ -251,6 +220,7 @@ def extract(
             amp_dtype=choice.precision,
             records=records,
             class_names=ds.class_names,
+            fill=fill,
         )
         compute = key_params["amp_dtype"]
         summary = ExtractSummary(
@@ -261,6 +231,7 @@ def extract(
             device=str(dev),
             amp_dtype=compute,
             key=cache_key(key_params),
+            fill=fill,
             warnings=warnings,
             precision=choice.to_dict(),
         )
@@ -270,6 +241,7 @@ def extract(
                 store.remove()
             old = read_cache(out, load_features=False)
             summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
+            summary.fills = describe_fills(old.view_params)
             summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
             return summary
         claim_layout(store.dir, 1, overwrite)
@@ -292,6 +264,7 @@ def extract(
                 dim=info.feature_dim,
                 norm=(info.mean, info.std),
                 seed=seed,
+                fill=fill,
                 amp=choice.autocast_dtype,
                 batch_size=batch_size,
                 workers=workers,
@@ -308,6 +281,7 @@ def extract(
         store.remove()
     final = read_cache(out, load_features=False)
     summary.images, summary.skipped = final.n_images, final.skipped
+    summary.fills = describe_fills(final.view_params)
     summary.computed = final.n_images - summary.resumed
     summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
     return summary
@@ -382,27 +356,3 @@ def _write(
         provenance=provenance,
         skipped=skipped,
     )
-
-
-def describe(summary: ExtractSummary) -> list[str]:
-    """The end-of-run summary, one line each."""
-    size = f"{summary.cache_bytes / 2**20:,.1f} MiB"
-    if summary.skipped_existing:
-        lines = [
-            f"{summary.path} is already complete with these settings ({summary.images} images x "
-            f"{summary.views} views, {size}); nothing to do"
-        ]
-    else:
-        s = summary
-        resumed = f"; {s.resumed} resumed" if s.resumed else ""
-        lines = [
-            f"{s.path}: {s.images} images x {s.views} views in {s.seconds:,.1f} s ({s.computed} done "
-            f"at {s.images_per_s:,.1f} img/s = {s.forwards_per_s:,.1f} forwards/s on {s.device}, "
-            f"{s.amp_dtype}{resumed}), cache {size}"
-        ]
-    if summary.precision and not summary.skipped_existing:
-        lines.append(f"precision {summary.precision['precision']}: {summary.precision['reason']}")
-    if summary.skipped:
-        lines.append(f"skipped {len(summary.skipped)} unreadable image(s):")
-        lines += [f"  {path}: {reason}" for path, reason in summary.skipped]
-    return lines

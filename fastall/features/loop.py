@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from fastall.data.loader import ImageFiles
 from fastall.data.records import Record
 from fastall.errors import FastallError
-from fastall.features.augment import draw_view_params
+from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.features.shards import PartialStore
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from fastall.system.files import kill_point
@@ -43,24 +43,26 @@ CHUNK = 32  # images per worker task: the first batch starts at once, little sha
 
 
 class ImageViews(torch.utils.data.Dataset):
-    """Worker side: one image decoded + resized (``ImageFiles``, uint8 ``[3, S, S]``) and its view parameters.
-
-    An unreadable image comes back as zeros with its message, for the main process to skip or refuse.
+    """Worker side: one image decoded + resized (``ImageFiles``, uint8 ``[3, S, S]``), its fill resolved and
+    its view parameters drawn. An unreadable image comes back as zeros with its message.
     """
 
-    def __init__(self, records: list[Record], todo: list[int], size: int, seed: int, views: int) -> None:
+    def __init__(
+        self, records: list[Record], todo: list[int], size: int, seed: int, views: int, fill: str = "black"
+    ) -> None:
         self.files = ImageFiles([records[i].path for i in todo], size)
-        self.todo, self.size, self.seed, self.views = todo, size, seed, views
+        self.todo, self.size, self.seed, self.views, self.fill = todo, size, seed, views, fill
 
     def __len__(self) -> int:
         return len(self.todo)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
         index = self.todo[k]
-        params = torch.from_numpy(draw_view_params(self.seed, [index], self.views)[0])
         _, image, error = self.files[k]
         if image is None:
             image = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        fill = resolve_fill(image[None], self.fill)
+        params = torch.from_numpy(draw_view_params(self.seed, [index], self.views, fill)[0])
         return image, params, index, error or ""
 
 
@@ -127,6 +129,7 @@ def run(
     views: int,
     dim: int,
     seed: int,
+    fill: str = "black",
     amp: torch.dtype | None,
     norm: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
     batch_size: int | None,
@@ -140,7 +143,7 @@ def run(
     # CPU: decoding is ~1% of a forward; a worker process would only steal cores from torch's thread pool
     workers = workers if workers is not None else (max(1, cores - 2) if cuda else 0)
     loader = DataLoader(
-        ImageViews(records, todo, size, seed, views),
+        ImageViews(records, todo, size, seed, views, fill),
         batch_size=min(batch_size, CHUNK),
         shuffle=False,
         num_workers=workers,
@@ -161,8 +164,7 @@ def run(
                     if bad:
                         keep = torch.tensor([k for k, e in enumerate(errors) if not e], dtype=torch.long)
                         x, params, indices = x[keep.to(dev)], params[keep], indices[keep]
-                    p = params.to(dev, non_blocking=True)
-                    feats = _views(model, x, p, size, views, dim, autocast, norm)
+                    feats = _views(model, x, params, size, views, dim, autocast, norm)
                     writer.submit(indices.numpy(), feats, params.numpy(), skipped, advance)
         except BaseException:
             writer.close(raise_errors=False)
@@ -180,7 +182,7 @@ def _views(
     autocast: Any,
     norm: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
 ) -> torch.Tensor:
-    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]``."""
+    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]`` (host parameters)."""
     feats = torch.empty(x.shape[0], views, dim, dtype=torch.float16, device=x.device)
     for v in range(views if x.shape[0] else 0):
         xv = preprocess(x, size, *norm, p[:, v] if v else None)

@@ -14,7 +14,7 @@ import torch
 from fastall.data.loader import default_workers, iter_batches
 from fastall.data.walk import find_images
 from fastall.errors import FastallError
-from fastall.features.augment import draw_view_params
+from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.inference.model import LeukemiaClassifier
 
 TTA_SEED = 0
@@ -107,10 +107,13 @@ def _bad(
 def _probs(model: LeukemiaClassifier, images: torch.Tensor, indices: list[int], tta: int) -> np.ndarray:
     if images.shape[0] == 1:  # oneDNN takes another path for batch 1: keep rows batch-composition independent
         return _probs(model, images.expand(2, *images.shape[1:]), indices * 2, tta)[:1]
+    fill = None
+    if tta > 1:  # the fill the run's cache was extracted with (black for runs made before --fill)
+        fill = resolve_fill(images, model.provenance.get("key_params", {}).get("fill", "black"))
     images = images.to(model.device, non_blocking=True)
     if tta == 1:
         return torch.softmax(model(images), dim=1).cpu().numpy()
-    params = torch.from_numpy(draw_view_params(TTA_SEED, indices, tta))
+    params = torch.from_numpy(draw_view_params(TTA_SEED, indices, tta, fill))
     total = sum(torch.softmax(model(images, params[:, v]), dim=1) for v in range(tta))
     return (total / tta).cpu().numpy()
 

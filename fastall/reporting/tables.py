@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fastall.reporting.paper import PAPER_CV, PAPER_TEST
+from fastall.reporting.patient_text import patient_line
 
 COLUMNS = (
     ("Acc %", "accuracy", True),
@@ -199,6 +200,8 @@ def print_run(m: dict, out: Path, console: Console, report: Any = None) -> None:
         f"dropout {cfg['dropout']:g}, standardize {'on' if cfg['standardize'] else 'off'}. "
         f"Outputs in {out}"
     )
+    for name, pl in (m.get("patient_level") or {}).items():
+        console.print(f"patient level ({name.replace('_', ' ')}): {patient_line(pl)}", highlight=False)
     for note in getattr(report, "notes", []):
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if report is not None:

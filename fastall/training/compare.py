@@ -27,7 +27,7 @@ from fastall.reporting.compare import write_outputs
 from fastall.system.runfolder import atomic_folder
 from fastall.training.bootstrap import paired_auc_difference, patient_codes
 from fastall.training.config import HeadConfig, TrainOptions
-from fastall.training.probe import probe_auc
+from fastall.training.probe import probe_cache
 from fastall.training.splits import Splits, fold_table, make_splits
 from fastall.training.uncertainty import LEVEL, RESAMPLES
 
@@ -223,9 +223,8 @@ def compare_caches(
             if _folds_of(tmp / "runs" / name) != expected:
                 raise FastallError(f"{name}: train-head made other folds than the comparison's (a bug)")
             entries.append(_entry(name, cache, Path("runs") / name, result.metrics, cfg))
-            if len(ref.class_names) == 2:
-                features = read_cache(cache.path).features[:, 0]
-                entries[-1]["probe"] = probe_auc(features, cache.labels, splits)
+            probe = probe_cache(read_cache(cache.path), splits)
+            entries[-1]["probe"] = {"oof_auc": probe.pooled.get("auc"), **probe.summary, "test": probe.test}
             scores.append(_oof_scores(tmp / "runs" / name, cache))
         results = _rank(entries, scores, ref, splits, options)
         results["config"] = asdict(config)

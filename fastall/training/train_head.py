@@ -26,6 +26,7 @@ from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training import run_files
 from fastall.training.config import HeadConfig, StackData, TrainOptions, split_keywords
 from fastall.training.engine import train_stacks
+from fastall.training.patients import run_patient_level
 from fastall.training.splits import Splits, audit_splits, make_splits
 
 
@@ -140,6 +141,7 @@ def train_head(
         run_files.write_head(tmp / "head.pt", prep, results, config, run_config)
         run_files.write_folds_csv(tmp / "folds.csv", prep)
         run_files.write_predictions(tmp / "predictions.csv", prep, results, options.tta)
+        metrics["patient_level"] = run_patient_level(tmp / "predictions.csv", prep.cache.class_names)
         metrics["timings"] = {
             "load_cache_s": prep.load_s,
             "train_s": train_s,

@@ -1,0 +1,107 @@
+"""`fastall evaluate`."""
+
+from __future__ import annotations
+
+import click
+
+from fastall.cli.group import cli, console
+
+
+@cli.command(name="evaluate")
+@click.argument("run", type=click.Path(path_type=str))
+@click.argument("data", type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output folder.")
+@click.option("--classes", default=None, help="Map DATA class names to the run's: blast=all,normal=hem.")
+@click.option("--patient-regex", default=None, help="One capture group: the patient in a generic DATA tree.")
+@click.option(
+    "--threshold",
+    default="0.5",
+    show_default=True,
+    help="P(ALL) cut: a number, youden or sens=0.95 (chosen on the run's own out-of-fold predictions).",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--weights-path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Backbone weights file, where the recorded one has moved.",
+)
+@click.option(
+    "--cache",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="The run's training cache, where the recorded one has moved (for the shift summary).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--no-report", is_flag=True, help="Skip report/index.html.")
+def evaluate_cmd(
+    run,
+    data,
+    out,
+    classes,
+    patient_regex,
+    threshold,
+    device,
+    batch_size,
+    weights_path,
+    cache,
+    overwrite,
+    no_report,
+) -> None:
+    """External validation: RUN's model on the labelled images of DATA (a dataset it never saw), with
+    patient-bootstrap CIs, a threshold chosen on RUN's out-of-fold predictions, patient-level diagnosis and
+    a domain-shift summary."""
+    from fastall.inference.evaluate import evaluate_run
+    from fastall.inference.shift import shift_line
+    from fastall.reporting.patient_text import patient_line
+
+    ev = evaluate_run(
+        run,
+        data,
+        out,
+        classes=classes,
+        patient_regex=patient_regex,
+        threshold=threshold,
+        device=device,
+        batch_size=batch_size,
+        weights_path=weights_path,
+        cache=cache,
+        overwrite=overwrite,
+        report=not no_report,
+        on_problem=lambda m: console.print(f"[yellow]skipped:[/] {m}", highlight=False),
+    )
+    r = ev.result
+    say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    m = r["metrics"]
+    say(f"{r['images']} images of {r['data']['root']} ({r['skipped']} skipped)")
+    say(
+        "cells (argmax): "
+        + ", ".join(f"{k} {_f(m.get(k))}{_ci(m, k)}" for k in ("accuracy", "recall", "specificity", "auc"))
+    )
+    t = r["threshold"]
+    say(f"threshold {t['value']:.4g} ({t['rule']}); source: {t['source']}")
+    if "at_threshold" in r:
+        a = r["at_threshold"]
+        say(
+            "cells at threshold: "
+            + ", ".join(f"{k} {_f(a.get(k))}" for k in ("accuracy", "recall", "specificity"))
+        )
+    if "patient_level" in r:
+        say("patients: " + patient_line(r["patient_level"]))
+    if "shift" in r:
+        say("domain shift: " + shift_line(r["shift"]))
+    for note in r["notes"]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    for warning in ev.warnings:
+        console.print(f"[red]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    say(f"Outputs in {ev.out}" + (f"; report: {ev.report}" if ev.report else ""))
+
+
+def _f(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:.3f}"
+
+
+def _ci(m: dict, key: str) -> str:
+    iv = ((m.get("ci") or {}).get("intervals") or {}).get(key)
+    return f" [{iv[0]:.3f}-{iv[1]:.3f}]" if iv else ""

@@ -1,0 +1,242 @@
+"""`fastall evaluate`: external validation of a run on a labelled dataset it never saw.
+
+The end-to-end model (backbone + head) classifies every readable image of DATA (either layout); the run's
+metrics are reported with patient-bootstrap CIs, at 0.5 and at a threshold chosen on the run's own
+out-of-fold predictions; cells are aggregated to patients; DATA's view-0 features are compared with the run's
+training cache (domain shift), and DATA files with the same bytes as training images are counted.
+Outputs (written atomically to OUT): evaluation.json, predictions.csv, patients.csv, skipped.csv (if any) and
+report/index.html.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+from fastall.data.discover import Record, discover
+from fastall.data.loader import default_workers, iter_batches
+from fastall.errors import FastallError
+from fastall.features.cache import read_cache
+from fastall.inference.model import LeukemiaClassifier, head_file, load_head
+from fastall.inference.shift import domain_shift, same_files
+from fastall.inference.threshold import choose_threshold
+from fastall.reporting.provenance import command_line
+from fastall.system.runfolder import atomic_folder, check_target
+from fastall.training.metrics import clinical_metrics, json_safe
+from fastall.training.patients import patient_level
+from fastall.training.uncertainty import metrics_with_ci
+
+EVAL_FORMAT, EVAL_VERSION = "fastall-evaluation", 1
+
+
+@dataclass
+class Evaluation:
+    out: Path
+    result: dict
+    warnings: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+
+def parse_classes(spec: str | None) -> dict[str, str]:
+    """``blast=all,normal=hem`` -> ``{"blast": "all", "normal": "hem"}``."""
+    mapping = {}
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, target = item.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise FastallError(f"--classes {spec!r}: expected DATA=RUN pairs, e.g. blast=all,normal=hem")
+        mapping[name.strip()] = target.strip()
+    return mapping
+
+
+def map_labels(records: list[Record], run_classes: list[str], mapping: dict[str, str]) -> np.ndarray:
+    """Each record's label index in the run's classes; an unknown DATA class is refused."""
+    lower = {c.lower(): i for i, c in enumerate(run_classes)}
+    known = ", ".join(run_classes)
+    for target in mapping.values():
+        if target.lower() not in lower:
+            raise FastallError(f"--classes maps to {target!r}, not a class of the run (its classes: {known})")
+    index = {}
+    for name in sorted({r.class_name for r in records}):
+        target = mapping.get(name, name)
+        if target.lower() not in lower:
+            raise FastallError(
+                f"DATA class {name!r} is not a class of the run (its classes: {known}): "
+                f"map it with --classes {name}=<run class>"
+            )
+        index[name] = lower[target.lower()]
+    return np.array([index[r.class_name] for r in records], dtype=np.int64)
+
+
+def threshold_metrics(y: np.ndarray, prob: np.ndarray, t: float) -> dict:
+    """Cell metrics when ALL (class 1) is called at ``P(ALL) >= t``."""
+    pred = (prob[:, 1] >= t).astype(np.int64)
+    kw = {"zero_division": 0}
+    return {
+        "threshold": float(t),
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, labels=[0, 1], **kw)),
+        "recall": float(recall_score(y, pred, labels=[0, 1], **kw)),
+        "f1": float(f1_score(y, pred, labels=[0, 1], **kw)),
+        **clinical_metrics(y, pred, prob, [0, 1]),
+    }
+
+
+def run_model(
+    model: LeukemiaClassifier,
+    paths: list[Path],
+    batch_size: int,
+    on_problem: Callable[[str], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """``(kept indices, probabilities [N, K], view-0 features [N, D], skipped (path, reason))``."""
+    kept, probs, feats, skipped = [], [], [], []
+    workers = default_workers(model.device)
+    with torch.inference_mode():
+        for batch in iter_batches(paths, model.image_size, batch_size, workers=workers):
+            for i, message in batch.bad:
+                skipped.append((str(paths[i]), message.split(": ", 1)[-1]))
+                if on_problem is not None:
+                    on_problem(message)
+            if batch.indices:
+                f = model.forward_features(batch.images)
+                probs.append(torch.softmax(model.forward_head(f), dim=1).cpu().numpy())
+                feats.append(f.float().cpu().numpy())
+                kept.extend(batch.indices)
+    if not kept:
+        raise FastallError(f"none of the {len(paths)} images could be read (first: {skipped[0][0]})")
+    return np.array(kept), np.concatenate(probs), np.concatenate(feats), skipped
+
+
+def _training_cache(record: dict, cache: str | Path | None, notes: list[str]):
+    path = Path(str(cache or record.get("cache_path") or ""))
+    if not path.is_file():
+        notes.append(f"the run's training cache {path} is not here (pass --cache PATH): shift not measured")
+        return None
+    return read_cache(path)
+
+
+def evaluate_run(
+    run: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    classes: str | None = None,
+    patient_regex: str | None = None,
+    threshold: str = "0.5",
+    device: str = "cpu",
+    batch_size: int = 32,
+    weights_path: str | Path | None = None,
+    cache: str | Path | None = None,
+    overwrite: bool = False,
+    report: bool = True,
+    on_problem: Callable[[str], None] | None = None,
+) -> Evaluation:
+    """Evaluate RUN on DATA and write OUT (see the module doc)."""
+    out = Path(out)
+    check_target(out.absolute(), overwrite)
+    record = load_head(head_file(run))
+    names = list(record["class_names"])
+    ds = discover(data, patient_regex=patient_regex)
+    ds.check(training=False)
+    records = ds.labelled()
+    if not records:
+        raise FastallError(f"{data}: no labelled images: evaluation needs class folders (or the C-NMC tree)")
+    labels = map_labels(records, names, parse_classes(classes))
+    chosen = choose_threshold(threshold, run, names)
+    notes = [f"{p}" for p in ds.problems] + list(ds.warnings)
+    if len(ds.unlabelled()):
+        notes.append(f"{len(ds.unlabelled())} unlabelled image(s) in DATA ignored")
+    model = LeukemiaClassifier.from_run(run, weights_path=weights_path, device=device)
+    kept, prob, feats, skipped = run_model(model, [r.path for r in records], batch_size, on_problem)
+    records = [records[i] for i in kept]
+    y, patients = labels[kept], np.array([r.patient for r in records])
+    k = len(names)
+    metrics = metrics_with_ci(y, prob, patients, k)
+    present = sorted({int(v) for v in y})
+    if len(present) < 2:
+        notes.append(
+            f"DATA holds one class only ({names[present[0]]}): AUC is undefined; see the per-class rate"
+        )
+    per_class = {names[c]: float(np.mean(prob[y == c].argmax(1) == c)) for c in present}
+    result: dict = {
+        "format": EVAL_FORMAT,
+        "format_version": EVAL_VERSION,
+        "command": command_line(),
+        "run": str(Path(run).absolute()),
+        "data": {key: v for key, v in ds.summary().items() if key not in ("problems", "per_source")},
+        "class_names": names,
+        "images": int(len(records)),
+        "skipped": len(skipped),
+        "metrics": metrics,
+        "per_class_recall": per_class,
+        "threshold": chosen,
+        "notes": notes,
+    }
+    score = prob[:, 1] if k == 2 else prob.max(1)
+    if k == 2:
+        result["at_threshold"] = threshold_metrics(y, prob, chosen["value"])
+        result["patient_level"], patient_rows = patient_level(y, score, patients, chosen["value"])
+    else:
+        patient_rows = []
+        notes.append("patient-level diagnosis needs two classes: not made")
+    train = _training_cache(record, cache, notes)
+    warnings = []
+    if train is not None and train.n_images:
+        result["shift"] = domain_shift(train.features[:, 0, :].astype(np.float32), feats)
+        if result["shift"]["large"]:
+            warnings.append("large domain shift: " + "; ".join(result["shift"]["reasons"]))
+        copies = same_files([r.path for r in records], train.attrs.get("data_root"), list(train.paths))
+    else:
+        copies = {"checked": False, "note": "no training cache: copies of training images not checked"}
+    result["training_copies"] = copies
+    if copies.get("copies"):
+        warnings.append(
+            f"{copies['copies']} DATA image(s) have the same file contents as the run's training images: "
+            "not an external test for those"
+        )
+    elif not copies["checked"]:
+        notes.append(copies["note"])
+    result["warnings"] = warnings
+    made = None
+    with atomic_folder(out, overwrite=overwrite) as tmp:
+        _write_predictions(tmp / "predictions.csv", records, names, y, prob, score, chosen["value"])
+        _write_rows(tmp / "patients.csv", patient_rows)
+        if skipped:
+            _write_rows(tmp / "skipped.csv", [{"path": p, "reason": r} for p, r in skipped])
+        (tmp / "evaluation.json").write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
+        if report:
+            from fastall.inference.evaluate_report import write_evaluation_report
+
+            made = write_evaluation_report(tmp, result, y, prob, names, shown_as=out.absolute())
+    return Evaluation(out.absolute(), result, warnings, made)
+
+
+def _write_predictions(path, records, names, y, prob, score, t) -> None:
+    called = prob.argmax(1) if len(names) != 2 else (score >= t).astype(int)
+    rows = [
+        {
+            "path": str(r.path),
+            "patient": r.patient,
+            "label": names[int(y[i])],
+            "prediction": names[int(called[i])],
+            **{f"prob_{c}": f"{prob[i, j]:.6f}" for j, c in enumerate(names)},
+        }
+        for i, r in enumerate(records)
+    ]
+    _write_rows(path, rows)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        if rows:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)

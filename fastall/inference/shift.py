@@ -1,0 +1,103 @@
+"""How far an external dataset is from the run's training data: feature shift, Mahalanobis outliers, copies.
+
+Shift compares view-0 backbone features. ``mean_shift`` is the mean over features of |mean_DATA - mean_train|
+in training standard deviations (a standardised mean difference); ``std_ratio`` is the median over features of
+std_DATA / std_train. The Mahalanobis radius is the 99th percentile of the training images' own distances
+under a Ledoit-Wolf covariance, so about 1% of in-distribution images fall outside it.
+
+Warning rule (``large``): more than 10% of DATA outside the radius (ten times the expected 1%), or a mean
+shift above 0.5 training standard deviations, or a median std ratio outside [0.5, 2].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xxhash
+from sklearn.covariance import LedoitWolf
+
+OUTSIDE_LIMIT, MEAN_LIMIT, STD_LIMITS = 0.10, 0.5, (0.5, 2.0)
+PERCENTILE = 99.0
+
+
+def domain_shift(train: np.ndarray, data: np.ndarray) -> dict:
+    """The shift summary of ``data [N, D]`` against ``train [M, D]`` features (see the module doc)."""
+    train, data = np.asarray(train, dtype=np.float64), np.asarray(data, dtype=np.float64)
+    mu, sd = train.mean(0), train.std(0)
+    live = sd > 1e-8
+    mean_shift = float(np.mean(np.abs(data.mean(0) - mu)[live] / sd[live])) if live.any() else 0.0
+    std_ratio = float(np.median(data.std(0)[live] / sd[live])) if live.any() and len(data) > 1 else 1.0
+    lw = LedoitWolf().fit(train)
+    radius = float(np.sqrt(np.percentile(lw.mahalanobis(train), PERCENTILE)))
+    distance = np.sqrt(lw.mahalanobis(data))
+    outside = float(np.mean(distance > radius))
+    reasons = []
+    if outside > OUTSIDE_LIMIT:
+        reasons.append(f"{100 * outside:.0f}% of DATA outside the training 99th-percentile radius")
+    if mean_shift > MEAN_LIMIT:
+        reasons.append(f"mean feature shift {mean_shift:.2f} training SDs")
+    if not STD_LIMITS[0] <= std_ratio <= STD_LIMITS[1]:
+        reasons.append(f"feature spread {std_ratio:.2f}x the training spread")
+    return {
+        "features": "view 0, backbone output",
+        "train_images": int(train.shape[0]),
+        "data_images": int(data.shape[0]),
+        "mean_shift": mean_shift,
+        "std_ratio": std_ratio,
+        "mahalanobis_radius_p99": radius,
+        "median_distance": float(np.median(distance)),
+        "fraction_outside": outside,
+        "expected_outside": 1.0 - PERCENTILE / 100.0,
+        "rule": (
+            f"large if > {OUTSIDE_LIMIT:.0%} outside the radius, or mean shift > {MEAN_LIMIT} SD, "
+            f"or std ratio outside [{STD_LIMITS[0]}, {STD_LIMITS[1]}]"
+        ),
+        "large": bool(reasons),
+        "reasons": reasons,
+    }
+
+
+def shift_line(s: dict) -> str:
+    return (
+        f"mean feature shift {s['mean_shift']:.2f} SD, std ratio {s['std_ratio']:.2f}, "
+        f"{100 * s['fraction_outside']:.1f}% of DATA outside the training 99th-percentile Mahalanobis radius "
+        f"(expected ~{100 * s['expected_outside']:.0f}%)"
+    )
+
+
+def file_hash(path: Path) -> str | None:
+    try:
+        return xxhash.xxh3_128_hexdigest(Path(path).read_bytes())
+    except OSError:
+        return None
+
+
+def same_files(data_paths: Sequence[Path], train_root: str | Path | None, train_rel: Sequence[str]) -> dict:
+    """How many DATA files have the same bytes as a training file (xxh3-128 of the contents).
+
+    Only training files whose size equals some DATA file's size are read.
+    """
+    if not train_root or not Path(str(train_root)).is_dir():
+        return {
+            "checked": False,
+            "note": f"training images not found at the cache's data root ({train_root}): copies not checked",
+        }
+    sizes: dict[int, list[Path]] = {}
+    for p in data_paths:
+        try:
+            sizes.setdefault(Path(p).stat().st_size, []).append(Path(p))
+        except OSError:
+            continue
+    train_hashes = set()
+    for rel in train_rel:
+        path = Path(str(train_root)) / str(rel)
+        try:
+            if path.stat().st_size in sizes:
+                train_hashes.add(file_hash(path))
+        except OSError:
+            continue
+    train_hashes.discard(None)
+    copies = [str(p) for group in sizes.values() for p in group if file_hash(p) in train_hashes]
+    return {"checked": True, "root": str(train_root), "copies": len(copies), "examples": copies[:5]}
