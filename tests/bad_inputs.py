@@ -652,6 +652,56 @@ CASES: list[Case] = [
         lambda e: ["evaluate", str(e.run), str(e.data), "--out", str(e.tmp / "o"), "--threshold", "best"],
         fragments=("use a number (0.5), youden or sens=0.95",),
     ),
+    # backbones: an unknown name, a size the model cannot take, another architecture's weights; compare
+    Case(
+        "backbone",
+        "unknown --backbone name (the choices are listed)",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "c.h5"),
+            "--backbone",
+            "vgg16",
+            "--weights",
+            "none",
+        ],
+        fragments=("vgg16", "resnet18", "vit_b_16"),
+    ),
+    Case(
+        "backbone",
+        "--image-size a ViT cannot take (the sizes it can are listed)",
+        lambda e: [
+            *("extract", str(e.data), "--out", str(e.tmp / "c.h5"), "--backbone", "vit_b_16"),
+            *("--weights", "none", "--image-size", "96"),
+        ],
+        fragments=("--image-size 96", "224", "384 (IMAGENET1K_SWAG_E2E_V1)"),
+    ),
+    Case(
+        "backbone",
+        "--weights of another architecture (named)",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "c.h5"),
+            "--weights",
+            str(_resnet18_weights(e)),
+        ],
+        fragments=("not a ResNet-50 state dict", "--backbone resnet18"),
+    ),
+    Case(
+        "compare",
+        "caches of different datasets",
+        lambda e: ["compare", str(e.cache), str(_other_patients_cache(e)), "--out", str(e.tmp / "cmp")],
+        fragments=("not the same dataset", "patients differ"),
+    ),
+    Case(
+        "compare",
+        "one cache only",
+        lambda e: ["compare", str(e.cache), "--out", str(e.tmp / "cmp")],
+        fragments=("at least two caches",),
+    ),
 ]
 
 
@@ -1443,3 +1493,32 @@ CASES += [
         fragments=("fastall-run", "not a fastall-sweep"),
     ),
 ]
+
+
+def _resnet18_weights(env: Env) -> Path:
+    from fastall.features.backbone import load_backbone
+
+    path = env.tmp / "resnet18.pth"
+    torch.save(load_backbone("none", backbone="resnet18")[0].state_dict(), path)
+    return path
+
+
+def _other_patients_cache(env: Env) -> Path:
+    from fastall.features.cache import read_cache, write_cache
+
+    fc = read_cache(env.cache)
+    patients = list(fc.patients)
+    patients[0] = "someone-else"
+    return write_cache(
+        env.tmp / "other.h5",
+        features=fc.features,
+        labels=fc.labels,
+        class_names=fc.class_names,
+        patients=patients,
+        paths=list(fc.paths),
+        sources=list(fc.sources),
+        view_params=fc.view_params,
+        view_param_names=fc.view_param_names,
+        key_params=fc.key_params,
+        provenance={},
+    )

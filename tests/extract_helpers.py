@@ -62,6 +62,8 @@ PROVENANCE = {
     "fastall_version",
     "data_root",
     "weights_source",
+    "backbone_params",
+    "extract_s_per_image",
 }
 
 

@@ -9,7 +9,7 @@ from extract_helpers import one_thread, tiny_tree
 from torchvision.models import resnet50
 
 from fastall.cli import cli
-from fastall.errors import WeightsUnavailable
+from fastall.errors import FastallError, WeightsUnavailable
 from fastall.features.backbone import RANDOM_INIT_WARNING, load_backbone, state_dict_sha256
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -134,7 +134,7 @@ def test_build_backbone_is_the_one_builder(full_state):
     assert built.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     without_fc = {k: v for k, v in full_state.items() if not k.startswith("fc.")}
     assert state_dict_sha256(built.state_dict()) == state_dict_sha256(without_fc)
-    with pytest.raises(WeightsUnavailable, match="unknown backbone 'vit'"):
+    with pytest.raises(FastallError, match="unknown backbone 'vit'"):
         build_backbone("vit", full_state, "test")
     with pytest.raises(WeightsUnavailable, match="not a ResNet-50 state dict"):
         build_backbone("resnet50", {"conv1.weight": full_state["conv1.weight"]}, "test")

@@ -247,7 +247,7 @@ def test_missing_extra_names_it(e2e, tmp_path, monkeypatch):
 def test_target_layer_is_declared_by_the_backbone(model):
     assert target_layer(model.backbone, "resnet50") is model.backbone.layer4
     with pytest.raises(FastallError, match="declares no Grad-CAM layer"):
-        target_layer(model.backbone, "vit_b_16")
+        target_layer(model.backbone, "vgg16")
 
 
 def _disk(background: int, cell: tuple[int, int, int], side: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -70,9 +70,9 @@ def test_verify_fails_numerically_when_weights_lie_about_their_sha(e2e, monkeypa
 
     real = artifacts.load_backbone
 
-    def impostor(weights, seed=0):
-        _, info = real(weights, seed=seed)
-        backbone, _ = real(weights, seed=seed + 1)
+    def impostor(weights, seed=0, **kwargs):
+        _, info = real(weights, seed=seed, **kwargs)
+        backbone, _ = real(weights, seed=seed + 1, **kwargs)
         return backbone, info
 
     monkeypatch.setattr(artifacts, "load_backbone", impostor)

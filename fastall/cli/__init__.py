@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from fastall.cli import data, demo, evaluate, explain, features, inference, report, training  # noqa: F401  (registers the commands)
+from fastall.cli import (  # noqa: F401  (registers the commands)
+    compare,
+    data,
+    demo,
+    evaluate,
+    explain,
+    export,
+    features,
+    inference,
+    report,
+    training,
+)
 from fastall.cli.group import cli
 
 __all__ = ["cli", "main"]

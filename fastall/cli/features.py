@@ -12,12 +12,24 @@ from fastall.errors import FastallError
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Cache file.")
 @click.option("--views", type=int, default=8, show_default=True, help="View 0 plain, views 1.. augmented.")
-@click.option("--image-size", type=int, default=224, show_default=True, help="Whole-image resize (no crop).")
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Whole-image resize (no crop) [the weights' own size: 224 for most, 384 for efficientnet_v2_s].",
+)
+@click.option(
+    "--backbone",
+    default="resnet50",
+    show_default=True,
+    help="resnet18, resnet50, resnet101, densenet121, efficientnet_b0, efficientnet_v2_s, convnext_tiny, "
+    "regnet_y_800mf, mobilenet_v3_large, swin_t or vit_b_16.",
+)
 @click.option(
     "--weights",
-    default="imagenet1k_v1",
-    show_default=True,
-    help="imagenet1k_v1, imagenet1k_v2, a .pth state dict, or none (random init, tests only).",
+    default=None,
+    help="The backbone's torchvision weights (DEFAULT, IMAGENET1K_V1, ...; resnet50 also imagenet1k_v1/v2), "
+    "a .pth state dict, or none (random init, tests only) [resnet50: imagenet1k_v1, others: DEFAULT].",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
 @click.option(
@@ -77,8 +89,9 @@ def extract(
     data: str,
     out: str,
     views: int,
-    image_size: int,
-    weights: str,
+    image_size: int | None,
+    backbone: str,
+    weights: str | None,
     device: str,
     precision: str,
     amp: bool | None,
@@ -97,7 +110,7 @@ def extract(
     distributed: bool | None,
     dist_timeout: float,
 ) -> None:
-    """Compute frozen ResNet-50 features of V views per image into a crash-safe, resumable HDF5 cache.
+    """Compute frozen backbone features of V views per image into a crash-safe, resumable HDF5 cache.
 
     Under `torchrun --nproc_per_node N -m fastall extract ...` every process extracts a share and rank 0
     writes the one cache (docs/scale.md).
@@ -122,6 +135,7 @@ def extract(
         views=views,
         image_size=image_size,
         weights=weights,
+        backbone=backbone,
         device=device,
         precision=precision,
         amp=amp,

@@ -1,47 +1,145 @@
-"""The frozen backbone: torchvision ResNet-50 without ``fc``, giving 2048-d pooled features.
+"""The frozen backbones: torchvision classifiers without their classifier, giving pooled features.
 
-Weights come from torchvision's own weights API (the torch hub cache under TORCH_HOME, or a download),
-from a ``.pth`` state dict, or from a deterministic random init (``none``, for tests and demos). Their
-identity is the sha256 of the loaded state dict, recorded in every cache.
+One registry (:data:`BACKBONES`) says, per architecture, which module is the classifier (replaced by
+``Identity``; the ``in_features`` of its first Linear is the feature dimension) and which layer Grad-CAM looks
+at: the last feature map, whose channels are the pooled features (so `fastall explain` can standardise them
+with the head's statistics). Weights come
+through torchvision's multi-weight API (the torch hub cache under TORCH_HOME, or a download), from a ``.pth``
+state dict, or from a deterministic random init (``none``, for tests and demos). Their identity is the sha256
+of the loaded state dict, recorded in every cache. Mean, std and the input sizes a model takes come from the
+weights' own transforms and metadata (:class:`BackboneInfo`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import socket
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models import ResNet50_Weights, WeightsEnum, get_model, get_model_weights
 
 from fastall.errors import FastallError, WeightsUnavailable
-from fastall.system.files import file_kind
+from fastall.features.weights import file_state, fixed_sizes, named_weights, torchvision_state
 
-FEATURE_DIM = 2048
-TORCHVISION_WEIGHTS = {
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How fastall uses one torchvision architecture.
+
+    ``classifier_attr``: dotted path of the classifier: the final Linear, or for MobileNetV3 its two-layer
+    head, so that the features are the pooled last feature map (replaced by Identity, its weights dropped);
+    ``gradcam_layer``: dotted path of the Grad-CAM target layer, whose output is ``gradcam_layout``
+    (``nchw``, or ``tokens`` ``[B, 1 + H*W, C]`` with a class token first); ``fixed_size``: the model takes
+    one input size only (given by its weights); ``calibrated_init``: its random init (``--weights none``)
+    gets BatchNorm statistics from seeded noise, as its eval-mode activations vanish otherwise.
+    """
+
+    name: str
+    title: str
+    dim: int
+    classifier_attr: str
+    gradcam_layer: str
+    gradcam_layout: str = "nchw"
+    fixed_size: bool = False
+    calibrated_init: bool = False
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    s.name: s
+    for s in (
+        BackboneSpec("resnet18", "ResNet-18", 512, "fc", "layer4"),
+        BackboneSpec("resnet50", "ResNet-50", 2048, "fc", "layer4"),
+        BackboneSpec("resnet101", "ResNet-101", 2048, "fc", "layer4"),
+        BackboneSpec("densenet121", "DenseNet-121", 1024, "classifier", "features"),
+        BackboneSpec(
+            "efficientnet_b0", "EfficientNet-B0", 1280, "classifier.1", "features", calibrated_init=True
+        ),
+        BackboneSpec(
+            "efficientnet_v2_s", "EfficientNetV2-S", 1280, "classifier.1", "features", calibrated_init=True
+        ),
+        BackboneSpec("convnext_tiny", "ConvNeXt-Tiny", 768, "classifier.2", "features"),
+        BackboneSpec("regnet_y_800mf", "RegNetY-800MF", 784, "fc", "trunk_output"),
+        BackboneSpec(
+            "mobilenet_v3_large", "MobileNetV3-Large", 960, "classifier", "features", calibrated_init=True
+        ),
+        BackboneSpec("swin_t", "Swin-T", 768, "head", "permute"),
+        BackboneSpec(
+            "vit_b_16",
+            "ViT-B/16",
+            768,
+            "heads.head",
+            "encoder.layers.encoder_layer_11.ln_1",
+            "tokens",
+            fixed_size=True,
+        ),
+    )
+}
+DEFAULT_BACKBONE = "resnet50"
+FEATURE_DIM = BACKBONES[DEFAULT_BACKBONE].dim
+TORCHVISION_WEIGHTS = {  # resnet50's names from before the multi-weight API; still accepted everywhere
     "imagenet1k_v1": ResNet50_Weights.IMAGENET1K_V1,
     "imagenet1k_v2": ResNet50_Weights.IMAGENET1K_V2,
 }
-DOWNLOAD_TIMEOUT_S = 15.0
+MIN_IMAGE_SIZE = 32
 RANDOM_INIT_WARNING = (
     "--weights none: the backbone is randomly initialised; features are only good for "
     "tests and demos, results on real data are not meaningful"
 )
 
 
+def get_spec(name: str) -> BackboneSpec:
+    """The registry entry of ``name``; an unknown name is refused with the choices."""
+    spec = BACKBONES.get(str(name))
+    if spec is None:
+        raise FastallError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+    return spec
+
+
+def default_weights(name: str) -> str:
+    """``imagenet1k_v1`` for resnet50 (as before), the architecture's ``DEFAULT`` weights otherwise."""
+    return "imagenet1k_v1" if name == DEFAULT_BACKBONE else "DEFAULT"
+
+
 @dataclass
 class BackboneInfo:
+    """A loaded backbone's identity and the input rules of its weights."""
+
     name: str
     weights: str
     sha256: str
     source: str
     feature_dim: int = FEATURE_DIM
     warnings: list[str] = field(default_factory=list)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    natural_size: int = 224
+    min_size: int = MIN_IMAGE_SIZE
+    fixed_size: int | None = None
+    params: int = 0
+
+    def input_size(self, size: int | None) -> int:
+        """``size``, or these weights' own size where None; refused where the model cannot take it."""
+        size = self.natural_size if size is None else int(size)
+        self.check_size(size)
+        return size
+
+    def check_size(self, size: int) -> None:
+        """Refuse an input size these weights cannot take, naming the sizes they can."""
+        spec = get_spec(self.name)
+        if self.fixed_size is not None and size != self.fixed_size:
+            raise FastallError(
+                f"--image-size {size}: {spec.title} with {self.weights} weights takes exactly "
+                f"{self.fixed_size} px ({self.name} sizes: {fixed_sizes(self.name)})"
+            )
+        if size < self.min_size:
+            raise FastallError(
+                f"--image-size {size}: {spec.title} needs at least {self.min_size} px "
+                f"(sizes it can take: {self.min_size} to 2048)"
+            )
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -54,24 +152,49 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _empty_model() -> nn.Module:
-    with torch.device("meta"):
-        model = resnet50()
-    model.fc = nn.Identity()
+def _drop_classifier(model: nn.Module, spec: BackboneSpec) -> nn.Module:
+    parent, _, leaf = spec.classifier_attr.rpartition(".")
+    holder = model.get_submodule(parent) if parent else model
+    if leaf.isdigit():
+        holder[int(leaf)] = nn.Identity()
+    else:
+        setattr(holder, leaf, nn.Identity())
     return model
 
 
-def _strip(state: dict, origin: str) -> dict[str, torch.Tensor]:
+def _model_kwargs(spec: BackboneSpec, state: dict[str, torch.Tensor]) -> dict:
+    """Constructor arguments the state dict implies: a ViT's image size from its position embedding."""
+    pos = state.get("encoder.pos_embedding")
+    if spec.fixed_size and isinstance(pos, torch.Tensor) and pos.dim() == 3:
+        side = math.isqrt(pos.shape[1] - 1)
+        return {"image_size": side * 16} if side * side == pos.shape[1] - 1 else {}
+    return {}
+
+
+def _skeleton(name: str, **kwargs) -> nn.Module:
+    """The architecture with weights on the meta device (uninitialised, free to build)."""
+    try:
+        with torch.device("meta"):
+            return get_model(name, **kwargs)
+    except NotImplementedError:  # regnet computes its widths with tensors while it is built
+        return get_model(name, **kwargs)
+
+
+def _empty_model(spec: BackboneSpec, state: dict[str, torch.Tensor]) -> nn.Module:
+    return _drop_classifier(_skeleton(spec.name, **_model_kwargs(spec, state)), spec)
+
+
+def _strip(state: dict, origin: str, spec: BackboneSpec) -> dict[str, torch.Tensor]:
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     out = {}
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise WeightsUnavailable(
-                f"{origin}: entry {name!r} is not a tensor; expected a ResNet-50 state dict"
+                f"{origin}: entry {name!r} is not a tensor; expected a {spec.title} state dict"
             )
         name = name.removeprefix("module.")
-        if not name.startswith("fc."):
+        if not name.startswith(spec.classifier_attr + "."):
             out[name] = value
     return out
 
@@ -81,106 +204,127 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.channels_last) if t.dim() == 4 else t.clone()
 
 
+def _guess_architecture(state: dict) -> str | None:
+    """The registered architecture whose state-dict keys ``state`` has exactly (for error messages)."""
+    for spec in BACKBONES.values():
+        stripped = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        keys = {k for k in stripped if not k.startswith(spec.classifier_attr + ".")}
+        if keys == set(_empty_model(spec, stripped).state_dict()):
+            return spec.name
+    return None
+
+
 def build_backbone(name: str, state: dict, origin: str = "state dict") -> nn.Module:
-    """The one place a backbone is built: ``name`` (``resnet50``) from a state dict (``fc`` entries and a
+    """The one place a backbone is built: architecture ``name`` from a state dict (classifier entries and a
     ``module.`` prefix dropped): eval mode, frozen, channels_last, on the CPU."""
-    if name != "resnet50":
-        raise WeightsUnavailable(f"{origin}: unknown backbone {name!r} (fastall builds resnet50)")
-    state = _strip(state, origin)
-    model = _empty_model()
+    spec = get_spec(name)
+    state = _strip(state, origin, spec)
+    model = _empty_model(spec, state)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
+        guess = _guess_architecture(state)
+        other = f" (it is a {guess} state dict: use --backbone {guess})" if guess and guess != name else ""
         raise WeightsUnavailable(
-            f"{origin}: not a ResNet-50 state dict: {len(missing)} missing keys {missing[:3]}, "
+            f"{origin}: not a {spec.title} state dict{other}: {len(missing)} missing keys {missing[:3]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:3]}"
         )
     try:
         model.load_state_dict({k: _copy(v) for k, v in state.items()}, assign=True)
     except RuntimeError as err:
         raise WeightsUnavailable(
-            f"{origin}: tensor shapes do not fit ResNet-50: {str(err).splitlines()[-1].strip()}"
+            f"{origin}: tensor shapes do not fit {spec.title}: {str(err).splitlines()[-1].strip()}"
         ) from None
     return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
+def _calibrate_batchnorm(model: nn.Module, seed: int) -> None:
+    """Running BatchNorm statistics of one batch of seeded Gaussian noise."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    noise = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 128, 128, generator=noise))
+    for bn in norms:
+        bn.momentum = 0.1
+    model.eval()
+
+
 @functools.lru_cache(maxsize=2)
-def _random_state(seed: int) -> tuple[dict[str, torch.Tensor], str]:
+def _random_state(name: str, seed: int) -> tuple[dict[str, torch.Tensor], str]:
+    spec = get_spec(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = resnet50()
-    model.fc = nn.Identity()
+        model = _drop_classifier(get_model(name), spec)
+        if spec.calibrated_init:
+            _calibrate_batchnorm(model, seed)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     return state, state_dict_sha256(state)
 
 
-def _torchvision_state(name: str) -> tuple[dict[str, torch.Tensor], str]:
-    weights = TORCHVISION_WEIGHTS[name]
-    file_name = os.path.basename(urlparse(weights.url).path)
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-    try:
-        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - offline, refused, corrupt file: all mean "not available"
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        cached = folder / file_name
-        what = (
-            f"cached file {cached} is unreadable ({reason})"
-            if cached.is_file()
-            else f"not cached and cannot be downloaded ({reason}): put {file_name} into {folder}"
-        )
-        raise WeightsUnavailable(
-            f"ResNet-50 {name} weights {what}; or use --weights PATH (a ResNet-50 .pth state dict) or "
-            "--weights none (random init, tests only)"
-        ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-    return state, f"torchvision:{weights.url}"
+def _input_rules(spec: BackboneSpec, weights: WeightsEnum | None, model: nn.Module) -> dict:
+    reference = weights or get_model_weights(spec.name).DEFAULT
+    transforms = reference.transforms()
+    fixed = int(model.image_size) if spec.fixed_size else None
+    return {
+        "mean": tuple(float(v) for v in transforms.mean),
+        "std": tuple(float(v) for v in transforms.std),
+        "natural_size": fixed or int(transforms.crop_size[0]),
+        "min_size": fixed or max(MIN_IMAGE_SIZE, int(reference.meta.get("min_size", (1, 1))[0])),
+        "fixed_size": fixed,
+    }
 
 
-def _file_state(path: Path) -> dict:
-    kind = file_kind(path)
-    if kind is not None:
-        what = "weights file not found" if kind == "no such file" else f"is {kind}, not a weights file"
-        raise WeightsUnavailable(f"{path}: {what} (use imagenet1k_v1, imagenet1k_v2, a .pth file or none)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad weights file
-        first = str(err).splitlines()[0].strip() if str(err) else ""
-        detail = f" ({first[:160]})" if first and not first.isdigit() else ""
-        raise WeightsUnavailable(
-            f"{path}: not a PyTorch weights file (a ResNet-50 state dict saved with torch.save){detail}"
-        ) from None
-    if not isinstance(state, dict):
-        raise WeightsUnavailable(f"{path}: holds a {type(state).__name__}, expected a state dict")
-    return state
+def load_backbone(
+    weights: str | None = None, seed: int = 0, *, backbone: str = DEFAULT_BACKBONE
+) -> tuple[nn.Module, BackboneInfo]:
+    """Architecture ``backbone`` without its classifier: eval mode, frozen, channels_last, on the CPU.
 
-
-def load_backbone(weights: str = "imagenet1k_v1", seed: int = 0) -> tuple[nn.Module, BackboneInfo]:
-    """ResNet-50 with ``fc = Identity``: eval mode, frozen, channels_last, on the CPU."""
+    ``weights``: a torchvision weights name of that architecture (``DEFAULT``, ``IMAGENET1K_V1``, ...; any
+    case), a ``.pth`` state dict, or ``none`` (random init from ``seed``); None: :func:`default_weights`.
+    """
+    spec = get_spec(backbone)
+    weights = default_weights(spec.name) if weights is None else str(weights)
     warnings: list[str] = []
-    key = weights.lower()
-    sha = None
-    if key == "none":
-        (state, sha), name, source = _random_state(seed), "none", f"random-init seed={seed}"
+    sha, member = None, None
+    if weights.lower() == "none":
+        (state, sha), name, source = _random_state(spec.name, seed), "none", f"random-init seed={seed}"
         warnings.append(RANDOM_INIT_WARNING)
-    elif key in TORCHVISION_WEIGHTS:
-        (state, source), name = _torchvision_state(key), key
+    elif (member := named_weights(spec.name, weights)) is not None:
+        (state, source), name = torchvision_state(spec.name, spec.title, member), member.name.lower()
     else:
         path = Path(weights).expanduser()
-        state, name, source = _file_state(path), "file", str(path.resolve())
-    model = build_backbone("resnet50", state, source)
+        state, name, source = file_state(path, spec.name), "file", str(path.resolve())
+    model = build_backbone(spec.name, state, source)
     sha = sha or state_dict_sha256(model.state_dict())
-    return model, BackboneInfo(name="resnet50", weights=name, sha256=sha, source=source, warnings=warnings)
+    return model, BackboneInfo(
+        name=spec.name,
+        weights=name,
+        sha256=sha,
+        source=source,
+        feature_dim=_feature_dim(spec),
+        warnings=warnings,
+        params=sum(p.numel() for p in model.parameters()),
+        **_input_rules(spec, member, model),
+    )
 
 
-# Grad-CAM's target layer per backbone: a module path inside the model ``load_backbone`` returns (its last
-# convolutional stage, whose activations keep a spatial layout). A new backbone declares its own entry.
-GRADCAM_LAYERS = {"resnet50": "layer4"}
+@functools.cache
+def _feature_dim(spec: BackboneSpec) -> int:
+    """``in_features`` of the classifier's first Linear: the dimension of the pooled features."""
+    classifier = _skeleton(spec.name).get_submodule(spec.classifier_attr)
+    return int(next(m for m in classifier.modules() if isinstance(m, nn.Linear)).in_features)
 
 
-def target_layer(model: nn.Module, name: str = "resnet50") -> nn.Module:
+# Grad-CAM's target layer per backbone: a module path inside the model ``load_backbone`` returns, whose output
+# has the feature channels on a spatial grid (``gradcam_layout``: ViT's are tokens, see :func:`gradcam_nchw`).
+GRADCAM_LAYERS = {name: spec.gradcam_layer for name, spec in BACKBONES.items()}
+
+
+def target_layer(model: nn.Module, name: str = DEFAULT_BACKBONE) -> nn.Module:
     """The module of backbone ``name`` (as recorded in key_params["backbone"]) whose maps Grad-CAM weighs."""
     if name not in GRADCAM_LAYERS:
         raise FastallError(
@@ -190,3 +334,21 @@ def target_layer(model: nn.Module, name: str = "resnet50") -> nn.Module:
         return model.get_submodule(GRADCAM_LAYERS[name])
     except AttributeError:
         raise FastallError(f"backbone {name!r} has no module {GRADCAM_LAYERS[name]!r}") from None
+
+
+def gradcam_nchw(name: str, activation: torch.Tensor) -> torch.Tensor:
+    """The target layer's output as ``[B, C, H, W]`` (a ViT's patch tokens laid out on their grid)."""
+    if BACKBONES.get(name) is None or BACKBONES[name].gradcam_layout != "tokens":
+        return activation
+    tokens = activation[:, 1:]
+    side = math.isqrt(tokens.shape[1])
+    return tokens.reshape(tokens.shape[0], side, side, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def gradcam_layout_back(name: str, grid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`gradcam_nchw`: ``grid [B, C, H, W]`` in the layer's own layout (shaped as
+    ``like``; a ViT's class token gets zeros)."""
+    if BACKBONES.get(name) is None or BACKBONES[name].gradcam_layout != "tokens":
+        return grid
+    tokens = grid.permute(0, 2, 3, 1).reshape(grid.shape[0], -1, grid.shape[1])
+    return torch.cat([torch.zeros_like(like[:, :1]), tokens], dim=1)

@@ -109,6 +109,11 @@ class FeatureCache:
         return int(self.attrs.get("feature_dim", 0))
 
     @property
+    def backbone(self) -> str:
+        """The backbone the features come from (caches written before there was a choice: resnet50)."""
+        return str(self.key_params.get("backbone") or "resnet50")
+
+    @property
     def groups(self) -> np.ndarray:
         """int64 ``[N]`` patient group codes (indices into the sorted distinct patients)."""
         return np.unique(self.patients.astype(str), return_inverse=True)[1].astype(np.int64).reshape(-1)

@@ -51,8 +51,9 @@ def extract_distributed(
     timeout: float = DEFAULT_TIMEOUT,
     scratch: str | Path | None = None,
     views: int = 8,
-    image_size: int = 224,
-    weights: str = "imagenet1k_v1",
+    image_size: int | None = None,
+    weights: str | None = None,
+    backbone: str = "resnet50",
     device: str = "auto",
     precision: str = "auto",
     amp: bool | None = None,
@@ -77,7 +78,7 @@ def extract_distributed(
         if warn is not None and (env.is_main or everywhere):
             warn(message if env.is_main else f"rank {env.rank}: {message}")
 
-    _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
+    _check_args(views, 224 if image_size is None else image_size, seed, batch_size, workers, amp_dtype)
     fill = parse_fill(fill)
     dev = resolve_device(rank_device(device, env))
     choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
@@ -93,7 +94,8 @@ def extract_distributed(
     with contextlib.ExitStack() as stack, Group(env, dev, timeout) as group:
         try:
             ds = _dataset(data, include, patient_regex, note)
-            model, info = load_backbone(weights, seed=seed)
+            model, info = load_backbone(weights, seed=seed, backbone=backbone)
+            image_size = info.input_size(image_size)
             for message in info.warnings:
                 note(message)
             key_params = key_params_for(
@@ -166,6 +168,7 @@ def extract_distributed(
                     size=image_size,
                     views=views,
                     dim=dim,
+                    norm=(info.mean, info.std),
                     seed=seed,
                     fill=fill,
                     amp=choice.autocast_dtype,

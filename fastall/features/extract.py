@@ -1,4 +1,4 @@
-"""`fastall extract`: frozen ResNet-50 features of V views per image into a crash-safe HDF5 cache.
+"""`fastall extract`: frozen backbone features of V views per image into a crash-safe HDF5 cache.
 
 This module decides what to compute (key, existing cache, partial work, lock) and assembles the result; the
 device loop is :mod:`fastall.features.loop`, the crash safety :mod:`fastall.features.shards`.
@@ -57,8 +57,8 @@ def key_params_for(
         "weights_sha256": info.sha256,
         "feature_dim": info.feature_dim,
         "image_size": image_size,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(getattr(info, "mean", IMAGENET_MEAN)),
+        "std": list(getattr(info, "std", IMAGENET_STD)),
         "preprocess": PREPROCESS,
         "views": views,
         "augment": AUGMENT_CONFIG,
@@ -162,8 +162,9 @@ def extract(
     out: str | Path,
     *,
     views: int = 8,
-    image_size: int = 224,
-    weights: str = "imagenet1k_v1",
+    image_size: int | None = None,
+    weights: str | None = None,
+    backbone: str = "resnet50",
     device: str = "auto",
     precision: str = "auto",
     amp: bool | None = None,
@@ -190,6 +191,8 @@ def extract(
     Images whose file changed since their features were computed are refused, or recomputed with
     ``update`` (:mod:`fastall.features.content`); ``verify_content`` hashes every file, not only those
     whose size or mtime changed.
+    ``backbone``, ``weights``: as :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None for
+    the weights' own.
     """
     start = time.perf_counter()
     warnings: list[str] = []
@@ -199,7 +202,7 @@ def extract(
         if warn is not None:
             warn(message)
 
-    _check_args(views, image_size, seed, batch_size, workers, amp_dtype)
+    _check_args(views, 224 if image_size is None else image_size, seed, batch_size, workers, amp_dtype)
     fill = parse_fill(fill)
     dev = resolve_device(device)
     choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
@@ -211,7 +214,8 @@ def extract(
     records = ds.records
     content.views_warning(views, len(records), note)
     with cache_lock(out, warn=note):
-        model, info = load_backbone(weights, seed=seed)
+        model, info = load_backbone(weights, seed=seed, backbone=backbone)
+        image_size = info.input_size(image_size)
         for message in info.warnings:
             note(message)
         key_params = key_params_for(
@@ -275,6 +279,7 @@ def extract(
                 size=image_size,
                 views=views,
                 dim=info.feature_dim,
+                norm=(info.mean, info.std),
                 seed=seed,
                 fill=fill,
                 amp=choice.autocast_dtype,
@@ -286,6 +291,8 @@ def extract(
         summary.loop_seconds = time.perf_counter() - loop_start
         kill_point("finalize")
         provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record()}
+        if todo:
+            provenance["extract_s_per_image"] = summary.loop_seconds / len(todo)
         _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)
         kill_point("cleanup")
         store.remove()
@@ -313,6 +320,7 @@ def _provenance(
         "batch_size": batch_size or 0,
         "workers": -1 if workers is None else workers,
         "weights_source": info.source,
+        "backbone_params": int(getattr(info, "params", 0)),
         "data_root": str(Path(data).resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -9,7 +9,7 @@ shard per batch, so neither the device nor the disk waits for the other.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -135,6 +135,7 @@ def run(
     seed: int,
     fill: str = "black",
     amp: torch.dtype | None,
+    norm: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
     batch_size: int | None,
     workers: int | None,
     skip_bad: bool,
@@ -172,7 +173,7 @@ def run(
                             indices[keep],
                             stamps[keep],
                         )
-                    feats = _views(model, x, params, size, views, dim, autocast)
+                    feats = _views(model, x, params, size, views, dim, autocast, norm)
                     paths = [records[int(i)].rel_path for i in indices]
                     writer.submit(
                         indices.numpy(), feats, params.numpy(), skipped, advance, stamps.numpy(), paths
@@ -196,12 +197,19 @@ def check_finite(feats: np.ndarray, paths: list[str]) -> None:
 
 
 def _views(
-    model: torch.nn.Module, x: torch.Tensor, p: torch.Tensor, size: int, views: int, dim: int, autocast: Any
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    p: torch.Tensor,
+    size: int,
+    views: int,
+    dim: int,
+    autocast: Any,
+    norm: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
 ) -> torch.Tensor:
     """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]`` (host parameters)."""
     feats = torch.empty(x.shape[0], views, dim, dtype=torch.float16, device=x.device)
     for v in range(views if x.shape[0] else 0):
-        xv = preprocess(x, size, IMAGENET_MEAN, IMAGENET_STD, p[:, v] if v else None)
+        xv = preprocess(x, size, *norm, p[:, v] if v else None)
         feats[:, v] = _forward(model, xv, autocast).to(torch.float16)
     return feats
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fastall.data.loader import load_images
-from fastall.errors import FastallError, WeightsUnavailable
+from fastall.errors import FastallError
 from fastall.features.backbone import build_backbone, load_backbone, state_dict_sha256
 from fastall.features.cache import FeatureCache, cache_key, diff_params, read_cache
 from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
@@ -31,7 +31,6 @@ from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from fastall.system.devices import decide_precision, resolve_device
 
 EXPORT_FORMAT, EXPORT_VERSION = "fastall-model", 1
-NAMED_WEIGHTS = ("imagenet1k_v1", "imagenet1k_v2", "none")
 _HEAD_KEYS = ("state_dict", "head_config", "class_names", "cache_key", "key_params")
 
 
@@ -192,7 +191,7 @@ def _weights_source(folder: RunFolder, weights_path: str | Path | None) -> str:
     weights = str(folder.key_params.get("weights", ""))
     if weights_path is not None:
         return str(weights_path)
-    if weights in NAMED_WEIGHTS:
+    if weights and weights != "file":
         return weights
     source = folder.key_params.get("weights_path")
     if not source:
@@ -210,15 +209,16 @@ def recorded_backbone(folder: RunFolder, *, weights_path: str | Path | None = No
     """Load the backbone by the recorded weights and refuse it unless its sha256 is the recorded one."""
     kp, where = folder.key_params, folder.head_path
     source = _weights_source(folder, weights_path)
-    backbone, info = load_backbone(source, seed=int(kp.get("seed", 0)))
+    name = str(kp.get("backbone") or "resnet50")
+    backbone, info = load_backbone(source, seed=int(kp.get("seed", 0)), backbone=name)
     recorded = kp.get("weights_sha256")
     if recorded and info.sha256 != recorded:
         raise FastallError(
             f"{where}: backbone weights sha256 {info.sha256[:12]}... ({source}) differ from "
             f"the recorded {str(recorded)[:12]}... ({kp.get('weights', '')}): wrong weights"
         )
-    if kp.get("backbone") and info.name != kp["backbone"]:
-        raise FastallError(f"{where}: backbone {info.name!r} differs from the recorded {kp['backbone']!r}")
+    if info.name != name:
+        raise FastallError(f"{where}: backbone {info.name!r} differs from the recorded {name!r}")
     return backbone
 
 
@@ -278,7 +278,7 @@ def model_from_export(blob: Any, path: Path, device: str | torch.device = "cpu")
     name = str((blob.get("provenance") or {}).get("key_params", {}).get("backbone") or "resnet50")
     try:
         backbone = build_backbone(name, blob["backbone_state_dict"], "the exported backbone")
-    except (WeightsUnavailable, KeyError, TypeError, AttributeError) as err:
+    except (FastallError, KeyError, TypeError, AttributeError) as err:
         raise FastallError(f"{path}: backbone weights do not fit: {str(err).splitlines()[0]}") from None
     if state_dict_sha256(backbone.state_dict()) != blob.get("backbone_state_sha256"):
         raise FastallError(f"{path}: backbone checksum mismatch (file altered or corrupt)")

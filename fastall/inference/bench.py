@@ -32,23 +32,29 @@ from fastall.system.machine import machine_info
 __all__ = ["machine_info", "run_bench", "render", "latency", "throughput", "random_model"]
 
 PAPER_CLAIMS_MS = {"cpu": 50.0, "cuda": 10.0}
-RANDOM_LABEL = "random-init ResNet-50 + random head (no --run: timing only, predictions meaningless)"
+RANDOM_LABEL = "random-init {} + random head (no --run: timing only, predictions meaningless)"
 DEFAULT_BATCH_SIZES = {"cpu": (1, 8, 32), "cuda": (1, 8, 32, 256)}
 CHECK_IMAGES = 16  # images the precision is checked on (of the benchmark's synthetic files)
 
 
-def random_model(image_size: int, device: str = "cpu", seed: int = 0) -> LeukemiaClassifier:
-    """A random-init backbone and a random head (labelled as such in every report)."""
-    from fastall.features.backbone import load_backbone
+def random_model(
+    image_size: int | None, device: str = "cpu", seed: int = 0, backbone: str = "resnet50"
+) -> LeukemiaClassifier:
+    """A random-init ``backbone`` (at ``image_size``, or its own size) and a random head (labelled as such
+    in every report)."""
+    from fastall.features.backbone import get_spec, load_backbone
 
-    backbone, _ = load_backbone("none", seed=seed)
+    model, info = load_backbone("none", seed=seed, backbone=backbone)
+    size = info.input_size(image_size)
     torch.manual_seed(seed)
     return LeukemiaClassifier(
-        backbone,
-        Head(),
-        image_size=image_size,
+        model,
+        Head(in_features=info.feature_dim),
+        image_size=size,
         class_names=["hem", "all"],
-        provenance={"label": RANDOM_LABEL},
+        mean=info.mean,
+        std=info.std,
+        provenance={"label": RANDOM_LABEL.format(get_spec(backbone).title), "backbone": backbone},
     ).to(device)
 
 
@@ -132,7 +138,7 @@ def run_bench(
     threads: int | None = None,
     run: str | Path | None = None,
     images: int = 32,
-    image_size: int = 224,
+    image_size: int | None = 224,
     warmup: int = 3,
     iters: int = 20,
     batches: int | None = None,
@@ -140,11 +146,13 @@ def run_bench(
     backend: str = "auto",
     onnx: str | Path | None = None,
     model: LeukemiaClassifier | None = None,
+    backbone: str = "resnet50",
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """The whole benchmark; returns a JSON-ready dict (``log`` gets progress lines, first an estimate of
     the time it takes). Defaults: batch sizes 1,8,32 on the CPU (1..256 on a GPU), 2 timed batches on the
-    CPU (3 on a GPU): about a minute on 2 CPU cores. ``onnx``: also time that ONNX model (ONNX Runtime)."""
+    CPU (3 on a GPU): about a minute on 2 CPU cores. ``onnx``: also time that ONNX model (ONNX Runtime).
+    Without ``run`` or ``model``: a random-init ``backbone`` at ``image_size`` (None: its own size)."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -164,6 +172,7 @@ def run_bench(
             backend=backend,
             onnx=onnx,
             model=model,
+            backbone=backbone,
             log=log,
         )
     finally:
@@ -199,7 +208,7 @@ def _run_bench(
     precision: str,
     run: str | Path | None,
     images: int,
-    image_size: int,
+    image_size: int | None,
     warmup: int,
     iters: int,
     batches: int,
@@ -207,6 +216,7 @@ def _run_bench(
     backend: str,
     onnx: str | Path | None,
     model: LeukemiaClassifier | None,
+    backbone: str,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     choice = decide_precision(precision, dev, allowed=("fp32", "bf16", "fp16", "int8"))
@@ -217,7 +227,7 @@ def _run_bench(
         session = session_for(onnx)
         image_size = image_size_of(session)
     if model is None:
-        model = load_run(run, device=dev) if run else random_model(image_size, str(dev))
+        model = load_run(run, device=dev) if run else random_model(image_size, str(dev), backbone=backbone)
     if session is not None and model.image_size != image_size:
         raise FastallError(f"{onnx}: takes {image_size} px images but the run's are {model.image_size} px")
     check = 0 if choice.precision == "fp32" and backend == "eager" else min(images, CHECK_IMAGES)
@@ -259,6 +269,9 @@ def _run_bench(
     return {
         "machine": machine_info(dev),
         "model": model.provenance.get("label") or f"run {run}",
+        "backbone": model.provenance.get("backbone")
+        or model.provenance.get("key_params", {}).get("backbone")
+        or "resnet50",
         "precision": model.precision,
         "precision_decision": choice.to_dict(),
         "backend": model.backend,

@@ -32,7 +32,7 @@ from fastall import __version__
 from fastall.data.loader import iter_batches
 from fastall.data.walk import find_images
 from fastall.errors import FastallError
-from fastall.features.backbone import GRADCAM_LAYERS, target_layer
+from fastall.features.backbone import GRADCAM_LAYERS, gradcam_layout_back, gradcam_nchw, target_layer
 from fastall.inference.model import LeukemiaClassifier
 from fastall.system.runfolder import atomic_folder, check_target
 
@@ -92,13 +92,15 @@ class _Tap(nn.Module):
 
 
 @contextmanager
-def gradients_at(layer: nn.Module, head: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``layer``'s output standardised by ``head`` passes through the yielded tap as a leaf
-    that requires grad; the model's values are unchanged and its frozen weights stay frozen."""
+def gradients_at(layer: nn.Module, head: nn.Module, backbone: str = "resnet50") -> Iterator[nn.Module]:
+    """Within the block, ``layer``'s output (on its grid: :func:`gradcam_nchw`) standardised by ``head``
+    passes through the yielded tap as a leaf that requires grad; the model's values are unchanged and its
+    frozen weights stay frozen."""
     tap = _Tap()
 
     def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        a = output.detach()
+        raw = output.detach()
+        a = gradcam_nchw(backbone, raw)
         if a.dim() != 4 or a.shape[1] != head.mean.numel():
             raise FastallError(
                 f"the Grad-CAM layer gives {tuple(a.shape)}, not [B, {head.mean.numel()}, H, W] "
@@ -106,7 +108,7 @@ def gradients_at(layer: nn.Module, head: nn.Module) -> Iterator[nn.Module]:
             )
         mean, std = head.mean.view(1, -1, 1, 1), head.std.view(1, -1, 1, 1)
         z = tap(((a - mean) / std).requires_grad_(True))
-        return a + (z - z.detach()) * std
+        return raw + gradcam_layout_back(backbone, (z - z.detach()) * std, raw)
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -131,10 +133,14 @@ def explain_batch(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cls, index = cam_class(method), target_index(model, target)
-    _, layer = model_layer(model)
+    backbone, layer = model_layer(model)
     runtime, model.runtime = model.runtime, None
     try:
-        with torch.inference_mode(False), torch.enable_grad(), gradients_at(layer, model.head) as tap:
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            gradients_at(layer, model.head, backbone) as tap,
+        ):
             cam = cls(model=model, target_layers=[tap])
             try:
                 targets = None if index is None else [ClassifierOutputTarget(index)] * len(images)

@@ -30,7 +30,12 @@ from fastall.system.files import (
 )
 from fastall.system.procs import pid_alive
 
-MARKERS = {"metrics.json": "fastall-run", "results.json": "fastall-sweep", "explain.json": "fastall-explain"}
+MARKERS = {
+    "metrics.json": "fastall-run",
+    "results.json": "fastall-sweep",
+    "explain.json": "fastall-explain",
+    "compare.json": "fastall-compare",
+}
 
 
 def _fastall_format(folder: Path) -> str | None:

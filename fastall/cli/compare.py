@@ -1,0 +1,74 @@
+"""`fastall compare`: the same folds, head and patients for every backbone's cache, ranked and paired."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+
+from fastall.cli.group import cli, console
+from fastall.cli.training import DEVICE_HELP, _apply, _head_config, _split_options, head_options
+
+
+@cli.command(name="compare")
+@click.argument("caches", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
+@_apply(
+    click.option(
+        "--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Compare folder."
+    ),
+    *_split_options("Test set, the same for every backbone: patients held out, the prelim set, or none."),
+    *head_options(),
+    click.option(
+        "--tta/--no-tta", default=False, show_default=True, help="Also report mean-over-views metrics."
+    ),
+    click.option(
+        "--sweep",
+        "grid",
+        default=None,
+        help="Instead of one head configuration: the best of this grid per backbone (as `fastall sweep "
+        "--grid`), e.g. 'lr=1e-4,1e-3 dropout=0.3,0.5'.",
+    ),
+    click.option(
+        "--resamples", type=int, default=1000, show_default=True, help="Patient bootstrap resamples."
+    ),
+    click.option("--latency", is_flag=True, help="Also time each end-to-end model at batch 1 on --device."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+    click.option("--overwrite", is_flag=True, help="Replace an existing compare folder."),
+)
+def compare_cmd(
+    caches: tuple[str, ...],
+    out: str,
+    folds: int,
+    test: str,
+    holdout: float,
+    tta: bool,
+    grid: str | None,
+    resamples: int,
+    latency: bool,
+    seed: int,
+    device: str,
+    overwrite: bool,
+    **head: Any,
+) -> None:
+    """Rank backbones by caches of one dataset: the same patient-level folds and head, a paired bootstrap."""
+    from fastall.errors import FastallError
+    from fastall.reporting.compare import print_comparison
+    from fastall.training.compare import CompareOptions, add_costs, compare_caches
+    from fastall.training.config import TrainOptions
+
+    if resamples < 100:
+        raise FastallError(f"--resamples {resamples}: use at least 100")
+    run = TrainOptions(folds=folds, test=test, holdout=holdout, tta=tta, seed=seed, device=device)
+    options = CompareOptions(run=run, sweep=grid, resamples=resamples)
+    result = compare_caches(
+        caches, out, config=_head_config(head), options=options, overwrite=overwrite, console=console
+    )
+    if latency:
+        from fastall.inference.costs import run_costs
+
+        runs = {e["name"]: result.out / e["run"] for e in result.backbones}
+        log = lambda msg: console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
+        add_costs(result, run_costs(runs, device=device, log=log))
+    print_comparison(result.results, result.out, Console())
