@@ -422,7 +422,7 @@ CASES: list[Case] = [
     Case(
         "report",
         "run made before per-epoch history was recorded (other figures made)",
-        lambda e: ["report", str(_run_copy(e))],
+        lambda e: ["report", str(_run_copy(e, old=True))],
         expect="reported",
         fragments=("no per-epoch history", "; report:"),
     ),
@@ -852,6 +852,7 @@ def _occupied(env: Env) -> Path:
     out = env.tmp / "occupied"
     out.mkdir()
     (out / "notes.txt").write_text("mine\n")
+    return out
 
 
 def _mkdir(path: Path) -> Path:
@@ -860,7 +861,11 @@ def _mkdir(path: Path) -> Path:
 
 
 def _run_copy(
-    env: Env, drop: str | None = None, metrics: bytes | None = None, data_root: Path | None = None
+    env: Env,
+    drop: str | None = None,
+    metrics: bytes | None = None,
+    data_root: Path | None = None,
+    old: bool = False,
 ) -> Path:
     """A copy of the shared run (never modified), without its report, changed as asked."""
     run = env.tmp / "run_copy"
@@ -869,9 +874,12 @@ def _run_copy(
         (run / drop).unlink()
     if metrics is not None:
         (run / "metrics.json").write_bytes(metrics)
-    if data_root is not None:
+    if data_root is not None or old:
         m = json.loads((run / "metrics.json").read_text())
-        m["cache"]["data_root"] = str(data_root)
+        if data_root is not None:
+            m["cache"]["data_root"] = str(data_root)
+        if old:  # as written before the per-epoch history was recorded
+            m.pop("history", None)
         (run / "metrics.json").write_text(json.dumps(m))
     return run
 

@@ -22,6 +22,8 @@ def plain(value: Any) -> Any:
         value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (str, int, bool)):
+    if isinstance(value, str):
+        return str(value)  # str subclasses (torch's TorchVersion) as plain str
+    if value is None or isinstance(value, (int, bool)):
         return value
     return str(value)

@@ -25,7 +25,7 @@ import torch
 
 from fastall import __version__
 from fastall.features.cache import FeatureCache
-from fastall.head import Head
+from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
 from fastall.reporting.provenance import command_line
 from fastall.system.jsonable import plain
 from fastall.training.config import HISTORY_KEYS, HeadConfig, HeadResult
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from fastall.training.train_head import Prepared
 
 RUN_FORMAT, RUN_VERSION = "fastall-run", 1
-HEAD_FORMAT, HEAD_VERSION = "fastall-head", 1
 
 
 EXTRACT_PRECISION_ATTRS = ("amp_dtype", "precision_requested", "precision_reason", "cpu_capability_label")
