@@ -222,3 +222,23 @@ def test_the_v0_1_fixture_reads_as_resnet50():
 
     fc = read_cache(Path(__file__).parent / "fixtures" / "v0_1" / "cache.h5", load_features=False)
     assert fc.backbone == "resnet50" and fc.dim == 2048 and "backbone_params" not in fc.attrs
+
+
+def test_a_saved_int8_state_with_linear_layers_reloads_to_the_same_model():
+    """Backbones with Linear layers (ConvNeXt, Swin, ViT): an exported int8 state is a plain dict."""
+    from fastall.inference.runtime import quantize_int8
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    ).eval()
+    x = torch.randn(8, 3, 16, 16)
+    calibrated = quantize_int8(net, x[:1], calibration=x)
+    saved = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in calibrated.state_dict().items()}
+    reloaded = quantize_int8(net, x[:1], state=saved)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), calibrated(x))

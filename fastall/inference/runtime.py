@@ -13,6 +13,7 @@ import contextlib
 import copy
 import shutil
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -156,9 +157,13 @@ def quantize_int8(
                     prepared(chunk)
         quantized = convert_fx(prepared)
     if state is not None:
+        # a saved state is a plain dict: give it the modules' format versions (a quantised Linear reads its
+        # packed weights only when it knows the version that wrote them)
+        saved = OrderedDict(state)
+        saved._metadata = getattr(quantized.state_dict(), "_metadata", None)
         try:
-            quantized.load_state_dict(state)
-        except RuntimeError as err:
+            quantized.load_state_dict(saved)
+        except (RuntimeError, KeyError) as err:
             first = str(err).splitlines()[0]
             raise FastallError(f"saved int8 state does not fit the backbone: {first}") from None
     return quantized
