@@ -162,8 +162,8 @@ def _images(ds: Dataset, folder: Path) -> list[Path]:
     """Image files under ``folder``; every other file is a (non-fatal) problem, and so is a folder symlink
     leaving ``folder``. A class folder that is a symlink out of the data root is a fatal problem."""
     images: list[Path] = []
-    target = folder.resolve()
-    if not target.is_relative_to(ds.root.resolve()):
+    target = Path(os.path.realpath(folder))
+    if not target.is_relative_to(os.path.realpath(ds.root)):
         ds.add_problem(folder, f"class folder leads to {target}, outside the data root: refused", fatal=True)
         return images
     report = lambda where, message: ds.add_problem(where, f"{message}; skipped")  # noqa: E731

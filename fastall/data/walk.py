@@ -31,7 +31,7 @@ def walk_files(
     ``inside``, a symlinked folder whose target is outside ``inside`` is reported and not followed (a link
     to /usr or to another class folder must not relabel files).
     """
-    fence = Path(inside).resolve() if inside is not None else None
+    fence = Path(os.path.realpath(inside)) if inside is not None else None
     seen: set[tuple[int, int]] = set()
     stack = [Path(top)]
     while stack:
@@ -54,7 +54,7 @@ def walk_files(
                 continue
             try:
                 if entry.is_dir():
-                    target = Path(entry.path).resolve() if entry.is_symlink() else None
+                    target = Path(os.path.realpath(entry.path)) if entry.is_symlink() else None
                     if fence is not None and target is not None and not target.is_relative_to(fence):
                         on_problem(entry.path, f"folder symlink to {target}, outside {fence}: not followed")
                         continue

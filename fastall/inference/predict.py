@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ def check_out(out: str | Path, inputs: Sequence[str | Path]) -> Path:
         raise FastallError(
             f"--out {out}: has an image extension; predictions are a CSV (e.g. {out.stem}.csv)"
         )
-    if any(out.resolve() == Path(raw).resolve() for raw in inputs):
+    if any(os.path.realpath(out) == os.path.realpath(raw) for raw in inputs):  # never raises on a loop
         raise FastallError(f"--out {out}: is one of the inputs; write the predictions elsewhere")
     if out.is_dir():
         raise FastallError(f"--out {out}: is a folder; give a file name such as {out / 'predictions.csv'}")
