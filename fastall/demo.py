@@ -54,6 +54,7 @@ def run_demo(
     from fastall.features.extract import extract
     from fastall.features.summary import describe
     from fastall.training.config import TrainOptions
+    from fastall.training.presets import DEFAULT_PRESET, apply_preset
     from fastall.training.train_head import print_run_summary, train_head
 
     console = console or Console(stderr=True)
@@ -104,7 +105,9 @@ def run_demo(
     console.rule("[bold]3/3 train-head[/]: patient-level 5-fold CV + holdout test, from the cache")
     t0 = time.perf_counter()
     run = out / "run"
-    result = train_head(cache, run, options=TrainOptions(folds=5, seed=seed, device=device, overwrite=True))
+    config, protocol = apply_preset(DEFAULT_PRESET, {}, {})
+    options = TrainOptions(folds=5, seed=seed, device=device, overwrite=True, **protocol)
+    result = train_head(cache, run, config, options)
     seconds["train_head"] = time.perf_counter() - t0
     print_run_summary(result, console)
     total = sum(seconds.values())

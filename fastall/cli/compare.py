@@ -8,7 +8,14 @@ import click
 from rich.console import Console
 
 from fastall.cli.group import cli, console
-from fastall.cli.training import DEVICE_HELP, _apply, _head_config, _split_options, head_options
+from fastall.cli.training import (
+    DEVICE_HELP,
+    PRESET_OPTION,
+    _apply,
+    _split_options,
+    head_options,
+    preset_config,
+)
 
 
 @cli.command(name="compare")
@@ -18,6 +25,7 @@ from fastall.cli.training import DEVICE_HELP, _apply, _head_config, _split_optio
         "--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Compare folder."
     ),
     *_split_options("Test set, the same for every backbone: patients held out, the prelim set, or none."),
+    PRESET_OPTION,
     *head_options(),
     click.option(
         "--tta/--no-tta", default=False, show_default=True, help="Also report mean-over-views metrics."
@@ -50,6 +58,7 @@ def compare_cmd(
     seed: int,
     device: str,
     overwrite: bool,
+    preset: str,
     **head: Any,
 ) -> None:
     """Rank backbones by caches of one dataset: the same patient-level folds and head, a paired bootstrap."""
@@ -60,11 +69,10 @@ def compare_cmd(
 
     if resamples < 100:
         raise FastallError(f"--resamples {resamples}: use at least 100")
-    run = TrainOptions(folds=folds, test=test, holdout=holdout, tta=tta, seed=seed, device=device)
+    config, protocol = preset_config(preset, head)
+    run = TrainOptions(folds=folds, test=test, holdout=holdout, tta=tta, seed=seed, device=device, **protocol)
     options = CompareOptions(run=run, sweep=grid, resamples=resamples)
-    result = compare_caches(
-        caches, out, config=_head_config(head), options=options, overwrite=overwrite, console=console
-    )
+    result = compare_caches(caches, out, config=config, options=options, overwrite=overwrite, console=console)
     if latency:
         from fastall.inference.costs import run_costs
 

@@ -10,7 +10,8 @@ import click
 from fastall.cli.group import cli, console
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.grid import grid_help
-from fastall.training.hparams import hparams_of
+from fastall.training.hparams import HParam, hparams_of
+from fastall.training.presets import DEFAULT_PRESET, PRESETS
 
 TEST_CHOICES = click.Choice(["holdout", "prelim", "none"])
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
@@ -27,21 +28,61 @@ def _apply(*decorators: Callable) -> Callable:
     return wrap
 
 
+class _Optional(click.ParamType):
+    """A number, or ``none`` to unset an optional hyperparameter."""
+
+    def __init__(self, spec: HParam) -> None:
+        self.spec, self.name = spec, f"{spec.kind.__name__}|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.spec.parse(value)
+        except ValueError:
+            self.fail(f"{value!r} is not {self.spec.expected} or none", param, ctx)
+
+
 def head_options(config: type = HeadConfig) -> list[Callable]:
     """One click option per hyperparameter field of ``config``: ``--name`` (``--name/--no-name`` for a flag),
-    its type or choices, default and help."""
+    its type or choices and help; unset, the value comes from ``--preset``."""
     options = []
     for p in hparams_of(config):
         decls = [f"{p.flag}/--no-{p.flag[2:]}"] if p.kind is bool else [p.flag]
-        kind = click.Choice(list(p.choices)) if p.choices else p.kind
+        kind = click.Choice(list(p.choices)) if p.choices else _Optional(p) if p.optional else p.kind
         extra = {} if p.kind is bool else {"type": kind}
-        options.append(click.option(*decls, default=p.default, show_default=True, help=p.help, **extra))
+        help = f"{p.help} [default: from --preset; paper: {p.default}]"
+        options.append(click.option(*decls, default=None, help=help, **extra))
     return options
 
 
-def _head_config(kwargs: dict[str, Any]) -> HeadConfig:
-    """Pop the HeadConfig fields out of a command's keyword arguments."""
-    return HeadConfig(**{p.name: kwargs.pop(p.name) for p in HeadConfig.hparams()})
+PRESET_OPTION = click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default=DEFAULT_PRESET,
+    show_default=True,
+    help="Protocol: " + "; ".join(f"{p.name}, {p.summary}" for p in PRESETS.values()) + ".",
+)
+
+
+def preset_config(preset: str, kwargs: dict[str, Any]) -> tuple[HeadConfig, dict[str, Any]]:
+    """The head configuration and protocol of ``--preset``, with the head and protocol options given on the
+    command line on top (popped out of ``kwargs``)."""
+    from fastall.training.presets import apply_preset
+
+    protocol = _explicit(kwargs, [n for n in ("train_views", "selection") if n in kwargs])
+    return apply_preset(preset, _explicit(kwargs, [p.name for p in HeadConfig.hparams()]), protocol)
+
+
+def _explicit(kwargs: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Pop ``names`` out of a command's keyword arguments, keeping those given on the command line."""
+    ctx = click.get_current_context()
+    given = {}
+    for name in names:
+        value = kwargs.pop(name)
+        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT):
+            given[name] = value
+    return given
 
 
 def _split_options(test_help: str) -> list[Callable]:
@@ -79,6 +120,41 @@ def _device_options(what: str) -> list[Callable]:
     ),
     *_device_options("run"),
     click.option("--dedupe", is_flag=True, help="Keep one copy of byte-identical images (content hashes)."),
+    PRESET_OPTION,
+    click.option(
+        "--train-views",
+        type=click.Choice(["augmented", "all"]),
+        default=None,
+        help="Views the head trains on (and standardises with): the augmented ones, or all with view 0 "
+        "[default: from --preset].",
+    ),
+    click.option(
+        "--selection",
+        type=click.Choice(["inner", "fold"]),
+        default=None,
+        help="Early stopping and plateau schedule on an inner split of the training patients, or on the "
+        "reported fold (optimistic) [default: from --preset].",
+    ),
+    click.option(
+        "--tune",
+        default=None,
+        metavar="GRID",
+        help="Nested CV: the inner split chooses among these configurations per fold, the outer folds report "
+        "(grammar of sweep --grid, e.g. 'lr=1e-4,1e-3 weight_decay=0,1e-2').",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16"]),
+        default="auto",
+        show_default=True,
+        help="Training compute precision: auto is bf16 only where the device computes it natively.",
+    ),
+    click.option(
+        "--probe/--no-probe",
+        default=True,
+        show_default=True,
+        help="Fit the linear-probe baseline on the same folds (the number to beat).",
+    ),
 )
 def train_head_cmd(
     cache: str,
@@ -92,10 +168,17 @@ def train_head_cmd(
     overwrite: bool,
     report: bool,
     dedupe: bool,
+    preset: str,
+    tune: str | None,
+    probe: bool,
+    precision: str,
     **head: Any,
 ) -> None:
-    """Patient-level k-fold CV of the head from the feature cache, with test metrics, in seconds."""
+    """Patient-level k-fold CV of the head from the feature cache, with test metrics and the linear-probe
+    baseline, in seconds."""
     from fastall.training.train_head import print_run_summary, train_head
+
+    config, protocol = preset_config(preset, head)
 
     options = TrainOptions(
         folds=folds,
@@ -108,8 +191,12 @@ def train_head_cmd(
         report=report,
         console=console,
         dedupe=dedupe,
+        tune=tune,
+        probe=probe,
+        precision=precision,
+        **protocol,
     )
-    result = train_head(cache, out, _head_config(head), options)
+    result = train_head(cache, out, config, options)
     print_run_summary(result, console)
 
 

@@ -157,6 +157,9 @@ def folds_table(m: dict) -> Table:
     table.add_row(f"peak (fold {s['peak_fold']})", "", "", *_row(m["folds"][s["peak_fold"]]))
     if "tta" in s:
         table.add_row("TTA mean±std", "", "", *_row(s["tta"], with_std=True))
+    probe = m.get("probe")
+    if probe:
+        table.add_row("linear probe (to beat)", "", "", *_row(probe["summary"], with_std=True), style="cyan")
     table.add_section()
     table.add_row("paper Table II", "", "", *_row(PAPER_CV, with_std=True), style="dim")
     table.add_row("paper peak", "", "", fmt(PAPER_CV["peak_accuracy"], True), "", "", "", "", style="dim")
@@ -177,9 +180,32 @@ def test_table(m: dict) -> Table | None:
     for key, name in names.items():
         if key in t:
             table.add_row(name, *_row(t[key]))
+    probe = (m.get("probe") or {}).get("test")
+    if probe:
+        table.add_row("linear probe (to beat)", *_row(probe), style="cyan")
     table.add_section()
     table.add_row("paper Table III", *_row(PAPER_TEST), style="dim")
     return table
+
+
+def protocol_line(m: dict) -> str:
+    """The protocol and the number to beat, in one line (older runs: the paper's protocol)."""
+    p = m.get("protocol") or {"preset": None, "train_views": "augmented", "selection": "fold"}
+    where = (
+        "the reported fold (optimistic)"
+        if p["selection"] == "fold"
+        else "an inner split of the training patients"
+    )
+    line = f"protocol: preset {p.get('preset') or 'none'}, training views {p['train_views']}, "
+    line += f"selection on {where}"
+    if p.get("tune"):
+        line += f", tuned over {p['tune']!r}"
+    b = m.get("baseline")
+    if b and b.get("head_minus_probe_cv_accuracy") is not None:
+        gap = b["head_minus_probe_cv_accuracy"]
+        verdict = "beats" if gap >= 0 else "within 0.01 of" if gap >= -0.01 else "LOSES TO"
+        line += f". Head {verdict} the linear probe: CV accuracy {gap:+.3f} ({b['cv_accuracy']:.3f})"
+    return line
 
 
 def print_run(m: dict, out: Path, console: Console, report: Any = None) -> None:
@@ -196,10 +222,12 @@ def print_run(m: dict, out: Path, console: Console, report: Any = None) -> None:
     took = f" in {secs:.1f} s" if secs is not None else ""
     console.print(
         f"{len(m['folds'])} folds + final head trained{took} on {m['device']} ({m['precision']}): "
-        f"lr {cfg['lr']:g}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, "
+        f"lr {cfg['lr']:g}, batch {cfg['batch_size']}, {cfg['epochs']} epochs"
+        f"{', at least ' + str(cfg['min_steps']) + ' steps' if cfg.get('min_steps') else ''}, "
         f"dropout {cfg['dropout']:g}, standardize {'on' if cfg['standardize'] else 'off'}. "
         f"Outputs in {out}"
     )
+    console.print(protocol_line(m), highlight=False, soft_wrap=True)
     for name, pl in (m.get("patient_level") or {}).items():
         console.print(f"patient level ({name.replace('_', ' ')}): {patient_line(pl)}", highlight=False)
     for note in getattr(report, "notes", []):

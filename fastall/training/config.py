@@ -58,6 +58,13 @@ class HeadConfig:
     batch_size: int = hparam(
         32, "Images per step.", check=lambda v: 1 <= v <= MAX_BATCH, rule=f"must be in 1..{MAX_BATCH}"
     )
+    min_steps: int | None = hparam(
+        None,
+        "Train at least this many optimiser steps: on small data the epochs grow to reach it (a ceiling with "
+        "--patience).",
+        check=lambda v: 1 <= v <= 10_000_000,
+        rule="must be in 1..10000000",
+    )
     patience: int | None = hparam(
         None,
         "Early stopping on validation loss (best kept).",
@@ -94,6 +101,12 @@ class HeadConfig:
     def shape(self) -> tuple[int, int]:
         return (self.hidden, self.batch_size)
 
+    def epoch_limit(self, steps_per_epoch: int) -> int:
+        """The most epochs a head trains: ``epochs``, raised to reach ``min_steps`` (capped at MAX_EPOCHS)."""
+        if self.min_steps is None:
+            return self.epochs
+        return min(MAX_EPOCHS, max(self.epochs, -(-self.min_steps // max(1, steps_per_epoch))))
+
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -110,6 +123,11 @@ class TrainOptions:
     progress: bool = True
     report: bool = True
     dedupe: bool = False
+    train_views: str = "augmented"
+    selection: str = "fold"
+    probe: bool = True
+    tune: str | None = None
+    preset: str | None = None
     console: Console | None = field(default=None, compare=False, repr=False)
 
 
@@ -127,9 +145,29 @@ def split_keywords(
     return config, options
 
 
+TRAIN_VIEWS = ("augmented", "all")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A fixed schedule for a head: ``epochs`` to train and the learning rate of each (the last one repeats).
+    A planned head validates but decides nothing from it (the plan was chosen elsewhere)."""
+
+    epochs: int
+    lr: tuple[float, ...]
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr[min(epoch, len(self.lr) - 1)]
+
+
 @dataclass
 class StackData:
-    """Features on the training device ([N, V, D] float16), labels, and the rows of each fold."""
+    """Features on the training device ([N, V, D] float16), labels, and the rows of each fold.
+
+    ``view_mode``: training draws one view per image per epoch from the augmented views 1..V-1
+    (``augmented``, the paper's) or from all views 0..V-1 (``all``); standardisation statistics come from the
+    same views. ``plans`` (one per fold, or None) and ``final_plan`` fix the schedule of those heads.
+    """
 
     features: torch.Tensor
     labels: np.ndarray
@@ -137,6 +175,9 @@ class StackData:
     folds: list[tuple[np.ndarray, np.ndarray]]
     pool: np.ndarray
     test: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    view_mode: str = "augmented"
+    plans: list[Plan | None] | None = None
+    final_plan: Plan | None = None
 
     @property
     def views(self) -> int:
@@ -146,8 +187,19 @@ class StackData:
     def dim(self) -> int:
         return int(self.features.shape[2])
 
+    @property
+    def first_view(self) -> int:
+        """The first view training draws from: 1 (augmented views only) or 0 (all views)."""
+        return 1 if self.view_mode == "augmented" and self.views > 1 else 0
+
     def train_views(self) -> list[int]:
-        return list(range(1, self.views)) if self.views > 1 else [0]
+        return list(range(self.first_view, self.views))
+
+    def plan(self, fold: int) -> Plan | None:
+        """The fixed schedule of fold ``fold``'s heads (``len(folds)``: the final head), or None."""
+        if fold == len(self.folds):
+            return self.final_plan
+        return self.plans[fold] if self.plans else None
 
 
 HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "lr")

@@ -64,7 +64,7 @@ class Stack:
         return list(self.pool.map(fn, items))
 
     def train(self, progress: Callable[[int, int], None] | None = None) -> None:
-        max_epochs = max(hd.cfg.epochs for hd in self.heads)
+        max_epochs = max(hd.limit for hd in self.heads)
         for epoch in range(max_epochs):
             if not any(hd.alive for hd in self.heads):
                 break
@@ -77,7 +77,8 @@ class Stack:
     def _train_epoch(self, epoch: int) -> None:
         layout, seed = self.layout, self.seed
         live_folds = sorted({hd.fold for hd in self.heads if hd.alive})
-        order = {f: epoch_order(seed, f, epoch, layout.rows[f], self.data.views) for f in live_folds}
+        views, first = self.data.views, self.data.first_view
+        order = {f: epoch_order(seed, f, epoch, layout.rows[f], views, first) for f in live_folds}
         n_steps = layout.steps_per_fold()
         lanes = self._map(
             lambda f: dropout_lanes(seed, f, epoch, n_steps[f], layout.batch, layout.hidden, self.device),

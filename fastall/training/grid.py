@@ -30,60 +30,62 @@ def grid_names() -> dict[str, HParam]:
     return {p.name: p for p in HeadConfig.hparams()}
 
 
-def _value(spec: HParam, text: str, token: str) -> Any:
+def _value(spec: HParam, text: str, token: str, flag: str) -> Any:
     try:
         value = spec.parse(text)
     except ValueError:
-        raise FastallError(f"bad --grid token {token!r}: {text!r} is not {spec.expected}") from None
+        raise FastallError(f"bad {flag} token {token!r}: {text!r} is not {spec.expected}") from None
     problem = spec.problem(value)
     if problem:
-        raise FastallError(f"bad --grid token {token!r}: {problem}")
+        raise FastallError(f"bad {flag} token {token!r}: {problem}")
     return value
 
 
-def parse_grid(text: str, *, allow_ranges: bool = False) -> dict[str, list | Range]:
-    """``"lr=1e-4,3e-4 hidden=256:1024"`` -> ``{"lr": [1e-4, 3e-4], "hidden": Range(256, 1024)}``."""
+def parse_grid(text: str, *, allow_ranges: bool = False, flag: str = "--grid") -> dict[str, list | Range]:
+    """``"lr=1e-4,3e-4 hidden=256:1024"`` -> ``{"lr": [1e-4, 3e-4], "hidden": Range(256, 1024)}``; errors name
+    the option ``flag``."""
     known = grid_names()
     grid: dict[str, list | Range] = {}
     for token in text.split():
         name, sep, values = token.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or not name:
-            raise FastallError(f"bad --grid token {token!r}: expected name=value[,value...] or name=low:high")
+            raise FastallError(f"bad {flag} token {token!r}: expected name=value[,value...] or name=low:high")
         if name not in known:
             raise FastallError(
-                f"bad --grid token {token!r}: unknown parameter {name!r} (known: {', '.join(known)})"
+                f"bad {flag} token {token!r}: unknown parameter {name!r} (known: {', '.join(known)})"
             )
         if name in grid:
-            raise FastallError(f"bad --grid token {token!r}: {name} is given twice")
+            raise FastallError(f"bad {flag} token {token!r}: {name} is given twice")
         spec = known[name]
         if ":" in values:
             if not allow_ranges:
-                raise FastallError(f"bad --grid token {token!r}: a range needs --random N")
+                raise FastallError(f"bad {flag} token {token!r}: a range needs --random N (sweep)")
             if not spec.numeric:
-                raise FastallError(f"bad --grid token {token!r}: {name} takes a list of values, not a range")
+                raise FastallError(f"bad {flag} token {token!r}: {name} takes a list of values, not a range")
             low, _, high = values.partition(":")
-            lo, hi = _value(spec, low, token), _value(spec, high, token)
+            lo, hi = _value(spec, low, token, flag), _value(spec, high, token, flag)
             if lo is None or hi is None:
-                raise FastallError(f"bad --grid token {token!r}: a range needs two numbers")
+                raise FastallError(f"bad {flag} token {token!r}: a range needs two numbers")
             if lo > hi:
-                raise FastallError(f"bad --grid token {token!r}: the range needs low <= high")
+                raise FastallError(f"bad {flag} token {token!r}: the range needs low <= high")
             grid[name] = Range(lo, hi)
             continue
         items = [v.strip() for v in values.split(",") if v.strip()]
         if not items:
-            raise FastallError(f"bad --grid token {token!r}: no values")
-        grid[name] = list(dict.fromkeys(_value(spec, v, token) for v in items))
+            raise FastallError(f"bad {flag} token {token!r}: no values")
+        grid[name] = list(dict.fromkeys(_value(spec, v, token, flag) for v in items))
     if not grid:
-        raise FastallError("--grid is empty: give name=value[,value...] tokens")
+        raise FastallError(f"{flag} is empty: give name=value[,value...] tokens")
     return grid
 
 
-def expand(grid: dict[str, list | Range]) -> list[HeadConfig]:
-    """Every combination of the grid's lists, in order (the last name varies fastest)."""
+def expand(grid: dict[str, list | Range], base: HeadConfig | None = None) -> list[HeadConfig]:
+    """Every combination of the grid's lists on top of ``base`` (the paper's head), in order (the last name
+    varies fastest)."""
     names = list(grid)
     return [
-        replace(HeadConfig(), **dict(zip(names, combo, strict=True)))
+        replace(base or HeadConfig(), **dict(zip(names, combo, strict=True)))
         for combo in itertools.product(*(grid[n] for n in names))
     ]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fastall.training.config import HISTORY_KEYS, HeadConfig, StackData
+from fastall.training.config import HISTORY_KEYS, HeadConfig, Plan, StackData
 from fastall.training.streams import dropout_threshold, init_head
 
 
@@ -33,6 +33,8 @@ class HeadState:
     fold: int  # index into the stack's folds; the final head's fold is len(data.folds)
     final: bool
     lr: float
+    limit: int = 0  # the most epochs it trains (epochs, min_steps or its plan)
+    plan: Plan | None = None
     alive: bool = True
     best_loss: float = math.inf
     best_epoch: int = 0  # 1-based; 0 until an epoch has been validated
@@ -71,6 +73,11 @@ class StackLayout:
         self.heads = [
             HeadState(ci, cfg, f, f == len(data.folds), cfg.lr) for f in range(n_folds) for ci, cfg in configs
         ]
+        steps = self.steps_per_fold()
+        for hd in self.heads:
+            hd.plan = data.plan(hd.fold)
+            hd.lr = hd.plan.lr_at(0) if hd.plan else hd.lr
+            hd.limit = hd.plan.epochs if hd.plan else hd.cfg.epoch_limit(steps[hd.fold])
         d, h, k = data.dim, self.hidden, data.classes
         inits = [init_head(seed, f, d, h, k) for f in range(n_folds)]
         fold_idx = torch.tensor([hd.fold for hd in self.heads], device=dev)

@@ -24,7 +24,7 @@ from fastall.training.validation import Validator
 
 def kept_epoch(hd: HeadState) -> int:
     """The 1-based epoch a fold head keeps: its best with early stopping, else its last."""
-    return hd.best_epoch if hd.cfg.patience is not None else hd.epochs_run
+    return hd.best_epoch if hd.cfg.patience is not None and hd.plan is None else hd.epochs_run
 
 
 def final_epochs(layout: StackLayout, config: int) -> int:
@@ -38,18 +38,23 @@ def end_final_epoch(layout: StackLayout, params: Sequence[torch.Tensor], i: int,
     hd = layout.heads[i]
     hd.epochs_run = epoch + 1
     hd.history["lr"].append(hd.lr)
+    if hd.plan is not None:
+        hd.lr, hd.alive = hd.plan.lr_at(epoch + 1), epoch + 1 < hd.limit
+        return
     hd.snapshots.append([p[i].detach().clone() for p in params])
     folds = layout.fold_heads(hd.config)
     hd.lr = float(np.median([f.lr for f in folds]))
     done = not any(f.alive for f in folds)
-    hd.alive = epoch + 1 < hd.cfg.epochs and not (done and epoch + 1 >= final_epochs(layout, hd.config))
+    hd.alive = epoch + 1 < hd.limit and not (done and epoch + 1 >= final_epochs(layout, hd.config))
 
 
 def restore_kept(layout: StackLayout, params: Sequence[torch.Tensor], best: Sequence[torch.Tensor]) -> None:
     """Put every head's kept parameters back: the final head's chosen snapshot, an early-stopped head's
     best epoch (``best``); other heads keep their last epoch."""
     for i, hd in enumerate(layout.heads):
-        if hd.final:
+        if hd.plan is not None:
+            hd.best_epoch = hd.epochs_run
+        elif hd.final:
             hd.best_epoch = final_epochs(layout, hd.config)
             for p, snap in zip(params, hd.snapshots[hd.best_epoch - 1], strict=True):
                 p[i].copy_(snap)

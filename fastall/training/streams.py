@@ -61,13 +61,14 @@ def init_head(seed: int, fold: int, dim: int, hidden: int, classes: int) -> list
 
 
 def epoch_order(
-    seed: int, fold: int, epoch: int, rows: np.ndarray, views: int
+    seed: int, fold: int, epoch: int, rows: np.ndarray, views: int, first_view: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The epoch's permutation of ``rows`` and one training view per image (1..V-1; 0 when V == 1)."""
+    """The epoch's permutation of ``rows`` and one training view per image (``first_view``..V-1; 0 when
+    V == 1)."""
     g = torch.Generator().manual_seed(derive_seed(seed, fold, epoch, "order"))
     perm = torch.randperm(len(rows), generator=g).numpy()
     if views > 1:
-        view = torch.randint(1, views, (len(rows),), generator=g).numpy()
+        view = torch.randint(first_view, views, (len(rows),), generator=g).numpy()
     else:
         view = np.zeros(len(rows), dtype=np.int64)
     return rows[perm], view[perm]

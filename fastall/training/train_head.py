@@ -24,12 +24,24 @@ from fastall.system.devices import decide_precision, resolve_device
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training import run_files
-from fastall.training.config import HeadConfig, StackData, TrainOptions, split_keywords
+from fastall.training.config import (
+    TRAIN_VIEWS,
+    HeadConfig,
+    HeadResult,
+    StackData,
+    TrainOptions,
+    split_keywords,
+)
 from fastall.training.divergence import check_divergence
 from fastall.training.engine import train_stacks
+from fastall.training.grid import expand, parse_grid
 from fastall.training.hygiene import check_rows, content_leak_notes
 from fastall.training.patients import run_patient_level
+from fastall.training.presets import PRESETS, protocol_record
+from fastall.training.probe import probe_cache
+from fastall.training.selection import refit, select
 from fastall.training.splits import Splits, audit_splits, make_splits
+from fastall.training.views import view_shift
 
 
 @dataclass
@@ -72,7 +84,15 @@ def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
     notes += content_leak_notes(audit)
     features = torch.from_numpy(np.ascontiguousarray(cache.features))
     features = features.to(dev) if dev.type != "cpu" else features
-    data = StackData(features, cache.labels, len(cache.class_names), splits.folds, splits.pool, splits.test)
+    data = StackData(
+        features,
+        cache.labels,
+        len(cache.class_names),
+        splits.folds,
+        splits.pool,
+        splits.test,
+        view_mode=options.train_views,
+    )
     load_s = time.perf_counter() - t0
     return Prepared(cache, splits, audit, data, dev, prec, load_s, choice.record(), notes)
 
@@ -116,26 +136,29 @@ def train_head(
     t_start = time.perf_counter()
     config, options = split_keywords(config, options, keywords)
     config.check()
+    configs = check_protocol(config, options)
     out = Path(out)
     check_target(out.absolute(), options.overwrite)
     prep = prepare(cache_path, options)
     console = options.console
     warn = None if console is None else lambda m: console.print(f"[yellow]Warning:[/] {m}", soft_wrap=True)
+    shift = view_shift(prep.cache.features, prep.splits.pool, options.train_views)
+    if shift["large"]:
+        prep.notes.append(shift["message"])
     for note in prep.notes if warn else ():
         warn(note)
     t0 = time.perf_counter()
-    with _EpochProgress(options.progress, options.console, config.epochs) as on_progress:
-        results = train_stacks(
-            prep.data,
-            [config],
-            seed=options.seed,
-            precision=prep.precision,
-            final=True,
-            tta=options.tta,
-            progress=on_progress,
-        )
+    results, selection = _train(prep, configs, options)
+    if selection is not None:
+        config = configs[selection.final_config]
+        prep.notes.extend(selection.notes)
+        for note in selection.notes if warn else ():
+            warn(note)
     train_s = time.perf_counter() - t0
     check_divergence(results, config.lr, config.weight_decay, warn)
+    t0 = time.perf_counter()
+    probe = probe_cache(prep.cache, prep.splits) if options.probe else None
+    probe_s = time.perf_counter() - t0
     run_config = {
         "folds": options.folds,
         "test": options.test,
@@ -145,10 +168,24 @@ def train_head(
         "seed": options.seed,
         "device": prep.device.type,
         "precision": prep.precision,
+        "train_views": options.train_views,
+        "selection": options.selection,
+        **({"preset": options.preset} if options.preset else {}),
         **({"dedupe": True} if options.dedupe else {}),
     }
     metrics, made = run_files.run_metrics(prep, results, run_config, options.tta), None
     metrics["warnings"] = prep.notes
+    metrics["protocol"] = protocol_record(options)
+    metrics["feature_shift"] = shift
+    if selection is not None:
+        metrics["selection"] = selection.record(prep.cache.patients)
+        if options.tune:
+            metrics["tune"] = {"grid": options.tune, "configs": [asdict(c) for c in configs]}
+    if probe is not None:
+        metrics["probe"] = probe.to_json()
+        metrics["baseline"] = baseline(
+            metrics["summary"], probe.summary, (metrics["test"] or {}).get("final"), probe.test
+        )
     t0 = time.perf_counter()
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
         run_files.write_head(tmp / "head.pt", prep, results, config, run_config)
@@ -158,6 +195,7 @@ def train_head(
         metrics["timings"] = {
             "load_cache_s": prep.load_s,
             "train_s": train_s,
+            "probe_s": probe_s,
             "write_s": time.perf_counter() - t0,
             "total_s": time.perf_counter() - t_start,
         }
@@ -167,6 +205,56 @@ def train_head(
 
             made = write_report(tmp, shown_as=out.absolute())
     return RunResult(out.absolute(), metrics, made)
+
+
+def check_protocol(config: HeadConfig, options: TrainOptions) -> list[HeadConfig]:
+    """The configurations to train (``options.tune``: the grid on top of ``config``), after checking the
+    protocol options; FastallError with the valid choices otherwise."""
+    if options.train_views not in TRAIN_VIEWS:
+        raise FastallError(f"unknown --train-views {options.train_views!r}: use {' or '.join(TRAIN_VIEWS)}")
+    if options.selection not in ("inner", "fold"):
+        raise FastallError(f"unknown --selection {options.selection!r}: use inner or fold")
+    if options.preset is not None and options.preset not in PRESETS:
+        raise FastallError(f"unknown preset {options.preset!r}: use {' or '.join(PRESETS)}")
+    if not options.tune:
+        return [config]
+    if options.selection != "inner":
+        raise FastallError(
+            "--tune chooses on an inner split: it needs --selection inner (not the paper preset)"
+        )
+    return [c.check() for c in expand(parse_grid(options.tune, flag="--tune"), config)]
+
+
+def _train(prep: Prepared, configs: list[HeadConfig], options: TrainOptions) -> tuple[list[HeadResult], Any]:
+    """Train the fold heads and the final head: selecting on the reported fold (the paper's) or on an inner
+    split (``selection``); returns the results and the Selection (None for ``fold``)."""
+    run = {"seed": options.seed, "precision": prep.precision}
+    with _EpochProgress(options.progress, options.console, configs[0].epochs) as on_progress:
+        if options.selection == "fold":
+            results = train_stacks(
+                prep.data, configs, final=True, tta=options.tta, progress=on_progress, **run
+            )
+            return results, None
+        chosen = select(prep.data, configs, prep.cache.patients, progress=on_progress, **run)
+        return refit(prep.data, chosen, tta=options.tta, progress=on_progress, **run), chosen
+
+
+def baseline(head: dict, probe: dict, head_test: dict | None, probe_test: dict | None) -> dict[str, Any]:
+    """The number to beat: the linear probe's mean CV accuracy and AUC beside the head's, and the gaps."""
+
+    def gap(a: dict | None, b: dict | None, key: str) -> float | None:
+        if not a or not b or a.get(key) is None or b.get(key) is None:
+            return None
+        return float(a[key]) - float(b[key])
+
+    return {
+        "name": "linear probe (standardised logistic regression on view 0, C by inner CV)",
+        "cv_accuracy": probe.get("accuracy"),
+        "cv_auc": probe.get("auc"),
+        "head_minus_probe_cv_accuracy": gap(head, probe, "accuracy"),
+        "head_minus_probe_cv_auc": gap(head, probe, "auc"),
+        "head_minus_probe_test_accuracy": gap(head_test, probe_test, "accuracy"),
+    }
 
 
 class _EpochProgress:

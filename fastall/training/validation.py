@@ -83,11 +83,16 @@ class Validator:
 
 def end_fold_epoch(hd: HeadState, epoch: int, loss: float, accuracy: float) -> bool:
     """Record fold head ``hd``'s validated epoch (0-based ``epoch``), step its plateau schedule and decide
-    whether it goes on; True when this epoch is its best so far (lowest validation loss)."""
+    whether it goes on; True when this epoch is its best so far (lowest validation loss). A planned head
+    follows its plan and keeps its last epoch."""
     hd.epochs_run = epoch + 1
     hd.history["val_loss"].append(loss)
     hd.history["val_accuracy"].append(accuracy)
     hd.history["lr"].append(hd.lr)
+    if hd.plan is not None:
+        hd.best_loss, hd.best_epoch = loss, epoch + 1
+        hd.lr, hd.alive = hd.plan.lr_at(epoch + 1), epoch + 1 < hd.limit
+        return False
     improved = loss < hd.best_loss
     if improved:
         hd.best_loss, hd.best_epoch = loss, epoch + 1
@@ -96,5 +101,5 @@ def end_fold_epoch(hd: HeadState, epoch: int, loss: float, accuracy: float) -> b
         loss, hd.lr, hd.plateau_best, hd.plateau_bad, cfg.plateau_factor, cfg.plateau_patience
     )
     stopped = cfg.patience is not None and epoch + 1 - hd.best_epoch >= cfg.patience
-    hd.alive = not stopped and epoch + 1 < cfg.epochs
+    hd.alive = not stopped and epoch + 1 < hd.limit
     return improved

@@ -1,0 +1,84 @@
+"""Named training protocols: a head configuration plus how it is trained (views, selection).
+
+``paper``: the paper's protocol exactly (Adam 1e-4, batch 32, 5 epochs, dropout 0.5, ReduceLROnPlateau on the
+fold's validation loss, training on the augmented views only). Its plateau schedule reads the fold it reports,
+so its CV figures are labelled optimistic.
+
+``default``: fastall's protocol, chosen by measurement (docs/training.md, benchmarks/head_vs_probe.py): the
+paper's head, trained on all views, with at least ``min_steps`` optimiser steps (epochs grow on small data),
+early stopping and the plateau schedule on an inner split of each fold's training patients
+(``selection``), and the fold's head refitted on all its training rows with the schedule chosen there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from fastall.errors import FastallError
+from fastall.training.config import HeadConfig, TrainOptions
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    config: HeadConfig
+    train_views: str
+    selection: str
+    summary: str
+
+    @property
+    def optimistic(self) -> bool:
+        return self.selection == "fold"
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "paper", HeadConfig(), "augmented", "fold", "the paper's protocol (selects on the reported fold)"
+        ),
+        Preset(
+            "default",
+            HeadConfig(lr=1e-3, weight_decay=1e-4, epochs=60, min_steps=300, patience=8, plateau_patience=3),
+            "all",
+            "inner",
+            "fastall's protocol (selects on an inner split of the training patients)",
+        ),
+    )
+}
+DEFAULT_PRESET = "default"
+
+
+def preset(name: str) -> Preset:
+    """The preset called ``name``; FastallError naming the valid ones otherwise."""
+    if name not in PRESETS:
+        raise FastallError(f"unknown preset {name!r}: use {' or '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def apply_preset(
+    name: str, config: dict[str, Any], options: dict[str, Any]
+) -> tuple[HeadConfig, dict[str, Any]]:
+    """The preset's configuration and protocol, with ``config`` (HeadConfig fields) and ``options``
+    (``train_views``, ``selection``) given explicitly on top."""
+    p = preset(name)
+    names = {f.name for f in fields(HeadConfig)}
+    unknown = set(config) - names
+    if unknown:
+        raise TypeError(f"unexpected HeadConfig field {sorted(unknown)[0]!r}")
+    protocol = {"train_views": p.train_views, "selection": p.selection, "preset": p.name}
+    protocol.update({k: v for k, v in options.items() if v is not None})
+    return replace(p.config, **config), protocol
+
+
+def protocol_record(options: TrainOptions) -> dict[str, Any]:
+    """metrics.json's ``protocol``: the preset, the training views, the selection and whether it is
+    optimistic."""
+    return {
+        "preset": options.preset,
+        "train_views": options.train_views,
+        "selection": options.selection,
+        "optimistic": options.selection == "fold",
+        "tune": options.tune,
+    }

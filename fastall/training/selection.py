@@ -1,0 +1,218 @@
+"""Selection on an inner split: early stopping, the plateau schedule and ``--tune`` never look at the fold
+being reported.
+
+For each outer fold k, the training patients are split once more by patient, stratified by class
+(``StratifiedGroupKFold``, the first of ``n`` splits, n = min(5, fewest patients of a class): about 20% of
+the patients, at least one of each class). Two phases, both on the stacked engine:
+
+1. **select**: every configuration trains on the inner-training rows of every fold; early stopping and
+   ReduceLROnPlateau follow the inner-validation loss (view 0). Each fold keeps the configuration with the
+   lowest inner-validation loss at its kept epoch (with one configuration there is nothing to choose), and
+   its kept epoch count and learning-rate schedule become a :class:`~fastall.training.config.Plan`.
+2. **refit**: fold k's head trains on all of fold k's training rows with its plan (no decision from its
+   validation rows, which it only reports), and the final head on the whole pool with the plan of the final
+   configuration (the lowest mean inner loss over folds): the median of the folds' kept epochs and, per
+   epoch, the median of their learning rates.
+
+The outer validation rows of a fold never enter its phase 1, so nothing selects on what is reported.
+
+A fold whose training rows hold fewer than :data:`MIN_PATIENTS` patients of a class has no inner split. With
+one configuration it then trains a fixed schedule, the configuration's epoch limit at a constant learning
+rate, with no early stopping (still nothing selected on the reported fold), and the run says so in its
+warnings; ``--tune`` stops instead, with how many patients it needs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from fastall.errors import FastallError
+from fastall.training.config import HeadConfig, HeadResult, Plan, StackData
+from fastall.training.engine import train_stacks
+from fastall.training.streams import derive_seed
+
+INNER_SPLITS = 5  # the inner validation share is 1/INNER_SPLITS of a fold's training patients (or more)
+MIN_PATIENTS = 2  # per class among a fold's training patients
+
+
+def inner_split(
+    labels: np.ndarray, patients: np.ndarray, rows: np.ndarray, *, seed: int, fold: int, what: str = "fold"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``rows`` by patient into (inner training, inner validation), stratified by class, each holding
+    every class of ``rows``. FastallError when a class has fewer than :data:`MIN_PATIENTS` patients."""
+    y, groups = labels[rows], np.asarray(patients, dtype=object)[rows]
+    classes = np.unique(y)
+    counts = {int(c): np.unique(groups[y == c]).size for c in classes}
+    fewest = min(counts.values())
+    if fewest < MIN_PATIENTS:
+        short = ", ".join(f"class {c}: {n}" for c, n in counts.items() if n < MIN_PATIENTS)
+        raise FastallError(
+            f"{what} {fold}: selection on an inner split needs at least {MIN_PATIENTS} training patients of "
+            f"each class ({short}); use fewer --folds, more patients, or --selection fold (optimistic)"
+        )
+    n = min(INNER_SPLITS, fewest)
+    sgkf = StratifiedGroupKFold(
+        n_splits=n, shuffle=True, random_state=derive_seed(seed, fold, "inner", bits=31)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(sgkf.split(np.zeros(y.size), y, groups))
+    for tr, va in splits:
+        if np.unique(y[tr]).size == classes.size and np.unique(y[va]).size == classes.size:
+            return np.sort(rows[tr]), np.sort(rows[va])
+    tr, va = splits[0]
+    return np.sort(rows[tr]), np.sort(rows[va])
+
+
+def _kept_lr(result: HeadResult) -> tuple[float, ...]:
+    return tuple(result.history["lr"][: result.best_epoch])
+
+
+def median_plan_of(plans: Sequence[Plan]) -> Plan:
+    """The final head's plan: the median of the folds' epochs (rounded up) and, per epoch, the median of
+    their learning rates (a fold's last rate repeats past its end)."""
+    epochs = int(math.ceil(np.median([p.epochs for p in plans])))
+    return Plan(epochs, tuple(float(np.median([p.lr_at(e) for p in plans])) for e in range(epochs)))
+
+
+@dataclass
+class Selection:
+    """What phase 1 chose: per fold the configuration index, its plan and every configuration's inner loss."""
+
+    configs: list[HeadConfig]
+    inner: list[tuple[np.ndarray, np.ndarray]]
+    chosen: list[int]
+    plans: list[Plan]
+    final_config: int
+    final_plan: Plan
+    inner_loss: list[list[float]]  # [fold][config]
+    inner_results: list[HeadResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def record(self, patients: np.ndarray) -> dict[str, Any]:
+        """metrics.json's ``selection`` (without the configurations, which the caller names)."""
+        folds = []
+        for k, (tr, va) in enumerate(self.inner):
+            r = next((r for r in self.inner_results if r.fold == k and r.config == self.chosen[k]), None)
+            if r is None:
+                folds.append({"fold": k, "fallback": "fixed schedule", "kept_epoch": self.plans[k].epochs})
+                continue
+            folds.append(
+                {
+                    "fold": k,
+                    "inner_train_images": int(tr.size),
+                    "inner_val_images": int(va.size),
+                    "inner_val_patients": sorted(set(patients[va].tolist())),
+                    "chosen_config": self.chosen[k],
+                    "inner_val_loss": self.inner_loss[k],
+                    "kept_epoch": self.plans[k].epochs,
+                    "epochs_run": r.epochs_run,
+                    "history": r.history,
+                }
+            )
+        return {
+            "mode": "inner",
+            "folds": folds,
+            "final_config": self.final_config,
+            "final_epochs": self.final_plan.epochs,
+            "notes": self.notes,
+        }
+
+
+def select(
+    data: StackData,
+    configs: Sequence[HeadConfig],
+    patients: np.ndarray,
+    *,
+    seed: int,
+    precision: str,
+    progress: Callable | None = None,
+) -> Selection:
+    """Phase 1 (module doc): train every configuration on every fold's inner split and choose."""
+    inner, notes = [], []
+    for k, (train, _) in enumerate(data.folds):
+        try:
+            inner.append(inner_split(data.labels, patients, train, seed=seed, fold=k))
+        except FastallError as e:
+            if len(configs) > 1:
+                raise
+            inner.append(None)
+            notes.append(f"{e}: fold {k} trains a fixed schedule, without early stopping")
+    have = [k for k, split in enumerate(inner) if split is not None]
+    sub = replace(
+        data,
+        folds=[inner[k] for k in have],
+        pool=np.empty(0, np.int64),
+        test=np.empty(0, np.int64),
+        plans=None,
+    )
+    results = []
+    if have:
+        results = train_stacks(sub, configs, seed=seed, precision=precision, states=False, progress=progress)
+    for r in results:
+        r.fold = have[r.fold]
+    loss = [[math.inf] * len(configs) for _ in inner]
+    for r in results:
+        if r.val_loss is not None and math.isfinite(r.val_loss):
+            loss[r.fold][r.config] = r.val_loss
+    chosen = [int(np.argmin(row)) for row in loss]
+    by = {(r.fold, r.config): r for r in results}
+    plans = [
+        Plan(by[k, c].best_epoch, _kept_lr(by[k, c])) if (k, c) in by else _fixed(configs[c], data, k)
+        for k, c in enumerate(chosen)
+    ]
+    final_config = int(np.argmin(np.mean(loss, axis=0))) if len(configs) > 1 else 0
+    final_plan = median_plan_of(
+        [
+            Plan(by[k, final_config].best_epoch, _kept_lr(by[k, final_config]))
+            if (k, final_config) in by
+            else _fixed(configs[final_config], data, k)
+            for k in range(len(inner))
+        ]
+    )
+    empty = np.empty(0, np.int64)
+    splits = [split if split is not None else (empty, empty) for split in inner]
+    return Selection(list(configs), splits, chosen, plans, final_config, final_plan, loss, results, notes)
+
+
+def _fixed(config: HeadConfig, data: StackData, fold: int) -> Plan:
+    """A fold without an inner split: the configuration's epoch limit at its learning rate."""
+    steps = -(-len(data.folds[fold][0]) // config.batch_size)
+    return Plan(config.epoch_limit(steps), (config.lr,))
+
+
+def refit(
+    data: StackData,
+    sel: Selection,
+    *,
+    seed: int,
+    precision: str,
+    tta: bool,
+    progress: Callable | None = None,
+) -> list[HeadResult]:
+    """Phase 2 (module doc): each fold's chosen configuration on all its training rows, and the final head,
+    each with its plan. Returns results shaped as one train-head stack's (fold heads, then the final)."""
+    out: list[HeadResult] = []
+    for c in sorted(set(sel.chosen) | {sel.final_config}):
+        ks = [k for k, chosen in enumerate(sel.chosen) if chosen == c]
+        final = c == sel.final_config
+        sub = replace(
+            data,
+            folds=[data.folds[k] for k in ks],
+            plans=[sel.plans[k] for k in ks],
+            final_plan=sel.final_plan if final else None,
+        )
+        for r in train_stacks(
+            sub, [sel.configs[c]], seed=seed, precision=precision, final=final, tta=tta, progress=progress
+        ):
+            r.config = c
+            r.fold = len(data.folds) if r.final else ks[r.fold]
+            out.append(r)
+    return sorted(out, key=lambda r: (r.final, r.fold))
