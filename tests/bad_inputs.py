@@ -538,6 +538,45 @@ CASES: list[Case] = [
         lambda e: ["bench", "--device", "cpu", "--onnx", str(_not_onnx(e)), "--images", "2"],
         fragments=("not-a-model.onnx", "not a readable ONNX model") if _HAVE_ORT else ("fastall[onnx]",),
     ),
+    # issue 11: presets, nested tuning, inner selection
+    Case(
+        "arguments",
+        "train-head --preset that does not exist",
+        lambda e: _train(e, e.cache, "--preset", "fast"),
+        fragments=("'fast' is not one of 'paper', 'default'",),
+    ),
+    Case(
+        "arguments",
+        "train-head --tune grid that does not parse",
+        lambda e: _train(e, e.cache, "--tune", "lr:1e-4"),
+        fragments=("bad --tune token 'lr:1e-4'", "expected name=value"),
+    ),
+    Case(
+        "arguments",
+        "train-head --tune with an unknown parameter",
+        lambda e: _train(e, e.cache, "--tune", "momentum=0.9"),
+        fragments=("bad --tune token 'momentum=0.9'", "known: lr, weight_decay"),
+    ),
+    Case(
+        "arguments",
+        "train-head --tune with the paper preset (selects on the fold)",
+        lambda e: _train(e, e.cache, "--tune", "lr=1e-4,1e-3", "--preset", "paper"),
+        fragments=("--tune chooses on an inner split", "--selection inner"),
+    ),
+    Case(
+        "data",
+        "train-head --tune with too few patients per class for an inner split",
+        lambda e: _train(e, e.cache, "--tune", "lr=1e-4,1e-3"),
+        fragments=("needs at least 2 training patients of each class", "--selection fold"),
+    ),
+    Case(
+        "data",
+        "train-head (default preset), too few patients per class for an inner split: fixed schedule, stated",
+        lambda e: _train(e, e.cache),
+        expect="reported",
+        fragments=("fixed schedule, without early stopping",),
+        show="fixed schedule",
+    ),
     # issue 11 (fill-probe): --fill and the synthetic data's new options
     Case(
         "arguments",

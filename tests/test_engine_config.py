@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fastall.cli.training import _head_config, head_options, sweep_cmd, train_head_cmd
+from fastall.cli.training import head_options, preset_config, sweep_cmd, train_head_cmd
 from fastall.errors import FastallError
 from fastall.system import machine
 from fastall.system.devices import resolve_device, resolve_precision
@@ -24,9 +24,10 @@ from fastall.training.config import HeadConfig, TrainOptions, split_keywords
 from fastall.training.grid import parse_grid
 from fastall.training.hparams import hparam, hparams_of
 from fastall.training.metrics import summarize
+from fastall.training.presets import PRESETS
 from fastall.training.sweep import train_head_command
 
-# The train-head flags and defaults of every earlier version: they must not change.
+# The train-head flags of every earlier version and their defaults, which are now the paper preset's.
 FLAGS = {
     "--lr": 1e-4,
     "--weight-decay": 0.0,
@@ -46,8 +47,9 @@ def test_train_head_options_are_the_head_config_fields():
     options = {o.opts[0]: o for o in train_head_cmd.params if isinstance(o, click.Option)}
     for p in HeadConfig.hparams():
         option = options[p.flag]
-        assert option.name == p.name and option.default == p.default and option.help == p.help
-    assert {flag: options[flag].default for flag in FLAGS} == FLAGS
+        assert option.name == p.name and option.default is None and option.help.startswith(p.help)
+        assert p.default == getattr(PRESETS["paper"].config, p.name)
+    assert {flag: getattr(PRESETS["paper"].config, options[flag].name) for flag in FLAGS} == FLAGS
     assert options["--standardize"].secondary_opts == ["--no-standardize"]
     assert list(options["--class-weight"].type.choices) == ["none", "balanced"]
     grid = next(o for o in sweep_cmd.params if o.name == "grid")
@@ -77,7 +79,7 @@ def test_a_new_hyperparameter_is_one_declaration():
         cmd = option(cmd)
     result = CliRunner().invoke(cmd, ["--momentum", "0.5"])
     assert result.exit_code == 0, result.output
-    assert seen == {"lr": 1e-4, "momentum": 0.5}
+    assert seen == {"lr": None, "momentum": 0.5}  # unset: the preset's value
 
 
 def test_the_printed_command_parses_back_to_the_same_config():
@@ -87,7 +89,9 @@ def test_the_printed_command_parses_back_to_the_same_config():
     for c in (cfg, HeadConfig()):
         argv = shlex.split(train_head_command(Path("c.h5"), c, TrainOptions(folds=4, seed=2, device="cpu")))
         ctx = train_head_cmd.make_context("train-head", argv[2:])
-        assert _head_config(dict(ctx.params)) == c
+        with ctx:
+            config, protocol = preset_config(ctx.params["preset"], dict(ctx.params))
+        assert config == c and protocol["selection"] == "fold" and protocol["train_views"] == "augmented"
         assert (ctx.params["folds"], ctx.params["seed"], ctx.params["device"]) == (4, 2, "cpu")
 
 

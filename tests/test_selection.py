@@ -19,7 +19,7 @@ from fastall.features.cache import read_cache
 from fastall.training.config import HeadConfig, Plan, StackData, TrainOptions
 from fastall.training.engine import train_stacks
 from fastall.training.presets import PRESETS, apply_preset
-from fastall.training.selection import inner_split, select
+from fastall.training.selection import inner_splits, select
 from fastall.training.splits import make_splits
 from fastall.training.train_head import train_head
 
@@ -48,20 +48,22 @@ def _rows(path: Path) -> list[dict]:
 def test_inner_split_is_inside_the_training_patients_and_patient_disjoint(cache):
     data, patients = _data(cache)
     for k, (train, val) in enumerate(data.folds):
-        a, b = inner_split(data.labels, patients, train, seed=0, fold=k)
+        [(a, b)] = inner_splits(data.labels, patients, train, seed=0, fold=k)
         assert set(a) | set(b) == set(train) and not set(a) & set(b)
         assert not set(patients[a]) & set(patients[b])
         assert not set(patients[b]) & set(patients[val])
         assert set(data.labels[b]) == set(data.labels[train])
-        c, d = inner_split(data.labels, patients, train, seed=0, fold=k)
+        [(c, d)] = inner_splits(data.labels, patients, train, seed=0, fold=k)
         assert np.array_equal(a, c) and np.array_equal(b, d)
+        three = inner_splits(data.labels, patients, train, seed=0, fold=k, folds=3)
+        assert len(three) == 3 and sorted(np.concatenate([v for _, v in three])) == sorted(train)
 
 
 def test_too_few_patients_for_an_inner_split_says_how_many():
     labels = np.array([0, 0, 1, 1])
     patients = np.array(["a", "b", "c", "c"], dtype=object)
     with pytest.raises(FastallError, match=r"at least 2 training patients of each class \(class 1: 1\)"):
-        inner_split(labels, patients, np.arange(4), seed=0, fold=3)
+        inner_splits(labels, patients, np.arange(4), seed=0, fold=3)
 
 
 def test_the_inner_selection_never_sees_the_outer_validation_patients(cache):
@@ -123,6 +125,7 @@ def test_the_paper_preset_reproduces_the_numbers_before_presets(name, tmp_path):
         assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=2e-6)
     assert got["protocol"] == {
         "preset": "paper", "train_views": "augmented", "selection": "fold", "optimistic": True, "tune": None,
+        "inner_folds": None, "head_init": "random",
     }  # fmt: skip
     assert "optimistic" in res.output and "linear probe" in res.output
 

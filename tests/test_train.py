@@ -253,6 +253,8 @@ def test_ctrl_c_in_a_subprocess_leaves_nothing_that_looks_complete(tmp_path):
             str(big),
             "--out",
             str(out),
+            "--preset",
+            "paper",
             "--epochs",
             "10000",
             "--hidden",

@@ -70,7 +70,9 @@ def preset_config(preset: str, kwargs: dict[str, Any]) -> tuple[HeadConfig, dict
     command line on top (popped out of ``kwargs``)."""
     from fastall.training.presets import apply_preset
 
-    protocol = _explicit(kwargs, [n for n in ("train_views", "selection") if n in kwargs])
+    protocol = _explicit(
+        kwargs, [n for n in ("train_views", "selection", "inner_folds", "head_init") if n in kwargs]
+    )
     return apply_preset(preset, _explicit(kwargs, [p.name for p in HeadConfig.hparams()]), protocol)
 
 
@@ -134,6 +136,20 @@ def _device_options(what: str) -> list[Callable]:
         default=None,
         help="Early stopping and plateau schedule on an inner split of the training patients, or on the "
         "reported fold (optimistic) [default: from --preset].",
+    ),
+    click.option(
+        "--inner-folds",
+        type=click.IntRange(1, 20),
+        default=None,
+        help="With --selection inner: 1, one inner split (about a fifth of the training patients), or an "
+        "inner k-fold whose heads' median schedule is kept [default: from --preset].",
+    ),
+    click.option(
+        "--head-init",
+        type=click.Choice(["random", "probe"]),
+        default=None,
+        help="With --selection inner: start each head at random (nn.Linear's init), or as the linear probe "
+        "fitted on its own training rows [default: from --preset].",
     ),
     click.option(
         "--tune",

@@ -125,6 +125,8 @@ class TrainOptions:
     dedupe: bool = False
     train_views: str = "augmented"
     selection: str = "fold"
+    inner_folds: int = 1
+    head_init: str = "random"
     probe: bool = True
     tune: str | None = None
     preset: str | None = None
@@ -157,7 +159,7 @@ class Plan:
     lr: tuple[float, ...]
 
     def lr_at(self, epoch: int) -> float:
-        return self.lr[min(epoch, len(self.lr) - 1)]
+        return self.lr[min(epoch, len(self.lr) - 1)] if self.lr else 0.0
 
 
 @dataclass
@@ -167,6 +169,8 @@ class StackData:
     ``view_mode``: training draws one view per image per epoch from the augmented views 1..V-1
     (``augmented``, the paper's) or from all views 0..V-1 (``all``); standardisation statistics come from the
     same views. ``plans`` (one per fold, or None) and ``final_plan`` fix the schedule of those heads.
+    ``linear_inits`` (one per fold, the final head's last, or None): a linear map ``(A [K, D], c [K])`` on raw
+    features that those heads start from (``layout.embed_linear``).
     """
 
     features: torch.Tensor
@@ -178,6 +182,7 @@ class StackData:
     view_mode: str = "augmented"
     plans: list[Plan | None] | None = None
     final_plan: Plan | None = None
+    linear_inits: list[tuple[np.ndarray, np.ndarray] | None] | None = None
 
     @property
     def views(self) -> int:

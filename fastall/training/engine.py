@@ -64,6 +64,8 @@ class Stack:
         return list(self.pool.map(fn, items))
 
     def train(self, progress: Callable[[int, int], None] | None = None) -> None:
+        if self.data.linear_inits is not None:
+            self._validate_start()
         max_epochs = max(hd.limit for hd in self.heads)
         for epoch in range(max_epochs):
             if not any(hd.alive for hd in self.heads):
@@ -73,6 +75,14 @@ class Stack:
             if progress:
                 progress(epoch + 1, max_epochs)
         restore_kept(self.layout, self.params, self.best)
+
+    def _validate_start(self) -> None:
+        """Heads that start from a linear model: their starting point is epoch 0, the one to beat (kept when
+        no epoch has a lower validation loss; its parameters are already in ``best``)."""
+        scores = self.val.scores(self.params, self.chunk, self._map)
+        for i, hd in enumerate(self.heads):
+            if i in scores and hd.plan is None:
+                hd.initial_loss = hd.best_loss = scores[i][0]
 
     def _train_epoch(self, epoch: int) -> None:
         layout, seed = self.layout, self.seed

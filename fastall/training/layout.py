@@ -37,6 +37,7 @@ class HeadState:
     plan: Plan | None = None
     alive: bool = True
     best_loss: float = math.inf
+    initial_loss: float | None = None  # validation loss before training (heads with a linear start)
     best_epoch: int = 0  # 1-based; 0 until an epoch has been validated
     epochs_run: int = 0
     plateau_best: float = math.inf
@@ -51,6 +52,31 @@ class HeadState:
     @property
     def lr_history(self) -> list[float]:
         return self.history["lr"]
+
+
+def embed_linear(
+    params: list[torch.Tensor], i: int, a: np.ndarray, c: np.ndarray, mean: torch.Tensor, std: torch.Tensor
+) -> None:
+    """Make head i compute the linear logits ``a x + c`` (raw features x) exactly, through 2K of its hidden
+    units: ``relu(z) - relu(-z) = z`` per class, on the head's standardised inputs (``x = x_s * std + mean``).
+    Its other units keep their random first layer with zero output weights, so they start silent and learn.
+    Dropout only perturbs training; evaluation starts from the linear model. Needs hidden >= 2K."""
+    w1t, b1, w2, b2 = params
+    k = a.shape[0]
+    if w1t.shape[2] < 2 * k:
+        return
+    a_t = torch.as_tensor(a, dtype=torch.float64, device=w1t.device)
+    a_s = a_t * std.double()[None, :]
+    c_s = torch.as_tensor(c, dtype=torch.float64, device=w1t.device) + a_t @ mean.double()
+    w1t[i, :, :k] = a_s.t().float()
+    w1t[i, :, k : 2 * k] = -a_s.t().float()
+    b1[i, 0, :k] = c_s.float()
+    b1[i, 0, k : 2 * k] = -c_s.float()
+    w2[i].zero_()
+    eye = torch.eye(k, device=w2.device)
+    w2[i, :, :k] = eye
+    w2[i, :, k : 2 * k] = -eye
+    b2[i].zero_()
 
 
 class StackLayout:
@@ -78,6 +104,9 @@ class StackLayout:
             hd.plan = data.plan(hd.fold)
             hd.lr = hd.plan.lr_at(0) if hd.plan else hd.lr
             hd.limit = hd.plan.epochs if hd.plan else hd.cfg.epoch_limit(steps[hd.fold])
+        for hd in self.heads:  # a final head may need as many epochs as its longest fold head keeps
+            if hd.final and hd.plan is None:
+                hd.limit = max([hd.limit] + [f.limit for f in self.fold_heads(hd.config)])
         d, h, k = data.dim, self.hidden, data.classes
         inits = [init_head(seed, f, d, h, k) for f in range(n_folds)]
         fold_idx = torch.tensor([hd.fold for hd in self.heads], device=dev)
@@ -93,6 +122,11 @@ class StackLayout:
         self.std = torch.where(std_on, std[fold_idx], torch.ones(1, device=dev))
         self.inv = (1.0 / self.std).unsqueeze(1)
         self.shift = (-self.mean).unsqueeze(1) * self.inv
+        if data.linear_inits is not None:
+            for i, hd in enumerate(self.heads):
+                init = data.linear_inits[hd.fold]
+                if init is not None:
+                    embed_linear(self.params, i, *init, self.mean[i], self.std[i])
         m = len(self.heads)
         p = torch.tensor([hd.cfg.dropout for hd in self.heads], device=dev)
         thr = [dropout_threshold(hd.cfg.dropout) for hd in self.heads]

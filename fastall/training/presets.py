@@ -5,9 +5,11 @@ fold's validation loss, training on the augmented views only). Its plateau sched
 so its CV figures are labelled optimistic.
 
 ``default``: fastall's protocol, chosen by measurement (docs/training.md, benchmarks/head_vs_probe.py): the
-paper's head, trained on all views, with at least ``min_steps`` optimiser steps (epochs grow on small data),
-early stopping and the plateau schedule on an inner split of each fold's training patients
-(``selection``), and the fold's head refitted on all its training rows with the schedule chosen there.
+paper's head (2048-512-ReLU-Dropout 0.5-K), started as the linear probe fitted on its own training rows
+(``head_init``), trained on all views (view 0 included) at Adam 3e-4 with L2 1e-4, for up to 30 epochs and
+at least 600 optimiser steps (epochs grow on small data), early stopping (patience 10, the starting probe
+counting as epoch 0) and the plateau schedule (patience 3) on an inner split of each fold's training
+patients, then refitted on all the fold's training rows with the schedule chosen there (``selection``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Preset:
     train_views: str
     selection: str
     summary: str
+    inner_folds: int = 1
+    head_init: str = "random"
 
     @property
     def optimistic(self) -> bool:
@@ -40,10 +44,13 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "default",
-            HeadConfig(lr=1e-3, weight_decay=1e-4, epochs=60, min_steps=300, patience=8, plateau_patience=3),
+            HeadConfig(lr=3e-4, weight_decay=1e-4, epochs=30, min_steps=600, patience=10, plateau_patience=3),
             "all",
             "inner",
-            "fastall's protocol (selects on an inner split of the training patients)",
+            "fastall's protocol (starts from the linear probe, selects on an inner split of the training "
+            "patients)",
+            inner_folds=1,
+            head_init="probe",
         ),
     )
 }
@@ -67,7 +74,13 @@ def apply_preset(
     unknown = set(config) - names
     if unknown:
         raise TypeError(f"unexpected HeadConfig field {sorted(unknown)[0]!r}")
-    protocol = {"train_views": p.train_views, "selection": p.selection, "preset": p.name}
+    protocol = {
+        "train_views": p.train_views,
+        "selection": p.selection,
+        "inner_folds": p.inner_folds,
+        "head_init": p.head_init,
+        "preset": p.name,
+    }
     protocol.update({k: v for k, v in options.items() if v is not None})
     return replace(p.config, **config), protocol
 
@@ -79,6 +92,8 @@ def protocol_record(options: TrainOptions) -> dict[str, Any]:
         "preset": options.preset,
         "train_views": options.train_views,
         "selection": options.selection,
+        "inner_folds": options.inner_folds if options.selection == "inner" else None,
+        "head_init": options.head_init,
         "optimistic": options.selection == "fold",
         "tune": options.tune,
     }

@@ -48,6 +48,23 @@ class ProbeFit:
         """``[N, classes]`` probabilities (zero for a class the training rows lacked)."""
         return _full_proba(self.pipeline, x, classes)
 
+    def linear_map(self, classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(A [classes, D], c [classes])`` on raw (unstandardised) features whose logits ``A x + c`` give
+        the probe's probabilities under softmax (binary: logits 0 and z; a class the rows lacked: -30)."""
+        scale = self.pipeline.named_steps["scale"]
+        model = self.pipeline.named_steps["logreg"]
+        sd = np.where(scale.scale_ > 0, scale.scale_, 1.0)
+        coef = model.coef_ / sd
+        bias = model.intercept_ - coef @ scale.mean_
+        present = model.classes_.astype(np.int64)
+        a = np.zeros((classes, coef.shape[1]))
+        c = np.full(classes, -30.0)
+        if len(present) == 2 and coef.shape[0] == 1:
+            c[present[0]], a[present[1]], c[present[1]] = 0.0, coef[0], bias[0]
+        else:
+            a[present], c[present] = coef, bias
+        return a, c
+
 
 @dataclass
 class ProbeResult:
@@ -75,7 +92,6 @@ class ProbeResult:
             "pooled": self.pooled,
             "test": self.test,
             "final_c": self.fits[-1].c if self.test is not None else None,
-            "seconds": self.seconds,
             "notes": self.notes,
         }
 

@@ -113,7 +113,8 @@ def _package(
     out = []
     for j, i in enumerate(range(a, b)):
         hd = layout.heads[i]
-        kept = None if hd.final else hd.val_history[kept_epoch(hd) - 1]
+        kept_at = kept_epoch(hd)
+        kept = None if hd.final else hd.val_history[kept_at - 1] if kept_at else hd.initial_loss
         state = {}
         if states:
             weights = (p[i].detach().cpu() for p in params)

@@ -16,6 +16,10 @@ the patients, at least one of each class). Two phases, both on the stacked engin
 
 The outer validation rows of a fold never enter its phase 1, so nothing selects on what is reported.
 
+With ``linear_init`` (``--head-init probe``), every head starts as the linear probe fitted on its own training
+rows (``probe.fit_probe`` with C by inner CV on those rows alone; ``layout.embed_linear``): phase 1's on its
+inner-training rows, phase 2's on the fold's training rows (the baseline's own fits) and on the pool.
+
 A fold whose training rows hold fewer than :data:`MIN_PATIENTS` patients of a class has no inner split. With
 one configuration it then trains a fixed schedule, the configuration's epoch limit at a constant learning
 rate, with no early stopping (still nothing selected on the reported fold), and the run says so in its
@@ -38,15 +42,25 @@ from fastall.training.config import HeadConfig, HeadResult, Plan, StackData
 from fastall.training.engine import train_stacks
 from fastall.training.streams import derive_seed
 
+LinearMap = tuple[np.ndarray, np.ndarray]
 INNER_SPLITS = 5  # the inner validation share is 1/INNER_SPLITS of a fold's training patients (or more)
 MIN_PATIENTS = 2  # per class among a fold's training patients
 
 
-def inner_split(
-    labels: np.ndarray, patients: np.ndarray, rows: np.ndarray, *, seed: int, fold: int, what: str = "fold"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``rows`` by patient into (inner training, inner validation), stratified by class, each holding
-    every class of ``rows``. FastallError when a class has fewer than :data:`MIN_PATIENTS` patients."""
+def inner_splits(
+    labels: np.ndarray,
+    patients: np.ndarray,
+    rows: np.ndarray,
+    *,
+    seed: int,
+    fold: int,
+    folds: int = 1,
+    what: str = "fold",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split ``rows`` by patient into (inner training, inner validation) pairs, stratified by class, each side
+    holding every class of ``rows``: one split holding out about 1/:data:`INNER_SPLITS` of the patients
+    (``folds`` 1), or an inner k-fold (k = ``folds``, at most the fewest patients of a class). FastallError
+    when a class has fewer than :data:`MIN_PATIENTS` patients."""
     y, groups = labels[rows], np.asarray(patients, dtype=object)[rows]
     classes = np.unique(y)
     counts = {int(c): np.unique(groups[y == c]).size for c in classes}
@@ -57,18 +71,21 @@ def inner_split(
             f"{what} {fold}: selection on an inner split needs at least {MIN_PATIENTS} training patients of "
             f"each class ({short}); use fewer --folds, more patients, or --selection fold (optimistic)"
         )
-    n = min(INNER_SPLITS, fewest)
-    sgkf = StratifiedGroupKFold(
-        n_splits=n, shuffle=True, random_state=derive_seed(seed, fold, "inner", bits=31)
-    )
+    n = min(INNER_SPLITS if folds == 1 else folds, fewest)
+    state = derive_seed(seed, fold, "inner", bits=31)
+    sgkf = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=state)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         splits = list(sgkf.split(np.zeros(y.size), y, groups))
-    for tr, va in splits:
-        if np.unique(y[tr]).size == classes.size and np.unique(y[va]).size == classes.size:
-            return np.sort(rows[tr]), np.sort(rows[va])
-    tr, va = splits[0]
-    return np.sort(rows[tr]), np.sort(rows[va])
+    full = [
+        (np.sort(rows[tr]), np.sort(rows[va]))
+        for tr, va in splits
+        if np.unique(y[tr]).size == classes.size and np.unique(y[va]).size == classes.size
+    ]
+    if not full:
+        tr, va = splits[0]
+        full = [(np.sort(rows[tr]), np.sort(rows[va]))]
+    return full[:1] if folds == 1 else full
 
 
 def _kept_lr(result: HeadResult) -> tuple[float, ...]:
@@ -87,7 +104,7 @@ class Selection:
     """What phase 1 chose: per fold the configuration index, its plan and every configuration's inner loss."""
 
     configs: list[HeadConfig]
-    inner: list[tuple[np.ndarray, np.ndarray]]
+    inner: list[list[tuple[np.ndarray, np.ndarray]]]
     chosen: list[int]
     plans: list[Plan]
     final_config: int
@@ -99,22 +116,25 @@ class Selection:
     def record(self, patients: np.ndarray) -> dict[str, Any]:
         """metrics.json's ``selection`` (without the configurations, which the caller names)."""
         folds = []
-        for k, (tr, va) in enumerate(self.inner):
-            r = next((r for r in self.inner_results if r.fold == k and r.config == self.chosen[k]), None)
-            if r is None:
+        for k, splits in enumerate(self.inner):
+            runs = [r for r in self.inner_results if r.fold == k and r.config == self.chosen[k]]
+            if not runs:
                 folds.append({"fold": k, "fallback": "fixed schedule", "kept_epoch": self.plans[k].epochs})
                 continue
+            val = np.concatenate([va for _, va in splits])
             folds.append(
                 {
                     "fold": k,
-                    "inner_train_images": int(tr.size),
-                    "inner_val_images": int(va.size),
-                    "inner_val_patients": sorted(set(patients[va].tolist())),
+                    "inner_splits": len(splits),
+                    "inner_train_images": [int(tr.size) for tr, _ in splits],
+                    "inner_val_images": [int(va.size) for _, va in splits],
+                    "inner_val_patients": sorted(set(patients[val].tolist())),
                     "chosen_config": self.chosen[k],
                     "inner_val_loss": self.inner_loss[k],
+                    "inner_kept_epochs": [r.best_epoch for r in runs],
                     "kept_epoch": self.plans[k].epochs,
-                    "epochs_run": r.epochs_run,
-                    "history": r.history,
+                    "epochs_run": [r.epochs_run for r in runs],
+                    "history": [r.history for r in runs],
                 }
             )
         return {
@@ -133,53 +153,54 @@ def select(
     *,
     seed: int,
     precision: str,
+    inner_folds: int = 1,
+    linear_init: Callable[[np.ndarray], LinearMap] | None = None,
     progress: Callable | None = None,
 ) -> Selection:
-    """Phase 1 (module doc): train every configuration on every fold's inner split and choose."""
-    inner, notes = [], []
+    """Phase 1 (module doc): train every configuration on every fold's inner split(s) and choose."""
+    inner: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    notes = []
     for k, (train, _) in enumerate(data.folds):
         try:
-            inner.append(inner_split(data.labels, patients, train, seed=seed, fold=k))
+            inner.append(inner_splits(data.labels, patients, train, seed=seed, fold=k, folds=inner_folds))
         except FastallError as e:
             if len(configs) > 1:
                 raise
-            inner.append(None)
+            inner.append([])
             notes.append(f"{e}: fold {k} trains a fixed schedule, without early stopping")
-    have = [k for k, split in enumerate(inner) if split is not None]
+    owner = [(k, j) for k, splits in enumerate(inner) for j in range(len(splits))]
     sub = replace(
         data,
-        folds=[inner[k] for k in have],
+        folds=[inner[k][j] for k, j in owner],
         pool=np.empty(0, np.int64),
         test=np.empty(0, np.int64),
         plans=None,
+        linear_inits=[linear_init(inner[k][j][0]) for k, j in owner] if linear_init else None,
     )
     results = []
-    if have:
+    if owner:
         results = train_stacks(sub, configs, seed=seed, precision=precision, states=False, progress=progress)
+    by: dict[tuple[int, int], list[HeadResult]] = {}
     for r in results:
-        r.fold = have[r.fold]
-    loss = [[math.inf] * len(configs) for _ in inner]
-    for r in results:
-        if r.val_loss is not None and math.isfinite(r.val_loss):
-            loss[r.fold][r.config] = r.val_loss
+        r.fold = owner[r.fold][0]
+        by.setdefault((r.fold, r.config), []).append(r)
+
+    def inner_loss(k: int, c: int) -> float:
+        losses = [r.val_loss for r in by.get((k, c), [])]
+        ok = [v for v in losses if v is not None and math.isfinite(v)]
+        return float(np.mean(ok)) if ok and len(ok) == len(losses) else math.inf
+
+    def plan(k: int, c: int) -> Plan:
+        if (k, c) not in by:
+            return _fixed(configs[c], data, k)
+        return median_plan_of([Plan(r.best_epoch, _kept_lr(r)) for r in by[k, c]])
+
+    loss = [[inner_loss(k, c) for c in range(len(configs))] for k in range(len(inner))]
     chosen = [int(np.argmin(row)) for row in loss]
-    by = {(r.fold, r.config): r for r in results}
-    plans = [
-        Plan(by[k, c].best_epoch, _kept_lr(by[k, c])) if (k, c) in by else _fixed(configs[c], data, k)
-        for k, c in enumerate(chosen)
-    ]
+    plans = [plan(k, c) for k, c in enumerate(chosen)]
     final_config = int(np.argmin(np.mean(loss, axis=0))) if len(configs) > 1 else 0
-    final_plan = median_plan_of(
-        [
-            Plan(by[k, final_config].best_epoch, _kept_lr(by[k, final_config]))
-            if (k, final_config) in by
-            else _fixed(configs[final_config], data, k)
-            for k in range(len(inner))
-        ]
-    )
-    empty = np.empty(0, np.int64)
-    splits = [split if split is not None else (empty, empty) for split in inner]
-    return Selection(list(configs), splits, chosen, plans, final_config, final_plan, loss, results, notes)
+    final_plan = median_plan_of([plan(k, final_config) for k in range(len(inner))])
+    return Selection(list(configs), inner, chosen, plans, final_config, final_plan, loss, results, notes)
 
 
 def _fixed(config: HeadConfig, data: StackData, fold: int) -> Plan:
@@ -195,6 +216,7 @@ def refit(
     seed: int,
     precision: str,
     tta: bool,
+    linear_inits: Sequence[LinearMap] | None = None,
     progress: Callable | None = None,
 ) -> list[HeadResult]:
     """Phase 2 (module doc): each fold's chosen configuration on all its training rows, and the final head,
@@ -208,6 +230,9 @@ def refit(
             folds=[data.folds[k] for k in ks],
             plans=[sel.plans[k] for k in ks],
             final_plan=sel.final_plan if final else None,
+            linear_inits=[linear_inits[k] for k in ks] + ([linear_inits[-1]] if final else [])
+            if linear_inits
+            else None,
         )
         for r in train_stacks(
             sub, [sel.configs[c]], seed=seed, precision=precision, final=final, tta=tta, progress=progress

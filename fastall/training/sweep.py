@@ -206,8 +206,10 @@ def _rank(prep: Prepared, configs: list[HeadConfig], heads: list[HeadResult], me
 
 
 def train_head_command(cache: Path, cfg: HeadConfig, options: TrainOptions, out: str = "runs/best") -> str:
-    """The exact `fastall train-head` command that reproduces one configuration's folds."""
+    """The exact `fastall train-head` command that reproduces one configuration's folds (the sweep trains
+    with the paper's protocol: views, selection on the fold)."""
     parts = ["fastall", "train-head", shlex.quote(str(cache)), "--folds", str(options.folds), "--out", out]
+    parts += ["--preset", "paper"]
     parts += ["--test", options.test, "--holdout", repr(options.holdout)]
     for spec in HeadConfig.hparams():
         parts += spec.argv(getattr(cfg, spec.name))

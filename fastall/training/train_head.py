@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from threadpoolctl import threadpool_limits
 
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
@@ -38,7 +40,7 @@ from fastall.training.grid import expand, parse_grid
 from fastall.training.hygiene import check_rows, content_leak_notes
 from fastall.training.patients import run_patient_level
 from fastall.training.presets import PRESETS, protocol_record
-from fastall.training.probe import probe_cache
+from fastall.training.probe import ProbeResult, fit_probe, probe_cache
 from fastall.training.selection import refit, select
 from fastall.training.splits import Splits, audit_splits, make_splits
 from fastall.training.views import view_shift
@@ -148,7 +150,10 @@ def train_head(
     for note in prep.notes if warn else ():
         warn(note)
     t0 = time.perf_counter()
-    results, selection = _train(prep, configs, options)
+    probe = probe_cache(prep.cache, prep.splits) if options.probe else None
+    probe_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results, selection = _train(prep, configs, options, probe)
     if selection is not None:
         config = configs[selection.final_config]
         prep.notes.extend(selection.notes)
@@ -156,9 +161,6 @@ def train_head(
             warn(note)
     train_s = time.perf_counter() - t0
     check_divergence(results, config.lr, config.weight_decay, warn)
-    t0 = time.perf_counter()
-    probe = probe_cache(prep.cache, prep.splits) if options.probe else None
-    probe_s = time.perf_counter() - t0
     run_config = {
         "folds": options.folds,
         "test": options.test,
@@ -170,6 +172,7 @@ def train_head(
         "precision": prep.precision,
         "train_views": options.train_views,
         "selection": options.selection,
+        "head_init": options.head_init,
         **({"preset": options.preset} if options.preset else {}),
         **({"dedupe": True} if options.dedupe else {}),
     }
@@ -225,18 +228,50 @@ def check_protocol(config: HeadConfig, options: TrainOptions) -> list[HeadConfig
     return [c.check() for c in expand(parse_grid(options.tune, flag="--tune"), config)]
 
 
-def _train(prep: Prepared, configs: list[HeadConfig], options: TrainOptions) -> tuple[list[HeadResult], Any]:
+def _train(
+    prep: Prepared, configs: list[HeadConfig], options: TrainOptions, probe: ProbeResult | None
+) -> tuple[list[HeadResult], Any]:
     """Train the fold heads and the final head: selecting on the reported fold (the paper's) or on an inner
     split (``selection``); returns the results and the Selection (None for ``fold``)."""
     run = {"seed": options.seed, "precision": prep.precision}
     with _EpochProgress(options.progress, options.console, configs[0].epochs) as on_progress:
         if options.selection == "fold":
-            results = train_stacks(
-                prep.data, configs, final=True, tta=options.tta, progress=on_progress, **run
-            )
-            return results, None
-        chosen = select(prep.data, configs, prep.cache.patients, progress=on_progress, **run)
-        return refit(prep.data, chosen, tta=options.tta, progress=on_progress, **run), chosen
+            tta = options.tta
+            return train_stacks(prep.data, configs, final=True, tta=tta, progress=on_progress, **run), None
+        fit = _linear_fit(prep, options.seed) if options.head_init == "probe" else None
+        chosen = select(
+            prep.data,
+            configs,
+            prep.cache.patients,
+            inner_folds=options.inner_folds,
+            linear_init=fit,
+            progress=on_progress,
+            **run,
+        )
+        inits = None
+        if fit is not None:
+            k = prep.data.classes
+            fits = probe.fits if probe is not None else []
+            inits = [
+                fits[i].linear_map(k) if i < len(fits) else fit(tr)
+                for i, (tr, _) in enumerate(prep.data.folds)
+            ]
+            has_final = probe is not None and probe.test is not None
+            inits.append(fits[-1].linear_map(k) if has_final else fit(prep.data.pool))
+        results = refit(prep.data, chosen, tta=options.tta, linear_inits=inits, progress=on_progress, **run)
+        return results, chosen
+
+
+def _linear_fit(prep: Prepared, seed: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """rows -> the linear map of the probe fitted on view 0 of those rows alone (C by inner CV on them)."""
+    view0, labels, patients = prep.cache.features[:, 0], prep.cache.labels, prep.cache.patients
+    k = prep.data.classes
+
+    def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with threadpool_limits(limits=1):
+            return fit_probe(view0[rows], labels[rows], patients[rows], classes=k, seed=seed).linear_map(k)
+
+    return fit
 
 
 def baseline(head: dict, probe: dict, head_test: dict | None, probe_test: dict | None) -> dict[str, Any]:
