@@ -566,13 +566,13 @@ CASES: list[Case] = [
     Case(
         "data",
         "train-head --tune with too few patients per class for an inner split",
-        lambda e: _train(e, e.cache, "--tune", "lr=1e-4,1e-3"),
+        lambda e: _train(e, _two_patients_cache(e), "--tune", "lr=1e-4,1e-3"),
         fragments=("needs at least 2 training patients of each class", "--selection fold"),
     ),
     Case(
         "data",
         "train-head (default preset), too few patients per class for an inner split: fixed schedule, stated",
-        lambda e: _train(e, e.cache),
+        lambda e: _train(e, _two_patients_cache(e)),
         expect="reported",
         fragments=("fixed schedule, without early stopping",),
         show="fixed schedule",
@@ -1548,6 +1548,28 @@ def _resnet18_weights(env: Env) -> Path:
     path = env.tmp / "resnet18.pth"
     torch.save(load_backbone("none", backbone="resnet18")[0].state_dict(), path)
     return path
+
+
+def _two_patients_cache(env: Env) -> Path:
+    """The env cache with its patients merged into two per class: 2 folds leave one per class to train on."""
+    from fastall.features.cache import read_cache, write_cache
+
+    fc = read_cache(env.cache)
+    order = {p: i for i, p in enumerate(dict.fromkeys(fc.patients))}
+    patients = [f"{fc.class_names[y]}-{order[p] % 2}" for p, y in zip(fc.patients, fc.labels, strict=True)]
+    return write_cache(
+        env.tmp / "two-patients.h5",
+        features=fc.features,
+        labels=fc.labels,
+        class_names=fc.class_names,
+        patients=patients,
+        paths=list(fc.paths),
+        sources=list(fc.sources),
+        view_params=fc.view_params,
+        view_param_names=fc.view_param_names,
+        key_params=fc.key_params,
+        provenance={},
+    )
 
 
 def _other_patients_cache(env: Env) -> Path:
