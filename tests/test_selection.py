@@ -207,3 +207,22 @@ def test_a_fold_without_an_inner_split_trains_a_fixed_schedule_and_says_so(tmp_p
     assert all(f["epochs_run"] == 4 for f in r.folds if f["fold"] in {x["fold"] for x in fixed})
     with pytest.raises(FastallError, match="at least 2 training patients"):
         train_head(cache, tmp_path / "t", config, replace(options, tune="lr=1e-4,1e-3"))
+
+
+def test_on_hard_data_the_default_head_holds_the_probe_where_the_paper_protocol_falls_behind(tmp_path):
+    """Patient effects as large as the class effect, few images: the bar of issue 11 in miniature, both
+    numbers from one run (the full measurement is benchmarks/head_vs_probe.py)."""
+    cache = make_feature_cache(
+        tmp_path / "hard.h5", patients=(8, 8), images_per_patient=8, dim=256, separation=0.7,
+        patient_spread=1.0, loc=20.0, scale=20.0, seed=6,
+    )  # fmt: skip
+    runs = {}
+    for name in ("default", "paper"):
+        config, protocol = apply_preset(name, {}, {})
+        options = TrainOptions(folds=4, test="none", device="cpu", precision="fp32", report=False,
+                               progress=False, **protocol)  # fmt: skip
+        runs[name] = train_head(cache, tmp_path / name, config, options).metrics
+    probe = runs["default"]["probe"]["summary"]["accuracy"]
+    assert runs["paper"]["probe"]["summary"]["accuracy"] == probe  # the same folds, the same baseline
+    assert runs["default"]["summary"]["accuracy"] >= probe - 0.01
+    assert runs["paper"]["summary"]["accuracy"] < probe - 0.01
