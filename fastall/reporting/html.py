@@ -84,17 +84,29 @@ def run_tables(m: dict) -> list[Table]:
         rows += [
             ["mean±std", "", "", *_cells(s, COLUMNS, True)],
             [f"peak (fold {s.get('peak_fold', 0)})", "", "", *_cells(peak, COLUMNS)],
+        ]
+        probe = (m.get("probe") or {}).get("summary")
+        if probe:
+            rows.append(["linear probe (to beat)", "", "", *_cells(probe, COLUMNS, True)])
+        rows += [
             ["paper Table II", "", "", *_cells(PAPER_CV, COLUMNS, True)],
             ["paper peak", "", "", fmt(PAPER_CV["peak_accuracy"], True), "", "", "", ""],
         ]
-        n = len(folds)
-        title = "Patient-level cross-validation (validation on view 0), beside the paper's Table II"
-        tables.append(Table("folds", title, header, rows, emphasis=(n,), dim=(n + 2, n + 3), nav="Folds"))
+        n, k = len(folds), len(rows) - 2
+        protocol = m.get("protocol") or {}
+        where = "inner split" if protocol.get("selection") == "inner" else "the reported fold, optimistic"
+        title = (
+            f"Patient-level cross-validation (validation on view 0; selection on {where}), beside the "
+            "linear probe and the paper's Table II"
+        )
+        tables.append(Table("folds", title, header, rows, emphasis=(n,), dim=(k, k + 1), nav="Folds"))
     test = m.get("test")
     if test:
         names = {"final": "final head", "ensemble": "fold ensemble", "final_tta": "final head + TTA"}
         names["ensemble_tta"] = "fold ensemble + TTA"
         rows = [[name, *_cells(test[key], COLUMNS)] for key, name in names.items() if key in test]
+        if (m.get("probe") or {}).get("test"):
+            rows.append(["linear probe (to beat)", *_cells(m["probe"]["test"], COLUMNS)])
         rows.append(["paper Table III", *_cells(PAPER_TEST, COLUMNS)])
         patients = splits.get("test_patients", "?")
         title = (

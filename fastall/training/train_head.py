@@ -132,7 +132,10 @@ def train_head(
     ``config`` defaults to the paper's head (Adam 1e-4, batch 32, 5 epochs, dropout 0.5, 512 hidden) with
     ReduceLROnPlateau (factor 0.1, patience 2); without ``patience`` every fold keeps its last epoch, with it
     training stops after ``patience`` epochs without a lower validation loss and the best epoch is restored.
-    ``options`` say how it runs (folds, test set, seed, device, ...). The flat keywords of earlier versions
+    ``options`` say how it runs (folds, test set, seed, device, ...) and by which protocol (training views,
+    selection on the fold or on an inner split, head start, ``tune``); their defaults are the paper's, the
+    CLI's default is ``apply_preset("default", {}, {})`` (``presets``). The linear-probe baseline is fitted
+    on the same folds unless ``options.probe`` is off. The flat keywords of earlier versions
     (``lr=..., folds=...``) still work and override both.
     """
     t_start = time.perf_counter()
