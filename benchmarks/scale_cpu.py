@@ -35,11 +35,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from extract_throughput import build_tree, machine  # noqa: E402
+from extract_throughput import build_tree  # noqa: E402
 
 from fastall.features.augment import VIEW_PARAM_NAMES  # noqa: E402
 from fastall.features.cache import write_cache  # noqa: E402
 from fastall.features.shards import PartialStore, partial_folder, rank_folder  # noqa: E402
+from fastall.system.machine import machine_info  # noqa: E402
 
 REAL = {"images": 10661, "views": 8, "dim": 2048}
 KEY = "0" * 64
@@ -140,7 +141,7 @@ def join_worker(target: Path, n: int, views: int, dim: int, result: Path) -> Non
         joined = join_shards(group, store, n, views, dim, KEY)
         t1 = time.perf_counter()
         if joined is not None:
-            rows, features, params, _ = joined
+            rows, features, params = joined[:3]
             _write(target, rows, features, params)
             t2 = time.perf_counter()
             raw = target.with_name("raw.bin")
@@ -209,7 +210,7 @@ def main() -> None:
     result: dict = {
         "benchmark": "scale_cpu",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_info("cpu"),
         "settings": {k: getattr(args, k) for k in ("images", "views", "image_size", "batch_size")},
     }
     tmp = Path(tempfile.mkdtemp(prefix="fastall-scale-"))
