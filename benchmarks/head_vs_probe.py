@@ -4,7 +4,8 @@ Three kinds of synthetic data, each easy (the demo's margin) and hard (margin 0.
   light   generic 2-class tree on a light background (extracted with --fill auto; ``--fills`` adds black);
   small   the C-NMC tree (no prelim), 5 patients per class of about 20 images (about 20 images per class per
           fold);
-  4class  generic 4-class tree on a smear background.
+  4class  generic 4-class tree on a smear background;
+  tiny    (not in the default run; a stress test) light background, 6 patients per class of 8 images.
 Each: synth -> extract (random-init ResNet-50, `--weights none`) -> `train_head` with `--test none --folds 5`
 for every variant. The ``default`` variant is exactly `fastall train-head` with no options (the default
 preset); its metrics.json carries the probe (`baseline`), which is the number to beat: the bar is
@@ -46,6 +47,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "paper": ("paper", {}, {}),
     "train_views=augmented": ("default", {}, {"train_views": "augmented"}),
     "head_init=random": ("default", {}, {"head_init": "random"}),
+    "min_delta=0": ("default", {"min_delta": 0.0}, {}),
     "lr=1e-3": ("default", {"lr": 1e-3}, {}),
     "lr=1e-4": ("default", {"lr": 1e-4}, {}),
     "inner_folds=3": ("default", {}, {"inner_folds": 3}),
@@ -57,6 +59,7 @@ KINDS = {
     "small": {"layout": "cnmc", "patients_per_class": 5, "images_per_patient": 20, "background": "black"},
     "4class": {"layout": "generic", "classes": 4, "patients_per_class": 6, "images_per_patient": 10,
                "background": "smear"},
+    "tiny": {"layout": "generic", "patients_per_class": 6, "images_per_patient": 8, "background": "light"},
 }  # fmt: skip
 
 
@@ -132,7 +135,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="Backbone input size.")
     parser.add_argument("--views", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--kinds", default="light,small,4class", help=f"Of: {', '.join(KINDS)}.")
     parser.add_argument("--difficulties", default="easy,hard")
     parser.add_argument("--fills", default="auto", help="Fills for the light kind (auto,black).")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"Of: {', '.join(VARIANTS)}.")

@@ -1,6 +1,6 @@
-"""`fastall demo`: synth -> extract -> train-head --folds 5 (the default preset, and its HTML report) on built-in
-synthetic data, in under 2 minutes on 2 CPU cores (16 patients, 3 views at 224 px; measured 26 s on an
-AVX512_BF16 EPYC and 47 s with AVX2 emulated: benchmarks/results/cli_time_cpu_*.json)."""
+"""`fastall demo`: synth -> extract -> train-head --folds 5 (the default preset, and its HTML report) on
+built-in synthetic data, in under 2 minutes on 2 CPU cores (16 patients, 3 views at 224 px; measured 26 s on
+an AVX512_BF16 EPYC and 47 s with AVX2 emulated: benchmarks/results/cli_time_cpu_*.json)."""
 
 from __future__ import annotations
 

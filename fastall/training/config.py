@@ -71,6 +71,12 @@ class HeadConfig:
         check=lambda v: 1 <= v <= MAX_EPOCHS,
         rule=f"must be in 1..{MAX_EPOCHS}",
     )
+    min_delta: float = hparam(
+        0.0,
+        "Early stopping counts an epoch as better only when its validation loss is lower by this fraction.",
+        check=lambda v: 0 <= v < 1,
+        rule="must be in [0, 1)",
+    )
     plateau_factor: float = hparam(
         0.1, "ReduceLROnPlateau factor.", check=lambda v: 0 < v <= 1, rule="must be in (0, 1]"
     )

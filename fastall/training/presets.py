@@ -1,4 +1,4 @@
-"""Named training protocols: a head configuration plus how it is trained (views, selection).
+"""Named training protocols: a head configuration plus how it is trained (views, selection, start).
 
 ``paper``: the paper's protocol exactly (Adam 1e-4, batch 32, 5 epochs, dropout 0.5, ReduceLROnPlateau on the
 fold's validation loss, training on the augmented views only). Its plateau schedule reads the fold it reports,
@@ -7,9 +7,10 @@ so its CV figures are labelled optimistic.
 ``default``: fastall's protocol, chosen by measurement (docs/training.md, benchmarks/head_vs_probe.py): the
 paper's head (2048-512-ReLU-Dropout 0.5-K), started as the linear probe fitted on its own training rows
 (``head_init``), trained on all views (view 0 included) at Adam 3e-4 with L2 1e-4, for up to 30 epochs and
-at least 600 optimiser steps (epochs grow on small data), early stopping (patience 10, the starting probe
-counting as epoch 0) and the plateau schedule (patience 3) on an inner split of each fold's training
-patients, then refitted on all the fold's training rows with the schedule chosen there (``selection``).
+at least 600 optimiser steps (epochs grow on small data), with early stopping (patience 10; an epoch counts
+as better only with a 3 % lower loss; the starting probe is epoch 0) and the plateau schedule (patience 3)
+on an inner split of each fold's training patients, then refitted on all the fold's training rows with the
+schedule chosen there (``selection``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,15 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "default",
-            HeadConfig(lr=3e-4, weight_decay=1e-4, epochs=30, min_steps=600, patience=10, plateau_patience=3),
+            HeadConfig(
+                lr=3e-4,
+                weight_decay=1e-4,
+                epochs=30,
+                min_steps=600,
+                patience=10,
+                min_delta=0.03,
+                plateau_patience=3,
+            ),
             "all",
             "inner",
             "fastall's protocol (starts from the linear probe, selects on an inner split of the training "

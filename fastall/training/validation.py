@@ -93,7 +93,7 @@ def end_fold_epoch(hd: HeadState, epoch: int, loss: float, accuracy: float) -> b
         hd.best_loss, hd.best_epoch = loss, epoch + 1
         hd.lr, hd.alive = hd.plan.lr_at(epoch + 1), epoch + 1 < hd.limit
         return False
-    improved = loss < hd.best_loss
+    improved = loss < hd.best_loss * (1.0 - hd.cfg.min_delta)
     if improved:
         hd.best_loss, hd.best_epoch = loss, epoch + 1
     cfg = hd.cfg
