@@ -226,3 +226,31 @@ def test_on_hard_data_the_default_head_holds_the_probe_where_the_paper_protocol_
     assert runs["paper"]["probe"]["summary"]["accuracy"] == probe  # the same folds, the same baseline
     assert runs["default"]["summary"]["accuracy"] >= probe - 0.01
     assert runs["paper"]["summary"]["accuracy"] < probe - 0.01
+
+
+def test_min_delta_counts_only_clear_improvements():
+    from fastall.training.layout import HeadState
+    from fastall.training.validation import end_fold_epoch
+
+    hd = HeadState(0, replace(HeadConfig(), patience=2, min_delta=0.03), 0, False, 1e-3, limit=10)
+    hd.best_loss = 1.0  # the starting point (a probe-initialised head's epoch 0)
+    assert not end_fold_epoch(hd, 0, 0.98, 0.5)  # 2 % lower: not better
+    assert hd.best_epoch == 0 and hd.alive
+    assert not end_fold_epoch(hd, 1, 0.975, 0.5)
+    assert not hd.alive  # two epochs without a clear improvement: the start is kept
+    hd = HeadState(0, replace(HeadConfig(), patience=2), 0, False, 1e-3, limit=10)
+    hd.best_loss = 1.0
+    assert end_fold_epoch(hd, 0, 0.98, 0.5) and hd.best_epoch == 1
+
+
+def test_view_shift_is_the_standardised_mean_difference():
+    from fastall.training.views import SMD_LIMIT, view_shift
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((400, 3, 8)).astype(np.float32)
+    feats[:, 1:] += 0.5  # every feature moves half a standard deviation in the augmented views
+    shift = view_shift(feats, np.arange(400), "augmented")
+    assert shift["smd"] == pytest.approx(0.5, abs=0.08) and shift["large"] and SMD_LIMIT < 0.5
+    assert "--train-views all" in shift["message"]
+    same = view_shift(rng.standard_normal((400, 3, 8)).astype(np.float32), np.arange(400), "all")
+    assert same["smd"] < 0.15 and not same["large"] and same["message"] == ""
