@@ -1550,19 +1550,17 @@ def _resnet18_weights(env: Env) -> Path:
     return path
 
 
-def _two_patients_cache(env: Env) -> Path:
-    """The env cache with its patients merged into two per class: 2 folds leave one per class to train on."""
+def _with_patients(env: Env, name: str, rename: Callable[[list, np.ndarray, list], list]) -> Path:
+    """The env cache rewritten to ``name`` with ``rename(patients, labels, class_names)`` as its patients."""
     from fastall.features.cache import read_cache, write_cache
 
     fc = read_cache(env.cache)
-    order = {p: i for i, p in enumerate(dict.fromkeys(fc.patients))}
-    patients = [f"{fc.class_names[y]}-{order[p] % 2}" for p, y in zip(fc.patients, fc.labels, strict=True)]
     return write_cache(
-        env.tmp / "two-patients.h5",
+        env.tmp / name,
         features=fc.features,
         labels=fc.labels,
         class_names=fc.class_names,
-        patients=patients,
+        patients=rename(list(fc.patients), fc.labels, fc.class_names),
         paths=list(fc.paths),
         sources=list(fc.sources),
         view_params=fc.view_params,
@@ -1570,24 +1568,17 @@ def _two_patients_cache(env: Env) -> Path:
         key_params=fc.key_params,
         provenance={},
     )
+
+
+def _two_patients_cache(env: Env) -> Path:
+    """The env cache with its patients merged into two per class: 2 folds leave one per class to train on."""
+
+    def merge(patients: list, labels: np.ndarray, names: list) -> list:
+        order = {p: i for i, p in enumerate(dict.fromkeys(patients))}
+        return [f"{names[y]}-{order[p] % 2}" for p, y in zip(patients, labels, strict=True)]
+
+    return _with_patients(env, "two-patients.h5", merge)
 
 
 def _other_patients_cache(env: Env) -> Path:
-    from fastall.features.cache import read_cache, write_cache
-
-    fc = read_cache(env.cache)
-    patients = list(fc.patients)
-    patients[0] = "someone-else"
-    return write_cache(
-        env.tmp / "other.h5",
-        features=fc.features,
-        labels=fc.labels,
-        class_names=fc.class_names,
-        patients=patients,
-        paths=list(fc.paths),
-        sources=list(fc.sources),
-        view_params=fc.view_params,
-        view_param_names=fc.view_param_names,
-        key_params=fc.key_params,
-        provenance={},
-    )
+    return _with_patients(env, "other.h5", lambda patients, *_: ["someone-else", *patients[1:]])
