@@ -85,8 +85,10 @@ def test_page_is_self_contained_and_holds_the_tables(pipeline):
     assert f"{100 * m['summary']['accuracy']:.2f}" in summary
     for text in (m["command"].split()[0], m["cache"]["key"], m["cache"]["key_params"]["weights_sha256"],
                  m["cache"]["key_params"]["dataset_fingerprint"], "Leakage audit", "Table II", "Table III",
-                 "How to read this"):  # fmt: skip
+                 "How to read this", "linear probe (to beat)"):  # fmt: skip
         assert text in html, text
+    header = html[html.index('<div class="sub">') :].split("</div>")[0]
+    assert f"{pipeline['run'].absolute()} · report made" in header and "Shown(" not in html
 
 
 def test_the_report_opens_in_headless_chromium(pipeline):
@@ -217,6 +219,7 @@ def test_sweep_writes_a_ranked_report_with_a_heatmap(pipeline, tmp_path):
     assert {"sweep_rank.png", "sweep_heatmap.png", "sweep_heatmap.svg"} <= {p.name for p in folder.rglob("*")}
     html = (folder / "index.html").read_text()
     assert "fastall train-head" in html and html.count("<img") == 2
+    assert f"{(tmp_path / 'sweep').absolute()} · report made" in html and "Shown(" not in html
 
 
 def test_more_than_two_classes_gets_the_figures_that_apply(tmp_path):

@@ -19,6 +19,17 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(["python", *argv]) + "  (library call)"
 
 
+HEAD_KEYS = ("lr", "weight_decay", "batch_size", "epochs", "min_steps", "patience", "dropout", "hidden")
+
+
+def _protocol(p: dict | None) -> str | None:
+    if not p:
+        return None
+    where = "the reported fold (optimistic)" if p.get("selection") == "fold" else "an inner split"
+    text = f"preset {p.get('preset') or 'none'}, views {p.get('train_views')}, selection on {where}"
+    return text + (f", start {p['head_init']}" if p.get("head_init") else "")
+
+
 def provenance_rows(m: dict) -> list[tuple[str, str]]:
     """(name, value) rows: versions, cache, backbone weights, dataset, device and precision, settings (rows
     the run does not record are left out)."""
@@ -47,7 +58,18 @@ def provenance_rows(m: dict) -> list[tuple[str, str]]:
         (
             "head settings",
             ", ".join(
-                f"{k} {cfg[k]}" for k in ("lr", "batch_size", "epochs", "dropout", "hidden") if k in cfg
+                f"{k} {cfg[k]}"
+                for k in (
+                    "lr",
+                    "weight_decay",
+                    "batch_size",
+                    "epochs",
+                    "min_steps",
+                    "patience",
+                    "dropout",
+                    "hidden",
+                )
+                if cfg.get(k) is not None
             )
             + (f", standardize {'on' if cfg.get('standardize') else 'off'}" if "standardize" in cfg else ""),
         ),
@@ -56,6 +78,7 @@ def provenance_rows(m: dict) -> list[tuple[str, str]]:
             f"{cfg.get('folds', '?')} patient-level folds, test: {cfg.get('test', '?')}, "
             f"seed {cfg.get('seed', '?')}",
         ),
+        ("protocol", _protocol(m.get("protocol"))),
         ("training time", f"{timings['train_s']:.1f} s" if "train_s" in timings else None),
     ]
     return [(name, str(value)) for name, value in rows if value not in (None, "")]

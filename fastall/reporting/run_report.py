@@ -100,11 +100,11 @@ def _run(run: RunFiles, out: Path, data: str | Path | None, shown: Path) -> Repo
     m, p = run.metrics, run.predictions
     root, note = image_root(p, m, data) if p is not None else (None, "")
     folder = out / "figures"
-    shown: list[Shown] = []
+    figs: list[Shown] = []
 
     def add(name: str, title: str, fig, svg: bool = True) -> None:
         if fig is not None:
-            shown.append(Shown(name, title, F.save(fig, folder, name, svg), HOW[name], svg))
+            figs.append(Shown(name, title, F.save(fig, folder, name, svg), HOW[name], svg))
 
     pooled, test = (m or {}).get("pooled"), (m or {}).get("test")
     if p is not None and p.binary:
@@ -142,17 +142,17 @@ def _run(run: RunFiles, out: Path, data: str | Path | None, shown: Path) -> Repo
         command=(m or {}).get("command"),
         metrics=m,
         tables=run_tables(m) if m else [],
-        figures=shown,
+        figures=figs,
         notes=notes,
     )
     (out / "index.html").write_text(html, encoding="utf-8")
-    return Report(out / "index.html", [s.id for s in shown], notes)
+    return Report(out / "index.html", [s.id for s in figs], notes)
 
 
 def _sweep(run: RunFiles, out: Path, shown: Path) -> Report:
     s = run.sweep
     folder = out / "figures"
-    shown = [
+    figs = [
         Shown(
             "sweep_rank",
             "Ranked configurations",
@@ -165,7 +165,7 @@ def _sweep(run: RunFiles, out: Path, shown: Path) -> Report:
     if heat is None:
         notes.append("fewer than two hyperparameters vary: no heatmap")
     else:
-        shown.append(
+        figs.append(
             Shown(
                 "sweep_heatmap",
                 f"{s['metric']} over two hyperparameters",
@@ -186,9 +186,9 @@ def _sweep(run: RunFiles, out: Path, shown: Path) -> Report:
         command=s.get("command"),
         metrics=metrics,
         tables=sweep_tables(s),
-        figures=shown,
+        figures=figs,
         notes=notes,
         extra={"best_command": (s.get("best") or {}).get("command")},
     )
     (out / "index.html").write_text(html, encoding="utf-8")
-    return Report(out / "index.html", [x.id for x in shown], notes)
+    return Report(out / "index.html", [x.id for x in figs], notes)
