@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console
+from fastall.cli.group import cli, console, weights_path_option
 
 
 @cli.command(name="evaluate")
@@ -21,12 +21,7 @@ from fastall.cli.group import cli, console
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option(
-    "--weights-path",
-    default=None,
-    type=click.Path(dir_okay=False, path_type=str),
-    help="Backbone weights file, where the recorded one has moved.",
-)
+@weights_path_option
 @click.option(
     "--cache",
     default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console
+from fastall.cli.group import cli, console, weights_path_option
 
 
 @cli.command()
@@ -31,12 +31,7 @@ from fastall.cli.group import cli, console
     type=click.Path(file_okay=False, path_type=str),
     help="Data root for relative PATHS, as the run's predictions.csv names them [the cache's].",
 )
-@click.option(
-    "--weights-path",
-    default=None,
-    type=click.Path(dir_okay=False, path_type=str),
-    help="Backbone weights file, where the recorded one has moved.",
-)
+@weights_path_option
 @click.option("--overwrite", is_flag=True, help="Replace a complete explain folder at --out.")
 def explain(
     run: str,

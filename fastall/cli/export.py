@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console
+from fastall.cli.group import cli, console, weights_path_option
 from fastall.errors import FastallError
 
 
@@ -41,12 +41,7 @@ from fastall.errors import FastallError
     type=click.Path(file_okay=False, path_type=str),
     help="Data root of the run's images [the one recorded in the cache].",
 )
-@click.option(
-    "--weights-path",
-    default=None,
-    type=click.Path(dir_okay=False, path_type=str),
-    help="Backbone weights file, where the recorded one has moved.",
-)
+@weights_path_option
 def export_cmd(
     run: str, out: str, precision: str, fmt: str, images: int, data: str | None, weights_path: str | None
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import _csv, cli, console
+from fastall.cli.group import _csv, cli, console, dist_timeout_option, distributed_option
 from fastall.errors import FastallError
 
 
@@ -73,18 +73,8 @@ from fastall.errors import FastallError
     type=click.Path(file_okay=False, path_type=str),
     help="Keep unfinished work (shards) in this folder, e.g. node-local disk [beside --out].",
 )
-@click.option(
-    "--distributed/--no-distributed",
-    default=None,
-    help="Run as one rank of a torchrun job [auto: when torchrun starts more than one process].",
-)
-@click.option(
-    "--dist-timeout",
-    type=float,
-    default=300.0,
-    show_default=True,
-    help="Seconds a rank waits for an unresponsive other rank before stopping.",
-)
+@distributed_option
+@dist_timeout_option
 def extract(
     data: str,
     out: str,

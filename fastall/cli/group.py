@@ -13,6 +13,26 @@ from fastall.system.files import describe_write_error, is_disk_full
 
 console = Console(stderr=True)
 
+# Options that several commands share: one declaration each.
+weights_path_option = click.option(
+    "--weights-path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Backbone weights file, where the recorded one has moved.",
+)
+distributed_option = click.option(
+    "--distributed/--no-distributed",
+    default=None,
+    help="Run as one rank of a torchrun job [auto: when torchrun starts more than one process].",
+)
+dist_timeout_option = click.option(
+    "--dist-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a rank waits for an unresponsive other rank before stopping.",
+)
+
 OUT_OF_MEMORY = "out of memory: use smaller sizes (--batch-size, --hidden, --views, --image-size)"
 NOTHING_KEPT = "nothing was written (outputs appear only when complete): run the command again"
 INTERRUPTED = {

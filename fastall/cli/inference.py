@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from fastall.cli.group import _csv, cli, console
+from fastall.cli.group import _csv, cli, console, dist_timeout_option, distributed_option, weights_path_option
 from fastall.errors import FastallError
 
 
@@ -33,12 +33,7 @@ from fastall.errors import FastallError
     type=click.Path(file_okay=False, path_type=str),
     help="Data root of the original images [the one recorded in the cache].",
 )
-@click.option(
-    "--weights-path",
-    default=None,
-    type=click.Path(dir_okay=False, path_type=str),
-    help="Backbone weights file, where the recorded one has moved.",
-)
+@weights_path_option
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
@@ -231,24 +226,9 @@ def bench(
     help="Report and skip unreadable files (listed in <out>.skipped.csv), or stop at the first.",
 )
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
-@click.option(
-    "--weights-path",
-    default=None,
-    type=click.Path(dir_okay=False, path_type=str),
-    help="Backbone weights file, where the recorded one has moved.",
-)
-@click.option(
-    "--distributed/--no-distributed",
-    default=None,
-    help="Run as one rank of a torchrun job [auto: when torchrun starts more than one process].",
-)
-@click.option(
-    "--dist-timeout",
-    type=float,
-    default=300.0,
-    show_default=True,
-    help="Seconds a rank waits for an unresponsive other rank before stopping.",
-)
+@weights_path_option
+@distributed_option
+@dist_timeout_option
 def predict(
     run: str,
     paths: tuple[str, ...],

@@ -192,16 +192,20 @@ def _linear_probe(
     k = classes or int(labels.max()) + 1
     oof = np.full((labels.size, k), np.nan)
     rows, fits, notes = [], [], []
-    for i, (train, val) in enumerate(folds):
-        fit = fit_probe(
-            features[train],
-            labels[train],
-            groups[train],
+
+    def fit_on(rows_: np.ndarray) -> ProbeFit:
+        return fit_probe(
+            features[rows_],
+            labels[rows_],
+            groups[rows_],
             classes=k,
             c_grid=c_grid,
             inner_folds=inner_folds,
             seed=seed,
         )
+
+    for i, (train, val) in enumerate(folds):
+        fit = fit_on(train)
         oof[val] = fit.proba(np.asarray(features[val], dtype=np.float32), k)
         rows.append(
             {
@@ -219,15 +223,7 @@ def _linear_probe(
     test_metrics, test_probs = None, None
     if test is not None and len(test):
         pool = np.unique(np.concatenate([np.concatenate(f) for f in folds])) if pool is None else pool
-        fit = fit_probe(
-            features[pool],
-            labels[pool],
-            groups[pool],
-            classes=k,
-            c_grid=c_grid,
-            inner_folds=inner_folds,
-            seed=seed,
-        )
+        fit = fit_on(pool)
         fits.append(fit)
         test_probs = fit.proba(np.asarray(features[test], dtype=np.float32), k)
         test_metrics = {"c": fit.c, **classification_metrics(labels[test], test_probs, k)}
