@@ -203,7 +203,7 @@ def protocol_line(m: dict) -> str:
     b = m.get("baseline")
     if b and b.get("head_minus_probe_cv_accuracy") is not None:
         gap = b["head_minus_probe_cv_accuracy"]
-        verdict = "beats" if gap >= 0 else "within 0.01 of" if gap >= -0.01 else "LOSES TO"
+        verdict = "beats" if gap > 0.0005 else "is within 0.01 of" if gap >= -0.01 else "LOSES TO"
         line += f". Head {verdict} the linear probe: CV accuracy {gap:+.3f} ({b['cv_accuracy']:.3f})"
     return line
 
