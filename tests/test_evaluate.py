@@ -86,7 +86,7 @@ def test_acceptance_prints_metrics_threshold_source_and_shift(runs):
         "examples": [],
     }
     rows = _rows(out / "predictions.csv")
-    assert len(rows) == ev["images"] and {"prob_hem", "prob_all"} <= set(rows[0])
+    assert len(rows) == ev["images"] and {"true_class", "predicted_class", "p_hem", "p_all"} <= set(rows[0])
     assert len(_rows(out / "patients.csv")) == n
     assert (out / "report" / "index.html").read_text().count("data:image/png;base64,") == 3
 
@@ -119,15 +119,15 @@ def test_threshold_comes_from_oof_predictions_alone(runs, tmp_path):
     one, two = (json.loads((tmp_path / f"e{n}" / "evaluation.json").read_text()) for n in "GF")
     assert one["threshold"] == two["threshold"] and one["threshold"]["rule"] == "sens=0.95"
     one_l, two_l = (
-        {Path(r["path"]).name: r["label"] for r in _rows(tmp_path / f"e{n}" / "predictions.csv")}
+        {Path(r["path"]).name: r["true_class"] for r in _rows(tmp_path / f"e{n}" / "predictions.csv")}
         for n in "GF"
     )
     assert one_l.keys() == two_l.keys() and all(one_l[k] != two_l[k] for k in one_l)
     assert one["patient_level"]["patients"] == 6
-    chosen = choose_threshold("sens=0.95", runs / "runA", ["hem", "all"])
+    chosen = choose_threshold("sens=0.95", runs / "runA", ["hem", "all"], "all")
     assert chosen == one["threshold"] and chosen["oof_sensitivity"] >= 0.95
     rows = [r for r in _rows(runs / "runA" / "predictions.csv") if r["split"] == "val"]
-    pos = [float(r["probability"]) for r in rows if r["label"] == "all"]
+    pos = [float(r["p_all"]) for r in rows if r["true_class"] == "all"]
     assert np.mean(np.array(pos) >= chosen["value"]) >= 0.95
 
 

@@ -167,9 +167,9 @@ def test_folder_outputs(e2e, tmp_path):
     assert result.exit_code == 0, result.output
     rows = _rows(out / "explain.csv")
     assert len(rows) == len(list(folder.glob("*.bmp"))) > 0
-    assert set(rows[0]) >= {"path", "prob_hem", "prob_all", "predicted", "target", "mass_in_cell"}
+    assert set(rows[0]) >= {"path", "p_hem", "p_all", "predicted_class", "target_class", "mass_in_cell"}
     for row in rows:
-        assert row["target"] == row["predicted"]
+        assert row["target_class"] == row["predicted_class"]
         assert Image.open(out / row["image"]).size == (SIZE, SIZE)
         assert Image.open(out / row["overlay"]).size == (SIZE, SIZE)
         cam = np.load(out / row["map"])

@@ -65,8 +65,8 @@ def test_predict_writes_one_row_per_readable_image_and_reports_bad_ones(e2e, tmp
     assert len(rows) == n_data + len(good)
     assert {Path(r["path"]).name for r in rows} >= set(good)
     for row in rows:
-        assert row["label"] in ("hem", "all")
-        assert abs(float(row["prob_hem"]) + float(row["prob_all"]) - 1) < 1e-5
+        assert row["predicted_class"] in ("hem", "all")
+        assert abs(float(row["p_hem"]) + float(row["p_all"]) - 1) < 1e-5
     skipped = _rows(tmp_path / "preds.skipped.csv")
     assert sorted(Path(r["path"]).name for r in skipped) == sorted(bad)
     for name in bad:
@@ -109,7 +109,7 @@ def test_testing_data_and_tta(e2e, tmp_path):
     assert result.exit_code == 0 and "3 views" in result.output
     a, b = _rows(plain), _rows(tta)
     assert len(a) == len(b) == n and [r["path"] for r in a] == [r["path"] for r in b]
-    assert any(r["prob_all"] != s["prob_all"] for r, s in zip(a, b, strict=True))
+    assert any(r["p_all"] != s["p_all"] for r, s in zip(a, b, strict=True))
 
 
 def test_predict_from_an_exported_model_matches_the_run(e2e, tmp_path):

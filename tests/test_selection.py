@@ -120,9 +120,11 @@ def test_the_paper_preset_reproduces_the_numbers_before_presets(name, tmp_path):
         assert [f[key] for f in got["folds"]] == pytest.approx([f[key] for f in want["folds"]], abs=1e-6)
     old, new = _rows(GOLDEN / f"{name}_predictions.csv"), _rows(out / "predictions.csv")
     assert [r["path"] for r in old] == [r["path"] for r in new]
+    second = got["classes"]["names"][1]  # the old files held P(class 1) as "probability"
     for a, b in zip(old, new, strict=True):
-        assert a["prediction"] == b["prediction"] and a["fold"] == b["fold"]
-        assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=2e-6)
+        assert a["prediction"] == b["predicted_class"] and a["fold"] == b["fold"]
+        assert a["label"] == b["true_class"]
+        assert float(a["probability"]) == pytest.approx(float(b[f"p_{second}"]), abs=2e-6)
     assert got["protocol"] == {
         "preset": "paper", "train_views": "augmented", "selection": "fold", "optimistic": True, "tune": None,
         "inner_folds": None, "head_init": "random",
@@ -200,7 +202,7 @@ def test_a_fold_without_an_inner_split_trains_a_fixed_schedule_and_says_so(tmp_p
     config, protocol = apply_preset("default", {"hidden": 8, "min_steps": None, "epochs": 4}, {})
     options = TrainOptions(folds=2, test="none", device="cpu", report=False, progress=False, **protocol)
     r = train_head(cache, tmp_path / "run", config, options)
-    notes = [w for w in r.metrics["warnings"] if "fixed schedule" in w]
+    notes = [w["text"] for w in r.metrics["warnings"] if "fixed schedule" in w["text"]]
     assert notes and "at least 2 training patients of each class" in notes[0]
     fixed = [f for f in r.metrics["selection"]["folds"] if f.get("fallback")]
     assert fixed and all(f["kept_epoch"] == 4 for f in fixed)

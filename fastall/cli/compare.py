@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.console import Console
 
-from fastall.cli.group import cli, console
+from fastall.cli.group import cli, console, wide_console
 from fastall.cli.training import (
     DEVICE_HELP,
     PRESET_OPTION,
@@ -79,4 +78,4 @@ def compare_cmd(
         runs = {e["name"]: result.out / e["run"] for e in result.backbones}
         log = lambda msg: console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
         add_costs(result, run_costs(runs, device=device, log=log))
-    print_comparison(result.results, result.out, Console())
+    print_comparison(result.results, result.out, wide_console())

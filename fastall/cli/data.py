@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 
-from fastall.cli.group import _csv, cli
+from fastall.cli.group import _csv, cli, wide_console
 
 
 @cli.command()
@@ -27,7 +26,7 @@ def scan(data: str, patient_regex: str | None, include: str, as_json: bool) -> N
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        out, names = Console(), summary["class_names"]
+        out, names = wide_console(), summary["class_names"]
         table = Table(title=escape(f"{summary['root']} ({summary['layout']} layout)"))
         table.add_column("source")
         for c in names:

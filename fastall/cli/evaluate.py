@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console, weights_path_option
+from fastall.cli.group import cli, console, positive_option, weights_path_option
 
 
 @cli.command(name="evaluate")
@@ -17,8 +17,10 @@ from fastall.cli.group import cli, console, weights_path_option
     "--threshold",
     default="0.5",
     show_default=True,
-    help="P(ALL) cut: a number, youden or sens=0.95 (chosen on the run's own out-of-fold predictions).",
+    help="Cut on P(the run's positive class): a number, youden or sens=0.95 (chosen on the run's own "
+    "out-of-fold predictions).",
 )
+@positive_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @weights_path_option
@@ -43,6 +45,7 @@ def evaluate_cmd(
     cache,
     overwrite,
     no_report,
+    positive,
 ) -> None:
     """External validation: RUN's model on the labelled images of DATA (a dataset it never saw), with
     patient-bootstrap CIs, a threshold chosen on RUN's out-of-fold predictions, patient-level diagnosis and
@@ -64,23 +67,31 @@ def evaluate_cmd(
         cache=cache,
         overwrite=overwrite,
         report=not no_report,
+        positive=positive,
         on_problem=lambda m: console.print(f"[yellow]skipped:[/] {m}", highlight=False),
     )
     r = ev.result
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
     m = r["metrics"]
-    say(f"{r['images']} images of {r['data']['root']} ({r['skipped']} skipped)")
+    pos = r.get("positive_class")
     say(
-        "cells (argmax): "
-        + ", ".join(f"{k} {_f(m.get(k))}{_ci(m, k)}" for k in ("accuracy", "recall", "specificity", "auc"))
+        f"{r['images']} images of {r['data']['root']} ({r['skipped']} skipped); "
+        f"positive class: {pos or 'none'}"
     )
+    names = (
+        {"recall": f"sensitivity ({pos})", "specificity": "specificity"}
+        if pos
+        else {"recall": "macro recall"}
+    )
+    keys = ("accuracy", "recall", "specificity", "auc") if pos else ("accuracy", "recall", "auc")
+    say("cells (argmax): " + ", ".join(f"{names.get(k, k)} {_f(m.get(k))}{_ci(m, k)}" for k in keys))
     t = r["threshold"]
     say(f"threshold {t['value']:.4g} ({t['rule']}); source: {t['source']}")
     if "at_threshold" in r:
         a = r["at_threshold"]
         say(
             "cells at threshold: "
-            + ", ".join(f"{k} {_f(a.get(k))}" for k in ("accuracy", "recall", "specificity"))
+            + ", ".join(f"{names.get(k, k)} {_f(a.get(k))}" for k in ("accuracy", "recall", "specificity"))
         )
     if "patient_level" in r:
         say("patients: " + patient_line(r["patient_level"]))

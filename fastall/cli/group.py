@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 from rich.console import Console
@@ -11,7 +12,19 @@ from fastall import __version__
 from fastall.errors import FastallError
 from fastall.system.files import describe_write_error, is_disk_full
 
-console = Console(stderr=True)
+REDIRECTED_WIDTH = 1000
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """A rich console that never cuts a table or a number: at the terminal's width on a terminal, and wide
+    enough for every table when the output goes to a file or a pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    return Console(stderr=stderr, width=None if tty else REDIRECTED_WIDTH)
+
+
+console = wide_console(stderr=True)
+results = wide_console()
 
 # Options that several commands share: one declaration each.
 weights_path_option = click.option(
@@ -31,6 +44,15 @@ dist_timeout_option = click.option(
     default=300.0,
     show_default=True,
     help="Seconds a rank waits for an unresponsive other rank before stopping.",
+)
+
+positive_option = click.option(
+    "--positive",
+    default=None,
+    metavar="CLASS",
+    help="The positive (disease) class, by its folder name; sensitivity, specificity, PPV, NPV and sens= "
+    "thresholds are of this class [recorded in the cache or run; else the one class named like a disease "
+    "(all, aml, blast, leukemia, malignant, cancer, tumour, abnormal, positive); else none].",
 )
 
 OUT_OF_MEMORY = "out of memory: use smaller sizes (--batch-size, --hidden, --views, --image-size)"

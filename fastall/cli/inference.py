@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.console import Console
 
-from fastall.cli.group import _csv, cli, console, dist_timeout_option, distributed_option, weights_path_option
+from fastall.cli.group import (
+    _csv,
+    cli,
+    console,
+    dist_timeout_option,
+    distributed_option,
+    weights_path_option,
+    wide_console,
+)
 from fastall.errors import FastallError
 
 
@@ -69,7 +76,7 @@ def verify(
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        Console().print(render(report))
+        wide_console().print(render(report))
         for note in report.notes:
             click.echo(f"note: {note}")
     if not report.passed:
@@ -176,7 +183,7 @@ def bench(
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    out = Console()
+    out = wide_console()
     for table in render(result):
         out.print(table)
     if result["agreement_vs_fp32"]:

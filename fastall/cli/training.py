@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from fastall.cli.group import cli, console
+from fastall.cli.group import cli, console, positive_option, results
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.grid import grid_help
 from fastall.training.hparams import HParam, hparams_of
@@ -171,6 +171,7 @@ def _device_options(what: str) -> list[Callable]:
         show_default=True,
         help="Fit the linear-probe baseline on the same folds (the number to beat).",
     ),
+    positive_option,
 )
 def train_head_cmd(
     cache: str,
@@ -188,6 +189,7 @@ def train_head_cmd(
     tune: str | None,
     probe: bool,
     precision: str,
+    positive: str | None,
     **head: Any,
 ) -> None:
     """Patient-level k-fold CV of the head from the feature cache, with test metrics and the linear-probe
@@ -210,10 +212,11 @@ def train_head_cmd(
         tune=tune,
         probe=probe,
         precision=precision,
+        positive=positive,
         **protocol,
     )
     result = train_head(cache, out, config, options)
-    print_run_summary(result, console)
+    print_run_summary(result, results)
 
 
 @cli.command(name="sweep")
@@ -264,4 +267,4 @@ def sweep_cmd(
         console=console,
     )
     result = sweep(cache, out, grid=grid, random=random_n, metric=metric, options=options)
-    print_sweep(result, console)
+    print_sweep(result, results)

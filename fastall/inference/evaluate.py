@@ -22,6 +22,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from fastall.data.discover import Record, discover
 from fastall.data.loader import default_workers, iter_batches
+from fastall.data.positive import is_disease_name, resolve_positive
 from fastall.errors import FastallError
 from fastall.features.cache import read_cache
 from fastall.inference.artifacts import head_file, load_run, read_head
@@ -78,17 +79,58 @@ def map_labels(records: list[Record], run_classes: list[str], mapping: dict[str,
     return np.array([index[r.class_name] for r in records], dtype=np.int64)
 
 
-def threshold_metrics(y: np.ndarray, prob: np.ndarray, t: float) -> dict:
-    """Cell metrics when ALL (class 1) is called at ``P(ALL) >= t``."""
-    pred = (prob[:, 1] >= t).astype(np.int64)
-    kw = {"zero_division": 0}
+def run_positive(record: dict, requested: str | None = None) -> str | None:
+    """The run's positive class: recorded in head.pt; a binary run made before fastall recorded it scored
+    its second class. ``requested`` (``--positive``) must agree with a recorded one, or names it for an old
+    run."""
+    names = list(record["class_names"])
+    recorded = (
+        record.get("positive_class")
+        if "positive_class" in record
+        else (names[1] if len(names) == 2 else None)
+    )
+    if requested is None:
+        return recorded
+    if "positive_class" in record and recorded is not None and requested != recorded:
+        raise FastallError(
+            f"--positive {requested!r} disagrees with the run, whose positive class is {recorded!r}: "
+            "the run's metrics and thresholds are of that class"
+        )
+    return resolve_positive(names, requested).name
+
+
+def check_positive_mapping(
+    data_classes: list[str], mapping: dict[str, str], run_names: list[str], positive: str | None
+) -> None:
+    """Refuse a --classes mapping that puts DATA's disease class onto the run's other class (or a DATA class
+    named like the run's positive class onto another one): it would swap sensitivity and specificity."""
+    if positive is None or len(run_names) != 2:
+        return
+    negative = next(c for c in run_names if c != positive)
+    for name in data_classes:
+        target = mapping.get(name, name)
+        if target != negative:
+            continue
+        if is_disease_name(name) or name.lower() == positive.lower():
+            raise FastallError(
+                f"--classes maps DATA class {name!r} onto the run's {negative!r}, but {name!r} names the "
+                f"disease and the run's positive class is {positive!r}: that would swap sensitivity and "
+                f"specificity; map it with --classes {name}={positive}"
+            )
+
+
+def threshold_metrics(y: np.ndarray, prob: np.ndarray, t: float, positive: int) -> dict:
+    """Cell metrics when the positive class (index ``positive``) is called at ``P(positive) >= t``."""
+    called = prob[:, positive] >= t
+    pred = np.where(called, positive, 1 - positive).astype(np.int64)
+    kw = {"zero_division": 0, "pos_label": positive}
     return {
         "threshold": float(t),
         "accuracy": float(accuracy_score(y, pred)),
         "precision": float(precision_score(y, pred, labels=[0, 1], **kw)),
         "recall": float(recall_score(y, pred, labels=[0, 1], **kw)),
         "f1": float(f1_score(y, pred, labels=[0, 1], **kw)),
-        **clinical_metrics(y, pred, prob, [0, 1]),
+        **clinical_metrics(y, pred, prob, [0, 1], positive),
     }
 
 
@@ -140,19 +182,25 @@ def evaluate_run(
     overwrite: bool = False,
     report: bool = True,
     on_problem: Callable[[str], None] | None = None,
+    positive: str | None = None,
 ) -> Evaluation:
-    """Evaluate RUN on DATA and write OUT (see the module doc)."""
+    """Evaluate RUN on DATA and write OUT (see the module doc). ``positive``: the run's positive class, for a
+    run made before fastall recorded it (it must agree with a recorded one)."""
     out = Path(out)
     check_target(out.absolute(), overwrite)
     record = read_head(head_file(run))
     names = list(record["class_names"])
+    pos_name = run_positive(record, positive)
+    pos = names.index(pos_name) if pos_name is not None else None
     ds = discover(data, patient_regex=patient_regex)
     ds.check(training=False)
     records = ds.labelled()
     if not records:
         raise FastallError(f"{data}: no labelled images: evaluation needs class folders (or the C-NMC tree)")
-    labels = map_labels(records, names, parse_classes(classes))
-    chosen = choose_threshold(threshold, run, names)
+    mapping = parse_classes(classes)
+    check_positive_mapping(sorted({r.class_name for r in records}), mapping, names, pos_name)
+    labels = map_labels(records, names, mapping)
+    chosen = choose_threshold(threshold, run, names, pos_name)
     notes = [f"{p}" for p in ds.problems] + list(ds.warnings)
     if len(ds.unlabelled()):
         notes.append(f"{len(ds.unlabelled())} unlabelled image(s) in DATA ignored")
@@ -161,7 +209,7 @@ def evaluate_run(
     records = [records[i] for i in kept]
     y, patients = labels[kept], np.array([r.patient for r in records])
     k = len(names)
-    metrics = metrics_with_ci(y, prob, patients, k)
+    metrics = metrics_with_ci(y, prob, patients, k, positive=pos)
     present = sorted({int(v) for v in y})
     if len(present) < 2:
         notes.append(
@@ -175,6 +223,7 @@ def evaluate_run(
         "run": str(Path(run).absolute()),
         "data": {key: v for key, v in ds.summary().items() if key not in ("problems", "per_source")},
         "class_names": names,
+        "positive_class": pos_name,
         "images": int(len(records)),
         "skipped": len(skipped),
         "metrics": metrics,
@@ -182,13 +231,16 @@ def evaluate_run(
         "threshold": chosen,
         "notes": notes,
     }
-    score = prob[:, 1] if k == 2 else prob.max(1)
-    if k == 2:
-        result["at_threshold"] = threshold_metrics(y, prob, chosen["value"])
-        result["patient_level"], patient_rows = patient_level(y, score, patients, chosen["value"])
+    if pos is not None:
+        score = prob[:, pos]
+        result["at_threshold"] = threshold_metrics(y, prob, chosen["value"], pos)
+        truth = (y == pos).astype(np.int64)
+        result["patient_level"], patient_rows = patient_level(truth, score, patients, chosen["value"])
+        result["patient_level"]["positive_class"] = pos_name
     else:
         patient_rows = []
-        notes.append("patient-level diagnosis needs two classes: not made")
+        why = "two classes" if k != 2 else "a positive class (--positive)"
+        notes.append(f"patient-level diagnosis needs {why}: not made")
     train = _training_cache(record, cache, notes)
     warnings = []
     if train is not None and train.n_images:
@@ -209,7 +261,7 @@ def evaluate_run(
     result["warnings"] = warnings
     made = None
     with atomic_folder(out, overwrite=overwrite) as tmp:
-        _write_predictions(tmp / "predictions.csv", records, names, y, prob, score, chosen["value"])
+        _write_predictions(tmp / "predictions.csv", records, names, y, prob, pos, chosen["value"])
         _write_rows(tmp / "patients.csv", patient_rows)
         if skipped:
             _write_rows(tmp / "skipped.csv", [{"path": p, "reason": r} for p, r in skipped])
@@ -217,19 +269,22 @@ def evaluate_run(
         if report:
             from fastall.inference.evaluate_report import write_evaluation_report
 
-            made = write_evaluation_report(tmp, result, y, prob, names, shown_as=out.absolute())
+            made = write_evaluation_report(tmp, result, y, prob, names, shown_as=out.absolute(), run=run)
     return Evaluation(out.absolute(), result, warnings, made)
 
 
-def _write_predictions(path, records, names, y, prob, score, t) -> None:
-    called = prob.argmax(1) if len(names) != 2 else (score >= t).astype(int)
+def _write_predictions(path, records, names, y, prob, positive: int | None, t: float) -> None:
+    """``path, patient, true_class, predicted_class, p_<class>...`` (the class called at the threshold)."""
+    called = prob.argmax(1)
+    if positive is not None:
+        called = np.where(prob[:, positive] >= t, positive, 1 - positive)
     rows = [
         {
             "path": str(r.path),
             "patient": r.patient,
-            "label": names[int(y[i])],
-            "prediction": names[int(called[i])],
-            **{f"prob_{c}": f"{prob[i, j]:.6f}" for j, c in enumerate(names)},
+            "true_class": names[int(y[i])],
+            "predicted_class": names[int(called[i])],
+            **{f"p_{c}": f"{prob[i, j]:.9g}" for j, c in enumerate(names)},
         }
         for i, r in enumerate(records)
     ]

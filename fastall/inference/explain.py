@@ -331,12 +331,12 @@ def _safe(stem: str) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], class_names: list[str]) -> None:
-    header = ["path", *(f"prob_{c}" for c in class_names), "predicted", "target"]
+    header = ["path", *(f"p_{c}" for c in class_names), "predicted_class", "target_class"]
     header += ["mass_in_cell", "cell_fraction", "image", "overlay", "map"]
     body = [
         [
             r["path"],
-            *(f"{p:.6f}" for p in r["probs"]),
+            *(f"{p:.9g}" for p in r["probs"]),
             r["predicted"],
             r["target"],
             "" if np.isnan(r["mass_in_cell"]) else f"{r['mass_in_cell']:.4f}",

@@ -136,16 +136,16 @@ def _probs(model: LeukemiaClassifier, images: torch.Tensor, indices: list[int], 
 
 
 def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
-    """Write ``out`` (path, label, prob_<class>...) and, if any file was skipped, ``<out>.skipped.csv``.
+    """Write ``out`` (path, predicted_class, p_<class>...) and, if any file was skipped, ``<out>.skipped.csv``.
 
     Both are written atomically; a stale sidecar from an earlier run is removed. Returns the sidecar path.
     """
     out = Path(out)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", *(f"prob_{c}" for c in preds.class_names)])
+    writer.writerow(["path", "predicted_class", *(f"p_{c}" for c in preds.class_names)])
     for path, label, row in zip(preds.paths, preds.labels, preds.probs, strict=True):
-        writer.writerow([path, label, *(f"{p:.6f}" for p in row)])
+        writer.writerow([path, label, *(f"{p:.9g}" for p in row)])
     _atomic_text(out, buf.getvalue())
     sidecar = out.with_name(out.stem + ".skipped.csv")
     if not preds.skipped:

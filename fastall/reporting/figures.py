@@ -145,6 +145,45 @@ def pr_figure(p: Predictions, test: dict | None = None, pooled: dict | None = No
     return _curves(p, test, pooled, "pr")[0]
 
 
+def one_vs_rest_figure(p: Predictions) -> Figure | None:
+    """ROC and precision-recall curves of every class against the rest: pooled out-of-fold (solid) and the
+    test set (dashed), with each curve's area in the legend."""
+    from sklearn.metrics import auc as area
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+
+    if p.probs is None or not np.isfinite(p.probs).all():
+        return None
+    fig = Figure(figsize=(11, 4.6))
+    roc_ax, pr_ax = fig.subplots(1, 2)
+    for c, name in enumerate(p.class_names):
+        colour = PALETTE[c % len(PALETTE)]
+        for split, style in (("val", "-"), ("test", "--")):
+            rows = p.rows(split)
+            y = (p.label[rows] == name).astype(int)
+            if not rows.size or np.unique(y).size < 2:
+                continue
+            score = p.probs[rows, c]
+            fpr, tpr, _ = roc_curve(y, score)
+            precision, recall, _ = precision_recall_curve(y, score)
+            where = "out-of-fold" if split == "val" else "test"
+            roc_ax.plot(
+                fpr, tpr, style, color=colour, label=f"{name} vs rest, {where} (AUC {area(fpr, tpr):.3f})"
+            )
+            ap = average_precision_score(y, score)
+            pr_ax.step(
+                recall, precision, style, where="post", color=colour, label=f"{name}, {where} (AP {ap:.3f})"
+            )
+    roc_ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1)
+    roc_ax.set(title="ROC, one class vs the rest", xlabel="false positive rate", ylabel="true positive rate")
+    pr_ax.set(title="Precision-recall, one class vs the rest", xlabel="recall", ylabel="precision")
+    for ax in (roc_ax, pr_ax):
+        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+        ax.legend(fontsize=6, loc="lower right" if ax is roc_ax else "lower left")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def confusion_figure(p: Predictions) -> Figure:
     """Pooled out-of-fold and test confusion matrices, as counts and row-normalised (the paper's Table IV)."""
     from sklearn.metrics import ConfusionMatrixDisplay
@@ -196,10 +235,10 @@ def calibration_figure(p: Predictions, pooled: dict | None = None, test: dict | 
         )
         _restyle_last(ax, color=colour)
         hist.hist(s, bins=20, range=(0, 1), histtype="step", color=colour, linewidth=1.5, label=name)
-    ax.set(title="Calibration (reliability)", xlabel="", ylabel=f"fraction of {p.positive}")
+    ax.set(title="Calibration (reliability)", xlabel="", ylabel=f"fraction of {p.score_class}")
     ax.legend(loc="upper left", fontsize=7)
     ax.grid(alpha=0.3)
-    hist.set(xlabel=f"predicted probability of {p.positive}", ylabel="images")
+    hist.set(xlabel=f"predicted probability of {p.score_class}", ylabel="images")
     hist.grid(alpha=0.3)
     fig.tight_layout()
     return fig

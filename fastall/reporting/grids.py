@@ -76,12 +76,33 @@ def _other_images(root: Path, p: Predictions, key_params: dict) -> str | None:
     return f"these are not the images the cache was made from (it had {count} images)"
 
 
+CAPTION_CHARS = 16
+
+
 def _confidence(p: Predictions, rows: np.ndarray) -> np.ndarray:
     """Probability of the predicted class."""
     prob = p.probability[rows]
     if not p.binary:
         return prob
-    return np.where(p.prediction[rows] == p.positive, prob, 1 - prob)
+    return np.where(p.prediction[rows] == p.score_class, prob, 1 - prob)
+
+
+def shorten(text: str, limit: int = CAPTION_CHARS) -> str:
+    """``text`` cut in the middle to ``limit`` characters (``abcd…wxyz``), whole when it fits."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
+
+
+def grid_legend(p: Predictions, groups: list[tuple[str, np.ndarray]]) -> list[str]:
+    """The full name behind every tile's short caption: ``row r, #j: path (patient P)``."""
+    out = []
+    for name, rows in ((n, r) for n, r in groups if r.size):
+        for j, i in enumerate(rows[:PER_ROW]):
+            out.append(f"{name}, #{j + 1}: {p.path[i]} (patient {p.patient[i]})")
+    return out
 
 
 def _top(p: Predictions, mask: np.ndarray, n: int = PER_ROW) -> np.ndarray:
@@ -97,14 +118,15 @@ def correct_rows(p: Predictions) -> list[tuple[str, np.ndarray]]:
 
 
 def error_rows(p: Predictions) -> list[tuple[str, np.ndarray]]:
-    """The most confident false positives and false negatives (binary), else the most confident errors."""
+    """The most confident false positives and false negatives of the positive class (binary with a positive
+    class), else the most confident errors of each true class."""
     wrong = p.label != p.prediction
-    if not p.binary:
-        return [("most confident errors", _top(p, wrong))]
-    negative = p.class_names[0]
+    if not p.binary or p.positive is None:
+        return [(f"true {c}, called otherwise", _top(p, wrong & (p.label == c))) for c in p.class_names]
+    pos, neg = p.positive, p.negative
     return [
-        (f"false positives (true {negative}, called {p.positive})", _top(p, wrong & (p.label == negative))),
-        (f"false negatives (true {p.positive}, called {negative})", _top(p, wrong & (p.label == p.positive))),
+        (f"false positives (true {neg}, called {pos})", _top(p, wrong & (p.label == neg))),
+        (f"false negatives (true {pos}, called {neg})", _top(p, wrong & (p.label == pos))),
     ]
 
 
@@ -129,8 +151,8 @@ def grid_figure(
             left = j * (TILE + gap) + (TILE - tile.shape[1]) // 2
             mosaic[top : top + tile.shape[0], left : left + tile.shape[1]] = tile[..., :3]
             split = "test" if p.split[i] == "test" else f"fold {p.fold[i]}"
-            ax.text(j * (TILE + gap) + TILE / 2, top - 3, f"p={conf[j]:.2f} · pt {p.patient[i]}\n{split}",
-                    ha="center", va="bottom", fontsize=6.5)  # fmt: skip
+            caption = f"#{j + 1} p={conf[j]:.2f} · {split}\npt {shorten(p.patient[i])}"
+            ax.text(j * (TILE + gap) + TILE / 2, top - 3, caption, ha="center", va="bottom", fontsize=6.5)
         ax.text(-8, top + TILE / 2, name.replace(" (", "\n("), ha="right", va="center", fontsize=7.5)
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()

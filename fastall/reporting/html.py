@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastall import __version__
+from fastall.reporting import naming
 from fastall.reporting.paper import PAPER_CV, PAPER_TEST
 from fastall.reporting.provenance import provenance_rows
-from fastall.reporting.tables import COLUMNS, ci_note, clinical_rows, fmt
-
-CLINICAL_COLUMNS = (
-    ("Bal. acc %", "balanced_accuracy", True),
-    ("Spec %", "specificity", True),
-    ("NPV %", "npv", True),
-    ("MCC", "mcc", False),
-    ("wF1", "f1_weighted", False),
-    ("Brier", "brier", False),
-    ("PR AUC", "pr_auc", False),
+from fastall.reporting.tables import (
+    PER_CLASS_HEADER,
+    _paper,
+    ci_note,
+    clinical_rows,
+    fmt,
+    kept_epochs,
+    per_class_rows,
 )
 
 
@@ -33,6 +32,7 @@ class Shown:
     png: Path
     how: str
     svg: bool = True
+    details: list[str] = field(default_factory=list)
 
     @property
     def src(self) -> str:
@@ -56,9 +56,11 @@ def _cells(m: dict, columns, with_std: bool = False) -> list[str]:
 
 
 def run_tables(m: dict) -> list[Table]:
-    """The leakage audit, the fold table beside Table II, the test table beside Table III, the summary with
-    CIs and the clinical metrics per fold."""
+    """The leakage audit, the fold table (beside Table II for C-NMC), the test table (beside Table III), the
+    per-class table (more than two classes), the summary with CIs and the clinical metrics per fold."""
     tables = []
+    cols = naming.columns(m)
+    paper = _paper(m)
     splits = m.get("splits") or {}
     if splits.get("audit"):
         rows = [
@@ -67,61 +69,81 @@ def run_tables(m: dict) -> list[Table]:
                 f"{r['train_images']}/{r['train_patients']}",
                 f"{r['val_images']}/{r['val_patients']}",
                 f"{r['test_images']}/{r['test_patients']}",
-                f"{r['shared_patients']} ✓" if r["shared_patients"] == 0 else f"{r['shared_patients']} ✗",
+                naming.shared_cell(m, r["shared_patients"]),
             ]
             for r in splits["audit"]
         ]
         header = ["Fold", "Train img/pat", "Val img/pat", "Test img/pat", "Shared patients"]
         title = f"Leakage audit: patient-level splits (test: {splits.get('test_mode', '?')})"
-        tables.append(Table("audit", title, header, rows, nav="Leakage audit"))
+        note = (
+            ""
+            if naming.groups_checkable(m)
+            else "Images without a patient group are each their own group: whether one patient's cells sit "
+            "on both sides of a split cannot be checked."
+        )
+        tables.append(Table("audit", title, header, rows, note=note, nav="Leakage audit"))
     folds, s = m.get("folds") or [], m.get("summary") or {}
     if folds and s:
-        header = ["Fold", "Val img", "Epoch", *(c for c, _, _ in COLUMNS)]
-        rows = [
-            [str(f["fold"]), str(f["val_images"]), str(f["best_epoch"]), *_cells(f, COLUMNS)] for f in folds
-        ]
+        header = ["Fold", "Val img", "Epoch", *(c for c, _, _ in cols)]
+        rows = [[str(f["fold"]), str(f["val_images"]), str(f["best_epoch"]), *_cells(f, cols)] for f in folds]
         peak = folds[s.get("peak_fold", 0)]
         rows += [
-            ["mean±std", "", "", *_cells(s, COLUMNS, True)],
-            [f"peak (fold {s.get('peak_fold', 0)})", "", "", *_cells(peak, COLUMNS)],
+            ["mean±std", "", "", *_cells(s, cols, True)],
+            [f"peak (fold {s.get('peak_fold', 0)})", "", "", *_cells(peak, cols)],
         ]
         probe = (m.get("probe") or {}).get("summary")
         if probe:
-            rows.append(["linear probe (to beat)", "", "", *_cells(probe, COLUMNS, True)])
-        rows += [
-            ["paper Table II", "", "", *_cells(PAPER_CV, COLUMNS, True)],
-            ["paper peak", "", "", fmt(PAPER_CV["peak_accuracy"], True), "", "", "", ""],
-        ]
-        n, k = len(folds), len(rows) - 2
+            rows.append(["linear probe (to beat)", "", "", *_cells(probe, cols, True)])
+        n, k = len(folds), len(rows)
+        if paper:
+            rows += [
+                ["paper Table II", "", "", *_cells(PAPER_CV, cols, True)],
+                ["paper peak", "", "", fmt(PAPER_CV["peak_accuracy"], True), "", "", "", ""],
+            ]
         protocol = m.get("protocol") or {}
         where = "inner split" if protocol.get("selection") == "inner" else "the reported fold, optimistic"
         title = (
             f"Patient-level cross-validation (validation on view 0; selection on {where}), beside the "
-            "linear probe and the paper's Table II"
+            "linear probe" + (" and the paper's Table II" if paper else "")
         )
-        tables.append(Table("folds", title, header, rows, emphasis=(n,), dim=(k, k + 1), nav="Folds"))
+        dim = (k, k + 1) if paper else ()
+        tables.append(
+            Table("folds", title, header, rows, emphasis=(n,), dim=dim, note=kept_epochs(m), nav="Folds")
+        )
     test = m.get("test")
     if test:
         names = {"final": "final head", "ensemble": "fold ensemble", "final_tta": "final head + TTA"}
         names["ensemble_tta"] = "fold ensemble + TTA"
-        rows = [[name, *_cells(test[key], COLUMNS)] for key, name in names.items() if key in test]
+        rows = [[name, *_cells(test[key], cols)] for key, name in names.items() if key in test]
         if (m.get("probe") or {}).get("test"):
-            rows.append(["linear probe (to beat)", *_cells(m["probe"]["test"], COLUMNS)])
-        rows.append(["paper Table III", *_cells(PAPER_TEST, COLUMNS)])
+            rows.append(["linear probe (to beat)", *_cells(m["probe"]["test"], cols)])
+        if paper:
+            rows.append(["paper Table III", *_cells(PAPER_TEST, cols)])
         patients = splits.get("test_patients", "?")
-        title = (
-            f"Test set ({test.get('images', '?')} images, {patients} patients), beside the paper's Table III"
-        )
-        header = ["Model", *(c for c, _, _ in COLUMNS)]
-        tables.append(Table("test", title, header, rows, dim=(len(rows) - 1,), nav="Test set"))
+        title = f"Test set ({test.get('images', '?')} images, {patients} patients)"
+        title += ", beside the paper's Table III" if paper else ""
+        header = ["Model", *(c for c, _, _ in cols)]
+        dim = (len(rows) - 1,) if paper else ()
+        tables.append(Table("test", title, header, rows, dim=dim, nav="Test set"))
+    if len(naming.class_names(m)) > 2:
+        for key, where in (("pooled", "pooled out-of-fold"), ("test", "test set, final head")):
+            block = m.get("pooled") if key == "pooled" else (m.get("test") or {}).get("final")
+            rows = per_class_rows(block, m)
+            if rows:
+                title = f"Per class, {where} (one class against the rest)"
+                tables.append(
+                    Table(f"per-class-{key}", title, PER_CLASS_HEADER, rows, nav=f"Per class ({key})")
+                )
     if s:
         header, rows = clinical_rows(m)
         title = "Summary with 95% confidence intervals"
         tables.append(Table("summary", title, header, rows, note=ci_note(m), nav="Summary with CIs"))
     if folds and any("balanced_accuracy" in f for f in folds):
-        header = ["Fold", *(c for c, _, _ in CLINICAL_COLUMNS)]
-        rows = [[str(f["fold"]), *_cells(f, CLINICAL_COLUMNS)] for f in folds]
-        rows.append(["mean±std", *_cells(s, CLINICAL_COLUMNS, True)])
+        clinical = [(short, key, pct) for _, short, key, pct in naming.clinical_rows(m)]
+        clinical = [c for c in clinical if c[1] not in ("accuracy", "recall", "precision", "f1", "auc")]
+        header = ["Fold", *(c for c, _, _ in clinical)]
+        rows = [[str(f["fold"]), *_cells(f, clinical)] for f in folds]
+        rows.append(["mean±std", *_cells(s, clinical, True)])
         title = "Clinical metrics per fold"
         tables.append(Table("clinical-folds", title, header, rows, emphasis=(len(folds),), nav="Per fold"))
     return tables
@@ -162,8 +184,11 @@ def render(
     figures: list[Shown],
     notes: list[str],
     extra: dict | None = None,
+    warnings: list[dict] | None = None,
+    facts: list[tuple[str, str]] | None = None,
 ) -> str:
-    """The page as one HTML string."""
+    """The page as one HTML string: ``warnings`` (``{"code", "text"}``) in a box at the top, then ``facts``
+    (the positive class, the verdict), the notes, provenance, tables and figures."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     env = Environment(
@@ -182,6 +207,8 @@ def render(
         figures=figures,
         notes=notes,
         extra=extra or {},
+        warnings=warnings or [],
+        facts=facts or [],
         version=__version__,
         made=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     )

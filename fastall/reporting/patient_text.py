@@ -15,7 +15,8 @@ def patient_line(pl: dict) -> str:
 
     auc = "n/a" if m["auc"] is None or not math.isfinite(m["auc"]) else f"{m['auc']:.3f}"
     text = (
-        f"{pl['patients']} patients ({pl['positive_patients']} ALL): accuracy {pct(m['accuracy'])}, "
+        f"{pl['patients']} patients ({pl['positive_patients']} {pl.get('positive_class') or 'positive'}): "
+        f"accuracy {pct(m['accuracy'])}, "
         f"sensitivity {pct(m['sensitivity'])}, specificity {pct(m['specificity'])}, AUC {auc}"
     )
     return text + (" (" + "; ".join(pl["notes"]) + ")" if pl["notes"] else "")

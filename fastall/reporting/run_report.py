@@ -15,9 +15,13 @@ from pathlib import Path
 
 from fastall.errors import FastallError
 from fastall.reporting import figures as F
-from fastall.reporting.grids import correct_rows, error_rows, grid_figure, image_root
+from fastall.reporting import naming
+from fastall.reporting.grids import correct_rows, error_rows, grid_figure, grid_legend, image_root
 from fastall.reporting.html import Shown, render, run_tables, sweep_tables
+from fastall.reporting.patient_text import patient_line
 from fastall.reporting.runfiles import RunFiles, load_run
+from fastall.reporting.tables import protocol_line
+from fastall.system.notices import as_records
 from fastall.system.procs import pid_alive
 
 REPORT_DIR = "report"
@@ -27,15 +31,20 @@ HOW = {
     "pr": "precision against recall for the positive class, per fold, mean ± 1 std and test; the dotted line "
     "is the prevalence (a useless classifier). AP is the area under the step curve.",
     "confusion": "rows are the true class, columns the prediction; counts on the left (the paper's Table "
-    "IV), each row divided by its total on the right (diagonal = sensitivity / specificity).",
+    "IV), each row divided by its total on the right (the diagonal is each class's recall).",
     "curves": "loss per epoch for each fold (solid: training, dashed: validation), validation accuracy and "
-    "the learning rate used; the dotted vertical line marks the epoch kept (early stopping).",
+    "the learning rate used; the dotted vertical line marks the epoch kept (early stopping). The training "
+    "loss is measured as trained: with dropout, class weights and on augmented views, so it can sit above "
+    "the validation loss (view 0, no dropout); ln 2 = 0.693 is chance for two classes.",
+    "ovr": "each class against all others, pooled out-of-fold (solid) and test (dashed); the table above "
+    "gives per-class precision, recall and F1, and macro and weighted AUC.",
     "calibration": "mean predicted probability against the observed fraction of positives in 10 bins; on the "
     "diagonal is perfectly calibrated. Lower Brier is better; the histogram shows where predictions fall.",
     "cells_correct": "the cells each class is called most confidently and correctly (out-of-fold and test); "
     "the label gives the probability of the predicted class and the patient.",
-    "cells_errors": "the most confident mistakes: normal cells called leukaemic (false positives) and "
-    "leukaemic cells called normal (false negatives). Look for artefacts, stain or segmentation problems.",
+    "cells_errors": "the most confident mistakes: cells of the other class called positive (false "
+    "positives) and positive cells called otherwise (false negatives), or each class's errors when there is "
+    "no positive class. Look for artefacts, stain or segmentation problems.",
     "sweep_rank": "each bar is one configuration's mean metric over the folds with ±1 std; the top bar is "
     "the best. Overlapping bars are not reliably different.",
     "sweep_heatmap": "the best mean metric found at each pair of values of the two hyperparameters that vary "
@@ -107,35 +116,41 @@ def _run(run: RunFiles, out: Path, data: str | Path | None, shown: Path) -> Repo
             figs.append(Shown(name, title, F.save(fig, folder, name, svg), HOW[name], svg))
 
     pooled, test = (m or {}).get("pooled"), (m or {}).get("test")
+    of = f"positive class {p.score_class}" if p is not None and p.positive else ""
     if p is not None and p.binary:
-        add("roc", "ROC curves: folds, mean ± 1 std, test", F.roc_figure(p, test, pooled))
-        add("pr", "Precision-recall curves", F.pr_figure(p, test, pooled))
-    elif p is not None:
-        notes.append(
-            f"{len(p.class_names)} classes: ROC, PR and calibration curves are made for two classes only"
+        if not p.positive:
+            notes.append(
+                f"no positive class was named: the ROC, PR and calibration curves plot {p.score_class}; "
+                "re-run with --positive CLASS to name the disease class"
+            )
+        add(
+            "roc",
+            f"ROC curves ({of or p.score_class}): folds, mean ± 1 std, test",
+            F.roc_figure(p, test, pooled),
         )
+        add("pr", f"Precision-recall curves ({of or p.score_class})", F.pr_figure(p, test, pooled))
+    elif p is not None:
+        add("ovr", "One-vs-rest ROC and precision-recall curves per class", F.one_vs_rest_figure(p))
+        notes.append(f"{len(p.class_names)} classes: calibration curves are made for two classes only")
     if p is not None:
-        add("confusion", "Confusion matrices (the paper's Table IV)", F.confusion_figure(p))
+        title = "Confusion matrices" + (" (the paper's Table IV)" if (m or {}).get("paper") else "")
+        add("confusion", title, F.confusion_figure(p))
     if run.history:
-        add("curves", "Training curves (the paper's Fig. 1)", F.curves_figure(run.history))
+        notes += curve_notes(run.history)
+        add("curves", "Training curves", F.curves_figure(run.history))
     if p is not None and p.binary:
         add("calibration", "Calibration", F.calibration_figure(p, pooled, test))
     if p is not None:
         if root is None:
             notes.append(note)
         else:
-            add(
-                "cells_correct",
-                "Example cells, most confident correct (the paper's Figs. 3 and 4)",
-                grid_figure(p, root, correct_rows(p), "Most confident correct"),
-                svg=False,
-            )
-            add(
-                "cells_errors",
-                "Example cells, most confident errors (error analysis)",
-                grid_figure(p, root, error_rows(p), "Most confident errors"),
-                svg=False,
-            )
+            for name, title, rows in (
+                ("cells_correct", "Example cells, most confident correct", correct_rows(p)),
+                ("cells_errors", "Example cells, most confident errors (error analysis)", error_rows(p)),
+            ):
+                add(name, title, grid_figure(p, root, rows, title.split(", ", 1)[1].capitalize()), svg=False)
+                if figs and figs[-1].id == name:
+                    figs[-1].details = grid_legend(p, rows)
     html = render(
         title="fastall run report",
         run=str(shown),
@@ -144,9 +159,48 @@ def _run(run: RunFiles, out: Path, data: str | Path | None, shown: Path) -> Repo
         tables=run_tables(m) if m else [],
         figures=figs,
         notes=notes,
+        warnings=as_records((m or {}).get("warnings")),
+        facts=run_facts(m) if m else [],
     )
     (out / "index.html").write_text(html, encoding="utf-8")
     return Report(out / "index.html", [s.id for s in figs], notes)
+
+
+def run_facts(m: dict) -> list[tuple[str, str]]:
+    """The lines above everything else: classes, the positive class, the verdict, the patient level."""
+    facts = [
+        ("Classes", ", ".join(naming.class_names(m))),
+        ("Positive class", naming.positive_fact(m)),
+    ]
+    if m.get("verdict"):
+        facts.append(("Head against the linear probe", m["verdict"]["text"]))
+    elif m.get("baseline"):
+        facts.append(("Head against the linear probe", protocol_line(m)))
+    for name, pl in (m.get("patient_level") or {}).items():
+        facts.append((f"Patient level ({name.replace('_', ' ')})", patient_line(pl)))
+    if not m.get("patient_level"):
+        why = (
+            "more than two classes"
+            if len(naming.class_names(m)) > 2
+            else "no positive class named"
+            if not naming.positive_name(m)
+            else "not recorded"
+        )
+        facts.append(("Patient level", f"not computed: {why}"))
+    return facts
+
+
+def curve_notes(history: dict) -> list[str]:
+    """Why the training curves are flat or empty, when they are."""
+    folds = history.get("folds") or []
+    if folds and all(not h.get("train_loss") for h in folds):
+        return ["training curves are empty: no fold head trained an epoch (each kept its starting point)"]
+    if folds and all(h.get("best_epoch") == 0 for h in folds):
+        return [
+            "every fold kept epoch 0 (the starting linear probe): the curves show the epochs tried on the "
+            "inner split, none of which was kept, so the head is the probe"
+        ]
+    return []
 
 
 def _sweep(run: RunFiles, out: Path, shown: Path) -> Report:

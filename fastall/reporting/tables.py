@@ -9,36 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from fastall.reporting import naming
 from fastall.reporting.paper import PAPER_CV, PAPER_TEST
 from fastall.reporting.patient_text import patient_line
-
-COLUMNS = (
-    ("Acc %", "accuracy", True),
-    ("Prec %", "precision", True),
-    ("Rec %", "recall", True),
-    ("F1", "f1", False),
-    ("AUC", "auc", False),
-)
-
-
-# (label, short label, metrics.json key, shown in percent)
-CLINICAL_ROWS = (
-    ("Accuracy %", "Acc %", "accuracy", True),
-    ("Balanced accuracy %", "Bal. acc %", "balanced_accuracy", True),
-    ("Sensitivity (recall) %", "Sens %", "recall", True),
-    ("Specificity %", "Spec %", "specificity", True),
-    ("Precision (PPV) %", "PPV %", "precision", True),
-    ("NPV %", "NPV %", "npv", True),
-    ("F1", "F1", "f1", False),
-    ("Weighted F1 (C-NMC 2019)", "wF1", "f1_weighted", False),
-    ("MCC", "MCC", "mcc", False),
-    ("ROC AUC", "AUC", "auc", False),
-    ("PR AUC (average precision)", "PR AUC", "pr_auc", False),
-    ("Brier score", "Brier", "brier", False),
-)
+from fastall.system.notices import as_records
 
 
 def fmt(value: Any, percent: bool, std: Any = None) -> str:
@@ -60,17 +38,20 @@ def fmt_ci(m: dict | None, key: str, percent: bool, sep: str = " ") -> str:
     if not ci or text == "n/a":
         return text
     if not ci.get("reliable"):
-        return f"{text}{sep}[unreliable]"
+        return f"{text}{sep}[unreliable: {ci.get('patients', '?')} patients]"
     interval = (ci.get("intervals") or {}).get(key)
     if not interval:
         return f"{text}{sep}[n/a]"
+    if interval[0] == interval[1]:
+        return f"{text}{sep}[degenerate: every resample gives {fmt(interval[0], percent)}]"
     return f"{text}{sep}[{fmt(interval[0], percent)}, {fmt(interval[1], percent)}]"
 
 
 def clinical_rows(m: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
     """The summary with CIs: per metric, CV mean ± std, pooled out-of-fold, test (final head, fold ensemble)
-    with 95% CIs, and the paper's Tables II and III (``compact``: short labels, the CI on its own line, no
-    paper columns: for a terminal)."""
+    with 95% CIs, and, for a C-NMC run, the paper's Tables II and III (``compact``: short labels, the CI on
+    its own line, no paper columns: for a terminal)."""
+    compact_paper = compact or not m.get("paper")
     s, pooled, test = m.get("summary") or {}, m.get("pooled"), m.get("test") or {}
     header = ["Metric", "CV mean±std", "Pooled out-of-fold [95% CI]"]
     blocks = [("summary", s), ("pooled", pooled)]
@@ -78,16 +59,16 @@ def clinical_rows(m: dict, compact: bool = False) -> tuple[list[str], list[list[
         if key in test:
             header.append(name)
             blocks.append(("test", test[key]))
-    header += [] if compact else ["Paper Table II", "Paper Table III"]
+    header += [] if compact_paper else ["Paper Table II", "Paper Table III"]
     rows = []
-    for label, short, key, pct in CLINICAL_ROWS:
+    for label, short, key, pct in naming.clinical_rows(m):
         row = [short if compact else label]
         for kind, block in blocks:
             if kind == "summary":
                 row.append(fmt(block.get(key), pct, block.get(f"{key}_std")))
             else:
                 row.append(fmt_ci(block, key, pct, "\n" if compact else " ") or "n/a")
-        if compact:
+        if compact_paper:
             rows.append(row)
             continue
         cv_std = PAPER_CV.get(f"{key}_std")
@@ -120,49 +101,93 @@ def clinical_table(m: dict) -> Table:
     return table
 
 
-def _row(m: dict, with_std: bool = False) -> list[str]:
-    return [fmt(m.get(key), pct, m.get(f"{key}_std") if with_std else None) for _, key, pct in COLUMNS]
+def _row(m: dict, run: dict, with_std: bool = False) -> list[str]:
+    cols = naming.columns(run)
+    return [fmt(m.get(key), pct, m.get(f"{key}_std") if with_std else None) for _, key, pct in cols]
 
 
-def _table(title: str, first: str, *extra: str) -> Table:
+def _table(run: dict, title: str, first: str, *extra: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column(first, no_wrap=True)
-    for col in (*extra, *(c for c, _, _ in COLUMNS)):
+    for col in (*extra, *(c for c, _, _ in naming.columns(run))):
         table.add_column(col, justify="right", no_wrap=True)
     return table
 
 
-def audit_table(audit: list[dict], test_mode: str) -> Table:
+def audit_table(audit: list[dict], test_mode: str, run: dict | None = None) -> Table:
     table = Table(title=f"Leakage audit: patient-level splits (test: {test_mode})", title_justify="left")
     for col in ("Fold", "Train img/pat", "Val img/pat", "Test img/pat", "Shared patients"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in audit:
+        cell = naming.shared_cell(run or {}, r["shared_patients"])
         table.add_row(
             str(r["fold"]),
             f"{r['train_images']}/{r['train_patients']}",
             f"{r['val_images']}/{r['val_patients']}",
             f"{r['test_images']}/{r['test_patients']}",
-            f"[green]{r['shared_patients']} ✓[/]",
+            f"[green]{cell}[/]" if cell.endswith("✓") else f"[yellow]{cell}[/]",
         )
     return table
 
 
 def folds_table(m: dict) -> Table:
-    table = _table("Patient-level cross-validation (validation on view 0)", "Fold", "Val img", "Epoch")
+    table = _table(m, "Patient-level cross-validation (validation on view 0)", "Fold", "Val img", "Epoch")
     for f in m["folds"]:
-        table.add_row(str(f["fold"]), str(f["val_images"]), str(f["best_epoch"]), *_row(f))
+        table.add_row(str(f["fold"]), str(f["val_images"]), str(f["best_epoch"]), *_row(f, m))
     s = m["summary"]
     table.add_section()
-    table.add_row("mean±std", "", "", *_row(s, with_std=True), style="bold")
-    table.add_row(f"peak (fold {s['peak_fold']})", "", "", *_row(m["folds"][s["peak_fold"]]))
+    table.add_row("mean±std", "", "", *_row(s, m, with_std=True), style="bold")
+    table.add_row(f"peak (fold {s['peak_fold']})", "", "", *_row(m["folds"][s["peak_fold"]], m))
     if "tta" in s:
-        table.add_row("TTA mean±std", "", "", *_row(s["tta"], with_std=True))
+        table.add_row("TTA mean±std", "", "", *_row(s["tta"], m, with_std=True))
     probe = m.get("probe")
     if probe:
-        table.add_row("linear probe (to beat)", "", "", *_row(probe["summary"], with_std=True), style="cyan")
-    table.add_section()
-    table.add_row("paper Table II", "", "", *_row(PAPER_CV, with_std=True), style="dim")
-    table.add_row("paper peak", "", "", fmt(PAPER_CV["peak_accuracy"], True), "", "", "", "", style="dim")
+        table.add_row(
+            "linear probe (to beat)", "", "", *_row(probe["summary"], m, with_std=True), style="cyan"
+        )
+    if _paper(m):
+        table.add_section()
+        table.add_row("paper Table II", "", "", *_row(PAPER_CV, m, with_std=True), style="dim")
+        table.add_row("paper peak", "", "", fmt(PAPER_CV["peak_accuracy"], True), "", "", "", "", style="dim")
+    return table
+
+
+def _paper(m: dict) -> bool:
+    """The paper's rows belong beside a C-NMC run only (older runs: when their classes are C-NMC's)."""
+    if "dataset" in m:
+        return bool(m.get("paper"))
+    return naming.class_names(m) == ["hem", "all"]
+
+
+def per_class_rows(block: dict | None, m: dict) -> list[list[str]]:
+    """Per class: precision, recall, F1, support and one-vs-rest AUC of a metrics block."""
+    rows = []
+    for name, c in zip(naming.class_names(m), (block or {}).get("per_class") or [], strict=False):
+        rows.append(
+            [
+                name,
+                fmt(c.get("precision"), True),
+                fmt(c.get("recall"), True),
+                fmt(c.get("f1"), False),
+                str(c.get("support", "")),
+                fmt(c.get("auc"), False),
+            ]
+        )
+    return rows
+
+
+PER_CLASS_HEADER = ["Class", "Precision %", "Recall %", "F1", "Support", "AUC vs rest"]
+
+
+def per_class_table(m: dict) -> Table | None:
+    rows = per_class_rows(m.get("pooled"), m)
+    if not rows:
+        return None
+    table = Table(title="Per class, pooled out-of-fold", title_justify="left")
+    for i, col in enumerate(PER_CLASS_HEADER):
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -170,7 +195,7 @@ def test_table(m: dict) -> Table | None:
     t = m.get("test")
     if not t:
         return None
-    table = _table(f"Test set ({t['images']} images, {m['splits']['test_patients']} patients)", "Model")
+    table = _table(m, f"Test set ({t['images']} images, {m['splits']['test_patients']} patients)", "Model")
     names = {
         "final": f"final head ({m['final_head']['epochs']} ep)",
         "ensemble": "fold ensemble",
@@ -179,12 +204,13 @@ def test_table(m: dict) -> Table | None:
     }
     for key, name in names.items():
         if key in t:
-            table.add_row(name, *_row(t[key]))
+            table.add_row(name, *_row(t[key], m))
     probe = (m.get("probe") or {}).get("test")
     if probe:
-        table.add_row("linear probe (to beat)", *_row(probe), style="cyan")
-    table.add_section()
-    table.add_row("paper Table III", *_row(PAPER_TEST), style="dim")
+        table.add_row("linear probe (to beat)", *_row(probe, m), style="cyan")
+    if _paper(m):
+        table.add_section()
+        table.add_row("paper Table III", *_row(PAPER_TEST, m), style="dim")
     return table
 
 
@@ -201,35 +227,60 @@ def protocol_line(m: dict) -> str:
     if p.get("tune"):
         line += f", tuned over {p['tune']!r}"
     b = m.get("baseline")
-    if b and b.get("head_minus_probe_cv_accuracy") is not None:
+    if m.get("verdict"):
+        line += ". " + m["verdict"]["text"]
+    elif b and b.get("head_minus_probe_cv_accuracy") is not None:
         gap = b["head_minus_probe_cv_accuracy"]
         verdict = "beats" if gap > 0.0005 else "is within 0.01 of" if gap >= -0.01 else "LOSES TO"
         line += f". Head {verdict} the linear probe: CV accuracy {gap:+.3f} ({b['cv_accuracy']:.3f})"
     return line
 
 
+def kept_epochs(m: dict) -> str:
+    """The epochs the heads kept: per fold and the final head's."""
+    folds = ", ".join(str(f.get("best_epoch")) for f in m.get("folds") or [])
+    return (
+        f"kept epochs: folds {folds or 'n/a'}; final head {(m.get('final_head') or {}).get('epochs', 'n/a')}"
+    )
+
+
 def print_run(m: dict, out: Path, console: Console, report: Any = None) -> None:
-    """The run's tables, its one-line summary and, if one was made, the report's notes and path."""
+    """The run's tables, its one-line summary, its warnings (the same list as metrics.json and the report)
+    and, if one was made, the report's notes and path."""
     cfg = m["config"]
-    console.print(audit_table(m["splits"]["audit"], m["splits"]["test_mode"]))
+    console.print(f"positive class: {naming.positive_fact(m)}", highlight=False, soft_wrap=True)
+    console.print(audit_table(m["splits"]["audit"], m["splits"]["test_mode"], m))
     console.print(folds_table(m))
     table = test_table(m)
     if table is not None:
         console.print(table)
     if "pooled" in m:
         console.print(clinical_table(m))
+    if len(naming.class_names(m)) > 2:
+        table = per_class_table(m)
+        if table is not None:
+            console.print(table)
     secs = m.get("timings", {}).get("train_s")
     took = f" in {secs:.1f} s" if secs is not None else ""
     console.print(
         f"{len(m['folds'])} folds + final head trained{took} on {m['device']} ({m['precision']}): "
-        f"lr {cfg['lr']:g}, batch {cfg['batch_size']}, {cfg['epochs']} epochs"
-        f"{', at least ' + str(cfg['min_steps']) + ' steps' if cfg.get('min_steps') else ''}, "
+        f"lr {cfg['lr']:g}, batch {cfg['batch_size']}, up to {cfg['epochs']} epochs"
+        f"{', at least ' + str(cfg['min_steps']) + ' steps' if cfg.get('min_steps') else ''} "
+        f"({kept_epochs(m)}), "
         f"dropout {cfg['dropout']:g}, standardize {'on' if cfg['standardize'] else 'off'}. "
-        f"Outputs in {out}"
+        f"Outputs in {out}",
+        highlight=False,
+        soft_wrap=True,
     )
     console.print(protocol_line(m), highlight=False, soft_wrap=True)
     for name, pl in (m.get("patient_level") or {}).items():
         console.print(f"patient level ({name.replace('_', ' ')}): {patient_line(pl)}", highlight=False)
+    warnings = as_records(m.get("warnings"))
+    if warnings:
+        console.print(f"[yellow]{len(warnings)} warning(s)[/] (also in metrics.json and the report):")
+    for w in warnings:
+        code = escape(f"[{w['code']}]")
+        console.print(f"[yellow]warning[/] {code}: {escape(w['text'])}", highlight=False, soft_wrap=True)
     for note in getattr(report, "notes", []):
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if report is not None:

@@ -136,6 +136,7 @@ class TrainOptions:
     probe: bool = True
     tune: str | None = None
     preset: str | None = None
+    positive: str | None = None
     console: Console | None = field(default=None, compare=False, repr=False)
 
 

@@ -27,10 +27,12 @@ def diverged(result: HeadResult) -> bool:
     return any(t.is_floating_point() and not torch.isfinite(t).all() for t in result.state.values())
 
 
-def metrics_or_nan(y_true: np.ndarray, prob: np.ndarray, classes: int, detail: bool = True) -> dict:
+def metrics_or_nan(
+    y_true: np.ndarray, prob: np.ndarray, classes: int, detail: bool = True, positive: int | None = 1
+) -> dict:
     """classification_metrics; every metric NaN (and ``diverged``) when the probabilities are not finite."""
     if np.isfinite(prob).all():
-        return classification_metrics(y_true, prob, classes, detail=detail)
+        return classification_metrics(y_true, prob, classes, detail=detail, positive=positive)
     out = {"n": int(len(y_true)), **{name: math.nan for name in METRICS}, "diverged": True}
     if detail:
         out["log_loss"] = math.nan

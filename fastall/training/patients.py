@@ -1,7 +1,8 @@
 """Patient-level diagnosis: cells aggregated to patients, and metrics over patients with exact CIs.
 
-A patient's score is the mean probability of the positive class (ALL, label 1) over its cells; a second rule
-uses the fraction of its cells called ALL. A patient is called ALL when the score is at least the threshold
+A patient's score is the mean probability of the positive class (``fastall.data.positive``: ALL for C-NMC)
+over its cells; a second rule uses the fraction of its cells called positive. A patient is called positive
+when the score is at least the threshold
 (the cell threshold for the mean probability, one half for the fraction). Accuracy, sensitivity and
 specificity are proportions of patients, each with an exact binomial (Clopper-Pearson) 95% interval; the AUC
 over patients has no binomial interval. Two classes only.
@@ -25,7 +26,8 @@ SAME_AS_CELLS = "every image is its own patient: patient-level figures equal the
 def aggregate(
     patients: np.ndarray, truth: np.ndarray, score: np.ndarray, threshold: float = 0.5
 ) -> list[dict]:
-    """One row per patient: cells, true label (majority of its cells), mean score, fraction called ALL."""
+    """One row per patient: cells, true label (majority of its cells), mean score, fraction called
+    positive."""
     patients = np.asarray(patients).astype(str)
     truth, score = np.asarray(truth, dtype=np.int64), np.asarray(score, dtype=np.float64)
     rows = []
@@ -92,9 +94,12 @@ def patient_level(
     return out, rows
 
 
-def run_patient_level(predictions_csv: str | Path, class_names: list[str]) -> dict | None:
-    """Patient-level metrics of a train-head run's predictions.csv: out of fold (``val``) and ``test``."""
-    if len(class_names) != 2:
+def run_patient_level(
+    predictions_csv: str | Path, class_names: list[str], positive: str | None
+) -> dict | None:
+    """Patient-level metrics of a train-head run's predictions.csv: out of fold (``val``) and ``test``; None
+    without a positive class (more than two classes, or none named)."""
+    if len(class_names) != 2 or positive is None:
         return None
     with open(predictions_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -102,7 +107,8 @@ def run_patient_level(predictions_csv: str | Path, class_names: list[str]) -> di
     for split, name in (("val", "out_of_fold"), ("test", "test")):
         chosen = [r for r in rows if r["split"] == split]
         if chosen:
-            truth = np.array([r["label"] == class_names[1] for r in chosen], dtype=np.int64)
-            score = np.array([float(r["probability"]) for r in chosen])
+            truth = np.array([r["true_class"] == positive for r in chosen], dtype=np.int64)
+            score = np.array([float(r[f"p_{positive}"]) for r in chosen])
             out[name] = patient_level(truth, score, np.array([r["patient"] for r in chosen]))[0]
+            out[name]["positive_class"] = positive
     return out

@@ -167,11 +167,15 @@ def linear_probe(
     c_grid: tuple[float, ...] = C_GRID,
     inner_folds: int = INNER_FOLDS,
     seed: int = 0,
+    positive: int | None = 1,
 ) -> ProbeResult:
     """Cross-validate the probe on ``folds`` (row indices into ``features [N, D]``, view 0) and, with a
-    ``test`` set, fit the final probe on ``pool`` (default: every fold row) and score ``test``."""
+    ``test`` set, fit the final probe on ``pool`` (default: every fold row) and score ``test``; metrics
+    with ``positive`` as the positive class index (``classification_metrics``)."""
     with threadpool_limits(limits=1):
-        return _linear_probe(features, labels, groups, folds, test, pool, classes, c_grid, inner_folds, seed)
+        return _linear_probe(
+            features, labels, groups, folds, test, pool, classes, c_grid, inner_folds, seed, positive
+        )
 
 
 def _linear_probe(
@@ -185,6 +189,7 @@ def _linear_probe(
     c_grid: tuple[float, ...],
     inner_folds: int,
     seed: int,
+    positive: int | None,
 ) -> ProbeResult:
     t0 = time.perf_counter()
     labels = np.asarray(labels, dtype=np.int64)
@@ -212,21 +217,21 @@ def _linear_probe(
                 "fold": i,
                 "c": fit.c,
                 "inner_folds": fit.inner_folds,
-                **classification_metrics(labels[val], oof[val], k),
+                **classification_metrics(labels[val], oof[val], k, positive=positive),
             }
         )
         fits.append(fit)
         if fit.inner_folds == 0:
             notes.append(f"fold {i}: too few patients per class for an inner split; C = {FALLBACK_C}")
     done = np.flatnonzero(~np.isnan(oof[:, 0]))
-    pooled = classification_metrics(labels[done], oof[done], k)
+    pooled = classification_metrics(labels[done], oof[done], k, positive=positive)
     test_metrics, test_probs = None, None
     if test is not None and len(test):
         pool = np.unique(np.concatenate([np.concatenate(f) for f in folds])) if pool is None else pool
         fit = fit_on(pool)
         fits.append(fit)
         test_probs = fit.proba(np.asarray(features[test], dtype=np.float32), k)
-        test_metrics = {"c": fit.c, **classification_metrics(labels[test], test_probs, k)}
+        test_metrics = {"c": fit.c, **classification_metrics(labels[test], test_probs, k, positive=positive)}
     return ProbeResult(
         folds=rows,
         summary=summarize(rows),

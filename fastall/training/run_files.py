@@ -43,9 +43,16 @@ RUN_FORMAT, RUN_VERSION = "fastall-run", 1
 EXTRACT_PRECISION_ATTRS = ("amp_dtype", "precision_requested", "precision_reason", "cpu_capability_label")
 
 
+def is_cnmc(cache: FeatureCache) -> bool:
+    """A cache of the C-NMC 2019 tree (its classes and folds): only then do the paper's tables apply."""
+    return list(cache.class_names) == ["hem", "all"] and any(
+        str(s).startswith("fold_") for s in np.unique(cache.sources)
+    )
+
+
 def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bool) -> dict[str, Any]:
     """metrics.json without its timings."""
-    labels, k = prep.cache.labels, prep.data.classes
+    labels, k, pos = prep.cache.labels, prep.data.classes, prep.positive.index
     fold_rows, fold_tta = [], []
     for r in (r for r in results if not r.final):
         val = prep.splits.folds[r.fold][1]
@@ -58,11 +65,11 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
             "val_loss": r.val_loss,
             "val_loss_history": r.val_loss_history,
             "lr_history": r.lr_history,
-            **metrics_or_nan(labels[val], r.probs["val"], k),
+            **metrics_or_nan(labels[val], r.probs["val"], k, positive=pos),
             "diverged": diverged(r),
         }
         if tta:
-            row["tta"] = metrics_or_nan(labels[val], r.probs["val_tta"], k)
+            row["tta"] = metrics_or_nan(labels[val], r.probs["val_tta"], k, positive=pos)
             fold_tta.append(row["tta"])
         fold_rows.append(row)
     final = next(r for r in results if r.final)
@@ -87,6 +94,8 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
             "class_names": prep.cache.class_names,
             "data_root": prep.cache.attrs.get("data_root"),
         },
+        "classes": {"names": list(prep.cache.class_names), "positive": prep.positive.record()},
+        "dataset": {"cnmc": is_cnmc(prep.cache)},
         "config": config,
         "device": prep.device.type,
         "precision": prep.precision,
@@ -102,7 +111,7 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
         },
         "folds": fold_rows,
         "summary": summary,
-        "pooled": pooled_with_ci(labels, prep.cache.patients, pooled, k, seed=config["seed"])
+        "pooled": pooled_with_ci(labels, prep.cache.patients, pooled, k, seed=config["seed"], positive=pos)
         if pooled
         else None,
         "final_head": {
@@ -111,7 +120,7 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
             "train_images": int(prep.splits.pool.size),
         },
         "test": _test_metrics(prep, results, tta, config["seed"]),
-        "paper": {"cv": PAPER_CV, "test": PAPER_TEST},
+        "paper": {"cv": PAPER_CV, "test": PAPER_TEST} if is_cnmc(prep.cache) else None,
         "history": history(results),
     }
 
@@ -136,16 +145,19 @@ def _test_metrics(prep: Prepared, results: list[HeadResult], tta: bool, seed: in
     if rows.size == 0:
         return None
     y, k, patients = prep.cache.labels[rows], prep.data.classes, prep.cache.patients[rows]
+    pos = prep.positive.index
     final = next(r for r in results if r.final)
     folds = [r for r in results if not r.final and not diverged(r)] or [final]  # a diverged head never votes
+    ens = np.mean([r.probs["test"] for r in folds], 0)
     out = {
         "images": int(rows.size),
-        "final": metrics_with_ci(y, final.probs["test"], patients, k, seed=seed),
-        "ensemble": metrics_with_ci(y, np.mean([r.probs["test"] for r in folds], 0), patients, k, seed=seed),
+        "final": metrics_with_ci(y, final.probs["test"], patients, k, seed=seed, positive=pos),
+        "ensemble": metrics_with_ci(y, ens, patients, k, seed=seed, positive=pos),
     }
     if tta:
-        out["final_tta"] = classification_metrics(y, final.probs["test_tta"], k)
-        out["ensemble_tta"] = classification_metrics(y, np.mean([r.probs["test_tta"] for r in folds], 0), k)
+        ens_tta = np.mean([r.probs["test_tta"] for r in folds], 0)
+        out["final_tta"] = classification_metrics(y, final.probs["test_tta"], k, positive=pos)
+        out["ensemble_tta"] = classification_metrics(y, ens_tta, k, positive=pos)
     return out
 
 
@@ -159,6 +171,7 @@ def write_head(path: Path, prep: Prepared, results: list[HeadResult], cfg: HeadC
         "state_dict": head.state_dict(),
         "head_config": head.config(),
         "class_names": list(prep.cache.class_names),
+        "positive_class": prep.positive.name,
         "cache_key": prep.cache.key,
         "cache_path": str(prep.cache.path.absolute()),
         "key_params": plain(prep.cache.key_params),
@@ -171,73 +184,69 @@ def write_head(path: Path, prep: Prepared, results: list[HeadResult], cfg: HeadC
 
 def write_folds_csv(path: Path, prep: Prepared) -> None:
     rows = fold_table(prep.splits, prep.cache.labels, prep.cache.patients, prep.cache.class_names)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["patient", "class", "images", "fold"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, ["patient", "class", "images", "fold"], rows)
 
 
-def _score(prob: np.ndarray) -> np.ndarray:
-    """P(class 1) for two classes (the positive class, ALL), else the probability of the predicted class."""
-    return prob[:, 1] if prob.shape[1] == 2 else prob.max(1)
+def probability_columns(class_names: list[str], prefix: str = "") -> list[str]:
+    """``p_<class>`` for every class (``prefix``: ``ensemble_``, ``tta_``, ``ensemble_tta_``)."""
+    return [f"{prefix}p_{name}" for name in class_names]
+
+
+PREDICTION_PREFIXES = ("", "ensemble_", "tta_", "ensemble_tta_")
 
 
 def write_predictions(path: Path, prep: Prepared, results: list[HeadResult], tta: bool) -> None:
     """Out-of-fold validation predictions of the pool, and the final head and ensemble on the test set (a
-    diverged fold head's rows are left out and it takes no part in the ensemble)."""
+    diverged fold head's rows are left out and it takes no part in the ensemble). Columns: ``path``,
+    ``patient``, ``true_class``, ``split``, ``fold``, ``predicted_class`` and ``p_<class>`` of every class
+    (the fold head out of fold, the final head on test), then ``ensemble_p_<class>`` (test rows) and, with
+    TTA, ``tta_p_<class>`` and ``ensemble_tta_p_<class>``."""
     c = prep.cache
-    fields = [
-        "path",
-        "patient",
-        "label",
-        "split",
-        "fold",
-        "prediction",
-        "probability",
-        "probability_ensemble",
-    ]
-    fields += ["probability_tta", "probability_ensemble_tta"] if tta else []
+    prefixes = PREDICTION_PREFIXES if tta else PREDICTION_PREFIXES[:2]
+    fields = ["path", "patient", "true_class", "split", "fold", "predicted_class"]
+    fields += [col for prefix in prefixes for col in probability_columns(c.class_names, prefix)]
     lines = []
     results = [r for r in results if r.final or not diverged(r)]
     for r in (r for r in results if not r.final):
         rows = prep.splits.folds[r.fold][1]
-        extra = {"probability_tta": _score(r.probs["val_tta"])} if tta else {}
-        cols = {"probability": _score(r.probs["val"]), **extra}
-        lines += _lines(c, rows, "val", r.fold, r.probs["val"], cols)
+        probs = {"": r.probs["val"], **({"tta_": r.probs["val_tta"]} if tta else {})}
+        lines += _lines(c, rows, "val", r.fold, probs)
     if prep.splits.test.size:
         final = next(r for r in results if r.final)
-        ens = np.mean([r.probs["test"] for r in results if not r.final], 0)
-        cols = {"probability": _score(final.probs["test"]), "probability_ensemble": _score(ens)}
+        folds = [r for r in results if not r.final]
+        probs = {"": final.probs["test"], "ensemble_": np.mean([r.probs["test"] for r in folds], 0)}
         if tta:
-            cols["probability_tta"] = _score(final.probs["test_tta"])
-            cols["probability_ensemble_tta"] = _score(
-                np.mean([r.probs["test_tta"] for r in results if not r.final], 0)
-            )
-        lines += _lines(c, prep.splits.test, "test", "", final.probs["test"], cols)
+            probs["tta_"] = final.probs["test_tta"]
+            probs["ensemble_tta_"] = np.mean([r.probs["test_tta"] for r in folds], 0)
+        lines += _lines(c, prep.splits.test, "test", "", probs)
+    write_csv(path, fields, sorted(lines, key=lambda d: d["path"]))
+
+
+def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """A CSV with the given columns; missing cells are empty."""
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(sorted(lines, key=lambda d: d["path"]))
+        writer.writerows(rows)
 
 
 def _lines(
-    c: FeatureCache,
-    rows: np.ndarray,
-    split: str,
-    fold: int | str,
-    prob: np.ndarray,
-    cols: dict[str, np.ndarray],
+    c: FeatureCache, rows: np.ndarray, split: str, fold: int | str, probs: dict[str, np.ndarray]
 ) -> list[dict]:
-    pred = prob.argmax(1)
-    return [
-        {
+    pred = probs[""].argmax(1)
+    out = []
+    for j, i in enumerate(rows):
+        line = {
             "path": c.paths[i],
             "patient": c.patients[i],
-            "label": c.class_names[int(c.labels[i])],
+            "true_class": c.class_names[int(c.labels[i])],
             "split": split,
             "fold": fold,
-            "prediction": c.class_names[int(pred[j])],
-            **{name: f"{float(v[j]):.6f}" for name, v in cols.items()},
+            "predicted_class": c.class_names[int(pred[j])],
         }
-        for j, i in enumerate(rows)
-    ]
+        for prefix, prob in probs.items():
+            line.update(
+                {f"{prefix}p_{name}": f"{float(prob[j, k]):.9g}" for k, name in enumerate(c.class_names)}
+            )
+        out.append(line)
+    return out

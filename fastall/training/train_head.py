@@ -20,10 +20,12 @@ import torch
 from rich.console import Console
 from threadpoolctl import threadpool_limits
 
+from fastall.data.positive import PositiveClass, resolve_positive
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
 from fastall.system.devices import decide_precision, resolve_device
 from fastall.system.jsonable import plain
+from fastall.system.notices import Notices
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training import run_files
 from fastall.training.config import (
@@ -41,6 +43,7 @@ from fastall.training.hygiene import check_rows, content_leak_notes
 from fastall.training.patients import run_patient_level
 from fastall.training.presets import PRESETS, protocol_record
 from fastall.training.probe import ProbeResult, fit_probe, probe_cache
+from fastall.training.run_warnings import data_warnings, verdict_of
 from fastall.training.selection import refit, select
 from fastall.training.splits import Splits, audit_splits, make_splits
 from fastall.training.views import view_shift
@@ -59,6 +62,8 @@ class Prepared:
     load_s: float
     precision_record: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    positive: PositiveClass | None = None
+    warnings: Notices = field(default_factory=Notices)
 
 
 def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
@@ -71,6 +76,7 @@ def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
     cache = read_cache(cache_path)
     if cache.n_images == 0:
         raise FastallError(f"{cache.path}: the cache holds no images")
+    positive = resolve_positive(cache.class_names, options.positive, cache.attrs.get("positive_class"))
     cache, notes = check_rows(cache, dedupe=options.dedupe)
     splits = make_splits(
         cache.labels,
@@ -83,7 +89,10 @@ def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
         class_names=cache.class_names,
     )
     audit = audit_splits(splits, cache.patients, cache.content_hashes)
-    notes += content_leak_notes(audit)
+    warnings = data_warnings(cache, positive, notes)
+    leaks = content_leak_notes(audit)
+    warnings.extend("leakage", leaks)
+    notes += leaks
     features = torch.from_numpy(np.ascontiguousarray(cache.features))
     features = features.to(dev) if dev.type != "cpu" else features
     data = StackData(
@@ -96,7 +105,7 @@ def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
         view_mode=options.train_views,
     )
     load_s = time.perf_counter() - t0
-    return Prepared(cache, splits, audit, data, dev, prec, load_s, choice.record(), notes)
+    return Prepared(cache, splits, audit, data, dev, prec, load_s, choice.record(), notes, positive, warnings)
 
 
 @dataclass
@@ -145,25 +154,22 @@ def train_head(
     out = Path(out)
     check_target(out.absolute(), options.overwrite)
     prep = prepare(cache_path, options)
-    console = options.console
-    warn = None if console is None else lambda m: console.print(f"[yellow]Warning:[/] {m}", soft_wrap=True)
+    warnings = prep.warnings
     shift = view_shift(prep.cache.features, prep.splits.pool, options.train_views)
     if shift["large"]:
         prep.notes.append(shift["message"])
-    for note in prep.notes if warn else ():
-        warn(note)
+        warnings.add("view_shift", shift["message"])
     t0 = time.perf_counter()
-    probe = probe_cache(prep.cache, prep.splits) if options.probe else None
+    probe = probe_cache(prep.cache, prep.splits, positive=prep.positive.index) if options.probe else None
     probe_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     results, selection = _train(prep, configs, options, probe)
     if selection is not None:
         config = configs[selection.final_config]
         prep.notes.extend(selection.notes)
-        for note in selection.notes if warn else ():
-            warn(note)
+        warnings.extend("selection", selection.notes)
     train_s = time.perf_counter() - t0
-    check_divergence(results, config.lr, config.weight_decay, warn)
+    check_divergence(results, config.lr, config.weight_decay, lambda m: warnings.add("diverged", m))
     run_config = {
         "folds": options.folds,
         "test": options.test,
@@ -176,11 +182,11 @@ def train_head(
         "train_views": options.train_views,
         "selection": options.selection,
         "head_init": options.head_init,
+        "positive": prep.positive.name,
         **({"preset": options.preset} if options.preset else {}),
         **({"dedupe": True} if options.dedupe else {}),
     }
     metrics, made = run_files.run_metrics(prep, results, run_config, options.tta), None
-    metrics["warnings"] = prep.notes
     metrics["protocol"] = protocol_record(options)
     metrics["feature_shift"] = shift
     if selection is not None:
@@ -192,12 +198,18 @@ def train_head(
         metrics["baseline"] = baseline(
             metrics["summary"], probe.summary, (metrics["test"] or {}).get("final"), probe.test
         )
+        metrics["verdict"] = verdict_of(prep, results, probe, options)
+        code = {"is": "head_is_probe", "beats": "probe_verdict"}.get(metrics["verdict"]["verdict"])
+        warnings.add(code or "probe_verdict", metrics["verdict"]["text"])
+    metrics["warnings"] = warnings.items
     t0 = time.perf_counter()
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
         run_files.write_head(tmp / "head.pt", prep, results, config, run_config)
         run_files.write_folds_csv(tmp / "folds.csv", prep)
         run_files.write_predictions(tmp / "predictions.csv", prep, results, options.tta)
-        metrics["patient_level"] = run_patient_level(tmp / "predictions.csv", prep.cache.class_names)
+        metrics["patient_level"] = run_patient_level(
+            tmp / "predictions.csv", prep.cache.class_names, prep.positive.name
+        )
         metrics["timings"] = {
             "load_cache_s": prep.load_s,
             "train_s": train_s,

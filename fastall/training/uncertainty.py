@@ -35,6 +35,7 @@ CI_METRICS = (
     "pr_auc",
     "brier",
 )
+ONE_SIDED = ("recall", "specificity", "precision", "npv", "f1", "pr_auc")
 _BLOCK = 128
 
 
@@ -53,12 +54,17 @@ def bootstrap_intervals(
     resamples: int = RESAMPLES,
     seed: int = 0,
     level: float = LEVEL,
+    positive: int | None = 1,
 ) -> dict:
-    """Percentile intervals of ``CI_METRICS`` over patient resamples, or a note that they are unreliable."""
+    """Percentile intervals of ``CI_METRICS`` over patient resamples, or a note that they are unreliable.
+    Two classes: ``positive`` is the positive class index; with None the metrics that depend on which class
+    is positive (``ONE_SIDED``) get no interval."""
     y = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(prob, dtype=np.float64)
     p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
     k = classes or p.shape[1]
+    if k == 2 and positive == 0:
+        y, p = 1 - y, p[:, ::-1]
     uniq, codes = np.unique(np.asarray(patients).astype(str), return_inverse=True)
     n = len(uniq)
     out = {
@@ -84,16 +90,24 @@ def bootstrap_intervals(
         v = values[name]
         v = v[np.isfinite(v)]
         intervals[name] = [float(x) for x in np.percentile(v, [tail, 100 - tail])] if v.size else None
+    if k == 2 and positive is None:
+        intervals.update(dict.fromkeys(ONE_SIDED))
     return {**out, "intervals": intervals}
 
 
 def metrics_with_ci(
-    y_true: np.ndarray, prob: np.ndarray, patients: np.ndarray, classes: int, *, seed: int = 0
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    patients: np.ndarray,
+    classes: int,
+    *,
+    seed: int = 0,
+    positive: int | None = 1,
 ) -> dict:
     """``classification_metrics`` plus ``"ci"``: their patient-level bootstrap intervals."""
     return {
-        **classification_metrics(y_true, prob, classes),
-        "ci": bootstrap_intervals(y_true, prob, patients, classes=classes, seed=seed),
+        **classification_metrics(y_true, prob, classes, positive=positive),
+        "ci": bootstrap_intervals(y_true, prob, patients, classes=classes, seed=seed, positive=positive),
     }
 
 
@@ -104,11 +118,12 @@ def pooled_with_ci(
     classes: int,
     *,
     seed: int = 0,
+    positive: int | None = 1,
 ) -> dict:
     """``metrics_with_ci`` of several ``(rows, prob)`` parts together: the pooled out-of-fold predictions."""
     rows = np.concatenate([r for r, _ in parts])
     prob = np.concatenate([p for _, p in parts])
-    return metrics_with_ci(labels[rows], prob, patients[rows], classes, seed=seed)
+    return metrics_with_ci(labels[rows], prob, patients[rows], classes, seed=seed, positive=positive)
 
 
 def resampled_metrics(
