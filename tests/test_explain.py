@@ -188,7 +188,7 @@ def test_folder_outputs(e2e, tmp_path):
         cli, ["explain", str(e2e.run), one, "--out", str(out), "--overwrite", "--target", "all"]
     )
     assert again.exit_code == 0, again.output
-    assert [(r["path"], r["target"]) for r in _rows(out / "explain.csv")] == [(one, "all")]
+    assert [(r["path"], r["target_class"]) for r in _rows(out / "explain.csv")] == [(one, "all")]
 
 
 @needs_gradcam

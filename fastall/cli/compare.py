@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from fastall.cli.group import cli, console, wide_console
+from fastall.cli.group import cli, console, positive_option, wide_console
 from fastall.cli.training import (
     DEVICE_HELP,
     PRESET_OPTION,
@@ -43,6 +43,7 @@ from fastall.cli.training import (
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
     click.option("--overwrite", is_flag=True, help="Replace an existing compare folder."),
+    positive_option,
 )
 def compare_cmd(
     caches: tuple[str, ...],
@@ -58,6 +59,7 @@ def compare_cmd(
     device: str,
     overwrite: bool,
     preset: str,
+    positive: str | None,
     **head: Any,
 ) -> None:
     """Rank backbones by caches of one dataset: the same patient-level folds and head, a paired bootstrap."""
@@ -69,7 +71,16 @@ def compare_cmd(
     if resamples < 100:
         raise FastallError(f"--resamples {resamples}: use at least 100")
     config, protocol = preset_config(preset, head)
-    run = TrainOptions(folds=folds, test=test, holdout=holdout, tta=tta, seed=seed, device=device, **protocol)
+    run = TrainOptions(
+        folds=folds,
+        test=test,
+        holdout=holdout,
+        tta=tta,
+        seed=seed,
+        device=device,
+        positive=positive,
+        **protocol,
+    )
     options = CompareOptions(run=run, sweep=grid, resamples=resamples)
     result = compare_caches(caches, out, config=config, options=options, overwrite=overwrite, console=console)
     if latency:

@@ -136,7 +136,8 @@ def _probs(model: LeukemiaClassifier, images: torch.Tensor, indices: list[int], 
 
 
 def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
-    """Write ``out`` (path, predicted_class, p_<class>...) and, if any file was skipped, ``<out>.skipped.csv``.
+    """Write ``out`` (path, predicted_class, p_<class>...) and, if any file was skipped,
+    ``<out>.skipped.csv``.
 
     Both are written atomically; a stale sidecar from an earlier run is removed. Returns the sidecar path.
     """

@@ -199,16 +199,22 @@ def recorded_check(
     heads = {"test": build_head(record["head_config"], record["state_dict"], where)}
     for fold, state in enumerate(record.get("fold_state_dicts") or []):
         heads[str(fold)] = build_head(record["head_config"], state, where)
+    names = [str(c) for c in record["class_names"]]
     mine, theirs = [], []
     for k, i in enumerate(chosen):
         row = rows.get(str(fc.paths[i]))
-        if row is None or not row.get("probability"):
+        columns = [f"p_{c}" for c in names] if row and f"p_{names[0]}" in row else None
+        if row is None or not (row.get(columns[0]) if columns else row.get("probability")):
             continue
         head = heads.get("test" if row.get("split") == "test" else str(row.get("fold")))
         if head is None:
             continue
         prob = torch.softmax(head(feats[k : k + 1].to(next(head.parameters()).device)).double().cpu(), 1)[0]
-        score = prob[1] if len(prob) == 2 else prob.max()
+        if columns:
+            mine.append(prob)
+            theirs.append(torch.tensor([float(row[c]) for c in columns], dtype=torch.float64))
+            continue
+        score = prob[1] if len(prob) == 2 else prob.max()  # runs before the p_<class> columns
         mine.append(torch.stack([1 - score, score]))
         recorded = float(row["probability"])
         theirs.append(torch.tensor([1 - recorded, recorded], dtype=torch.float64))

@@ -123,6 +123,11 @@ def print_comparison(results: dict[str, Any], out: Any, console: Console) -> Non
     for e in results["backbones"]:
         if e.get("vs_best") is not None:
             console.print(escape(e["vs_best"]["statement"]), highlight=False, soft_wrap=True)
+    for e in results["backbones"]:
+        if e.get("verdict"):
+            console.print(escape(f"{e['name']}: {e['verdict']['text']}"), highlight=False, soft_wrap=True)
+    if results.get("probe_note"):
+        console.print(f"[yellow]warning:[/] {escape(results['probe_note'])}", highlight=False, soft_wrap=True)
     console.print(
         f"wrote {out}/compare.json, compare.csv and a run per backbone in {out}/runs", highlight=False
     )

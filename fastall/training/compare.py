@@ -129,13 +129,15 @@ def _folds_of(run: Path) -> dict[str, str]:
 
 
 def _oof_scores(run: Path, cache: FeatureCache) -> np.ndarray:
-    """Each pool image's out-of-fold P(class 1), in cache row order (NaN for rows with none)."""
+    """Each pool image's out-of-fold P(class 1), in cache row order (NaN for rows with none): the binary AUC
+    is the same for either class, so the paired AUC difference does not depend on which is positive."""
     row_of = {p: i for i, p in enumerate(cache.paths.astype(str))}
     scores = np.full(cache.n_images, np.nan)
+    column = f"p_{cache.class_names[-1]}"
     with open(run / "predictions.csv", newline="") as fh:
         for row in csv.DictReader(fh):
             if row["split"] == "val":
-                scores[row_of[row["path"]]] = float(row["probability"])
+                scores[row_of[row["path"]]] = float(row.get(column) or row.get("probability") or "nan")
     return scores
 
 
@@ -223,8 +225,10 @@ def compare_caches(
             if _folds_of(tmp / "runs" / name) != expected:
                 raise FastallError(f"{name}: train-head made other folds than the comparison's (a bug)")
             entries.append(_entry(name, cache, Path("runs") / name, result.metrics, cfg))
-            probe = probe_cache(read_cache(cache.path), splits)
+            positive = ((result.metrics.get("classes") or {}).get("positive") or {}).get("index")
+            probe = probe_cache(read_cache(cache.path), splits, positive=positive)
             entries[-1]["probe"] = {"oof_auc": probe.pooled.get("auc"), **probe.summary, "test": probe.test}
+            entries[-1]["verdict"] = result.metrics.get("verdict")
             scores.append(_oof_scores(tmp / "runs" / name, cache))
         results = _rank(entries, scores, ref, splits, options)
         results["config"] = asdict(config)
@@ -292,7 +296,20 @@ def _rank(
         "options": {**asdict(options.for_runs()), "sweep": options.sweep},
         "best": entries[best]["name"],
         "backbones": [entries[i] for i in order],
+        "probe_note": probe_note(entries),
     }
+
+
+def probe_note(entries: list[dict]) -> str | None:
+    """A line when no backbone's head beats its own linear probe (the paired verdict of each run)."""
+    verdicts = [(e.get("verdict") or {}).get("verdict") for e in entries]
+    if not verdicts or any(v in (None, "beats") for v in verdicts):
+        return None
+    if all(v == "loses to" for v in verdicts):
+        return "every backbone's head LOSES TO its own linear probe: report the probes, not the heads"
+    return (
+        "no backbone's head beats its own linear probe (each is indistinguishable from it, is it, or loses)"
+    )
 
 
 def statement(name: str, diff: dict[str, Any], level: float) -> str:
