@@ -238,6 +238,22 @@ def train_head_cmd(
     click.option("--metric", type=click.Choice(["auc", "accuracy", "f1"]), default="auc", show_default=True),
     *_split_options("Test set left out of the sweep (as in train-head).")[1:],
     *_device_options("sweep"),
+    click.option(
+        "--preset",
+        type=click.Choice(list(PRESETS)),
+        default="paper",
+        show_default=True,
+        help="The protocol every configuration trains with (train-head's presets): paper, selection on the "
+        "reported fold (fast, optimistic); default, train-head's default (selection on an inner split, the "
+        "head started as the probe), one configuration after another.",
+    ),
+    click.option(
+        "--probe/--no-probe",
+        default=True,
+        show_default=True,
+        help="Fit the linear probe on the same folds: the row every configuration has to beat.",
+    ),
+    positive_option,
 )
 def sweep_cmd(
     cache: str,
@@ -252,10 +268,16 @@ def sweep_cmd(
     device: str,
     overwrite: bool,
     report: bool,
+    preset: str,
+    probe: bool,
+    positive: str | None,
 ) -> None:
-    """Train many head configurations on the same patient-level folds at once, ranked by a metric."""
+    """Train many head configurations on the same patient-level folds at once, ranked by a metric, beside
+    the linear probe on the same folds."""
+    from fastall.training.presets import apply_preset
     from fastall.training.sweep import print_sweep, sweep
 
+    base, protocol = apply_preset(preset, {}, {})
     options = TrainOptions(
         folds=folds,
         test=test,
@@ -265,6 +287,9 @@ def sweep_cmd(
         overwrite=overwrite,
         report=report,
         console=console,
+        probe=probe,
+        positive=positive,
+        **protocol,
     )
-    result = sweep(cache, out, grid=grid, random=random_n, metric=metric, options=options)
+    result = sweep(cache, out, grid=grid, random=random_n, metric=metric, options=options, base=base)
     print_sweep(result, results)

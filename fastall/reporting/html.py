@@ -153,6 +153,19 @@ def sweep_tables(sweep: dict, top: int = 30) -> list[Table]:
     metric, varying = sweep["metric"], sweep.get("varying") or []
     header = ["#", *varying, f"{metric} mean±std", "Acc %", "F1", "AUC", "val loss"]
     rows = []
+    probe = (sweep.get("probe") or {}).get("summary")
+    if probe:
+        rows.append(
+            [
+                "linear probe (to beat)",
+                *("" for _ in varying),
+                fmt(probe.get(metric), metric == "accuracy", probe.get(f"{metric}_std")),
+                fmt(probe.get("accuracy"), True),
+                fmt(probe.get("f1"), False),
+                fmt(probe.get("auc"), False),
+                "",
+            ]
+        )
     for r in sweep["configs"][:top]:
         s, p = r["summary"], r["params"]
         rows.append(
@@ -167,10 +180,13 @@ def sweep_tables(sweep: dict, top: int = 30) -> list[Table]:
             ]
         )
     title = (
-        f"Sweep: {len(sweep['configs'])} configurations × {sweep.get('folds', '?')} folds, ranked by {metric}"
+        f"Sweep: {len(sweep['configs'])} configurations × {sweep.get('folds', '?')} folds, ranked by "
+        f"{metric}, preset {sweep.get('preset') or 'paper'}"
     )
     more = len(sweep["configs"]) - top
-    note = f"{more} more in results.csv" if more > 0 else ""
+    note = " ".join(
+        n for n in (sweep.get("probe_note"), f"{more} more in results.csv" if more > 0 else "") if n
+    )
     return [Table("summary", title, header, rows, note=note, nav="Ranked configurations")]
 
 

@@ -90,8 +90,11 @@ def expand(grid: dict[str, list | Range], base: HeadConfig | None = None) -> lis
     ]
 
 
-def sample(grid: dict[str, list | Range], n: int, seed: int) -> list[HeadConfig]:
-    """N configurations: log-uniform for ranges of ``log`` fields above 0, else uniform; lists are choices."""
+def sample(
+    grid: dict[str, list | Range], n: int, seed: int, base: HeadConfig | None = None
+) -> list[HeadConfig]:
+    """N configurations on top of ``base`` (the paper's head): log-uniform for ranges of ``log`` fields
+    above 0, else uniform; lists are choices."""
     if n < 1:
         raise FastallError(f"--random {n}: expected at least 1 configuration")
     known = grid_names()
@@ -108,7 +111,7 @@ def sample(grid: dict[str, list | Range], n: int, seed: int) -> list[HeadConfig]
                 values[name] = float(math.exp(rng.uniform(math.log(spec.low), math.log(spec.high))))
             else:
                 values[name] = float(rng.uniform(spec.low, spec.high))
-        out.append(replace(HeadConfig(), **values))
+        out.append(replace(base or HeadConfig(), **values))
     return out
 
 

@@ -31,7 +31,9 @@ from fastall.training.divergence import diverged, metrics_or_nan
 from fastall.training.engine import train_stacks
 from fastall.training.grid import Range, expand, parse_grid, sample
 from fastall.training.metrics import summarize
-from fastall.training.train_head import Prepared, prepare
+from fastall.training.presets import protocol_record
+from fastall.training.probe import ProbeResult, probe_cache
+from fastall.training.train_head import Prepared, prepare, train_by_protocol
 
 SWEEP_FORMAT, SWEEP_VERSION = "fastall-sweep", 1
 METRICS = ("auc", "accuracy", "f1")
@@ -59,13 +61,15 @@ def sweep(
     random: int | None = None,
     metric: str = "auc",
     options: TrainOptions | None = None,
+    base: HeadConfig | None = None,
     **keywords: Any,
 ) -> SweepResult:
     """Train every configuration on train-head's folds and rank them by ``metric`` (mean over folds).
 
     ``options`` (folds, test, holdout, seed, device, precision, overwrite, progress, console) are
-    train-head's; the flat keywords of earlier versions (``folds=..., device=...``) still work and override
-    them."""
+    train-head's, with its protocol (``selection`` on the fold: the paper's stacks; inner: the preset's
+    protocol per configuration); ``base``: the head the grid varies (the preset's; default the paper's).
+    The flat keywords of earlier versions (``folds=..., device=...``) still work and override them."""
     t_start = time.perf_counter()
     options = replace(options or TrainOptions(), **keywords)
     if metric not in METRICS:
@@ -75,20 +79,24 @@ def sweep(
         text = DEFAULT_RANGES if random else DEFAULT_GRID
         grid = text
     spec = parse_grid(grid, allow_ranges=bool(random)) if isinstance(grid, str) else grid
-    configs = sample(spec, random, options.seed) if random else expand(spec)
+    configs = sample(spec, random, options.seed, base) if random else expand(spec, base)
     check_target(Path(out).absolute(), options.overwrite, kind=SWEEP_FORMAT)
     prep = prepare(cache_path, options)
+    probe = probe_cache(prep.cache, prep.splits, positive=prep.positive.index) if options.probe else None
     t0 = time.perf_counter()
-    with _GroupProgress(options.progress, options.console, configs) as on_progress:
-        heads = train_stacks(
-            replace(prep.data, test=np.empty(0, dtype=np.int64)),
-            configs,
-            seed=options.seed,
-            precision=prep.precision,
-            final=False,
-            states=False,
-            progress=on_progress,
-        )
+    if options.selection == "fold":
+        with _GroupProgress(options.progress, options.console, configs) as on_progress:
+            heads = train_stacks(
+                replace(prep.data, test=np.empty(0, dtype=np.int64)),
+                configs,
+                seed=options.seed,
+                precision=prep.precision,
+                final=False,
+                states=False,
+                progress=on_progress,
+            )
+    else:
+        heads = _by_protocol(prep, configs, options, probe)
     train_s = time.perf_counter() - t0
     table = _rank(prep, configs, heads, metric)
     varying = [f.name for f in fields(HeadConfig) if len({getattr(c, f.name) for c in configs}) > 1]
@@ -117,6 +125,10 @@ def sweep(
         "device": prep.device.type,
         "precision": prep.precision,
         "varying": varying,
+        "preset": options.preset,
+        "protocol": protocol_record(options),
+        "positive_class": prep.positive.name,
+        "probe": _probe_row(probe, metric),
         "configs": table,
         "best": {**best, "command": train_head_command(prep.cache.path, configs[best["config"]], options)},
         "timings": {
@@ -126,6 +138,7 @@ def sweep(
             "total_s": time.perf_counter() - t_start,
         },
     }
+    results["probe_note"] = probe_note(results)
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
         _write_csv(tmp / "results.csv", table)
         (tmp / "results.json").write_text(json.dumps(plain(results), indent=2, allow_nan=False) + "\n")
@@ -173,13 +186,48 @@ class _GroupProgress:
             self.bar.__exit__(*exc)
 
 
+def _by_protocol(
+    prep: Prepared, configs: list[HeadConfig], options: TrainOptions, probe: ProbeResult | None
+) -> list[HeadResult]:
+    """Each configuration through train-head's own protocol (the preset's selection on an inner split, its
+    start at the probe), one after the other; the fold heads, tagged with their configuration."""
+    test = replace(prep, data=replace(prep.data, test=np.empty(0, dtype=np.int64)))
+    heads = []
+    for i, cfg in enumerate(configs):
+        results, _ = train_by_protocol(test, [cfg], replace(options, tune=None), probe)
+        heads += [replace(r, config=i) for r in results if not r.final]
+    return heads
+
+
+def _probe_row(probe: ProbeResult | None, metric: str) -> dict | None:
+    """The linear probe on the same folds: the row every configuration has to beat."""
+    if probe is None:
+        return None
+    return {
+        "summary": {k: probe.summary.get(k) for k in (*FOLD_METRICS, *(f"{m}_std" for m in FOLD_METRICS))}
+    }
+
+
+def probe_note(results: dict) -> str | None:
+    """A line when no configuration beats the probe's mean ``metric``."""
+    probe, metric = results.get("probe"), results["metric"]
+    value = ((probe or {}).get("summary") or {}).get(metric)
+    best = results["best"]["summary"].get(metric)
+    if value is None or best is None or not math.isfinite(value) or best > value:
+        return None
+    return (
+        f"no configuration beats the linear probe: the best {metric} {best:.3f} is not above the probe's "
+        f"{value:.3f} on the same folds; use the probe (or fastall train-head's default preset)"
+    )
+
+
 def _rank(prep: Prepared, configs: list[HeadConfig], heads: list[HeadResult], metric: str) -> list[dict]:
-    labels, k = prep.cache.labels, prep.data.classes
+    labels, k, pos = prep.cache.labels, prep.data.classes, prep.positive.index
     rows = []
     for i, cfg in enumerate(configs):
         per_fold = []
         for r in (h for h in heads if h.config == i):
-            m = metrics_or_nan(labels[prep.splits.folds[r.fold][1]], r.probs["val"], k, detail=False)
+            m = metrics_or_nan(labels[prep.splits.folds[r.fold][1]], r.probs["val"], k, False, pos)
             per_fold.append(
                 {
                     "fold": r.fold,
@@ -206,10 +254,12 @@ def _rank(prep: Prepared, configs: list[HeadConfig], heads: list[HeadResult], me
 
 
 def train_head_command(cache: Path, cfg: HeadConfig, options: TrainOptions, out: str = "runs/best") -> str:
-    """The exact `fastall train-head` command that reproduces one configuration's folds (the sweep trains
-    with the paper's protocol: views, selection on the fold)."""
+    """The exact `fastall train-head` command that reproduces one configuration's folds (with the sweep's
+    preset: views, selection, head start)."""
     parts = ["fastall", "train-head", shlex.quote(str(cache)), "--folds", str(options.folds), "--out", out]
-    parts += ["--preset", "paper"]
+    parts += ["--preset", options.preset or "paper"]
+    if options.positive:
+        parts += ["--positive", shlex.quote(options.positive)]
     parts += ["--test", options.test, "--holdout", repr(options.holdout)]
     for spec in HeadConfig.hparams():
         parts += spec.argv(getattr(cfg, spec.name))
@@ -252,6 +302,19 @@ def print_sweep(result: SweepResult, console: Console | None = None, top: int = 
     )
     for col in ("#", *varying, f"{metric} mean±std", "Acc %", "F1", "AUC", "val loss"):
         table.add_column(col, justify="right", no_wrap=True)
+    probe = (r.get("probe") or {}).get("summary")
+    if probe:
+        table.add_row(
+            "probe",
+            *("" for _ in varying),
+            fmt(probe.get(metric), metric == "accuracy", probe.get(f"{metric}_std")),
+            fmt(probe.get("accuracy"), True),
+            fmt(probe.get("f1"), False),
+            fmt(probe.get("auc"), False),
+            "",
+            style="cyan",
+        )
+        table.add_section()
     for row in r["configs"][:top]:
         s, p = row["summary"], row["params"]
         params = (f"{p[n]:.3g}" if isinstance(p[n], float) else str(p[n]) for n in varying)
@@ -268,11 +331,18 @@ def print_sweep(result: SweepResult, console: Console | None = None, top: int = 
     if len(r["configs"]) > top:
         console.print(f"... {len(r['configs']) - top} more in {result.out / 'results.csv'}")
     t = r["timings"]
+    optimistic = (r.get("protocol") or {}).get("optimistic", True)
     console.print(
         f"{len(r['configs'])} configurations in {t['train_s']:.1f} s "
         f"({t['configs_per_s']:.2f}/s) on "
-        f"{r['device']} ({r['precision']}); results in {result.out}"
+        f"{r['device']} ({r['precision']}), preset {r.get('preset') or 'paper'}"
+        f"{' (selection on the reported fold: optimistic)' if optimistic else ''}"
+        f"; the probe row is the linear probe on the same folds; results in {result.out}",
+        highlight=False,
+        soft_wrap=True,
     )
+    if r.get("probe_note"):
+        console.print(f"[yellow]warning:[/] {r['probe_note']}", highlight=False, soft_wrap=True)
     console.print("Best configuration, as a train-head run:")
     console.print(r["best"]["command"], soft_wrap=True, highlight=False, markup=False)
     if result.report is not None:

@@ -163,7 +163,7 @@ def train_head(
     probe = probe_cache(prep.cache, prep.splits, positive=prep.positive.index) if options.probe else None
     probe_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    results, selection = _train(prep, configs, options, probe)
+    results, selection = train_by_protocol(prep, configs, options, probe)
     if selection is not None:
         config = configs[selection.final_config]
         prep.notes.extend(selection.notes)
@@ -243,7 +243,7 @@ def check_protocol(config: HeadConfig, options: TrainOptions) -> list[HeadConfig
     return [c.check() for c in expand(parse_grid(options.tune, flag="--tune"), config)]
 
 
-def _train(
+def train_by_protocol(
     prep: Prepared, configs: list[HeadConfig], options: TrainOptions, probe: ProbeResult | None
 ) -> tuple[list[HeadResult], Any]:
     """Train the fold heads and the final head: selecting on the reported fold (the paper's) or on an inner
