@@ -266,6 +266,9 @@ def test_corrupt_existing_cache_is_refused(data, ref, tmp_path):
 
 
 def test_matches_an_independent_torchvision_pipeline(data, tmp_path):
+    """fp32 extraction against torchvision's own resize and normalise, compared after the cache's fp16
+    rounding: fp32 alone leaves about 0.7 % of the 2048 values one fp16 step off (measured), a mean drifting
+    by 3e-5 about 5 %, by 1e-3 two thirds."""
     torch.manual_seed(11)
     state = resnet50().state_dict()
     weights = tmp_path / "some.pth"
@@ -283,8 +286,14 @@ def test_matches_an_independent_torchvision_pipeline(data, tmp_path):
         x = TF.resize(pixels, [48, 48], antialias=True).float() / 255
         x = TF.normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
         with torch.no_grad():
-            expected = model(x[None])[0]
-        assert F.cosine_similarity(expected, torch.from_numpy(feats).float(), dim=0) >= 0.999
+            expected = model(x[None])[0].half().numpy()
+        off = feats != expected
+        assert off.mean() <= 0.02, f"{rel}: {off.mean():.1%} of the features differ from torchvision's"
+        # one fp16 step, plus fp32 round-off of the largest feature for values near zero
+        step = np.spacing(np.maximum(np.abs(feats), np.abs(expected))).astype(np.float64)
+        step += 1e-6 * np.abs(expected).max()
+        gap = np.abs(feats.astype(np.float64) - expected.astype(np.float64))
+        assert np.all(gap <= step), f"{rel}: {np.max(gap / step):.1f} times the tolerance"
 
 
 def test_cli_extract_twice(data, tmp_path):
