@@ -109,7 +109,7 @@ def test_the_cpu_uses_the_fused_kernel():
     assert StackedAdam([torch.zeros(2, 3)]).fused
 
 
-def _fb_case(seed: int, hidden: int = 7) -> tuple[list, list, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fb_case(seed: int, hidden: int = 7) -> tuple:
     """Two heads, 11 rows (two of them padding, weight 0), dropout 0.5 masks, uneven row weights."""
     g = torch.Generator().manual_seed(seed)
     m, b, d, k = 2, 11, 6, 3
@@ -161,7 +161,6 @@ def test_forward_backward_gradients_equal_autograd_on_one_step(seed):
         -1,
     )
     torch.testing.assert_close(prob.double(), want_prob, rtol=0, atol=1e-6)
-
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
 from extract_helpers import assert_same_cache, one_thread, run_extract, spawn_extract, tiny_tree
 from PIL import Image

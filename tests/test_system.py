@@ -32,7 +32,7 @@ def test_resolve_device_without_a_gpu(name, monkeypatch):
 
 
 def test_resolve_device_with_a_gpu(monkeypatch):
-    """A machine with two CUDA devices, made so on any machine (CI has none): only what torch reports is read."""
+    """Two CUDA devices, on any machine (CI has none): resolve_device reads only what torch reports."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     count = 2
