@@ -163,6 +163,22 @@ def test_forward_backward_gradients_equal_autograd_on_one_step(seed):
     torch.testing.assert_close(prob.double(), want_prob, rtol=0, atol=1e-6)
 
 
+def test_forward_backward_in_bf16_uses_its_scratch_buffers_right():
+    """The bf16 path (W1 and its gradient through the w1c/g1c scratch) against float64 autograd on the same
+    bf16-rounded inputs, at bf16 tolerance: a plumbing check (a stale scratch buffer or a dropped copy is far
+    outside it), not a 1 % check (the fp32 test above is that)."""
+    params, y, x, mask, w, target = _fb_case(3)
+    xb = x.to(torch.bfloat16)
+    grads = [torch.full_like(p, float("nan")) for p in params]
+    w1c, g1c = (torch.full(params[0].shape, 7.0, dtype=torch.bfloat16) for _ in range(2))  # stale contents
+    forward_backward(params, grads, xb, mask, w, target, w1c=w1c, g1c=g1c)
+    rounded = [params[0].to(torch.bfloat16).float(), *params[1:]]
+    reference = _autograd_grads(rounded, y, xb.float(), mask, w)
+    for name, got, want in zip(("W1", "b1", "W2", "b2"), grads, reference, strict=True):
+        err = (got.double() - want).abs().max().item()
+        assert err <= 3e-2 * want.abs().max().item(), f"{name}: max |Δ| {err:.3g}"
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return make_feature_cache(
