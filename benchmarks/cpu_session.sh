@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One quiet CPU session: every CPU figure of the README's per-capability table, AVX2 (emulated) first.
+# One CPU session: every CPU figure of the README's per-capability table, AVX2 (emulated) first; the log
+# records the load average at each step's start (a quiet machine gives the cleanest figures).
 #   PYTHONPATH=$PWD bash benchmarks/cpu_session.sh
 set -u
 OUT=${OUT:-benchmarks/results}

@@ -260,6 +260,22 @@ def test_partial_store_roundtrip_and_recovery(tmp_path):
 
 
 def test_kill_point_is_inert_without_the_env(monkeypatch):
-    monkeypatch.delenv("FASTALL_TEST_KILL_AT", raising=False)
-    monkeypatch.delenv("FASTALL_TEST_PAUSE_AT", raising=False)
+    """Without the env nothing is signalled, slept or counted; with it, the n-th pass of its point only."""
+    calls: list[tuple] = []
+    monkeypatch.setattr(files.os, "kill", lambda *a: calls.append(("kill", *a)))
+    monkeypatch.setattr(files.time, "sleep", lambda *a: calls.append(("sleep", *a)))
+    monkeypatch.setattr(files, "_kill_hits", files.Counter())
+    for env in (files.KILL_ENV, files.PAUSE_ENV, files.INTERRUPT_ENV):
+        monkeypatch.delenv(env, raising=False)
+    for name in ("shard", "shard", "finalize", "cache-tmp"):
+        assert files.kill_point(name) is None
+    assert calls == [] and not files._kill_hits
+    monkeypatch.setenv(files.KILL_ENV, "shard:2")
+    files.kill_point("finalize")
     files.kill_point("shard")
+    assert calls == []
+    files.kill_point("shard")
+    assert calls == [("kill", os.getpid(), files.signal.SIGKILL), ("sleep", 600)]
+    monkeypatch.setenv(files.INTERRUPT_ENV, "cleanup")
+    with pytest.raises(KeyboardInterrupt):
+        files.kill_point("cleanup")

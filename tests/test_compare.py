@@ -19,7 +19,7 @@ from fastall.training.bootstrap import paired_auc_difference, patient_codes, pat
 from fastall.training.compare import CompareOptions, check_same_dataset, compare_caches
 from fastall.training.config import TrainOptions
 from fastall.training.splits import make_splits
-from fastall.training.uncertainty import bootstrap_intervals
+from fastall.training.uncertainty import bootstrap_intervals, resample_patients
 
 LAYOUT = {"patients": (6, 7), "images_per_patient": 6, "views": 2}
 
@@ -133,12 +133,18 @@ def _slow_resample(groups, counts_row):
 
 def test_paired_bootstrap_matches_a_slow_reference():
     rng = np.random.default_rng(1)
-    patients = np.repeat([f"p{i:02d}" for i in range(12)], rng.integers(1, 6, 12))
+    patients = rng.permutation(np.repeat([f"p{i:02d}" for i in range(12)], rng.integers(1, 6, 12)))
     labels = np.array([int(p[1:]) % 2 for p in patients])
-    groups = patient_codes(patients)
+    names = sorted(set(patients.tolist()))
+    groups = np.array([names.index(p) for p in patients])  # patients in sorted order, images shuffled
+    assert np.array_equal(patient_codes(patients), groups)
     a = np.round(rng.random(len(labels)) + 0.4 * labels, 1)  # ties on purpose
     b = np.round(rng.random(len(labels)), 1)
-    counts = patient_counts(12, 80, seed=3)
+    counts = np.zeros((80, 12))
+    for r, draw in enumerate(resample_patients(12, 80, seed=3)):
+        for d in draw:
+            counts[r, d] += 1
+    assert np.array_equal(patient_counts(12, 80, seed=3), counts)
     ref_a, ref_b = [], []
     for row in counts:
         idx = _slow_resample(groups, row)

@@ -17,6 +17,7 @@ from fastall.training import optim
 from fastall.training.config import HISTORY_KEYS, HeadConfig, StackData, TrainOptions
 from fastall.training.engine import Stack
 from fastall.training.optim import StackedAdam
+from fastall.training.stacked import forward_backward
 from fastall.training.streams import fold_statistics
 from fastall.training.train_head import train_head
 
@@ -106,6 +107,76 @@ def test_private_fused_adam_and_its_public_fallback_agree(monkeypatch):
 def test_the_cpu_uses_the_fused_kernel():
     """A broken probe would silently fall back to the (slower) plain path."""
     assert StackedAdam([torch.zeros(2, 3)]).fused
+
+
+def _fb_case(seed: int, hidden: int = 7) -> tuple:
+    """Two heads, 11 rows (two of them padding, weight 0), dropout 0.5 masks, uneven row weights."""
+    g = torch.Generator().manual_seed(seed)
+    m, b, d, k = 2, 11, 6, 3
+    params = [
+        torch.randn(m, d, hidden, generator=g) * 0.5,
+        torch.randn(m, 1, hidden, generator=g) * 0.1,
+        torch.randn(m, k, hidden, generator=g) * 0.5,
+        torch.randn(m, 1, k, generator=g) * 0.1,
+    ]
+    x = torch.randn(m, b, d, generator=g)
+    mask = (torch.rand(m, b, hidden, generator=g) >= 0.5).float() / 0.5
+    w = torch.rand(m, b, 1, generator=g) + 0.1
+    w[:, -2:] = 0.0
+    w /= w.sum(1, keepdim=True)
+    y = torch.randint(0, k, (m, b), generator=g)
+    target = torch.nn.functional.one_hot(y, k).float() * w
+    return params, y, x, mask, w, target
+
+
+def _autograd_grads(params, y, x, mask, w) -> list[torch.Tensor]:
+    """The same loss written plainly with torch.nn functions, in float64, differentiated by autograd."""
+    leaves = [p.double().requires_grad_() for p in params]
+    W1, b1, W2, b2 = leaves
+    hidden = torch.relu(x.double() @ W1 + b1) * mask.double()
+    logits = hidden @ W2.transpose(1, 2) + b2
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+    (nll * w.double().squeeze(2)).sum().backward()
+    return [p.grad for p in leaves]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_forward_backward_gradients_equal_autograd_on_one_step(seed):
+    """Every parameter's gradient, with dropout and row weights (padding rows at 0), against float64 autograd
+    at fp32 round-off: a 1 % error in any one gradient is 1e4 times the tolerance."""
+    params, y, x, mask, w, target = _fb_case(seed)
+    grads = [torch.full_like(p, float("nan")) for p in params]
+    prob = forward_backward(params, grads, x, mask, w, target)
+    reference = _autograd_grads(params, y, x, mask, w)
+    for name, got, want in zip(("W1", "b1", "W2", "b2"), grads, reference, strict=True):
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        scale = want.abs().max().item()
+        assert scale > 1e-3, name  # a gradient that vanished would make the comparison empty
+        err = (got.double() - want).abs().max().item()
+        assert err <= 1e-6 * scale, f"{name}: max |Δ| {err:.3g} against max |g| {scale:.3g}"
+    want_prob = torch.softmax(
+        (torch.relu(x.double() @ params[0].double() + params[1].double()) * mask.double())
+        @ params[2].double().transpose(1, 2)
+        + params[3].double(),
+        -1,
+    )
+    torch.testing.assert_close(prob.double(), want_prob, rtol=0, atol=1e-6)
+
+
+def test_forward_backward_in_bf16_uses_its_scratch_buffers_right():
+    """The bf16 path (W1 and its gradient through the w1c/g1c scratch) against float64 autograd on the same
+    bf16-rounded inputs, at bf16 tolerance: a plumbing check (a stale scratch buffer or a dropped copy is far
+    outside it), not a 1 % check (the fp32 test above is that)."""
+    params, y, x, mask, w, target = _fb_case(3)
+    xb = x.to(torch.bfloat16)
+    grads = [torch.full_like(p, float("nan")) for p in params]
+    w1c, g1c = (torch.full(params[0].shape, 7.0, dtype=torch.bfloat16) for _ in range(2))  # stale contents
+    forward_backward(params, grads, xb, mask, w, target, w1c=w1c, g1c=g1c)
+    rounded = [params[0].to(torch.bfloat16).float(), *params[1:]]
+    reference = _autograd_grads(rounded, y, xb.float(), mask, w)
+    for name, got, want in zip(("W1", "b1", "W2", "b2"), grads, reference, strict=True):
+        err = (got.double() - want).abs().max().item()
+        assert err <= 3e-2 * want.abs().max().item(), f"{name}: max |Δ| {err:.3g}"
 
 
 @pytest.fixture(scope="module")

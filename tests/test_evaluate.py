@@ -151,7 +151,11 @@ def test_one_class_data_gets_per_class_figures(runs, tmp_path):
     assert list(ev.result["per_class_recall"]) == ["hem"]
     assert any("AUC is undefined" in n for n in ev.result["notes"])
     assert ev.result["patient_level"]["mean_probability"]["sensitivity"]["n"] == 0
-    assert (tmp_path / "o" / "report" / "index.html").is_file()
+    page = (tmp_path / "o" / "report" / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # confusion matrix and histogram; no ROC of one class
+    assert "Confusion matrix" in page and "Predicted probabilities" in page and "ROC curve" not in page
+    accuracy = ev.result["metrics"]["accuracy"]
+    assert f"<td>accuracy</td><td>{accuracy:.3f}</td>" in "".join(page.split())
 
 
 def test_training_images_are_named_as_copies(runs, tmp_path):

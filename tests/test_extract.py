@@ -16,11 +16,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
 from extract_helpers import assert_same_cache, one_thread, run_extract, spawn_extract, tiny_tree
 from PIL import Image
 from torchvision.models import resnet50
+from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from fastall.cli import cli
@@ -104,16 +104,36 @@ def test_identical_across_batch_sizes_and_workers(data, ref, tmp_path):
     assert_same_cache(ref, out)
 
 
-def test_view0_is_shared_preprocessing_plus_backbone(data, ref):
+def _backbone_bf16(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(x.contiguous(memory_format=torch.channels_last)).to(torch.float16).numpy()
+
+
+def test_view0_is_torchvision_transforms_plus_backbone(data, ref):
+    """View 0 bit for bit from an oracle that shares no code with fastall: PIL decoding and torchvision's
+    transforms (whole-image bilinear antialiased resize, scale to [0, 1], ImageNet normalisation)."""
+    cache = read_cache(ref)
+    model, _ = load_backbone("none", seed=0)
+    pipeline = T.Compose(
+        [
+            T.PILToTensor(),
+            T.Resize([32, 32], antialias=True),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    x = torch.stack([pipeline(Image.open(data / p).convert("RGB")) for p in cache.paths[:6]])
+    assert np.array_equal(_backbone_bf16(model, x), cache.features[:6, 0])
+
+
+def test_augmented_views_are_the_shared_preprocessing_plus_backbone(data, ref):
+    """The cache's view 1 is what the one shared ``preprocess`` gives with the recorded view parameters (the
+    augmentation itself is checked against torchvision in test_augment)."""
     cache = read_cache(ref)
     model, _ = load_backbone("none", seed=0)
     images = torch.stack([decode_image(data / p) for p in cache.paths[:6]])
-    for view in (0, 1):
-        params = torch.from_numpy(cache.view_params[:6, view]) if view else None
-        x = preprocess(images, 32, IMAGENET_MEAN, IMAGENET_STD, params)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            direct = model(x.contiguous(memory_format=torch.channels_last)).to(torch.float16).numpy()
-        assert np.array_equal(direct, cache.features[:6, view])
+    x = preprocess(images, 32, IMAGENET_MEAN, IMAGENET_STD, torch.from_numpy(cache.view_params[:6, 1]))
+    assert np.array_equal(_backbone_bf16(model, x), cache.features[:6, 1])
 
 
 def test_images_in_one_batch_get_different_params(ref):
@@ -266,6 +286,9 @@ def test_corrupt_existing_cache_is_refused(data, ref, tmp_path):
 
 
 def test_matches_an_independent_torchvision_pipeline(data, tmp_path):
+    """fp32 extraction against torchvision's own resize and normalise, compared after the cache's fp16
+    rounding: fp32 alone leaves about 0.7 % of the 2048 values one fp16 step off (measured), a mean drifting
+    by 3e-5 about 5 %, by 1e-3 two thirds."""
     torch.manual_seed(11)
     state = resnet50().state_dict()
     weights = tmp_path / "some.pth"
@@ -283,8 +306,14 @@ def test_matches_an_independent_torchvision_pipeline(data, tmp_path):
         x = TF.resize(pixels, [48, 48], antialias=True).float() / 255
         x = TF.normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
         with torch.no_grad():
-            expected = model(x[None])[0]
-        assert F.cosine_similarity(expected, torch.from_numpy(feats).float(), dim=0) >= 0.999
+            expected = model(x[None])[0].half().numpy()
+        off = feats != expected
+        assert off.mean() <= 0.02, f"{rel}: {off.mean():.1%} of the features differ from torchvision's"
+        # one fp16 step, plus fp32 round-off of the largest feature for values near zero
+        step = np.spacing(np.maximum(np.abs(feats), np.abs(expected))).astype(np.float64)
+        step += 1e-6 * np.abs(expected).max()
+        gap = np.abs(feats.astype(np.float64) - expected.astype(np.float64))
+        assert np.all(gap <= step), f"{rel}: {np.max(gap / step):.1f} times the tolerance"
 
 
 def test_cli_extract_twice(data, tmp_path):

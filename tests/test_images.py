@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,12 +164,43 @@ def test_symlinks(tmp_path):
     assert decode_image(tmp_path / "link.bmp").shape == (3, 6, 5)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read mode-000 files")
+_AS_NOBODY = """
+import os, sys
+from fastall.data.images import BadImageError, decode_image
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+assert decode_image(sys.argv[1] + "/open.bmp").shape == (3, 6, 5)
+try:
+    decode_image(sys.argv[1] + "/locked.bmp")
+except BadImageError as err:
+    print(err)
+"""
+
+
 def test_permission_denied(tmp_path):
-    path = tmp_path / "locked.bmp"
+    """A mode-000 file. Root reads it anyway (CI runs as root), so there the decode runs in a child process
+    that drops to uid/gid 65534 after importing fastall, in a folder that uid can enter; a readable file
+    beside it must still decode, so the refusal is the file's mode and not the folder's."""
+    folder = tmp_path / "p"
+    if os.geteuid() == 0:
+        folder = Path(tempfile.mkdtemp(prefix="fastall-perm-"))
+        folder.chmod(0o755)
+    folder.mkdir(exist_ok=True)
+    (folder / "open.bmp").write_bytes(_bmp_bytes(_rgb()))
+    (folder / "open.bmp").chmod(0o644)
+    path = folder / "locked.bmp"
     path.write_bytes(_bmp_bytes(_rgb()))
     path.chmod(0)
     try:
-        _bad(path, "permission denied")
+        if os.geteuid() != 0:
+            _bad(path, "permission denied")
+            return
+        child = subprocess.run(
+            [sys.executable, "-c", _AS_NOBODY, str(folder)], capture_output=True, text=True, timeout=120
+        )
+        assert child.returncode == 0, child.stderr
+        message = child.stdout.strip()
+        assert message == f"{path}: permission denied (cannot read the file)", child.stdout + child.stderr
     finally:
         path.chmod(0o644)
+        if folder.parent != tmp_path:
+            shutil.rmtree(folder)

@@ -1,7 +1,10 @@
-"""Patient-level bootstrap CIs: the vectorised intervals equal a plain loop over resampled patients through
-sklearn (via classification_metrics); patients, not images, are resampled; seeded; unreliable below 10."""
+"""Patient-level bootstrap CIs: the vectorised intervals equal a plain loop over resampled patients with
+each metric from its definition (sklearn, counts); patients, not images, are resampled; seeded; unreliable
+below 10."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -34,14 +37,65 @@ def _case(patients: int, k: int, seed: int, ties: bool = True):
     return y, prob, ids
 
 
+def _draws(n_patients: int, resamples: int, seed: int) -> np.ndarray:
+    """The test's own patient draws (with replacement), patched into the code under test."""
+    return np.random.default_rng(1000 + seed).choice(n_patients, size=(resamples, n_patients), replace=True)
+
+
+def _metrics(y: np.ndarray, prob: np.ndarray, k: int) -> dict:
+    """Each of CI_METRICS from its definition: sklearn for the standard ones, counts for specificity and NPV,
+    the Brier score written out; class 1 positive when binary."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's notes on resamples that lack a class
+        return _metrics_quietly(y, prob, k)
+
+
+def _metrics_quietly(y: np.ndarray, prob: np.ndarray, k: int) -> dict:
+    pred = prob.argmax(1)
+    labels = list(range(k))
+    out = {"accuracy": skm.accuracy_score(y, pred), "balanced_accuracy": skm.balanced_accuracy_score(y, pred)}
+    avg = {"average": "binary", "pos_label": 1} if k == 2 else {"average": "macro", "labels": labels}
+    out["recall"] = skm.recall_score(y, pred, zero_division=0, **avg)
+    out["precision"] = skm.precision_score(y, pred, zero_division=0, **avg)
+    out["f1"] = skm.f1_score(y, pred, zero_division=0, **avg)
+    out["f1_weighted"] = skm.f1_score(y, pred, labels=labels, average="weighted", zero_division=0)
+    out["mcc"] = skm.matthews_corrcoef(y, pred)
+    onehot = np.eye(k)[y]
+    if k == 2:
+        tn, fn = np.sum((pred == 0) & (y == 0)), np.sum((pred == 0) & (y == 1))
+        fp = np.sum((pred == 1) & (y == 0))
+        out["specificity"] = tn / (tn + fp) if tn + fp else np.nan
+        out["npv"] = tn / (tn + fn) if tn + fn else np.nan
+        out["brier"] = np.mean((prob[:, 1] - y) ** 2)
+    else:
+        out["specificity"] = out["npv"] = np.nan
+        out["brier"] = np.mean(np.sum((prob - onehot) ** 2, 1))
+    if np.unique(y).size < 2:
+        out["auc"] = out["pr_auc"] = np.nan
+    elif k == 2:
+        out["auc"] = skm.roc_auc_score(y, prob[:, 1])
+        out["pr_auc"] = skm.average_precision_score(y, prob[:, 1])
+    else:
+        present = [c for c in labels if onehot[:, c].any()]
+        # one-vs-rest macro AUC is defined only with every class present (sklearn raises otherwise)
+        every = len(present) == k
+        out["auc"] = (
+            np.mean([skm.roc_auc_score(onehot[:, c], prob[:, c]) for c in labels]) if every else np.nan
+        )
+        out["pr_auc"] = np.mean([skm.average_precision_score(onehot[:, c], prob[:, c]) for c in present])
+    return out
+
+
 def _reference(y, prob, ids, k, resamples, seed, level=0.95):
-    """The slow definition: for each resample, concatenate the images of the drawn patients, call sklearn."""
-    uniq = np.unique(ids.astype(str))
-    rows = {p: np.flatnonzero(ids == p) for p in uniq}
+    """The slow definition: for each resample, concatenate the images of the drawn patients (sorted by name),
+    compute each metric from its definition, take the percentiles of the finite values."""
+    uniq = sorted(set(ids.tolist()))
+    rows = {p: [i for i, q in enumerate(ids) if q == p] for p in uniq}
+    prob = prob / prob.sum(1, keepdims=True)
     values = {name: [] for name in CI_METRICS}
-    for draw in resample_patients(len(uniq), resamples, seed):
-        idx = np.concatenate([rows[uniq[i]] for i in draw])
-        m = classification_metrics(y[idx], prob[idx], k)
+    for draw in _draws(len(uniq), resamples, seed):
+        idx = [i for d in draw for i in rows[uniq[d]]]
+        m = _metrics(y[idx], prob[idx], k)
         for name in CI_METRICS:
             values[name].append(m[name])
     tail = 100 * (1 - level) / 2
@@ -54,7 +108,10 @@ def _reference(y, prob, ids, k, resamples, seed, level=0.95):
 
 
 @pytest.mark.parametrize(("patients", "k", "seed"), [(12, 2, 0), (14, 2, 1), (11, 3, 2)])
-def test_intervals_equal_a_plain_loop_over_resampled_patients(patients, k, seed):
+def test_intervals_equal_a_plain_loop_over_resampled_patients(patients, k, seed, monkeypatch):
+    from fastall.training import uncertainty
+
+    monkeypatch.setattr(uncertainty, "resample_patients", _draws)
     y, prob, ids = _case(patients, k, seed)
     fast = bootstrap_intervals(y, prob, ids, classes=k, resamples=150, seed=seed)
     slow = _reference(y, prob, ids, k, 150, seed)
@@ -66,6 +123,19 @@ def test_intervals_equal_a_plain_loop_over_resampled_patients(patients, k, seed)
             assert fast["intervals"][name] == pytest.approx(slow[name], abs=1e-9), name
     if k == 2:
         assert fast["intervals"]["auc"][0] < fast["intervals"]["auc"][1]
+    else:
+        assert slow["specificity"] is None and slow["brier"] is not None
+
+
+def test_patient_draws_are_seeded_uniform_and_with_replacement():
+    draws = resample_patients(20, 2000, seed=3)
+    assert draws.shape == (2000, 20) and draws.min() == 0 and draws.max() == 19
+    assert np.array_equal(draws, resample_patients(20, 2000, seed=3))
+    assert not np.array_equal(draws, resample_patients(20, 2000, seed=4))
+    counts = np.bincount(draws.ravel(), minlength=20)
+    assert np.abs(counts / 2000 - 1).max() < 0.1  # each patient drawn once per resample on average
+    repeats = np.mean([np.unique(row).size < 20 for row in draws])
+    assert repeats > 0.99  # with replacement: a permutation in each row would be a bug
 
 
 def test_binary_auc_and_average_precision_of_weighted_resamples_match_sklearn():

@@ -36,10 +36,44 @@ def test_verify_passes_on_a_synthetic_run(e2e):
     assert "half precision" in report["rule"]  # the cache stores float16
 
 
-def test_verify_table_and_faster_precision(e2e):
+def test_verify_faster_precision_verdict_follows_its_rule(e2e):
+    """bf16 against fp32 on this machine: whichever way it goes, the check applies the 99.5 % agreement rule,
+    the fp32 checks still pass, and the exit code is 0 exactly when every check passed."""
+    result = _verify(str(e2e.run), "--images", "8", "--precision", "bf16", "--json")
+    report = json.loads(result.output[: result.output.rindex("}") + 1])
+    checks = {c["name"]: c for c in report["checks"]}
+    assert list(checks) == ["view 0", "recorded probs", "view 1 augmented", "bf16 vs fp32"]
+    assert all(checks[name]["passed"] for name in list(checks)[:3])
+    bf16 = checks["bf16 vs fp32"]
+    assert bf16["images"] == 8 and bf16["min_agreement"] == 0.995
+    assert bf16["passed"] == (bf16["agreement"] >= 0.995) == report["passed"]
+    assert result.exit_code == (0 if report["passed"] else 1), result.output
+    assert ("verify failed: bf16 vs fp32" in result.output) == (not report["passed"])
+
+
+@pytest.mark.parametrize("agreement", [1.0, 0.75])
+def test_verify_table_and_faster_precision(e2e, monkeypatch, agreement):
+    """The faster precision's trial pinned (fp32 standing in, its agreement set): the table shows the row, and
+    the verdict and exit code follow it."""
+    import dataclasses
+
+    import fastall.inference.verify as verify
+
+    real = verify.try_precision
+
+    def pinned(model, pixels, precision, **kwargs):
+        fast, trial = real(model, pixels, "fp32", **kwargs)
+        return fast, dataclasses.replace(trial, precision=precision, agreement=agreement)
+
+    monkeypatch.setattr(verify, "try_precision", pinned)
     result = _verify(str(e2e.run), "--images", "4", "--precision", "bf16")
-    assert result.exit_code in (0, 1), result.output
-    assert "view 0" in result.output and "bf16 vs fp32" in result.output
+    row = next(line for line in result.output.splitlines() if "bf16 vs fp32" in line)
+    assert "view 0" in result.output and f"{agreement:.1%}" in row and "99.5%" in row
+    if agreement == 1.0:
+        assert result.exit_code == 0 and "pass" in row, result.output
+    else:
+        assert result.exit_code == 1 and "FAIL" in row, result.output
+        assert "verify failed: bf16 vs fp32" in result.output and "Traceback" not in result.output
 
 
 def test_verify_fails_with_a_head_swapped_in_from_another_run(e2e, tmp_path):
