@@ -1108,6 +1108,12 @@ def _linked(env: Env, link: str, target: Callable[[Path], Path]) -> list[str]:
     return ["scan", str(root), "--patient-regex", r"(p\d+)_"]
 
 
+def _hard_linked(env: Env, link: str, target: str) -> list[str]:
+    root = _generic(env, {"all": 4, "hem": 4})
+    os.link(root / target, root / link)
+    return ["scan", str(root), "--patient-regex", r"(p\d+)_"]
+
+
 def _outside(root: Path) -> Path:
     folder = root.parent / "elsewhere" / "usr"
     folder.mkdir(parents=True)
@@ -1320,8 +1326,24 @@ CASES += [
     ),
     Case(
         "symlink",
-        "one file reached under two classes (all/p9_9.bmp -> ../hem/p1_1.bmp)",
+        "file symlink to another class (all/p9_9.bmp -> ../hem/p1_1.bmp): the one symlink rule",
         lambda e: _linked(e, "all/p9_9.bmp", lambda root: Path("../hem/p1_1.bmp")),
+        expect="reported",
+        fragments=("all/p9_9.bmp", "not followed"),
+        show="not followed",
+    ),
+    Case(
+        "symlink",
+        "file symlink out of the data root (all/p9_9.bmp -> /elsewhere/usr/p7_0.bmp)",
+        lambda e: _linked(e, "all/p9_9.bmp", lambda root: _outside(root) / "p7_0.bmp"),
+        expect="reported",
+        fragments=("all/p9_9.bmp", "not followed"),
+        show="not followed",
+    ),
+    Case(
+        "symlink",
+        "one file reached under two classes through a hard link (all/p9_9.bmp = hem/p1_1.bmp)",
+        lambda e: _hard_linked(e, "all/p9_9.bmp", "hem/p1_1.bmp"),
         fragments=("two labels",),
     ),
     Case(

@@ -120,7 +120,7 @@ def test_generic_four_classes_through_scan_and_extract(tmp_path):
     ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "fill --fill auto: colour" in result.output
+    assert "filled with colour in" in result.output and "--fill" in result.output
     cache = read_cache(out)
     assert cache.class_names == summary["class_names"] and len(set(cache.patients)) == 8
     assert sorted(set(cache.labels)) == [0, 1, 2, 3]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import _csv, cli, wide_console
+from fastall.cli.group import _csv, cli, patients_option, positive_option, wide_console
 
 
 @cli.command()
@@ -12,17 +12,42 @@ from fastall.cli.group import _csv, cli, wide_console
 @click.option("--patient-regex", default=None, help="Regex with one group that extracts the patient ID.")
 @click.option("--include", default="prelim", show_default=True, help="Optional sources: prelim,testing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def scan(data: str, patient_regex: str | None, include: str, as_json: bool) -> None:
-    """Count images and patients per class and source, and list every problem found."""
+@patients_option
+@positive_option
+@click.option(
+    "--inspect/--no-inspect",
+    default=True,
+    show_default=True,
+    help="Read every file: byte-identical copies and image sizes (non-square images are stretched).",
+)
+def scan(
+    data: str,
+    patient_regex: str | None,
+    include: str,
+    as_json: bool,
+    patients: str | None,
+    positive: str | None,
+    inspect: bool,
+) -> None:
+    """Count images and patients per class and source, name the positive class, and list every problem
+    found: unreadable files, duplicates, non-square images."""
     import json
 
     from rich.markup import escape
     from rich.table import Table
 
     from fastall.data.discover import discover
+    from fastall.data.inspect import inspect_records
+    from fastall.data.positive import resolve_positive
 
-    ds = discover(data, patient_regex=patient_regex, include=_csv(include))
+    ds = discover(data, patient_regex=patient_regex, include=_csv(include), patients=patients)
     summary = ds.summary()
+    chosen = resolve_positive(ds.class_names, positive) if ds.class_names else None
+    summary["positive_class"] = chosen.record() if chosen else None
+    found = inspect_records(ds.records) if inspect else None
+    if found is not None:
+        summary["inspection"] = found.to_json()
+        summary["warnings"] += found.lines()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -47,8 +72,10 @@ def scan(data: str, patient_regex: str | None, include: str, as_json: bool) -> N
             f"{summary['labelled_images']} labelled images of {summary['patients']} patients; "
             f"balance: {balance}"
         )
+        if chosen is not None:
+            out.print(f"positive class: {escape(chosen.message)}", highlight=False, soft_wrap=True)
         for warning in summary["warnings"]:
-            out.print(f"[yellow]warning:[/] {escape(warning)}")
+            out.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         if ds.problems:
             shown = 50
             problems = Table(title=f"{len(ds.problems)} problem(s), {summary['fatal_problems']} fatal")

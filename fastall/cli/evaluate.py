@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console, positive_option, weights_path_option
+from fastall.cli.group import cli, console, patients_option, positive_option, weights_path_option
 
 
 @cli.command(name="evaluate")
@@ -21,6 +21,7 @@ from fastall.cli.group import cli, console, positive_option, weights_path_option
     "out-of-fold predictions).",
 )
 @positive_option
+@patients_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @weights_path_option
@@ -46,6 +47,7 @@ def evaluate_cmd(
     overwrite,
     no_report,
     positive,
+    patients,
 ) -> None:
     """External validation: RUN's model on the labelled images of DATA (a dataset it never saw), with
     patient-bootstrap CIs, a threshold chosen on RUN's out-of-fold predictions, patient-level diagnosis and
@@ -68,6 +70,7 @@ def evaluate_cmd(
         overwrite=overwrite,
         report=not no_report,
         positive=positive,
+        patients=patients,
         on_problem=lambda m: console.print(f"[yellow]skipped:[/] {m}", highlight=False),
     )
     r = ev.result

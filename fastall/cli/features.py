@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import _csv, cli, console, dist_timeout_option, distributed_option
+from fastall.cli.group import (
+    _csv,
+    cli,
+    console,
+    dist_timeout_option,
+    distributed_option,
+    patients_option,
+    positive_option,
+)
 from fastall.errors import FastallError
 
 
@@ -73,6 +81,8 @@ from fastall.errors import FastallError
     type=click.Path(file_okay=False, path_type=str),
     help="Keep unfinished work (shards) in this folder, e.g. node-local disk [beside --out].",
 )
+@patients_option
+@positive_option
 @distributed_option
 @dist_timeout_option
 def extract(
@@ -97,6 +107,8 @@ def extract(
     update: bool,
     verify_content: bool,
     scratch: str | None,
+    patients: str | None,
+    positive: str | None,
     distributed: bool | None,
     dist_timeout: float,
 ) -> None:
@@ -138,6 +150,8 @@ def extract(
         overwrite=overwrite,
         skip_bad=skip_bad,
         patient_regex=patient_regex,
+        patients=patients,
+        positive=positive,
         **content,
         progress=True,
         warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),

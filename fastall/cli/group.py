@@ -55,6 +55,14 @@ positive_option = click.option(
     "(all, aml, blast, leukemia, malignant, cancer, tumour, abnormal, positive); else none].",
 )
 
+patients_option = click.option(
+    "--patients",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="CSV with columns path,patient (paths relative to DATA): each image's patient, the unit of every "
+    "split; overrides --patient-regex for the images it lists.",
+)
+
 OUT_OF_MEMORY = "out of memory: use smaller sizes (--batch-size, --hidden, --views, --image-size)"
 NOTHING_KEPT = "nothing was written (outputs appear only when complete): run the command again"
 INTERRUPTED = {

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fastall.data.duplicates import lookalike_warning
+from fastall.data.patients_file import apply_patients
 from fastall.data.records import Dataset, Record
 from fastall.data.walk import IMAGE_EXTENSIONS, walk_files
 from fastall.errors import FastallError
@@ -41,14 +42,20 @@ def parse_cnmc_name(name: str) -> tuple[str, str] | None:
 
 
 def discover(
-    root: str | Path, *, patient_regex: str | None = None, include: Iterable[str] | str = ("prelim",)
+    root: str | Path,
+    *,
+    patient_regex: str | None = None,
+    include: Iterable[str] | str = ("prelim",),
+    patients: str | Path | None = None,
 ) -> Dataset:
     """Find every image under ``root``: the C-NMC tree if there is one (a few levels down), else generic.
 
     ``include`` picks the optional C-NMC sources (``prelim``, ``testing``; the training folds always come).
     ``patient_regex`` (one capture group) gives the patient in a generic tree: searched in the file name, then
-    in its path below the class folder. Generic class names are sorted into label indices, except that
-    ``all``/``hem`` keep the C-NMC order (``hem`` 0, ``all`` 1).
+    in its path below the class folder; ``patients`` (a ``path,patient`` CSV, ``data.patients_file``) sets
+    it for the images it lists, in either layout. Generic class names are sorted into label indices, except
+    that ``all``/``hem`` keep the C-NMC order (``hem`` 0, ``all`` 1). The positive class is not decided
+    here (``data.positive``).
     """
     root = Path(root)
     if not root.exists():
@@ -67,6 +74,15 @@ def discover(
     else:
         _discover_generic(ds, regex)
     ds.records.sort(key=lambda r: (r.source, r.rel_path))
+    if patients is not None:
+        apply_patients(ds, patients)
+    own = sum(1 for r in ds.labelled() if r.patient == r.rel_path)
+    if own:
+        ds.warnings.append(
+            f"{own} image(s) match no patient rule (no --patients file, --patient-regex or C-NMC UID "
+            "name): each is its own group, so patient-level splitting is impossible and "
+            "scores will be optimistic"
+        )
     _same_files(ds)
     named = [r.patient for r in ds.labelled() if r.patient != r.rel_path]
     lookalike = lookalike_warning(sorted(set(named)))
@@ -158,14 +174,15 @@ def _rel(ds: Dataset, path: Path) -> str:
     return path.relative_to(ds.root).as_posix()
 
 
-def _images(ds: Dataset, folder: Path) -> list[Path]:
-    """Image files under ``folder``; every other file is a (non-fatal) problem, and so is a folder symlink
-    leaving ``folder``. A class folder that is a symlink out of the data root is a fatal problem."""
+def _images(ds: Dataset, folder: Path) -> list[Path] | None:
+    """Image files under ``folder``; every other file is a (non-fatal) problem, and so is a symlink (file or
+    folder) leaving ``folder`` (``walk``'s one rule). A class folder that is a symlink out of the data root
+    is a fatal problem, and None (not also an "empty class folder")."""
     images: list[Path] = []
     target = Path(os.path.realpath(folder))
     if not target.is_relative_to(os.path.realpath(ds.root)):
         ds.add_problem(folder, f"class folder leads to {target}, outside the data root: refused", fatal=True)
-        return images
+        return None
     report = lambda where, message: ds.add_problem(where, f"{message}; skipped")  # noqa: E731
     for path in walk_files(folder, report, inside=folder):
         if path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -213,6 +230,8 @@ def _cnmc_fold(ds: Dataset, fold: Path) -> list[tuple[str, Record]]:
             ds.add_problem(fold / cls, "missing class folder", fatal=True)
             continue
         images = _images(ds, folder)
+        if images is None:
+            continue
         for path in images:
             parsed = parse_cnmc_name(path.name)
             if parsed is None:
@@ -268,7 +287,7 @@ def _cnmc_prelim(ds: Dataset, base: Path) -> list[tuple[str, Record]]:
     rows = _read_csv(ds, csv_path)
     if rows is None:
         return []
-    files = {path.relative_to(folder).as_posix(): path for path in _images(ds, folder)}
+    files = {path.relative_to(folder).as_posix(): path for path in _images(ds, folder) or []}
     out, seen = [], {}
     for line, row in enumerate(rows, start=2):
         new, original, label = row.get("new_names", ""), row.get("Patient_ID", ""), row.get("labels", "")
@@ -308,7 +327,7 @@ def _cnmc_testing(ds: Dataset, base: Path) -> None:
     if not folder.is_dir():
         ds.warnings.append(f"no final-phase testing folder ({folder})")
         return
-    for path in _images(ds, folder):
+    for path in _images(ds, folder) or []:
         ds.records.append(Record(path, _rel(ds, path), -1, None, f"unknown:{path.name}", "testing"))
 
 
@@ -325,9 +344,10 @@ def _discover_generic(ds: Dataset, regex: re.Pattern | None) -> None:
         ds.add_problem(path, "image outside any class folder; skipped")
     if not class_dirs:
         ds.warnings.append(f"{ds.root} has no class folders (expected <root>/<class>/<images>)")
-    no_rule = 0
     for label, folder in enumerate(class_dirs):
         images = _images(ds, folder)
+        if images is None:
+            continue
         for path in images:
             rel, inner = _rel(ds, path), path.relative_to(folder).as_posix()
             if regex is not None:
@@ -338,15 +358,7 @@ def _discover_generic(ds: Dataset, regex: re.Pattern | None) -> None:
                 patient = m.group(1)
             else:
                 parsed = parse_cnmc_name(path.name)
-                if parsed is None:
-                    no_rule += 1
                 patient = parsed[0] if parsed else rel
             ds.records.append(Record(path, rel, label, folder.name, patient, folder.name))
         if not images:
             ds.add_problem(folder, "empty class folder (no images)", fatal=True)
-    if no_rule:
-        ds.warnings.append(
-            f"{no_rule} image(s) match no patient rule (no --patient-regex, no C-NMC UID "
-            "name): each is its own group, so patient-level splitting is impossible and "
-            "scores will be optimistic"
-        )

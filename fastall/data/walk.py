@@ -3,6 +3,11 @@
 Sorted, depth first; hidden entries (names starting with ``.``) are skipped, files and folders alike;
 symlinked folders are followed once (a folder reached twice is a loop); anything that is neither a regular
 file nor a folder (broken symlink, symlink loop, socket, device) is reported as a problem, never yielded.
+
+Symlinks follow one rule, for files and folders alike: with a fence (``inside``; discovery fences each class
+folder), a symlink whose target lies outside the fence is reported ("... outside ...: not followed") and
+never followed, so no link can pull in files from elsewhere or give an image a second label. Without a fence
+(``predict``'s inputs), symlinks are followed.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ def walk_files(
     """Regular files under ``top`` (only names ending in ``suffixes``, any case, when given).
 
     ``on_problem(path, message)`` hears of every unreadable folder, loop and non-regular entry. With
-    ``inside``, a symlinked folder whose target is outside ``inside`` is reported and not followed (a link
-    to /usr or to another class folder must not relabel files).
+    ``inside``, a symlink (file or folder) whose target is outside ``inside`` is reported and not followed
+    (a link to /usr or to another class folder must not relabel files).
     """
     fence = Path(os.path.realpath(inside)) if inside is not None else None
     seen: set[tuple[int, int]] = set()
@@ -63,6 +68,10 @@ def walk_files(
                 if suffixes is not None and not entry.name.lower().endswith(suffixes):
                     continue
                 if entry.is_file():
+                    target = Path(os.path.realpath(entry.path)) if entry.is_symlink() else None
+                    if fence is not None and target is not None and not target.is_relative_to(fence):
+                        on_problem(entry.path, f"file symlink to {target}, outside {fence}: not followed")
+                        continue
                     yield Path(entry.path)
                     continue
             except OSError:

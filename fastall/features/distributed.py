@@ -33,6 +33,7 @@ from fastall.features.extract import (
     _open_partial,
     _provenance,
     _write,
+    class_record,
     key_params_for,
 )
 from fastall.features.loop import run
@@ -68,6 +69,8 @@ def extract_distributed(
     patient_regex: str | None = None,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    patients: str | Path | None = None,
+    positive: str | None = None,
 ) -> ExtractSummary:
     """This rank's part of a torchrun extract (call it on every rank); rank 0's summary is the cache's."""
     start = time.perf_counter()
@@ -93,7 +96,8 @@ def extract_distributed(
     store = PartialStore(out, rank_folder(base, env.rank, env.world))
     with contextlib.ExitStack() as stack, Group(env, dev, timeout) as group:
         try:
-            ds = _dataset(data, include, patient_regex, note)
+            ds = _dataset(data, include, patient_regex, note, patients)
+            classes = class_record(ds, positive, note)
             model, info = load_backbone(weights, seed=seed, backbone=backbone)
             image_size = info.input_size(image_size)
             for message in info.warnings:
@@ -182,7 +186,11 @@ def extract_distributed(
             joined = join_shards(group, store, len(records), views, dim, key)
             if joined is not None:
                 kill_point("finalize")
-                provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record()}
+                provenance = {
+                    **_provenance(dev, info, batch_size, workers, data),
+                    **choice.record(),
+                    **classes,
+                }
                 _write(out, records, *joined, ds.class_names, key_params, provenance)
                 kill_point("cleanup")
             group.wait()

@@ -20,6 +20,7 @@ import torchvision
 from fastall import __version__
 from fastall.data.discover import Record, discover
 from fastall.data.fingerprint import Stamp, dataset_fingerprint
+from fastall.data.positive import resolve_positive
 from fastall.errors import CacheError, FastallError
 from fastall.features import content
 from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES, parse_fill
@@ -131,10 +132,17 @@ def _open_partial(store: PartialStore, key_params: dict[str, Any], overwrite: bo
         store.start(cache_key(key_params), key_params)
 
 
-def _dataset(data: str | Path, include: Iterable[str], patient_regex: str | None, note: Callable) -> Any:
+def _dataset(
+    data: str | Path,
+    include: Iterable[str],
+    patient_regex: str | None,
+    note: Callable,
+    patients: str | Path | None = None,
+) -> Any:
     """The discovered dataset; fatal problems raise, the others are passed to ``note``."""
     include = tuple(include)
-    ds = discover(data, patient_regex=patient_regex, **({"include": include} if include else {}))
+    extra = {"include": include} if include else {}
+    ds = discover(data, patient_regex=patient_regex, patients=patients, **extra)
     fatal = ds.fatal_problems
     if fatal:
         first = "; ".join(str(p) for p in fatal[:3])
@@ -146,6 +154,15 @@ def _dataset(data: str | Path, include: Iterable[str], patient_regex: str | None
     for message in ds.warnings + [str(p) for p in ds.problems]:
         note(message)
     return ds
+
+
+def class_record(ds: Any, positive: str | None, note: Callable) -> dict[str, Any]:
+    """The cache attributes that name the classes' meaning (not in the key: they do not change features):
+    the layout and the positive class (``data.positive``), said once."""
+    chosen = resolve_positive(ds.class_names, positive)
+    if chosen.source != "multi-class":
+        note(chosen.message)
+    return {"layout": ds.layout, "positive_class": chosen.name or ""}
 
 
 def _check_out(out: Path, scratch: str | Path | None) -> None:
@@ -182,6 +199,8 @@ def extract(
     scratch: str | Path | None = None,
     update: bool = False,
     verify_content: bool = False,
+    patients: str | Path | None = None,
+    positive: str | None = None,
 ) -> ExtractSummary:
     """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
 
@@ -190,7 +209,8 @@ def extract(
     (:data:`fastall.features.augment.FILL_FORMS`) fills the corners that rotation and zoom uncover.
     Images whose file changed since their features were computed are refused, or recomputed with
     ``update`` (:mod:`fastall.features.content`); ``verify_content`` hashes every file, not only those
-    whose size or mtime changed.
+    whose size or mtime changed. ``patients``: a ``path,patient`` CSV; ``positive``: the disease class,
+    recorded in the cache (``data.positive``).
     ``backbone``, ``weights``: as :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None for
     the weights' own.
     """
@@ -210,7 +230,8 @@ def extract(
         note(f"{choice.reason} (--precision auto picks fp32 here)")
     out = Path(out)
     _check_out(out, scratch)
-    ds = _dataset(data, include, patient_regex, note)
+    ds = _dataset(data, include, patient_regex, note, patients)
+    classes = class_record(ds, positive, note)
     records = ds.records
     content.views_warning(views, len(records), note)
     with cache_lock(out, warn=note):
@@ -290,7 +311,7 @@ def extract(
             )
         summary.loop_seconds = time.perf_counter() - loop_start
         kill_point("finalize")
-        provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record()}
+        provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record(), **classes}
         if todo:
             provenance["extract_s_per_image"] = summary.loop_seconds / len(todo)
         _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)

@@ -56,8 +56,16 @@ def describe(summary: ExtractSummary) -> list[str]:
     if summary.precision and not summary.skipped_existing:
         lines.append(f"precision {summary.precision['precision']}: {summary.precision['reason']}")
     if summary.fills:
-        used = ", ".join(f"{name} {n}" for name, n in summary.fills.items())
-        lines.append(f"fill --fill {summary.fill}: {used} image(s)")
+        used = ", ".join(f"{name} in {n}" for name, n in summary.fills.items())
+        how = (
+            "black on a black border, else the border's median colour"
+            if summary.fill == "auto"
+            else f"--fill {summary.fill}"
+        )
+        lines.append(
+            f"corners uncovered by rotation and zoom in the augmented views are filled with {used} image(s) "
+            f"({how}); if the cells sit on another background, choose it with --fill"
+        )
     if summary.skipped:
         lines.append(f"skipped {len(summary.skipped)} unreadable image(s):")
         lines += [f"  {path}: {reason}" for path, reason in summary.skipped]

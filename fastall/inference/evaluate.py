@@ -183,6 +183,7 @@ def evaluate_run(
     report: bool = True,
     on_problem: Callable[[str], None] | None = None,
     positive: str | None = None,
+    patients: str | Path | None = None,
 ) -> Evaluation:
     """Evaluate RUN on DATA and write OUT (see the module doc). ``positive``: the run's positive class, for a
     run made before fastall recorded it (it must agree with a recorded one)."""
@@ -192,7 +193,7 @@ def evaluate_run(
     names = list(record["class_names"])
     pos_name = run_positive(record, positive)
     pos = names.index(pos_name) if pos_name is not None else None
-    ds = discover(data, patient_regex=patient_regex)
+    ds = discover(data, patient_regex=patient_regex, patients=patients)
     ds.check(training=False)
     records = ds.labelled()
     if not records:
