@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console
+from fastall.cli.group import cli, console, positive_option
 
 
 @cli.command(name="report")
@@ -15,12 +15,13 @@ from fastall.cli.group import cli, console
     default=None,
     help="Where the run's images are now, if not where the cache recorded them (for the cell grids).",
 )
-def report_cmd(run: str, data: str | None) -> None:
+@positive_option
+def report_cmd(run: str, data: str | None, positive: str | None) -> None:
     """Remake RUN/report/index.html (one self-contained page: figures, metrics with CIs, provenance) from a
     train-head or sweep folder alone."""
     from fastall.reporting.run_report import write_report
 
-    made = write_report(run, data)
+    made = write_report(run, data, positive=positive)
     for note in made.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     n = len(made.figures)

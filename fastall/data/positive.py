@@ -122,3 +122,11 @@ def require_positive(positive: PositiveClass, what: str) -> int:
     if positive.index is None:
         raise FastallError(f"{what} needs a positive class: {positive.message}")
     return positive.index
+
+
+def class_attrs(class_names: list[str], layout: str, requested: str | None) -> tuple[dict, str]:
+    """The cache attributes that give the classes their meaning (not in the key: they do not change the
+    features): the layout and the positive class; and the line that says which class is positive."""
+    chosen = resolve_positive(class_names, requested)
+    message = "" if chosen.source == "multi-class" else chosen.message
+    return {"layout": layout, "positive_class": chosen.name or ""}, message

@@ -20,7 +20,7 @@ import torchvision
 from fastall import __version__
 from fastall.data.discover import Record, discover
 from fastall.data.fingerprint import Stamp, dataset_fingerprint
-from fastall.data.positive import resolve_positive
+from fastall.data.positive import class_attrs
 from fastall.errors import CacheError, FastallError
 from fastall.features import content
 from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES, parse_fill
@@ -140,8 +140,7 @@ def _dataset(
     patients: str | Path | None = None,
 ) -> Any:
     """The discovered dataset; fatal problems raise, the others are passed to ``note``."""
-    include = tuple(include)
-    extra = {"include": include} if include else {}
+    extra = {"include": tuple(include)} if tuple(include) else {}
     ds = discover(data, patient_regex=patient_regex, patients=patients, **extra)
     fatal = ds.fatal_problems
     if fatal:
@@ -157,12 +156,11 @@ def _dataset(
 
 
 def class_record(ds: Any, positive: str | None, note: Callable) -> dict[str, Any]:
-    """The cache attributes that name the classes' meaning (not in the key: they do not change features):
-    the layout and the positive class (``data.positive``), said once."""
-    chosen = resolve_positive(ds.class_names, positive)
-    if chosen.source != "multi-class":
-        note(chosen.message)
-    return {"layout": ds.layout, "positive_class": chosen.name or ""}
+    """The cache attributes on the classes' meaning, said once (``data.positive.class_attrs``)."""
+    attrs, message = class_attrs(ds.class_names, ds.layout, positive)
+    if message:
+        note(message)
+    return attrs
 
 
 def _check_out(out: Path, scratch: str | Path | None) -> None:
@@ -209,8 +207,7 @@ def extract(
     (:data:`fastall.features.augment.FILL_FORMS`) fills the corners that rotation and zoom uncover.
     Images whose file changed since their features were computed are refused, or recomputed with
     ``update`` (:mod:`fastall.features.content`); ``verify_content`` hashes every file, not only those
-    whose size or mtime changed. ``patients``: a ``path,patient`` CSV; ``positive``: the disease class,
-    recorded in the cache (``data.positive``).
+    whose size or mtime changed. ``patients``: a ``path,patient`` CSV; ``positive``: the disease class.
     ``backbone``, ``weights``: as :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None for
     the weights' own.
     """

@@ -62,12 +62,19 @@ class Report:
 
 
 def write_report(
-    run_dir: str | Path, data: str | Path | None = None, *, shown_as: str | Path | None = None
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    shown_as: str | Path | None = None,
+    positive: str | None = None,
 ) -> Report:
     """Write ``RUN/report/`` from the run folder ``run_dir``. ``data``: where the original images are, if
     not where the cache recorded them. ``shown_as``: the run's path once published, when ``run_dir`` is a
-    run still being written (shown on the page and returned)."""
+    run still being written (shown on the page and returned). ``positive``: the class the figures score,
+    for a run that names none (it must agree with a recorded one)."""
     run = load_run(run_dir)
+    if positive is not None:
+        _name_positive(run, positive)
     shown = Path(shown_as) if shown_as else run.folder.absolute()
     run.notes = [n.replace(str(run.folder), str(shown)) for n in run.notes]
     final = run.folder / REPORT_DIR
@@ -164,6 +171,27 @@ def _run(run: RunFiles, out: Path, data: str | Path | None, shown: Path) -> Repo
     )
     (out / "index.html").write_text(html, encoding="utf-8")
     return Report(out / "index.html", [s.id for s in figs], notes)
+
+
+def _name_positive(run: RunFiles, positive: str) -> None:
+    """``report --positive``: the figures and grids of a run without a recorded positive class score it."""
+    recorded = naming.positive_name(run.metrics)
+    names = naming.class_names(run.metrics or {}) or (run.predictions.class_names if run.predictions else [])
+    if positive not in names:
+        raise FastallError(f"--positive {positive!r} is not a class of the run (classes: {', '.join(names)})")
+    if recorded is not None and recorded != positive:
+        raise FastallError(
+            f"--positive {positive!r} disagrees with the run, whose positive class is {recorded!r} (its "
+            "metrics are of that class); train again with --positive to change it"
+        )
+    if run.predictions is not None and len(names) == 2:
+        run.predictions.positive = positive
+    if recorded is None:
+        run.notes.append(
+            f"the figures score {positive} (report --positive); the tables come from metrics.json, made "
+            f"without a positive class: run train-head --positive {positive} for its sensitivity and "
+            "specificity"
+        )
 
 
 def run_facts(m: dict) -> list[tuple[str, str]]:
