@@ -95,9 +95,8 @@ def resolve_positive(
             None, None, "multi-class", f"{len(names)} classes: one-vs-rest metrics per class"
         )
     if recorded and recorded in names:
-        return PositiveClass(
-            recorded, names.index(recorded), "recorded", f"positive class {recorded!r} (recorded)"
-        )
+        message = f"positive class {recorded!r} (recorded with the cache)"
+        return PositiveClass(recorded, names.index(recorded), "recorded", message)
     hits = [c for c in names if is_disease_name(c)]
     if len(hits) == 1:
         name = hits[0]

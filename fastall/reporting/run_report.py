@@ -30,8 +30,8 @@ HOW = {
     "line is the held-out test set. Up and to the left is better; the diagonal is chance.",
     "pr": "precision against recall for the positive class, per fold, mean ± 1 std and test; the dotted line "
     "is the prevalence (a useless classifier). AP is the area under the step curve.",
-    "confusion": "rows are the true class, columns the prediction; counts on the left (the paper's Table "
-    "IV), each row divided by its total on the right (the diagonal is each class's recall).",
+    "confusion": "rows are the true class, columns the prediction; counts on the left, each row divided by "
+    "its total on the right (the diagonal is each class's recall).",
     "curves": "loss per epoch for each fold (solid: training, dashed: validation), validation accuracy and "
     "the learning rate used; the dotted vertical line marks the epoch kept (early stopping). The training "
     "loss is measured as trained: with dropout, class weights and on augmented views, so it can sit above "
