@@ -25,6 +25,7 @@ from fastall.inference.precision import MIN_PRECISION_AGREEMENT, calibration_pic
 from fastall.system.devices import decide_precision
 
 FP32_TOL, HALF_TOL = 1e-4, 1e-2
+PREDICT_DEFAULT = "fp32"  # predict's precision for a run (cli/inference.py)
 RECORDED_TOL = {"fp32": 1e-2, "bf16": 3e-2}
 
 
@@ -148,10 +149,23 @@ def verify_run(
             report.checks.append(compare("view 1 augmented", aug, model.forward_head(cached[:, 1]), tol, 1.0))
         else:
             report.notes.append("the cache holds one view: no augmented view to reproduce")
+    if matched:
+        with torch.inference_mode():
+            e2e = model.forward_head(_features(model, pixels, None, batch_size)).cpu()
+        report.checks.append(
+            compare(
+                "view 0, fp32 as predict runs it",
+                e2e,
+                model.forward_head(cached[:, 0]),
+                None,
+                MIN_PRECISION_AGREEMENT,
+            )
+        )
+    report.notes.append(
+        f"predict runs this model at {PREDICT_DEFAULT} by default (its --precision): view 0 is checked at "
+        f"{PREDICT_DEFAULT}" + (f" as well as at the extraction's {matched}" if matched else "")
+    )
     if precision != "fp32":
-        if matched:
-            with torch.inference_mode():
-                e2e = model.forward_head(_features(model, pixels, None, batch_size)).cpu()
         report.checks.append(_precision_check(model, folder, chosen, pixels, e2e, precision, data))
     return report
 
