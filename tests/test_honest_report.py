@@ -4,6 +4,7 @@ keeps every number, and the paired head-vs-probe verdict agrees with a slow refe
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -189,3 +190,13 @@ def test_the_paired_verdict_matches_a_slow_reference_loop():
     same = paired_verdict(y, head, head, patients, classes=2, resamples=300, seed=4)
     assert same["verdict"] == "indistinguishable from"
     assert paired_verdict(y, head, probe, patients, classes=2, head_is_probe=True)["verdict"] == "is"
+
+
+def test_explain_marks_the_images_the_run_trained_on(ungrouped, tmp_path):
+    image = sorted((ungrouped["root"] / "blast").iterdir())[1]
+    out = tmp_path / "ex"
+    _invoke("explain", ungrouped["run"], image, "--out", out, "--device", "cpu")
+    with open(out / "explain.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["in_run"].startswith("a training image of the run: in-sample here; out of fold it was")
+    assert "a training image of the run" in (out / "index.html").read_text()

@@ -248,6 +248,7 @@ def explain_paths(
     Unreadable files are reported through ``on_problem`` and skipped; ``out`` appears complete or not at all.
     """
     from fastall.inference.explain_html import render_index
+    from fastall.inference.in_run import training_status
 
     cam_class(method)
     target_index(model, target)
@@ -265,6 +266,7 @@ def explain_paths(
     if not paths:
         raise FastallError(f"no image files found in {', '.join(map(str, inputs))}")
     width = max(4, len(str(len(paths))))
+    trained = training_status(model, data)
     rows: list[dict[str, Any]] = []
     cards: list[dict[str, Any]] = []
     done = 0
@@ -277,6 +279,7 @@ def explain_paths(
                 for k, i in enumerate(batch.indices):
                     stem = f"{i:0{width}d}_{_safe(paths[i].stem)}"
                     row, card = _write_one(tmp, stem, str(paths[i]), batch.images[k], maps, k, model)
+                    row["training"] = card["training"] = trained(str(paths[i]))
                     rows.append(row)
                     if len(cards) < HTML_MAX_IMAGES:
                         cards.append(card)
@@ -331,7 +334,7 @@ def _safe(stem: str) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], class_names: list[str]) -> None:
-    header = ["path", *(f"p_{c}" for c in class_names), "predicted_class", "target_class"]
+    header = ["path", *(f"p_{c}" for c in class_names), "predicted_class", "target_class", "in_run"]
     header += ["mass_in_cell", "cell_fraction", "image", "overlay", "map"]
     body = [
         [
@@ -339,6 +342,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], class_names: list[str]) -
             *(f"{p:.9g}" for p in r["probs"]),
             r["predicted"],
             r["target"],
+            r.get("training", ""),
             "" if np.isnan(r["mass_in_cell"]) else f"{r['mass_in_cell']:.4f}",
             f"{r['cell_fraction']:.4f}",
             r["image"],

@@ -35,6 +35,7 @@ def render_index(meta: dict[str, Any], cards: list[dict[str, Any]], total: int) 
             "target": c["target"],
             "inside": None if math.isnan(c["mass_in_cell"]) else c["mass_in_cell"],
             "cell_fraction": c["cell_fraction"],
+            "training": c.get("training", ""),
         }
         for c in cards
     ]
