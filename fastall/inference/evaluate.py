@@ -151,7 +151,7 @@ def run_model(
                     on_problem(message)
             if batch.indices:
                 f = model.forward_features(batch.images)
-                probs.append(torch.softmax(model.forward_head(f), dim=1).cpu().numpy())
+                probs.append(torch.softmax(model.forward_head(f).double(), dim=1).cpu().numpy())
                 feats.append(f.float().cpu().numpy())
                 kept.extend(batch.indices)
     if not kept:
@@ -275,7 +275,8 @@ def evaluate_run(
 
 
 def _write_predictions(path, records, names, y, prob, positive: int | None, t: float) -> None:
-    """``path, patient, true_class, predicted_class, p_<class>...`` (the class called at the threshold)."""
+    """``path, patient, true_class, predicted_class, p_<class>...`` (the class called at the threshold;
+    probabilities in float64 from the logits, written whole, so that a recomputation ties nothing)."""
     called = prob.argmax(1)
     if positive is not None:
         called = np.where(prob[:, positive] >= t, positive, 1 - positive)
@@ -285,7 +286,7 @@ def _write_predictions(path, records, names, y, prob, positive: int | None, t: f
             "patient": r.patient,
             "true_class": names[int(y[i])],
             "predicted_class": names[int(called[i])],
-            **{f"p_{c}": f"{prob[i, j]:.9g}" for j, c in enumerate(names)},
+            **{f"p_{c}": f"{prob[i, j]:.17g}" for j, c in enumerate(names)},
         }
         for i, r in enumerate(records)
     ]

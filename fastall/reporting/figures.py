@@ -30,6 +30,8 @@ def save(fig: Figure, folder: Path, name: str, svg: bool = True) -> Path:
 
 
 def ci_text(interval: list | None) -> str:
+    if interval and interval[0] == interval[1]:
+        return f"CI degenerate: every resample {interval[0]:.3f}"
     return f"95% CI {interval[0]:.3f}–{interval[1]:.3f}" if interval else "CI n/a"
 
 
@@ -39,7 +41,7 @@ def _interval(metrics: dict | None, name: str) -> str:
     if not ci:
         return "CI n/a"
     if not ci.get("reliable"):
-        return "CI unreliable"
+        return f"CI unreliable: {ci.get('patients', '?')} patients"
     return ci_text((ci.get("intervals") or {}).get(name))
 
 
