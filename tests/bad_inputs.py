@@ -1604,3 +1604,158 @@ def _two_patients_cache(env: Env) -> Path:
 
 def _other_patients_cache(env: Env) -> Path:
     return _with_patients(env, "other.h5", lambda patients, *_: ["someone-else", *patients[1:]])
+
+
+# --- issue 22: the positive class, patients from a file ----------------------------------------------------
+
+
+def _run_without_positive(env: Env) -> Path:
+    """A copy of the run whose head records no positive class (two classes, neither named)."""
+    from tests.e2e_helpers import edit_head
+
+    run = env.tmp / "no-positive"
+    shutil.copytree(env.run, run)
+    edit_head(run, positive_class=None)
+    return run
+
+
+def _cells_as(env: Env, names: dict[str, str]) -> Path:
+    """The env's images under new class folders: ``{"blast": "all", "normal": "hem"}``."""
+    root = env.tmp / "renamed"
+    for new, old in names.items():
+        (root / new).mkdir(parents=True)
+        for i, path in enumerate(sorted(env.data.glob(f"**/{old}/*.bmp"))[:4]):
+            shutil.copy(path, root / new / f"p{i % 2}_{i}.bmp")
+    return root
+
+
+def _patients_csv(env: Env, lines: list[str], classes: dict[str, int] | None = None) -> list[str]:
+    root = _generic(env, classes or {"all": 4, "hem": 4})
+    table = env.tmp / "patients.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return ["scan", str(root), "--patients", str(table), "--no-inspect"]
+
+
+CASES += [
+    Case(
+        "positive class",
+        "train-head --positive naming no class of the cache",
+        lambda e: ["train-head", str(e.cache), "--out", str(e.tmp / "r"), "--positive", "blast"],
+        fragments=("--positive 'blast' is not a class", "hem, all"),
+    ),
+    Case(
+        "positive class",
+        "train-head --positive in the wrong case (ALL for all)",
+        lambda e: ["train-head", str(e.cache), "--out", str(e.tmp / "r"), "--positive", "ALL"],
+        fragments=("case-sensitive: did you mean 'all'",),
+    ),
+    Case(
+        "positive class",
+        "extract --positive naming no class of the data",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "c.h5"),
+            "--weights",
+            "none",
+            "--positive",
+            "x",
+        ],
+        fragments=("--positive 'x' is not a class",),
+    ),
+    Case(
+        "positive class",
+        "evaluate --threshold sens=0.9 with a run that names no positive class",
+        lambda e: [
+            "evaluate",
+            str(_run_without_positive(e)),
+            str(e.data),
+            "--out",
+            str(e.tmp / "ev"),
+            "--threshold",
+            "sens=0.9",
+        ],  # fmt: skip
+        fragments=("needs a positive class", "--positive"),
+    ),
+    Case(
+        "positive class",
+        "evaluate --threshold 0.3 (a cut on P(positive)) with a run that names none",
+        lambda e: [
+            "evaluate",
+            str(_run_without_positive(e)),
+            str(e.data),
+            "--out",
+            str(e.tmp / "ev"),
+            "--threshold",
+            "0.3",
+        ],  # fmt: skip
+        fragments=("cut on P(positive class)", "--positive"),
+    ),
+    Case(
+        "positive class",
+        "evaluate --classes mapping the disease class onto the run's normal class (a swap)",
+        lambda e: [
+            "evaluate",
+            str(e.run),
+            str(_cells_as(e, {"blast": "all", "normal": "hem"})),
+            "--out",
+            str(e.tmp / "ev"),
+            "--classes",
+            "blast=hem,normal=all",
+        ],  # fmt: skip
+        fragments=("swap sensitivity and specificity", "--classes blast=all"),
+    ),
+    Case(
+        "positive class",
+        "evaluate --positive disagreeing with the run's recorded positive class",
+        lambda e: ["evaluate", str(e.run), str(e.data), "--out", str(e.tmp / "ev"), "--positive", "hem"],
+        fragments=("disagrees with the run, whose positive class is 'all'",),
+    ),
+    Case(
+        "positive class",
+        "report --positive disagreeing with the run's recorded positive class",
+        lambda e: ["report", str(e.run), "--positive", "hem"],
+        fragments=("disagrees with the run, whose positive class is 'all'",),
+    ),
+    Case(
+        "patients file",
+        "--patients without a patient column",
+        lambda e: _patients_csv(e, ["path,subject", "all/p0_0.bmp,A"]),
+        fragments=("lacks column(s) patient", "expected path,patient"),
+    ),
+    Case(
+        "patients file",
+        "--patients naming an image that is not in the data set",
+        lambda e: _patients_csv(e, ["path,patient", "all/p0_0.bmp,A", "all/gone.bmp,B"]),
+        fragments=("lists all/gone.bmp, which is not an image of",),
+    ),
+    Case(
+        "patients file",
+        "--patients with a path that leaves the data root",
+        lambda e: _patients_csv(e, ["path,patient", "../outside.bmp,A"]),
+        fragments=("is not a path inside the data root",),
+    ),
+    Case(
+        "patients file",
+        "--patients listing one image twice",
+        lambda e: _patients_csv(e, ["path,patient", "all/p0_0.bmp,A", "all/p0_0.bmp,B"]),
+        fragments=("listed twice",),
+    ),
+    Case(
+        "patients file",
+        "--patients putting one patient under two classes",
+        lambda e: _patients_csv(e, ["path,patient", "all/p0_0.bmp,A", "hem/p0_0.bmp,A"]),
+        expect="reported",
+        fragments=("patient A has images under 2 classes", "majority"),
+        show="patient A",
+    ),
+    Case(
+        "patients file",
+        "--patients that lists only some images (the rest stay their own group)",
+        lambda e: _patients_csv(e, ["path,patient", "all/p0_0.bmp,A"]),
+        expect="reported",
+        fragments=("not in --patients", "each is its own group"),
+        show="not in --patients",
+    ),
+]
