@@ -192,7 +192,10 @@ def confusion_figure(p: Predictions) -> Figure:
 
     sets = [("out-of-fold (pooled)", p.rows("val")), ("test, final head", p.rows("test"))]
     sets = [(name, rows) for name, rows in sets if rows.size]
-    fig = Figure(figsize=(8, 3.6 * len(sets)))
+    crowded = len(p.class_names) > 2 or max(len(c) for c in p.class_names) > 8
+    rotation = 35.0 if crowded else "horizontal"
+    side = 4.0 + 0.45 * max(0, len(p.class_names) - 2)
+    fig = Figure(figsize=(2 * side, (side - 0.4) * len(sets)))
     axes = np.atleast_2d(fig.subplots(len(sets), 2))
     for (name, rows), row_axes in zip(sets, axes, strict=True):
         for ax, normalize in zip(row_axes, (None, "true"), strict=True):
@@ -205,6 +208,7 @@ def confusion_figure(p: Predictions) -> Figure:
                 colorbar=False,
                 cmap="Blues",
                 values_format="d" if normalize is None else ".2f",
+                xticks_rotation=rotation,
             )
             ax.set_title(f"{name}: {'counts' if normalize is None else 'row-normalised'}", fontsize=9)
     fig.tight_layout()

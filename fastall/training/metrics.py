@@ -179,7 +179,9 @@ def _auc(
             return math.nan
 
 
-def summarize(per_fold: Sequence[dict], names: Sequence[str] = (*METRICS, *CLINICAL, "log_loss")) -> dict:
+def summarize(
+    per_fold: Sequence[dict], names: Sequence[str] = (*METRICS, *CLINICAL, "log_loss", "auc_weighted")
+) -> dict:
     """Mean and sample std (ddof=1) of each of ``names`` over folds (the NaN policy above), and the peak
     (highest-accuracy) fold."""
     out: dict = {}

@@ -56,6 +56,7 @@ def inner_splits(
     fold: int,
     folds: int = 1,
     what: str = "fold",
+    class_names: Sequence[str] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Split ``rows`` by patient into (inner training, inner validation) pairs, stratified by class, each side
     holding every class of ``rows``: one split holding out about 1/:data:`INNER_SPLITS` of the patients
@@ -66,7 +67,8 @@ def inner_splits(
     counts = {int(c): np.unique(groups[y == c]).size for c in classes}
     fewest = min(counts.values())
     if fewest < MIN_PATIENTS:
-        short = ", ".join(f"class {c}: {n}" for c, n in counts.items() if n < MIN_PATIENTS)
+        name = (lambda c: repr(class_names[c])) if class_names else str
+        short = ", ".join(f"class {name(c)}: {n}" for c, n in counts.items() if n < MIN_PATIENTS)
         raise FastallError(
             f"{what} {fold}: selection on an inner split needs at least {MIN_PATIENTS} training patients of "
             f"each class ({short}); use fewer --folds, more patients, or --selection fold (optimistic)"
@@ -156,13 +158,18 @@ def select(
     inner_folds: int = 1,
     linear_init: Callable[[np.ndarray], LinearMap] | None = None,
     progress: Callable | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Selection:
-    """Phase 1 (module doc): train every configuration on every fold's inner split(s) and choose."""
+    """Phase 1 (module doc): train every configuration on every fold's inner split(s) and choose
+    (``class_names`` name the classes in its notes)."""
     inner: list[list[tuple[np.ndarray, np.ndarray]]] = []
     notes = []
     for k, (train, _) in enumerate(data.folds):
         try:
-            inner.append(inner_splits(data.labels, patients, train, seed=seed, fold=k, folds=inner_folds))
+            split = inner_splits(
+                data.labels, patients, train, seed=seed, fold=k, folds=inner_folds, class_names=class_names
+            )
+            inner.append(split)
         except FastallError as e:
             if len(configs) > 1:
                 raise

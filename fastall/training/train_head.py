@@ -261,6 +261,7 @@ def train_by_protocol(
             inner_folds=options.inner_folds,
             linear_init=fit,
             progress=on_progress,
+            class_names=prep.cache.class_names,
             **run,
         )
         inits = None
