@@ -7,6 +7,7 @@ there, and where discovery reproduces the run's records, the cache's dataset fin
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,8 @@ def grid_figure(
             split = "test" if p.split[i] == "test" else f"fold {p.fold[i]}"
             caption = f"#{j + 1} p={conf[j]:.2f} · {split}\npt {shorten(p.patient[i])}"
             ax.text(j * (TILE + gap) + TILE / 2, top - 3, caption, ha="center", va="bottom", fontsize=6.5)
-        ax.text(-8, top + TILE / 2, name.replace(" (", "\n("), ha="right", va="center", fontsize=7.5)
+        label = "\n".join(textwrap.fill(part, 24) for part in name.replace(" (", "\n(").split("\n"))
+        ax.text(-8, top + TILE / 2, label, ha="right", va="center", fontsize=7.5)
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
     fig.suptitle(title, fontsize=10)
