@@ -43,8 +43,8 @@ def view_shift(features: np.ndarray, rows: np.ndarray, train_views: str, block: 
     if large:
         advice = (
             "training uses all views, so view 0 is among them: nothing to do unless the head trails the "
-            "linear probe (then compare --train-views augmented, or re-extract with a --fill that matches the "
-            "background)"
+            "linear probe (then compare --train-views augmented, or re-extract with a --fill that matches "
+            "the background)"
             if train_views == "all"
             else "the head trains on augmented views only: try --train-views all, or another extract --fill"
         )
