@@ -97,7 +97,7 @@ def extract_distributed(
     with contextlib.ExitStack() as stack, Group(env, dev, timeout) as group:
         try:
             ds = _dataset(data, include, patient_regex, note, patients)
-            classes = class_record(ds, positive, note)
+            classes, _ = class_record(ds, positive)
             model, info = load_backbone(weights, seed=seed, backbone=backbone)
             image_size = info.input_size(image_size)
             for message in info.warnings:

@@ -155,12 +155,10 @@ def _dataset(
     return ds
 
 
-def class_record(ds: Any, positive: str | None, note: Callable) -> dict[str, Any]:
-    """The cache attributes on the classes' meaning, said once (``data.positive.class_attrs``)."""
-    attrs, message = class_attrs(ds.class_names, ds.layout, positive)
-    if message:
-        note(message)
-    return attrs
+def class_record(ds: Any, positive: str | None) -> tuple[dict[str, Any], str]:
+    """The cache attributes on the classes' meaning and the line naming the positive class
+    (``data.positive.class_attrs``)."""
+    return class_attrs(ds.class_names, ds.layout, positive)
 
 
 def _check_out(out: Path, scratch: str | Path | None) -> None:
@@ -228,7 +226,7 @@ def extract(
     out = Path(out)
     _check_out(out, scratch)
     ds = _dataset(data, include, patient_regex, note, patients)
-    classes = class_record(ds, positive, note)
+    classes, positive_line = class_record(ds, positive)
     records = ds.records
     content.views_warning(views, len(records), note)
     with cache_lock(out, warn=note):
@@ -259,6 +257,7 @@ def extract(
             fill=fill,
             warnings=warnings,
             precision=choice.to_dict(),
+            positive=positive_line,
         )
         store = PartialStore(out, partial_folder(out, scratch))
         changed: list[int] = []

@@ -26,6 +26,7 @@ class ExtractSummary:
     fills: dict[str, int] = field(default_factory=dict)
     precision: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    positive: str = ""
 
     @property
     def images_per_s(self) -> float:
@@ -53,6 +54,8 @@ def describe(summary: ExtractSummary) -> list[str]:
             f"at {s.images_per_s:,.1f} img/s = {s.forwards_per_s:,.1f} forwards/s on {s.device}, "
             f"{s.amp_dtype}{resumed}), cache {size}"
         ]
+    if summary.positive:
+        lines.append(summary.positive)
     if summary.precision and not summary.skipped_existing:
         lines.append(f"precision {summary.precision['precision']}: {summary.precision['reason']}")
     if summary.fills:
