@@ -200,3 +200,16 @@ def test_explain_marks_the_images_the_run_trained_on(ungrouped, tmp_path):
         row = next(csv.DictReader(fh))
     assert row["in_run"].startswith("a training image of the run: in-sample here; out of fold it was")
     assert "a training image of the run" in (out / "index.html").read_text()
+
+
+def test_the_evaluate_report_shows_its_warnings_and_the_runs_provenance(ungrouped, tmp_path):
+    out = tmp_path / "ev"
+    _invoke("evaluate", ungrouped["run"], ungrouped["root"], "--out", out)
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["warnings"], "evaluating a run on its own training images must warn"
+    html = (out / "report" / "index.html").read_text().replace("&#39;", "'")
+    box = html[html.index('<section class="warnings"') : html.index("</section>")]
+    for warning in ev["warnings"]:
+        assert warning in box, warning
+    assert "No metrics.json" not in html and "provenance unknown" not in html
+    assert "Positive class</dt><dd>blast" in html
