@@ -54,6 +54,8 @@ def extract_distributed(
     image_size: int | None = None,
     weights: str | None = None,
     backbone: str = "resnet50",
+    pool: str | None = None,
+    layers: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     amp: bool | None = None,
@@ -94,7 +96,9 @@ def extract_distributed(
     with contextlib.ExitStack() as stack, Group(env, dev, timeout) as group:
         try:
             ds = _dataset(data, include, patient_regex, note)
-            model, info = load_backbone(weights, seed=seed, backbone=backbone)
+            model, info = load_backbone(
+                weights, seed=seed, backbone=backbone, pool=pool, layers=layers, image_size=image_size
+            )
             image_size = info.input_size(image_size)
             for message in info.warnings:
                 note(message)

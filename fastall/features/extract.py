@@ -50,8 +50,11 @@ def key_params_for(
     class_names: list[str],
     fill: str = "auto",
 ) -> dict[str, Any]:
-    """Every parameter that changes the features (and nothing that does not)."""
+    """Every parameter that changes the features (and nothing that does not); ``pool`` and ``layers`` only
+    where set, so that caches from before them keep their keys."""
+    extra = {"pool": getattr(info, "pool", None), "layers": list(getattr(info, "layers", None) or [])}
     return {
+        **{k: v for k, v in extra.items() if v},
         "backbone": info.name,
         "weights": info.weights,
         "weights_sha256": info.sha256,
@@ -165,6 +168,8 @@ def extract(
     image_size: int | None = None,
     weights: str | None = None,
     backbone: str = "resnet50",
+    pool: str | None = None,
+    layers: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     amp: bool | None = None,
@@ -191,8 +196,8 @@ def extract(
     Images whose file changed since their features were computed are refused, or recomputed with
     ``update`` (:mod:`fastall.features.content`); ``verify_content`` hashes every file, not only those
     whose size or mtime changed.
-    ``backbone``, ``weights``: as :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None for
-    the weights' own.
+    ``backbone``, ``weights``, ``pool`` (a timm ViT's token pooling), ``layers`` (a CNN's stages): as
+    :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None for the weights' own.
     """
     start = time.perf_counter()
     warnings: list[str] = []
@@ -214,7 +219,9 @@ def extract(
     records = ds.records
     content.views_warning(views, len(records), note)
     with cache_lock(out, warn=note):
-        model, info = load_backbone(weights, seed=seed, backbone=backbone)
+        model, info = load_backbone(
+            weights, seed=seed, backbone=backbone, pool=pool, layers=layers, image_size=image_size
+        )
         image_size = info.input_size(image_size)
         for message in info.warnings:
             note(message)
@@ -320,6 +327,7 @@ def _provenance(
         "batch_size": batch_size or 0,
         "workers": -1 if workers is None else workers,
         "weights_source": info.source,
+        **({"transform_vs_timm": info.transform_note} if getattr(info, "transform_note", "") else {}),
         "backbone_params": int(getattr(info, "params", 0)),
         "data_root": str(Path(data).resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -61,12 +61,15 @@ def torchvision_state(name: str, title: str, weights: WeightsEnum) -> tuple[dict
 
 
 def file_state(path: Path, name: str) -> dict:
-    """A state dict from ``path``, never unpickled; a folder, FIFO or text file is named as what it is."""
+    """A state dict from ``path`` (``.safetensors``, or a ``.pth`` never unpickled); a folder, FIFO or text
+    file is named as what it is."""
     kind = file_kind(path)
     if kind is not None:
-        choices = ", ".join(weight_names(name))
+        choices = "hub" if ":" in name or "-" in name else ", ".join(weight_names(name))
         what = "weights file not found" if kind == "no such file" else f"is {kind}, not a weights file"
         raise WeightsUnavailable(f"{path}: {what} (for {name} use {choices}, a .pth path or none)")
+    if path.suffix == ".safetensors":
+        return _safetensors_state(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad weights file
@@ -78,3 +81,15 @@ def file_state(path: Path, name: str) -> dict:
     if not isinstance(state, dict):
         raise WeightsUnavailable(f"{path}: holds a {type(state).__name__}, expected a state dict")
     return state
+
+
+def _safetensors_state(path: Path) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsUnavailable(f"{path}: reading .safetensors needs the extra: pip install 'fastall[timm]'") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file is a bad weights file
+        first = str(err).splitlines()[0].strip()[:160] if str(err) else type(err).__name__
+        raise WeightsUnavailable(f"{path}: not a safetensors weights file ({first})") from None
