@@ -23,8 +23,8 @@ from fastall.features.backbone import (
     load_backbone,
 )
 from fastall.features.cache import cache_key, read_cache
-from fastall.features.gradcam import gradcam_nchw, target_layer
 from fastall.features.extract import extract
+from fastall.features.gradcam import gradcam_nchw, target_layer
 from fastall.inference.artifacts import load_run
 from fastall.inference.verify import verify_run
 from fastall.training.train_head import train_head

@@ -30,7 +30,8 @@ from fastall.errors import FastallError
     "--pool",
     type=click.Choice(["cls", "mean", "cls+mean"]),
     default=None,
-    help="A ViT's token pooling: class token, mean of the patch tokens, or both concatenated [preset's; cls].",
+    help="A ViT's token pooling: class token, mean of the patch tokens, or both concatenated "
+    "[the preset's; else cls].",
 )
 @click.option(
     "--layers",

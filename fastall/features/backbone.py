@@ -24,7 +24,7 @@ from torchvision.models import ResNet50_Weights, WeightsEnum, get_model, get_mod
 
 from fastall.errors import FastallError, WeightsUnavailable
 from fastall.features import timm_models as tm
-from fastall.features.stages import StageFeatures, parse_layers
+from fastall.features.stages import StageFeatures, parse_layers, stage_paths
 from fastall.features.weights import file_state, fixed_sizes, named_weights, torchvision_state
 
 
@@ -288,7 +288,8 @@ def _check_keys(spec: BackboneSpec, state: dict, expected: set[str], origin: str
     missing, unexpected = sorted(expected - set(state)), [k for k in state if k not in expected]
     if missing or unexpected:
         guess = guesser(state) if guesser else None
-        other = f" (it is a {guess} state dict: use --backbone {guess})" if guess and guess != spec.name else ""
+        use = f" (it is a {guess} state dict: use --backbone {guess})"
+        other = use if guess and guess != spec.name else ""
         first = unexpected[0] if unexpected else missing[0]
         raise WeightsUnavailable(
             f"{origin}: not a {spec.title} state dict{other}: first mismatching key {first!r}; "
@@ -298,11 +299,11 @@ def _check_keys(spec: BackboneSpec, state: dict, expected: set[str], origin: str
 
 def _assign(model: nn.Module, state: dict, origin: str, title: str) -> None:
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for k, v in state.items():
-        if k in shapes and tuple(v.shape) != shapes[k]:
+    for k, shape in shapes.items():  # in the architecture's order
+        if k in state and tuple(state[k].shape) != shape:
             raise WeightsUnavailable(
                 f"{origin}: tensor shapes do not fit {title}: first mismatching key {k!r} is "
-                f"{list(v.shape)} in the file, {list(shapes[k])} in {title}"
+                f"{list(state[k].shape)} in the file, {list(shape)} in {title}"
             )
     try:
         model.load_state_dict({k: _copy(v) for k, v in state.items()}, assign=True)
@@ -374,6 +375,10 @@ def load_backbone(
 
         return load_timm(spec, weights, seed, pool, image_size)
     layers = parse_layers(layers)
+    if layers:
+        stage_paths(spec.name, layers)  # refused before anything is built
+    if pool is not None:
+        raise FastallError(f"--pool {pool}: token pooling applies to timm ViTs; {spec.title} pools its map")
     weights = default_weights(spec.name) if weights is None else str(weights)
     warnings: list[str] = []
     sha, member = None, None

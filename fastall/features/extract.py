@@ -275,9 +275,9 @@ def extract(
         summary.resumed = len(done)
         if done or bad:
             note(f"resuming: {len(done)} images already done in {store.dir}, {len(todo)} to go")
-        loop_start = time.perf_counter()
+        loop_start, used = time.perf_counter(), batch_size
         if todo:
-            run(
+            used = run(
                 model,
                 records,
                 todo,
@@ -298,6 +298,8 @@ def extract(
         summary.loop_seconds = time.perf_counter() - loop_start
         kill_point("finalize")
         provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record()}
+        if used and not batch_size:
+            provenance["batch_size_auto"] = used
         if todo:
             provenance["extract_s_per_image"] = summary.loop_seconds / len(todo)
         _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)

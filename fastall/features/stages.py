@@ -1,6 +1,6 @@
-"""Multi-layer CNN features (``extract --layers layer3`` / ``layer3,layer4``): the torchvision CNN cut after its
-deepest requested stage (the modules after it dropped), each stage's map average-pooled, the
-pooled vectors concatenated shallow to deep.
+"""Multi-layer CNN features (``extract --layers layer3`` / ``layer3,layer4``): the torchvision CNN cut after
+its deepest requested stage (the modules after it dropped), each stage's map average-pooled, the pooled
+vectors concatenated shallow to deep.
 
 ``layer1``..``layer4`` name the four resolution stages of every CNN in :data:`STAGES` (a ResNet's own
 ``layerN``; the equivalent stage of the others, ending at /4, /8, /16 and /32 of the input); ``layer4`` of a

@@ -42,7 +42,7 @@ def build_timm(
         real = tm.create(t, size)
         real.load_state_dict(model.state_dict())
         model = real
-    return tm.TimmEncoder(model.eval().requires_grad_(False), pool)
+    return tm.TimmEncoder(model.eval().requires_grad_(False), t.pool if pool is None else pool)
 
 
 def load_timm(
@@ -57,7 +57,7 @@ def load_timm(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             timm_model = tm.create(t, size)
-        model = tm.TimmEncoder(timm_model.eval().requires_grad_(False), pool)
+        model = tm.TimmEncoder(timm_model.eval().requires_grad_(False), t.pool if pool is None else pool)
         name, source = "none", f"random-init seed={seed}"
         warnings.append(RANDOM_INIT_WARNING)
     else:

@@ -1,5 +1,5 @@
-"""timm encoders: ``--backbone timm:NAME`` (any timm architecture, a pretrained tag, or ``hf-hub:REPO``) and the
-named presets of the foundation encoders haematology uses (DinoBloom, DINOv2).
+"""timm encoders: ``--backbone timm:NAME`` (any timm architecture, a pretrained tag, or ``hf-hub:REPO``) and
+the named presets of the foundation encoders haematology uses (DinoBloom, DINOv2).
 
 :class:`TimmEncoder` wraps a timm model built with ``num_classes=0`` and pools what ``forward_features``
 gives: a ViT's tokens by ``cls``, ``mean`` (of the patch tokens, after the ``num_prefix_tokens``) or
@@ -199,7 +199,7 @@ class TimmEncoder(nn.Module):
         return "model." + str(self.model.feature_info[-1]["module"])
 
     def reshape_transform(self, tokens: torch.Tensor) -> torch.Tensor:
-        """pytorch-grad-cam's ``reshape_transform``: patch tokens ``[B, prefix + H*W, C]`` -> ``[B, C, H, W]``."""
+        """pytorch-grad-cam's ``reshape_transform``: tokens ``[B, prefix + H*W, C]`` -> ``[B, C, H, W]``."""
         return tokens_to_grid(tokens, self.prefix)
 
 
@@ -230,7 +230,8 @@ def filter_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
 
 
 def classifier_prefix(t: TimmTarget, model: nn.Module) -> str:
-    return str(getattr(model, "pretrained_cfg", {}).get("classifier") or t.pretrained_cfg.get("classifier") or "head")
+    own = getattr(model, "pretrained_cfg", {}).get("classifier")
+    return str(own or t.pretrained_cfg.get("classifier") or "head")
 
 
 def data_config(model: nn.Module) -> dict[str, Any]:
@@ -245,8 +246,9 @@ def transform_differences(cfg: dict[str, Any], size: int) -> str:
     crop = float(cfg.get("crop_pct", 1.0) or 1.0)
     resize = math.floor(size / crop)
     return (
-        f"timm: {cfg.get('interpolation', 'bicubic')} resize to {resize} then {cfg.get('crop_mode', 'center')} "
-        f"crop {size} (crop_pct {crop:g}); fastall: {PRESERVED_RULE} to {size}"
+        f"timm: {cfg.get('interpolation', 'bicubic')} resize to {resize} then "
+        f"{cfg.get('crop_mode', 'center')} crop {size} (crop_pct {crop:g}); "
+        f"fastall: {PRESERVED_RULE} to {size}"
     )
 
 

@@ -87,7 +87,8 @@ def _safetensors_state(path: Path) -> dict:
     try:
         from safetensors.torch import load_file
     except ImportError:
-        raise WeightsUnavailable(f"{path}: reading .safetensors needs the extra: pip install 'fastall[timm]'") from None
+        extra = "pip install 'fastall[timm]'"
+        raise WeightsUnavailable(f"{path}: .safetensors needs the extra: {extra}") from None
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file is a bad weights file

@@ -106,8 +106,9 @@ def gradients_at(layer: nn.Module, head: nn.Module, channels_last: bool = False)
         c = raw.shape[-1] if channels_last else raw.shape[1]
         if raw.dim() != (3 if channels_last else 4) or c > n:
             raise FastallError(
-                f"the Grad-CAM layer gives {tuple(raw.shape)}, not {'[B, N, C]' if channels_last else '[B, C, H, W]'}"
-                f" with C <= {n} channels to standardise with the head's statistics"
+                f"the Grad-CAM layer gives {tuple(raw.shape)}, not "
+                f"{'[B, N, C]' if channels_last else '[B, C, H, W]'} with C <= {n} channels "
+                "to standardise with the head's statistics"
             )
         shape = (1, 1, -1) if channels_last else (1, -1, 1, 1)
         mean, std = head.mean[n - c :].view(shape), head.std[n - c :].view(shape)
