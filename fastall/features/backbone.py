@@ -8,6 +8,10 @@ through torchvision's multi-weight API (the torch hub cache under TORCH_HOME, or
 state dict, or from a deterministic random init (``none``, for tests and demos). Their identity is the sha256
 of the loaded state dict, recorded in every cache. Mean, std and the input sizes a model takes come from the
 weights' own transforms and metadata (:class:`BackboneInfo`).
+
+Beyond the registry: any timm model (``timm:NAME``) and the named presets (``dinobloom-s`` ...), built as
+:class:`~fastall.features.timm_models.TimmEncoder` (:mod:`fastall.features.timm_backbone`); and a CNN cut at
+``layers`` (:class:`~fastall.features.stages.StageFeatures`). :func:`build_backbone` builds them all.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from torchvision.models import ResNet50_Weights, WeightsEnum, get_model, get_mod
 from fastall.errors import FastallError, WeightsUnavailable
 from fastall.features import timm_models as tm
 from fastall.features.stages import StageFeatures, parse_layers, stage_paths
-from fastall.features.weights import file_state, fixed_sizes, named_weights, torchvision_state
+from fastall.features.weights import (
+    assign_state,
+    check_keys,
+    file_state,
+    fixed_sizes,
+    named_weights,
+    torchvision_state,
+)
 
 
 @dataclass(frozen=True)
@@ -232,11 +243,6 @@ def _strip(state: dict, origin: str, spec: BackboneSpec) -> dict[str, torch.Tens
     return out
 
 
-def _copy(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().float() if t.is_floating_point() else t.detach()
-    return t.clone(memory_format=torch.channels_last) if t.dim() == 4 else t.clone()
-
-
 def _guess_architecture(state: dict) -> str | None:
     """The registered architecture whose state-dict keys ``state`` has exactly (for error messages)."""
     for spec in BACKBONES.values():
@@ -278,39 +284,9 @@ def build_backbone(
         kept = {k.removeprefix("model.") for k in cut.state_dict()}
         state = {k: v for k, v in state.items() if k in kept or k not in expected}
         expected, guesser, model = kept, None, cut
-    _check_keys(spec, state, expected, origin, guesser)
-    _assign(model.model if layers else model, state, origin, spec.title)
+    check_keys(spec.name, spec.title, state, expected, origin, guesser)
+    assign_state(model.model if layers else model, state, origin, spec.title)
     return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-
-
-def _check_keys(spec: BackboneSpec, state: dict, expected: set[str], origin: str, guesser=None) -> None:
-    """Refuse a state dict whose keys are not the architecture's, naming the first mismatching key."""
-    missing, unexpected = sorted(expected - set(state)), [k for k in state if k not in expected]
-    if missing or unexpected:
-        guess = guesser(state) if guesser else None
-        use = f" (it is a {guess} state dict: use --backbone {guess})"
-        other = use if guess and guess != spec.name else ""
-        first = unexpected[0] if unexpected else missing[0]
-        raise WeightsUnavailable(
-            f"{origin}: not a {spec.title} state dict{other}: first mismatching key {first!r}; "
-            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}"
-        )
-
-
-def _assign(model: nn.Module, state: dict, origin: str, title: str) -> None:
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for k, shape in shapes.items():  # in the architecture's order
-        if k in state and tuple(state[k].shape) != shape:
-            raise WeightsUnavailable(
-                f"{origin}: tensor shapes do not fit {title}: first mismatching key {k!r} is "
-                f"{list(state[k].shape)} in the file, {list(shape)} in {title}"
-            )
-    try:
-        model.load_state_dict({k: _copy(v) for k, v in state.items()}, assign=True)
-    except RuntimeError as err:
-        raise WeightsUnavailable(
-            f"{origin}: tensor shapes do not fit {title}: {str(err).splitlines()[-1].strip()}"
-        ) from None
 
 
 def _calibrate_batchnorm(model: nn.Module, seed: int) -> None:

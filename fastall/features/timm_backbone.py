@@ -16,12 +16,10 @@ from fastall.features.backbone import (
     RANDOM_INIT_WARNING,
     BackboneInfo,
     BackboneSpec,
-    _assign,
-    _check_keys,
     build_backbone,
     state_dict_sha256,
 )
-from fastall.features.weights import file_state
+from fastall.features.weights import assign_state, check_keys, file_state
 
 
 def build_timm(
@@ -36,8 +34,8 @@ def build_timm(
     head = tm.classifier_prefix(t, model) + "."
     expected = set(model.state_dict())
     state = {k: v for k, v in state.items() if k in expected or not k.startswith(head)}
-    _check_keys(spec, state, expected, origin)
-    _assign(model, state, origin, spec.title)
+    check_keys(spec.name, spec.title, state, expected, origin)
+    assign_state(model, state, origin, spec.title)
     if any(b.is_meta for b in model.buffers()):  # buffers outside the state dict: build them for real
         real = tm.create(t, size)
         real.load_state_dict(model.state_dict())
