@@ -251,7 +251,12 @@ def test_bad_choices_are_one_line_refusals(kwargs, message):
         load_backbone("none", **kwargs)
 
 
-def test_batch_size_is_sized_on_gpu_only():
-    from fastall.features.loop import auto_batch_size
+def test_batch_size_is_sized_from_free_memory():
+    from fastall.features.loop import auto_batch_size, fit_batch
 
     assert auto_batch_size(torch.nn.Identity(), torch.device("cpu"), 224, torch.autocast("cpu")) == 32
+    mib = 2**20
+    assert fit_batch(10 * mib, 80_000 * mib) == 256  # capped
+    assert fit_batch(100 * mib, 1000 * mib) == 4  # 0.6 * 1000 / 100 = 6 -> 4
+    with pytest.raises(FastallError, match="needs ~3000 MiB per image and 2000 MiB are free"):
+        fit_batch(3000 * mib, 2000 * mib)

@@ -208,7 +208,11 @@ def auto_batch_size(model: torch.nn.Module, dev: torch.device, size: int, autoca
     per_image = max(1.0, (torch.cuda.max_memory_allocated(dev) - base) / probe)
     del x
     torch.cuda.empty_cache()
-    free, _ = torch.cuda.mem_get_info(dev)
+    return fit_batch(per_image, torch.cuda.mem_get_info(dev)[0], dev)
+
+
+def fit_batch(per_image: float, free: int, dev: torch.device | str = "cuda") -> int:
+    """The largest power of two up to 256 images of ``per_image`` bytes that fits a share of ``free``."""
     fit = int(GPU_MEMORY_SHARE * free / per_image)
     if fit < 1:
         raise FastallError(

@@ -13,6 +13,7 @@ Hugging Face hub or its cache (``hub``), or a seeded random init (``none``). Bui
 from __future__ import annotations
 
 import math
+import os
 import socket
 import sys
 from dataclasses import dataclass
@@ -280,11 +281,12 @@ def hub_file(t: TimmTarget) -> str:
         )
     from huggingface_hub import hf_hub_download
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     err: BaseException | None = None
     for file in HUB_FILES:
         try:
             with _timeout():
-                return hf_hub_download(t.hub, file)
+                return hf_hub_download(t.hub, file, local_files_only=offline)
         except Exception as e:  # noqa: BLE001 - offline, missing file: try the next, else say what to fetch
             err = err or e
     raise WeightsUnavailable(_offline(t.hub, HUB_FILES[0], err or RuntimeError("not found")))
