@@ -18,6 +18,8 @@ from fastall.errors import FastallError
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import read_cache
 from fastall.features.extract import extract
+from fastall.head import Head
+from fastall.inference.model import LeukemiaClassifier
 from fastall.preprocess import preprocess
 from fastall.training.train_head import train_head
 
@@ -141,13 +143,21 @@ def _cli(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+@pytest.fixture(scope="module")
+def runs(caches, tmp_path_factory):
+    """A trained head per family: a ViT (DinoBloom-S) and ResNet-50 cut after layer3."""
+    base = tmp_path_factory.mktemp("timm-runs")
+    for which in ("dinobloom", "layer3"):
+        train_head(caches[which], base / which, folds=2, test="none", epochs=5, device="cpu", progress=False)
+    return {which: base / which for which in ("dinobloom", "layer3")}
+
+
 @pytest.mark.parametrize("which", ["dinobloom", "layer3"])
-def test_end_to_end_path(which, caches, tree, tmp_path):
-    """train-head -> verify -> predict (TorchScript) -> export (torch, ONNX) -> predict (export), explain."""
+def test_end_to_end_path(which, runs, tree, tmp_path):
+    """verify -> predict (TorchScript) -> export (torch, ONNX) -> predict (export), explain, evaluate."""
     from fastall.inference.verify import verify_run
 
-    run = tmp_path / "run"
-    train_head(caches[which], run, folds=2, test="none", epochs=5, device="cpu", progress=False)
+    run = runs[which]
     report = verify_run(run, images=4)
     assert report.passed, report.to_dict()
     result = _cli("predict", run, tree, "--out", tmp_path / "p.csv", "--workers", "0", "--backend", "jit")
@@ -169,6 +179,39 @@ def test_end_to_end_path(which, caches, tree, tmp_path):
     maps = [np.load(tmp_path / "cam" / f) for f in sorted(p.name for p in (tmp_path / "cam").glob("*.npy"))]
     assert all(m.shape == (224 if which == "dinobloom" else 64,) * 2 for m in maps)
     assert any(float(m.max()) > 0 for m in maps)
+    result = _cli("evaluate", run, tree, "--out", tmp_path / "ev", "--no-report")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("which", ["dinobloom", "layer3"])
+def test_explain_sanity_checks_per_family(which, runs, tree):
+    """Adebayo et al.'s checks as docs/explain.md runs them: a fresh random head changes the maps (mean rank
+    correlation < 0.5), the same call gives the same maps, and the frozen weights stay untouched."""
+    pytest.importorskip("pytorch_grad_cam")
+    from scipy.stats import spearmanr
+
+    from fastall.data.loader import iter_batches
+    from fastall.data.walk import find_images
+    from fastall.inference.explain import explain_batch, load_explainable
+
+    model = load_explainable(runs[which])
+    paths, _ = find_images([tree])
+    images = next(iter(iter_batches(paths, model.image_size, 4))).images
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    maps = explain_batch(model, images, target="all").cams
+    assert np.array_equal(maps, explain_batch(model, images, target="all").cams)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for seed in range(2):
+        torch.manual_seed(seed)
+        head = Head(**model.head.config())
+        head.set_standardization(model.head.mean, model.head.std)
+        random = LeukemiaClassifier(
+            model.backbone, head, image_size=model.image_size, class_names=model.class_names,
+            mean=model.mean, std=model.std, provenance=model.provenance,
+        )  # fmt: skip
+        other = explain_batch(random, images, target="all").cams
+        rho = [spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(maps, other, strict=True)]
+        assert np.nanmean(rho) < 0.5, (seed, rho)
 
 
 def test_compare_a_dinobloom_cache_with_a_resnet50_cache(caches, tmp_path):

@@ -98,21 +98,22 @@ class TimmTarget:
     pool: str | None = None
     image_size: int | None = None
     cfg: tuple = ()
+    model_args: tuple = ()  # a hub config's constructor arguments
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         return dict(self.cfg)
 
 
-def _hub_cfg(repo: str) -> tuple[str, dict[str, Any]]:
+def _hub_cfg(repo: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     from timm.models._hub import load_model_config_from_hf
 
     try:
         with _timeout():
-            cfg, arch, _ = load_model_config_from_hf(repo)
+            cfg, arch, args = load_model_config_from_hf(repo)
     except Exception as err:  # noqa: BLE001 - offline, no such repo: all mean "not available"
         raise WeightsUnavailable(_offline(repo, "config.json", err)) from None
-    return arch, dict(cfg)
+    return arch, dict(cfg), dict(args or {})
 
 
 def target(name: str) -> TimmTarget:
@@ -124,8 +125,14 @@ def target(name: str) -> TimmTarget:
     timm = import_timm()
     spec = name.removeprefix(PREFIX)
     if spec.startswith("hf-hub:"):
-        arch, cfg = _hub_cfg(spec.removeprefix("hf-hub:"))
-        return TimmTarget(name, spec, arch, spec.removeprefix("hf-hub:"), cfg=tuple(sorted(cfg.items())))
+        repo = spec.removeprefix("hf-hub:")
+        arch, cfg, args = _hub_cfg(repo)
+        size = args.pop("img_size", None)
+        size = int(size if isinstance(size, int) else size[0]) if size else None
+        items = tuple(sorted(cfg.items()))
+        return TimmTarget(
+            name, spec, arch, repo, image_size=size, cfg=items, model_args=tuple(sorted(args.items()))
+        )
     arch = spec.split(".")[0]
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
@@ -139,7 +146,7 @@ def target(name: str) -> TimmTarget:
 def create(t: TimmTarget, image_size: int | None, *, meta: bool = False) -> nn.Module:
     """The architecture without classifier (``num_classes=0``), at ``image_size`` where it takes one."""
     timm = import_timm()
-    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
+    kwargs: dict[str, Any] = {**dict(t.model_args), "pretrained": False, "num_classes": 0}
     if t.cfg:
         kwargs["pretrained_cfg_overlay"] = t.pretrained_cfg
     with torch.device("meta") if meta else torch.device("cpu"):
