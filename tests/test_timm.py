@@ -303,3 +303,14 @@ def test_batch_size_is_sized_from_free_memory():
     assert fit_batch(100 * mib, 1000 * mib) == 4  # 0.6 * 1000 / 100 = 6 -> 4
     with pytest.raises(FastallError, match="needs ~3000 MiB per image and 2000 MiB are free"):
         fit_batch(3000 * mib, 2000 * mib)
+
+
+def test_bench_times_a_timm_encoder():
+    args = ["bench", "--backbone", "dinobloom-s", "--device", "cpu", "--batch-sizes", "1", "--images", "2"]
+    result = _cli(
+        *args, "--image-size", "56", "--iters", "2", "--threads", "1", "--backend", "eager", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["backbone"] == "dinobloom-s" and "DinoBloom-S" in out["model"] and out["image_size"] == 56
+    assert out["latency_batch1"]["end_to_end"]["p50_ms"] > 0
