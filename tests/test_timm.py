@@ -179,7 +179,7 @@ def test_end_to_end_path(which, runs, tree, tmp_path):
     maps = [np.load(tmp_path / "cam" / f) for f in sorted(p.name for p in (tmp_path / "cam").glob("*.npy"))]
     assert all(m.shape == (224 if which == "dinobloom" else 64,) * 2 for m in maps)
     assert any(float(m.max()) > 0 for m in maps)
-    if which == "layer3":  # evaluate loads the model as predict does; its cost is the bootstrap, not the family
+    if which == "layer3":  # evaluate loads the model as predict does; its cost is the bootstrap
         result = _cli("evaluate", run, tree, "--out", tmp_path / "ev", "--no-report")
         assert result.exit_code == 0, result.output
 
