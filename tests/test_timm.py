@@ -315,3 +315,21 @@ def test_bench_times_a_timm_encoder():
     out = json.loads(result.stdout)
     assert out["backbone"] == "dinobloom-s" and "DinoBloom-S" in out["model"] and out["image_size"] == 56
     assert out["latency_batch1"]["end_to_end"]["p50_ms"] > 0
+
+
+def test_hub_weights_come_from_the_hugging_face_cache(vit_weights, tmp_path, monkeypatch):
+    """``--weights hub`` offline with the file in the HF cache (as `huggingface-cli download` leaves it)."""
+    import huggingface_hub.constants as hf
+
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--1aurent--vit_small_patch14_224.dinobloom"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "model.safetensors").write_bytes(vit_weights.read_bytes())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _, hub = load_backbone("hub", backbone="dinobloom-s")
+    _, local = load_backbone(str(vit_weights), backbone="dinobloom-s")
+    assert hub.weights == "hub" and hub.source == "hf-hub:1aurent/vit_small_patch14_224.dinobloom"
+    assert hub.sha256 == local.sha256 and hub.feature_dim == 384 and hub.pool == "cls"
