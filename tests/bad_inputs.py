@@ -1606,6 +1606,16 @@ def _other_patients_cache(env: Env) -> Path:
     return _with_patients(env, "other.h5", lambda patients, *_: ["someone-else", *patients[1:]])
 
 
+def _encoder_args(env: Env, *extra: str) -> list[str]:
+    return ["extract", str(env.data), "--out", str(env.tmp / "c.h5"), "--device", "cpu", *extra]
+
+
+def _text_safetensors(env: Env) -> Path:
+    path = env.tmp / "weights.safetensors"
+    path.write_text("not weights\n")
+    return path
+
+
 # --- issue 22: the positive class, patients from a file ----------------------------------------------------
 
 
@@ -1757,5 +1767,55 @@ CASES += [
         expect="reported",
         fragments=("not in --patients", "each is its own group"),
         show="not in --patients",
+    ),
+]
+
+
+CASES += [
+    Case(
+        "encoders",
+        "--backbone timm:NAME that timm does not know",
+        lambda e: _encoder_args(e, "--backbone", "timm:no_such_net", "--weights", "none"),
+        fragments=("no timm architecture 'no_such_net'",),
+    ),
+    Case(
+        "encoders",
+        "--weights hub offline with nothing cached (the file to fetch, where to put it)",
+        lambda e: _encoder_args(e, "--backbone", "dinobloom-s", "--weights", "hub"),
+        fragments=(
+            "1aurent/vit_small_patch14_224.dinobloom/resolve/main/model.safetensors",
+            "--weights PATH",
+        ),
+        env=(("HF_HUB_OFFLINE", "1"),),
+    ),
+    Case(
+        "encoders",
+        "--weights of another architecture for a timm encoder (the first mismatching key)",
+        lambda e: _encoder_args(e, "--backbone", "dinobloom-s", "--weights", str(_resnet18_weights(e))),
+        fragments=("not a DinoBloom-S state dict", "first mismatching key 'conv1.weight'"),
+    ),
+    Case(
+        "encoders",
+        "a .safetensors weights file that is not one",
+        lambda e: _encoder_args(e, "--backbone", "dinobloom-s", "--weights", str(_text_safetensors(e))),
+        fragments=("not a safetensors weights file",),
+    ),
+    Case(
+        "encoders",
+        "--pool for a CNN",
+        lambda e: _encoder_args(e, "--weights", "none", "--pool", "cls"),
+        fragments=("token pooling applies to timm ViTs",),
+    ),
+    Case(
+        "encoders",
+        "--layers with a stage that does not exist",
+        lambda e: _encoder_args(e, "--weights", "none", "--layers", "layer3,layer5"),
+        fragments=("give distinct stage names among layer1, layer2, layer3, layer4",),
+    ),
+    Case(
+        "encoders",
+        "--layers for a backbone without declared stages",
+        lambda e: _encoder_args(e, "--backbone", "vit_b_16", "--weights", "none", "--layers", "layer3"),
+        fragments=("vit_b_16 has no declared stages",),
     ),
 ]

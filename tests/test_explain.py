@@ -22,7 +22,7 @@ from PIL import Image
 
 from fastall.cli import cli
 from fastall.errors import FastallError
-from fastall.features.backbone import target_layer
+from fastall.features.gradcam import target_layer
 from fastall.head import Head
 from fastall.inference.explain import (
     METHODS,

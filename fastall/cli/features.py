@@ -31,13 +31,27 @@ from fastall.errors import FastallError
     default="resnet50",
     show_default=True,
     help="resnet18, resnet50, resnet101, densenet121, efficientnet_b0, efficientnet_v2_s, convnext_tiny, "
-    "regnet_y_800mf, mobilenet_v3_large, swin_t or vit_b_16.",
+    "regnet_y_800mf, mobilenet_v3_large, swin_t, vit_b_16; dinobloom-s|b|l|g, dinov2-s|b, or timm:NAME "
+    "(any timm model; extra fastall[timm]).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["cls", "mean", "cls+mean"]),
+    default=None,
+    help="A ViT's token pooling: class token, mean of the patch tokens, or both concatenated "
+    "[the preset's; else cls].",
+)
+@click.option(
+    "--layers",
+    default=None,
+    help="CNN stages to pool and concatenate, e.g. layer3 or layer3,layer4 [the last map only].",
 )
 @click.option(
     "--weights",
     default=None,
     help="The backbone's torchvision weights (DEFAULT, IMAGENET1K_V1, ...; resnet50 also imagenet1k_v1/v2), "
-    "a .pth state dict, or none (random init, tests only) [resnet50: imagenet1k_v1, others: DEFAULT].",
+    "hub (a timm encoder's pretrained weights: Hugging Face cache or download), a .pth/.safetensors state "
+    "dict, or none (random init, tests only) [resnet50: imagenet1k_v1, timm: hub, others: DEFAULT].",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
 @click.option(
@@ -51,7 +65,9 @@ from fastall.errors import FastallError
 @click.option(
     "--amp-dtype", type=click.Choice(["bf16", "fp16"]), default=None, help="Older alias of --precision."
 )
-@click.option("--batch-size", type=int, default=None, help="Images per forward [256 on GPU, 32 on CPU].")
+@click.option(
+    "--batch-size", type=int, default=None, help="Images per forward [GPU: sized from free memory; CPU: 32]."
+)
 @click.option("--workers", type=int, default=None, help="Decoding processes [up to 10 on GPU, 0 on CPU].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Augmentation (and random-init) seed.")
 @click.option(
@@ -91,6 +107,8 @@ def extract(
     views: int,
     image_size: int | None,
     backbone: str,
+    pool: str | None,
+    layers: str | None,
     weights: str | None,
     device: str,
     precision: str,
@@ -138,6 +156,8 @@ def extract(
         image_size=image_size,
         weights=weights,
         backbone=backbone,
+        pool=pool,
+        layers=layers,
         device=device,
         precision=precision,
         amp=amp,

@@ -121,7 +121,7 @@ def verify(
     "--backbone",
     default="resnet50",
     show_default=True,
-    help="Without --run: the random-init backbone to time (resnet18 ... vit_b_16, as extract).",
+    help="Without --run: the random-init backbone to time (resnet18 ... vit_b_16, dinobloom-s, timm:NAME).",
 )
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed batch-1 calls.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")

@@ -8,6 +8,10 @@ through torchvision's multi-weight API (the torch hub cache under TORCH_HOME, or
 state dict, or from a deterministic random init (``none``, for tests and demos). Their identity is the sha256
 of the loaded state dict, recorded in every cache. Mean, std and the input sizes a model takes come from the
 weights' own transforms and metadata (:class:`BackboneInfo`).
+
+Beyond the registry: any timm model (``timm:NAME``) and the named presets (``dinobloom-s`` ...), built as
+:class:`~fastall.features.timm_models.TimmEncoder` (:mod:`fastall.features.timm_backbone`); and a CNN cut at
+``layers`` (:class:`~fastall.features.stages.StageFeatures`). :func:`build_backbone` builds them all.
 """
 
 from __future__ import annotations
@@ -23,7 +27,16 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, WeightsEnum, get_model, get_model_weights
 
 from fastall.errors import FastallError, WeightsUnavailable
-from fastall.features.weights import file_state, fixed_sizes, named_weights, torchvision_state
+from fastall.features import timm_models as tm
+from fastall.features.stages import StageFeatures, parse_layers, stage_paths
+from fastall.features.weights import (
+    assign_state,
+    check_keys,
+    file_state,
+    fixed_sizes,
+    named_weights,
+    torchvision_state,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class BackboneSpec:
     gradcam_layout: str = "nchw"
     fixed_size: bool = False
     calibrated_init: bool = False
+    family: str = "torchvision"
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -92,11 +106,33 @@ RANDOM_INIT_WARNING = (
 
 
 def get_spec(name: str) -> BackboneSpec:
-    """The registry entry of ``name``; an unknown name is refused with the choices."""
+    """The registry entry of ``name`` (a timm preset or ``timm:NAME`` too); an unknown name is refused."""
     spec = BACKBONES.get(str(name))
+    if spec is None and tm.is_timm(name):
+        return _timm_spec(str(name))
     if spec is None:
-        raise FastallError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+        raise FastallError(
+            f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, "
+            f"{', '.join(tm.PRESETS)} or timm:NAME"
+        )
     return spec
+
+
+@functools.cache
+def _timm_spec(name: str) -> BackboneSpec:
+    t = tm.target(name)
+    return BackboneSpec(name, t.title, 0, "head", "", "tokens", family="timm")
+
+
+def recorded_options(key_params: dict) -> dict:
+    """``load_backbone``'s keyword arguments that rebuild the backbone a cache records (old caches: resnet50,
+    no pooling or stages recorded)."""
+    return {
+        "backbone": str(key_params.get("backbone") or DEFAULT_BACKBONE),
+        "pool": key_params.get("pool") or None,
+        "layers": tuple(key_params.get("layers") or ()) or None,
+        "image_size": key_params.get("image_size"),
+    }
 
 
 def default_weights(name: str) -> str:
@@ -120,6 +156,9 @@ class BackboneInfo:
     min_size: int = MIN_IMAGE_SIZE
     fixed_size: int | None = None
     params: int = 0
+    pool: str | None = None
+    layers: tuple[str, ...] | None = None
+    transform_note: str = ""
 
     def input_size(self, size: int | None) -> int:
         """``size``, or these weights' own size where None; refused where the model cannot take it."""
@@ -130,6 +169,11 @@ class BackboneInfo:
     def check_size(self, size: int) -> None:
         """Refuse an input size these weights cannot take, naming the sizes they can."""
         spec = get_spec(self.name)
+        if self.fixed_size is not None and size != self.fixed_size and spec.family == "timm":
+            raise FastallError(
+                f"--image-size {size}: {spec.title} was built for {self.fixed_size} px (its position "
+                f"embeddings): build it at {size} px (load_backbone(image_size={size}))"
+            )
         if self.fixed_size is not None and size != self.fixed_size:
             raise FastallError(
                 f"--image-size {size}: {spec.title} with {self.weights} weights takes exactly "
@@ -199,11 +243,6 @@ def _strip(state: dict, origin: str, spec: BackboneSpec) -> dict[str, torch.Tens
     return out
 
 
-def _copy(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().float() if t.is_floating_point() else t.detach()
-    return t.clone(memory_format=torch.channels_last) if t.dim() == 4 else t.clone()
-
-
 def _guess_architecture(state: dict) -> str | None:
     """The registered architecture whose state-dict keys ``state`` has exactly (for error messages)."""
     for spec in BACKBONES.values():
@@ -214,27 +253,39 @@ def _guess_architecture(state: dict) -> str | None:
     return None
 
 
-def build_backbone(name: str, state: dict, origin: str = "state dict") -> nn.Module:
+def build_backbone(
+    name: str,
+    state: dict,
+    origin: str = "state dict",
+    *,
+    pool: str | None = None,
+    layers: tuple[str, ...] | None = None,
+    image_size: int | None = None,
+) -> nn.Module:
     """The one place a backbone is built: architecture ``name`` from a state dict (classifier entries and a
-    ``module.`` prefix dropped): eval mode, frozen, channels_last, on the CPU."""
+    ``module.`` prefix dropped): eval mode, frozen, channels_last, on the CPU. ``pool``: a timm ViT's
+    token pooling; ``layers``: the stages of a torchvision CNN (:mod:`fastall.features.stages`; its state
+    whole or cut); ``image_size``: a timm ViT's input size (its position embeddings resampled to it)."""
     spec = get_spec(name)
+    if spec.family == "timm":
+        from fastall.features.timm_backbone import build_timm
+
+        return build_timm(spec, state, origin, pool, image_size)
+    if pool is not None:
+        raise FastallError(f"--pool {pool}: token pooling applies to timm ViTs; {spec.title} pools its map")
+    layers = parse_layers(layers)
+    if layers:
+        state = {k.removeprefix("model."): v for k, v in state.items()}
     state = _strip(state, origin, spec)
     model = _empty_model(spec, state)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        guess = _guess_architecture(state)
-        other = f" (it is a {guess} state dict: use --backbone {guess})" if guess and guess != name else ""
-        raise WeightsUnavailable(
-            f"{origin}: not a {spec.title} state dict{other}: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:3]}"
-        )
-    try:
-        model.load_state_dict({k: _copy(v) for k, v in state.items()}, assign=True)
-    except RuntimeError as err:
-        raise WeightsUnavailable(
-            f"{origin}: tensor shapes do not fit {spec.title}: {str(err).splitlines()[-1].strip()}"
-        ) from None
+    expected, guesser = set(model.state_dict()), _guess_architecture
+    if layers:  # the whole architecture's state, or the cut one (an export's): the parts cut away go
+        cut = StageFeatures(model, spec.name, layers)
+        kept = {k.removeprefix("model.") for k in cut.state_dict()}
+        state = {k: v for k, v in state.items() if k in kept or k not in expected}
+        expected, guesser, model = kept, None, cut
+    check_keys(spec.name, spec.title, state, expected, origin, guesser)
+    assign_state(model.model if layers else model, state, origin, spec.title)
     return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
@@ -279,14 +330,31 @@ def _input_rules(spec: BackboneSpec, weights: WeightsEnum | None, model: nn.Modu
 
 
 def load_backbone(
-    weights: str | None = None, seed: int = 0, *, backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None,
+    seed: int = 0,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    pool: str | None = None,
+    layers: str | tuple[str, ...] | None = None,
+    image_size: int | None = None,
 ) -> tuple[nn.Module, BackboneInfo]:
     """Architecture ``backbone`` without its classifier: eval mode, frozen, channels_last, on the CPU.
 
     ``weights``: a torchvision weights name of that architecture (``DEFAULT``, ``IMAGENET1K_V1``, ...; any
-    case), a ``.pth`` state dict, or ``none`` (random init from ``seed``); None: :func:`default_weights`.
+    case), a ``.pth``/``.safetensors`` state dict, ``hub`` (a timm encoder's pretrained weights), or ``none``
+    (random init from ``seed``); None: :func:`default_weights`. ``pool``, ``layers``, ``image_size``: as
+    :func:`build_backbone`. The sha256 is the whole architecture's state (before a cut at ``layers``).
     """
     spec = get_spec(backbone)
+    if spec.family == "timm":
+        from fastall.features.timm_backbone import load_timm
+
+        return load_timm(spec, weights, seed, pool, image_size)
+    layers = parse_layers(layers)
+    if layers:
+        stage_paths(spec.name, layers)  # refused before anything is built
+    if pool is not None:
+        raise FastallError(f"--pool {pool}: token pooling applies to timm ViTs; {spec.title} pools its map")
     weights = default_weights(spec.name) if weights is None else str(weights)
     warnings: list[str] = []
     sha, member = None, None
@@ -298,17 +366,26 @@ def load_backbone(
     else:
         path = Path(weights).expanduser()
         state, name, source = file_state(path, spec.name), "file", str(path.resolve())
-    model = build_backbone(spec.name, state, source)
+    model = build_backbone(spec.name, state, source, pool=pool)
     sha = sha or state_dict_sha256(model.state_dict())
+    rules = _input_rules(spec, member, model)
+    params = sum(p.numel() for p in model.parameters())
+    dim = _feature_dim(spec)
+    if layers:
+        model = StageFeatures(model, spec.name, layers)
+        with torch.no_grad():
+            dim = int(model(torch.zeros(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)).shape[1])
+        params = sum(p.numel() for p in model.parameters())
     return model, BackboneInfo(
         name=spec.name,
         weights=name,
         sha256=sha,
         source=source,
-        feature_dim=_feature_dim(spec),
+        feature_dim=dim,
         warnings=warnings,
-        params=sum(p.numel() for p in model.parameters()),
-        **_input_rules(spec, member, model),
+        params=params,
+        layers=layers,
+        **rules,
     )
 
 
@@ -317,38 +394,3 @@ def _feature_dim(spec: BackboneSpec) -> int:
     """``in_features`` of the classifier's first Linear: the dimension of the pooled features."""
     classifier = _skeleton(spec.name).get_submodule(spec.classifier_attr)
     return int(next(m for m in classifier.modules() if isinstance(m, nn.Linear)).in_features)
-
-
-# Grad-CAM's target layer per backbone: a module path inside the model ``load_backbone`` returns, whose output
-# has the feature channels on a spatial grid (``gradcam_layout``: ViT's are tokens, see :func:`gradcam_nchw`).
-GRADCAM_LAYERS = {name: spec.gradcam_layer for name, spec in BACKBONES.items()}
-
-
-def target_layer(model: nn.Module, name: str = DEFAULT_BACKBONE) -> nn.Module:
-    """The module of backbone ``name`` (as recorded in key_params["backbone"]) whose maps Grad-CAM weighs."""
-    if name not in GRADCAM_LAYERS:
-        raise FastallError(
-            f"backbone {name!r} declares no Grad-CAM layer (known: {', '.join(sorted(GRADCAM_LAYERS))})"
-        )
-    try:
-        return model.get_submodule(GRADCAM_LAYERS[name])
-    except AttributeError:
-        raise FastallError(f"backbone {name!r} has no module {GRADCAM_LAYERS[name]!r}") from None
-
-
-def gradcam_nchw(name: str, activation: torch.Tensor) -> torch.Tensor:
-    """The target layer's output as ``[B, C, H, W]`` (a ViT's patch tokens laid out on their grid)."""
-    if BACKBONES.get(name) is None or BACKBONES[name].gradcam_layout != "tokens":
-        return activation
-    tokens = activation[:, 1:]
-    side = math.isqrt(tokens.shape[1])
-    return tokens.reshape(tokens.shape[0], side, side, tokens.shape[2]).permute(0, 3, 1, 2)
-
-
-def gradcam_layout_back(name: str, grid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`gradcam_nchw`: ``grid [B, C, H, W]`` in the layer's own layout (shaped as
-    ``like``; a ViT's class token gets zeros)."""
-    if BACKBONES.get(name) is None or BACKBONES[name].gradcam_layout != "tokens":
-        return grid
-    tokens = grid.permute(0, 2, 3, 1).reshape(grid.shape[0], -1, grid.shape[1])
-    return torch.cat([torch.zeros_like(like[:, :1]), tokens], dim=1)

@@ -114,6 +114,13 @@ class FeatureCache:
         return str(self.key_params.get("backbone") or "resnet50")
 
     @property
+    def encoder(self) -> str:
+        """The backbone with its recorded stages or token pooling, e.g. ``resnet50[layer3]``,
+        ``dinov2-s[cls+mean]`` (plain: the backbone's name)."""
+        detail = "+".join(self.key_params.get("layers") or []) or self.key_params.get("pool")
+        return f"{self.backbone}[{detail}]" if detail else self.backbone
+
+    @property
     def groups(self) -> np.ndarray:
         """int64 ``[N]`` patient group codes (indices into the sorted distinct patients)."""
         return np.unique(self.patients.astype(str), return_inverse=True)[1].astype(np.int64).reshape(-1)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fastall.data.fingerprint import Stamp
+from fastall.data.positive import class_attrs
 from fastall.errors import CacheError, FastallError
 from fastall.features import content
 from fastall.features.augment import VIEW_PARAM_NAMES, parse_fill
@@ -33,7 +34,6 @@ from fastall.features.extract import (
     _open_partial,
     _provenance,
     _write,
-    class_record,
     key_params_for,
 )
 from fastall.features.loop import run
@@ -55,6 +55,8 @@ def extract_distributed(
     image_size: int | None = None,
     weights: str | None = None,
     backbone: str = "resnet50",
+    pool: str | None = None,
+    layers: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     amp: bool | None = None,
@@ -97,8 +99,10 @@ def extract_distributed(
     with contextlib.ExitStack() as stack, Group(env, dev, timeout) as group:
         try:
             ds = _dataset(data, include, patient_regex, note, patients)
-            classes, _ = class_record(ds, positive)
-            model, info = load_backbone(weights, seed=seed, backbone=backbone)
+            classes, _ = class_attrs(ds.class_names, ds.layout, positive)
+            model, info = load_backbone(
+                weights, seed=seed, backbone=backbone, pool=pool, layers=layers, image_size=image_size
+            )
             image_size = info.input_size(image_size)
             for message in info.warnings:
                 note(message)

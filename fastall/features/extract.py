@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 from fastall import __version__
-from fastall.data.discover import Record, discover
+from fastall.data.discover import Record
 from fastall.data.fingerprint import Stamp, dataset_fingerprint
 from fastall.data.positive import class_attrs
 from fastall.errors import CacheError, FastallError
@@ -26,6 +26,7 @@ from fastall.features import content
 from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES, parse_fill
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
+from fastall.features.inputs import _check_out, _dataset
 from fastall.features.loop import run
 from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder
 from fastall.features.summary import ExtractSummary
@@ -51,8 +52,11 @@ def key_params_for(
     class_names: list[str],
     fill: str = "auto",
 ) -> dict[str, Any]:
-    """Every parameter that changes the features (and nothing that does not)."""
+    """Every parameter that changes the features (and nothing that does not); ``pool`` and ``layers`` only
+    where set, so that caches from before them keep their keys."""
+    extra = {"pool": getattr(info, "pool", None), "layers": list(getattr(info, "layers", None) or [])}
     return {
+        **{k: v for k, v in extra.items() if v},
         "backbone": info.name,
         "weights": info.weights,
         "weights_sha256": info.sha256,
@@ -132,44 +136,6 @@ def _open_partial(store: PartialStore, key_params: dict[str, Any], overwrite: bo
         store.start(cache_key(key_params), key_params)
 
 
-def _dataset(
-    data: str | Path,
-    include: Iterable[str],
-    patient_regex: str | None,
-    note: Callable,
-    patients: str | Path | None = None,
-) -> Any:
-    """The discovered dataset; fatal problems raise, the others are passed to ``note``."""
-    extra = {"include": tuple(include)} if tuple(include) else {}
-    ds = discover(data, patient_regex=patient_regex, patients=patients, **extra)
-    fatal = ds.fatal_problems
-    if fatal:
-        first = "; ".join(str(p) for p in fatal[:3])
-        raise FastallError(
-            f"{len(fatal)} fatal problem(s) in {ds.root}: {first}"
-            f"{' ...' if len(fatal) > 3 else ''} (`fastall scan {ds.root}` lists them all)"
-        )
-    ds.check(training=False)
-    for message in ds.warnings + [str(p) for p in ds.problems]:
-        note(message)
-    return ds
-
-
-def class_record(ds: Any, positive: str | None) -> tuple[dict[str, Any], str]:
-    """The cache attributes on the classes' meaning and the line naming the positive class
-    (``data.positive.class_attrs``)."""
-    return class_attrs(ds.class_names, ds.layout, positive)
-
-
-def _check_out(out: Path, scratch: str | Path | None) -> None:
-    if out.is_dir():
-        raise FastallError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
-    if not out.parent.is_dir():
-        raise FastallError(f"--out {out}: folder {out.parent} does not exist")
-    if scratch is not None and not Path(scratch).is_dir():
-        raise FastallError(f"--scratch {scratch}: no such folder")
-
-
 def extract(
     data: str | Path,
     out: str | Path,
@@ -178,6 +144,8 @@ def extract(
     image_size: int | None = None,
     weights: str | None = None,
     backbone: str = "resnet50",
+    pool: str | None = None,
+    layers: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     amp: bool | None = None,
@@ -206,8 +174,8 @@ def extract(
     Images whose file changed since their features were computed are refused, or recomputed with
     ``update`` (:mod:`fastall.features.content`); ``verify_content`` hashes every file, not only those
     whose size or mtime changed. ``patients``: a ``path,patient`` CSV; ``positive``: the disease class.
-    ``backbone``, ``weights``: as :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None for
-    the weights' own.
+    ``backbone``, ``weights``, ``pool`` (a timm ViT's token pooling), ``layers`` (a CNN's stages): as
+    :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None for the weights' own.
     """
     start = time.perf_counter()
     warnings: list[str] = []
@@ -226,11 +194,13 @@ def extract(
     out = Path(out)
     _check_out(out, scratch)
     ds = _dataset(data, include, patient_regex, note, patients)
-    classes, positive_line = class_record(ds, positive)
+    classes, positive_line = class_attrs(ds.class_names, ds.layout, positive)
     records = ds.records
     content.views_warning(views, len(records), note)
     with cache_lock(out, warn=note):
-        model, info = load_backbone(weights, seed=seed, backbone=backbone)
+        model, info = load_backbone(
+            weights, seed=seed, backbone=backbone, pool=pool, layers=layers, image_size=image_size
+        )
         image_size = info.input_size(image_size)
         for message in info.warnings:
             note(message)
@@ -285,9 +255,9 @@ def extract(
         summary.resumed = len(done)
         if done or bad:
             note(f"resuming: {len(done)} images already done in {store.dir}, {len(todo)} to go")
-        loop_start = time.perf_counter()
+        loop_start, used = time.perf_counter(), batch_size
         if todo:
-            run(
+            used = run(
                 model,
                 records,
                 todo,
@@ -308,6 +278,8 @@ def extract(
         summary.loop_seconds = time.perf_counter() - loop_start
         kill_point("finalize")
         provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record(), **classes}
+        if used and not batch_size:
+            provenance["batch_size_auto"] = used
         if todo:
             provenance["extract_s_per_image"] = summary.loop_seconds / len(todo)
         _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)
@@ -337,6 +309,7 @@ def _provenance(
         "batch_size": batch_size or 0,
         "workers": -1 if workers is None else workers,
         "weights_source": info.source,
+        **({"transform_vs_timm": info.transform_note} if getattr(info, "transform_note", "") else {}),
         "backbone_params": int(getattr(info, "params", 0)),
         "data_root": str(Path(data).resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

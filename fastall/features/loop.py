@@ -40,6 +40,11 @@ from fastall.system.files import kill_point
 
 MAX_PENDING_WRITES = 2
 CHUNK = 32  # images per worker task: the first batch starts at once, little shared memory in flight
+MAX_GPU_BATCH = 256
+GPU_MEMORY_SHARE = (
+    0.6  # of the free memory a forward batch may take (the rest: views, the loader, other work)
+)
+BF16_WEIGHTS_PARAMS = 300_000_000  # from this size (ViT-L/G) bf16 autocast also keeps the weights in bf16
 
 
 class ImageViews(torch.utils.data.Dataset):
@@ -140,9 +145,14 @@ def run(
     workers: int | None,
     skip_bad: bool,
     progress: bool,
-) -> None:
+) -> int:
+    """Extract ``todo`` into ``store``; returns the batch size used (``batch_size``, or sized here)."""
     cuda = dev.type == "cuda"
-    batch_size = batch_size or (256 if cuda else 32)
+    model = model.to(dev)
+    if cuda and amp == torch.bfloat16 and sum(p.numel() for p in model.parameters()) >= BF16_WEIGHTS_PARAMS:
+        model = model.to(torch.bfloat16)
+    autocast = torch.autocast(device_type=dev.type, dtype=amp or torch.float32, enabled=amp is not None)
+    batch_size = batch_size or auto_batch_size(model, dev, size, autocast)
     cores = os.cpu_count() or 1
     # CPU: decoding is ~1% of a forward; a worker process would only steal cores from torch's thread pool
     workers = workers if workers is not None else (max(1, cores - 2) if cuda else 0)
@@ -154,8 +164,6 @@ def run(
         pin_memory=cuda,
         prefetch_factor=4 if workers else None,
     )
-    model = model.to(dev)
-    autocast = torch.autocast(device_type=dev.type, dtype=amp or torch.float32, enabled=amp is not None)
     writer = _Writer(store)
     with _progress(len(todo), enabled=progress) as advance:
         try:
@@ -182,6 +190,36 @@ def run(
             writer.close(raise_errors=False)
             raise
         writer.close()
+    return batch_size
+
+
+def auto_batch_size(model: torch.nn.Module, dev: torch.device, size: int, autocast: Any) -> int:
+    """CPU: 32. GPU: the largest power of two up to 256 whose forward fits in a share of the free memory,
+    from the peak memory of one probe forward of 4 images."""
+    if dev.type != "cuda":
+        return 32
+    probe = 4
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    x = torch.zeros(probe, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast:
+        model(x)
+    per_image = max(1.0, (torch.cuda.max_memory_allocated(dev) - base) / probe)
+    del x
+    torch.cuda.empty_cache()
+    return fit_batch(per_image, torch.cuda.mem_get_info(dev)[0], dev)
+
+
+def fit_batch(per_image: float, free: int, dev: torch.device | str = "cuda") -> int:
+    """The largest power of two up to 256 images of ``per_image`` bytes that fits a share of ``free``."""
+    fit = int(GPU_MEMORY_SHARE * free / per_image)
+    if fit < 1:
+        raise FastallError(
+            f"the backbone needs ~{per_image / 2**20:.0f} MiB per image and {free / 2**20:.0f} MiB are free "
+            f"on {dev}: use --precision bf16, a smaller --image-size, or --device cpu"
+        )
+    return min(MAX_GPU_BATCH, 1 << (fit.bit_length() - 1))
 
 
 def check_finite(feats: np.ndarray, paths: list[str]) -> None:

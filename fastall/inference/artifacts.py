@@ -22,7 +22,7 @@ from torch import nn
 
 from fastall.data.loader import load_images
 from fastall.errors import FastallError
-from fastall.features.backbone import build_backbone, load_backbone, state_dict_sha256
+from fastall.features.backbone import build_backbone, load_backbone, recorded_options, state_dict_sha256
 from fastall.features.cache import FeatureCache, cache_key, diff_params, read_cache
 from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
 from fastall.inference.model import LeukemiaClassifier
@@ -209,8 +209,9 @@ def recorded_backbone(folder: RunFolder, *, weights_path: str | Path | None = No
     """Load the backbone by the recorded weights and refuse it unless its sha256 is the recorded one."""
     kp, where = folder.key_params, folder.head_path
     source = _weights_source(folder, weights_path)
-    name = str(kp.get("backbone") or "resnet50")
-    backbone, info = load_backbone(source, seed=int(kp.get("seed", 0)), backbone=name)
+    options = recorded_options(kp)
+    name = options["backbone"]
+    backbone, info = load_backbone(source, seed=int(kp.get("seed", 0)), **options)
     recorded = kp.get("weights_sha256")
     if recorded and info.sha256 != recorded:
         raise FastallError(
@@ -275,9 +276,11 @@ def model_from_export(blob: Any, path: Path, device: str | torch.device = "cpu")
             f"{path}: exported model format version {blob.get('format_version')!r}, "
             f"this fastall reads version {EXPORT_VERSION}"
         )
-    name = str((blob.get("provenance") or {}).get("key_params", {}).get("backbone") or "resnet50")
+    options = recorded_options((blob.get("provenance") or {}).get("key_params", {}))
     try:
-        backbone = build_backbone(name, blob["backbone_state_dict"], "the exported backbone")
+        backbone = build_backbone(
+            options.pop("backbone"), blob["backbone_state_dict"], "the exported backbone", **options
+        )
     except (FastallError, KeyError, TypeError, AttributeError) as err:
         raise FastallError(f"{path}: backbone weights do not fit: {str(err).splitlines()[0]}") from None
     if state_dict_sha256(backbone.state_dict()) != blob.get("backbone_state_sha256"):

@@ -44,7 +44,7 @@ def random_model(
     in every report)."""
     from fastall.features.backbone import get_spec, load_backbone
 
-    model, info = load_backbone("none", seed=seed, backbone=backbone)
+    model, info = load_backbone("none", seed=seed, backbone=backbone, image_size=image_size)
     size = info.input_size(image_size)
     torch.manual_seed(seed)
     return LeukemiaClassifier(

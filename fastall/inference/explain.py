@@ -2,7 +2,9 @@
 
 The model is :class:`LeukemiaClassifier` as ``predict`` runs it (shared preprocess, frozen backbone, the head
 with its standardisation), in eager fp32. Maps are taken at the layer the backbone declares
-(``fastall.features.backbone.GRADCAM_LAYERS``), standardised per channel by the head's statistics: global
+(:mod:`fastall.features.gradcam`; a ViT's tokens laid out on their grid by the library's
+``reshape_transform``), standardised per channel by the head's statistics (the last channels of the
+features: the deepest stage of a multi-layer CNN, the patch-token mean of ``cls+mean``): global
 average pooling and a per-channel affine map commute, so this is the same model with the standardisation moved
 before the pooling, and the maps weigh each channel's deviation from the training fold's mean rather than its
 raw level (on raw levels half of the maps come out empty: docs/explain.md). The backbone is frozen, so nothing
@@ -32,7 +34,7 @@ from fastall import __version__
 from fastall.data.loader import iter_batches
 from fastall.data.walk import find_images
 from fastall.errors import FastallError
-from fastall.features.backbone import GRADCAM_LAYERS, gradcam_layout_back, gradcam_nchw, target_layer
+from fastall.features.gradcam import gradcam_path, gradcam_reshape, target_layer
 from fastall.inference.model import LeukemiaClassifier
 from fastall.system.runfolder import atomic_folder, check_target
 
@@ -92,23 +94,26 @@ class _Tap(nn.Module):
 
 
 @contextmanager
-def gradients_at(layer: nn.Module, head: nn.Module, backbone: str = "resnet50") -> Iterator[nn.Module]:
-    """Within the block, ``layer``'s output (on its grid: :func:`gradcam_nchw`) standardised by ``head``
-    passes through the yielded tap as a leaf that requires grad; the model's values are unchanged and its
-    frozen weights stay frozen."""
+def gradients_at(layer: nn.Module, head: nn.Module, channels_last: bool = False) -> Iterator[nn.Module]:
+    """Within the block, ``layer``'s output standardised by ``head`` (per channel: dim 1 of a map, the last
+    dim of tokens when ``channels_last``) passes through the yielded tap as a leaf that requires grad; the
+    model's values are unchanged and its frozen weights stay frozen."""
     tap = _Tap()
 
     def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         raw = output.detach()
-        a = gradcam_nchw(backbone, raw)
-        if a.dim() != 4 or a.shape[1] != head.mean.numel():
+        n = head.mean.numel()
+        c = raw.shape[-1] if channels_last else raw.shape[1]
+        if raw.dim() != (3 if channels_last else 4) or c > n:
             raise FastallError(
-                f"the Grad-CAM layer gives {tuple(a.shape)}, not [B, {head.mean.numel()}, H, W] "
-                "channels to standardise with the head's statistics"
+                f"the Grad-CAM layer gives {tuple(raw.shape)}, not "
+                f"{'[B, N, C]' if channels_last else '[B, C, H, W]'} with C <= {n} channels "
+                "to standardise with the head's statistics"
             )
-        mean, std = head.mean.view(1, -1, 1, 1), head.std.view(1, -1, 1, 1)
-        z = tap(((a - mean) / std).requires_grad_(True))
-        return raw + gradcam_layout_back(backbone, (z - z.detach()) * std, raw)
+        shape = (1, 1, -1) if channels_last else (1, -1, 1, 1)
+        mean, std = head.mean[n - c :].view(shape), head.std[n - c :].view(shape)
+        z = tap(((raw - mean) / std).requires_grad_(True))
+        return raw + (z - z.detach()) * std
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -134,14 +139,15 @@ def explain_batch(
 
     cls, index = cam_class(method), target_index(model, target)
     backbone, layer = model_layer(model)
+    reshape = gradcam_reshape(model.backbone, backbone)
     runtime, model.runtime = model.runtime, None
     try:
         with (
             torch.inference_mode(False),
             torch.enable_grad(),
-            gradients_at(layer, model.head, backbone) as tap,
+            gradients_at(layer, model.head, reshape is not None) as tap,
         ):
-            cam = cls(model=model, target_layers=[tap])
+            cam = cls(model=model, target_layers=[tap], reshape_transform=reshape)
             try:
                 targets = None if index is None else [ClassifierOutputTarget(index)] * len(images)
                 cams = cam(input_tensor=images, targets=targets)
@@ -244,9 +250,8 @@ def explain_paths(
     progress: Callable[[int, int], None] | None = None,
 ) -> ExplainResult:
     """Write ``out``: per image the resized original, the overlay and the map, explain.csv, index.html.
-
     Unreadable files are reported through ``on_problem`` and skipped; ``out`` appears complete or not at all.
-    """
+    Images the run trained on are marked (``in_run``)."""
     from fastall.inference.explain_html import render_index
     from fastall.inference.in_run import training_status
 
@@ -382,7 +387,7 @@ def _meta(
         "model": str(model.provenance.get("run") or model.provenance.get("export") or ""),
         "method": method.lower(),
         "target": target,
-        "layer": f"{name}.{GRADCAM_LAYERS[name]}",
+        "layer": f"{name}.{gradcam_path(model.backbone, name)}",
         "library": library,
         "image_size": model.image_size,
         "class_names": list(model.class_names),

@@ -116,7 +116,7 @@ def check_same_dataset(caches: Sequence[FeatureCache]) -> None:
 
 
 def _names(caches: Sequence[FeatureCache]) -> list[str]:
-    names = [c.backbone for c in caches]
+    names = [c.encoder for c in caches]
     out = [n if names.count(n) == 1 else f"{n}-{c.path.stem}" for n, c in zip(names, caches, strict=True)]
     if len(set(out)) != len(out):
         raise FastallError("the same cache is given twice: compare different caches")
