@@ -162,8 +162,10 @@ def test_evaluate_maps_classes_onto_the_runs_positive_class_and_refuses_a_swap(b
 def test_metrics_against_sklearn_with_the_positive_class_first_and_last():
     from sklearn.metrics import (
         average_precision_score,
+        balanced_accuracy_score,
         brier_score_loss,
         f1_score,
+        matthews_corrcoef,
         precision_score,
         recall_score,
         roc_auc_score,
@@ -187,6 +189,9 @@ def test_metrics_against_sklearn_with_the_positive_class_first_and_last():
         assert m["pr_auc"] == pytest.approx(average_precision_score(truth, prob[:, pos]))
         assert m["auc"] == pytest.approx(roc_auc_score(truth, prob[:, pos]))
         assert m["brier"] == pytest.approx(brier_score_loss(truth, prob[:, pos]))
+        assert m["mcc"] == pytest.approx(matthews_corrcoef(y, pred))
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+        assert m["f1_weighted"] == pytest.approx(f1_score(y, pred, average="weighted"))
         tn, fp, fn, tp = np.bincount(2 * truth + (pred == pos), minlength=4)
         assert m["recall"] == pytest.approx(tp / (tp + fn)) and m["specificity"] == pytest.approx(
             tn / (tn + fp)
