@@ -100,14 +100,13 @@ def _package(
     if f < len(data.folds):
         sets["val"] = data.folds[f][1]
     for name, rows in sets.items():
-        p0 = val.probabilities(params, f, a, b) if name == "val" else None
-        if p0 is None:
-            p0 = predict(part, val.gather(rows, 0), val.dtype, raw)
-        p0 = p0.cpu().numpy()
+        p0 = predict(part, val.gather(rows, 0), val.dtype, raw, exact=True).cpu().numpy()
         for j in range(b - a):
             probs[j][name] = p0[j]
         if tta:
-            ptta = sum(predict(part, val.gather(rows, v), val.dtype, raw) for v in range(data.views))
+            ptta = sum(
+                predict(part, val.gather(rows, v), val.dtype, raw, exact=True) for v in range(data.views)
+            )
             for j in range(b - a):
                 probs[j][f"{name}_tta"] = (ptta[j] / data.views).cpu().numpy()
     out = []

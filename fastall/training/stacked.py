@@ -70,10 +70,12 @@ def predict(
     x: torch.Tensor,
     dtype: torch.dtype,
     standardize: tuple[torch.Tensor, torch.Tensor] | None = None,
+    exact: bool = False,
 ) -> torch.Tensor:
     """Softmax probabilities ``[M, N, K]`` of M heads on shared rows ``x [N, D]``: raw features standardised
     per head with ``standardize = (shift, inv)`` (each ``[M, 1, D]``), or rows already standardised, in
-    ``dtype``, when it is None. Rows go in blocks (at most about 32 M elements of hidden activations)."""
+    ``dtype``, when it is None. Rows go in blocks (at most about 32 M elements of hidden activations).
+    ``exact``: the softmax in float64 (reported probabilities: no ties where float32 saturates at 1)."""
     W1, b1, W2, b2 = params
     m = W1.shape[0]
     W1c, b1c = W1.to(dtype), b1.to(dtype)
@@ -85,7 +87,8 @@ def predict(
             shift, inv = standardize
             xs = torch.addcmul(shift, xs, inv).to(dtype)
         z = torch.baddbmm(b1c, xs.expand(m, -1, -1), W1c).float().relu_()
-        out.append(torch.softmax(torch.baddbmm(b2, z, W2.transpose(1, 2)), -1))
+        logits = torch.baddbmm(b2, z, W2.transpose(1, 2))
+        out.append(torch.softmax(logits.double() if exact else logits, -1))
     return torch.cat(out, 1)
 
 
