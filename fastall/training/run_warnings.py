@@ -4,7 +4,8 @@ head-against-probe verdict. The terminal and the report show the same list.
 Codes: ``random_init`` (a backbone with random weights), ``no_patient_groups`` (images that are their own
 group), ``duplicates`` / ``leakage`` (byte-identical images, and copies across a split), ``patients`` (patient
 IDs that look alike), ``no_positive`` (two classes, none named positive), ``few_patients`` (intervals
-unreliable), ``view_shift``, ``selection``, ``diverged``, ``probe_verdict`` and ``head_is_probe``.
+unreliable), ``precision`` (features or heads below fp32, and why), ``view_shift``, ``selection``,
+``diverged``, ``probe_verdict`` and ``head_is_probe``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ def data_warnings(cache: FeatureCache, positive: PositiveClass, notes: list[str]
             "and are marked so, never printed as certain",
         )
     return out
+
+
+def precision_warning(prep: Prepared) -> str:
+    """One line when the features or the heads are not fp32: which precision, and the decision behind it."""
+    extracted = str(prep.cache.attrs.get("amp_dtype") or "fp32")
+    if extracted == "fp32" and prep.precision == "fp32":
+        return ""
+    why = prep.precision_record.get("precision_reason") or prep.cache.attrs.get("precision_reason") or ""
+    return (
+        f"features extracted at {extracted}, heads trained at {prep.precision}"
+        + (f" ({why})" if why else "")
+        + "; predict runs the model at fp32 by default and verify checks it against these features"
+    )
 
 
 def head_is_probe(results: list[HeadResult], options: TrainOptions) -> bool:

@@ -43,7 +43,7 @@ from fastall.training.hygiene import check_rows, content_leak_notes
 from fastall.training.patients import run_patient_level
 from fastall.training.presets import PRESETS, protocol_record
 from fastall.training.probe import ProbeResult, fit_probe, probe_cache
-from fastall.training.run_warnings import data_warnings, verdict_of
+from fastall.training.run_warnings import data_warnings, precision_warning, verdict_of
 from fastall.training.selection import refit, select
 from fastall.training.splits import Splits, audit_splits, make_splits
 from fastall.training.views import view_shift
@@ -155,6 +155,7 @@ def train_head(
     check_target(out.absolute(), options.overwrite)
     prep = prepare(cache_path, options)
     warnings = prep.warnings
+    warnings.add("precision", precision_warning(prep))
     shift = view_shift(prep.cache.features, prep.splits.pool, options.train_views)
     if shift["large"]:
         prep.notes.append(shift["message"])
