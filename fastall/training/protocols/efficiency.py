@@ -109,7 +109,7 @@ def label_efficiency(
         for i, d in enumerate(group):
             val = folds[d.fold][1]
             xv = x[torch.as_tensor(val, device=x.device)]
-            rows = {"linear": fits.proba_one(i, xv)}
+            rows = {"linear_fixed_c": fits.proba_one(i, xv)}
             train = folds[d.fold][0]
             sim = sims[d.fold] if sims is not None else knn.similarities(x, train, val)
             cols = np.searchsorted(train, d.rows)
