@@ -30,7 +30,10 @@ def protocols_figure(protocols: dict) -> Figure:
     return fig
 
 
-def efficiency_figure(efficiency: dict, shown: tuple[str, ...] = ("linear_fixed_c", "knn20_weighted")) -> Figure:
+CURVES = ("linear_fixed_c", "knn20_weighted")
+
+
+def efficiency_figure(efficiency: dict, shown: tuple[str, ...] = CURVES) -> Figure:
     """Accuracy against labelled patients per class: mean over folds and draws, band = min-max over draws."""
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.add_subplot()

@@ -74,7 +74,7 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
     options = options or ProbeOptions()
     t_start = time.perf_counter()
     out = Path(out)
-    check_target(out.absolute(), options.overwrite)
+    check_target(out.absolute(), options.overwrite, kind=PROBE_FORMAT)
     train_options = TrainOptions(
         folds=options.folds,
         test=options.test,
