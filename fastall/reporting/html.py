@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastall import __version__
+from fastall.reporting.choice_table import choice_table
 from fastall.reporting.paper import PAPER_CV, PAPER_TEST
 from fastall.reporting.provenance import provenance_rows
 from fastall.reporting.tables import COLUMNS, ci_note, clinical_rows, fmt
@@ -124,6 +125,8 @@ def run_tables(m: dict) -> list[Table]:
         rows.append(["mean±std", *_cells(s, CLINICAL_COLUMNS, True)])
         title = "Clinical metrics per fold"
         tables.append(Table("clinical-folds", title, header, rows, emphasis=(len(folds),), nav="Per fold"))
+    if m.get("model_choice"):
+        tables.append(choice_table(m["model_choice"]))
     return tables
 
 

@@ -157,6 +157,12 @@ def train_head(
     probe_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     results, selection = _train(prep, configs, options, probe)
+    choice = None
+    if options.choose and selection is not None and probe is not None and not options.tune:
+        from fastall.training.choice import choose
+
+        choice = choose(prep, configs[0], options, probe, results, _linear_fit(prep, options.seed))
+        prep.notes.extend(choice.notes)
     if selection is not None:
         config = configs[selection.final_config]
         prep.notes.extend(selection.notes)
@@ -183,6 +189,8 @@ def train_head(
     metrics["warnings"] = prep.notes
     metrics["protocol"] = protocol_record(options)
     metrics["feature_shift"] = shift
+    if choice is not None:
+        metrics["model_choice"] = choice.record()
     if selection is not None:
         metrics["selection"] = selection.record(prep.cache.patients)
         if options.tune:
