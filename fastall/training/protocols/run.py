@@ -235,12 +235,13 @@ def _probes(x, labels, patients, splits, k, options) -> tuple[dict, Any, dict]:
 
 
 def _mlp(cache_path: str | Path, run: Path, train_options: TrainOptions, options: ProbeOptions) -> dict:
-    """The default train-head protocol on the same folds, written to ``run``; its scores."""
+    """The default train-head protocol on the same folds, written to ``run``; its scores. The MLP itself:
+    without the default's last step, the probe-or-MLP choice (the probe has its own rows)."""
     from fastall.training.presets import DEFAULT_PRESET, apply_preset
     from fastall.training.train_head import train_head
 
     config, protocol = apply_preset(DEFAULT_PRESET, {}, {})
-    opts = replace(train_options, probe=False, precision="auto", **protocol)
+    opts = replace(train_options, probe=False, precision="auto", **{**protocol, "choose": False})
     result = train_head(cache_path, run, config, opts)
     m = result.metrics
     return {
