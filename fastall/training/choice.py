@@ -158,7 +158,6 @@ def _apply(prep: Prepared, probe: ProbeResult, results: list[HeadResult], choice
             r.probs["test"] = p
             if "test_tta" in r.probs:
                 r.probs["test_tta"] = p
-        r.history = {**r.history, "kept": ["probe"]}
 
 
 def _probe_state(state: dict[str, torch.Tensor], linear: tuple[np.ndarray, np.ndarray]) -> dict:
