@@ -102,35 +102,39 @@ def label_efficiency(
     validation rows; per protocol and size the mean over folds and draws with its spread over draws, and
     the smallest size reaching :data:`REACH` of the full-data accuracy."""
     all_draws = draws(labels, patients, folds, repeats=repeats, seed=seed)
-    scores: list[dict] = []
+    probs: list[dict[str, np.ndarray]] = [{} for _ in all_draws]
     for key in dict.fromkeys(d.key for d in all_draws):
-        group = [d for d in all_draws if d.key == key]
-        fits = fit_logistic(x, labels, [Problem(d.rows, c) for d in group], classes)
-        for i, d in enumerate(group):
-            val = folds[d.fold][1]
-            xv = x[torch.as_tensor(val, device=x.device)]
-            rows = {"linear_fixed_c": fits.proba_one(i, xv)}
-            train = folds[d.fold][0]
-            sim = sims[d.fold] if sims is not None else knn.similarities(x, train, val)
-            cols = np.searchsorted(train, d.rows)
+        group = [n for n, d in enumerate(all_draws) if d.key == key]
+        fits = fit_logistic(x, labels, [Problem(all_draws[n].rows, c) for n in group], classes)
+        for i, n in enumerate(group):
+            val = folds[all_draws[n].fold][1]
+            probs[n]["linear_fixed_c"] = fits.proba_one(i, x[torch.as_tensor(val, device=x.device)])
+    for f, (train, val) in enumerate(folds):
+        sim = sims[f] if sims is not None else knn.similarities(x, train, val)
+        for n in (n for n, d in enumerate(all_draws) if d.fold == f):
+            cols = np.searchsorted(train, all_draws[n].rows)
             for (k, vote), shares in knn.votes(
                 sim, labels[train], classes, ks=ks, temperature=temperature, columns=cols
             ).items():
-                rows[f"knn{k}_{vote}"] = shares
-            for name, prob in rows.items():
-                pred = prob.argmax(1)
-                scores.append(
-                    {
-                        "protocol": name,
-                        "fold": d.fold,
-                        "size": d.key,
-                        "patients_per_class": d.size,
-                        "draw": d.draw,
-                        "train_images": int(d.rows.size),
-                        "accuracy": float(accuracy_score(labels[val], pred)),
-                        "balanced_accuracy": float(balanced_accuracy_score(labels[val], pred)),
-                    }
-                )
+                probs[n][f"knn{k}_{vote}"] = shares
+        del sim
+    scores: list[dict] = []
+    for d, rows in zip(all_draws, probs, strict=True):
+        val = folds[d.fold][1]
+        for name, prob in rows.items():
+            pred = prob.argmax(1)
+            scores.append(
+                {
+                    "protocol": name,
+                    "fold": d.fold,
+                    "size": d.key,
+                    "patients_per_class": d.size,
+                    "draw": d.draw,
+                    "train_images": int(d.rows.size),
+                    "accuracy": float(accuracy_score(labels[val], pred)),
+                    "balanced_accuracy": float(balanced_accuracy_score(labels[val], pred)),
+                }
+            )
     return {"c": c, "draws": repeats, "scores": scores, "curves": curves(scores)}
 
 
