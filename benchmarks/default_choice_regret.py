@@ -120,12 +120,18 @@ def main() -> None:
             })  # fmt: skip
             print(name, acc, f"regret {rows[-1]['regret']:+.4f}", rows[-1]["kept"], flush=True)
     worst = max(rows, key=lambda r: r["regret"])
+    forced = [r for r in rows if all("fewer than" in w for w in r["why"])]
+    compared = [r for r in rows if r not in forced]
     result = {
         "goal": "default mean CV accuracy never more than 0.01 below max(probe, MLP)",
         "sets": rows,
         "worst": {"set": worst["set"], "regret": worst["regret"]},
         "mean_regret": sum(r["regret"] for r in rows) / len(rows),
         "meets_goal": all(r["regret"] <= 0.01 for r in rows),
+        "worst_where_compared": max((r["regret"] for r in compared), default=None),
+        "worst_where_every_fold_kept_the_probe_for_too_few_patients": max(
+            (r["regret"] for r in forced), default=None
+        ),
         "load_average_before": load_before,
         "load_average_after": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),

@@ -44,7 +44,7 @@ def main() -> None:
     from fastall.training.protocols import knn
     from fastall.training.protocols.batch_effect import batch_effect
     from fastall.training.protocols.efficiency import draws, label_efficiency
-    from fastall.training.protocols.embedding import embed_2d
+    from fastall.training.protocols.embedding import embed_2d, embedding_method
     from fastall.training.protocols.linear import C_GRID, FIXED_C, linear_protocol
     from fastall.training.selection import inner_splits
     from fastall.training.splits import make_splits
@@ -173,10 +173,17 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
     }
     if not args.no_map:
-        t0 = time.perf_counter()
-        _, method = embed_2d(cache.features[np.flatnonzero(labels >= 0), 0], seed=0)
-        result["map"] = {"method": method, "points": int((labels >= 0).sum()), "s": time.perf_counter() - t0}
-        result["map"]["meets_goal"] = result["map"]["s"] <= 60
+        result["map"] = {}
+        for method in ("umap", "tsne") if embedding_method() == "umap" else ("tsne",):
+            t0 = time.perf_counter()
+            embed_2d(cache.features[np.flatnonzero(labels >= 0), 0], seed=0, method=method)
+            seconds = time.perf_counter() - t0
+            result["map"][method] = {
+                "points": int((labels >= 0).sum()),
+                "s": seconds,
+                "meets_goal": seconds <= 60,
+            }
+        result["map"]["note"] = "umap: the first call includes numba's compilation"
     print(write_result(args.out, result))
 
 
