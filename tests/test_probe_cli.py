@@ -119,6 +119,16 @@ def test_the_report_page_holds_every_section(runs):
     assert html.count("<img ") == 4
 
 
+def test_fastall_report_remakes_the_probe_page_from_the_folder_alone(runs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(runs["generic"], copy)
+    shutil.rmtree(copy / "report")
+    out = _invoke("report", str(copy)).output
+    assert "4 figures" in out and (copy / "report" / "index.html").is_file()
+
+
 def _missing(module: str) -> bool:
     import importlib.util
 

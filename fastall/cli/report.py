@@ -17,10 +17,13 @@ from fastall.cli.group import cli, console
 )
 def report_cmd(run: str, data: str | None) -> None:
     """Remake RUN/report/index.html (one self-contained page: figures, metrics with CIs, provenance) from a
-    train-head or sweep folder alone."""
+    train-head, sweep or probe folder alone."""
+    from pathlib import Path
+
+    from fastall.reporting.probe_report import write_probe_report
     from fastall.reporting.run_report import write_report
 
-    made = write_report(run, data)
+    made = write_probe_report(run) if (Path(run) / "probe.json").is_file() else write_report(run, data)
     for note in made.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     n = len(made.figures)
