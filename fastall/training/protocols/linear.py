@@ -133,4 +133,10 @@ def linear_protocol(
     if not fits.converged.all():
         notes.append(f"{int((~fits.converged).sum())} linear refit(s) stopped before the gradient tolerance")
     grid = tuple(sorted(c_grid))
+    edge = [i for i, (c, n) in enumerate(zip(chosen, n_inner, strict=True)) if n and c in (grid[0], grid[-1])]
+    if edge:
+        notes.append(
+            f"the linear probe's C is at the end of its grid ({grid[0]:g}..{grid[-1]:g}) in row set(s) "
+            f"{', '.join(map(str, edge))}: a wider grid (c_grid) may fit better"
+        )
     return LinearResult(grid, chosen, n_inner, loss, fits, fixed_c, time.perf_counter() - t0, notes)
