@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 FLOPS_PER_S, BYTES_PER_S = 20e9, 8e9  # rough CPU figures; they only choose between the two layouts
+NOISE = 1e-6  # relative rounding of the float32 objective: Armijo's test allows it
+HALVINGS = 12
 
 
 @dataclass
@@ -200,14 +202,15 @@ def batched_lbfgs(
         frozen = done | stalled
         direction[frozen] = 0.0
         step = torch.ones(m, dtype=theta.dtype, device=theta.device)
-        for _ in range(30):
+        noise = NOISE * f.abs()  # the objective's float32 rounding: a step within it is no worse
+        for _ in range(HALVINGS):
             new = theta + step[:, None] * direction
             f_new, g_new = objective(new)
-            ok = (f_new <= f + 1e-4 * step * slope) | frozen
+            ok = (f_new <= f + 1e-4 * step * slope + noise) | frozen
             if bool(ok.all()):
                 break
             step = torch.where(ok, step, step * 0.5)
-        ok = (f_new <= f + 1e-4 * step * slope) & ~frozen
+        ok = (f_new <= f + 1e-4 * step * slope + noise) & ~frozen
         stalled |= ~ok & ~frozen
         s, yv = (new - theta) * ok[:, None], (g_new - g) * ok[:, None]
         theta = torch.where(ok[:, None], new, theta)
