@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from featcache import make_feature_cache
+
 from fastall.features.cache import read_cache
 from fastall.head import Head
 from fastall.training.config import TrainOptions

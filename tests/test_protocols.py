@@ -62,9 +62,7 @@ def test_linear_protocol_chooses_c_by_inner_patient_cv_and_refits(one_thread):
     assert all(n >= 2 for n in res.inner_folds)
     for i, (tr, va) in enumerate(folds):
         curve = [v for v in res.inner_loss[i] if v is not None]
-        at = res.c_grid.index(
-            res.chosen[i]
-        )  # one-standard-error rule: never above the best C, never far worse
+        at = res.c_grid.index(res.chosen[i])  # one-SE rule: never above the best C, never far worse
         best = res.inner_loss[i].index(min(curve))
         assert at <= best and res.inner_loss[i][at] <= min(curve) + 0.1
         scaler = StandardScaler().fit(x[tr])

@@ -6,7 +6,8 @@ from the strongest regularisation up, each C warm-started from the one before, a
 its inner log loss has not improved for :data:`GRID_PATIENCE` grid points. The chosen C is the smallest
 (most regularised) whose mean inner log loss is within one standard error (over the inner splits) of the
 lowest: the one-standard-error rule, steadier than the bare minimum on a few patients. The refits (chosen C
-and the fixed C, every outer fold and the pool) are one more stacked fit. The inner splits are train-head's (``selection.inner_splits``).
+and the fixed C, every outer fold and the pool) are one more stacked fit. The inner splits are train-head's
+(``selection.inner_splits``).
 """
 
 from __future__ import annotations
