@@ -71,9 +71,12 @@ def choose_c(
     for i, rows in enumerate(row_sets):
         try:
             splits.append(inner_splits(labels, patients, rows, seed=seed, fold=i, folds=inner_folds))
-        except FastallError as e:
+        except FastallError:
             splits.append([])
-            notes.append(f"{e}: the linear probe keeps C = {FIXED_C}")
+            notes.append(
+                f"row set {i}: a class has fewer than 2 training patients, too few for an inner split: the "
+                f"linear probe keeps C = {FIXED_C} there"
+            )
     owner = [(i, j) for i, s in enumerate(splits) for j in range(len(s))]
     loss: list[list[float | None]] = [[None] * len(grid) for _ in row_sets]
     spread: list[list[float]] = [[0.0] * len(grid) for _ in row_sets]
