@@ -148,3 +148,23 @@ def test_bad_probe_options_are_one_line_errors(caches, tmp_path, args, message):
     res = _invoke("probe", str(caches["cnmc"]), "--out", str(tmp_path / "p"), "--no-mlp", *args, ok=False)
     assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "p").exists()
+
+
+BCCD = Path(__file__).resolve().parents[1].parent / "shared/data/bccd"
+
+
+@pytest.mark.skipif(not BCCD.is_dir(), reason="../shared/data/bccd (real WBC crops) is not here")
+def test_probe_on_real_cells_without_patient_groups(tmp_path):
+    """351 real white-cell crops, 5 imbalanced classes, no patients: images per class, no patient effect."""
+    from fastall.features.extract import extract
+
+    extract(BCCD, tmp_path / "bccd.h5", views=1, image_size=32, weights="none", device="cpu", amp=False,
+            workers=0, progress=False)  # fmt: skip
+    out = tmp_path / "probe"
+    _invoke("probe", str(tmp_path / "bccd.h5"), "--out", str(out), "--folds", "2", "--no-mlp", "--no-map",
+            "--draws", "2", "--device", "cpu")  # fmt: skip
+    rec = json.loads((out / "probe.json").read_text())
+    assert rec["label_efficiency"]["unit"] == "images per class" and not rec["splits"]["patient_groups"]
+    assert rec["batch_effect"]["warning"] is None and "own patient" in rec["batch_effect"]["note"]
+    assert len(rec["cache"]["class_names"]) == 5 and rec["protocols"]["linear"]["pooled"]["accuracy"] > 0.2
+    assert "embedding" not in rec and (out / "report" / "index.html").is_file()
