@@ -1819,3 +1819,49 @@ CASES += [
         fragments=("vit_b_16 has no declared stages",),
     ),
 ]
+
+
+CASES += [
+    Case(
+        "probe",
+        "probe --ks 0,5 (a kNN with no neighbour)",
+        lambda e: ["probe", str(e.cache), "--out", str(e.tmp / "p"), "--no-mlp", "--ks", "0,5"],
+        fragments=("every k must be at least 1",),
+    ),
+    Case(
+        "probe",
+        "probe --ks five",
+        lambda e: ["probe", str(e.cache), "--out", str(e.tmp / "p"), "--no-mlp", "--ks", "five"],
+        fragments=("comma-separated whole numbers",),
+    ),
+    Case(
+        "probe",
+        "probe --folds 10 on a class with fewer patients",
+        lambda e: ["probe", str(e.cache), "--out", str(e.tmp / "p"), "--no-mlp", "--folds", "10"],
+        fragments=("folds",),
+    ),
+    Case(
+        "probe",
+        "probe on a truncated cache file",
+        lambda e: ["probe", str(_truncate(e)), "--out", str(e.tmp / "p")],
+        fragments=("cut.h5",),
+    ),
+    Case(
+        "probe",
+        "probe on a single-class cache",
+        lambda e: ["probe", str(_one_class_cache(e)), "--out", str(e.tmp / "p"), "--no-mlp"],
+        fragments=("class",),
+    ),
+    Case(
+        "probe",
+        "probe --out onto an existing run folder without --overwrite",
+        lambda e: ["probe", str(e.cache), "--out", str(e.run), "--no-mlp"],
+        fragments=("fastall-run",),
+    ),
+    Case(
+        "probe",
+        "probe --overwrite onto a train-head run folder (never replaced)",
+        lambda e: ["probe", str(e.cache), "--out", str(e.run), "--no-mlp", "--overwrite"],
+        fragments=("fastall-run", "not a fastall-probe"),
+    ),
+]

@@ -93,6 +93,13 @@ def test_compare_uses_the_same_folds_for_every_backbone(pair, tmp_path):
     assert 0.5 < best["probe"]["oof_auc"] <= 1
     rows = list(csv.DictReader((out / "compare.csv").read_text().splitlines()))
     assert [r["name"] for r in rows] == ["mobilenet_v3_large", "resnet18"]
+    for e, row in zip(res["backbones"], rows, strict=True):  # the field's protocols, on the same folds
+        p = e["protocols"]
+        assert (
+            0 <= p["knn20_oof_accuracy"] <= 1 and float(row["knn20_oof_accuracy"]) == p["knn20_oof_accuracy"]
+        )
+        sizes = [pt["size"] for pt in p["label_efficiency"]["linear_fixed_c"]]
+        assert sizes[0] == 1 and sizes[-1] == "all" and p["linear_reach_95"] in sizes
 
 
 def test_compare_refuses_caches_of_different_datasets(pair, tmp_path):

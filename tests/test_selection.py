@@ -127,7 +127,7 @@ def test_the_paper_preset_reproduces_the_numbers_before_presets(name, tmp_path):
         assert float(a["probability"]) == pytest.approx(float(b[f"p_{second}"]), abs=2e-6)
     assert got["protocol"] == {
         "preset": "paper", "train_views": "augmented", "selection": "fold", "optimistic": True, "tune": None,
-        "inner_folds": None, "head_init": "random",
+        "inner_folds": None, "head_init": "random", "choose": False,
     }  # fmt: skip
     assert "optimistic" in res.output and "linear probe" in res.output
 

@@ -13,6 +13,7 @@ from fastall.cli import (  # noqa: F401  (registers the commands)
     export,
     features,
     inference,
+    probe,
     report,
     training,
 )

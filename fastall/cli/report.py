@@ -18,10 +18,16 @@ from fastall.cli.group import cli, console, positive_option
 @positive_option
 def report_cmd(run: str, data: str | None, positive: str | None) -> None:
     """Remake RUN/report/index.html (one self-contained page: figures, metrics with CIs, provenance) from a
-    train-head or sweep folder alone."""
+    train-head, sweep or probe folder alone."""
+    from pathlib import Path
+
+    from fastall.reporting.probe_report import write_probe_report
     from fastall.reporting.run_report import write_report
 
-    made = write_report(run, data, positive=positive)
+    if (Path(run) / "probe.json").is_file():
+        made = write_probe_report(run)
+    else:
+        made = write_report(run, data, positive=positive)
     for note in made.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     n = len(made.figures)

@@ -71,7 +71,7 @@ def preset_config(preset: str, kwargs: dict[str, Any]) -> tuple[HeadConfig, dict
     from fastall.training.presets import apply_preset
 
     protocol = _explicit(
-        kwargs, [n for n in ("train_views", "selection", "inner_folds", "head_init") if n in kwargs]
+        kwargs, [n for n in ("train_views", "selection", "inner_folds", "head_init", "choose") if n in kwargs]
     )
     return apply_preset(preset, _explicit(kwargs, [p.name for p in HeadConfig.hparams()]), protocol)
 
@@ -150,6 +150,13 @@ def _device_options(what: str) -> list[Callable]:
         default=None,
         help="With --selection inner: start each head at random (nn.Linear's init), or as the linear probe "
         "fitted on its own training rows [default: from --preset].",
+    ),
+    click.option(
+        "--model-choice/--no-model-choice",
+        "choose",
+        default=None,
+        help="With --selection inner: per fold, keep the linear probe or the MLP, whichever an inner "
+        "patient-grouped K-fold CV of the training patients scores higher [default: from --preset].",
     ),
     click.option(
         "--tune",

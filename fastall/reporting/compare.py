@@ -45,9 +45,12 @@ def ranked_table(results: dict[str, Any]) -> Table:
         f"each: {s['oof_images']} images of {s['oof_patients']} patients)",
         title_justify="left",
         caption=f"mean±std over folds; OOF: pooled out-of-fold, [{level:.0%} patient-bootstrap CI]; probe: "
-        "the baseline, a standardised logistic regression on view 0, same folds",
+        "the baseline, a standardised logistic regression on view 0, same folds; kNN20: cosine, weighted; "
+        "95% at: labelled patients per class where the linear probe / the kNN reach 95% of their full "
+        "accuracy",
     )
-    for col in ("#", "backbone", "AUC", "Acc %", "OOF AUC [CI]", "probe OOF", "test AUC"):
+    for col in ("#", "backbone", "AUC", "Acc %", "OOF AUC [CI]", "probe OOF", "kNN20 OOF %", "95% at",
+                "test AUC"):  # fmt: skip
         table.add_column(col, **_style(col))
     for e in results["backbones"]:
         m, oof = e["summary"], e.get("oof") or {}
@@ -58,9 +61,21 @@ def ranked_table(results: dict[str, Any]) -> Table:
             fmt(m.get("accuracy"), True, m.get("accuracy_std")),
             _ci(oof.get("auc"), oof.get("low"), oof.get("high")),
             fmt((e.get("probe") or {}).get("oof_auc"), False),
+            fmt((e.get("protocols") or {}).get("knn20_oof_accuracy"), True),
+            _reach(e.get("protocols")),
             fmt((e.get("test") or {}).get("auc"), False),
         )
     return table
+
+
+PROTOCOL_FIELDS = ("knn20_oof_accuracy", "linear_reach_95", "knn20_reach_95")
+
+
+def _reach(protocols: dict | None) -> str:
+    """Labelled patients per class where the linear probe / the kNN reach 95% of their full accuracy."""
+    if not protocols:
+        return ""
+    return f"{protocols.get('linear_reach_95')} / {protocols.get('knn20_reach_95')}"
 
 
 def paired_table(results: dict[str, Any]) -> Table:
@@ -149,6 +164,9 @@ CSV_FIELDS = (
     "auc_diff_high",
     "distinguishable",
     "probe_oof_auc",
+    "knn20_oof_accuracy",
+    "linear_reach_95",
+    "knn20_reach_95",
     "test_auc",
     "extract_ms_per_image",
     "params",
@@ -177,6 +195,7 @@ def write_csv(path: Path, results: dict[str, Any]) -> None:
                         "auc_diff_high": diff.get("high"),
                         "distinguishable": diff.get("distinguishable"),
                         "probe_oof_auc": (e.get("probe") or {}).get("oof_auc"),
+                        **{k: (e.get("protocols") or {}).get(k) for k in PROTOCOL_FIELDS},
                         "test_auc": (e.get("test") or {}).get("auc"),
                         **{k: e["cost"].get(k) for k in ("extract_ms_per_image", "params", "latency_ms")},
                         "latency_device": e["cost"].get("latency_device"),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastall import __version__
 from fastall.reporting import naming
+from fastall.reporting.choice_table import choice_table
 from fastall.reporting.paper import PAPER_CV, PAPER_TEST
 from fastall.reporting.provenance import provenance_rows
 from fastall.reporting.tables import (
@@ -146,6 +147,8 @@ def run_tables(m: dict) -> list[Table]:
         rows.append(["mean±std", *_cells(s, clinical, True)])
         title = "Clinical metrics per fold"
         tables.append(Table("clinical-folds", title, header, rows, emphasis=(len(folds),), nav="Per fold"))
+    if m.get("model_choice"):
+        tables.append(choice_table(m["model_choice"]))
     return tables
 
 

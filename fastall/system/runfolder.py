@@ -35,6 +35,7 @@ MARKERS = {
     "results.json": "fastall-sweep",
     "explain.json": "fastall-explain",
     "compare.json": "fastall-compare",
+    "probe.json": "fastall-probe",
 }
 
 

@@ -28,6 +28,7 @@ from fastall.system.runfolder import atomic_folder
 from fastall.training.bootstrap import paired_auc_difference, patient_codes
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.probe import probe_cache
+from fastall.training.protocols.columns import field_columns
 from fastall.training.splits import Splits, fold_table, make_splits
 from fastall.training.uncertainty import LEVEL, RESAMPLES
 
@@ -226,9 +227,11 @@ def compare_caches(
                 raise FastallError(f"{name}: train-head made other folds than the comparison's (a bug)")
             entries.append(_entry(name, cache, Path("runs") / name, result.metrics, cfg))
             positive = ((result.metrics.get("classes") or {}).get("positive") or {}).get("index")
-            probe = probe_cache(read_cache(cache.path), splits, positive=positive)
+            full = read_cache(cache.path)
+            probe = probe_cache(full, splits, positive=positive)
             entries[-1]["probe"] = {"oof_auc": probe.pooled.get("auc"), **probe.summary, "test": probe.test}
             entries[-1]["verdict"] = result.metrics.get("verdict")
+            entries[-1]["protocols"] = field_columns(full, splits, seed=options.run.seed)
             scores.append(_oof_scores(tmp / "runs" / name, cache))
         results = _rank(entries, scores, ref, splits, options)
         results["config"] = asdict(config)

@@ -134,6 +134,7 @@ class TrainOptions:
     inner_folds: int = 1
     head_init: str = "random"
     probe: bool = True
+    choose: bool = False
     tune: str | None = None
     preset: str | None = None
     positive: str | None = None

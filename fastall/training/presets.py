@@ -10,7 +10,9 @@ paper's head (2048-512-ReLU-Dropout 0.5-K), started as the linear probe fitted o
 at least 600 optimiser steps (epochs grow on small data), with early stopping (patience 10; an epoch counts
 as better only with a 3 % lower loss; the starting probe is epoch 0) and the plateau schedule (patience 3)
 on an inner split of each fold's training patients, then refitted on all the fold's training rows with the
-schedule chosen there (``selection``).
+schedule chosen there (``selection``); finally, per fold, it keeps the probe itself or that MLP, whichever
+an inner patient-grouped K-fold CV of the fold's training patients scores higher (``choose``,
+:mod:`fastall.training.choice`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Preset:
     summary: str
     inner_folds: int = 1
     head_init: str = "random"
+    choose: bool = False
 
     @property
     def optimistic(self) -> bool:
@@ -60,6 +63,7 @@ PRESETS: dict[str, Preset] = {
             "patients)",
             inner_folds=1,
             head_init="probe",
+            choose=True,
         ),
     )
 }
@@ -88,6 +92,7 @@ def apply_preset(
         "selection": p.selection,
         "inner_folds": p.inner_folds,
         "head_init": p.head_init,
+        "choose": p.choose,
         "preset": p.name,
     }
     protocol.update({k: v for k, v in options.items() if v is not None})
@@ -103,6 +108,7 @@ def protocol_record(options: TrainOptions) -> dict[str, Any]:
         "selection": options.selection,
         "inner_folds": options.inner_folds if options.selection == "inner" else None,
         "head_init": options.head_init,
+        "choose": options.choose,
         "optimistic": options.selection == "fold",
         "tune": options.tune,
     }

@@ -10,7 +10,7 @@ unreliable), ``precision`` (features or heads below fp32, and why), ``view_shift
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -85,8 +85,12 @@ def head_is_probe(results: list[HeadResult], options: TrainOptions) -> bool:
     return options.head_init == "probe" and all(r.best_epoch == 0 for r in results)
 
 
-def verdict_of(prep: Prepared, results: list[HeadResult], probe: ProbeResult, options: TrainOptions) -> dict:
-    """The paired verdict of the fold heads' pooled out-of-fold predictions against the probe's."""
+def verdict_of(
+    prep: Prepared, results: list[HeadResult], probe: ProbeResult, options: TrainOptions, choice: Any = None
+) -> dict:
+    """The paired verdict of the fold heads' pooled out-of-fold predictions against the probe's
+    (``choice``: the default preset's probe-or-MLP choice, when it ran)."""
+    kept_probe = choice is not None and all(f["kept"] == "probe" for f in choice.folds)
     folds = [r for r in results if not r.final and not diverged(r)]
     rows = np.concatenate([prep.splits.folds[r.fold][1] for r in folds]) if folds else np.array([], int)
     head = np.concatenate([r.probs["val"] for r in folds]) if folds else np.zeros((0, prep.data.classes))
@@ -97,6 +101,6 @@ def verdict_of(prep: Prepared, results: list[HeadResult], probe: ProbeResult, op
         probe.oof_probs[rows][keep],
         prep.cache.patients[rows][keep],
         classes=prep.data.classes,
-        head_is_probe=head_is_probe(results, options),
+        head_is_probe=kept_probe or head_is_probe(results, options),
         seed=options.seed,
     )

@@ -165,6 +165,13 @@ def train_head(
     probe_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     results, selection = train_by_protocol(prep, configs, options, probe)
+    choice = None
+    if options.choose and selection is not None and probe is not None and not options.tune:
+        from fastall.training.choice import choose
+
+        choice = choose(prep, configs[0], options, probe, results, _linear_fit(prep, options.seed))
+        prep.notes.extend(choice.notes)
+        warnings.extend("model_choice", choice.notes)
     if selection is not None:
         config = configs[selection.final_config]
         prep.notes.extend(selection.notes)
@@ -190,6 +197,8 @@ def train_head(
     metrics, made = run_files.run_metrics(prep, results, run_config, options.tta), None
     metrics["protocol"] = protocol_record(options)
     metrics["feature_shift"] = shift
+    if choice is not None:
+        metrics["model_choice"] = choice.record()
     if selection is not None:
         metrics["selection"] = selection.record(prep.cache.patients)
         if options.tune:
@@ -199,7 +208,7 @@ def train_head(
         metrics["baseline"] = baseline(
             metrics["summary"], probe.summary, (metrics["test"] or {}).get("final"), probe.test
         )
-        metrics["verdict"] = verdict_of(prep, results, probe, options)
+        metrics["verdict"] = verdict_of(prep, results, probe, options, choice)
         code = {"is": "head_is_probe", "beats": "probe_verdict"}.get(metrics["verdict"]["verdict"])
         warnings.add(code or "probe_verdict", metrics["verdict"]["text"])
     metrics["warnings"] = warnings.items

@@ -5,7 +5,8 @@ Both models are scored on the same out-of-fold images. Each resample draws patie
 draws of :mod:`fastall.training.uncertainty`, so the intervals match those train-head records), and both
 differences are computed on the same resample. The verdict:
 
-- ``is`` the probe: every fold kept epoch 0 of a head that started as the probe, so the two are one model;
+- ``is`` the probe: every fold kept the probe (the default preset's choice, or epoch 0 of a head started as
+  the probe), so the two are one model;
 - ``beats``: one difference's 95% interval favours the head (AUC above 0, or log loss below 0) and the other
   does not favour the probe;
 - ``loses to``: the mirror image;
@@ -118,7 +119,8 @@ def verdict_text(d: dict) -> str:
     """One line: the verdict with both differences and their intervals."""
     if d["verdict"] == "is":
         return (
-            "The head IS the linear probe: every fold kept epoch 0 of a head that started as the probe "
+            "The head IS the linear probe: every fold kept the probe (the default preset's probe-or-MLP "
+            "choice, or epoch 0 of a head started as the probe) "
             f"(pooled out-of-fold AUC {d['head']['auc']:.3f}, log loss {d['head']['log_loss']:.3f})"
         )
     word = {"beats": "beats", "loses to": "LOSES TO"}.get(d["verdict"], "is indistinguishable from")

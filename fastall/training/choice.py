@@ -1,0 +1,173 @@
+"""The default preset's last step: per outer fold, keep the linear probe or the fine-tuned MLP, whichever an
+inner patient-grouped K-fold CV on the fold's training patients alone scores higher.
+
+For outer fold k, its training rows are split by patient into K inner folds (``selection.inner_splits``,
+stratified, K = :data:`CHOICE_FOLDS` or fewer when a class has fewer patients). On every inner split both
+candidates are trained exactly as the run trains them: the probe (``probe.fit_probe``, C by its own inner CV)
+and the MLP by the run's protocol (``selection.select`` then ``refit``, started from that probe), all inner
+heads of all folds in one stack. The candidate with the higher mean inner-validation accuracy is kept; a tie
+keeps the probe (the simpler model). A fold whose inner training folds would hold fewer than
+:data:`MIN_PATIENTS` patients of a class keeps the probe without a comparison, and says so. The final head
+follows the candidate with the higher mean inner accuracy over all folds.
+
+A kept probe replaces the fold's head by a head that computes it exactly (``layout.embed_linear``), so
+head.pt, predictions.csv and every metric describe the model that was kept. The outer validation rows never
+enter a decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fastall.errors import FastallError
+from fastall.head import head_state_dict
+from fastall.training.config import HeadConfig, HeadResult
+from fastall.training.layout import embed_linear
+from fastall.training.probe import ProbeResult
+from fastall.training.selection import inner_splits, refit, select
+
+if TYPE_CHECKING:
+    from fastall.training.train_head import Prepared
+
+CHOICE_FOLDS = 3
+MIN_PATIENTS = 3
+CANDIDATES = ("probe", "mlp")
+
+
+@dataclass
+class Choice:
+    """Per outer fold the candidate kept and why; the final head's."""
+
+    folds: list[dict] = field(default_factory=list)
+    final: str = "probe"
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "rule": f"per outer fold, the higher mean accuracy over an inner {CHOICE_FOLDS}-fold "
+            f"patient-grouped CV of its training patients (tie: probe); fewer than {MIN_PATIENTS} patients "
+            "of a class in an inner training fold: probe",
+            "candidates": list(CANDIDATES),
+            "folds": self.folds,
+            "final": self.final,
+            "notes": self.notes,
+        }
+
+
+def _softmax_of(linear: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+    a, c = linear
+    z = x.astype(np.float64) @ a.T + c
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def _fewest_patients(labels: np.ndarray, patients: np.ndarray, rows: np.ndarray) -> int:
+    return min(np.unique(patients[rows][labels[rows] == c]).size for c in np.unique(labels[rows]))
+
+
+def choose(
+    prep: Prepared,
+    config: HeadConfig,
+    options: Any,
+    probe: ProbeResult,
+    results: list[HeadResult],
+    linear_fit,
+) -> Choice:
+    """Compare both candidates on every outer fold (module doc) and put the kept one into ``results``."""
+    labels, patients = prep.cache.labels, np.asarray(prep.cache.patients, dtype=object)
+    view0 = prep.cache.features[:, 0]
+    data, seed = prep.data, options.seed
+    out = Choice()
+    inner: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    for k, (train, _) in enumerate(data.folds):
+        try:
+            splits = inner_splits(labels, patients, train, seed=seed + 7, fold=k, folds=CHOICE_FOLDS)
+        except FastallError:
+            splits = []
+        if not splits or min(_fewest_patients(labels, patients, tr) for tr, _ in splits) < MIN_PATIENTS:
+            splits = []
+        inner.append(splits)
+    owner = [(k, j) for k, s in enumerate(inner) for j in range(len(s))]
+    scores = {(k, name): [] for k in range(len(inner)) for name in CANDIDATES}
+    if owner:
+        folds = [inner[k][j] for k, j in owner]
+        maps = [linear_fit(tr) for tr, _ in folds]
+        sub = replace(data, folds=folds, pool=folds[0][0], test=np.empty(0, np.int64), plans=None,
+                      linear_inits=None, final_plan=None)  # fmt: skip
+        run = {"seed": seed, "precision": prep.precision}
+        chosen = select(
+            sub, [config], patients, inner_folds=options.inner_folds, linear_init=linear_fit, **run
+        )
+        heads = refit(sub, chosen, tta=False, linear_inits=[*maps, maps[0]], **run)
+        for r in (r for r in heads if not r.final):
+            k, j = owner[r.fold]
+            va = folds[r.fold][1]
+            scores[k, "mlp"].append(float((r.probs["val"].argmax(1) == labels[va]).mean()))
+            probe_p = _softmax_of(maps[r.fold], np.asarray(view0[va], dtype=np.float32))
+            scores[k, "probe"].append(float((probe_p.argmax(1) == labels[va]).mean()))
+    totals = {name: [] for name in CANDIDATES}
+    for k in range(len(inner)):
+        if not inner[k]:
+            why = f"fewer than {MIN_PATIENTS} patients of a class in an inner training fold: probe kept"
+            out.folds.append({"fold": k, "kept": "probe", "why": why})
+            out.notes.append(f"fold {k}: too few patients per class for the probe-or-MLP choice; probe kept")
+            continue
+        acc = {name: float(np.mean(scores[k, name])) for name in CANDIDATES}
+        for name in CANDIDATES:
+            totals[name].append(acc[name])
+        kept = "mlp" if acc["mlp"] > acc["probe"] else "probe"
+        why = (f"inner accuracy mlp {acc['mlp']:.4f} vs probe {acc['probe']:.4f}"
+               + (" (tie: the probe)" if acc["mlp"] == acc["probe"] else ""))  # fmt: skip
+        out.folds.append({"fold": k, "kept": kept, "why": why, "inner_splits": len(inner[k]),
+                          "inner_accuracy": acc})  # fmt: skip
+    if totals["mlp"] and np.mean(totals["mlp"]) > np.mean(totals["probe"]):
+        out.final = "mlp"
+    _apply(prep, probe, results, out)
+    return out
+
+
+def _apply(prep: Prepared, probe: ProbeResult, results: list[HeadResult], choice: Choice) -> None:
+    """Put the probe into the results of the folds (and the final head) that keep it."""
+    k_classes = prep.data.classes
+    test = prep.splits.test
+    view0 = prep.cache.features[:, 0]
+    keep = {row["fold"] for row in choice.folds if row["kept"] == "probe"}
+    for r in results:
+        if r.final and choice.final != "probe":
+            continue
+        if not r.final and r.fold not in keep:
+            continue
+        fit_index = len(prep.data.folds) if r.final else r.fold
+        if fit_index >= len(probe.fits):
+            continue
+        fit = probe.fits[fit_index]
+        linear = fit.linear_map(k_classes)
+        r.state = _probe_state(r.state, linear)
+        if not r.final:
+            val = prep.data.folds[r.fold][1]
+            r.probs["val"] = probe.oof_probs[val]
+            if "val_tta" in r.probs:
+                r.probs["val_tta"] = probe.oof_probs[val]
+        if test.size and "test" in r.probs:
+            p = _softmax_of(linear, np.asarray(view0[test], dtype=np.float32))
+            r.probs["test"] = p
+            if "test_tta" in r.probs:
+                r.probs["test_tta"] = p
+
+
+def _probe_state(state: dict[str, torch.Tensor], linear: tuple[np.ndarray, np.ndarray]) -> dict:
+    """A Head state of the same shape whose output is the probe's logits exactly (``embed_linear``)."""
+    w1t = state["fc1.weight"].t().unsqueeze(0).clone()
+    b1 = state["fc1.bias"].view(1, 1, -1).clone()
+    w2 = state["fc2.weight"].unsqueeze(0).clone()
+    b2 = state["fc2.bias"].view(1, 1, -1).clone()
+    params = [w1t, b1, w2, b2]
+    embed_linear(params, 0, *linear, state["mean"], state["std"])
+    w1t[0, :, 2 * linear[0].shape[0] :] = 0.0
+    b1[0, 0, 2 * linear[0].shape[0] :] = 0.0
+    return head_state_dict(w1t[0], b1[0], w2[0], b2[0], mean=state["mean"], std=state["std"])
