@@ -57,7 +57,7 @@ def test_too_few_patients_per_class_keep_the_probe_and_say_so(tmp_path, one_thre
     r = _run(cache, tmp_path / "run", test="none")
     choice = r.metrics["model_choice"]
     assert all(f["kept"] == "probe" and "fewer than 3 patients" in f["why"] for f in choice["folds"])
-    assert any("probe kept" in w for w in r.metrics["warnings"])
+    assert any("probe kept" in w["text"] for w in r.metrics["warnings"])
     assert r.summary["accuracy"] == r.metrics["probe"]["summary"]["accuracy"]
 
 

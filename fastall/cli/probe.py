@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console
+from fastall.cli.group import cli, console, positive_option
 from fastall.cli.training import DEVICE_HELP, _apply, _split_options
 
 
@@ -51,6 +51,7 @@ def _ks(value: str) -> tuple[int, ...]:
     click.option("--dedupe", is_flag=True, help="Keep one copy of byte-identical images (content hashes)."),
     click.option("--overwrite", is_flag=True, help="Replace an existing probe folder."),
     click.option("--report/--no-report", default=True, show_default=True, help="Write OUT/report/."),
+    positive_option,
 )  # fmt: skip
 def probe_cmd(cache: str, out: str, ks: str, **options) -> None:
     """Linear, kNN and MLP probes, label-efficiency curves, the batch-effect score and an embedding map, on

@@ -57,6 +57,7 @@ class ProbeOptions:
     efficiency: bool = True
     overwrite: bool = False
     report: bool = True
+    positive: str | None = None
     console: Console | None = field(default=None, compare=False, repr=False)
 
 
@@ -85,6 +86,7 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
         precision="fp32",
         progress=False,
         report=False,
+        positive=options.positive,
     )
     prep = prepare(cache_path, train_options)
     cache, splits, k = prep.cache, prep.splits, len(prep.cache.class_names)
@@ -92,7 +94,7 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
     x = torch.from_numpy(np.ascontiguousarray(cache.features[:, 0], dtype=np.float32)).to(prep.device)
     timings: dict[str, float] = {"load_s": prep.load_s}
     notes = list(prep.notes)
-    protocols, linear, timings_p = _probes(x, labels, patients, splits, k, options)
+    protocols, linear, timings_p = _probes(x, labels, patients, splits, k, options, prep.positive.index)
     timings.update(timings_p)
     notes += linear.notes
     record: dict[str, Any] = {
@@ -107,6 +109,7 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
             "dim": cache.dim,
             "class_names": cache.class_names,
         },
+        "classes": {"names": list(cache.class_names), "positive": prep.positive.record()},
         "options": {
             "folds": options.folds,
             "test": options.test,
@@ -188,8 +191,9 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
     return ProbeRun(out.absolute(), record, made)
 
 
-def _probes(x, labels, patients, splits, k, options) -> tuple[dict, Any, dict]:
-    """Linear and kNN: out-of-fold and test probabilities, scored."""
+def _probes(x, labels, patients, splits, k, options, positive=None) -> tuple[dict, Any, dict]:
+    """Linear and kNN: out-of-fold and test probabilities, scored (``positive``: the positive class
+    index)."""
     folds = splits.folds
     has_test = bool(splits.test.size)
     row_sets = [tr for tr, _ in folds] + ([splits.pool] if has_test else [])
@@ -226,7 +230,15 @@ def _probes(x, labels, patients, splits, k, options) -> tuple[dict, Any, dict]:
     timings["knn_s"] = time.perf_counter() - t0
     out = {
         name: protocol_scores(
-            labels, patients, folds, p, k, test=splits.test, test_prob=tests.get(name), seed=options.seed
+            labels,
+            patients,
+            folds,
+            p,
+            k,
+            test=splits.test,
+            test_prob=tests.get(name),
+            seed=options.seed,
+            positive=positive,
         )
         for name, p in probs.items()
     }

@@ -40,19 +40,23 @@ def protocol_scores(
     test: np.ndarray | None = None,
     test_prob: np.ndarray | None = None,
     seed: int = 0,
+    positive: int | None = None,
 ) -> dict:
     """``folds`` (metrics per fold), ``summary`` (mean and std over folds), ``pooled`` (out of fold, with
-    ``ci``) and ``test`` (with ``ci``, or None) of probabilities ``oof [N, K]`` (NaN off the folds)."""
+    ``ci``) and ``test`` (with ``ci``, or None) of probabilities ``oof [N, K]`` (NaN off the folds);
+    one-sided metrics of the class index ``positive`` (None: macro, none of them)."""
     rows = [
-        {"fold": i, **classification_metrics(labels[val], oof[val], classes)}
+        {"fold": i, **classification_metrics(labels[val], oof[val], classes, positive=positive)}
         for i, (_, val) in enumerate(folds)
     ]
     done = np.concatenate([val for _, val in folds])
-    pooled = metrics_with_ci(labels[done], oof[done], patients[done], classes, seed=seed)
+    pooled = metrics_with_ci(labels[done], oof[done], patients[done], classes, seed=seed, positive=positive)
     pooled["ci"]["log_loss"] = log_loss_ci(labels[done], oof[done], patients[done], seed=seed)
     out = {"folds": rows, "summary": summarize(rows), "pooled": pooled, "test": None}
     if test is not None and test.size and test_prob is not None:
-        out["test"] = metrics_with_ci(labels[test], test_prob, patients[test], classes, seed=seed)
+        out["test"] = metrics_with_ci(
+            labels[test], test_prob, patients[test], classes, seed=seed, positive=positive
+        )
         out["test"]["ci"]["log_loss"] = log_loss_ci(labels[test], test_prob, patients[test], seed=seed)
     return out
 
