@@ -143,7 +143,7 @@ def evaluate_run(
 ) -> Evaluation:
     """Evaluate RUN on DATA and write OUT (see the module doc)."""
     out = Path(out)
-    check_target(out.absolute(), overwrite)
+    check_target(out.absolute(), overwrite, EVAL_FORMAT)
     record = read_head(head_file(run))
     names = list(record["class_names"])
     ds = discover(data, patient_regex=patient_regex)
@@ -191,8 +191,8 @@ def evaluate_run(
         notes.append("patient-level diagnosis needs two classes: not made")
     train = _training_cache(record, cache, notes)
     warnings = []
-    if train is not None and train.n_images:
-        result["shift"] = domain_shift(train.features[:, 0, :].astype(np.float32), feats)
+    if train is not None and train.n_images >= 4:
+        result["shift"] = domain_shift(train.features[:, 0, :].astype(np.float32), feats, train.patients)
         if result["shift"]["large"]:
             warnings.append("large domain shift: " + "; ".join(result["shift"]["reasons"]))
         copies = same_files([r.path for r in records], train.attrs.get("data_root"), list(train.paths))

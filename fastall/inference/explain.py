@@ -251,7 +251,7 @@ def explain_paths(
 
     cam_class(method)
     target_index(model, target)
-    check_target(Path(out).absolute(), overwrite)
+    check_target(Path(out).absolute(), overwrite, EXPLAIN_FORMAT)
     paths, problems = find_images(resolve_inputs(inputs, lambda: run_data_root(model, data)))
     skipped: list[tuple[str, str]] = []
 

@@ -29,6 +29,7 @@ from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import compare_logits, logits, pick_images
 from fastall.preprocess import preprocess
 from fastall.system.files import atomic_write, describe_write_error
+from fastall.system.runfolder import check_output_file
 
 EXTRA = "pip install 'fastall[onnx]'"
 MAX_DPROB = 1e-3
@@ -70,7 +71,7 @@ def export_onnx(
 ) -> tuple[Path, dict[str, Any]]:
     """Write RUN's model as ONNX at ``out`` once ONNX Runtime agrees with PyTorch fp32 on the run's images."""
     require("--format onnx")
-    out = Path(out)
+    out = check_output_file(out, [run])
     if not out.parent.is_dir():
         raise FastallError(f"--out {out}: folder {out.parent} does not exist")
     folder = open_run(run)

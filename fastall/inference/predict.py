@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from fastall.data.walk import IMAGE_EXTENSIONS, find_images
 from fastall.errors import FastallError
 from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.inference.model import LeukemiaClassifier
+from fastall.system.runfolder import check_output_file
 
 TTA_SEED = 0
 
@@ -43,10 +43,10 @@ def check_out(out: str | Path, inputs: Sequence[str | Path]) -> Path:
         raise FastallError(
             f"--out {out}: has an image extension; predictions are a CSV (e.g. {out.stem}.csv)"
         )
-    if any(os.path.realpath(out) == os.path.realpath(raw) for raw in inputs):  # never raises on a loop
-        raise FastallError(f"--out {out}: is one of the inputs; write the predictions elsewhere")
     if out.is_dir():
         raise FastallError(f"--out {out}: is a folder; give a file name such as {out / 'predictions.csv'}")
+    check_output_file(out, list(inputs), text=True)
+    check_output_file(sidecar_of(out), list(inputs), text=True)
     return out
 
 
@@ -135,6 +135,11 @@ def _probs(model: LeukemiaClassifier, images: torch.Tensor, indices: list[int], 
     return (total / tta).cpu().numpy()
 
 
+def sidecar_of(out: Path) -> Path:
+    """Where the files skipped by a predict writing ``out`` are listed."""
+    return out.with_name(out.stem + ".skipped.csv")
+
+
 def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
     """Write ``out`` (path, label, prob_<class>...) and, if any file was skipped, ``<out>.skipped.csv``.
 
@@ -147,7 +152,7 @@ def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
     for path, label, row in zip(preds.paths, preds.labels, preds.probs, strict=True):
         writer.writerow([path, label, *(f"{p:.6f}" for p in row)])
     _atomic_text(out, buf.getvalue())
-    sidecar = out.with_name(out.stem + ".skipped.csv")
+    sidecar = sidecar_of(out)
     if not preds.skipped:
         sidecar.unlink(missing_ok=True)
         return None

@@ -24,7 +24,8 @@ from rich.console import Console
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
 from fastall.reporting.compare import write_outputs
-from fastall.system.runfolder import atomic_folder
+from fastall.system.names import safe_token
+from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.bootstrap import paired_auc_difference, patient_codes
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.probe import probe_cache
@@ -107,17 +108,32 @@ def check_same_dataset(caches: Sequence[FeatureCache]) -> None:
                 raise FastallError(
                     f"{where}: {what} differ for {differ.size} images (e.g. {mine[i]}: {a[i]} vs {b[i]})"
                 )
-        fp, fp_ref = other.key_params.get("dataset_fingerprint"), ref.key_params.get("dataset_fingerprint")
-        if fp and fp_ref and fp != fp_ref:
-            raise FastallError(
-                f"{where}: same names, labels and patients but the image files differ "
-                f"(dataset fingerprint {str(fp)[:12]}... vs {str(fp_ref)[:12]}...)"
-            )
+        for key in ("dataset_fingerprint", "content_fingerprint"):
+            fp, fp_ref = other.key_params.get(key), ref.key_params.get(key)
+            if fp and fp_ref and fp != fp_ref:
+                change = _first_change(other, ref)
+                raise FastallError(
+                    f"{where}: same names, labels and patients but the image files differ "
+                    f"({key.replace('_', ' ')} {str(fp)[:12]}... vs {str(fp_ref)[:12]}...{change})"
+                )
+
+
+def _first_change(other: FeatureCache, ref: FeatureCache) -> str:
+    """``; e.g. PATH`` naming the first image whose content hash differs, where both caches hold them."""
+    if other.content_hashes is None or ref.content_hashes is None:
+        return ""
+    differ = np.flatnonzero(other.content_hashes.astype(str) != ref.content_hashes.astype(str))
+    return f"; {differ.size} image(s) differ, e.g. {ref.paths[differ[0]]}" if differ.size else ""
 
 
 def _names(caches: Sequence[FeatureCache]) -> list[str]:
-    names = [c.backbone for c in caches]
-    out = [n if names.count(n) == 1 else f"{n}-{c.path.stem}" for n, c in zip(names, caches, strict=True)]
+    """One folder name per cache: its backbone (a name read from the file, so made a safe token first: a
+    hostile ``/tmp/x`` or ``../y`` must not lead outside --out), with the file's stem where two share one."""
+    names = [safe_token(c.backbone) for c in caches]
+    out = [
+        n if names.count(n) == 1 else safe_token(f"{n}-{c.path.stem}")
+        for n, c in zip(names, caches, strict=True)
+    ]
     if len(set(out)) != len(out):
         raise FastallError("the same cache is given twice: compare different caches")
     return out
@@ -192,6 +208,7 @@ def compare_caches(
     options = options or CompareOptions()
     if len(caches) < 2:
         raise FastallError("compare needs at least two caches")
+    check_target(Path(out).absolute(), overwrite, COMPARE_FORMAT)
     loaded = [read_cache(c, load_features=False) for c in caches]
     if len({c.path.resolve() for c in loaded}) < len(loaded):
         raise FastallError("the same cache is given twice: compare different caches")

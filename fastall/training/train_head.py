@@ -143,7 +143,7 @@ def train_head(
     config.check()
     configs = check_protocol(config, options)
     out = Path(out)
-    check_target(out.absolute(), options.overwrite)
+    check_target(out.absolute(), options.overwrite, run_files.RUN_FORMAT)
     prep = prepare(cache_path, options)
     console = options.console
     warn = None if console is None else lambda m: console.print(f"[yellow]Warning:[/] {m}", soft_wrap=True)
