@@ -1,0 +1,201 @@
+"""Hardening round 3 (issue 28): outputs that would replace runs, hostile cache names, compare's content
+check, the out-of-sample shift radius, non-UTF-8 file names and the one seed rule."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastall.cli import cli
+from fastall.errors import FastallError
+from tests.bad_inputs import Env, _other_pixels_cache
+from tests.e2e_helpers import E2ERun, cache_with
+from tests.test_hardening import build_env
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return build_env(tmp_path_factory.mktemp("round3"))
+
+
+def _run(argv: list[str]):
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(cli, [str(a) for a in argv])
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+def _error(result) -> str:
+    assert result.exit_code != 0, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_evaluate_overwrite_never_replaces_the_run_it_evaluates(env, tmp_path):
+    victim = tmp_path / "victim"
+    shutil.copytree(env.run, victim)
+    before = sorted(p.name for p in victim.iterdir())
+    error = _error(_run(["evaluate", victim, env.data, "--out", victim, "--overwrite", "--no-report"]))
+    assert "fastall-run" in error and "not a fastall-evaluation" in error
+    assert sorted(p.name for p in victim.iterdir()) == before
+
+
+def test_evaluate_overwrite_replaces_its_own_output(env, tmp_path):
+    out = tmp_path / "ev"
+    assert _run(["evaluate", env.run, env.data, "--out", out, "--no-report"]).exit_code == 0
+    assert "--overwrite" in _error(_run(["evaluate", env.run, env.data, "--out", out, "--no-report"]))
+    again = _run(["evaluate", env.run, env.data, "--out", out, "--overwrite", "--no-report"])
+    assert again.exit_code == 0, again.output
+    assert (out / "evaluation.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_output_file_inside_a_run_is_refused(env, tmp_path, command):
+    victim = tmp_path / "victim"
+    shutil.copytree(env.run, victim)
+    head = (victim / "head.pt").read_bytes()
+    argv = ["predict", victim, env.data, "--out", victim / "head.pt"]
+    if command == "export":
+        argv = ["export", victim, "--out", victim / "head.pt", "--precision", "fp32"]
+    assert "inside the fastall-run folder" in _error(_run(argv))
+    assert (victim / "head.pt").read_bytes() == head
+
+
+def test_predict_never_replaces_a_cache(env, tmp_path):
+    cache = tmp_path / "cache.h5"
+    shutil.copy(env.cache, cache)
+    error = _error(_run(["predict", env.run, env.data, "--out", cache]))
+    assert "HDF5" in error
+    assert cache.read_bytes() == env.cache.read_bytes()
+
+
+def test_explain_onto_its_run_is_refused_before_the_work(env, tmp_path, monkeypatch):
+    import fastall.inference.explain as explain
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("explain started the work")
+
+    monkeypatch.setattr(explain, "find_images", no_work)
+    victim = tmp_path / "victim"
+    shutil.copytree(env.run, victim)
+    error = _error(_run(["explain", victim, env.data, "--out", victim, "--overwrite"]))
+    assert "not a fastall-explain" in error
+    assert (victim / "head.pt").is_file()
+
+
+@pytest.mark.parametrize("hostile", ["/tmp/fastall-hostile-x", "../../fastall-hostile-y"])
+def test_a_hostile_backbone_name_never_leaves_out(env, tmp_path, hostile):
+    from fastall.system.names import safe_token
+
+    cache = cache_with(E2ERun(env.run, env.cache, env.data), tmp_path / "hostile.h5", backbone=hostile)
+    out = tmp_path / "deep" / "er" / "cmp"
+    result = _run(
+        ["compare", env.cache, cache, "--out", out, "--folds", "2", "--test", "none", "--epochs", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert not Path(hostile).exists() and not (out / hostile).resolve().exists()
+    assert (
+        not (tmp_path / "fastall-hostile-y").exists()
+        and not (tmp_path / "deep" / "fastall-hostile-y").exists()
+    )
+    token = safe_token(hostile)
+    assert "/" not in token and ".." not in token
+    assert (out / "runs" / token / "head.pt").is_file()
+
+
+def test_safe_token_keeps_plain_names_and_separates_others():
+    from fastall.system.names import safe_token
+
+    assert safe_token("resnet50") == "resnet50"
+    assert safe_token("vit_small.dinov2-lvd142m") == "vit_small.dinov2-lvd142m"
+    tokens = {safe_token(n) for n in ["..", ".", "/", "a/b", "a_b", "a\\b", "", "x" * 300, "é"]}
+    assert len(tokens) == 9
+    assert all(t and "/" not in t and "\\" not in t and ".." not in t and len(t) <= 80 for t in tokens)
+
+
+def test_compare_refuses_same_names_with_other_pixels(env, tmp_path):
+    from fastall.features.cache import read_cache
+    from fastall.training.compare import check_same_dataset
+
+    fc = read_cache(env.cache)
+    other = _other_pixels_cache(Env(env.data, env.cache, env.run, tmp_path))
+    with pytest.raises(
+        FastallError, match=r"content fingerprint.*1 image\(s\) differ, e\.g\. " + fc.paths[3]
+    ):
+        check_same_dataset([fc, read_cache(other)])
+
+
+def test_the_shift_radius_holds_one_percent_of_fresh_in_distribution_features():
+    """At C-NMC size (10,000 x 2,048), about 1% of fresh same-distribution samples fall outside."""
+    from fastall.inference.shift import Radius
+
+    rng = np.random.default_rng(7)
+    radius = Radius(rng.standard_normal((10_000, 2048), dtype=np.float32))
+    outside = radius.outside(rng.standard_normal((5_000, 2048), dtype=np.float32)).mean()
+    assert 0.005 <= outside <= 0.02, outside
+
+
+def test_the_shift_radius_splits_by_patient():
+    from fastall.inference.shift import Radius
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(40), 10).astype(str)
+    radius = Radius(rng.standard_normal((400, 8)), patients)
+    assert radius.fit_images % 10 == 0 and radius.fit_images + radius.calibration_images == 400
+    assert radius.outside(rng.standard_normal((2000, 8))).mean() < 0.03
+
+
+def _latin1_file(folder: Path, data: bytes) -> bytes:
+    name = os.fsencode(folder) + b"/caf\xe9.bmp"
+    with open(name, "wb") as fh:
+        fh.write(data)
+    return name
+
+
+def test_predict_reports_a_non_utf8_name_before_the_work(env, tmp_path):
+    from fastall.data.synth import _bmp_bytes
+    from tests.bad_inputs import _cell
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "ok.bmp").write_bytes(_bmp_bytes(_cell()))
+    _latin1_file(images, _bmp_bytes(_cell()))
+    result = _run(["predict", env.run, images, "--out", tmp_path / "p.csv"])
+    assert result.exit_code == 0, result.output
+    assert "caf\\xe9.bmp" in result.output and "not valid UTF-8" in result.output
+    assert "caf\\xe9.bmp" in (tmp_path / "p.skipped.csv").read_text()
+    strict = _run(["predict", env.run, images, "--out", tmp_path / "q.csv", "--no-skip-bad"])
+    assert "not valid UTF-8" in _error(strict)
+
+
+def test_extract_leaves_a_non_utf8_name_out_and_writes_the_cache(env, tmp_path):
+    from fastall.data.synth import TREE, _bmp_bytes
+    from tests.bad_inputs import _cell
+
+    data = tmp_path / "data"
+    shutil.copytree(env.data, data)
+    _latin1_file(next((data / TREE).glob("training_data/fold_0/all")), _bmp_bytes(_cell()))
+    out = tmp_path / "c.h5"
+    result = _run(["extract", data, "--out", out, "--weights", "none", "--image-size", "32", "--views", "1"])
+    assert result.exit_code == 0, result.output
+    assert "not valid UTF-8" in result.output
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+@pytest.mark.parametrize("command", ["train-head", "sweep", "compare", "synth", "extract"])
+def test_one_seed_rule(env, tmp_path, command, seed):
+    argv = {
+        "train-head": ["train-head", env.cache, "--out", tmp_path / "r"],
+        "sweep": ["sweep", env.cache, "--out", tmp_path / "s", "--grid", "lr=1e-4"],
+        "compare": ["compare", env.cache, env.cache, "--out", tmp_path / "c"],
+        "synth": ["synth", tmp_path / "d"],
+        "extract": ["extract", env.data, "--out", tmp_path / "c.h5", "--weights", "none"],
+    }[command]
+    assert f"--seed must be in 0..2**63-1, got {seed}" in _error(_run([*argv, "--seed", seed]))
