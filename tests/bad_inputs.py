@@ -1584,26 +1584,6 @@ def _other_patients_cache(env: Env) -> Path:
     return _with_patients(env, "other.h5", lambda patients, *_: ["someone-else", *patients[1:]])
 
 
-def _other_pixels_cache(env: Env, index: int = 3) -> Path:
-    """The env cache with one image's content hash changed (same names, sizes, labels and patients)."""
-    from fastall.data.fingerprint import Stamp
-    from fastall.features.cache import read_cache, write_cache
-    from tests.e2e_helpers import stamps_of
+from tests.bad_inputs_round3 import ROUND3  # noqa: E402  (its cases use the helpers above)
 
-    fc = read_cache(env.cache)
-    stamps = stamps_of(fc)
-    stamps[index] = Stamp("0" * 32, stamps[index].size, stamps[index].mtime_ns)
-    return write_cache(
-        env.tmp / "other-pixels.h5",
-        features=fc.features,
-        labels=fc.labels,
-        class_names=fc.class_names,
-        patients=list(fc.patients),
-        paths=list(fc.paths),
-        sources=list(fc.sources),
-        view_params=fc.view_params,
-        view_param_names=fc.view_param_names,
-        key_params=fc.key_params,
-        provenance={"data_root": fc.attrs["data_root"]},
-        stamps=stamps,
-    )
+CASES += ROUND3

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from fastall.cli import cli
 from fastall.errors import FastallError
-from tests.bad_inputs import Env, _other_pixels_cache
+from tests.bad_inputs import Env
+from tests.bad_inputs_round3 import _other_pixels_cache
 from tests.e2e_helpers import E2ERun, cache_with
 from tests.test_hardening import build_env
 
