@@ -222,9 +222,9 @@ def _run_bench(
     choice = decide_precision(precision, dev, allowed=("fp32", "bf16", "fp16", "int8"))
     session = None
     if onnx is not None:
-        from fastall.inference.onnx_export import image_size_of, session_for
+        from fastall.inference.onnx_export import image_size_of, open_fastall_onnx
 
-        session = session_for(onnx)
+        session = open_fastall_onnx(onnx)
         image_size = image_size_of(session)
     if model is None:
         model = load_run(run, device=dev) if run else random_model(image_size, str(dev), backbone=backbone)

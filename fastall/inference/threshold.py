@@ -14,13 +14,14 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from fastall.errors import FastallError
+from fastall.system.files import open_regular_text
 
 
 def oof_predictions(run: str | Path, positive: str) -> tuple[np.ndarray, np.ndarray]:
     """``(truth, P(positive))`` of the out-of-fold rows of RUN/predictions.csv."""
     path = Path(run) / "predictions.csv"
     try:
-        with open(path, newline="") as fh:
+        with open_regular_text(path) as fh:
             rows = [r for r in csv.DictReader(fh) if r.get("split") == "val"]
         truth = np.array([r["label"] == positive for r in rows], dtype=np.int64)
         score = np.array([float(r["probability"]) for r in rows], dtype=np.float64)
@@ -28,10 +29,16 @@ def oof_predictions(run: str | Path, positive: str) -> tuple[np.ndarray, np.ndar
         raise FastallError(
             f"{path}: cannot read the run's out-of-fold predictions ({err.strerror})"
         ) from None
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError, csv.Error) as err:
         raise FastallError(f"{path}: not a train-head predictions file ({err})") from None
     if not rows:
         raise FastallError(f"{path}: no out-of-fold (split=val) predictions to choose a threshold on")
+    bad = np.flatnonzero(~((score >= 0) & (score <= 1)))
+    if bad.size:
+        raise FastallError(
+            f"{path}: {bad.size} out-of-fold probabilities are not in [0, 1] (NaN, inf or out of range; row "
+            f"{rows[bad[0]].get('path')}: {score[bad[0]]}): the file was altered; retrain the run"
+        )
     return truth, score
 
 

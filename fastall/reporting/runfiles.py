@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fastall.errors import FastallError
+from fastall.system.files import open_regular_text
 
 
 @dataclass
@@ -112,10 +113,12 @@ def _json(path: Path, fmt: str) -> dict:
 
 def _csv(path: Path) -> list[dict]:
     try:
-        with open(path, newline="") as fh:
+        with open_regular_text(path) as fh:
             return list(csv.DictReader(fh))
-    except (OSError, csv.Error, UnicodeDecodeError) as err:
-        raise FastallError(f"{path}: unreadable ({err})") from None
+    except OSError as err:
+        raise FastallError(f"{path}: unreadable ({err.strerror or err})") from None
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise FastallError(f"{path}: not a CSV file ({str(err)[:80]})") from None
 
 
 def _predictions(path: Path, classes: list[str] | None) -> Predictions:
@@ -134,7 +137,18 @@ def _predictions(path: Path, classes: list[str] | None) -> Predictions:
         fold = np.array([int(r["fold"]) if r["fold"].strip() else -1 for r in rows], dtype=np.int64)
     except (ValueError, TypeError, AttributeError) as err:
         raise FastallError(f"{path}: a probability or fold is not a number ({err})") from None
+    if not rows:
+        raise FastallError(f"{path}: no prediction rows (empty or header only)")
+    bad = np.flatnonzero(~((prob >= 0) & (prob <= 1)))
+    if bad.size:
+        raise FastallError(
+            f"{path}: {bad.size} probabilities are not in [0, 1] (first: {rows[bad[0]].get('path')}: "
+            f"{prob[bad[0]]}); the file was altered"
+        )
     label, pred = col("label"), col("prediction")
+    unknown = sorted((set(label) | set(pred)) - set(classes)) if classes else []
+    if unknown:
+        raise FastallError(f"{path}: label {unknown[0]!r} is not one of the run's classes {list(classes)}")
     return Predictions(
         path=col("path"),
         patient=col("patient"),
