@@ -27,7 +27,7 @@ from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import calibration_pick, compare_logits, logits, try_precision
 from fastall.inference.timing import paired_latency, paired_throughput
 from fastall.system.devices import decide_precision, resolve_device
-from fastall.system.machine import machine_info
+from fastall.system.machine import machine_info, thread_info
 
 __all__ = ["machine_info", "run_bench", "render", "latency", "throughput", "random_model"]
 
@@ -153,6 +153,8 @@ def run_bench(
     the time it takes). Defaults: batch sizes 1,8,32 on the CPU (1..256 on a GPU), 2 timed batches on the
     CPU (3 on a GPU): about a minute on 2 CPU cores. ``onnx``: also time that ONNX model (ONNX Runtime).
     Without ``run`` or ``model``: a random-init ``backbone`` at ``image_size`` (None: its own size)."""
+    if threads is not None and not 1 <= threads <= (usable := thread_info()["usable_cores"]):
+        raise FastallError(f"--threads {threads}: this process may use {usable} CPU core(s); use 1..{usable}")
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

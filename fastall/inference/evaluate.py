@@ -24,9 +24,9 @@ from fastall.data.discover import Record, discover
 from fastall.data.loader import default_workers, iter_batches
 from fastall.errors import FastallError
 from fastall.features.cache import read_cache
-from fastall.inference.artifacts import head_file, load_run, read_head
+from fastall.inference.artifacts import check_cache, head_file, load_run, read_head
 from fastall.inference.model import LeukemiaClassifier
-from fastall.inference.shift import domain_shift, same_files
+from fastall.inference.shift import Radius, domain_shift, same_files
 from fastall.inference.threshold import choose_threshold
 from fastall.reporting.provenance import command_line
 from fastall.system.jsonable import plain
@@ -55,26 +55,35 @@ def parse_classes(spec: str | None) -> dict[str, str]:
         name, sep, target = item.partition("=")
         if not sep or not name.strip() or not target.strip():
             raise FastallError(f"--classes {spec!r}: expected DATA=RUN pairs, e.g. blast=all,normal=hem")
+        if name.strip() in mapping:
+            raise FastallError(f"--classes {spec!r}: DATA class {name.strip()!r} is mapped twice")
         mapping[name.strip()] = target.strip()
     return mapping
 
 
 def map_labels(records: list[Record], run_classes: list[str], mapping: dict[str, str]) -> np.ndarray:
-    """Each record's label index in the run's classes; an unknown DATA class is refused."""
-    lower = {c.lower(): i for i, c in enumerate(run_classes)}
+    """Each record's label index in the run's classes. Names match exactly (``A`` and ``a`` are two classes,
+    as in scan and train-head); a DATA class the run lacks, or a mapping from or to a class that does not
+    exist, is refused."""
+    index_of = {c: i for i, c in enumerate(run_classes)}
     known = ", ".join(run_classes)
-    for target in mapping.values():
-        if target.lower() not in lower:
+    present = sorted({r.class_name for r in records})
+    for name, target in mapping.items():
+        if target not in index_of:
             raise FastallError(f"--classes maps to {target!r}, not a class of the run (its classes: {known})")
+        if name not in present:
+            raise FastallError(
+                f"--classes maps {name!r}, not a class of DATA (its classes: {', '.join(present)})"
+            )
     index = {}
-    for name in sorted({r.class_name for r in records}):
+    for name in present:
         target = mapping.get(name, name)
-        if target.lower() not in lower:
+        if target not in index_of:
             raise FastallError(
                 f"DATA class {name!r} is not a class of the run (its classes: {known}): "
                 f"map it with --classes {name}=<run class>"
             )
-        index[name] = lower[target.lower()]
+        index[name] = index_of[target]
     return np.array([index[r.class_name] for r in records], dtype=np.int64)
 
 
@@ -117,12 +126,16 @@ def run_model(
     return np.array(kept), np.concatenate(probs), np.concatenate(feats), skipped
 
 
-def _training_cache(record: dict, cache: str | Path | None, notes: list[str]):
+def _training_cache(record: dict, cache: str | Path | None, notes: list[str], head: Path):
+    """The run's training cache (``--cache`` or the recorded one), checked against the run: another
+    dataset's or backbone's cache is refused, before any work."""
     path = Path(str(cache or record.get("cache_path") or ""))
     if not path.is_file():
+        if cache:
+            raise FastallError(f"--cache {cache}: no such cache file")
         notes.append(f"the run's training cache {path} is not here (pass --cache PATH): shift not measured")
         return None
-    return read_cache(path)
+    return check_cache(record, read_cache(path), head)
 
 
 def evaluate_run(
@@ -156,6 +169,7 @@ def evaluate_run(
     notes = [f"{p}" for p in ds.problems] + list(ds.warnings)
     if len(ds.unlabelled()):
         notes.append(f"{len(ds.unlabelled())} unlabelled image(s) in DATA ignored")
+    train = _training_cache(record, cache, notes, head_file(run))
     model = load_run(run, weights_path=weights_path, device=device)
     kept, prob, feats, skipped = run_model(model, [r.path for r in records], batch_size, on_problem)
     records = [records[i] for i in kept]
@@ -189,10 +203,13 @@ def evaluate_run(
     else:
         patient_rows = []
         notes.append("patient-level diagnosis needs two classes: not made")
-    train = _training_cache(record, cache, notes)
-    warnings = []
+    warnings, ood = [], None
     if train is not None and train.n_images >= 4:
-        result["shift"] = domain_shift(train.features[:, 0, :].astype(np.float32), feats, train.patients)
+        view0 = train.features[:, 0, :].astype(np.float32)
+        radius = Radius(view0, train.patients)
+        result["shift"] = domain_shift(view0, feats, radius=radius)
+        ood = radius.outside(feats)
+        result["ood"] = {"images": int(ood.size), "outside": int(ood.sum()), "expected_fraction": 0.01}
         if result["shift"]["large"]:
             warnings.append("large domain shift: " + "; ".join(result["shift"]["reasons"]))
         copies = same_files([r.path for r in records], train.attrs.get("data_root"), list(train.paths))
@@ -209,7 +226,7 @@ def evaluate_run(
     result["warnings"] = warnings
     made = None
     with atomic_folder(out, overwrite=overwrite) as tmp:
-        _write_predictions(tmp / "predictions.csv", records, names, y, prob, score, chosen["value"])
+        _write_predictions(tmp / "predictions.csv", records, names, y, prob, score, chosen["value"], ood)
         _write_rows(tmp / "patients.csv", patient_rows)
         if skipped:
             _write_rows(tmp / "skipped.csv", [{"path": p, "reason": r} for p, r in skipped])
@@ -221,7 +238,7 @@ def evaluate_run(
     return Evaluation(out.absolute(), result, warnings, made)
 
 
-def _write_predictions(path, records, names, y, prob, score, t) -> None:
+def _write_predictions(path, records, names, y, prob, score, t, ood=None) -> None:
     called = prob.argmax(1) if len(names) != 2 else (score >= t).astype(int)
     rows = [
         {
@@ -230,6 +247,7 @@ def _write_predictions(path, records, names, y, prob, score, t) -> None:
             "label": names[int(y[i])],
             "prediction": names[int(called[i])],
             **{f"prob_{c}": f"{prob[i, j]:.6f}" for j, c in enumerate(names)},
+            **({} if ood is None else {"ood": int(ood[i])}),
         }
         for i, r in enumerate(records)
     ]

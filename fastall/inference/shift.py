@@ -56,14 +56,17 @@ class Radius:
         return self.distance(x) > self.value
 
 
-def domain_shift(train: np.ndarray, data: np.ndarray, groups: np.ndarray | None = None) -> dict:
-    """The shift summary of ``data [N, D]`` against ``train [M, D]`` features (see the module doc)."""
+def domain_shift(
+    train: np.ndarray, data: np.ndarray, groups: np.ndarray | None = None, radius: Radius | None = None
+) -> dict:
+    """The shift summary of ``data [N, D]`` against ``train [M, D]`` features (see the module doc);
+    ``radius``: one already calibrated on ``train``."""
     train, data = np.asarray(train, dtype=np.float64), np.asarray(data, dtype=np.float64)
     mu, sd = train.mean(0), train.std(0)
     live = sd > 1e-8
     mean_shift = float(np.mean(np.abs(data.mean(0) - mu)[live] / sd[live])) if live.any() else 0.0
     std_ratio = float(np.median(data.std(0)[live] / sd[live])) if live.any() and len(data) > 1 else 1.0
-    calibrated = Radius(train, groups)
+    calibrated = radius if radius is not None else Radius(train, groups)
     radius = calibrated.value
     distance = calibrated.distance(data)
     outside = float(np.mean(distance > radius))
