@@ -200,3 +200,89 @@ def test_one_seed_rule(env, tmp_path, command, seed):
         "extract": ["extract", env.data, "--out", tmp_path / "c.h5", "--weights", "none"],
     }[command]
     assert f"--seed must be in 0..2**63-1, got {seed}" in _error(_run([*argv, "--seed", seed]))
+
+
+FORMULAS = ['=HYPERLINK("http://x","y")', "@SUM(1+1)"]
+
+
+def test_formula_class_names_are_neutralised_in_every_csv_and_read_back(env, tmp_path):
+    import csv
+
+    import h5py
+
+    from fastall.system import csvsafe
+
+    cache = tmp_path / "formula.h5"
+    shutil.copy(env.cache, cache)
+    with h5py.File(cache, "r+") as f:
+        del f["class_names"]
+        f.create_dataset("class_names", data=FORMULAS, dtype=h5py.string_dtype())
+    run = tmp_path / "run"
+    result = _run(["train-head", cache, "--out", run, "--folds", "2", "--test", "none", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    for name in ("predictions.csv", "folds.csv"):
+        with open(run / name, newline="") as fh:
+            raw = [cell for row in csv.reader(fh) for cell in row]
+        assert not any(cell.startswith(("=", "@", "+", "-")) and not _number(cell) for cell in raw), name
+        with open(run / name, newline="") as fh:
+            values = {v for row in csvsafe.dict_reader(fh) for v in row.values()}
+        assert set(FORMULAS) <= values, name
+    assert csvsafe.uncell(csvsafe.cell("'=x")) == "'=x" and csvsafe.cell("-0.25") == "-0.25"
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_sweep_random_too_many_is_refused_up_front(env, tmp_path):
+    error = _error(
+        _run(["sweep", env.cache, "--out", tmp_path / "s", "--random", "100000000", "--folds", "2"])
+    )
+    assert "--random: 100,000,000 configuration(s)" in error and "GiB" in error and "use at most" in error
+    assert "at least 1 configuration" in _error(
+        _run(["sweep", env.cache, "--out", tmp_path / "t", "--random", "0"])
+    )
+
+
+def test_tune_grid_too_large_is_refused_before_it_is_made(env, tmp_path):
+    values = ",".join(str(v) for v in range(1, 101))
+    grid = f"epochs={values} hidden={values} batch_size={values} dropout=0.1,0.2,0.3,0.4,0.5"
+    argv = ["train-head", env.cache, "--out", tmp_path / "r", "--selection", "inner", "--tune", grid]
+    assert "--tune: 5,000,000 configuration(s)" in _error(_run(argv))
+
+
+def test_bench_threads_are_bounded_by_the_usable_cores():
+    error = _error(_run(["bench", "--threads", "100000", "--images", "1", "--iters", "1"]))
+    assert "--threads 100000" in error and "core" in error
+
+
+def test_evaluate_refuses_another_datasets_cache(env, tmp_path):
+    other = _other_pixels_cache(Env(env.data, env.cache, env.run, tmp_path))
+    error = _error(_run(["evaluate", env.run, env.data, "--out", tmp_path / "ev", "--cache", other]))
+    assert "does not match the run" in error and "content_fingerprint" in error
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda b: b["state_dict"]["fc1.weight"].view(-1)[:3].fill_(float("nan")), "non-finite"),
+        (lambda b: b["state_dict"]["fc2.bias"].fill_(float("inf")), "non-finite"),
+        (lambda b: b["state_dict"]["std"].zero_(), "'std' has"),
+        (lambda b: b["head_config"].update(dropout=float("nan")), "dropout nan"),
+        (lambda b: b["state_dict"].update(mean="zero"), "'mean' is a str"),
+    ],
+)
+def test_a_broken_head_is_refused_where_it_is_loaded(env, tmp_path, edit, fragment):
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(env.run, run)
+    blob = torch.load(run / "head.pt", weights_only=True)
+    edit(blob)
+    torch.save(blob, run / "head.pt")
+    assert fragment in _error(_run(["predict", run, env.data, "--out", tmp_path / "p.csv"]))
+    assert fragment in _error(_run(["export", run, "--out", tmp_path / "m.pt", "--precision", "fp32"]))

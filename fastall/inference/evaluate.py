@@ -10,7 +10,6 @@ report/index.html.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.shift import Radius, domain_shift, same_files
 from fastall.inference.threshold import choose_threshold
 from fastall.reporting.provenance import command_line
+from fastall.system import csvsafe
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.metrics import clinical_metrics
@@ -257,6 +257,6 @@ def _write_predictions(path, records, names, y, prob, score, t, ood=None) -> Non
 def _write_rows(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as fh:
         if rows:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+            writer = csvsafe.dict_writer(fh, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)

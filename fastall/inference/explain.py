@@ -13,7 +13,6 @@ and their ``requires_grad`` flags are never touched.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -34,6 +33,7 @@ from fastall.data.walk import find_images
 from fastall.errors import FastallError
 from fastall.features.backbone import GRADCAM_LAYERS, gradcam_layout_back, gradcam_nchw, target_layer
 from fastall.inference.model import LeukemiaClassifier
+from fastall.system import csvsafe
 from fastall.system.runfolder import atomic_folder, check_target
 
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM"}
@@ -352,7 +352,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], class_names: list[str]) -
 
 def _write_table(path: Path, header: list[str], rows: Sequence[Sequence[Any]]) -> None:
     with open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
+        writer = csvsafe.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from fastall.errors import FastallError
 from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.shift import Radius
+from fastall.system import csvsafe
 from fastall.system.runfolder import check_output_file
 
 TTA_SEED = 0
@@ -161,7 +161,7 @@ def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
     """
     out = Path(out)
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csvsafe.writer(buf, lineterminator="\n")
     ood = [] if preds.ood is None else ["ood"]
     writer.writerow(["path", "label", *(f"prob_{c}" for c in preds.class_names), *ood])
     flags = preds.ood if preds.ood is not None else [None] * len(preds.paths)
@@ -173,7 +173,7 @@ def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
         sidecar.unlink(missing_ok=True)
         return None
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csvsafe.writer(buf, lineterminator="\n")
     writer.writerow(["path", "reason"])
     writer.writerows(preds.skipped)
     _atomic_text(sidecar, buf.getvalue())

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from fastall.errors import FastallError
+from fastall.system import csvsafe
 from fastall.system.files import open_regular_text
 
 
@@ -22,7 +23,7 @@ def oof_predictions(run: str | Path, positive: str) -> tuple[np.ndarray, np.ndar
     path = Path(run) / "predictions.csv"
     try:
         with open_regular_text(path) as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("split") == "val"]
+            rows = [r for r in csvsafe.dict_reader(fh) if r.get("split") == "val"]
         truth = np.array([r["label"] == positive for r in rows], dtype=np.int64)
         score = np.array([float(r["probability"]) for r in rows], dtype=np.float64)
     except OSError as err:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fastall.errors import FastallError
+from fastall.system import csvsafe
 from fastall.system.files import open_regular_text
 
 
@@ -114,7 +115,7 @@ def _json(path: Path, fmt: str) -> dict:
 def _csv(path: Path) -> list[dict]:
     try:
         with open_regular_text(path) as fh:
-            return list(csv.DictReader(fh))
+            return list(csvsafe.dict_reader(fh))
     except OSError as err:
         raise FastallError(f"{path}: unreadable ({err.strerror or err})") from None
     except (csv.Error, UnicodeDecodeError) as err:

@@ -12,7 +12,6 @@ backbone and is added by :mod:`fastall.inference.costs`.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from rich.console import Console
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
 from fastall.reporting.compare import write_outputs
+from fastall.system import csvsafe
 from fastall.system.names import safe_token
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.bootstrap import paired_auc_difference, patient_codes
@@ -141,7 +141,7 @@ def _names(caches: Sequence[FeatureCache]) -> list[str]:
 
 def _folds_of(run: Path) -> dict[str, str]:
     with open(run / "folds.csv", newline="") as fh:
-        return {row["patient"]: str(row["fold"]) for row in csv.DictReader(fh)}
+        return {row["patient"]: str(row["fold"]) for row in csvsafe.dict_reader(fh)}
 
 
 def _oof_scores(run: Path, cache: FeatureCache) -> np.ndarray:
@@ -149,7 +149,7 @@ def _oof_scores(run: Path, cache: FeatureCache) -> np.ndarray:
     row_of = {p: i for i, p in enumerate(cache.paths.astype(str))}
     scores = np.full(cache.n_images, np.nan)
     with open(run / "predictions.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
+        for row in csvsafe.dict_reader(fh):
             if row["split"] == "val":
                 scores[row_of[row["path"]]] = float(row["probability"])
     return scores

@@ -15,7 +15,6 @@ none), ``lr`` is the learning rate the epoch trained with.
 
 from __future__ import annotations
 
-import csv
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from fastall import __version__
 from fastall.features.cache import FeatureCache
 from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
 from fastall.reporting.provenance import command_line
+from fastall.system import csvsafe
 from fastall.system.jsonable import plain
 from fastall.training.config import HISTORY_KEYS, HeadConfig, HeadResult
 from fastall.training.divergence import diverged, metrics_or_nan
@@ -172,7 +172,7 @@ def write_head(path: Path, prep: Prepared, results: list[HeadResult], cfg: HeadC
 def write_folds_csv(path: Path, prep: Prepared) -> None:
     rows = fold_table(prep.splits, prep.cache.labels, prep.cache.patients, prep.cache.class_names)
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["patient", "class", "images", "fold"])
+        writer = csvsafe.dict_writer(fh, fieldnames=["patient", "class", "images", "fold"])
         writer.writeheader()
         writer.writerows(rows)
 
@@ -215,7 +215,7 @@ def write_predictions(path: Path, prep: Prepared, results: list[HeadResult], tta
             )
         lines += _lines(c, prep.splits.test, "test", "", final.probs["test"], cols)
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+        writer = csvsafe.dict_writer(fh, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(sorted(lines, key=lambda d: d["path"]))
 

@@ -36,7 +36,7 @@ from fastall.training.config import (
 )
 from fastall.training.divergence import check_divergence
 from fastall.training.engine import train_stacks
-from fastall.training.grid import expand, parse_grid
+from fastall.training.grid import check_budget, count_configs, expand, parse_grid
 from fastall.training.hygiene import check_rows, content_leak_notes
 from fastall.training.patients import run_patient_level
 from fastall.training.presets import PRESETS, protocol_record
@@ -147,6 +147,12 @@ def train_head(
     prep = prepare(cache_path, options)
     console = options.console
     warn = None if console is None else lambda m: console.print(f"[yellow]Warning:[/] {m}", soft_wrap=True)
+    if options.tune:
+        estimate = check_budget(
+            len(configs), options.folds, prep.splits.pool.size, prep.data.classes, "--tune"
+        )
+        if console is not None and options.progress:
+            console.print(f"[dim]--tune: {estimate}[/]", highlight=False)
     shift = view_shift(prep.cache.features, prep.splits.pool, options.train_views)
     if shift["large"]:
         prep.notes.append(shift["message"])
@@ -228,7 +234,9 @@ def check_protocol(config: HeadConfig, options: TrainOptions) -> list[HeadConfig
         raise FastallError(
             "--tune chooses on an inner split: it needs --selection inner (not the paper preset)"
         )
-    return [c.check() for c in expand(parse_grid(options.tune, flag="--tune"), config)]
+    spec = parse_grid(options.tune, flag="--tune")
+    check_budget(count_configs(spec), options.folds, 0, 2, "--tune")  # before making them; again once loaded
+    return [c.check() for c in expand(spec, config)]
 
 
 def _train(
@@ -309,7 +317,9 @@ class _EpochProgress:
         self.bar = Progress(console=self.console or Console(stderr=True), transient=True)
         self.bar.__enter__()
         self.task = self.bar.add_task("training heads", total=self.epochs)
-        return lambda group, groups, done, total: self.bar.update(self.task, completed=done, total=total)
+        return lambda group, groups, done, total: self.bar.update(
+            self.task, completed=done, total=total, description=f"training heads, group {group + 1}/{groups}"
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
