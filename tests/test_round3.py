@@ -286,3 +286,22 @@ def test_a_broken_head_is_refused_where_it_is_loaded(env, tmp_path, edit, fragme
     torch.save(blob, run / "head.pt")
     assert fragment in _error(_run(["predict", run, env.data, "--out", tmp_path / "p.csv"]))
     assert fragment in _error(_run(["export", run, "--out", tmp_path / "m.pt", "--precision", "fp32"]))
+
+
+def test_sigterm_to_extract_ends_with_one_line(env, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "c.h5"
+    cmd = [sys.executable, "-m", "fastall", "extract", str(env.data), "--out", str(out), "--weights", "none"]
+    cmd += ["--views", "40", "--image-size", "224", "--device", "cpu", "--workers", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    time.sleep(10)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert b"stopped by SIGTERM" in err and b"partial" in err and b"Traceback" not in err
+    assert not out.exists()

@@ -115,6 +115,12 @@ def compile_patient_regex(pattern: str | None) -> re.Pattern | None:
         raise FastallError(
             f"--patient-regex {pattern!r} must have exactly one capture group, has {regex.groups}"
         )
+    empty = regex.search("")
+    if empty is not None and not empty.group(1):
+        raise FastallError(
+            f"--patient-regex {pattern!r}: its group can capture an empty patient ID; make it match at least "
+            r"one character, e.g. '(P\d+)_'"
+        )
     return regex
 
 

@@ -167,16 +167,21 @@ def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
     flags = preds.ood if preds.ood is not None else [None] * len(preds.paths)
     for path, label, row, flag in zip(preds.paths, preds.labels, preds.probs, flags, strict=True):
         writer.writerow([path, label, *(f"{p:.6f}" for p in row), *([int(flag)] if ood else [])])
-    _atomic_text(out, buf.getvalue())
     sidecar = sidecar_of(out)
     if not preds.skipped:
         sidecar.unlink(missing_ok=True)
+        _atomic_text(out, buf.getvalue())
         return None
-    buf = io.StringIO()
-    writer = csvsafe.writer(buf, lineterminator="\n")
+    side = io.StringIO()
+    writer = csvsafe.writer(side, lineterminator="\n")
     writer.writerow(["path", "reason"])
     writer.writerows(preds.skipped)
-    _atomic_text(sidecar, buf.getvalue())
+    _atomic_text(sidecar, side.getvalue())  # first: a full disk never leaves the CSV without its sidecar
+    try:
+        _atomic_text(out, buf.getvalue())
+    except FastallError:
+        sidecar.unlink(missing_ok=True)
+        raise
     return sidecar
 
 

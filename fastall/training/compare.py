@@ -230,22 +230,26 @@ def compare_caches(
     }
     entries, scores = [], []
     with atomic_folder(out, overwrite=overwrite) as tmp:
-        for name, cache in zip(names, loaded, strict=True):
-            if console is not None:
-                console.print(f"[dim]{name}: training heads on {cache.path}[/]", highlight=False)
-            cfg = config
-            if options.sweep:
-                cfg = _best_of_sweep(cache.path, tmp / "sweeps" / name, options)
-            result = run_train_head(cache.path, tmp / "runs" / name, cfg, options)
-            if _folds_of(tmp / "runs" / name) != expected:
-                raise FastallError(f"{name}: train-head made other folds than the comparison's (a bug)")
-            entries.append(_entry(name, cache, Path("runs") / name, result.metrics, cfg))
-            probe = probe_cache(read_cache(cache.path), splits)
-            entries[-1]["probe"] = {"oof_auc": probe.pooled.get("auc"), **probe.summary, "test": probe.test}
-            scores.append(_oof_scores(tmp / "runs" / name, cache))
-        results = _rank(entries, scores, ref, splits, options)
-        results["config"] = asdict(config)
-        write_outputs(tmp, results)
+        try:
+            for name, cache in zip(names, loaded, strict=True):
+                if console is not None:
+                    console.print(f"[dim]{name}: training heads on {cache.path}[/]", highlight=False)
+                cfg = config
+                if options.sweep:
+                    cfg = _best_of_sweep(cache.path, tmp / "sweeps" / name, options)
+                result = run_train_head(cache.path, tmp / "runs" / name, cfg, options)
+                if _folds_of(tmp / "runs" / name) != expected:
+                    raise FastallError(f"{name}: train-head made other folds than the comparison's (a bug)")
+                entries.append(_entry(name, cache, Path("runs") / name, result.metrics, cfg))
+                probe = probe_cache(read_cache(cache.path), splits)
+                oof_auc = probe.pooled.get("auc")
+                entries[-1]["probe"] = {"oof_auc": oof_auc, **probe.summary, "test": probe.test}
+                scores.append(_oof_scores(tmp / "runs" / name, cache))
+            results = _rank(entries, scores, ref, splits, options)
+            results["config"] = asdict(config)
+            write_outputs(tmp, results)
+        except FastallError as err:  # name OUT, never the temporary folder it is built in
+            raise FastallError(str(err).replace(str(tmp), str(Path(out).absolute()))) from None
     return Comparison(Path(out).absolute(), results)
 
 
