@@ -491,6 +491,23 @@ ROUND3 = [
     ),
 ]
 
+ROUND3 += [
+    Case(
+        "round 3: small",
+        "compare on a full disk (the message named a temporary folder)",
+        lambda e: _hostile_backbone(e, "other"),
+        fragments=("cmp/runs/", "no space left on device"),
+        env=(("FASTALL_TEST_ENOSPC_AT", "run-folder"),),
+    ),
+    Case(
+        "round 3: small",
+        "predict with a skipped file on a full disk (left p.csv without p.skipped.csv)",
+        lambda e: _latin1_predict(e),
+        fragments=("p.skipped.csv", "no space left on device"),
+        env=(("FASTALL_TEST_ENOSPC_AT", "text"),),
+    ),
+]
+
 if _HAVE_ORT:
     ROUND3 += [
         Case(

@@ -305,3 +305,20 @@ def test_sigterm_to_extract_ends_with_one_line(env, tmp_path):
     assert proc.returncode == 143, err
     assert b"stopped by SIGTERM" in err and b"partial" in err and b"Traceback" not in err
     assert not out.exists()
+
+
+def test_a_throughput_ratio_above_one_is_marked_as_noise():
+    from fastall.inference.timing import ratio_text
+
+    row = {"end_to_end_vs_model_only": 1.15, "model_only_spread": 0.3, "model_only_batches": 4}
+    assert "within noise" in ratio_text({**row, "ratio_within_noise": True})
+    assert ratio_text({**row, "end_to_end_vs_model_only": 0.5, "ratio_within_noise": False}) == "0.50"
+
+
+def test_predict_on_a_full_disk_leaves_neither_file(env, tmp_path):
+    from tests.bad_inputs_round3 import _latin1_predict
+
+    argv = _latin1_predict(Env(env.data, env.cache, env.run, tmp_path))
+    result = CliRunner(env={"FASTALL_TEST_ENOSPC_AT": "text"}).invoke(cli, argv)
+    assert result.exit_code != 0 and "no space left on device" in result.output
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.skipped.csv").exists()

@@ -25,7 +25,7 @@ from fastall.head import Head
 from fastall.inference.artifacts import load_run
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import calibration_pick, compare_logits, logits, try_precision
-from fastall.inference.timing import paired_latency, paired_throughput
+from fastall.inference.timing import paired_latency, paired_throughput, ratio_text
 from fastall.system.devices import decide_precision, resolve_device
 from fastall.system.machine import machine_info, thread_info
 
@@ -393,6 +393,6 @@ def render(result: dict[str, Any]):
                 str(r["batch_size"]),
                 f"{r['end_to_end_img_s']:.1f}",
                 f"{r['model_only_img_s']:.1f}",
-                f"{r['end_to_end_vs_model_only']:.2f}",
+                ratio_text(r),
             )
     return lat, tput
