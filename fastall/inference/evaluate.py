@@ -127,15 +127,22 @@ def run_model(
 
 
 def _training_cache(record: dict, cache: str | Path | None, notes: list[str], head: Path):
-    """The run's training cache (``--cache`` or the recorded one), checked against the run: another
-    dataset's or backbone's cache is refused, before any work."""
+    """The run's training cache (``--cache`` or the recorded one), checked against the run before any work:
+    another dataset's or backbone's cache given as ``--cache`` is refused; a recorded one that no longer
+    matches is noted and not used."""
     path = Path(str(cache or record.get("cache_path") or ""))
     if not path.is_file():
         if cache:
             raise FastallError(f"--cache {cache}: no such cache file")
         notes.append(f"the run's training cache {path} is not here (pass --cache PATH): shift not measured")
         return None
-    return check_cache(record, read_cache(path), head)
+    try:
+        return check_cache(record, read_cache(path), head)
+    except FastallError as err:
+        if cache:
+            raise
+        notes.append(f"{err}: shift not measured (pass the run's cache with --cache PATH)")
+        return None
 
 
 def evaluate_run(
