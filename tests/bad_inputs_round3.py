@@ -273,7 +273,7 @@ ROUND3 = [
         lambda e: _hostile_backbone(e, "../../y"),
         expect="reported",
         fragments=("y-",),
-        show="training heads",
+        show="hostile.h5",
     ),
     Case(
         "round 3: wrong results",
@@ -396,7 +396,7 @@ ROUND3 = [
     ),
     Case(
         "round 3: wrong results",
-        "evaluate --cache another backbone's cache (internal error: a 512 vs 960 broadcast)",
+        "evaluate --cache another backbone's cache (crashed on a 512 vs 960 broadcast)",
         lambda e: [
             "evaluate",
             str(e.run),

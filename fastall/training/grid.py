@@ -95,7 +95,8 @@ def check_budget(n: int, folds: int, images: int, classes: int, flag: str) -> st
     of the memory available now. Training itself runs in stacks sized to memory by the engine."""
     per = images * classes * 8 + folds * RESULT_OVERHEAD
     need, free = n * per, available_memory()
-    line = f"{n:,} configuration(s) x {folds} fold(s), {images:,} images: about {need / 2**30:.2f} GiB kept"
+    on = f", {images:,} images" if images else ""
+    line = f"{n:,} configuration(s) x {folds} fold(s){on}: about {need / 2**30:.2f} GiB kept"
     if free is not None and need > free / 2:
         raise FastallError(
             f"{flag}: {line}, over half of the {free / 2**30:.1f} GiB available: use at most about "
