@@ -28,7 +28,7 @@ from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult, TrainOptions
 from fastall.training.divergence import diverged, metrics_or_nan
-from fastall.training.engine import train_stacks
+from fastall.training.engine import time_floor, train_stacks
 from fastall.training.grid import Range, check_budget, count_configs, expand, parse_grid, sample
 from fastall.training.metrics import summarize
 from fastall.training.train_head import Prepared, prepare
@@ -82,9 +82,10 @@ def sweep(
     flag = "--random" if random else "--grid"
     n_pool = int(prep.splits.pool.size)
     estimate = check_budget(count_configs(spec, random), options.folds, n_pool, prep.data.classes, flag)
-    if options.console is not None and options.progress:
-        options.console.print(f"[dim]sweep: {estimate}[/]", highlight=False)
     configs = sample(spec, random, options.seed) if random else expand(spec)
+    if options.console is not None and options.progress:
+        floor = time_floor(configs, options.folds, n_pool, prep.data.dim, prep.device)
+        options.console.print(f"[dim]sweep: {estimate}; {floor}[/]", highlight=False)
     t0 = time.perf_counter()
     with _GroupProgress(options.progress, options.console, configs) as on_progress:
         heads = train_stacks(

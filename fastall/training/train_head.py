@@ -35,7 +35,7 @@ from fastall.training.config import (
     split_keywords,
 )
 from fastall.training.divergence import check_divergence
-from fastall.training.engine import train_stacks
+from fastall.training.engine import time_floor, train_stacks
 from fastall.training.grid import check_budget, count_configs, expand, parse_grid
 from fastall.training.hygiene import check_rows, content_leak_notes
 from fastall.training.patients import run_patient_level
@@ -148,11 +148,11 @@ def train_head(
     console = options.console
     warn = None if console is None else lambda m: console.print(f"[yellow]Warning:[/] {m}", soft_wrap=True)
     if options.tune:
-        estimate = check_budget(
-            len(configs), options.folds, prep.splits.pool.size, prep.data.classes, "--tune"
-        )
+        pool = int(prep.splits.pool.size)
+        estimate = check_budget(len(configs), options.folds, pool, prep.data.classes, "--tune")
         if console is not None and options.progress:
-            console.print(f"[dim]--tune: {estimate}[/]", highlight=False)
+            floor = time_floor(configs, options.folds, pool, prep.data.dim, prep.device)
+            console.print(f"[dim]--tune: {estimate}; {floor}[/]", highlight=False)
     shift = view_shift(prep.cache.features, prep.splits.pool, options.train_views)
     if shift["large"]:
         prep.notes.append(shift["message"])
