@@ -269,7 +269,7 @@ def predict(
         )
 
     model = load(device) if env is None else None
-    radius, why = (None, "ood is not measured under torchrun") if env is not None else training_radius(run)
+    radius, why = training_radius(run)
     with Progress(
         "[bold]predict",
         BarColumn(),
@@ -288,9 +288,10 @@ def predict(
                 Text.assemble(("skipped: ", "yellow"), msg), soft_wrap=True
             ),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            radius=radius,
         )
         if env is None:
-            preds = predict_paths(model, paths, radius=radius, **options)
+            preds = predict_paths(model, paths, **options)
         else:
             from fastall.inference.distributed import predict_distributed
 
