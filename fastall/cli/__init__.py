@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
+
+os.environ.setdefault(
+    "OPENCV_LOG_LEVEL", "ERROR"
+)  # OpenCV (under pytorch-grad-cam) logs from C++, not warnings
 
 from fastall.cli import (  # noqa: F401  (registers the commands)
     compare,
