@@ -133,12 +133,15 @@ def test_compare_refuses_same_names_with_other_pixels(env, tmp_path):
 
 
 def test_the_shift_radius_holds_one_percent_of_fresh_in_distribution_features():
-    """At C-NMC size (10,000 x 2,048), about 1% of fresh same-distribution samples fall outside."""
+    """At C-NMC size (10,000 x 2,048), about 1% of fresh same-distribution samples fall outside. The Gaussian
+    has a decaying spectrum (variance 1/i), like backbone features: there the in-sample percentile left 100%
+    of fresh samples outside (benchmarks/results/shift_radius_cpu.json)."""
     from fastall.inference.shift import Radius
 
     rng = np.random.default_rng(7)
-    radius = Radius(rng.standard_normal((10_000, 2048), dtype=np.float32))
-    outside = radius.outside(rng.standard_normal((5_000, 2048), dtype=np.float32)).mean()
+    scale = (1.0 / np.sqrt(np.arange(1, 2049))).astype(np.float32)
+    radius = Radius(rng.standard_normal((10_000, 2048), dtype=np.float32) * scale)
+    outside = radius.outside(rng.standard_normal((5_000, 2048), dtype=np.float32) * scale).mean()
     assert 0.005 <= outside <= 0.02, outside
 
 
