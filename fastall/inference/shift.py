@@ -5,8 +5,9 @@ in training standard deviations (a standardised mean difference); ``std_ratio`` 
 std_DATA / std_train. The Mahalanobis radius is calibrated out of sample (:class:`Radius`): a Ledoit-Wolf
 covariance is fitted on one half of the training images (split by patient where patients are known) and the
 radius is the 99th percentile of the *other* half's distances, so about 1% of fresh in-distribution images
-fall outside it. (The percentile of the fitted rows' own distances is far too small in high dimensions: at
-10,000 x 2,048, 96% of fresh same-distribution samples fell outside it.)
+fall outside it. (The percentile of the fitted rows' own distances is far too small for features with a
+decaying spectrum, as backbone features have: at 10,000 x 2,048, 100% of fresh same-distribution samples fell
+outside it; benchmarks/results/shift_radius_cpu.json.)
 
 Warning rule (``large``): more than 10% of DATA outside the radius (ten times the expected 1%), or a mean
 shift above 0.5 training standard deviations, or a median std ratio outside [0.5, 2].
