@@ -43,7 +43,9 @@ class Head(nn.Module):
     @classmethod
     def from_state(cls, config: dict[str, Any] | None, state: dict[str, torch.Tensor]) -> Head:
         """The one way to rebuild a head: sizes from ``config`` (or, if None, from the state dict), weights
-        loaded, eval mode. A state that does not fit raises a one-line ``FastallError``."""
+        loaded, eval mode. A state that does not fit, or holds NaN/Inf, a zero or negative ``std`` or a
+        dropout outside [0, 1), raises a one-line ``FastallError``."""
+        _check_values(config, state)
         try:
             head = cls(**(config if config is not None else _sizes(state)))
             head.load_state_dict(state)
@@ -84,6 +86,31 @@ def head_state_dict(
 def head_from_state_dict(state: dict[str, torch.Tensor], dropout: float = 0.5) -> Head:
     """Rebuild a :class:`Head` (sizes read from the state dict) and load it."""
     return Head.from_state({**_sizes(state), "dropout": dropout}, state)
+
+
+def _check_values(config: dict[str, Any] | None, state: dict[str, Any]) -> None:
+    """Refuse what would load but predict nonsense: non-numeric or non-finite weights, a std that is not
+    positive (a division by zero), a dropout that is not a number in [0, 1)."""
+    if not isinstance(state, dict):
+        raise FastallError(f"head weights are a {type(state).__name__}, not a state dict")
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise FastallError(f"head weight {name!r} is a {type(value).__name__}, not a float tensor")
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise FastallError(
+                f"head weight {name!r} holds {bad} non-finite value(s) (NaN/Inf): the head is unusable; "
+                "retrain it"
+            )
+    std = state.get("std")
+    if isinstance(std, torch.Tensor) and bool((std <= 0).any()):
+        raise FastallError(
+            f"head standardisation 'std' has {int((std <= 0).sum())} zero or negative value(s): a division "
+            "by zero; retrain the head"
+        )
+    dropout = (config or {}).get("dropout", 0.5)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise FastallError(f"head_config dropout {dropout!r}: not a number in [0, 1)")
 
 
 def _sizes(state: dict[str, torch.Tensor]) -> dict[str, int]:

@@ -1865,3 +1865,7 @@ CASES += [
         fragments=("fastall-run", "not a fastall-probe"),
     ),
 ]
+
+from tests.bad_inputs_round3 import ROUND3  # noqa: E402  (its cases use the helpers above)
+
+CASES += ROUND3

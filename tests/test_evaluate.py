@@ -204,3 +204,19 @@ def test_train_head_records_patient_level(runs):
     out = io.StringIO()
     print_run(m, runs / "runA", Console(file=out, width=300))
     assert f"patient level (out of fold): {oof['patients']} patients" in out.getvalue()
+
+
+def test_class_mapping_is_exact_and_refuses_doubles_and_unknown_classes():
+    from fastall.data.records import Record
+
+    records = [Record(Path(f"{c}/{i}.bmp"), f"{c}/{i}.bmp", 0, c, f"p{i}", c) for i, c in enumerate("aAb")]
+    with pytest.raises(FastallError, match="DATA class 'A' is not a class of the run"):
+        map_labels(records, ["a", "b"], {})
+    assert list(map_labels(records, ["a", "A", "b"], {})) == [0, 1, 2]
+    assert list(map_labels(records, ["x", "y"], {"a": "x", "A": "y", "b": "y"})) == [0, 1, 1]
+    with pytest.raises(FastallError, match="not a class of the run"):
+        map_labels(records, ["a", "b"], {"A": "B"})
+    with pytest.raises(FastallError, match="'ghost', not a class of DATA"):
+        map_labels(records, ["a", "A", "b"], {"ghost": "a"})
+    with pytest.raises(FastallError, match="'a' is mapped twice"):
+        parse_classes("a=x,b=y,a=y")

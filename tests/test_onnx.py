@@ -104,3 +104,50 @@ def test_without_the_extra_one_line_names_it(e2e, tmp_path, monkeypatch):
         cli, ["export", str(e2e.run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]
     )
     assert result.exit_code == 1 and "fastall[onnx]" in result.output and "Traceback" not in result.output
+
+
+def test_the_export_records_a_graph_sha256_and_a_corrupted_file_is_refused(exported, tmp_path):
+    from fastall.inference.onnx_export import GRAPH_SHA256, open_fastall_onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert len(meta[GRAPH_SHA256]) == 64
+    open_fastall_onnx(exported)
+    data = bytearray(exported.read_bytes())
+    rng = np.random.default_rng(0)
+    start = len(data) // 2  # inside the weights: the file still parses
+    for i in rng.choice(4096, size=1000, replace=False):
+        data[start + int(i)] ^= 0xFF
+    bad = tmp_path / "flipped.onnx"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FastallError, match="sha256 differs"):
+        open_fastall_onnx(bad)
+
+
+@pytest.mark.parametrize("kind", ["float input", "fixed batch", "other name", "one output"])
+def test_a_foreign_onnx_model_gets_one_line(tmp_path, kind):
+    from onnx import TensorProto, helper
+
+    from fastall.inference.onnx_export import open_fastall_onnx
+
+    dtype = TensorProto.FLOAT if kind == "float input" else TensorProto.UINT8
+    batch = 1 if kind == "fixed batch" else "batch"
+    name = "input" if kind == "other name" else "pixels"
+    outputs = ["logits"] if kind == "one output" else ["logits", "probabilities"]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], [o]) for o in outputs],
+        "foreign",
+        [helper.make_tensor_value_info(name, dtype, [batch, 3, 32, 32])],
+        [helper.make_tensor_value_info(o, dtype, [batch, 3, 32, 32]) for o in outputs],
+    )
+    model = helper.make_model(graph)
+    if kind == "fixed batch":
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "fastall_format", "fastall-onnx"
+    path = tmp_path / "foreign.onnx"
+    onnx.save(model, str(path))
+    result = CliRunner().invoke(cli, ["bench", "--device", "cpu", "--onnx", str(path), "--images", "2"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "foreign.onnx" in errors[0], result.output
+    with pytest.raises(FastallError):
+        open_fastall_onnx(path)

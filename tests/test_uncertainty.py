@@ -55,9 +55,9 @@ def _metrics_quietly(y: np.ndarray, prob: np.ndarray, k: int) -> dict:
     labels = list(range(k))
     out = {"accuracy": skm.accuracy_score(y, pred), "balanced_accuracy": skm.balanced_accuracy_score(y, pred)}
     avg = {"average": "binary", "pos_label": 1} if k == 2 else {"average": "macro", "labels": labels}
-    out["recall"] = skm.recall_score(y, pred, zero_division=0, **avg)
-    out["precision"] = skm.precision_score(y, pred, zero_division=0, **avg)
-    out["f1"] = skm.f1_score(y, pred, zero_division=0, **avg)
+    out["recall"] = skm.recall_score(y, pred, zero_division=np.nan, **avg)
+    out["precision"] = skm.precision_score(y, pred, zero_division=np.nan, **avg)
+    out["f1"] = skm.f1_score(y, pred, zero_division=np.nan, **avg)
     out["f1_weighted"] = skm.f1_score(y, pred, labels=labels, average="weighted", zero_division=0)
     out["mcc"] = skm.matthews_corrcoef(y, pred)
     onehot = np.eye(k)[y]

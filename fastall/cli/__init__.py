@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+
+# OpenCV (under pytorch-grad-cam) logs from C++, not through warnings: errors only.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 from fastall.cli import (  # noqa: F401  (registers the commands)
     compare,

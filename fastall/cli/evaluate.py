@@ -100,6 +100,11 @@ def evaluate_cmd(
         say("patients: " + patient_line(r["patient_level"]))
     if "shift" in r:
         say("domain shift: " + shift_line(r["shift"]))
+        o = r["ood"]
+        say(
+            f"ood: {o['outside']} of {o['images']} image(s) outside the run's training-feature radius "
+            "(about 1% expected for images like the training ones); column ood of predictions.csv"
+        )
     for note in r["notes"]:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     for warning in ev.warnings:

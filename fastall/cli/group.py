@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+import warnings
 
 import click
 from rich.console import Console
@@ -88,6 +92,32 @@ def _allocator_detail(err: BaseException) -> str:
     return text.splitlines()[0][:160]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that it ends like Ctrl-C: one line saying what was kept."""
+
+
+@contextlib.contextmanager
+def _terminated_on_sigterm():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """A library warning as one line on stderr (no source file, no code line)."""
+    text = str(message).strip().splitlines()
+    click.echo(f"warning: {text[0] if text else category.__name__}", err=True)
+
+
 class _UserError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
@@ -99,9 +129,15 @@ class FastallGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings(), _terminated_on_sigterm():
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except Terminated:
+            raise _UserError(
+                f"stopped by SIGTERM; {INTERRUPTED.get(ctx.invoked_subcommand, NOTHING_KEPT)}", 143
+            ) from None
         except FastallError as err:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise _UserError(message, err.exit_code) from None

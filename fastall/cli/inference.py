@@ -102,7 +102,10 @@ def verify(
     "benchmark images.",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch [all cores]."
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch, at most the usable cores [all of them].",
 )
 @click.option(
     "--run",
@@ -260,6 +263,7 @@ def predict(
     from rich.text import Text
 
     from fastall.inference.artifacts import load_for_inference
+    from fastall.inference.ood import ood_line, training_radius
     from fastall.inference.predict import check_out, predict_paths, write_predictions
     from fastall.system.distributed import detect
 
@@ -272,6 +276,7 @@ def predict(
         )
 
     model = load(device) if env is None else None
+    radius, why = training_radius(run)
     with Progress(
         "[bold]predict",
         BarColumn(),
@@ -290,6 +295,7 @@ def predict(
                 Text.assemble(("skipped: ", "yellow"), msg), soft_wrap=True
             ),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            radius=radius,
         )
         if env is None:
             preds = predict_paths(model, paths, **options)
@@ -307,3 +313,4 @@ def predict(
     )
     if preds.skipped:
         click.echo(f"{len(preds.skipped)} unreadable files skipped, listed in {sidecar}")
+    click.echo(ood_line(preds.ood) if preds.ood is not None else f"note: {why}")

@@ -17,9 +17,10 @@ from pathlib import Path
 from fastall.data.duplicates import lookalike_warning
 from fastall.data.patients_file import apply_patients
 from fastall.data.records import Dataset, Record
-from fastall.data.walk import IMAGE_EXTENSIONS, walk_files
+from fastall.data.walk import IMAGE_EXTENSIONS, NOT_UTF8, walk_files
 from fastall.errors import FastallError
 from fastall.system.files import open_regular
+from fastall.system.names import shown, undecodable
 
 CNMC_CLASSES = ["hem", "all"]
 OPTIONAL_SOURCES = ("prelim", "testing")
@@ -62,6 +63,8 @@ def discover(
         raise FastallError(f"dataset folder not found: {root}")
     if not root.is_dir():
         raise FastallError(f"not a folder: {root}")
+    if undecodable(root.absolute()):
+        raise FastallError(f"{shown(root)}: the dataset folder's {NOT_UTF8}")
     include = _parse_include(include)
     regex = compile_patient_regex(patient_regex)
     ds = Dataset(root=root, layout="generic")
@@ -127,6 +130,12 @@ def compile_patient_regex(pattern: str | None) -> re.Pattern | None:
     if regex.groups != 1:
         raise FastallError(
             f"--patient-regex {pattern!r} must have exactly one capture group, has {regex.groups}"
+        )
+    empty = regex.search("")
+    if empty is not None and not empty.group(1):
+        raise FastallError(
+            f"--patient-regex {pattern!r}: its group can capture an empty patient ID; make it match at least "
+            r"one character, e.g. '(P\d+)_'"
         )
     return regex
 
@@ -333,6 +342,9 @@ def _cnmc_testing(ds: Dataset, base: Path) -> None:
 
 def _discover_generic(ds: Dataset, regex: re.Pattern | None) -> None:
     class_dirs = _subdirs(ds.root)
+    for folder in [d for d in class_dirs if undecodable(d.name)]:
+        ds.add_problem(folder, f"class folder: {NOT_UTF8}", fatal=True)
+        class_dirs.remove(folder)
     if sorted(d.name.lower() for d in class_dirs) == ["all", "hem"]:
         class_dirs.sort(key=lambda d: d.name.lower() == "all")
     ds.class_names = [d.name for d in class_dirs]

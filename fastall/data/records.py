@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fastall.errors import FastallError
+from fastall.system.names import shown
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Dataset:
     warnings: list[str] = field(default_factory=list)
 
     def add_problem(self, path: str | Path, message: str, fatal: bool = False) -> None:
-        self.problems.append(Problem(str(path), message, fatal))
+        self.problems.append(Problem(shown(path), message, fatal))
 
     @property
     def fatal_problems(self) -> list[Problem]:

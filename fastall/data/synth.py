@@ -38,6 +38,7 @@ from fastall.data.cells import (
 )
 from fastall.data.discover import CNMC_CLASSES, PRELIM_CSV, PRELIM_DIR, TESTING_DIR, parse_cnmc_name
 from fastall.errors import FastallError
+from fastall.system.seeds import check_seed
 
 _bmp_bytes = bmp_bytes  # the name tests/bad_inputs.py imports
 
@@ -108,6 +109,7 @@ def synthesize(
     start = time.perf_counter()
     look = look or Appearance()
     _validate(patients_per_class, images_per_patient, size, max_per_patient)
+    check_seed(seed)
     _check_layout(layout, classes, testing, like_manifest, prelim)
     generic = layout == "generic"
     names = _class_names(classes) if generic else list(CNMC_CLASSES)

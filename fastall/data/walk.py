@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from fastall.system.files import file_kind
+from fastall.system.names import shown, undecodable
 
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 OnProblem = Callable[[str, str], None]
+NOT_UTF8 = "file name is not valid UTF-8 and cannot be recorded: rename it (e.g. convmv -f latin1 -t utf8)"
 
 
 def walk_files(
@@ -56,6 +58,9 @@ def walk_files(
         subdirs = []
         for entry in entries:
             if entry.name.startswith("."):
+                continue
+            if undecodable(entry.name):
+                on_problem(shown(entry.path), NOT_UTF8)
                 continue
             try:
                 if entry.is_dir():
@@ -108,7 +113,9 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[st
 
     for raw in inputs:
         top = Path(raw)
-        if top.is_dir():
+        if undecodable(top):
+            problems.append((shown(top), NOT_UTF8))
+        elif top.is_dir():
             for path in walk_files(top, report, suffixes=IMAGE_EXTENSIONS):
                 add(path)
         elif top.is_file():

@@ -34,6 +34,7 @@ from fastall.features.viewparams import describe_fills
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from fastall.system.devices import decide_precision, precision_alias, resolve_device
 from fastall.system.files import kill_point
+from fastall.system.seeds import check_seed
 
 PREPROCESS = "v1: RGB uint8, resize bilinear+antialias (whole image, no crop), /255, [augment], mean/std"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,10 +81,10 @@ def key_params_for(
 def _check_args(
     views: int, image_size: int, seed: int, batch_size: int | None, workers: int | None, amp_dtype: str | None
 ) -> None:
+    check_seed(seed)
     checks = [
         (views < 1, f"--views must be at least 1, got {views}"),
         (not 32 <= image_size <= 2048, f"--image-size must be 32..2048, got {image_size}"),
-        (not 0 <= seed < 2**63, f"--seed must be in 0..2**63-1, got {seed}"),
         (batch_size is not None and batch_size < 1, f"--batch-size must be >= 1, got {batch_size}"),
         ((workers or 0) < 0, f"--workers must be non-negative, got {workers}"),
         (

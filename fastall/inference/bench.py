@@ -25,9 +25,9 @@ from fastall.head import Head
 from fastall.inference.artifacts import load_run
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import calibration_pick, compare_logits, logits, try_precision
-from fastall.inference.timing import paired_latency, paired_throughput
+from fastall.inference.timing import paired_latency, paired_throughput, ratio_text
 from fastall.system.devices import decide_precision, resolve_device
-from fastall.system.machine import machine_info
+from fastall.system.machine import machine_info, thread_info
 
 __all__ = ["machine_info", "run_bench", "render", "latency", "throughput", "random_model"]
 
@@ -153,6 +153,8 @@ def run_bench(
     the time it takes). Defaults: batch sizes 1,8,32 on the CPU (1..256 on a GPU), 2 timed batches on the
     CPU (3 on a GPU): about a minute on 2 CPU cores. ``onnx``: also time that ONNX model (ONNX Runtime).
     Without ``run`` or ``model``: a random-init ``backbone`` at ``image_size`` (None: its own size)."""
+    if threads is not None and not 1 <= threads <= (usable := thread_info()["usable_cores"]):
+        raise FastallError(f"--threads {threads}: this process may use {usable} CPU core(s); use 1..{usable}")
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -222,9 +224,9 @@ def _run_bench(
     choice = decide_precision(precision, dev, allowed=("fp32", "bf16", "fp16", "int8"))
     session = None
     if onnx is not None:
-        from fastall.inference.onnx_export import image_size_of, session_for
+        from fastall.inference.onnx_export import image_size_of, open_fastall_onnx
 
-        session = session_for(onnx)
+        session = open_fastall_onnx(onnx)
         image_size = image_size_of(session)
     if model is None:
         model = load_run(run, device=dev) if run else random_model(image_size, str(dev), backbone=backbone)
@@ -391,6 +393,6 @@ def render(result: dict[str, Any]):
                 str(r["batch_size"]),
                 f"{r['end_to_end_img_s']:.1f}",
                 f"{r['model_only_img_s']:.1f}",
-                f"{r['end_to_end_vs_model_only']:.2f}",
+                ratio_text(r),
             )
     return lat, tput

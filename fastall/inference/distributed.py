@@ -70,6 +70,8 @@ def _save_part(preds: Predictions, path: Path) -> None:
         "class_names": np.asarray(preds.class_names, dtype=str),
         "meta": np.asarray([preds.precision, str(preds.views)], dtype=str),
     }
+    if preds.ood is not None:
+        arrays["ood"] = np.asarray(preds.ood, dtype=bool)
     try:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -85,13 +87,14 @@ def _join(inputs: Sequence[str | Path], out: Path, world: int) -> Predictions:
     """Every rank's part, rows and skipped files in input order; the parts are removed."""
     order = {str(p): i for i, p in enumerate(find_images(inputs)[0])}
     paths: list[str] = []
-    probs, skipped = [], []
+    probs, skipped, ood = [], [], []
     for rank in range(world):
         part = _part(out, rank, world)
         try:
             with np.load(part, allow_pickle=False) as z:
                 paths += z["paths"].tolist()
                 probs.append(z["probs"])
+                ood += [z["ood"]] if "ood" in z.files else []
                 skipped += [tuple(row) for row in z["skipped"].tolist()]
                 class_names, (precision, views) = z["class_names"].tolist(), z["meta"].tolist()
         except (OSError, ValueError, KeyError) as err:
@@ -111,4 +114,5 @@ def _join(inputs: Sequence[str | Path], out: Path, world: int) -> Predictions:
         skipped,
         precision,
         int(views),
+        np.concatenate(ood)[rows] if len(ood) == world else None,
     )

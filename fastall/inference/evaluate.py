@@ -10,7 +10,6 @@ report/index.html.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +24,12 @@ from fastall.data.loader import default_workers, iter_batches
 from fastall.data.positive import is_disease_name, resolve_positive
 from fastall.errors import FastallError
 from fastall.features.cache import read_cache
-from fastall.inference.artifacts import head_file, load_run, read_head
+from fastall.inference.artifacts import check_cache, head_file, load_run, read_head
 from fastall.inference.model import LeukemiaClassifier
-from fastall.inference.shift import domain_shift, same_files
+from fastall.inference.shift import Radius, domain_shift, same_files
 from fastall.inference.threshold import choose_threshold
 from fastall.reporting.provenance import command_line
+from fastall.system import csvsafe
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.metrics import clinical_metrics
@@ -56,26 +56,35 @@ def parse_classes(spec: str | None) -> dict[str, str]:
         name, sep, target = item.partition("=")
         if not sep or not name.strip() or not target.strip():
             raise FastallError(f"--classes {spec!r}: expected DATA=RUN pairs, e.g. blast=all,normal=hem")
+        if name.strip() in mapping:
+            raise FastallError(f"--classes {spec!r}: DATA class {name.strip()!r} is mapped twice")
         mapping[name.strip()] = target.strip()
     return mapping
 
 
 def map_labels(records: list[Record], run_classes: list[str], mapping: dict[str, str]) -> np.ndarray:
-    """Each record's label index in the run's classes; an unknown DATA class is refused."""
-    lower = {c.lower(): i for i, c in enumerate(run_classes)}
+    """Each record's label index in the run's classes. Names match exactly (``A`` and ``a`` are two classes,
+    as in scan and train-head); a DATA class the run lacks, or a mapping from or to a class that does not
+    exist, is refused."""
+    index_of = {c: i for i, c in enumerate(run_classes)}
     known = ", ".join(run_classes)
-    for target in mapping.values():
-        if target.lower() not in lower:
+    present = sorted({r.class_name for r in records})
+    for name, target in mapping.items():
+        if target not in index_of:
             raise FastallError(f"--classes maps to {target!r}, not a class of the run (its classes: {known})")
+        if name not in present:
+            raise FastallError(
+                f"--classes maps {name!r}, not a class of DATA (its classes: {', '.join(present)})"
+            )
     index = {}
-    for name in sorted({r.class_name for r in records}):
+    for name in present:
         target = mapping.get(name, name)
-        if target.lower() not in lower:
+        if target not in index_of:
             raise FastallError(
                 f"DATA class {name!r} is not a class of the run (its classes: {known}): "
                 f"map it with --classes {name}=<run class>"
             )
-        index[name] = lower[target.lower()]
+        index[name] = index_of[target]
     return np.array([index[r.class_name] for r in records], dtype=np.int64)
 
 
@@ -159,12 +168,23 @@ def run_model(
     return np.array(kept), np.concatenate(probs), np.concatenate(feats), skipped
 
 
-def _training_cache(record: dict, cache: str | Path | None, notes: list[str]):
+def _training_cache(record: dict, cache: str | Path | None, notes: list[str], head: Path):
+    """The run's training cache (``--cache`` or the recorded one), checked against the run before any work:
+    another dataset's or backbone's cache given as ``--cache`` is refused; a recorded one that no longer
+    matches is noted and not used."""
     path = Path(str(cache or record.get("cache_path") or ""))
     if not path.is_file():
+        if cache:
+            raise FastallError(f"--cache {cache}: no such cache file")
         notes.append(f"the run's training cache {path} is not here (pass --cache PATH): shift not measured")
         return None
-    return read_cache(path)
+    try:
+        return check_cache(record, read_cache(path), head)
+    except FastallError as err:
+        if cache:
+            raise
+        notes.append(f"{err}: shift not measured (pass the run's cache with --cache PATH)")
+        return None
 
 
 def evaluate_run(
@@ -188,7 +208,7 @@ def evaluate_run(
     """Evaluate RUN on DATA and write OUT (see the module doc). ``positive``: the run's positive class, for a
     run made before fastall recorded it (it must agree with a recorded one)."""
     out = Path(out)
-    check_target(out.absolute(), overwrite)
+    check_target(out.absolute(), overwrite, EVAL_FORMAT)
     record = read_head(head_file(run))
     names = list(record["class_names"])
     pos_name = run_positive(record, positive)
@@ -205,6 +225,7 @@ def evaluate_run(
     notes = [f"{p}" for p in ds.problems] + list(ds.warnings)
     if len(ds.unlabelled()):
         notes.append(f"{len(ds.unlabelled())} unlabelled image(s) in DATA ignored")
+    train = _training_cache(record, cache, notes, head_file(run))
     model = load_run(run, weights_path=weights_path, device=device)
     kept, prob, feats, skipped = run_model(model, [r.path for r in records], batch_size, on_problem)
     records = [records[i] for i in kept]
@@ -242,10 +263,13 @@ def evaluate_run(
         patient_rows = []
         why = "two classes" if k != 2 else "a positive class (--positive)"
         notes.append(f"patient-level diagnosis needs {why}: not made")
-    train = _training_cache(record, cache, notes)
-    warnings = []
-    if train is not None and train.n_images:
-        result["shift"] = domain_shift(train.features[:, 0, :].astype(np.float32), feats)
+    warnings, ood = [], None
+    if train is not None and train.n_images >= 4:
+        view0 = train.features[:, 0, :].astype(np.float32)
+        radius = Radius(view0, train.patients)
+        result["shift"] = domain_shift(view0, feats, radius=radius)
+        ood = radius.outside(feats)
+        result["ood"] = {"images": int(ood.size), "outside": int(ood.sum()), "expected_fraction": 0.01}
         if result["shift"]["large"]:
             warnings.append("large domain shift: " + "; ".join(result["shift"]["reasons"]))
         copies = same_files([r.path for r in records], train.attrs.get("data_root"), list(train.paths))
@@ -262,7 +286,7 @@ def evaluate_run(
     result["warnings"] = warnings
     made = None
     with atomic_folder(out, overwrite=overwrite) as tmp:
-        _write_predictions(tmp / "predictions.csv", records, names, y, prob, pos, chosen["value"])
+        _write_predictions(tmp / "predictions.csv", records, names, y, prob, pos, chosen["value"], ood)
         _write_rows(tmp / "patients.csv", patient_rows)
         if skipped:
             _write_rows(tmp / "skipped.csv", [{"path": p, "reason": r} for p, r in skipped])
@@ -274,9 +298,10 @@ def evaluate_run(
     return Evaluation(out.absolute(), result, warnings, made)
 
 
-def _write_predictions(path, records, names, y, prob, positive: int | None, t: float) -> None:
+def _write_predictions(path, records, names, y, prob, positive: int | None, t: float, ood=None) -> None:
     """``path, patient, true_class, predicted_class, p_<class>...`` (the class called at the threshold;
-    probabilities in float64 from the logits, written whole, so that a recomputation ties nothing)."""
+    probabilities in float64 from the logits, written whole, so that a recomputation ties nothing) and
+    ``ood`` where the training features were at hand."""
     called = prob.argmax(1)
     if positive is not None:
         called = np.where(prob[:, positive] >= t, positive, 1 - positive)
@@ -287,6 +312,7 @@ def _write_predictions(path, records, names, y, prob, positive: int | None, t: f
             "true_class": names[int(y[i])],
             "predicted_class": names[int(called[i])],
             **{f"p_{c}": f"{prob[i, j]:.17g}" for j, c in enumerate(names)},
+            **({} if ood is None else {"ood": int(ood[i])}),
         }
         for i, r in enumerate(records)
     ]
@@ -296,6 +322,6 @@ def _write_predictions(path, records, names, y, prob, positive: int | None, t: f
 def _write_rows(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as fh:
         if rows:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+            writer = csvsafe.dict_writer(fh, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)

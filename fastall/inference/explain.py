@@ -15,7 +15,6 @@ and their ``requires_grad`` flags are never touched.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -36,6 +35,7 @@ from fastall.data.walk import find_images
 from fastall.errors import FastallError
 from fastall.features.gradcam import gradcam_path, gradcam_reshape, target_layer
 from fastall.inference.model import LeukemiaClassifier
+from fastall.system import csvsafe
 from fastall.system.runfolder import atomic_folder, check_target
 
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM"}
@@ -257,7 +257,7 @@ def explain_paths(
 
     cam_class(method)
     target_index(model, target)
-    check_target(Path(out).absolute(), overwrite)
+    check_target(Path(out).absolute(), overwrite, EXPLAIN_FORMAT)
     paths, problems = find_images(resolve_inputs(inputs, lambda: run_data_root(model, data)))
     skipped: list[tuple[str, str]] = []
 
@@ -361,7 +361,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], class_names: list[str]) -
 
 def _write_table(path: Path, header: list[str], rows: Sequence[Sequence[Any]]) -> None:
     with open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
+        writer = csvsafe.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
 

@@ -29,6 +29,7 @@ from fastall.inference.precision import (
 from fastall.system.devices import decide_precision, resolve_precision
 from fastall.system.files import atomic_torch_save, describe_write_error
 from fastall.system.jsonable import plain
+from fastall.system.runfolder import check_output_file
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -110,6 +111,7 @@ def export_deployable(
 
     An explicit precision is checked and recorded too; below the agreement rule it is refused.
     """
+    check_output_file(out, [run])
     if precision not in PRECISION_CHOICES:
         raise FastallError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
     if precision != "auto":
@@ -143,6 +145,7 @@ def export_run(
     calibration: torch.Tensor | None = None,
 ) -> Path:
     """Write RUN's model as one file (atomic); with ``calibration`` images also its int8 state."""
+    check_output_file(out, [run])
     model = load_run(run, weights_path=weights_path)
     if calibration is not None:
         model = model.optimize("int8", calibration=calibration)

@@ -3,13 +3,16 @@
 The graph holds the shared preprocessing (:func:`fastall.preprocess.preprocess`: /255 and ImageNet
 standardisation; no resize, the input is already at the run's size), the fp32 backbone and the head. It is
 written with ``torch.onnx.export`` and checked with ONNX Runtime against the PyTorch fp32 path on the run's
-own images (class agreement >= 99.5%, |Δprob| <= 1e-3) before it replaces ``out``. onnx and onnxruntime are
-the optional extra ``onnx``.
+own images (class agreement >= 99.5%, |Δprob| <= 1e-3) before it replaces ``out``. Like the torch export it
+records a sha256 (of the graph, weights included, in the ``graph_sha256`` metadata), checked by
+:func:`open_fastall_onnx` before a file is used: a corrupted file is refused, not timed. onnx and onnxruntime
+are the optional extra ``onnx``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -29,11 +32,13 @@ from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import compare_logits, logits, pick_images
 from fastall.preprocess import preprocess
 from fastall.system.files import atomic_write, describe_write_error
+from fastall.system.runfolder import check_output_file
 
 EXTRA = "pip install 'fastall[onnx]'"
 MAX_DPROB = 1e-3
 OPSET = 20
 INPUT, OUTPUTS = "pixels", ("logits", "probabilities")
+GRAPH_SHA256 = "graph_sha256"
 
 
 def require(what: str) -> tuple[Any, Any]:
@@ -70,7 +75,7 @@ def export_onnx(
 ) -> tuple[Path, dict[str, Any]]:
     """Write RUN's model as ONNX at ``out`` once ONNX Runtime agrees with PyTorch fp32 on the run's images."""
     require("--format onnx")
-    out = Path(out)
+    out = check_output_file(out, [run])
     if not out.parent.is_dir():
         raise FastallError(f"--out {out}: folder {out.parent} does not exist")
     folder = open_run(run)
@@ -92,7 +97,7 @@ def export_onnx(
             f"images, max |Δprob| {check['max_dprob']:.2g} (needs >= 99.5% and <= {MAX_DPROB:g}): "
             "not written"
         )
-    _annotate(proto, {"onnx_check": json.dumps(check)})
+    _annotate(proto, {"onnx_check": json.dumps(check), GRAPH_SHA256: graph_sha256(proto)})
     data = proto.SerializeToString()  # one file, the weights inside it (no external data)
     try:
         atomic_write(out, lambda fh: fh.write(data), point="onnx")
@@ -169,10 +174,58 @@ def session_for(path: str | Path | bytes, threads: int | None = None) -> Any:
         raise FastallError(f"{where}: not a readable ONNX model ({first})") from None
 
 
+def graph_sha256(proto: Any) -> str:
+    """sha256 of the serialised graph (nodes and weights; the metadata is outside it)."""
+    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def open_fastall_onnx(path: str | Path, threads: int | None = None) -> Any:
+    """A session of an ONNX file made by ``fastall export --format onnx``: refused, in one line, when it is
+    another model (its input, outputs or metadata differ) or when its graph no longer has the recorded
+    sha256 (a corrupted or edited file)."""
+    onnx, _ = require("ONNX Runtime inference")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as err:  # noqa: BLE001 - protobuf raises its own types for bad files
+        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise FastallError(f"{path}: not a readable ONNX model ({first})") from None
+    meta = {entry.key: entry.value for entry in proto.metadata_props}
+    inputs = [(i.name, i.type.tensor_type.elem_type) for i in proto.graph.input]
+    outputs = tuple(o.name for o in proto.graph.output)
+    names = [name for name, _ in inputs]
+    problems = [
+        (meta.get("fastall_format") != "fastall-onnx", "it has no fastall metadata"),
+        (names != [INPUT], f"its inputs are {names}, not [{INPUT!r}]"),
+        (bool(inputs) and inputs[0][1] != onnx.TensorProto.UINT8, "its input is not uint8"),
+        (outputs != OUTPUTS, f"its outputs are {list(outputs)}, not {list(OUTPUTS)}"),
+        (bool(inputs) and not _dynamic_batch(proto.graph.input[0]), "its batch size is fixed"),
+    ]
+    foreign = next((message for failed, message in problems if failed), None)
+    if foreign:
+        raise FastallError(
+            f"{path}: not an ONNX model made by `fastall export --format onnx` ({foreign}): fastall takes "
+            f"uint8 {INPUT!r} [batch, 3, size, size] -> {', '.join(OUTPUTS)}"
+        )
+    recorded = meta.get(GRAPH_SHA256)
+    if recorded is not None and graph_sha256(proto) != recorded:
+        raise FastallError(
+            f"{path}: the graph's sha256 differs from the one recorded at export (a corrupted or edited "
+            "file): export it again"
+        )
+    return session_for(path, threads)
+
+
+def _dynamic_batch(value_info: Any) -> bool:
+    dims = value_info.type.tensor_type.shape.dim
+    return len(dims) == 4 and not dims[0].HasField("dim_value")
+
+
 def image_size_of(session: Any) -> int:
     shape = session.get_inputs()[0].shape
-    if len(shape) != 4 or not isinstance(shape[-1], int):
-        raise FastallError(f"ONNX model input {shape}: expected uint8 [batch, 3, size, size]")
+    if len(shape) != 4 or not isinstance(shape[-1], int) or isinstance(shape[0], int):
+        raise FastallError(
+            f"ONNX model input {shape}: expected uint8 [batch, 3, size, size] with a dynamic batch"
+        )
     return int(shape[-1])
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import io
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,9 @@ from fastall.data.walk import IMAGE_EXTENSIONS, find_images
 from fastall.errors import FastallError
 from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.inference.model import LeukemiaClassifier
+from fastall.inference.shift import Radius
+from fastall.system import csvsafe
+from fastall.system.runfolder import check_output_file
 
 TTA_SEED = 0
 
@@ -29,6 +30,7 @@ class Predictions:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     precision: str = "fp32"
     views: int = 1
+    ood: np.ndarray | None = None  # bool [N]: outside the run's training-feature radius (None: not measured)
 
     @property
     def labels(self) -> list[str]:
@@ -43,10 +45,10 @@ def check_out(out: str | Path, inputs: Sequence[str | Path]) -> Path:
         raise FastallError(
             f"--out {out}: has an image extension; predictions are a CSV (e.g. {out.stem}.csv)"
         )
-    if any(os.path.realpath(out) == os.path.realpath(raw) for raw in inputs):  # never raises on a loop
-        raise FastallError(f"--out {out}: is one of the inputs; write the predictions elsewhere")
     if out.is_dir():
         raise FastallError(f"--out {out}: is a folder; give a file name such as {out / 'predictions.csv'}")
+    check_output_file(out, list(inputs), text=True)
+    check_output_file(sidecar_of(out), list(inputs), text=True)
     return out
 
 
@@ -61,10 +63,12 @@ def predict_paths(
     on_problem: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     share: tuple[int, int] = (0, 1),
+    radius: Radius | None = None,
 ) -> Predictions:
     """Class probabilities for each image in ``inputs`` (files, folders); ``tta`` views averaged.
 
     A bad file is reported through ``on_problem`` and skipped, or with ``skip_bad=False`` raised.
+    With ``radius`` each image's view-0 feature is also flagged ood (outside it) or not.
     ``share=(rank, world)``: only every world-th image from ``rank`` (one rank of a torchrun job; missing
     inputs are reported by rank 0 only, and a share may be empty).
     """
@@ -80,6 +84,7 @@ def predict_paths(
     order = range(share[0], len(paths), share[1])
     workers = default_workers(model.device) if workers is None else workers
     out_paths, out_probs = [], [np.empty((0, len(model.class_names)), dtype=np.float32)]
+    out_ood = [np.zeros(0, bool)]
     done = 0
     for batch in iter_batches(
         [paths[i] for i in order],
@@ -91,7 +96,10 @@ def predict_paths(
         for k, message in batch.bad:
             _bad(message, str(paths[order[k]]), message.split(": ", 1)[-1], skipped, skip_bad, on_problem)
         if batch.indices:
-            out_probs.append(_probs(model, batch.images, [order[k] for k in batch.indices], tta))
+            probs, features = _probs(model, batch.images, [order[k] for k in batch.indices], tta)
+            out_probs.append(probs)
+            if radius is not None:
+                out_ood.append(radius.outside(features))
             out_paths.extend(str(paths[order[k]]) for k in batch.indices)
         done += len(batch.indices) + len(batch.bad)
         if progress is not None:
@@ -100,8 +108,9 @@ def predict_paths(
         raise FastallError(
             f"none of the {len(paths)} image files could be read (first: {skipped[0][0]}: {skipped[0][1]})"
         )
+    ood = np.concatenate(out_ood) if radius is not None else None
     return Predictions(
-        out_paths, np.concatenate(out_probs), list(model.class_names), skipped, model.precision, tta
+        out_paths, np.concatenate(out_probs), list(model.class_names), skipped, model.precision, tta, ood
     )
 
 
@@ -121,18 +130,28 @@ def _bad(
 
 
 @torch.inference_mode()
-def _probs(model: LeukemiaClassifier, images: torch.Tensor, indices: list[int], tta: int) -> np.ndarray:
+def _probs(
+    model: LeukemiaClassifier, images: torch.Tensor, indices: list[int], tta: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities [B, K], view-0 features [B, D])``."""
     if images.shape[0] == 1:  # oneDNN takes another path for batch 1: keep rows batch-composition independent
-        return _probs(model, images.expand(2, *images.shape[1:]), indices * 2, tta)[:1]
+        probs, features = _probs(model, images.expand(2, *images.shape[1:]), indices * 2, tta)
+        return probs[:1], features[:1]
     fill = None
     if tta > 1:  # the fill the run's cache was extracted with (black for runs made before --fill)
         fill = resolve_fill(images, model.provenance.get("key_params", {}).get("fill", "black"))
     images = images.to(model.device, non_blocking=True)
-    if tta == 1:
-        return torch.softmax(model(images), dim=1).cpu().numpy()
-    params = torch.from_numpy(draw_view_params(TTA_SEED, indices, tta, fill))
-    total = sum(torch.softmax(model(images, params[:, v]), dim=1) for v in range(tta))
-    return (total / tta).cpu().numpy()
+    params = torch.from_numpy(draw_view_params(TTA_SEED, indices, tta, fill)) if tta > 1 else None
+    plain = model.forward_features(images, None if params is None else params[:, 0])
+    total = torch.softmax(model.forward_head(plain), dim=1)
+    for v in range(1, tta):
+        total = total + torch.softmax(model(images, params[:, v]), dim=1)
+    return (total / tta).cpu().numpy(), plain.float().cpu().numpy()
+
+
+def sidecar_of(out: Path) -> Path:
+    """Where the files skipped by a predict writing ``out`` are listed."""
+    return out.with_name(out.stem + ".skipped.csv")
 
 
 def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
@@ -143,20 +162,27 @@ def write_predictions(preds: Predictions, out: str | Path) -> Path | None:
     """
     out = Path(out)
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "predicted_class", *(f"p_{c}" for c in preds.class_names)])
-    for path, label, row in zip(preds.paths, preds.labels, preds.probs, strict=True):
-        writer.writerow([path, label, *(f"{p:.9g}" for p in row)])
-    _atomic_text(out, buf.getvalue())
-    sidecar = out.with_name(out.stem + ".skipped.csv")
+    writer = csvsafe.writer(buf, lineterminator="\n")
+    ood = [] if preds.ood is None else ["ood"]
+    writer.writerow(["path", "predicted_class", *(f"p_{c}" for c in preds.class_names), *ood])
+    flags = preds.ood if preds.ood is not None else [None] * len(preds.paths)
+    for path, label, row, flag in zip(preds.paths, preds.labels, preds.probs, flags, strict=True):
+        writer.writerow([path, label, *(f"{p:.9g}" for p in row), *([int(flag)] if ood else [])])
+    sidecar = sidecar_of(out)
     if not preds.skipped:
         sidecar.unlink(missing_ok=True)
+        _atomic_text(out, buf.getvalue())
         return None
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    side = io.StringIO()
+    writer = csvsafe.writer(side, lineterminator="\n")
     writer.writerow(["path", "reason"])
     writer.writerows(preds.skipped)
-    _atomic_text(sidecar, buf.getvalue())
+    _atomic_text(sidecar, side.getvalue())  # first: a full disk never leaves the CSV without its sidecar
+    try:
+        _atomic_text(out, buf.getvalue())
+    except FastallError:
+        sidecar.unlink(missing_ok=True)
+        raise
     return sidecar
 
 

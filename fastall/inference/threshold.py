@@ -8,6 +8,7 @@ them. A cut on P(positive) needs a positive class: a two-class run without one i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from fastall.reporting.runfiles import read_predictions
 def oof_predictions(run: str | Path, class_names: list[str], positive: str) -> tuple[np.ndarray, np.ndarray]:
     """``(truth, P(positive))`` of the out-of-fold rows of RUN/predictions.csv (either vocabulary)."""
     path = Path(run) / "predictions.csv"
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FastallError(f"{path}: cannot read the run's out-of-fold predictions (no such file)")
     try:
         p = read_predictions(path, class_names, positive)

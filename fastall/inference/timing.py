@@ -94,10 +94,26 @@ def paired_throughput(
     sync(device)
     e2e = count / (time.perf_counter() - start)
     mo = batch_size * len(model_s) / sum(model_s)
+    rates = [batch_size / t for t in model_s]
+    spread = (max(rates) - min(rates)) / float(np.median(rates)) if len(rates) > 1 else float("nan")
+    ratio = e2e / mo
     return {
         "batch_size": batch_size,
         "model_only_img_s": mo,
         "end_to_end_img_s": e2e,
-        "end_to_end_vs_model_only": e2e / mo,
+        "end_to_end_vs_model_only": ratio,
+        "model_only_batches": len(rates),
+        "model_only_spread": spread,
+        "ratio_within_noise": bool(ratio > 1 or abs(ratio - 1) <= spread),
         "timed_images": count,
     }
+
+
+def ratio_text(row: dict[str, Any]) -> str:
+    """The end-to-end / model-only ratio as shown: one above 1 (end-to-end cannot be faster than the model
+    alone) or within the model-only timings' spread is marked as noise, not a result."""
+    ratio, spread = row["end_to_end_vs_model_only"], row.get("model_only_spread")
+    if not row.get("ratio_within_noise"):
+        return f"{ratio:.2f}"
+    noise = f"±{spread:.0%} spread" if spread == spread and spread is not None else "one batch timed"
+    return f"{ratio:.2f} (≈1, within noise: {noise} over {row.get('model_only_batches', '?')} batches)"

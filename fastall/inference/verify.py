@@ -9,7 +9,6 @@ precision is also checked against fp32 (≥ 99.5% agreement).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from fastall.features.cache import FeatureCache
 from fastall.inference.artifacts import RunFolder, build_head, model_from_run, open_run
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import MIN_PRECISION_AGREEMENT, calibration_pick, pick_images, try_precision
+from fastall.system import csvsafe
 from fastall.system.devices import decide_precision
 
 FP32_TOL, HALF_TOL = 1e-4, 1e-2
@@ -209,7 +209,7 @@ def recorded_check(
     if not path.is_file():
         return None
     with open(path, newline="") as fh:
-        rows = {row.get("path"): row for row in csv.DictReader(fh)}
+        rows = {row.get("path"): row for row in csvsafe.dict_reader(fh)}
     heads = {"test": build_head(record["head_config"], record["state_dict"], where)}
     for fold, state in enumerate(record.get("fold_state_dicts") or []):
         heads[str(fold)] = build_head(record["head_config"], state, where)

@@ -4,7 +4,6 @@ compare.json / compare.csv."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fastall.reporting.tables import fmt
+from fastall.system import csvsafe
 from fastall.system.jsonable import plain
 
 METRICS = ("accuracy", "precision", "recall", "f1", "auc")
@@ -178,7 +178,7 @@ CSV_FIELDS = (
 
 def write_csv(path: Path, results: dict[str, Any]) -> None:
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer = csvsafe.dict_writer(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for e in results["backbones"]:
             oof, diff = e.get("oof") or {}, ((e.get("vs_best") or {}).get("auc")) or {}

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from fastall.errors import FastallError
+from fastall.system import csvsafe
+from fastall.system.files import open_regular_text
 
 
 @dataclass
@@ -126,10 +128,12 @@ def _json(path: Path, fmt: str) -> dict:
 
 def _csv(path: Path) -> list[dict]:
     try:
-        with open(path, newline="") as fh:
-            return list(csv.DictReader(fh))
-    except (OSError, csv.Error, UnicodeDecodeError) as err:
-        raise FastallError(f"{path}: unreadable ({err})") from None
+        with open_regular_text(path) as fh:
+            return list(csvsafe.dict_reader(fh))
+    except OSError as err:
+        raise FastallError(f"{path}: unreadable ({err.strerror or err})") from None
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise FastallError(f"{path}: not a CSV file ({str(err)[:80]})") from None
 
 
 def positive_name(metrics: dict | None) -> str | None:
@@ -176,7 +180,19 @@ def read_predictions(path: Path, classes: list[str] | None, positive: str | None
             probs, ens = _legacy_probs(first, pred, names), _legacy_probs(second, pred, names)
     except (ValueError, TypeError, AttributeError) as err:
         raise FastallError(f"{path}: a probability or fold is not a number ({err})") from None
+    if not rows:
+        raise FastallError(f"{path}: no prediction rows (empty or header only)")
     probs, ens = probs.reshape(len(rows), len(names)), ens.reshape(len(rows), len(names))
+    main = probs if new else first[:, None]
+    bad = np.flatnonzero(~((main >= 0) & (main <= 1)).all(1))
+    if bad.size:
+        raise FastallError(
+            f"{path}: {bad.size} rows have probabilities that are not in [0, 1] (NaN, inf or out of range; "
+            f"first: {rows[bad[0]].get('path')}); the file was altered"
+        )
+    unknown = sorted((set(label) | set(pred)) - set(names))
+    if unknown:
+        raise FastallError(f"{path}: class {unknown[0]!r} is not one of the run's classes {names}")
     if positive is None and not classes and len(names) == 2 and not new:
         positive = names[1]
     p = Predictions(

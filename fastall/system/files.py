@@ -324,3 +324,8 @@ def open_regular(path: str | Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_regular_text(path: str | Path) -> io.TextIOWrapper:
+    """:func:`open_regular` as UTF-8 text for the csv module (``newline=""``): never blocks on a FIFO."""
+    return io.TextIOWrapper(open_regular(path), encoding="utf-8", newline="")

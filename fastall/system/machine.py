@@ -158,6 +158,21 @@ def cpu_capability() -> CpuCapability:
     return CpuCapability(cpu_model(), hardware, effective, aten, flags, limits)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable``), or None where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def thread_info() -> dict[str, Any]:
     try:
         usable = len(os.sched_getaffinity(0))

@@ -27,6 +27,7 @@ from fastall.system.files import (
     fsync_tree,
     is_disk_full,
     kill_point,
+    open_regular,
 )
 from fastall.system.procs import pid_alive
 
@@ -36,6 +37,7 @@ MARKERS = {
     "explain.json": "fastall-explain",
     "compare.json": "fastall-compare",
     "probe.json": "fastall-probe",
+    "evaluation.json": "fastall-evaluation",
 }
 
 
@@ -173,3 +175,39 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
     fsync_dir(out.parent)
     kill_point("publish-new")
     shutil.rmtree(old, ignore_errors=True)
+
+
+_SIGNATURES = {b"\x89HDF\r\n\x1a\n": "an HDF5 file (a feature cache?)"}
+
+
+def check_output_file(out: str | Path, inputs: list[str | Path], *, text: bool = False) -> Path:
+    """Refuse, before any work, an output file that would replace an input, a file inside a fastall folder
+    (a run's own head.pt or metrics.json: those folders change only as a whole), or an HDF5 cache; with
+    ``text`` (a CSV) any existing file holding binary data too."""
+    out = Path(out)
+    real = Path(os.path.realpath(out))  # never raises on a loop
+    for raw in inputs:
+        if real == Path(os.path.realpath(raw)):
+            raise FastallError(f"--out {out}: is one of the inputs; write elsewhere")
+    for folder in real.parents:
+        fmt = _fastall_format(folder)
+        if fmt is not None:
+            raise FastallError(
+                f"--out {out}: lies inside the {fmt} folder {folder}, whose files are never replaced one by "
+                "one; write elsewhere"
+            )
+    if not real.is_file():
+        return out
+    try:
+        with open_regular(real) as fh:
+            head = fh.read(8192)
+    except OSError:
+        return out
+    for signature, what in _SIGNATURES.items():
+        if head.startswith(signature):
+            raise FastallError(f"--out {out}: is {what}; it is never overwritten: write elsewhere")
+    if text and b"\0" in head:
+        raise FastallError(
+            f"--out {out}: holds binary data, not a CSV; it is never overwritten: write elsewhere"
+        )
+    return out

@@ -12,7 +12,6 @@ backbone and is added by :mod:`fastall.inference.costs`.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,7 +23,9 @@ from rich.console import Console
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
 from fastall.reporting.compare import write_outputs
-from fastall.system.runfolder import atomic_folder
+from fastall.system import csvsafe
+from fastall.system.names import safe_token
+from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.bootstrap import paired_auc_difference, patient_codes
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.probe import probe_cache
@@ -108,17 +109,32 @@ def check_same_dataset(caches: Sequence[FeatureCache]) -> None:
                 raise FastallError(
                     f"{where}: {what} differ for {differ.size} images (e.g. {mine[i]}: {a[i]} vs {b[i]})"
                 )
-        fp, fp_ref = other.key_params.get("dataset_fingerprint"), ref.key_params.get("dataset_fingerprint")
-        if fp and fp_ref and fp != fp_ref:
-            raise FastallError(
-                f"{where}: same names, labels and patients but the image files differ "
-                f"(dataset fingerprint {str(fp)[:12]}... vs {str(fp_ref)[:12]}...)"
-            )
+        for key in ("dataset_fingerprint", "content_fingerprint"):
+            fp, fp_ref = other.key_params.get(key), ref.key_params.get(key)
+            if fp and fp_ref and fp != fp_ref:
+                change = _first_change(other, ref)
+                raise FastallError(
+                    f"{where}: same names, labels and patients but the image files differ "
+                    f"({key.replace('_', ' ')} {str(fp)[:12]}... vs {str(fp_ref)[:12]}...{change})"
+                )
+
+
+def _first_change(other: FeatureCache, ref: FeatureCache) -> str:
+    """``; e.g. PATH`` naming the first image whose content hash differs, where both caches hold them."""
+    if other.content_hashes is None or ref.content_hashes is None:
+        return ""
+    differ = np.flatnonzero(other.content_hashes.astype(str) != ref.content_hashes.astype(str))
+    return f"; {differ.size} image(s) differ, e.g. {ref.paths[differ[0]]}" if differ.size else ""
 
 
 def _names(caches: Sequence[FeatureCache]) -> list[str]:
-    names = [c.encoder for c in caches]
-    out = [n if names.count(n) == 1 else f"{n}-{c.path.stem}" for n, c in zip(names, caches, strict=True)]
+    """One folder name per cache: its encoder (a name read from the file, so made a safe token first: a
+    hostile ``/tmp/x`` or ``../y`` must not lead outside --out), with the file's stem where two share one."""
+    names = [safe_token(c.encoder) for c in caches]
+    out = [
+        n if names.count(n) == 1 else safe_token(f"{n}-{c.path.stem}")
+        for n, c in zip(names, caches, strict=True)
+    ]
     if len(set(out)) != len(out):
         raise FastallError("the same cache is given twice: compare different caches")
     return out
@@ -126,7 +142,7 @@ def _names(caches: Sequence[FeatureCache]) -> list[str]:
 
 def _folds_of(run: Path) -> dict[str, str]:
     with open(run / "folds.csv", newline="") as fh:
-        return {row["patient"]: str(row["fold"]) for row in csv.DictReader(fh)}
+        return {row["patient"]: str(row["fold"]) for row in csvsafe.dict_reader(fh)}
 
 
 def _oof_scores(run: Path, cache: FeatureCache) -> np.ndarray:
@@ -136,7 +152,7 @@ def _oof_scores(run: Path, cache: FeatureCache) -> np.ndarray:
     scores = np.full(cache.n_images, np.nan)
     column = f"p_{cache.class_names[-1]}"
     with open(run / "predictions.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
+        for row in csvsafe.dict_reader(fh):
             if row["split"] == "val":
                 scores[row_of[row["path"]]] = float(row.get(column) or row.get("probability") or "nan")
     return scores
@@ -195,6 +211,7 @@ def compare_caches(
     options = options or CompareOptions()
     if len(caches) < 2:
         raise FastallError("compare needs at least two caches")
+    check_target(Path(out).absolute(), overwrite, COMPARE_FORMAT)
     loaded = [read_cache(c, load_features=False) for c in caches]
     if len({c.path.resolve() for c in loaded}) < len(loaded):
         raise FastallError("the same cache is given twice: compare different caches")
@@ -216,26 +233,30 @@ def compare_caches(
     }
     entries, scores = [], []
     with atomic_folder(out, overwrite=overwrite) as tmp:
-        for name, cache in zip(names, loaded, strict=True):
-            if console is not None:
-                console.print(f"[dim]{name}: training heads on {cache.path}[/]", highlight=False)
-            cfg = config
-            if options.sweep:
-                cfg = _best_of_sweep(cache.path, tmp / "sweeps" / name, options)
-            result = run_train_head(cache.path, tmp / "runs" / name, cfg, options)
-            if _folds_of(tmp / "runs" / name) != expected:
-                raise FastallError(f"{name}: train-head made other folds than the comparison's (a bug)")
-            entries.append(_entry(name, cache, Path("runs") / name, result.metrics, cfg))
-            positive = ((result.metrics.get("classes") or {}).get("positive") or {}).get("index")
-            full = read_cache(cache.path)
-            probe = probe_cache(full, splits, positive=positive)
-            entries[-1]["probe"] = {"oof_auc": probe.pooled.get("auc"), **probe.summary, "test": probe.test}
-            entries[-1]["verdict"] = result.metrics.get("verdict")
-            entries[-1]["protocols"] = field_columns(full, splits, seed=options.run.seed)
-            scores.append(_oof_scores(tmp / "runs" / name, cache))
-        results = _rank(entries, scores, ref, splits, options)
-        results["config"] = asdict(config)
-        write_outputs(tmp, results)
+        try:
+            for name, cache in zip(names, loaded, strict=True):
+                if console is not None:
+                    console.print(f"[dim]{name}: training heads on {cache.path}[/]", highlight=False)
+                cfg = config
+                if options.sweep:
+                    cfg = _best_of_sweep(cache.path, tmp / "sweeps" / name, options)
+                result = run_train_head(cache.path, tmp / "runs" / name, cfg, options)
+                if _folds_of(tmp / "runs" / name) != expected:
+                    raise FastallError(f"{name}: train-head made other folds than the comparison's (a bug)")
+                entries.append(_entry(name, cache, Path("runs") / name, result.metrics, cfg))
+                positive = ((result.metrics.get("classes") or {}).get("positive") or {}).get("index")
+                full = read_cache(cache.path)
+                probe = probe_cache(full, splits, positive=positive)
+                oof_auc = probe.pooled.get("auc")
+                entries[-1]["probe"] = {"oof_auc": oof_auc, **probe.summary, "test": probe.test}
+                entries[-1]["verdict"] = result.metrics.get("verdict")
+                entries[-1]["protocols"] = field_columns(full, splits, seed=options.run.seed)
+                scores.append(_oof_scores(tmp / "runs" / name, cache))
+            results = _rank(entries, scores, ref, splits, options)
+            results["config"] = asdict(config)
+            write_outputs(tmp, results)
+        except FastallError as err:  # name OUT, never the temporary folder it is built in
+            raise FastallError(str(err).replace(str(tmp), str(Path(out).absolute()))) from None
     return Comparison(Path(out).absolute(), results)
 
 

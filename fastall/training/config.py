@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fastall.errors import FastallError
+from fastall.system.seeds import check_seed
 from fastall.training.hparams import HParam, hparam, hparams_of
 
 MAX_LR, MAX_WEIGHT_DECAY, MAX_HIDDEN, MAX_EPOCHS, MAX_BATCH = 1.0, 1.0, 65536, 10000, 65536
@@ -139,6 +140,9 @@ class TrainOptions:
     preset: str | None = None
     positive: str | None = None
     console: Console | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
 
 
 def split_keywords(

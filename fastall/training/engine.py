@@ -12,6 +12,7 @@ that has finished its epoch, stopped early or run its epochs gets no update at a
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -175,6 +176,23 @@ def max_configs_per_stack(device: torch.device, folds: int, dim: int, hidden: in
     budget = torch.cuda.mem_get_info(device)[0] * 0.5 if device.type == "cuda" else 2e9
     per_config = folds * dim * hidden * 4 * 6
     return max(1, int(budget // per_config))
+
+
+def time_floor(configs: Sequence[HeadConfig], folds: int, images: int, dim: int, device: torch.device) -> str:
+    """A lower bound on the training time of ``configs``: their multiply-adds (forward and backward, every
+    fold, every epoch) at a matrix-multiply rate measured now on ``device`` (Adam, small batches and the
+    rest only add to it)."""
+    x = torch.randn(256, dim, device=device)
+    w = torch.randn(dim, 512, device=device)
+    (x @ w).sum().item()
+    start = time.perf_counter()
+    for _ in range(4):
+        (x @ w).sum().item()
+    rate = 4 * 2 * 256 * dim * 512 / max(time.perf_counter() - start, 1e-9)
+    per_image = sum(c.epochs * 6 * dim * c.hidden for c in configs)
+    seconds = per_image * images * (folds - 1) / rate  # each image trains folds - 1 of the fold heads
+    took = f"{seconds:,.1f} s" if seconds < 120 else f"{seconds / 60:,.0f} min"
+    return f"at least {took} of training (its multiply-adds at {rate / 1e9:,.0f} GFLOP/s, measured now)"
 
 
 def default_chunk(device: torch.device, heads: int, dim: int, hidden: int) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fastall.errors import FastallError
+from fastall.system.machine import available_memory
 from fastall.training.config import HeadConfig
 from fastall.training.hparams import HParam
 
@@ -78,6 +79,30 @@ def parse_grid(text: str, *, allow_ranges: bool = False, flag: str = "--grid") -
     if not grid:
         raise FastallError(f"{flag} is empty: give name=value[,value...] tokens")
     return grid
+
+
+RESULT_OVERHEAD = 16 << 10  # bytes kept per configuration besides its predictions (history, table row, JSON)
+
+
+def count_configs(grid: dict[str, list | Range], random: int | None = None) -> int:
+    """How many configurations ``grid`` (or ``random`` draws from it) gives, without making them."""
+    return int(random) if random else math.prod(len(v) for v in grid.values() if isinstance(v, list))
+
+
+def check_budget(n: int, folds: int, images: int, classes: int, flag: str) -> str:
+    """One line estimating what ``n`` configurations keep in memory (every fold's out-of-fold
+    probabilities, history and results row); FastallError, with the estimate, where it cannot fit in half
+    of the memory available now. Training itself runs in stacks sized to memory by the engine."""
+    per = images * classes * 8 + folds * RESULT_OVERHEAD
+    need, free = n * per, available_memory()
+    on = f", {images:,} images" if images else ""
+    line = f"{n:,} configuration(s) x {folds} fold(s){on}: about {need / 2**30:.2f} GiB kept"
+    if free is not None and need > free / 2:
+        raise FastallError(
+            f"{flag}: {line}, over half of the {free / 2**30:.1f} GiB available: use at most about "
+            f"{max(1, int(free / 2 / per)):,} configurations"
+        )
+    return line
 
 
 def expand(grid: dict[str, list | Range], base: HeadConfig | None = None) -> list[HeadConfig]:

@@ -7,8 +7,9 @@ Clinical metrics (with ``detail``): balanced accuracy, specificity (recall of th
 of the other class), MCC, weighted F1 (the C-NMC 2019 challenge's ranking metric), Brier score and the
 precision-recall AUC (average precision). NaN policy: a metric that is undefined on a split is NaN in
 Python and ``null`` in JSON: AUC and PR AUC with one class only, specificity without negatives, NPV
-without predicted negatives, specificity and NPV with more than two classes or no positive class.
-Precision, recall and F1 keep sklearn's 0 for an empty denominator; MCC is 0 there, as in sklearn.
+without predicted negatives, specificity and NPV with more than two classes or no positive class,
+precision without predicted positives, recall without positives, F1 without either (macro averages leave
+such classes out); MCC is 0 there, as in sklearn.
 
 NaN policy: a value that is undefined is NaN in Python and ``null`` in JSON
 (``fastall.system.jsonable.plain``), never a made-up number. An AUC is undefined when the split holds one
@@ -69,7 +70,9 @@ def classification_metrics(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, zero_division=0, **avg)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, zero_division=np.nan, **avg
+        )
     out = {
         "n": int(y_true.size),
         "accuracy": float(accuracy_score(y_true, y_pred)) if y_true.size else math.nan,

@@ -10,13 +10,14 @@ over patients has no binomial interval. Two classes only.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
+
+from fastall.system import csvsafe
 
 LEVEL = 0.95
 RULES = ("mean_probability", "fraction_called")
@@ -102,7 +103,7 @@ def run_patient_level(
     if len(class_names) != 2 or positive is None:
         return None
     with open(predictions_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        rows = list(csvsafe.dict_reader(fh))
     out = {}
     for split, name in (("val", "out_of_fold"), ("test", "test")):
         chosen = [r for r in rows if r["split"] == split]

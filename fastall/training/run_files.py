@@ -15,7 +15,6 @@ none), ``lr`` is the learning rate the epoch trained with.
 
 from __future__ import annotations
 
-import csv
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from fastall import __version__
 from fastall.features.cache import FeatureCache
 from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
 from fastall.reporting.provenance import command_line
+from fastall.system import csvsafe
 from fastall.system.jsonable import plain
 from fastall.training.config import HISTORY_KEYS, HeadConfig, HeadResult
 from fastall.training.divergence import diverged, metrics_or_nan
@@ -225,7 +225,7 @@ def write_predictions(path: Path, prep: Prepared, results: list[HeadResult], tta
 def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
     """A CSV with the given columns; missing cells are empty."""
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+        writer = csvsafe.dict_writer(fh, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
 

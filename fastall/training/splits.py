@@ -80,7 +80,7 @@ def make_splits(
         test_rows, pool = _holdout(labelled, labels, patients, holdout, seed, names)
     else:
         test_rows, pool = np.empty(0, dtype=np.int64), labelled
-    _check_patients_per_class(pool, labels, patients, folds, names)
+    _check_patients_per_class(pool, labels, patients, folds, names, test)
     sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -121,13 +121,19 @@ def _holdout(
 
 
 def _check_patients_per_class(
-    pool: np.ndarray, labels: np.ndarray, patients: np.ndarray, folds: int, names: list[str]
+    pool: np.ndarray, labels: np.ndarray, patients: np.ndarray, folds: int, names: list[str], test: str
 ) -> None:
     counts = {int(k): np.unique(patients[pool][labels[pool] == k]).size for k in np.unique(labels[pool])}
     fewest = min(counts.values())
     if fewest < folds:
         k = min(counts, key=counts.get)
-        hint = f"use --folds {fewest}" if fewest >= 2 else "add patients or use --test none"
+        hint = (
+            f"use --folds {fewest}"
+            if fewest >= 2
+            else "add patients (cross-validation needs at least 2 per class)"
+            if test == "none"
+            else "add patients or use --test none"
+        )
         raise FastallError(
             f"class {names[k]!r} has only {fewest} patients in the training pool, fewer than "
             f"--folds {folds}: {hint}"

@@ -7,7 +7,6 @@ results equal those of ``fastall train-head`` with the printed command.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shlex
@@ -24,12 +23,13 @@ from fastall import __version__
 from fastall.errors import FastallError
 from fastall.reporting.provenance import command_line
 from fastall.reporting.tables import fmt
+from fastall.system import csvsafe
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult, TrainOptions
 from fastall.training.divergence import diverged, metrics_or_nan
-from fastall.training.engine import train_stacks
-from fastall.training.grid import Range, expand, parse_grid, sample
+from fastall.training.engine import time_floor, train_stacks
+from fastall.training.grid import Range, check_budget, count_configs, expand, parse_grid, sample
 from fastall.training.metrics import summarize
 from fastall.training.presets import protocol_record
 from fastall.training.probe import ProbeResult, probe_cache
@@ -78,10 +78,18 @@ def sweep(
     if grid is None:
         text = DEFAULT_RANGES if random else DEFAULT_GRID
         grid = text
+    if random is not None and random < 1:
+        raise FastallError(f"--random {random}: expected at least 1 configuration")
     spec = parse_grid(grid, allow_ranges=bool(random)) if isinstance(grid, str) else grid
-    configs = sample(spec, random, options.seed, base) if random else expand(spec, base)
     check_target(Path(out).absolute(), options.overwrite, kind=SWEEP_FORMAT)
     prep = prepare(cache_path, options)
+    flag = "--random" if random else "--grid"
+    n_pool = int(prep.splits.pool.size)
+    estimate = check_budget(count_configs(spec, random), options.folds, n_pool, prep.data.classes, flag)
+    configs = sample(spec, random, options.seed, base) if random else expand(spec, base)
+    if options.console is not None and options.progress:
+        floor = time_floor(configs, options.folds, n_pool, prep.data.dim, prep.device)
+        options.console.print(f"[dim]sweep: {estimate}; {floor}[/]", highlight=False)
     probe = probe_cache(prep.cache, prep.splits, positive=prep.positive.index) if options.probe else None
     t0 = time.perf_counter()
     if options.selection == "fold":
@@ -155,7 +163,10 @@ class _GroupProgress:
 
     def __init__(self, enabled: bool, console: Console | None, configs: list[HeadConfig]) -> None:
         self.enabled, self.console = enabled, console
-        self.shapes = list(dict.fromkeys(c.shape for c in configs))
+        sizes: dict[tuple[int, int], int] = {}
+        for c in configs:
+            sizes[c.shape] = sizes.get(c.shape, 0) + 1
+        self.shapes, self.sizes = list(sizes), list(sizes.values())
 
     def __enter__(self):
         if not self.enabled:
@@ -166,18 +177,18 @@ class _GroupProgress:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("groups"),
+            TextColumn("configurations"),
             TimeElapsedColumn(),
             console=self.console or Console(stderr=True),
         )
         self.bar.__enter__()
-        self.task = self.bar.add_task("sweep", total=len(self.shapes))
+        self.task = self.bar.add_task("sweep", total=sum(self.sizes))
 
         def report(group: int, groups: int, done: float, total: float) -> None:
             hidden, batch = self.shapes[group]
-            self.bar.update(
-                self.task, completed=group + done / total, description=f"hidden {hidden}, batch {batch}"
-            )
+            finished = sum(self.sizes[:group]) + self.sizes[group] * done / total
+            where = f"group {group + 1}/{groups}: hidden {hidden}, batch {batch}"
+            self.bar.update(self.task, completed=int(finished), description=where)
 
         return report
 
@@ -283,7 +294,7 @@ def _write_csv(path: Path, table: list[dict]) -> None:
         "auc",
     ]
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer = csvsafe.dict_writer(fh, fieldnames=cols)
         writer.writeheader()
         for row in table:
             for f in row["folds"]:

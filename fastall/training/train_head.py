@@ -37,8 +37,8 @@ from fastall.training.config import (
     split_keywords,
 )
 from fastall.training.divergence import check_divergence
-from fastall.training.engine import train_stacks
-from fastall.training.grid import expand, parse_grid
+from fastall.training.engine import time_floor, train_stacks
+from fastall.training.grid import check_budget, count_configs, expand, parse_grid
 from fastall.training.hygiene import check_rows, content_leak_notes
 from fastall.training.patients import run_patient_level
 from fastall.training.presets import PRESETS, protocol_record
@@ -152,10 +152,17 @@ def train_head(
     config.check()
     configs = check_protocol(config, options)
     out = Path(out)
-    check_target(out.absolute(), options.overwrite)
+    check_target(out.absolute(), options.overwrite, run_files.RUN_FORMAT)
     prep = prepare(cache_path, options)
     warnings = prep.warnings
     warnings.add("precision", precision_warning(prep))
+    console = options.console
+    if options.tune:
+        pool = int(prep.splits.pool.size)
+        estimate = check_budget(len(configs), options.folds, pool, prep.data.classes, "--tune")
+        if console is not None and options.progress:
+            floor = time_floor(configs, options.folds, pool, prep.data.dim, prep.device)
+            console.print(f"[dim]--tune: {estimate}; {floor}[/]", highlight=False)
     shift = view_shift(prep.cache.features, prep.splits.pool, options.train_views)
     if shift["large"]:
         prep.notes.append(shift["message"])
@@ -250,7 +257,9 @@ def check_protocol(config: HeadConfig, options: TrainOptions) -> list[HeadConfig
         raise FastallError(
             "--tune chooses on an inner split: it needs --selection inner (not the paper preset)"
         )
-    return [c.check() for c in expand(parse_grid(options.tune, flag="--tune"), config)]
+    spec = parse_grid(options.tune, flag="--tune")
+    check_budget(count_configs(spec), options.folds, 0, 2, "--tune")  # before making them; again once loaded
+    return [c.check() for c in expand(spec, config)]
 
 
 def train_by_protocol(
@@ -332,7 +341,9 @@ class _EpochProgress:
         self.bar = Progress(console=self.console or Console(stderr=True), transient=True)
         self.bar.__enter__()
         self.task = self.bar.add_task("training heads", total=self.epochs)
-        return lambda group, groups, done, total: self.bar.update(self.task, completed=done, total=total)
+        return lambda group, groups, done, total: self.bar.update(
+            self.task, completed=done, total=total, description=f"training heads, group {group + 1}/{groups}"
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:

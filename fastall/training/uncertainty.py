@@ -13,6 +13,7 @@ no interval is given: it is marked unreliable.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -161,9 +162,9 @@ def _confusion_metrics(m: np.ndarray) -> dict[str, np.ndarray]:
     diag = np.diagonal(m, axis1=1, axis2=2)
     support, predicted = m.sum(2), m.sum(1)
     total = support.sum(1)
-    recall = _ratio(diag, support, 0.0)
-    precision = _ratio(diag, predicted, 0.0)
-    f1 = _ratio(2 * diag, support + predicted, 0.0)
+    recall = _ratio(diag, support, math.nan)
+    precision = _ratio(diag, predicted, math.nan)
+    f1 = _ratio(2 * diag, support + predicted, math.nan)
     with np.errstate(invalid="ignore"):
         balanced = np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
     cov_tp = diag.sum(1) * total - (support * predicted).sum(1)
@@ -172,7 +173,7 @@ def _confusion_metrics(m: np.ndarray) -> dict[str, np.ndarray]:
     out = {
         "accuracy": _ratio(diag.sum(1), total, math.nan),
         "balanced_accuracy": balanced,
-        "f1_weighted": _ratio((support * f1).sum(1), total, 0.0),
+        "f1_weighted": _ratio((support * np.nan_to_num(f1)).sum(1), total, 0.0),
         "mcc": _ratio(cov_tp, np.sqrt(cov_pp * cov_tt), 0.0),
     }
     if k == 2:
@@ -185,9 +186,13 @@ def _confusion_metrics(m: np.ndarray) -> dict[str, np.ndarray]:
         )
     else:
         nan = np.full(m.shape[0], math.nan)
-        out.update(
-            recall=recall.mean(1), precision=precision.mean(1), f1=f1.mean(1), specificity=nan, npv=nan
-        )
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            macro = {
+                name: np.nanmean(v, axis=1)
+                for name, v in (("recall", recall), ("precision", precision), ("f1", f1))
+            }
+        out.update(**macro, specificity=nan, npv=nan)
     return out
 
 
