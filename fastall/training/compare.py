@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
@@ -128,14 +129,11 @@ def _first_change(other: FeatureCache, ref: FeatureCache) -> str:
 
 
 def _names(caches: Sequence[FeatureCache]) -> list[str]:
-    """One folder name per cache: its encoder (a name read from the file, so made a safe token first: a
-    hostile ``/tmp/x`` or ``../y`` must not lead outside --out), with the file's stem where two share one."""
-    names = [safe_token(c.encoder) for c in caches]
-    out = [
-        n if names.count(n) == 1 else safe_token(f"{n}-{c.path.stem}")
-        for n, c in zip(names, caches, strict=True)
-    ]
-    if len(set(out)) != len(out):
+    """One name per cache: its encoder (``resnet50[layer3]``), with the file's stem where two share one. A
+    name is read from the file: it is shown, and becomes a folder only through ``safe_token``."""
+    names = [c.encoder for c in caches]
+    out = [n if names.count(n) == 1 else f"{n}-{c.path.stem}" for n, c in zip(names, caches, strict=True)]
+    if len({safe_token(n) for n in out}) != len(out):
         raise FastallError("the same cache is given twice: compare different caches")
     return out
 
@@ -235,15 +233,18 @@ def compare_caches(
     with atomic_folder(out, overwrite=overwrite) as tmp:
         try:
             for name, cache in zip(names, loaded, strict=True):
+                folder = safe_token(name)  # a hostile ``/tmp/x`` or ``../y`` must not lead outside --out
                 if console is not None:
-                    console.print(f"[dim]{name}: training heads on {cache.path}[/]", highlight=False)
+                    console.print(
+                        f"[dim]{escape(f'{name}: training heads on {cache.path}')}[/]", highlight=False
+                    )
                 cfg = config
                 if options.sweep:
-                    cfg = _best_of_sweep(cache.path, tmp / "sweeps" / name, options)
-                result = run_train_head(cache.path, tmp / "runs" / name, cfg, options)
-                if _folds_of(tmp / "runs" / name) != expected:
+                    cfg = _best_of_sweep(cache.path, tmp / "sweeps" / folder, options)
+                result = run_train_head(cache.path, tmp / "runs" / folder, cfg, options)
+                if _folds_of(tmp / "runs" / folder) != expected:
                     raise FastallError(f"{name}: train-head made other folds than the comparison's (a bug)")
-                entries.append(_entry(name, cache, Path("runs") / name, result.metrics, cfg))
+                entries.append(_entry(name, cache, Path("runs") / folder, result.metrics, cfg))
                 positive = ((result.metrics.get("classes") or {}).get("positive") or {}).get("index")
                 full = read_cache(cache.path)
                 probe = probe_cache(full, splits, positive=positive)
@@ -251,7 +252,7 @@ def compare_caches(
                 entries[-1]["probe"] = {"oof_auc": oof_auc, **probe.summary, "test": probe.test}
                 entries[-1]["verdict"] = result.metrics.get("verdict")
                 entries[-1]["protocols"] = field_columns(full, splits, seed=options.run.seed)
-                scores.append(_oof_scores(tmp / "runs" / name, cache))
+                scores.append(_oof_scores(tmp / "runs" / folder, cache))
             results = _rank(entries, scores, ref, splits, options)
             results["config"] = asdict(config)
             write_outputs(tmp, results)
