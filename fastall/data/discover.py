@@ -7,7 +7,6 @@ Every problem is collected on ``Dataset.problems`` (each naming its file) and it
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 from collections import defaultdict
@@ -19,7 +18,7 @@ from fastall.data.patients_file import apply_patients
 from fastall.data.records import Dataset, Record
 from fastall.data.walk import IMAGE_EXTENSIONS, NOT_UTF8, walk_files
 from fastall.errors import FastallError
-from fastall.system.files import open_regular
+from fastall.system.csvsafe import MissingColumns, read_table
 from fastall.system.names import shown, undecodable
 
 CNMC_CLASSES = ["hem", "all"]
@@ -265,21 +264,10 @@ def _cnmc_fold(ds: Dataset, fold: Path) -> list[tuple[str, Record]]:
 
 def _read_csv(ds: Dataset, path: Path) -> list[dict[str, str]] | None:
     try:
-        with io.TextIOWrapper(open_regular(path), newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in CSV_COLUMNS if c not in columns]
-            if missing:
-                ds.add_problem(
-                    path,
-                    f"labels CSV lacks column(s) {', '.join(missing)} (has: {', '.join(columns) or 'none'})",
-                    fatal=True,
-                )
-                return None
-            return [
-                {(k or "").strip(): v.strip() if isinstance(v, str) else "" for k, v in row.items()}
-                for row in reader
-            ]
+        return read_table(path, CSV_COLUMNS)
+    except MissingColumns as err:
+        ds.add_problem(path, f"labels CSV {err}", fatal=True)
+        return None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         reason = "file not found" if isinstance(err, FileNotFoundError) else str(err).replace("\n", " ")
         if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:

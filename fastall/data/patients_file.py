@@ -11,13 +11,12 @@ their own group), and the count is a warning that the terminal and the report bo
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from fastall.data.records import Dataset
 from fastall.errors import FastallError
-from fastall.system.files import open_regular
+from fastall.system.csvsafe import MissingColumns, read_table
 
 COLUMNS = ("path", "patient")
 
@@ -26,16 +25,9 @@ def read_patients(path: str | Path) -> dict[str, str]:
     """``{relative path: patient}`` from the CSV; a one-line FastallError for an unusable file."""
     path = Path(path)
     try:
-        with io.TextIOWrapper(open_regular(path), newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in COLUMNS if c not in columns]
-            if missing:
-                raise FastallError(
-                    f"--patients {path}: lacks column(s) {', '.join(missing)} "
-                    f"(has: {', '.join(columns) or 'none'}; expected path,patient)"
-                )
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        rows = read_table(path, COLUMNS)
+    except MissingColumns as err:
+        raise FastallError(f"--patients {path}: {err}; expected path,patient") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
         raise FastallError(f"--patients {path}: cannot read it ({reason})") from None

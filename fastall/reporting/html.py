@@ -20,7 +20,9 @@ from fastall.reporting.tables import (
     clinical_rows,
     fmt,
     kept_epochs,
+    param_cells,
     per_class_rows,
+    sweep_row_cells,
 )
 
 
@@ -158,29 +160,10 @@ def sweep_tables(sweep: dict, top: int = 30) -> list[Table]:
     rows = []
     probe = (sweep.get("probe") or {}).get("summary")
     if probe:
-        rows.append(
-            [
-                "linear probe (to beat)",
-                *("" for _ in varying),
-                fmt(probe.get(metric), metric == "accuracy", probe.get(f"{metric}_std")),
-                fmt(probe.get("accuracy"), True),
-                fmt(probe.get("f1"), False),
-                fmt(probe.get("auc"), False),
-                "",
-            ]
-        )
+        rows.append(["linear probe (to beat)", *sweep_row_cells(probe, metric, ["" for _ in varying])])
     for r in sweep["configs"][:top]:
-        s, p = r["summary"], r["params"]
         rows.append(
-            [
-                str(r["rank"]),
-                *(f"{p[n]:.3g}" if isinstance(p[n], float) else str(p[n]) for n in varying),
-                fmt(s.get(metric), metric == "accuracy", s.get(f"{metric}_std")),
-                fmt(s.get("accuracy"), True),
-                fmt(s.get("f1"), False),
-                fmt(s.get("auc"), False),
-                fmt(s.get("val_loss"), False),
-            ]
+            [str(r["rank"]), *sweep_row_cells(r["summary"], metric, param_cells(r["params"], varying))]
         )
     title = (
         f"Sweep: {len(sweep['configs'])} configurations × {sweep.get('folds', '?')} folds, ranked by "

@@ -80,6 +80,24 @@ def clinical_rows(m: dict, compact: bool = False) -> tuple[list[str], list[list[
     return header, rows
 
 
+def param_cells(params: dict, names: list[str]) -> list[str]:
+    """Hyperparameter values as a sweep table shows them (floats to 3 significant digits)."""
+    return [f"{params[n]:.3g}" if isinstance(params[n], float) else str(params[n]) for n in names]
+
+
+def sweep_row_cells(s: dict, metric: str, params: list[str]) -> list[str]:
+    """A sweep table's cells after the rank: ``params`` (already formatted), the ranking metric with its std,
+    accuracy, F1, AUC and the validation loss of a summary ``s`` (a configuration's or the probe's)."""
+    return [
+        *params,
+        fmt(s.get(metric), metric == "accuracy", s.get(f"{metric}_std")),
+        fmt(s.get("accuracy"), True),
+        fmt(s.get("f1"), False),
+        fmt(s.get("auc"), False),
+        fmt(s.get("val_loss"), False) if "val_loss" in s else "",
+    ]
+
+
 def ci_note(m: dict) -> str:
     """How the intervals were made, in one line."""
     ci = (m.get("pooled") or {}).get("ci") or ((m.get("test") or {}).get("final") or {}).get("ci")

@@ -11,8 +11,11 @@ a float, such as ``-0.25``) are left as they are.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable
 from typing import Any
+
+from fastall.system.files import open_regular
 
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "'")
 
@@ -90,3 +93,27 @@ def dict_writer(fh: Any, fieldnames: Any, **kw: Any) -> csv.DictWriter:
 def dict_reader(fh: Any, **kw: Any) -> csv.DictReader:
     """``csv.DictReader`` giving back the text :func:`dict_writer` was given."""
     return _DictReader(fh, **kw)
+
+
+class MissingColumns(ValueError):
+    """A CSV without a column it needs: ``missing`` and the ``columns`` it has."""
+
+    def __init__(self, missing: list[str], columns: list[str]) -> None:
+        self.missing, self.columns = missing, columns
+        super().__init__(f"lacks column(s) {', '.join(missing)} (has: {', '.join(columns) or 'none'})")
+
+
+def read_table(path: Any, required: Iterable[str]) -> list[dict[str, str]]:
+    """The rows of a user's CSV (UTF-8, a BOM allowed, read as written: no cell is unquoted), header names
+    and cells stripped; opened without blocking on a FIFO. :class:`MissingColumns` when a ``required``
+    column is absent; ``OSError``, ``UnicodeDecodeError`` and ``csv.Error`` as they come."""
+    with io.TextIOWrapper(open_regular(path), newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise MissingColumns(missing, columns)
+        return [
+            {(k or "").strip(): v.strip() if isinstance(v, str) else "" for k, v in row.items()}
+            for row in reader
+        ]

@@ -22,7 +22,7 @@ from rich.table import Table
 from fastall import __version__
 from fastall.errors import FastallError
 from fastall.reporting.provenance import command_line
-from fastall.reporting.tables import fmt
+from fastall.reporting.tables import param_cells, sweep_row_cells
 from fastall.system import csvsafe
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
@@ -315,29 +315,11 @@ def print_sweep(result: SweepResult, console: Console | None = None, top: int = 
         table.add_column(col, justify="right", no_wrap=True)
     probe = (r.get("probe") or {}).get("summary")
     if probe:
-        table.add_row(
-            "probe",
-            *("" for _ in varying),
-            fmt(probe.get(metric), metric == "accuracy", probe.get(f"{metric}_std")),
-            fmt(probe.get("accuracy"), True),
-            fmt(probe.get("f1"), False),
-            fmt(probe.get("auc"), False),
-            "",
-            style="cyan",
-        )
+        table.add_row("probe", *sweep_row_cells(probe, metric, ["" for _ in varying]), style="cyan")
         table.add_section()
     for row in r["configs"][:top]:
-        s, p = row["summary"], row["params"]
-        params = (f"{p[n]:.3g}" if isinstance(p[n], float) else str(p[n]) for n in varying)
-        table.add_row(
-            str(row["rank"]) + (" diverged" if row.get("diverged") else ""),
-            *params,
-            fmt(s[metric], metric == "accuracy", s[f"{metric}_std"]),
-            fmt(s["accuracy"], True),
-            fmt(s["f1"], False),
-            fmt(s["auc"], False),
-            fmt(s["val_loss"], False),
-        )
+        rank = str(row["rank"]) + (" diverged" if row.get("diverged") else "")
+        table.add_row(rank, *sweep_row_cells(row["summary"], metric, param_cells(row["params"], varying)))
     console.print(table)
     if len(r["configs"]) > top:
         console.print(f"... {len(r['configs']) - top} more in {result.out / 'results.csv'}")
