@@ -141,6 +141,10 @@ def print_comparison(results: dict[str, Any], out: Any, console: Console) -> Non
     for e in results["backbones"]:
         if e.get("verdict"):
             console.print(escape(f"{e['name']}: {e['verdict']['text']}"), highlight=False, soft_wrap=True)
+    renamed = [f"{e['name']} -> {e['run']}" for e in results["backbones"] if Path(e["run"]).name != e["name"]]
+    if renamed:
+        line = "run folders (names read from the caches, made safe): " + "; ".join(renamed)
+        console.print(escape(line), highlight=False, soft_wrap=True)
     if results.get("probe_note"):
         console.print(f"[yellow]warning:[/] {escape(results['probe_note'])}", highlight=False, soft_wrap=True)
     console.print(
