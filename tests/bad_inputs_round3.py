@@ -20,26 +20,12 @@ def _victim(env: Env) -> Path:
 def _other_pixels_cache(env: Env, index: int = 3) -> Path:
     """The env cache with one image's content hash changed (same names, sizes, labels and patients)."""
     from fastall.data.fingerprint import Stamp
-    from fastall.features.cache import read_cache, write_cache
-    from tests.e2e_helpers import stamps_of
+    from fastall.features.cache import read_cache
+    from tests.e2e_helpers import E2ERun, cache_with, stamps_of
 
-    fc = read_cache(env.cache)
-    stamps = stamps_of(fc)
+    stamps = stamps_of(read_cache(env.cache))
     stamps[index] = Stamp("0" * 32, stamps[index].size, stamps[index].mtime_ns)
-    return write_cache(
-        env.tmp / "other-pixels.h5",
-        features=fc.features,
-        labels=fc.labels,
-        class_names=fc.class_names,
-        patients=list(fc.patients),
-        paths=list(fc.paths),
-        sources=list(fc.sources),
-        view_params=fc.view_params,
-        view_param_names=fc.view_param_names,
-        key_params=fc.key_params,
-        provenance={"data_root": fc.attrs["data_root"]},
-        stamps=stamps,
-    )
+    return cache_with(E2ERun(env.run, env.cache, env.data), env.tmp / "other-pixels.h5", stamps=stamps)
 
 
 def _hostile_backbone(env: Env, name: str) -> list[str]:

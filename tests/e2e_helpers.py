@@ -71,8 +71,9 @@ def edit_head(run: Path, **changes) -> None:
     torch.save(blob, run / "head.pt")
 
 
-def cache_with(e2e: E2ERun, dest: Path, **key_changes) -> Path:
-    """A copy of the run's cache whose recorded parameters differ by ``key_changes``."""
+def cache_with(e2e: E2ERun, dest: Path, stamps: list | None = None, **key_changes) -> Path:
+    """A copy of the run's cache whose recorded parameters differ by ``key_changes`` (and whose content
+    stamps are ``stamps``, where given)."""
     fc = read_cache(e2e.cache)
     attrs = fc.attrs
     return write_cache(
@@ -87,7 +88,7 @@ def cache_with(e2e: E2ERun, dest: Path, **key_changes) -> Path:
         view_param_names=fc.view_param_names,
         key_params={**fc.key_params, **key_changes},
         provenance={"data_root": attrs["data_root"]},
-        stamps=stamps_of(fc),
+        stamps=stamps_of(fc) if stamps is None else stamps,
     )
 
 
