@@ -15,13 +15,13 @@ from fastall.reporting.paper import PAPER_CV, PAPER_TEST
 from fastall.reporting.provenance import provenance_rows
 from fastall.reporting.tables import (
     PER_CLASS_HEADER,
-    _paper,
     ci_note,
     clinical_rows,
     fmt,
     kept_epochs,
     param_cells,
     per_class_rows,
+    shows_paper,
     sweep_row_cells,
 )
 
@@ -63,7 +63,7 @@ def run_tables(m: dict) -> list[Table]:
     per-class table (more than two classes), the summary with CIs and the clinical metrics per fold."""
     tables = []
     cols = naming.columns(m)
-    paper = _paper(m)
+    paper = shows_paper(m)
     splits = m.get("splits") or {}
     if splits.get("audit"):
         rows = [

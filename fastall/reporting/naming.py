@@ -6,8 +6,6 @@ from __future__ import annotations
 from fastall.reporting.runfiles import positive_name
 from fastall.system.notices import as_records
 
-__all__ = ["positive_name"]
-
 
 def class_names(m: dict) -> list[str]:
     return list((m.get("classes") or {}).get("names") or (m.get("cache") or {}).get("class_names") or [])

@@ -19,7 +19,7 @@ from fastall.reporting import naming
 from fastall.reporting.grids import correct_rows, error_rows, grid_figure, grid_legend, image_root
 from fastall.reporting.html import Shown, render, run_tables, sweep_tables
 from fastall.reporting.patient_text import patient_line
-from fastall.reporting.runfiles import RunFiles, load_run
+from fastall.reporting.runfiles import RunFiles, load_run, positive_name
 from fastall.reporting.tables import protocol_line
 from fastall.system.notices import as_records
 from fastall.system.procs import pid_alive
@@ -175,7 +175,7 @@ def _run(run: RunFiles, out: Path, data: str | Path | None, shown: Path) -> Repo
 
 def _name_positive(run: RunFiles, positive: str) -> None:
     """``report --positive``: the figures and grids of a run without a recorded positive class score it."""
-    recorded = naming.positive_name(run.metrics)
+    recorded = positive_name(run.metrics)
     names = naming.class_names(run.metrics or {}) or (run.predictions.class_names if run.predictions else [])
     if positive not in names:
         raise FastallError(f"--positive {positive!r} is not a class of the run (classes: {', '.join(names)})")
@@ -211,7 +211,7 @@ def run_facts(m: dict) -> list[tuple[str, str]]:
             "more than two classes"
             if len(naming.class_names(m)) > 2
             else "no positive class named"
-            if not naming.positive_name(m)
+            if not positive_name(m)
             else "not recorded"
         )
         facts.append(("Patient level", f"not computed: {why}"))

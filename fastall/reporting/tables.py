@@ -51,7 +51,7 @@ def clinical_rows(m: dict, compact: bool = False) -> tuple[list[str], list[list[
     """The summary with CIs: per metric, CV mean ± std, pooled out-of-fold, test (final head, fold ensemble)
     with 95% CIs, and, for a C-NMC run, the paper's Tables II and III (``compact``: short labels, the CI on
     its own line, no paper columns: for a terminal)."""
-    compact_paper = compact or not m.get("paper")
+    compact_paper = compact or not shows_paper(m)
     s, pooled, test = m.get("summary") or {}, m.get("pooled"), m.get("test") or {}
     header = ["Metric", "CV mean±std", "Pooled out-of-fold [95% CI]"]
     blocks = [("summary", s), ("pooled", pooled)]
@@ -163,14 +163,14 @@ def folds_table(m: dict) -> Table:
         table.add_row(
             "linear probe (to beat)", "", "", *_row(probe["summary"], m, with_std=True), style="cyan"
         )
-    if _paper(m):
+    if shows_paper(m):
         table.add_section()
         table.add_row("paper Table II", "", "", *_row(PAPER_CV, m, with_std=True), style="dim")
         table.add_row("paper peak", "", "", fmt(PAPER_CV["peak_accuracy"], True), "", "", "", "", style="dim")
     return table
 
 
-def _paper(m: dict) -> bool:
+def shows_paper(m: dict) -> bool:
     """The paper's rows belong beside a C-NMC run only (older runs: when their classes are C-NMC's)."""
     if "dataset" in m:
         return bool(m.get("paper"))
@@ -226,7 +226,7 @@ def test_table(m: dict) -> Table | None:
     probe = (m.get("probe") or {}).get("test")
     if probe:
         table.add_row("linear probe (to beat)", *_row(probe, m), style="cyan")
-    if _paper(m):
+    if shows_paper(m):
         table.add_section()
         table.add_row("paper Table III", *_row(PAPER_TEST, m), style="dim")
     return table

@@ -165,7 +165,6 @@ def train_head(
             console.print(f"[dim]--tune: {estimate}; {floor}[/]", highlight=False)
     shift = view_shift(prep.cache.features, prep.splits.pool, options.train_views)
     if shift["large"]:
-        prep.notes.append(shift["message"])
         warnings.add("view_shift", shift["message"])
     t0 = time.perf_counter()
     probe = probe_cache(prep.cache, prep.splits, positive=prep.positive.index) if options.probe else None
@@ -177,11 +176,9 @@ def train_head(
         from fastall.training.choice import choose
 
         choice = choose(prep, configs[0], options, probe, results, _linear_fit(prep, options.seed))
-        prep.notes.extend(choice.notes)
         warnings.extend("model_choice", choice.notes)
     if selection is not None:
         config = configs[selection.final_config]
-        prep.notes.extend(selection.notes)
         warnings.extend("selection", selection.notes)
     train_s = time.perf_counter() - t0
     check_divergence(results, config.lr, config.weight_decay, lambda m: warnings.add("diverged", m))
