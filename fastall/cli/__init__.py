@@ -9,6 +9,7 @@ import sys
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 from fastall.cli import (  # noqa: F401  (registers the commands)
+    cells,
     compare,
     data,
     demo,

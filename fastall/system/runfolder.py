@@ -38,6 +38,8 @@ MARKERS = {
     "compare.json": "fastall-compare",
     "probe.json": "fastall-probe",
     "evaluation.json": "fastall-evaluation",
+    "cells.json": "fastall-cells",
+    "screen.json": "fastall-screen",
 }
 
 
