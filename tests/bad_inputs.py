@@ -1869,3 +1869,7 @@ CASES += [
 from tests.bad_inputs_round3 import ROUND3  # noqa: E402  (its cases use the helpers above)
 
 CASES += ROUND3
+
+from tests.bad_inputs_smears import SMEAR_CASES  # noqa: E402
+
+CASES += SMEAR_CASES

@@ -94,17 +94,18 @@ def scan(
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--patients-per-class", type=int, default=None)
 @click.option("--images-per-patient", type=int, default=None)
-@click.option("--size", type=int, default=450, show_default=True, help="Image side in pixels.")
+@click.option("--size", type=int, default=None, help="Image side in pixels [450; a smear's width: 640].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--testing", is_flag=True, help="Also write unlabelled testing_data.")
 @click.option("--like-manifest", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--max-per-patient", type=int, default=None)
 @click.option(
     "--layout",
-    type=click.Choice(["cnmc", "generic"]),
+    type=click.Choice(["cnmc", "generic", "smear"]),
     default="cnmc",
     show_default=True,
-    help="cnmc: the C-NMC 2019 tree; generic: OUT/class<k>/P<patient>_<image>.bmp.",
+    help="cnmc: the C-NMC 2019 tree; generic: OUT/class<k>/P<patient>_<image>.bmp; smear: whole smears "
+    "(OUT/P<patient>_S<k>.png, 640 px wide unless --size) with their leukocyte boxes in OUT/boxes.csv.",
 )
 @click.option("--classes", type=int, default=2, show_default=True, help="Classes of a generic tree.")
 @click.option(
@@ -130,7 +131,7 @@ def synth(
     out: str,
     patients_per_class: int | None,
     images_per_patient: int | None,
-    size: int,
+    size: int | None,
     seed: int,
     testing: bool,
     like_manifest: str | None,
@@ -142,7 +143,22 @@ def synth(
     class_margin: float | None,
     patient_effect: float | None,
 ) -> None:
-    """Write a deterministic synthetic dataset: the C-NMC 2019 tree layout, or a generic K-class tree."""
+    """Write a deterministic synthetic dataset: the C-NMC 2019 tree, a generic K-class tree, or smears."""
+    if layout == "smear":
+        from fastall.data.synth_smear import synthesize_smears
+
+        done = synthesize_smears(
+            out,
+            patients_per_class=patients_per_class or 3,
+            smears_per_patient=images_per_patient or 2,
+            width=size or 640,
+            seed=seed,
+        )
+        click.echo(
+            f"wrote {done.smears} smears ({done.size[0]}x{done.size[1]}) of {done.patients} patients with "
+            f"{done.leukocytes} leukocytes to {done.root} (boxes.csv, patients.csv)"
+        )
+        return
     from fastall.data.cells import appearance
     from fastall.data.synth import synthesize
 
@@ -156,7 +172,7 @@ def synth(
     }
     summary = synthesize(
         out,
-        size=size,
+        size=size or 450,
         seed=seed,
         testing=testing,
         like_manifest=like_manifest,

@@ -138,7 +138,7 @@ def score_detection(
     scored = sorted(set(detections) & set(truth))
     unmatched = sorted(set(truth) - set(detections))
     images = scored + unmatched
-    if not images:
+    if not scored:
         raise FastallError("--boxes: none of the annotated images is among the smears (names must match)")
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(images), (resamples, len(images)))

@@ -15,14 +15,18 @@ The ``stain`` method is classical (scikit-image) and needs no weights. Its steps
 4. **Thresholds.** Nuclei: Otsu's threshold of the channel, at least ``NUCLEUS_CONTRAST`` above the slide (so
    a smear without any leukocyte finds none instead of splitting noise). Whole cells: a lower threshold
    (``CELL_FRACTION`` of the way from slide to nucleus) that keeps the pale blue cytoplasm but not red cells.
-5. **Scale.** Red cells are the ruler every smear carries (about 7.5 µm): the median equivalent diameter of
-   the solid, unstained objects darker than the slide is the red-cell diameter ``d``. Without enough red
+5. **Scale.** Red cells are the ruler every smear carries (about 7.5 µm): twice the inscribed radius
+   (distance-transform peak) of the unstained objects darker than the slide is the red-cell diameter ``d``
+   (its upper quartile: fragments cut by leukocytes and debris peak lower, a clump of overlapping red
+   cells still peaks at about one cell's radius). Without enough red
    cells (a crop of one cell), ``d`` is the long side / 9 (a 640x480 field at 100x) and no upper size limit
    applies. All sizes below are in ``d``.
 6. **Morphology.** Closing (radius ``0.12 d``) joins the lobes of a segmented nucleus and the granules of a
    cytoplasm; holes are filled (a pale nucleus centre).
 7. **Watershed for touching cells.** Each peak of the distance transform of the cell mask (at least
-   ``0.6 d`` apart: one per round cell, whatever its nucleus's lobes) seeds a watershed on the mask.
+   ``0.6 d`` apart: one per round cell, whatever its nucleus's lobes) seeds a watershed on the mask, so
+   touching leukocytes part where their outlines meet. Outside the image counts as background, so a cell
+   cut by the edge keeps its own peak.
 8. **Filters.** A leukocyte region holds a nucleus of at least ``0.12 d²`` (a platelet, about ``0.3 d``
    across, holds less), spans ``0.8 d`` to ``4 d`` (debris is smaller, a clump larger) and is solid
    (``solidity ≥ 0.7``: stain streaks are not). Its box is the region's bounding box at full resolution.
@@ -113,10 +117,10 @@ def detect(image: np.ndarray, method: str = "stain") -> Detection:
 
 
 def _border_colour(a: np.ndarray) -> np.ndarray:
-    """The slide: the median of the brightest fifth of the border (red cells cover much of a dense one)."""
+    """The slide: the median of the brighter half of the border (red cells cover much of a dense one)."""
     edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     lum = edge.mean(1)
-    return np.median(edge[lum >= np.percentile(lum, 80)], axis=0)
+    return np.median(edge[lum >= np.percentile(lum, 50)], axis=0)
 
 
 def _dark_single(a: np.ndarray, bg: np.ndarray) -> list:
@@ -141,8 +145,10 @@ def _stain(a: np.ndarray, bg: np.ndarray) -> tuple[list, float]:
     from skimage.measure import regionprops
     from skimage.morphology import disk, remove_small_objects
 
-    chroma = a.max(2) - a.min(2)
-    if float(np.percentile(chroma, 99.5)) < 0.06:
+    objects = a.mean(2) < bg.mean() - 0.06
+    if objects.mean() < 0.002:
+        return [], float("nan")  # a bare slide: nothing to find
+    if float(np.percentile((a.max(2) - a.min(2))[objects], 99)) < 0.06:
         raise StainError(
             "no stain colour to separate (a greyscale image?): the stain method needs a Romanowsky-stained "
             "colour smear; try --method cellpose"
@@ -181,24 +187,22 @@ def _stain(a: np.ndarray, bg: np.ndarray) -> tuple[list, float]:
 
 
 def _red_cell_diameter(a: np.ndarray, bg: np.ndarray, nuclei: np.ndarray) -> float | None:
-    """The median diameter of whole red cells (solid, unstained, off the border); None when under three."""
+    """Twice the median inscribed radius (distance-transform peak) of the unstained objects off the border:
+    a clump of overlapping red cells still peaks at one cell's radius. None when under three."""
     from skimage.measure import label, regionprops
 
-    darker = a.mean(2) < bg.mean() - 0.06
+    darker = a.mean(2) < bg.mean() - 0.08
     free = ndi.binary_opening(darker & ~ndi.binary_dilation(nuclei, iterations=3), iterations=1)
+    free = ndi.binary_fill_holes(free)  # the pale centre of a biconcave red cell
     h, w = free.shape
     least = (max(h, w) / 40) ** 2
-    sizes = [
-        p.equivalent_diameter_area
+    distance = ndi.distance_transform_edt(free)
+    radii = [
+        float(distance[p.slice].max())
         for p in regionprops(label(free))
-        if p.area >= least
-        and p.solidity > 0.9
-        and p.bbox[0] > 0
-        and p.bbox[1] > 0
-        and p.bbox[2] < h
-        and p.bbox[3] < w
+        if p.area >= least and p.bbox[0] > 0 and p.bbox[1] > 0 and p.bbox[2] < h and p.bbox[3] < w
     ]
-    return float(np.median(sizes)) if len(sizes) >= 3 else None
+    return 2 * float(np.percentile(radii, 75)) if len(radii) >= 3 else None
 
 
 def _watershed(mask: np.ndarray, d: float) -> np.ndarray:
@@ -207,13 +211,10 @@ def _watershed(mask: np.ndarray, d: float) -> np.ndarray:
     from skimage.segmentation import watershed
 
     labels = label(mask)
-    distance = ndi.distance_transform_edt(mask)
+    distance = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]  # outside the image is background
     peaks = peak_local_max(distance, min_distance=max(2, int(0.6 * d)), labels=labels, exclude_border=False)
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    missed = np.setdiff1d(np.unique(labels[mask]), np.unique(labels[tuple(peaks.T)]))
-    for k, region in enumerate(missed, start=len(peaks) + 1):  # a component without a peak keeps one seed
-        markers[np.argwhere(labels == region)[0][0], np.argwhere(labels == region)[0][1]] = k
     return watershed(-distance, markers, mask=mask)
 
 

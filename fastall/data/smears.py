@@ -141,6 +141,7 @@ def one_smear(path: Path, name: str, stem: str, out: Path, config: CropConfig, r
         crops = [cut(pixels, box, config, found.background) for box in found.boxes]
         if not crops:
             smear.note = EMPTY_NOTE
+            reporter.warn("empty-smear", f"{name}: {EMPTY_NOTE}")
     if crops:
         folder.mkdir(parents=True, exist_ok=True)
     for k, crop in enumerate(crops, start=1):

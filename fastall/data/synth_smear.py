@@ -85,15 +85,16 @@ def synthesize_smears(
 
 
 def draw_smear(
-    rng: np.random.Generator, look: dict, width: int, height: int
+    rng: np.random.Generator, look: dict, width: int, height: int, leukocytes: tuple[int, int] = (2, 6)
 ) -> tuple[np.ndarray, list[list[int]]]:
-    """One smear (uint8 [H, W, 3]) and its leukocyte boxes ``[x0, y0, x1, y1]``."""
+    """One smear (uint8 [H, W, 3]) and its leukocyte boxes ``[x0, y0, x1, y1]``; ``leukocytes``: the range
+    of their number (high end exclusive)."""
     slide = slide_colour(rng)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     tilt = 1 + rng.normal(0, 0.03) * (xx / width - 0.5) + rng.normal(0, 0.03) * (yy / height - 0.5)
     canvas = slide[None, None, :] * tilt[..., None]
     d = height * rng.uniform(0.14, 0.18)
-    centres = _leukocyte_centres(rng, width, height, d)
+    centres = _leukocyte_centres(rng, width, height, d, int(rng.integers(*leukocytes)))
     for _ in range(int(rng.integers(35, 71))):
         x, y = rng.uniform(0, width), rng.uniform(0, height)
         r = d / 2 * rng.uniform(0.85, 1.15)
@@ -120,10 +121,11 @@ def draw_smear(
     return image, [b for b in boxes if b[2] > b[0] and b[3] > b[1]]
 
 
-def _leukocyte_centres(rng: np.random.Generator, width: int, height: int, d: float) -> list[tuple]:
-    """2-5 leukocytes (centre x, y and diameter), apart unless a pair is drawn touching."""
+def _leukocyte_centres(
+    rng: np.random.Generator, width: int, height: int, d: float, wanted: int
+) -> list[tuple]:
+    """``wanted`` leukocytes (centre x, y and diameter), apart unless a pair is drawn touching."""
     out: list[tuple] = []
-    wanted = int(rng.integers(2, 6))
     for _ in range(200):
         if len(out) == wanted:
             break

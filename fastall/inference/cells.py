@@ -91,9 +91,7 @@ def run_cells(
         atomic_write_text(tmp / "index.html", cells_page(smears, summary, detection))
         reached("cells-summary")
         atomic_write_text(tmp / "cells.json", json.dumps(plain(summary), indent=2, allow_nan=False))
-    result = CellsResult(Path(out), smears, detection)
-    reporter.info(f"{result.cells} cells from {len(smears)} images -> {out}")
-    return result
+    return CellsResult(Path(out), smears, detection)
 
 
 def detected(smears: list[Smear]) -> dict:
