@@ -17,8 +17,8 @@ The ``stain`` method is classical (scikit-image) and needs no weights. Its steps
    (``CELL_FRACTION`` of the way from slide to nucleus) that keeps the pale blue cytoplasm but not red cells.
 5. **Scale.** Red cells are the ruler every smear carries (about 7.5 µm): twice the inscribed radius
    (distance-transform peak) of the unstained objects darker than the slide is the red-cell diameter ``d``
-   (its upper quartile: fragments cut by leukocytes and debris peak lower, a clump of overlapping red
-   cells still peaks at about one cell's radius). Without enough red
+   (its upper quartile over solid objects off the border: fragments cut by leukocytes and debris peak
+   lower, a clump of overlapping red cells still peaks at about one cell's radius). Without enough red
    cells (a crop of one cell), ``d`` is the long side / 9 (a 640x480 field at 100x) and no upper size limit
    applies. All sizes below are in ``d``.
 6. **Morphology.** Closing (radius ``0.12 d``) joins the lobes of a segmented nucleus and the granules of a
@@ -195,12 +195,12 @@ def _red_cell_diameter(a: np.ndarray, bg: np.ndarray, nuclei: np.ndarray) -> flo
     free = ndi.binary_opening(darker & ~ndi.binary_dilation(nuclei, iterations=3), iterations=1)
     free = ndi.binary_fill_holes(free)  # the pale centre of a biconcave red cell
     h, w = free.shape
-    least = (max(h, w) / 40) ** 2
+    least = (max(h, w) / 25) ** 2
     distance = ndi.distance_transform_edt(free)
     radii = [
         float(distance[p.slice].max())
         for p in regionprops(label(free))
-        if p.area >= least and p.bbox[0] > 0 and p.bbox[1] > 0 and p.bbox[2] < h and p.bbox[3] < w
+        if p.area >= least and p.solidity > 0.8 and min(p.bbox[:2]) > 0 and p.bbox[2] < h and p.bbox[3] < w
     ]
     return 2 * float(np.percentile(radii, 75)) if len(radii) >= 3 else None
 
