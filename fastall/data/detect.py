@@ -8,8 +8,9 @@ The ``stain`` method is classical (scikit-image) and needs no weights. Its steps
    smear: one bright centred object is a segmented single-cell crop (C-NMC), anything else cannot be
    separated by this method. An image without colour (greyscale) cannot be separated either: both are one
    line that names ``--method``.
-3. **Colour deconvolution.** ``skimage.color.rgb2hed`` (Ruifrok & Johnston) gives the optical density of the
-   haematoxylin-like stain. In Romanowsky stains (Wright, Giemsa, May-Grünwald) leukocyte nuclei take the
+3. **Colour deconvolution.** The haematoxylin column of ``skimage.color.hed_from_rgb`` (Ruifrok & Johnston,
+   what ``rgb2hed`` computes) turns optical density into the amount of the haematoxylin-like stain. In
+   Romanowsky stains (Wright, Giemsa, May-Grünwald) leukocyte nuclei take the
    violet azure dye that this channel measures; red cells (eosin, pink) and the slide are near zero.
    The channel is smoothed (Gaussian, 1 px) against JPEG noise.
 4. **Thresholds.** Nuclei: Otsu's threshold of the channel, at least ``NUCLEUS_CONTRAST`` above the slide (so
@@ -140,7 +141,7 @@ def _dark_single(a: np.ndarray, bg: np.ndarray) -> list:
 
 
 def _stain(a: np.ndarray, bg: np.ndarray) -> tuple[list, float]:
-    from skimage.color import rgb2hed
+    from skimage.color import hed_from_rgb
     from skimage.filters import threshold_otsu
     from skimage.measure import regionprops
     from skimage.morphology import disk, remove_small_objects
@@ -153,8 +154,10 @@ def _stain(a: np.ndarray, bg: np.ndarray) -> tuple[list, float]:
             "no stain colour to separate (a greyscale image?): the stain method needs a Romanowsky-stained "
             "colour smear; try --method cellpose"
         )
-    stain = ndi.gaussian_filter(rgb2hed(np.clip(a, 1e-3, 1))[..., 0], 1.0)
-    slide = float(np.median(stain))
+    optical_density = np.log(np.clip(a, 1e-6, 1)) / np.float32(np.log(1e-6))  # rgb2hed's scale
+    haematoxylin = np.clip(optical_density @ hed_from_rgb[:, 0].astype(np.float32), 0, None)
+    stain = ndi.gaussian_filter(haematoxylin, 1.0)
+    slide = float(np.median(stain[::3, ::3]))
     cut = max(float(threshold_otsu(stain)), slide + NUCLEUS_CONTRAST)
     nuclei = stain > cut
     if nuclei.mean() > 0.4:
