@@ -68,9 +68,22 @@ def test_crops_are_a_generic_tree_matching_cells_csv(cells, smears):
 
 
 def test_scan_reads_the_cells_tree_as_it_is(cells):
-    result = CliRunner().invoke(cli, ["scan", str(cells)])
+    result = CliRunner().invoke(cli, ["scan", str(cells), "--json"])
     assert result.exit_code == 0, result.output
-    assert "12" in result.output or "classes" in result.output.lower()
+    scanned = json.loads(result.output[result.output.index("{") :])
+    assert scanned["layout"] == "generic" and scanned["images"] == len(_rows(cells / "cells.csv"))
+
+
+def test_synth_smear_layout_writes_boxes_and_patients(tmp_path):
+    out = tmp_path / "s"
+    args = ["synth", str(out), "--layout", "smear", "--patients-per-class", "1", "--images-per-patient", "1"]
+    result = CliRunner().invoke(cli, [*args, "--size", "200"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["P001_S01.png", "P002_S01.png"]
+    assert Image.open(out / "P001_S01.png").size == (200, 150)
+    boxes = _rows(out / "boxes.csv")
+    assert boxes and all(0 <= int(b["xmin"]) < int(b["xmax"]) <= 200 for b in boxes)
+    assert {r["patient"] for r in _rows(out / "patients.csv")} == {"P001", "P002"}
 
 
 def _slow_match(found, scores, truth, threshold):
