@@ -14,11 +14,10 @@ def _smear(env: Env, kind: str) -> Path:
     folder = env.tmp / "smears"
     folder.mkdir(exist_ok=True)
     if kind == "empty":  # red cells, platelets and debris, no leukocyte
-        from fastall.data.cells import patient_look
-        from fastall.data.synth_smear import draw_smear
+        from fastall.data.synth_smear import draw_smear, smear_look
 
         rng = np.random.default_rng(0)
-        img = draw_smear(rng, patient_look(rng, (0.0, 0.2)), 320, 240, leukocytes=(0, 1))[0]
+        img = draw_smear(rng, smear_look(rng, (0.0, 0.2)), 320, 240, leukocytes=(0, 1))[0]
     elif kind == "grey":
         rng = np.random.default_rng(0)
         img = np.repeat(rng.integers(60, 220, (120, 160, 1), dtype=np.uint8), 3, axis=2)

@@ -152,16 +152,33 @@ def test_voc_folder_reads_like_the_csv(tmp_path):
 
 
 def test_empty_and_greyscale_smears():
-    rng = np.random.default_rng(0)
-    from fastall.data.cells import patient_look
-    from fastall.data.synth_smear import draw_smear
+    from fastall.data.synth_smear import draw_smear, smear_look
 
-    empty = draw_smear(rng, patient_look(rng, (0.0, 0.2)), 320, 240, leukocytes=(0, 1))[0]
+    rng = np.random.default_rng(0)
+    empty = draw_smear(rng, smear_look(rng, (0.0, 0.2)), 320, 240, leukocytes=(0, 1))[0]
     found = detect(empty)
     assert len(found) == 0 and found.kind == "smear"
     grey = np.repeat(rng.integers(40, 230, (120, 160, 1), dtype=np.uint8), 3, axis=2)
     with pytest.raises(StainError, match="--method"):
         detect(grey)
+
+
+def test_a_large_field_finds_every_leukocyte():
+    """Four smears as one 1280x960 field: sizes follow its red cells."""
+    from fastall.data.synth_smear import draw_smear, smear_look
+
+    rng = np.random.default_rng(5)
+    tiles = [draw_smear(rng, smear_look(rng, (0.0, 0.2)), 640, 480) for _ in range(4)]
+    field = np.vstack([np.hstack([tiles[0][0], tiles[1][0]]), np.hstack([tiles[2][0], tiles[3][0]])])
+    truth = np.array([b for k, (_, boxes) in enumerate(tiles) for b in _shift(boxes, k)], dtype=float)
+    found = detect(field)
+    tp, fp, fn = match(found.boxes, found.scores, truth, 0.5)
+    assert tp >= 0.9 * len(truth) and fp <= 1, (tp, fp, fn)
+
+
+def _shift(boxes: list, k: int) -> list:
+    dx, dy = 640 * (k % 2), 480 * (k // 2)
+    return [[b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy] for b in boxes]
 
 
 def test_a_black_background_cell_is_a_single_cell_image(tmp_path):

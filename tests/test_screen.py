@@ -24,8 +24,7 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def screened(tmp_path_factory):
-    from fastall.data.cells import patient_look
-    from fastall.data.synth_smear import draw_smear, synthesize_smears
+    from fastall.data.synth_smear import draw_smear, smear_look, synthesize_smears
     from fastall.system.files import atomic_write
 
     e2e = shared_run(tmp_path_factory)
@@ -37,7 +36,7 @@ def screened(tmp_path_factory):
     rng = np.random.default_rng(1)
     from fastall.data.smears import png_bytes
 
-    empty = draw_smear(rng, patient_look(rng, (0.0, 0.2)), 320, 240, leukocytes=(0, 1))[0]
+    empty = draw_smear(rng, smear_look(rng, (0.0, 0.2)), 320, 240, leukocytes=(0, 1))[0]
     atomic_write(smears / "empty.png", lambda fh: fh.write(png_bytes(empty)))
     out = base / "out"
     args = ["screen", str(run), str(smears), "--out", str(out), "--patients", str(smears / "patients.csv")]

@@ -2,8 +2,10 @@
 
 The ``stain`` method is classical (scikit-image) and needs no weights. Its steps, and why:
 
-1. **Working resolution.** The image is shrunk (box filter) so its long side is at most 400 px: a leukocyte
-   still spans tens of pixels, and every later step costs a fraction of the full-size one.
+1. **Working resolution.** The image is shrunk (box filter) so its long side is at most 400 px: in a 640x480
+   field a leukocyte still spans tens of pixels, and every later step costs a fraction of the full-size one.
+   A larger field whose red cells come out under 16 px is looked at again at the scale that makes them
+   about 40 px.
 2. **Background.** The median colour of the image border is the slide. A dark slide is not a bright-field
    smear: one bright centred object is a segmented single-cell crop (C-NMC), anything else cannot be
    separated by this method. An image without colour (greyscale) cannot be separated either: both are one
@@ -58,6 +60,7 @@ MIN_SOLIDITY = 0.7
 BLUE_EXCESS = 0.03
 RBC_PER_SIDE = 9.0
 SINGLE_CENTRE, SINGLE_SIDE = 0.2, 0.45
+MIN_RED_CELL_PX, TARGET_RED_CELL_PX = 16, 40  # red cells smaller than this at working size: look again
 
 
 class StainError(FastallError):
@@ -87,7 +90,15 @@ def detect(image: np.ndarray, method: str = "stain") -> Detection:
     if method not in METHODS:
         raise FastallError(f"--method {method!r}: use {' or '.join(METHODS)}")
     h, w = image.shape[:2]
-    factor = min(1.0, WORK_SIDE / max(h, w))
+    found = _detect_at(image, method, min(1.0, WORK_SIDE / max(h, w)))
+    working = found.cell_scale * min(1.0, WORK_SIDE / max(h, w))
+    if working < MIN_RED_CELL_PX and max(h, w) > WORK_SIDE:  # a large field: look again at a finer scale
+        found = _detect_at(image, method, min(1.0, WORK_SIDE / max(h, w) * TARGET_RED_CELL_PX / working))
+    return found
+
+
+def _detect_at(image: np.ndarray, method: str, factor: float) -> Detection:
+    h, w = image.shape[:2]
     small = image
     if factor < 1.0:
         size = (max(1, round(w * factor)), max(1, round(h * factor)))

@@ -69,9 +69,7 @@ def synthesize_smears(
         for i in range(patients_per_class):
             patient = f"P{k * patients_per_class + i + 1:03d}"
             prng = np.random.default_rng([seed, zlib.crc32(patient.encode())])
-            look = patient_look(prng, ranges[cls])
-            look["nucleus"] = NUCLEUS * np.exp(prng.normal(0, 0.06, 3))
-            look["cytoplasm"] = CYTOPLASM * np.exp(prng.normal(0, 0.03, 3))
+            look = smear_look(prng, ranges[cls])
             for s in range(1, smears_per_patient + 1):
                 name = f"{patient}_S{s:02d}.png"
                 image, cells = draw_smear(prng, look, width, height)
@@ -82,6 +80,15 @@ def synthesize_smears(
     _csv(root / "boxes.csv", ["image", "xmin", "ymin", "xmax", "ymax"], boxes)
     _csv(root / "patients.csv", ["path", "patient", "class"], patients)
     return SmearSummary(root, len(patients), total, 2 * patients_per_class, (width, height))
+
+
+def smear_look(rng: np.random.Generator, typicality: tuple[float, float]) -> dict:
+    """A patient's leukocytes: the class morphology and size of :func:`patient_look`, in a real smear's
+    Romanowsky colours."""
+    look = patient_look(rng, typicality)
+    look["nucleus"] = NUCLEUS * np.exp(rng.normal(0, 0.06, 3))
+    look["cytoplasm"] = CYTOPLASM * np.exp(rng.normal(0, 0.03, 3))
+    return look
 
 
 def draw_smear(
