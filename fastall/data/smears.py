@@ -33,7 +33,7 @@ from fastall.system.files import atomic_write_text
 CELL_COLUMNS = ("smear", "cell", "x0", "y0", "x1", "y1", "area", "score")
 SMEAR_COLUMNS = ("smear", "kind", "cells", "width", "height", "cell_scale", "note")
 EMPTY_NOTE = "no leukocyte found"
-SINGLE_NOTE = "a single-cell image, not a smear: classified whole"
+SINGLE_NOTE = "a single-cell image, not a smear: kept whole"
 
 
 @dataclass
