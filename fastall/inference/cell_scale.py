@@ -5,7 +5,8 @@ image at a certain pixel size. Measured here on up to :data:`SAMPLE` of the run'
 over the cache's rows), with the same detector as the smears (a black-background C-NMC cell is its one
 bright object): ``fill``, the median share of the image side the cell's box spans; ``image_px``, the median
 image side; and the 5th-95th percentile of cell box sides in pixels. Screening then cuts each leukocyte's crop
-so that the cell fills ``fill`` of it and resizes the crop to ``image_px``. The measurement is recorded in
+so that the cell fills ``fill`` of it and resizes the crop to ``image_px`` (or the model's input side, if
+smaller). The measurement is recorded in
 ``RUN/cell_scale.json`` (read back when it matches the run's cache) and in ``screen.json``.
 """
 

@@ -87,7 +87,7 @@ def screen(
     positive = run_positive(folder.record)
     cut = patient_cut(run, positive)
     scale = training_scale(folder)
-    crop = _crop_config(config, scale, reporter)
+    crop = _crop_config(config, scale, model.image_size, reporter)
     start = time.perf_counter()
     with atomic_folder(out, overwrite=config.overwrite) as tmp:
         smears = crop_cells(inputs, tmp / "cells", crop, reporter)
@@ -124,7 +124,10 @@ def screen(
     return ScreenResult(Path(out), smears, cells, smear_rows, patient_rows, summary)
 
 
-def _crop_config(config: ScreenConfig, scale: dict, reporter: Reporter) -> CropConfig:
+def _crop_config(config: ScreenConfig, scale: dict, model_size: int, reporter: Reporter) -> CropConfig:
+    """Crops where the cell fills the share of the image it fills in training, at the training image side
+    or the model's input side if smaller (the model sees the same input either way, and a smaller crop is
+    cheaper to write and read)."""
     if config.margin is not None:
         return CropConfig(config.method, margin=config.margin)
     if scale.get("fill") is None:
@@ -132,7 +135,7 @@ def _crop_config(config: ScreenConfig, scale: dict, reporter: Reporter) -> CropC
             "cell-scale", f"training cell scale {scale['source']}: crops keep the default margin 0.15"
         )
         return CropConfig(config.method)
-    return CropConfig(config.method, fill=scale["fill"], size=scale["image_px"])
+    return CropConfig(config.method, fill=scale["fill"], size=min(int(scale["image_px"]), model_size))
 
 
 def _classify(
