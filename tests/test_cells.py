@@ -216,3 +216,15 @@ def test_cells_page_in_chromium(cells):
     assert not page.errors, page.errors
     assert page.value == len(_rows(cells / "cells.csv"))
     assert all(r.startswith(("file:", "data:")) for r in page.requests), page.requests
+
+
+def test_detection_in_worker_processes_writes_the_same_crops(smears, cells, tmp_path):
+    from fastall.data.smears import CropConfig, crop_cells
+    from fastall.system.events import collecting
+
+    reporter, _ = collecting()
+    found = crop_cells([smears], tmp_path, CropConfig(workers=2), reporter)
+    mine = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    theirs = sorted(p.relative_to(cells).as_posix() for p in cells.glob("*/*.png"))
+    assert mine == theirs
+    assert all((tmp_path / m).read_bytes() == (cells / m).read_bytes() for m in mine)

@@ -13,9 +13,14 @@ any leukocyte is kept with 0 cells and a note; an unreadable or over-budget imag
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 import re
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,7 @@ from fastall.system.files import atomic_write_text
 CELL_COLUMNS = ("smear", "cell", "x0", "y0", "x1", "y1", "area", "score")
 SMEAR_COLUMNS = ("smear", "kind", "cells", "width", "height", "cell_scale", "note")
 EMPTY_NOTE = "no leukocyte found"
+PARALLEL_FROM = 64
 SINGLE_NOTE = "a single-cell image, not a smear: kept whole"
 
 
@@ -40,12 +46,15 @@ SINGLE_NOTE = "a single-cell image, not a smear: kept whole"
 class CropConfig:
     """How leukocytes are found and cropped. ``fill`` (0-1): the cell's share of the crop side, which
     overrides ``margin`` (``screen`` sets it from the run's training images); ``size``: crops resized to
-    ``size`` x ``size`` (None: as cut)."""
+    ``size`` x ``size`` (None: as cut). ``workers``: detection processes (None: two from
+    :data:`PARALLEL_FROM` smears on, where the cost of starting them is repaid; detection is single-threaded,
+    so a second process uses the second core)."""
 
     method: str = "stain"
     margin: float = 0.15
     fill: float | None = None
     size: int | None = None
+    workers: int | None = None
 
     def check(self) -> None:
         if not 0 <= self.margin <= 2:
@@ -112,13 +121,44 @@ def crop_cells(
     config.check()
     found = find_smears(inputs, reporter)
     names = stems([name for _, name in found])
-    smears = []
-    with reporter.task("detect", len(found)) as advance:
-        for (path, name), stem in zip(found, names, strict=True):
-            smears.append(one_smear(path, name, stem, out, config, reporter))
-            advance(1)
+    jobs = [(path, name, stem) for (path, name), stem in zip(found, names, strict=True)]
+    workers = config.workers
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if len(jobs) >= PARALLEL_FROM else 0
+    with reporter.task("detect", len(jobs)) as advance:
+        smears = _in_workers(jobs, out, config, workers, reporter, advance) if workers > 1 else None
+        if smears is None:
+            smears = []
+            for job in jobs:
+                smears.append(one_smear(*job, out, config, reporter))
+                advance(1)
     reached("cells-crops")
     return smears
+
+
+def _in_workers(
+    jobs: list, out: Path, config: CropConfig, workers: int, reporter: Reporter, advance
+) -> list | None:
+    """The smears detected by ``workers`` spawned processes (never a fork of a process holding torch
+    threads); None when the pool cannot run (a script without a ``__main__`` guard): then in this process."""
+    smears: list[Smear] = []
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for smear, warnings in pool.map(_collected, jobs, repeat(out), repeat(config), chunksize=4):
+                for w in warnings:
+                    reporter.warn(w["code"], w["text"])
+                smears.append(smear)
+                advance(1)
+    except BrokenProcessPool:
+        advance(-len(smears))
+        return None
+    return smears
+
+
+def _collected(job: tuple[Path, str, str], out: Path, config: CropConfig) -> tuple[Smear, list[dict]]:
+    """:func:`one_smear` in a worker process: its warnings come back as records."""
+    reporter = silent()
+    return one_smear(*job, out, config, reporter), reporter.warnings
 
 
 def one_smear(path: Path, name: str, stem: str, out: Path, config: CropConfig, reporter: Reporter) -> Smear:
