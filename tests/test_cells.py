@@ -223,7 +223,8 @@ def test_detection_in_worker_processes_writes_the_same_crops(smears, cells, tmp_
     from fastall.system.events import collecting
 
     reporter, _ = collecting()
-    found = crop_cells([smears], tmp_path, CropConfig(workers=2), reporter)
+    smears_found = crop_cells([smears], tmp_path, CropConfig(workers=2), reporter)
+    assert sum(s.cells for s in smears_found) == len(_rows(cells / "cells.csv"))
     mine = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
     theirs = sorted(p.relative_to(cells).as_posix() for p in cells.glob("*/*.png"))
     assert mine == theirs
