@@ -55,6 +55,12 @@ def _screen(env: Env, kind: str) -> list[str]:
     return ["screen", str(env.run), str(_smear(env, kind)), "--out", str(env.tmp / "screen")]
 
 
+def _screen_file(env: Env) -> list[str]:
+    model = env.tmp / "model.pt"
+    model.write_bytes(b"not a run")
+    return ["screen", str(model), str(_smear(env, "synth")), "--out", str(env.tmp / "screen")]
+
+
 SMEAR_CASES = [
     Case(
         "smears",
@@ -92,6 +98,9 @@ SMEAR_CASES = [
     ),
     Case("smears", "cells --out inside the smears folder", _inside, fragments=("inside the smears folder",)),
     Case("smears", "screen on a greyscale image", lambda e: _screen(e, "grey"), fragments=("--method",)),
+    Case(
+        "smears", "screen given a model file instead of a run folder", _screen_file, fragments=("run folder",)
+    ),
     Case(
         "smears",
         "screen on a smear without any leukocyte",

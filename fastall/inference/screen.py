@@ -21,6 +21,7 @@ import numpy as np
 from fastall import __version__
 from fastall.data.patients_file import read_patients
 from fastall.data.smears import CropConfig, Smear, cell_rows, crop_cells, write_csv
+from fastall.errors import FastallError
 from fastall.inference.artifacts import load_for_inference, open_run
 from fastall.inference.cell_scale import far_from_training, training_scale
 from fastall.inference.cells import check_inputs, separated_or_fail
@@ -76,6 +77,11 @@ def screen(
     reporter = reporter or silent()
     check_inputs([*inputs, run], out)
     patients = read_patients(config.patients) if config.patients else None
+    if Path(run).is_file():
+        raise FastallError(
+            f"{run}: screen needs a run folder, not a model file: the run's out-of-fold results choose the "
+            "flag's cut and its training images the cell scale"
+        )
     folder = open_run(run)
     model = load_for_inference(
         run,
