@@ -6,11 +6,10 @@ from typing import Any
 
 import click
 
-from fastall.cli.group import cli, console, positive_option, wide_console
+from fastall.cli.group import cli, console, device_option, positive_option, wide_console
+from fastall.cli.options import apply
 from fastall.cli.training import (
-    DEVICE_HELP,
     PRESET_OPTION,
-    _apply,
     _split_options,
     head_options,
     preset_config,
@@ -19,7 +18,7 @@ from fastall.cli.training import (
 
 @cli.command(name="compare")
 @click.argument("caches", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
-@_apply(
+@apply(
     click.option(
         "--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Compare folder."
     ),
@@ -41,7 +40,7 @@ from fastall.cli.training import (
     ),
     click.option("--latency", is_flag=True, help="Also time each end-to-end model at batch 1 on --device."),
     click.option("--seed", type=int, default=0, show_default=True),
-    click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+    device_option,
     click.option("--overwrite", is_flag=True, help="Replace an existing compare folder."),
     positive_option,
 )

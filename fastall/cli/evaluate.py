@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console, patients_option, positive_option, weights_path_option
+from fastall.cli.group import (
+    cli,
+    console,
+    device_option,
+    patients_option,
+    positive_option,
+    weights_path_option,
+)
 
 
 @cli.command(name="evaluate")
@@ -22,7 +29,7 @@ from fastall.cli.group import cli, console, patients_option, positive_option, we
 )
 @positive_option
 @patients_option
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@device_option
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @weights_path_option
 @click.option(

@@ -7,25 +7,14 @@ from typing import Any
 
 import click
 
-from fastall.cli.group import cli, console, positive_option, results
+from fastall.cli.group import cli, console, device_option, positive_option, results
+from fastall.cli.options import apply
 from fastall.system.settings import HParam, hparams_of
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.grid import grid_help
 from fastall.training.presets import DEFAULT_PRESET, PRESETS
 
 TEST_CHOICES = click.Choice(["holdout", "prelim", "none"])
-DEVICE_HELP = "auto, cpu, cuda or cuda:N."
-
-
-def _apply(*decorators: Callable) -> Callable:
-    """Apply click decorators so that the options list in the order given."""
-
-    def wrap(fn: Callable) -> Callable:
-        for deco in reversed(decorators):
-            fn = deco(fn)
-        return fn
-
-    return wrap
 
 
 class _Optional(click.ParamType):
@@ -100,7 +89,7 @@ def _split_options(test_help: str) -> list[Callable]:
 def _device_options(what: str) -> list[Callable]:
     return [
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+        device_option,
         click.option("--overwrite", is_flag=True, help=f"Replace an existing {what} folder."),
         click.option(
             "--report/--no-report",
@@ -113,7 +102,7 @@ def _device_options(what: str) -> list[Callable]:
 
 @cli.command(name="train-head")
 @click.argument("cache", type=click.Path(dir_okay=False, path_type=str))
-@_apply(
+@apply(
     click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Run folder."),
     *_split_options("Test set: whole patients held out, the C-NMC prelim set, or none."),
     *head_options(),
@@ -228,7 +217,7 @@ def train_head_cmd(
 
 @cli.command(name="sweep")
 @click.argument("cache", type=click.Path(dir_okay=False, path_type=str))
-@_apply(
+@apply(
     click.option(
         "--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Sweep folder."
     ),

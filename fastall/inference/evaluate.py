@@ -195,7 +195,7 @@ def evaluate_run(
     classes: str | None = None,
     patient_regex: str | None = None,
     threshold: str = "0.5",
-    device: str = "cpu",
+    device: str = "auto",
     batch_size: int = 32,
     weights_path: str | Path | None = None,
     cache: str | Path | None = None,
