@@ -47,19 +47,12 @@ from fastall.cli.training import (
 def compare_cmd(
     caches: tuple[str, ...],
     out: str,
-    folds: int,
-    test: str,
-    holdout: float,
-    tta: bool,
     grid: str | None,
     resamples: int,
     latency: bool,
-    seed: int,
-    device: str,
     overwrite: bool,
     preset: str,
-    positive: str | None,
-    **head: Any,
+    **given: Any,
 ) -> None:
     """Rank backbones by caches of one dataset: the same patient-level folds and head, a paired bootstrap."""
     from fastall.errors import FastallError
@@ -69,17 +62,8 @@ def compare_cmd(
 
     if resamples < 100:
         raise FastallError(f"--resamples {resamples}: use at least 100")
-    config, protocol = preset_config(preset, head)
-    run = TrainOptions(
-        folds=folds,
-        test=test,
-        holdout=holdout,
-        tta=tta,
-        seed=seed,
-        device=device,
-        positive=positive,
-        **protocol,
-    )
+    config, protocol = preset_config(preset, given)  # the rest of ``given``: TrainOptions fields
+    run = TrainOptions(**given, **protocol)
     options = CompareOptions(run=run, sweep=grid, resamples=resamples)
     result = compare_caches(caches, out, config=config, options=options, overwrite=overwrite, console=console)
     if latency:
@@ -87,5 +71,5 @@ def compare_cmd(
 
         runs = {e["name"]: result.out / e["run"] for e in result.backbones}
         log = lambda msg: console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
-        add_costs(result, run_costs(runs, device=device, log=log))
+        add_costs(result, run_costs(runs, device=run.device, log=log))
     print_comparison(result.results, result.out, wide_console())

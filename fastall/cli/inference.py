@@ -164,15 +164,12 @@ def predict(
     paths: tuple[str, ...],
     out: str,
     device: str,
-    batch_size: int,
-    tta: int,
     precision: str | None,
     backend: str,
-    skip_bad: bool,
-    workers: int | None,
     weights_path: str | None,
     distributed: bool | None,
     dist_timeout: float,
+    **batching: Any,
 ) -> None:
     """A probability and a label per image (files, or folders searched recursively); RUN or model.pt.
 
@@ -207,10 +204,7 @@ def predict(
     ) as bar:
         task = bar.add_task("predict", total=None)
         options = dict(
-            batch_size=batch_size,
-            tta=tta,
-            skip_bad=skip_bad,
-            workers=workers,
+            **batching,  # batch_size, tta, skip_bad, workers
             on_problem=lambda msg: bar.console.print(
                 Text.assemble(("skipped: ", "yellow"), msg), soft_wrap=True
             ),

@@ -169,48 +169,13 @@ def _device_options(what: str) -> list[Callable]:
     ),
     positive_option,
 )
-def train_head_cmd(
-    cache: str,
-    out: str,
-    folds: int,
-    test: str,
-    holdout: float,
-    tta: bool,
-    seed: int,
-    device: str,
-    overwrite: bool,
-    report: bool,
-    dedupe: bool,
-    preset: str,
-    tune: str | None,
-    probe: bool,
-    precision: str,
-    positive: str | None,
-    **head: Any,
-) -> None:
+def train_head_cmd(cache: str, out: str, preset: str, **given: Any) -> None:
     """Patient-level k-fold CV of the head from the feature cache, with test metrics and the linear-probe
     baseline, in seconds."""
     from fastall.training.train_head import print_run_summary, train_head
 
-    config, protocol = preset_config(preset, head)
-
-    options = TrainOptions(
-        folds=folds,
-        test=test,
-        holdout=holdout,
-        tta=tta,
-        seed=seed,
-        device=device,
-        overwrite=overwrite,
-        report=report,
-        console=console,
-        dedupe=dedupe,
-        tune=tune,
-        probe=probe,
-        precision=precision,
-        positive=positive,
-        **protocol,
-    )
+    config, protocol = preset_config(preset, given)  # the rest of ``given``: TrainOptions fields
+    options = TrainOptions(**given, console=console, **protocol)
     result = train_head(cache, out, config, options)
     print_run_summary(result, results)
 
@@ -252,21 +217,7 @@ def train_head_cmd(
     positive_option,
 )
 def sweep_cmd(
-    cache: str,
-    out: str,
-    grid: str | None,
-    random_n: int | None,
-    folds: int,
-    metric: str,
-    test: str,
-    holdout: float,
-    seed: int,
-    device: str,
-    overwrite: bool,
-    report: bool,
-    preset: str,
-    probe: bool,
-    positive: str | None,
+    cache: str, out: str, grid: str | None, random_n: int | None, metric: str, preset: str, **given: Any
 ) -> None:
     """Train many head configurations on the same patient-level folds at once, ranked by a metric, beside
     the linear probe on the same folds."""
@@ -274,18 +225,6 @@ def sweep_cmd(
     from fastall.training.sweep import print_sweep, sweep
 
     base, protocol = apply_preset(preset, {}, {})
-    options = TrainOptions(
-        folds=folds,
-        test=test,
-        holdout=holdout,
-        seed=seed,
-        device=device,
-        overwrite=overwrite,
-        report=report,
-        console=console,
-        probe=probe,
-        positive=positive,
-        **protocol,
-    )
+    options = TrainOptions(**given, console=console, **protocol)  # given: TrainOptions fields
     result = sweep(cache, out, grid=grid, random=random_n, metric=metric, options=options, base=base)
     print_sweep(result, results)
