@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from fastall.errors import FastallError
 def _default_limit(monkeypatch):
     monkeypatch.delenv(images.MAX_PIXELS_ENV, raising=False)
     yield
-    images.set_max_pixels(None)
+    assert images._max_pixels is None  # every limit set in a test was scoped
 
 
 def _rgb(h: int = 6, w: int = 5) -> np.ndarray:
@@ -118,12 +119,11 @@ def test_exif_orientation_applied(tmp_path):
 
 def test_decompression_bomb_refused(tmp_path, monkeypatch):
     Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
-    images.set_max_pixels(399)
-    msg = _bad(tmp_path / "big.png", "400 pixels is over the limit of 399")
+    with images.pixel_limit(399):
+        msg = _bad(tmp_path / "big.png", "400 pixels is over the limit of 399")
     assert "FASTALL_MAX_PIXELS" in msg
-    images.set_max_pixels(400)
-    assert decode_image(tmp_path / "big.png").shape == (3, 20, 20)
-    images.set_max_pixels(None)
+    with images.pixel_limit(400):
+        assert decode_image(tmp_path / "big.png").shape == (3, 20, 20)
     monkeypatch.setenv(images.MAX_PIXELS_ENV, "100")
     _bad(tmp_path / "big.png", "over the limit of 100")
     monkeypatch.setenv(images.MAX_PIXELS_ENV, "lots")
@@ -132,6 +132,23 @@ def test_decompression_bomb_refused(tmp_path, monkeypatch):
     monkeypatch.setenv(images.MAX_PIXELS_ENV, "200000000")
     assert images.get_max_pixels() == 200_000_000
     assert decode_image(tmp_path / "big.png").shape == (3, 20, 20)
+
+
+def test_pixel_limit_is_scoped(tmp_path):
+    """The limit, Pillow's own limit and the warnings filter return to what they were; nothing global."""
+    pillow, filters, env = Image.MAX_IMAGE_PIXELS, list(warnings.filters), dict(os.environ)
+    Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
+    with images.pixel_limit(pillow * 3) as limit:
+        assert limit == images.get_max_pixels() == pillow * 3
+        assert pillow * 3 == Image.MAX_IMAGE_PIXELS  # Pillow no longer refuses what fastall allows
+        with images.pixel_limit(100):
+            _bad(tmp_path / "big.png", "over the limit of 100")
+        assert images.get_max_pixels() == pillow * 3
+    decode_image(tmp_path / "big.png")
+    assert pillow == Image.MAX_IMAGE_PIXELS and warnings.filters == filters and dict(os.environ) == env
+    assert images.get_max_pixels() == images.DEFAULT_MAX_PIXELS
+    with pytest.raises(FastallError, match="must be positive"), images.pixel_limit(0):
+        pass
 
 
 def test_empty_truncated_and_not_images(tmp_path):

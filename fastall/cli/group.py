@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 
 import click
 from rich.console import Console
@@ -180,14 +181,19 @@ def cli(ctx: click.Context, max_pixels: int | None) -> None:
     if max_pixels is not None:
         from fastall.data import images
 
-        before = os.environ.get(images.MAX_PIXELS_ENV)
-        images.set_max_pixels(max_pixels)
-        ctx.call_on_close(lambda: _restore_max_pixels(before))
+        ctx.with_resource(images.pixel_limit(max_pixels))
+        ctx.with_resource(_exported(images.MAX_PIXELS_ENV, str(max_pixels)))
 
 
-def _restore_max_pixels(before: str | None) -> None:
-    from fastall.data import images
-
-    images.set_max_pixels(None)
-    if before is not None:
-        os.environ[images.MAX_PIXELS_ENV] = before
+@contextlib.contextmanager
+def _exported(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the command (processes it starts see it), then as before."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
