@@ -41,7 +41,8 @@ def spawn_extract(data: Path, out: Path, env: dict[str, str] | None = None, wait
     """Run extract in a fresh interpreter (for kill tests); returns the CompletedProcess or the Popen."""
     args = {**FAST, "batch_size": 2, "workers": 0, **kwargs}
     code = (
-        "import json, sys; from fastall.features.extract import extract; "
+        "import json, sys; from fastall.features.extract import extract; from fastall.system import faults; "
+        "faults.install(faults.env_hook()); "
         f"extract({str(data)!r}, {str(out)!r}, **json.loads(sys.argv[1]))"
     )
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
