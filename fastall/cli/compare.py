@@ -63,6 +63,7 @@ def compare_cmd(
     **head: Any,
 ) -> None:
     """Rank backbones by caches of one dataset: the same patient-level folds and head, a paired bootstrap."""
+    from fastall.cli.render import rich_reporter
     from fastall.errors import FastallError
     from fastall.reporting.compare import print_comparison
     from fastall.training.compare import CompareOptions, add_costs, compare_caches
@@ -82,7 +83,10 @@ def compare_cmd(
         **protocol,
     )
     options = CompareOptions(run=run, sweep=grid, resamples=resamples)
-    result = compare_caches(caches, out, config=config, options=options, overwrite=overwrite, console=console)
+    reporter = rich_reporter(console)
+    result = compare_caches(
+        caches, out, config=config, options=options, overwrite=overwrite, reporter=reporter
+    )
     if latency:
         from fastall.inference.costs import run_costs
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from fastall.cli.group import cli, console, positive_option, results
+from fastall.cli.render import rich_reporter
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.grid import grid_help
 from fastall.training.hparams import HParam, hparams_of
@@ -201,7 +202,8 @@ def train_head_cmd(
 ) -> None:
     """Patient-level k-fold CV of the head from the feature cache, with test metrics and the linear-probe
     baseline, in seconds."""
-    from fastall.training.train_head import print_run_summary, train_head
+    from fastall.reporting.tables import print_run
+    from fastall.training.train_head import train_head
 
     config, protocol = preset_config(preset, head)
 
@@ -214,7 +216,6 @@ def train_head_cmd(
         device=device,
         overwrite=overwrite,
         report=report,
-        console=console,
         dedupe=dedupe,
         tune=tune,
         probe=probe,
@@ -222,8 +223,8 @@ def train_head_cmd(
         positive=positive,
         **protocol,
     )
-    result = train_head(cache, out, config, options)
-    print_run_summary(result, results)
+    result = train_head(cache, out, config, options, reporter=rich_reporter(console, warnings=False))
+    print_run(result.metrics, result.out, results, result.report)
 
 
 @cli.command(name="sweep")
@@ -281,8 +282,9 @@ def sweep_cmd(
 ) -> None:
     """Train many head configurations on the same patient-level folds at once, ranked by a metric, beside
     the linear probe on the same folds."""
+    from fastall.reporting.tables import print_sweep
     from fastall.training.presets import apply_preset
-    from fastall.training.sweep import print_sweep, sweep
+    from fastall.training.sweep import sweep
 
     base, protocol = apply_preset(preset, {}, {})
     options = TrainOptions(
@@ -293,10 +295,12 @@ def sweep_cmd(
         device=device,
         overwrite=overwrite,
         report=report,
-        console=console,
         probe=probe,
         positive=positive,
         **protocol,
     )
-    result = sweep(cache, out, grid=grid, random=random_n, metric=metric, options=options, base=base)
-    print_sweep(result, results)
+    reporter = rich_reporter(console)
+    result = sweep(
+        cache, out, grid=grid, random=random_n, metric=metric, options=options, base=base, reporter=reporter
+    )
+    print_sweep(result.results, result.out, results, result.report)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +31,9 @@ from fastall.system.jsonable import plain
 from fastall.training.config import HISTORY_KEYS, HeadConfig, HeadResult
 from fastall.training.divergence import diverged, metrics_or_nan
 from fastall.training.metrics import PAPER_CV, PAPER_TEST, classification_metrics, summarize
+from fastall.training.prepared import Prepared
 from fastall.training.splits import fold_table
 from fastall.training.uncertainty import metrics_with_ci, pooled_with_ci
-
-if TYPE_CHECKING:
-    from fastall.training.train_head import Prepared
 
 RUN_FORMAT, RUN_VERSION = "fastall-run", 1
 
