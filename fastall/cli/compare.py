@@ -91,6 +91,5 @@ def compare_cmd(
         from fastall.inference.costs import run_costs
 
         runs = {e["name"]: result.out / e["run"] for e in result.backbones}
-        log = lambda msg: console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
-        add_costs(result, run_costs(runs, device=device, log=log))
+        add_costs(result, run_costs(runs, device=device, reporter=reporter))
     print_comparison(result.results, result.out, wide_console())

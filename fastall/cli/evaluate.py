@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fastall.cli.group import cli, console, patients_option, positive_option, weights_path_option
+from fastall.cli.render import rich_reporter
 
 
 @cli.command(name="evaluate")
@@ -71,7 +72,7 @@ def evaluate_cmd(
         report=not no_report,
         positive=positive,
         patients=patients,
-        on_problem=lambda m: console.print(f"[yellow]skipped:[/] {m}", highlight=False),
+        reporter=rich_reporter(console),
     )
     r = ev.result
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731

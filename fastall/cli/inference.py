@@ -15,6 +15,7 @@ from fastall.cli.group import (
     weights_path_option,
     wide_console,
 )
+from fastall.cli.render import rich_reporter
 from fastall.errors import FastallError
 
 
@@ -259,8 +260,6 @@ def predict(
     Under `torchrun --nproc_per_node N -m fastall predict ...` every process predicts a share of the files
     and rank 0 writes the one CSV.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from rich.text import Text
 
     from fastall.inference.artifacts import load_for_inference
     from fastall.inference.ood import ood_line, training_radius
@@ -277,32 +276,20 @@ def predict(
 
     model = load(device) if env is None else None
     radius, why = training_radius(run)
-    with Progress(
-        "[bold]predict",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=env is not None and not env.is_main,
-    ) as bar:
-        task = bar.add_task("predict", total=None)
-        options = dict(
-            batch_size=batch_size,
-            tta=tta,
-            skip_bad=skip_bad,
-            workers=workers,
-            on_problem=lambda msg: bar.console.print(
-                Text.assemble(("skipped: ", "yellow"), msg), soft_wrap=True
-            ),
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-            radius=radius,
-        )
-        if env is None:
-            preds = predict_paths(model, paths, **options)
-        else:
-            from fastall.inference.distributed import predict_distributed
+    options = dict(
+        batch_size=batch_size,
+        tta=tta,
+        skip_bad=skip_bad,
+        workers=workers,
+        reporter=rich_reporter(console, progress=env is None or env.is_main),
+        radius=radius,
+    )
+    if env is None:
+        preds = predict_paths(model, paths, **options)
+    else:
+        from fastall.inference.distributed import predict_distributed
 
-            preds = predict_distributed(env, load, paths, out, device=device, timeout=dist_timeout, **options)
+        preds = predict_distributed(env, load, paths, out, device=device, timeout=dist_timeout, **options)
     if preds is None:
         return
     sidecar = write_predictions(preds, out)

@@ -38,7 +38,10 @@ class RichSink:
         if event.kind == "warning" and not self.warnings:
             return
         if event.kind == "warning":
-            self.console.print(f"[yellow]Warning:[/] {event.text}", highlight=False, soft_wrap=True)
+            label = "skipped:" if event.code == "skipped" else "Warning:"
+            self.console.print(
+                Text.assemble((label, "yellow"), " ", event.text), highlight=False, soft_wrap=True
+            )
         elif event.kind == "info" and event.code == "stage":
             self.console.rule(Text(event.text, style="bold"))
         elif event.kind == "info":

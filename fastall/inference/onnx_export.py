@@ -17,7 +17,6 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from fastall.inference.artifacts import model_from_run, open_run
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import compare_logits, logits, pick_images
 from fastall.preprocess import preprocess
+from fastall.system.events import Reporter, silent
 from fastall.system.files import atomic_write, describe_write_error
 from fastall.system.runfolder import check_output_file
 
@@ -71,9 +71,10 @@ def export_onnx(
     images: int = 200,
     data: str | Path | None = None,
     weights_path: str | Path | None = None,
-    log: Callable[[str], None] = lambda _: None,
+    reporter: Reporter | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write RUN's model as ONNX at ``out`` once ONNX Runtime agrees with PyTorch fp32 on the run's images."""
+    reporter = reporter or silent()
     require("--format onnx")
     out = check_output_file(out, [run])
     if not out.parent.is_dir():
@@ -87,7 +88,7 @@ def export_onnx(
     )
     proto = _graph(Deployable(model).eval(), model.image_size, metadata(model))
     check = check_onnx(proto.SerializeToString(), model, pixels)
-    log(
+    reporter.info(
         f"onnxruntime agrees with PyTorch fp32 on {check['agreement']:.1%} of {check['images']} run "
         f"images (max |Δprob| {check['max_dprob']:.2g})"
     )
