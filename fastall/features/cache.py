@@ -38,9 +38,13 @@ from fastall.errors import CacheError
 from fastall.features import cache_checks
 from fastall.features.viewparams import upgrade_view_params
 from fastall.system.files import atomic_write, check_free_space, describe_write_error, file_kind
+from fastall.system.formats import FileFormat
 
 SCHEMA_VERSION = 1
 REQUIRED = ("features", "labels", "class_names", "patient", "path", "source", "view_params", "done")
+CACHE_FILE = FileFormat(
+    "cache", None, SCHEMA_VERSION, REQUIRED, "re-run `fastall extract --overwrite`", "schema_version"
+)
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -282,16 +286,7 @@ def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
     cache_checks.check_links(path, f)
     attrs = cache_checks.read_attrs(path, f)
     version = attrs.get("schema_version")
-    if version is None:
-        raise CacheError(f"{path}: not a fastall cache (no schema_version attribute)")
-    if int(version) != SCHEMA_VERSION:
-        raise CacheError(
-            f"{path}: cache schema version {int(version)}, this fastall reads version "
-            f"{SCHEMA_VERSION}: re-run `fastall extract --overwrite`"
-        )
-    missing = [name for name in REQUIRED if name not in f]
-    if missing:
-        raise CacheError(f"{path}: not a complete fastall cache, missing datasets: {', '.join(missing)}")
+    CACHE_FILE.check(path, None, None if version is None else int(version), f, error=CacheError)
     feats = f["features"]
     n = f["labels"].shape[0]
     if feats.ndim != 3 or feats.shape[0] != n or f["view_params"].shape[:2] != feats.shape[:2]:
