@@ -65,9 +65,9 @@ def compare_cmd(
     """Rank backbones by caches of one dataset: the same patient-level folds and head, a paired bootstrap."""
     from fastall.cli.render import rich_reporter
     from fastall.errors import FastallError
-    from fastall.reporting.compare import print_comparison
-    from fastall.training.compare import CompareOptions, add_costs, compare_caches
+    from fastall.reporting.backbone_table import print_comparison
     from fastall.training.config import TrainOptions
+    from fastall.training.rank_backbones import CompareOptions, add_costs, compare_caches
 
     if resamples < 100:
         raise FastallError(f"--resamples {resamples}: use at least 100")

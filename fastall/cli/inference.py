@@ -287,7 +287,7 @@ def predict(
     if env is None:
         preds = predict_paths(model, paths, **options)
     else:
-        from fastall.inference.distributed import predict_distributed
+        from fastall.inference.sharded import predict_distributed
 
         preds = predict_distributed(env, load, paths, out, device=device, timeout=dist_timeout, **options)
     if preds is None:

@@ -86,7 +86,7 @@ def read_head(path: str | Path, blob: Any = None) -> dict[str, Any]:
     return blob
 
 
-def check_cache(record: dict[str, Any], fc: FeatureCache, head_path: Path) -> FeatureCache:
+def check_run_cache(record: dict[str, Any], fc: FeatureCache, head_path: Path) -> FeatureCache:
     """Refuse a cache whose key differs from the one the head was trained on, naming the differing fields."""
     if fc.key != record["cache_key"]:
         diffs = diff_params(record["key_params"], fc.key_params) or ["cache key"]
@@ -143,7 +143,7 @@ class RunFolder:
                     f"({needed_for} needs it){hint}"
                 )
             fc = read_cache(self.cache_path, load_features=False)
-            self._cache = check_cache(self.record, fc, self.head_path)
+            self._cache = check_run_cache(self.record, fc, self.head_path)
         except FastallError:
             if needed_for is not None:
                 raise

@@ -23,7 +23,7 @@ from fastall.data.loader import default_workers, iter_batches
 from fastall.data.positive import is_disease_name, resolve_positive
 from fastall.errors import FastallError
 from fastall.features.cache import read_cache
-from fastall.inference.artifacts import check_cache, head_file, load_run, read_head
+from fastall.inference.artifacts import check_run_cache, head_file, load_run, read_head
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.shift import Radius, domain_shift, same_files
 from fastall.inference.threshold import choose_threshold
@@ -180,7 +180,7 @@ def _training_cache(record: dict, cache: str | Path | None, notes: list[str], he
         notes.append(f"the run's training cache {path} is not here (pass --cache PATH): shift not measured")
         return None
     try:
-        return check_cache(record, read_cache(path), head)
+        return check_run_cache(record, read_cache(path), head)
     except FastallError as err:
         if cache:
             raise

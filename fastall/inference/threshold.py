@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from fastall.errors import FastallError
-from fastall.reporting.runfiles import read_predictions
+from fastall.reporting.saved_runs import read_predictions
 
 
 def oof_predictions(run: str | Path, class_names: list[str], positive: str) -> tuple[np.ndarray, np.ndarray]:

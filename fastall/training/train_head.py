@@ -2,7 +2,7 @@
 
 One stack trains the k fold heads and the final head (all non-test images, kept at the median of the folds'
 best-epoch counts) together. Test metrics come from the final head and from the ensemble of fold heads.
-Outputs (written atomically, ``run_files``): metrics.json, folds.csv, predictions.csv, head.pt and report/
+Outputs (written atomically, ``run_outputs``): metrics.json, folds.csv, predictions.csv, head.pt and report/
 (the HTML report, unless ``options.report`` is off).
 """
 
@@ -23,7 +23,7 @@ from fastall.errors import FastallError
 from fastall.system.events import Reporter, silent
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
-from fastall.training import run_files
+from fastall.training import run_outputs
 from fastall.training.config import TRAIN_VIEWS, HeadConfig, HeadResult, TrainOptions, split_keywords
 from fastall.training.divergence import check_divergence
 from fastall.training.engine import time_floor, train_stacks
@@ -92,7 +92,7 @@ def train_head(
     config.check()
     configs = check_protocol(config, options)
     out = Path(out)
-    check_target(out.absolute(), options.overwrite, run_files.RUN_FORMAT)
+    check_target(out.absolute(), options.overwrite, run_outputs.RUN_FORMAT)
     prep = prepare(cache_path, options)
     warnings = prep.warnings
     warnings.add("precision", precision_warning(prep))
@@ -138,7 +138,7 @@ def train_head(
         **({"preset": options.preset} if options.preset else {}),
         **({"dedupe": True} if options.dedupe else {}),
     }
-    metrics, made = run_files.run_metrics(prep, results, run_config, options.tta), None
+    metrics, made = run_outputs.run_metrics(prep, results, run_config, options.tta), None
     metrics["protocol"] = protocol_record(options)
     metrics["feature_shift"] = shift
     if choice is not None:
@@ -160,9 +160,9 @@ def train_head(
         reporter.warn(record["code"], record["text"])
     t0 = time.perf_counter()
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
-        run_files.write_head(tmp / "head.pt", prep, results, config, run_config)
-        run_files.write_folds_csv(tmp / "folds.csv", prep)
-        run_files.write_predictions(tmp / "predictions.csv", prep, results, options.tta)
+        run_outputs.write_head(tmp / "head.pt", prep, results, config, run_config)
+        run_outputs.write_folds_csv(tmp / "folds.csv", prep)
+        run_outputs.write_run_predictions(tmp / "predictions.csv", prep, results, options.tta)
         metrics["patient_level"] = run_patient_level(
             tmp / "predictions.csv", prep.cache.class_names, prep.positive.name
         )

@@ -21,7 +21,7 @@ import numpy as np
 
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
-from fastall.reporting.compare import write_outputs
+from fastall.reporting.backbone_table import write_outputs
 from fastall.system import csvsafe
 from fastall.system.events import Reporter, silent
 from fastall.system.names import safe_token
