@@ -30,11 +30,11 @@ from fastall.features.inputs import _check_out, _dataset
 from fastall.features.loop import run
 from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder
 from fastall.features.summary import ExtractSummary
-from fastall.features.viewparams import describe_fills
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from fastall.system.devices import decide_precision, precision_alias, resolve_device
 from fastall.system.files import kill_point
 from fastall.system.seeds import check_seed
+from fastall.views import describe_fills
 
 PREPROCESS = "v1: RGB uint8, resize bilinear+antialias (whole image, no crop), /255, [augment], mean/std"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
