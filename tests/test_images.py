@@ -221,3 +221,26 @@ def test_permission_denied(tmp_path):
         path.chmod(0o644)
         if folder.parent != tmp_path:
             shutil.rmtree(folder)
+
+
+def test_a_python_caller_keeps_the_cause_and_the_cli_still_prints_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from fastall.cli import cli
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImageError, match="truncated or corrupt") as err:
+        decode_image(tmp_path / "cut.png")
+    assert isinstance(err.value.__cause__, OSError | SyntaxError | EOFError)
+    (tmp_path / "c.h5").write_bytes(b"not an HDF5 file at all")
+    result = CliRunner().invoke(cli, ["train-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "not a readable HDF5 cache" in result.output
+    from fastall.errors import CacheError
+    from fastall.features.cache import read_cache
+
+    with pytest.raises(CacheError) as err:
+        read_cache(tmp_path / "c.h5")
+    assert isinstance(err.value.__cause__, OSError)

@@ -117,12 +117,12 @@ def _open_bytes(path: Path):
         raise _fail(path, "permission denied (cannot read the file)") from None
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise _fail(path, "symlink loop") from None
+            raise _fail(path, "symlink loop") from err
         if (err.strerror or "").startswith("a folder"):
-            raise _fail(path, "is a folder, not an image") from None
+            raise _fail(path, "is a folder, not an image") from err
         if err.errno == errno.EINVAL and err.strerror:
-            raise _fail(path, f"is {err.strerror}") from None
-        raise _fail(path, f"cannot open ({err.strerror or err})") from None
+            raise _fail(path, f"is {err.strerror}") from err
+        raise _fail(path, f"cannot open ({err.strerror or err})") from err
 
 
 def _check_size(path: Path, w: int, h: int, mode: str, limit: int) -> None:
@@ -160,7 +160,7 @@ def read_image_file(path: str | Path) -> tuple[bytes, os.stat_result]:
         try:
             return fh.read(), st
         except OSError as err:
-            raise _fail(path, f"cannot read ({err.strerror or err})") from None
+            raise _fail(path, f"cannot read ({err.strerror or err})") from err
 
 
 def decode_image(path: str | Path) -> torch.Tensor:
@@ -191,9 +191,9 @@ def decode_bytes(data: bytes, path: str | Path) -> torch.Tensor:
     except UnidentifiedImageError:
         raise _fail(path, f"not an image fastall reads (a {FORMAT_NAMES} file)") from None
     except (OSError, SyntaxError, EOFError) as err:
-        raise _fail(path, f"truncated or corrupt image ({err})") from None
+        raise _fail(path, f"truncated or corrupt image ({err})") from err
     except Exception as err:  # Pillow plug-ins raise many types on bad input
-        raise _fail(path, f"cannot decode ({type(err).__name__}: {err})") from None
+        raise _fail(path, f"cannot decode ({type(err).__name__}: {err})") from err
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 

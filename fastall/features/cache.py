@@ -217,7 +217,7 @@ def write_cache(
         )
         raise CacheError(
             f"{path}: cannot write cache: {describe_write_error(err, path.parent)}{kept}"
-        ) from None
+        ) from err
     return path
 
 
@@ -272,14 +272,14 @@ def _open_cache(path: Path, load_features: bool) -> FeatureCache:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt?): {err}") from None
+        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt?): {err}") from err
     try:
         with f:
             return _read(path, f, load_features)
     except CacheError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
-        raise CacheError(f"{path}: corrupt cache: {err}") from None
+        raise CacheError(f"{path}: corrupt cache: {err}") from err
 
 
 def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:

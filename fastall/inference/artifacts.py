@@ -62,7 +62,7 @@ def safe_load(path: Path, what: str) -> Any:
         raise FastallError(
             f"{path}: not a fastall {what}: not a readable torch file, truncated or corrupt? "
             f"({type(err).__name__}: {first})"
-        ) from None
+        ) from err
 
 
 def head_file(run: str | Path) -> Path:
@@ -105,7 +105,7 @@ def build_head(config: Any, state: Any, where: Path) -> Head:
     try:
         return Head.from_state(config, state)
     except FastallError as err:
-        raise FastallError(f"{where}: {err}") from None
+        raise FastallError(f"{where}: {err}") from err
 
 
 @dataclass
@@ -267,7 +267,7 @@ def model_from_export(blob: Any, path: Path, device: str | torch.device = "cpu")
             options.pop("backbone"), blob["backbone_state_dict"], "the exported backbone", **options
         )
     except (FastallError, KeyError, TypeError, AttributeError) as err:
-        raise FastallError(f"{path}: backbone weights do not fit: {str(err).splitlines()[0]}") from None
+        raise FastallError(f"{path}: backbone weights do not fit: {str(err).splitlines()[0]}") from err
     if state_dict_sha256(backbone.state_dict()) != blob.get("backbone_state_sha256"):
         raise FastallError(f"{path}: backbone checksum mismatch (file altered or corrupt)")
     model = LeukemiaClassifier(

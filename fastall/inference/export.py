@@ -190,4 +190,4 @@ def atomic_save(obj: Any, out: str | Path) -> Path:
     try:
         return atomic_torch_save(obj, out)
     except OSError as err:
-        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from None
+        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from err

@@ -47,7 +47,7 @@ def require(what: str) -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as err:
-        raise FastallError(f"{what} needs the optional extra onnx ({err.name} is missing): {EXTRA}") from None
+        raise FastallError(f"{what} needs the optional extra onnx ({err.name} is missing): {EXTRA}") from err
     return onnx, onnxruntime
 
 
@@ -103,7 +103,7 @@ def export_onnx(
     try:
         atomic_write(out, lambda fh: fh.write(data), point="onnx")
     except OSError as err:
-        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from None
+        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from err
     return out, check
 
 
@@ -172,7 +172,7 @@ def session_for(path: str | Path | bytes, threads: int | None = None) -> Any:
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for bad files
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         where = "the exported graph" if isinstance(path, bytes) else path
-        raise FastallError(f"{where}: not a readable ONNX model ({first})") from None
+        raise FastallError(f"{where}: not a readable ONNX model ({first})") from err
 
 
 def graph_sha256(proto: Any) -> str:
@@ -189,7 +189,7 @@ def open_fastall_onnx(path: str | Path, threads: int | None = None) -> Any:
         proto = onnx.load(str(path))
     except Exception as err:  # noqa: BLE001 - protobuf raises its own types for bad files
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise FastallError(f"{path}: not a readable ONNX model ({first})") from None
+        raise FastallError(f"{path}: not a readable ONNX model ({first})") from err
     meta = {entry.key: entry.value for entry in proto.metadata_props}
     inputs = [(i.name, i.type.tensor_type.elem_type) for i in proto.graph.input]
     outputs = tuple(o.name for o in proto.graph.output)

@@ -192,4 +192,4 @@ def _atomic_text(path: Path, text: str) -> None:
     try:
         atomic_write_text(path, text)
     except OSError as err:
-        raise FastallError(f"{path}: cannot write ({describe_write_error(err, path.parent)})") from None
+        raise FastallError(f"{path}: cannot write ({describe_write_error(err, path.parent)})") from err

@@ -92,7 +92,7 @@ def _join(inputs: Sequence[str | Path], out: Path, world: int) -> Predictions:
                 skipped += [tuple(row) for row in z["skipped"].tolist()]
                 class_names, (precision, views) = z["class_names"].tolist(), z["meta"].tolist()
         except (OSError, ValueError, KeyError) as err:
-            raise FastallError(f"{part}: cannot read rank {rank}'s predictions ({err})") from None
+            raise FastallError(f"{part}: cannot read rank {rank}'s predictions ({err})") from err
     rows = sorted(range(len(paths)), key=lambda k: order.get(paths[k], -1))
     skipped.sort(key=lambda item: order.get(item[0], -1))
     if not rows:

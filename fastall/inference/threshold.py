@@ -26,7 +26,7 @@ def oof_predictions(run: str | Path, class_names: list[str], positive: str) -> t
     try:
         p = read_predictions(path, class_names, positive)
     except FastallError as err:
-        raise FastallError(f"not a train-head predictions file: {err}") from None
+        raise FastallError(f"not a train-head predictions file: {err}") from err
     rows = p.rows("val")
     if not rows.size:
         raise FastallError(f"{path}: no out-of-fold (split=val) predictions to choose a threshold on")

@@ -87,7 +87,7 @@ def write_report(
         _replace(tmp, final)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise FastallError(f"{final}: cannot write the report: {err.strerror or err}") from None
+        raise FastallError(f"{final}: cannot write the report: {err.strerror or err}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

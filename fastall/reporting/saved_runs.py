@@ -120,7 +120,7 @@ def _json(path: Path, fmt: str) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise FastallError(f"{path}: unreadable ({err})") from None
+        raise FastallError(f"{path}: unreadable ({err})") from err
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise FastallError(f"{path}: not a {fmt} file")
     return data
@@ -131,9 +131,9 @@ def _csv(path: Path) -> list[dict]:
         with open_regular_text(path) as fh:
             return list(csvsafe.dict_reader(fh))
     except OSError as err:
-        raise FastallError(f"{path}: unreadable ({err.strerror or err})") from None
+        raise FastallError(f"{path}: unreadable ({err.strerror or err})") from err
     except (csv.Error, UnicodeDecodeError) as err:
-        raise FastallError(f"{path}: not a CSV file ({str(err)[:80]})") from None
+        raise FastallError(f"{path}: not a CSV file ({str(err)[:80]})") from err
 
 
 def positive_name(metrics: dict | None) -> str | None:
@@ -179,7 +179,7 @@ def read_predictions(path: Path, classes: list[str] | None, positive: str | None
             names = list(classes) if classes else _class_order(label, pred, first)
             probs, ens = _legacy_probs(first, pred, names), _legacy_probs(second, pred, names)
     except (ValueError, TypeError, AttributeError) as err:
-        raise FastallError(f"{path}: a probability or fold is not a number ({err})") from None
+        raise FastallError(f"{path}: a probability or fold is not a number ({err})") from err
     if not rows:
         raise FastallError(f"{path}: no prediction rows (empty or header only)")
     probs, ens = probs.reshape(len(rows), len(names)), ens.reshape(len(rows), len(names))

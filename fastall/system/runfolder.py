@@ -132,7 +132,7 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as err:
-        raise FastallError(f"{out}: cannot create the output folder: {err.strerror or err}") from None
+        raise FastallError(f"{out}: cannot create the output folder: {err.strerror or err}") from err
     try:
         yield tmp
         faults.reached("run-folder")
@@ -146,7 +146,7 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
             raise
         reason = describe_write_error(err, out.parent)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise FastallError(f"{out}: cannot write the output folder: {reason}") from None
+        raise FastallError(f"{out}: cannot write the output folder: {reason}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

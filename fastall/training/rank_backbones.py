@@ -255,7 +255,7 @@ def compare_caches(
             results["config"] = asdict(config)
             write_outputs(tmp, results)
         except FastallError as err:  # name OUT, never the temporary folder it is built in
-            raise FastallError(str(err).replace(str(tmp), str(Path(out).absolute()))) from None
+            raise FastallError(str(err).replace(str(tmp), str(Path(out).absolute()))) from err
     return Comparison(Path(out).absolute(), results)
 
 
