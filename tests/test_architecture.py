@@ -44,7 +44,7 @@ def test_layer_contracts_hold():
         ("fastall/inference/model.py", "from fastall.inference import artifacts"),
         ("fastall/reporting/figures.py", "from fastall.training import metrics"),
         ("fastall/preprocess.py", "from fastall.features import augment"),
-        ("fastall/views.py", "import fastall.features.cache"),
+        ("fastall/viewparams.py", "import fastall.features.cache"),
     ],
 )
 def test_a_forbidden_import_breaks_the_contracts(tmp_path, module, forbidden):

@@ -20,7 +20,7 @@ from fastall.features.augment import (
     resolve_fill,
 )
 from fastall.preprocess import preprocess
-from fastall.views import apply_view_params, upgrade_view_params
+from fastall.viewparams import apply_view_params, upgrade_view_params
 
 P = {name: i for i, name in enumerate(VIEW_PARAM_NAMES)}
 

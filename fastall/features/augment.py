@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fastall.errors import FastallError
-from fastall.views import (
+from fastall.viewparams import (
     ERASE_VALUE,
     FILL_EDGE,
     FILL_REFLECT,

@@ -9,7 +9,7 @@ Layout (plain h5py / h5dump can read it)::
     path         str     [N]        image path relative to the data root
     source       str     [N]        fold_0 | fold_1 | fold_2 | prelim | testing | <folder>
     view_params  float32 [N, V, P]  augmentation parameters of each view (view 0: identity), columns named by
-                                    the view_param_names attribute (fastall.views; a cache
+                                    the view_param_names attribute (fastall.viewparams; a cache
                                     without the fill columns reads as black fill)
     done         bool    [N]        all true in a complete cache
     skipped      str     [S, 2]     (path, reason) of images left out with --skip-bad
@@ -38,7 +38,7 @@ from fastall.errors import CacheError
 from fastall.features import cache_checks
 from fastall.system.files import atomic_write, check_free_space, describe_write_error, file_kind
 from fastall.system.formats import FileFormat
-from fastall.views import upgrade_view_params
+from fastall.viewparams import upgrade_view_params
 
 SCHEMA_VERSION = 1
 REQUIRED = ("features", "labels", "class_names", "patient", "path", "source", "view_params", "done")

@@ -34,7 +34,7 @@ from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from fastall.system.devices import decide_precision, precision_alias, resolve_device
 from fastall.system.files import kill_point
 from fastall.system.seeds import check_seed
-from fastall.views import describe_fills
+from fastall.viewparams import describe_fills
 
 PREPROCESS = "v1: RGB uint8, resize bilinear+antialias (whole image, no crop), /255, [augment], mean/std"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
