@@ -121,7 +121,7 @@ def train_head(
         config = configs[selection.final_config]
         warnings.extend("selection", selection.notes)
     train_s = time.perf_counter() - t0
-    check_divergence(results, config.lr, config.weight_decay, lambda m: warnings.add("diverged", m))
+    check_divergence(results, config.lr, config.weight_decay, warnings)
     run_config = {
         "folds": options.folds,
         "test": options.test,
