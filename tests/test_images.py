@@ -244,3 +244,23 @@ def test_a_python_caller_keeps_the_cause_and_the_cli_still_prints_one_line(tmp_p
     with pytest.raises(CacheError) as err:
         read_cache(tmp_path / "c.h5")
     assert isinstance(err.value.__cause__, OSError)
+
+
+def test_the_cli_limit_lasts_for_its_command_only(tmp_path):
+    from click.testing import CliRunner
+
+    from fastall.cli import cli
+
+    seen = {}
+
+    @cli.command("probe-limit-for-test", hidden=True)
+    def _probe() -> None:
+        seen["limit"], seen["env"] = images.get_max_pixels(), os.environ.get(images.MAX_PIXELS_ENV)
+
+    try:
+        result = CliRunner().invoke(cli, ["--max-pixels", "1234", "probe-limit-for-test"])
+    finally:
+        cli.commands.pop("probe-limit-for-test")
+    assert result.exit_code == 0, result.output
+    assert seen == {"limit": 1234, "env": "1234"}  # worker processes see it too
+    assert images._max_pixels is None and images.MAX_PIXELS_ENV not in os.environ
