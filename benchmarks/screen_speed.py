@@ -52,7 +52,6 @@ def make_run(root: Path, backbone: str) -> Path:
         device="cpu",
         amp=False,
         workers=0,
-        progress=False,
     )
     train_head(
         root / "cache.h5",

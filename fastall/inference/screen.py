@@ -153,21 +153,9 @@ def _classify(
         return []
     root = tmp / "cells"
     paths = [root / row[1] for row in boxes]
-    with reporter.task("classify", len(paths)) as advance:
-        seen = [0]
-
-        def progress(done: int, total: int) -> None:
-            advance(done - seen[0])
-            seen[0] = done
-
-        preds = predict_paths(
-            model,
-            paths,
-            batch_size=config.batch_size,
-            workers=config.workers,
-            on_problem=lambda msg: reporter.warn("crop-unreadable", msg),
-            progress=progress,
-        )
+    preds = predict_paths(
+        model, paths, batch_size=config.batch_size, workers=config.workers, reporter=reporter
+    )
     index = {Path(p).relative_to(root).as_posix(): k for k, p in enumerate(preds.paths)}
     pos = preds.class_names.index(positive) if positive in preds.class_names else None
     out = []
