@@ -16,6 +16,9 @@ Layout (plain h5py / h5dump can read it)::
     content_hash str     [N]        hash of each image file's bytes as decoded (absent in older caches)
     file_size    int64   [N]        its size in bytes      } the cheap first check of whether a file
     file_mtime_ns int64  [N]        its mtime in ns        } changed since (absent in older caches)
+    maps         float16 [N, M, C, H, W] chunked (1, 1, C, H, W): with `extract --maps LAYER`, the activation map
+                                    at the cut of the first M views (``maps``/``map_views`` in key_params;
+                                    read, validated and streamed by :mod:`fastall.features.maps`)
 
 Attributes: schema_version, key, key_params (JSON of every parameter that changes the features, with
 ``content_fingerprint``: sha256 over every row's path, label, patient, source and content hash), provenance
@@ -28,7 +31,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import h5py
 import numpy as np
@@ -42,6 +45,15 @@ from fastall.system.files import atomic_write, check_free_space, describe_write_
 SCHEMA_VERSION = 1
 REQUIRED = ("features", "labels", "class_names", "patient", "path", "source", "view_params", "done")
 _STR = h5py.string_dtype("utf-8")
+
+
+class MapRows(Protocol):
+    """The maps to store: ``shape`` ``(N, M, C, H, W)`` and ``rows()``, the fp16 ``[M, C, H, W]`` of each row
+    in order (streamed: never all in memory)."""
+
+    shape: tuple[int, ...]
+
+    def rows(self) -> Any: ...
 
 
 def cache_key(key_params: dict[str, Any]) -> str:
@@ -147,12 +159,14 @@ def write_cache(
     provenance: dict[str, Any],
     skipped: list[tuple[str, str]] = (),
     stamps: list[Stamp] | None = None,
+    maps: MapRows | None = None,
 ) -> Path:
     """Write a complete cache atomically (:func:`~fastall.system.files.atomic_write`), after checking that the
     disk has room for it; a full disk is a one-line CacheError, and leaves no temporary file.
 
     With ``stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
-    ``content_fingerprint`` (over every row) joins the key parameters."""
+    ``content_fingerprint`` (over every row) joins the key parameters. ``maps``: the activation maps at the cut,
+    row by row (their size counts in the free-space check)."""
     path = Path(path)
     n = len(labels)
     if features.shape[0] != n or view_params.shape[:2] != features.shape[:2]:
@@ -167,6 +181,10 @@ def write_cache(
             "content_fingerprint": cache_checks.rows_fingerprint(paths, labels, patients, sources, hashes),
         }
     needed = expected_cache_bytes(features.shape, view_params.shape, [*patients, *paths, *sources])
+    if maps is not None:
+        if tuple(maps.shape[:1]) != (n,) or len(maps.shape) != 5:
+            raise CacheError(f"{path}: maps of shape {tuple(maps.shape)} do not fit {n} rows")
+        needed += int(np.prod(maps.shape)) * 2 + 64 * int(np.prod(maps.shape[:2]))
 
     def write(fh: BinaryIO) -> None:
         with h5py.File(fh, "w", locking=False) as f:  # private until renamed; NFS may lack locks (errno 37)
@@ -200,6 +218,8 @@ def write_cache(
                 f.attrs["content_hash_algorithm"] = ALGORITHM
             for name, value in {**key_params, **provenance}.items():
                 f.attrs[name] = _attr(value)
+            if maps is not None:
+                _write_maps(f, maps)
 
     try:
         check_free_space(path.parent, needed)
@@ -215,6 +235,14 @@ def write_cache(
             f"{path}: cannot write cache: {describe_write_error(err, path.parent)}{kept}"
         ) from None
     return path
+
+
+def _write_maps(f: h5py.File, maps: MapRows) -> None:
+    shape = tuple(int(v) for v in maps.shape)
+    chunks = (1, 1, *shape[2:]) if shape[0] and shape[1] else None
+    ds = f.create_dataset("maps", shape=shape, dtype=np.float16, chunks=chunks)
+    for i, row in enumerate(maps.rows()):
+        ds[i] = np.asarray(row, dtype=np.float16)
 
 
 def expected_cache_bytes(
