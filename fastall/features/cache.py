@@ -16,9 +16,9 @@ Layout (plain h5py / h5dump can read it)::
     content_hash str     [N]        hash of each image file's bytes as decoded (absent in older caches)
     file_size    int64   [N]        its size in bytes      } the cheap first check of whether a file
     file_mtime_ns int64  [N]        its mtime in ns        } changed since (absent in older caches)
-    maps         float16 [N, M, C, H, W] chunked (1, 1, C, H, W): with `extract --maps LAYER`, the activation map
-                                    at the cut of the first M views (``maps``/``map_views`` in key_params;
-                                    read, validated and streamed by :mod:`fastall.features.maps`)
+    maps         float16 [N, M, C, H, W]  chunked (1, 1, C, H, W): with `extract --maps LAYER`, the map at
+                                    the cut of the first M views (``maps``, ``map_views``, ``map_shape``
+                                    in key_params; validated and streamed by :mod:`fastall.features.maps`)
 
 Attributes: schema_version, key, key_params (JSON of every parameter that changes the features, with
 ``content_fingerprint``: sha256 over every row's path, label, patient, source and content hash), provenance
@@ -165,8 +165,8 @@ def write_cache(
     disk has room for it; a full disk is a one-line CacheError, and leaves no temporary file.
 
     With ``stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
-    ``content_fingerprint`` (over every row) joins the key parameters. ``maps``: the activation maps at the cut,
-    row by row (their size counts in the free-space check)."""
+    ``content_fingerprint`` (over every row) joins the key parameters. ``maps``: the activation maps at the
+    cut, row by row (their size counts in the free-space check)."""
     path = Path(path)
     n = len(labels)
     if features.shape[0] != n or view_params.shape[:2] != features.shape[:2]:
