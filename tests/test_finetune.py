@@ -128,3 +128,45 @@ def test_frozen_batchnorm_keeps_its_statistics_and_train_updates_them(store):
         before = copy.deepcopy(net.pooled.stage.layer4[0].bn1.running_mean)
         fit(net, store, store.cache.labels, rows, cfg, views=[0, 1, 2], seed=0)
         assert (not torch.equal(before, net.pooled.stage.layer4[0].bn1.running_mean)) == changes, bn
+
+
+@pytest.fixture(scope="module")
+def run_store(tmp_path_factory):
+    from fastall.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("ftrun")
+    synthesize(root / "data", patients_per_class=5, images_per_patient=2, size=48, prelim=False)
+    torch.set_num_threads(1)
+    run_extract(root / "data", root / "plain.h5", **FT)
+    return store_from_cache(root / "plain.h5", root / "maps.h5")
+
+
+def test_finetune_run_folder_has_train_heads_files_the_probe_row_and_the_stage(run_store, tmp_path):
+    from fastall.finetune.run import finetune
+    from fastall.training.config import TrainOptions
+
+    options = TrainOptions(folds=2, progress=False, report=False)
+    result = finetune(run_store, tmp_path / "ft", FinetuneConfig(epochs=2, batch_size=4), options)
+    files = {p.name for p in result.out.iterdir()}
+    assert {"metrics.json", "head.pt", "folds.csv", "predictions.csv"} <= files
+    m = result.metrics
+    assert m["baseline"]["cv_accuracy"] is not None and m["verdict"]["verdict"]
+    assert m["finetune"]["trained"] == ["layer4"] and m["finetune"]["bn"] == "frozen"
+    assert len(m["finetune"]["selection"]["folds"]) == 2
+    blob = torch.load(result.out / "head.pt", weights_only=True)
+    from fastall.features.backbone import state_dict_sha256
+
+    stage = blob["finetune"]["stage_state_dict"]
+    assert state_dict_sha256(stage) == blob["finetune"]["stage_sha256"] == m["finetune"]["stage_sha256"]
+    assert any(w["code"] == "finetune_bn" for w in m["warnings"])
+
+
+def test_finetune_refuses_a_stage_it_cannot_train_and_a_plain_cache(run_store, tmp_path):
+    from fastall.errors import FastallError
+    from fastall.finetune.run import finetune
+
+    with pytest.raises(FastallError, match=r"--train layer3: .*after layer3.*layer4"):
+        finetune(run_store, tmp_path / "a", train="layer3")
+    with pytest.raises(CacheError, match="--maps layer3"):
+        finetune(run_store.with_name("plain.h5"), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
