@@ -16,6 +16,7 @@ from fastall.cli import (  # noqa: F401  (registers the commands)
     explain,
     export,
     features,
+    finetune,
     inference,
     probe,
     report,

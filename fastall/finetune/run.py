@@ -170,12 +170,13 @@ def finetune(
     reporter: Reporter | None = None,
 ) -> RunResult:
     """Fine-tune the stage after the store's cut and the head by patient-level CV; write the run folder
-    ``out`` (train-head's files, plus the stage in ``head.pt``). ``config``: FinetuneConfig fields on top of
-    ``preset`` (``default`` or ``paper``); ``options``: folds, test split, seed, device, ``tune`` (a grid of
-    FinetuneConfig fields); ``train``: the stages to train (must be those after the cut)."""
+    ``out`` (train-head's files, plus the stage in ``head.pt``). ``config``: the configuration (default:
+    ``preset``'s); ``preset``: ``default`` or ``paper``, the protocol; ``options``: folds, test split, seed,
+    device, ``tune`` (a grid of FinetuneConfig fields); ``train``: the stages after the cut."""
     t_start, reporter = time.perf_counter(), reporter or silent()
     options = options or TrainOptions()
-    base, p = finetune_preset(preset, asdict(config) if config is not None else {})
+    preset_config, p = finetune_preset(preset, {})
+    base = (config or preset_config).check()
     options = replace(
         options, train_views=p.train_views, selection=p.selection, head_init=p.head_init, preset=p.name
     )
@@ -211,6 +212,7 @@ def finetune(
         "test": options.test,
         "holdout": options.holdout,
         **asdict(chosen),
+        "standardize": True,
         "tta": False,
         "seed": options.seed,
         "device": dev.type,
