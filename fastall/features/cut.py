@@ -21,12 +21,14 @@ import torch
 from torch import nn
 
 from fastall.errors import FastallError
+from fastall.features.backbone import build_backbone, load_backbone, recorded_options, state_dict_sha256
 from fastall.features.stages import STAGE_NAMES, STEPS
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 CUT_BACKBONES = ("resnet18", "resnet50", "resnet101")
 CUT_LAYERS = ("layer2", "layer3")
 MAP_DTYPE = torch.float16
+STAGE_FEATURES = "stage_features.npy"  # a finetune run's view-0 features through its stage (ood, evaluate)
 
 
 def check_cut(backbone: str, layer: str) -> None:
@@ -74,6 +76,10 @@ class Cut:
     @property
     def trained(self) -> tuple[str, ...]:
         return trained_stages(self.layer)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.stage._modules)
 
 
 def cut_backbone(model: nn.Module, backbone: str, layer: str = "layer3") -> Cut:
@@ -139,8 +145,6 @@ def view_maps(
 def recorded_cut(key_params: dict[str, Any], attrs: dict[str, Any], weights_path: str | None = None) -> Cut:
     """The cut of the backbone a maps store records (its weights, checked by sha256; ``weights_path`` for a
     weights file that moved)."""
-    from fastall.features.backbone import load_backbone, recorded_options
-
     weights = str(key_params.get("weights") or "")
     source = weights_path or (weights if weights not in ("", "file") else attrs.get("weights_source"))
     if not source:
@@ -155,3 +159,41 @@ def recorded_cut(key_params: dict[str, Any], attrs: dict[str, Any], weights_path
             f"{str(recorded)[:12]}...: wrong weights (pass --weights-path FILE)"
         )
     return cut_backbone(model, info.name, str(key_params.get("maps") or "layer3"))
+
+
+class CutBackbone(nn.Module):
+    """The fine-tuned backbone, end to end: image -> frozen front -> the map as stored (:func:`at_cut`) ->
+    fine-tuned stage -> global average pool -> features ``[B, D]``."""
+
+    def __init__(self, cut: Cut) -> None:
+        super().__init__()
+        self.front, self.pooled, self.last = cut.front, Pooled(cut.stage), cut.stage_names[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pooled(at_cut(self.front(x)))
+
+    def gradcam_path(self) -> str:
+        return f"pooled.stage.{self.last}"
+
+
+def finetuned(model: nn.Module, backbone: str, record: dict[str, Any], where: str) -> CutBackbone:
+    """The recorded backbone with a finetune run's stage (``record``: head.pt's ``finetune``), whose sha256
+    must be the recorded one."""
+    state = record.get("stage_state_dict")
+    if not isinstance(state, dict) or state_dict_sha256(state) != record.get("stage_sha256"):
+        raise FastallError(f"{where}: the fine-tuned stage is missing or its sha256 differs (file altered)")
+    cut = cut_backbone(model, backbone, str(record.get("maps")))
+    stage_state(cut, state)
+    return CutBackbone(cut).eval().requires_grad_(False)
+
+
+def is_cut_state(state: dict[str, Any]) -> bool:
+    """Whether a backbone state dict is a :class:`CutBackbone`'s (an exported fine-tuned model)."""
+    return any(str(k).startswith("pooled.stage.") for k in state)
+
+
+def cut_from_state(backbone: str, state: dict[str, torch.Tensor], layer: str, origin: str) -> CutBackbone:
+    """A :class:`CutBackbone` from its own state dict (front and stage), through the one backbone builder."""
+    merged = {k.removeprefix("front.").removeprefix("pooled.stage."): v for k, v in state.items()}
+    cut = cut_backbone(build_backbone(backbone, merged, origin), backbone, layer)
+    return CutBackbone(cut).eval().requires_grad_(False)

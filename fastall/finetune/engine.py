@@ -108,18 +108,30 @@ def step(net: Net, opt: torch.optim.Optimizer, maps: torch.Tensor, y: torch.Tens
     return float(loss.detach())
 
 
+def _view0(rows: np.ndarray, batch_size: int) -> Plan:
+    rows = np.asarray(rows, dtype=np.int64)
+    return [
+        (rows[a : a + batch_size], np.zeros(rows[a : a + batch_size].size, np.int64))
+        for a in range(0, rows.size, batch_size)
+    ]
+
+
 @torch.no_grad()
 def predict(net: Net, source: Source, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Softmax probabilities ``[len(rows), K]`` of view 0 (eval mode)."""
     net.eval()
-    rows = np.asarray(rows, dtype=np.int64)
-    plan = [
-        (rows[a : a + batch_size], np.zeros(len(rows[a : a + batch_size]), np.int64))
-        for a in range(0, rows.size, batch_size)
-    ]
     device = next(net.parameters()).device
-    out = [torch.softmax(net(m.to(device)), 1).cpu() for m in source.batches(plan)]
+    out = [torch.softmax(net(m.to(device)), 1).cpu() for m in source.batches(_view0(rows, batch_size))]
     return torch.cat(out).double().numpy() if out else np.zeros((0, net.head.classes))
+
+
+@torch.no_grad()
+def pooled_features(net: Net, source: Source, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """float16 ``[len(rows), D]``: view 0 through the stage and pool (what the head standardises)."""
+    net.eval()
+    device = next(net.parameters()).device
+    out = [net.pooled(m.to(device)).cpu() for m in source.batches(_view0(rows, batch_size))]
+    return torch.cat(out).half().numpy() if out else np.zeros((0, net.head.in_features), np.float16)
 
 
 def _val(net: Net, source: Source, rows: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -22,10 +22,10 @@ import torch
 
 from fastall.errors import FastallError
 from fastall.features.backbone import state_dict_sha256
-from fastall.features.cut import Cut, recorded_cut, trained_stages
+from fastall.features.cut import STAGE_FEATURES, Cut, recorded_cut, trained_stages
 from fastall.features.maps import MapStore, open_maps
 from fastall.finetune.config import FinetuneConfig, FinetunePreset, finetune_preset
-from fastall.finetune.engine import Net, fit, make_net, predict
+from fastall.finetune.engine import Net, fit, make_net, pooled_features, predict
 from fastall.system.devices import resolve_device
 from fastall.system.events import Reporter, silent
 from fastall.system.files import atomic_torch_save
@@ -257,6 +257,7 @@ def finetune(
     t0 = time.perf_counter()
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
         _write_head(tmp / "head.pt", prep, results, chosen, run_config, metrics["finetune"], stage_state)
+        np.save(tmp / STAGE_FEATURES, pooled_features(net, store, np.arange(store.cache.n_images)))
         run_files.write_folds_csv(tmp / "folds.csv", prep)
         run_files.write_predictions(tmp / "predictions.csv", prep, results, False)
         metrics["patient_level"] = run_patient_level(
