@@ -130,7 +130,7 @@ def _write(target: Path, rows: list[int], features: np.ndarray, params: np.ndarr
 
 def join_worker(target: Path, n: int, views: int, dim: int, result: Path) -> None:
     """One rank of the timed join (run under torchrun): rank 0 writes the timings to ``result``."""
-    from fastall.features.distributed import join_shards
+    from fastall.features.ranks import join_shards
     from fastall.system.distributed import Group, detect
 
     env = detect(True)

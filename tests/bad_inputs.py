@@ -779,7 +779,6 @@ def _one_class_cache(env: Env) -> Path:
         device="cpu",
         workers=0,
         patient_regex=r"(p\d+)_",
-        progress=False,
     )
     return out
 
@@ -1161,7 +1160,6 @@ def _dup_cache(env: Env) -> Path:
             device="cpu",
             amp=False,
             workers=0,
-            progress=False,
         )
     return shared / "dup.h5"
 

@@ -43,7 +43,6 @@ def build_run(base: Path, *, image_size: int = 32, views: int = 2, testing: bool
         device="cpu",
         amp=False,
         workers=0,
-        progress=False,
     )
     options = TrainOptions(folds=3, test="none", device="cpu", progress=False)
     train_head(base / "cache.h5", base / "run", HeadConfig(epochs=3), options)

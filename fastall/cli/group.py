@@ -50,6 +50,9 @@ dist_timeout_option = click.option(
     help="Seconds a rank waits for an unresponsive other rank before stopping.",
 )
 
+DEVICE_HELP = "auto (every command's default): cuda if a GPU is available, else cpu; or cpu, cuda, cuda:N."
+device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+
 positive_option = click.option(
     "--positive",
     default=None,

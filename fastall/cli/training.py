@@ -8,9 +8,9 @@ from typing import Any
 import click
 
 from fastall.cli.group import cli, console, positive_option, results
+from fastall.system.settings import HParam, hparams_of
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.grid import grid_help
-from fastall.training.hparams import HParam, hparams_of
 from fastall.training.presets import DEFAULT_PRESET, PRESETS
 
 TEST_CHOICES = click.Choice(["holdout", "prelim", "none"])
