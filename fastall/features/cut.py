@@ -94,6 +94,28 @@ def cut_backbone(model: nn.Module, backbone: str, layer: str = "layer3") -> Cut:
     return Cut(backbone, layer, front, stage.float().requires_grad_(True))
 
 
+class MapSplit(nn.Module):
+    """The plain backbone run as front, then the rest (its own stages, average pool, flatten: the same ops in
+    the same order, so the pooled features are bit for bit the plain backbone's), keeping the map at the
+    cut of the last forward in ``kept`` (extract --maps)."""
+
+    def __init__(self, model: nn.Module, backbone: str, layer: str) -> None:
+        super().__init__()
+        check_cut(backbone, layer)
+        steps = STEPS[backbone]
+        end = steps.index(layer) + 1
+        self.front = nn.Sequential(OrderedDict((s, model.get_submodule(s)) for s in steps[:end]))
+        rest = [(s, model.get_submodule(s)) for s in steps[end:]]
+        self.rest = nn.Sequential(
+            OrderedDict([*rest, ("avgpool", model.avgpool), ("flatten", nn.Flatten(1))])
+        )
+        self.kept: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.kept = self.front(x)
+        return self.rest(self.kept)
+
+
 def stage_state(cut: Cut, state: dict[str, torch.Tensor]) -> None:
     """Load a fine-tuned stage's state dict (keys as :meth:`Cut.stage`'s) into ``cut.stage``, strictly."""
     try:
@@ -105,10 +127,11 @@ def stage_state(cut: Cut, state: dict[str, torch.Tensor]) -> None:
         ) from None
 
 
-def map_shape(cut: Cut, size: int) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the map at the cut for ``size`` px inputs."""
+def map_shape(front: nn.Module, size: int) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the map at the cut (``front``: a :class:`Cut`'s or :class:`MapSplit`'s) for ``size``
+    px inputs."""
     with torch.no_grad():
-        return tuple(int(v) for v in cut.front(torch.zeros(1, 3, size, size)).shape[1:])
+        return tuple(int(v) for v in front(torch.zeros(1, 3, size, size)).shape[1:])
 
 
 def map_bytes(images: int, map_views: int, shape: Sequence[int]) -> int:

@@ -103,6 +103,18 @@ class ExtractConfig:
         None, "CSV with columns path,patient (paths relative to DATA): each image's patient."
     )
     positive: str | None = hparam(None, "The positive (disease) class, by its folder name.")
+    maps: str | None = hparam(
+        None,
+        "Also store every kept view's activation map at this cut, fp16 (a ResNet's layer2 or layer3), for "
+        "`fastall finetune` (it prints the size first).",
+        choices=("layer2", "layer3"),
+    )
+    map_views: int | None = hparam(
+        None,
+        "With --maps: store the maps of the first N views only [all --views].",
+        check=lambda v: v >= 1,
+        rule="must be at least 1",
+    )
 
     @staticmethod
     def settings() -> tuple[HParam, ...]:
@@ -128,6 +140,8 @@ class ExtractConfig:
         """This configuration with ``fill`` in its canonical form; every problem at once in a FastallError."""
         check_seed(self.seed)
         problems = [p for s in self.settings() if (p := s.flag_problem(getattr(self, s.name)))]
+        if self.map_views is not None and (self.maps is None or self.map_views > self.views):
+            problems.append(f"--map-views {self.map_views} needs --maps and at most --views ({self.views})")
         if problems:
             raise FastallError("; ".join(problems))
         return replace(self, fill=parse_fill(self.fill))

@@ -89,9 +89,10 @@ def write_rows(
     class_names: list[str],
     key_params: dict[str, Any],
     provenance: dict[str, Any],
+    maps: Any = None,
 ) -> None:
     """The one cache of ``rows`` (sorted record indices; ``features``/``params`` in that order; ``stamps``:
-    the content stamp each row's file was read with)."""
+    the content stamp each row's file was read with; ``maps``: their maps at the cut, streamed)."""
     if not rows:
         raise FastallError(f"none of the {len(records)} images could be decoded; nothing to cache")
     picked = [records[i] for i in rows]
@@ -110,4 +111,5 @@ def write_rows(
         provenance=provenance,
         skipped=skipped,
         stamps=content.row_stamps(stamps, records, rows),
+        maps=maps,
     )

@@ -1,5 +1,5 @@
 """What `fastall finetune` trains: the stage after the cut and the head, declared once as hyperparameters
-(:func:`~fastall.training.hparams.hparam`: the CLI options and the ``--tune`` grid come from here), and its
+(:func:`~fastall.system.settings.hparam`: the CLI options and the ``--tune`` grid come from here), and its
 two presets."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fastall.errors import FastallError
+from fastall.system.settings import HParam, hparam, hparams_of
 from fastall.training.config import MAX_BATCH, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_WEIGHT_DECAY
-from fastall.training.hparams import HParam, hparam, hparams_of
 
 BN_MODES = ("frozen", "train")
 
