@@ -69,7 +69,7 @@ def plan_maps(out: Path, partial: Path, images: int, map_views: int, shape: Sequ
     size = map_bytes(images, map_views, shape)
     c, h, w = shape
     line = (
-        f"maps: {images:,} images x {map_views} views x {c}x{h}x{w} fp16 = {size / 2**30:.2f} GiB in "
+        f"maps: {images:,} images x {map_views} views x {c}x{h}x{w} fp16 = {_size(size)} in "
         f"{out} (and as much in {partial} while it runs)"
     )
     same = free_bytes(out.parent) == free_bytes(partial.parent) if partial.parent.exists() else True
@@ -81,7 +81,11 @@ def plan_maps(out: Path, partial: Path, images: int, map_views: int, shape: Sequ
             check_free_space(partial.parent, size)
     except OSError as err:
         raise CacheError(
-            f"{out}: no room for the maps ({size / 2**30:.2f} GiB, twice while extract runs): "
+            f"{out}: no room for the maps ({_size(size)}, twice while extract runs): "
             f"{err.strerror}; free space, use --map-views 1 or a smaller --image-size, or --scratch DIR"
         ) from None
     return size, line
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
