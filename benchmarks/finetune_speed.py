@@ -54,7 +54,6 @@ def build_store(root: Path, images: int, size: int, backbone: str, map_views: in
         backbone=backbone,
         device="cpu",
         precision="fp32",
-        progress=False,
         maps="layer3",
         map_views=map_views,
     )

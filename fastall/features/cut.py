@@ -60,7 +60,8 @@ class Pooled(nn.Module):
         self.stage = stage
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.stage(maps.float()).mean(dim=(2, 3))
+        x = maps.float().contiguous(memory_format=torch.channels_last)  # as the stage's weights
+        return self.stage(x).mean(dim=(2, 3))
 
 
 @dataclass
