@@ -32,20 +32,21 @@ def _stats(store, rows):
     return x.mean(0), x.std(0).clamp_min(1e-3)
 
 
-def test_cut_front_then_stage_is_the_backbone(store):
+@pytest.mark.parametrize("layer, trained", [("layer3", ("layer4",)), ("layer2", ("layer3", "layer4"))])
+def test_cut_front_then_stage_is_the_backbone(layer, trained):
     from fastall.features.backbone import load_backbone
 
     model, info = load_backbone("none", backbone="resnet18")
-    cut = cut_backbone(model, info.name, "layer3")
+    cut = cut_backbone(model, info.name, layer)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         whole = model(x)
         parts = cut.stage(cut.front(x)).mean(dim=(2, 3))
-    assert cut.trained == ("layer4",)
+    assert cut.trained == trained
     assert torch.allclose(whole, parts, atol=1e-5)
     assert not any(p.requires_grad for p in cut.front.parameters())
     assert all(p.requires_grad for p in cut.stage.parameters())
-    assert set(cut.stage.state_dict()) == {k for k in model.state_dict() if k.startswith("layer4.")}
+    assert set(cut.stage.state_dict()) == {k for k in model.state_dict() if k.startswith(trained)}
 
 
 def test_store_holds_the_cut_maps_of_every_view(store):

@@ -20,9 +20,9 @@ from fastall.training.config import TrainOptions
     *_split_options("Test set: whole patients held out, the C-NMC prelim set, or none."),
     click.option(
         "--train",
-        default="layer4",
-        show_default=True,
-        help="The stages to train: those after the store's cut (a layer3 store trains layer4).",
+        default=None,
+        help="The stages to train: those after the store's cut [layer4 for a layer3 store, layer3,layer4 "
+        "for a layer2 one].",
     ),
     click.option(
         "--preset",
@@ -52,7 +52,7 @@ def finetune_cmd(
     folds: int,
     test: str,
     holdout: float,
-    train: str,
+    train: str | None,
     preset: str,
     tune: str | None,
     weights_path: str | None,
