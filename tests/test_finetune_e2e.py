@@ -48,6 +48,10 @@ def test_run_folder_is_complete_and_its_stage_moved(run):
     assert {p.name for p in out.iterdir()} >= {"head.pt", "metrics.json", "predictions.csv", "folds.csv"}
     m = json.loads((out / "metrics.json").read_text())
     assert m["baseline"]["cv_accuracy"] is not None and m["finetune"]["map_views"] == 2
+    from fastall.reporting.tables import protocol_line
+
+    assert "fine-tuned layer4 from layer3 maps" in protocol_line(m)  # the report and the CLI say it
+    assert "BatchNorm statistics frozen" in protocol_line(m)
     blob = torch.load(out / "head.pt", weights_only=True)
     from fastall.features.backbone import load_backbone
 
