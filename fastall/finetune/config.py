@@ -63,6 +63,13 @@ class FinetuneConfig:
         check=lambda v: 1 <= v <= MAX_EPOCHS,
         rule=f"must be in 1..{MAX_EPOCHS}",
     )
+    min_delta: float = hparam(
+        0.03,
+        "Early stopping counts an epoch as better only when its validation loss is lower by this fraction "
+        "(train-head's default preset: 0.03).",
+        check=lambda v: 0 <= v < 1,
+        rule="must be in [0, 1)",
+    )
     bn: str = hparam(
         "frozen",
         "BatchNorm statistics of the stage: frozen (the backbone's, the default) or train (updated).",
@@ -105,11 +112,11 @@ FINETUNE_PRESETS = {
             "inner",
             "probe",
             "AdamW 3e-4 (stage 0.1x), decay 1e-4, all views, head started at the probe, early stopping on an "
-            "inner split of the training patients, then refitted on the fold",
+            "inner split of the training patients (3 % lower loss to count), then refitted on the fold",
         ),
         FinetunePreset(
             "paper",
-            FinetuneConfig(lr=1e-4, stage_lr=1.0, weight_decay=0.0, epochs=5, patience=None),
+            FinetuneConfig(lr=1e-4, stage_lr=1.0, weight_decay=0.0, epochs=5, patience=None, min_delta=0.0),
             "augmented",
             "fold",
             "random",

@@ -200,7 +200,7 @@ def fit(
             loss, acc = _val(net, source, val, labels)
             history["val_loss"].append(loss)
             history["val_accuracy"].append(acc)
-            if loss < best_loss:
+            if loss < best_loss * (1 - config.min_delta):
                 best_loss, best_epoch, best_state, since = loss, epoch, copy.deepcopy(net.state_dict()), 0
             else:
                 since += 1
