@@ -117,18 +117,20 @@ class _RandomRows:
 
 def real_size_stream(folder: Path, images: int, batch: int) -> dict:
     """Peak RSS (child process) of one streamed epoch over a store of ``images`` x 2 views of 1024x14x14."""
-    from fastall.features.cache import write_cache
+    from fastall.features.cache import ImageRows, write_cache
 
     path, n, shape = folder / "real_size.h5", images, (images, CNMC_VIEWS, 1024, 14, 14)
     t0 = time.perf_counter()
     write_cache(
         path,
         features=np.zeros((n, CNMC_VIEWS, 2048), np.float16),
-        labels=np.arange(n) % 2,
+        rows=ImageRows(
+            np.arange(n) % 2,
+            [f"P{i % 73}" for i in range(n)],
+            [f"img_{i:05d}.bmp" for i in range(n)],
+            ["fold_0"] * n,
+        ),
         class_names=["hem", "all"],
-        patients=[f"P{i % 73}" for i in range(n)],
-        paths=[f"img_{i:05d}.bmp" for i in range(n)],
-        sources=["fold_0"] * n,
         view_params=np.zeros((n, CNMC_VIEWS, 16), np.float32),
         view_param_names=[f"p{i}" for i in range(16)],
         key_params={

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastall.features.cache import read_cache, write_cache
+from fastall.features.cache import ImageRows, read_cache, write_cache
 
 _BUILT: dict[tuple, E2ERun] = {}
 
@@ -78,16 +78,12 @@ def cache_with(e2e: E2ERun, dest: Path, stamps: list | None = None, **key_change
     return write_cache(
         dest,
         features=fc.features,
-        labels=fc.labels,
+        rows=ImageRows.of(fc, stamps_of(fc) if stamps is None else stamps),
         class_names=fc.class_names,
-        patients=list(fc.patients),
-        paths=list(fc.paths),
-        sources=list(fc.sources),
         view_params=fc.view_params,
         view_param_names=fc.view_param_names,
         key_params={**fc.key_params, **key_changes},
         provenance={"data_root": attrs["data_root"]},
-        stamps=stamps_of(fc) if stamps is None else stamps,
     )
 
 

@@ -16,7 +16,7 @@ from fastall.data.discover import discover
 from fastall.data.fingerprint import Stamp, hash_bytes, hash_file
 from fastall.data.synth import _bmp_bytes
 from fastall.errors import CacheError
-from fastall.features.cache import read_cache, write_cache
+from fastall.features.cache import ImageRows, read_cache, write_cache
 from fastall.features.shards import PartialStore
 from fastall.system.events import silent
 
@@ -133,11 +133,8 @@ def test_a_cache_without_hashes_falls_back_to_sizes_with_a_note(data, ref, tmp_p
     old = write_cache(
         tmp_path / "old.h5",
         features=fc.features,
-        labels=fc.labels,
+        rows=ImageRows.of(fc),
         class_names=fc.class_names,
-        patients=list(fc.patients),
-        paths=list(fc.paths),
-        sources=list(fc.sources),
         view_params=fc.view_params,
         view_param_names=fc.view_param_names,
         key_params=fc.key_params,

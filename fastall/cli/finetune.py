@@ -7,15 +7,16 @@ from typing import Any
 import click
 
 from fastall.cli.group import cli, console, positive_option, results
+from fastall.cli.options import apply
 from fastall.cli.render import rich_reporter
-from fastall.cli.training import _apply, _device_options, _explicit, _split_options, head_options
+from fastall.cli.training import _device_options, _explicit, _split_options, head_options
 from fastall.finetune.config import FINETUNE_PRESETS, FinetuneConfig, finetune_preset
 from fastall.training.config import TrainOptions
 
 
 @cli.command(name="finetune")
 @click.argument("store", type=click.Path(dir_okay=False, path_type=str))
-@_apply(
+@apply(
     click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Run folder."),
     *_split_options("Test set: whole patients held out, the C-NMC prelim set, or none."),
     click.option(
@@ -47,43 +48,16 @@ from fastall.training.config import TrainOptions
     positive_option,
 )
 def finetune_cmd(
-    store: str,
-    out: str,
-    folds: int,
-    test: str,
-    holdout: float,
-    train: str | None,
-    preset: str,
-    tune: str | None,
-    weights_path: str | None,
-    probe: bool,
-    seed: int,
-    device: str,
-    overwrite: bool,
-    report: bool,
-    positive: str | None,
-    **hparams: Any,
+    store: str, out: str, train: str | None, preset: str, weights_path: str | None, **given: Any
 ) -> None:
     """Fine-tune the backbone's stage after the cut and the head from cached maps (`extract --maps`), on
     train-head's patient-level folds, with the probe baseline."""
     from fastall.finetune.run import finetune
     from fastall.training.train_head import print_run_summary
 
-    given = _explicit(hparams, [p.name for p in FinetuneConfig.hparams()])
-    options = TrainOptions(
-        folds=folds,
-        test=test,
-        holdout=holdout,
-        seed=seed,
-        device=device,
-        overwrite=overwrite,
-        report=report,
-        tune=tune,
-        probe=probe,
-        positive=positive,
-        progress=False,
-    )
-    config, _ = finetune_preset(preset, given)
+    hparams = _explicit(given, [p.name for p in FinetuneConfig.hparams()])  # the rest: TrainOptions fields
+    options = TrainOptions(**given, progress=False)
+    config, _ = finetune_preset(preset, hparams)
     reporter = rich_reporter(console)
     result = finetune(
         store, out, config, options, preset=preset, train=train, weights_path=weights_path, reporter=reporter

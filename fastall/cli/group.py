@@ -14,6 +14,7 @@ from rich.console import Console
 
 from fastall import __version__
 from fastall.errors import FastallError
+from fastall.system.devices import DEVICE_RULE
 from fastall.system.files import describe_write_error, is_disk_full
 
 REDIRECTED_WIDTH = 1000
@@ -50,8 +51,7 @@ dist_timeout_option = click.option(
     help="Seconds a rank waits for an unresponsive other rank before stopping.",
 )
 
-DEVICE_HELP = "auto (every command's default): cuda if a GPU is available, else cpu; or cpu, cuda, cuda:N."
-device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_RULE)
 
 positive_option = click.option(
     "--positive",

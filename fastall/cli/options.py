@@ -22,10 +22,17 @@ def apply(*decorators: Callable) -> Callable:
     return wrap
 
 
-def _split(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[str, ...]:
-    if value is None or isinstance(value, tuple):
-        return value or ()
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+def _splitter(p: HParam) -> Callable:
+    def split(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[Any, ...]:
+        if value is None or isinstance(value, tuple):
+            return value or ()
+        try:
+            return p.parse(value)
+        except ValueError:
+            kind = "integers" if p.item is int else "values"
+            raise click.BadParameter(f"must be comma-separated {kind}, got {value!r}") from None
+
+    return split
 
 
 def setting_option(p: HParam) -> Callable:
@@ -37,7 +44,7 @@ def setting_option(p: HParam) -> Callable:
         show = p.default is not None
         return click.option(f"{p.flag}/--no-{p.flag[2:]}", default=p.default, show_default=show, help=p.help)
     if p.kind is tuple:
-        return click.option(p.flag, default=None, callback=_split, help=p.help)
+        return click.option(p.flag, default=None, callback=_splitter(p), help=p.help)
     kind = click.Choice(list(p.choices)) if p.choices else p.kind
     show = p.default is not None
     return click.option(p.flag, type=kind, default=p.default, show_default=show, help=p.help)

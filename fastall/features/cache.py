@@ -31,7 +31,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
@@ -39,21 +39,13 @@ import numpy as np
 from fastall.data.fingerprint import ALGORITHM, Stamp
 from fastall.errors import CacheError
 from fastall.features import cache_checks
+from fastall.features.maprows import MapRows, write_maps
 from fastall.features.viewparams import upgrade_view_params
 from fastall.system.files import atomic_write, check_free_space, describe_write_error, file_kind
 
 SCHEMA_VERSION = 1
 REQUIRED = ("features", "labels", "class_names", "patient", "path", "source", "view_params", "done")
 _STR = h5py.string_dtype("utf-8")
-
-
-class MapRows(Protocol):
-    """The maps to store: ``shape`` ``(N, M, C, H, W)`` and ``rows()``, the fp16 ``[M, C, H, W]`` of each row
-    in order (streamed: never all in memory)."""
-
-    shape: tuple[int, ...]
-
-    def rows(self) -> Any: ...
 
 
 def cache_key(key_params: dict[str, Any]) -> str:
@@ -144,30 +136,51 @@ class FeatureCache:
         return (torch.from_numpy(self.features), torch.from_numpy(self.labels), torch.from_numpy(self.groups))
 
 
+@dataclass(frozen=True)
+class ImageRows:
+    """The per-image columns of a cache, one entry per row: the label (index into the class names), the
+    patient, the path (relative to the data root), the source (fold, prelim, ...) and, where known, the
+    content stamp of the file the features were computed from."""
+
+    labels: np.ndarray
+    patients: list[str]
+    paths: list[str]
+    sources: list[str]
+    stamps: list[Stamp] | None = None
+
+    @classmethod
+    def of(cls, cache: FeatureCache, stamps: list[Stamp] | None = None) -> ImageRows:
+        """The rows of a cache read back (``stamps`` are not read back: give them to keep them)."""
+        return cls(cache.labels, list(cache.patients), list(cache.paths), list(cache.sources), stamps)
+
+
 def write_cache(
     path: str | Path,
     *,
     features: np.ndarray,
-    labels: np.ndarray,
+    rows: ImageRows,
     class_names: list[str],
-    patients: list[str],
-    paths: list[str],
-    sources: list[str],
     view_params: np.ndarray,
     view_param_names: list[str],
     key_params: dict[str, Any],
     provenance: dict[str, Any],
     skipped: list[tuple[str, str]] = (),
-    stamps: list[Stamp] | None = None,
     maps: MapRows | None = None,
 ) -> Path:
     """Write a complete cache atomically (:func:`~fastall.system.files.atomic_write`), after checking that the
     disk has room for it; a full disk is a one-line CacheError, and leaves no temporary file.
 
-    With ``stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
+    With ``rows.stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
     ``content_fingerprint`` (over every row) joins the key parameters. ``maps``: the activation maps at the
     cut, row by row (their size counts in the free-space check)."""
     path = Path(path)
+    labels, patients, paths, sources, stamps = (
+        rows.labels,
+        rows.patients,
+        rows.paths,
+        rows.sources,
+        rows.stamps,
+    )
     n = len(labels)
     if features.shape[0] != n or view_params.shape[:2] != features.shape[:2]:
         raise CacheError(f"{path}: inconsistent shapes {features.shape} / {view_params.shape} / {n} labels")
@@ -219,7 +232,7 @@ def write_cache(
             for name, value in {**key_params, **provenance}.items():
                 f.attrs[name] = _attr(value)
             if maps is not None:
-                _write_maps(f, maps)
+                write_maps(f, maps)
 
     try:
         check_free_space(path.parent, needed)
@@ -235,14 +248,6 @@ def write_cache(
             f"{path}: cannot write cache: {describe_write_error(err, path.parent)}{kept}"
         ) from None
     return path
-
-
-def _write_maps(f: h5py.File, maps: MapRows) -> None:
-    shape = tuple(int(v) for v in maps.shape)
-    chunks = (1, 1, *shape[2:]) if shape[0] and shape[1] else None
-    ds = f.create_dataset("maps", shape=shape, dtype=np.float16, chunks=chunks)
-    for i, row in enumerate(maps.rows()):
-        ds[i] = np.asarray(row, dtype=np.float16)
 
 
 def expected_cache_bytes(

@@ -17,11 +17,11 @@ from typing import Any
 
 from fastall.errors import FastallError
 from fastall.features.augment import parse_fill
+from fastall.system.devices import DEVICE_RULE
 from fastall.system.seeds import check_seed
 from fastall.system.settings import HParam, hparam, hparams_of
 
 EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICE_RULE = "auto (cuda if available, else cpu), cpu, cuda or cuda:N."
 
 BACKBONE_HELP = (
     "resnet18, resnet50, resnet101, densenet121, efficientnet_b0, efficientnet_v2_s, convnext_tiny, "

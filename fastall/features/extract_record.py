@@ -16,7 +16,7 @@ from fastall.data.fingerprint import Stamp, dataset_fingerprint
 from fastall.errors import FastallError
 from fastall.features import content
 from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES, parse_fill
-from fastall.features.cache import write_cache
+from fastall.features.cache import ImageRows, write_cache
 from fastall.features.extract_config import ExtractConfig
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -100,16 +100,18 @@ def write_rows(
     write_cache(
         out,
         features=features,
-        labels=np.array([r.label for r in picked], dtype=np.int64),
+        rows=ImageRows(
+            labels=np.array([r.label for r in picked], dtype=np.int64),
+            patients=[r.patient for r in picked],
+            paths=[r.rel_path for r in picked],
+            sources=[r.source for r in picked],
+            stamps=content.row_stamps(stamps, records, rows),
+        ),
         class_names=class_names,
-        patients=[r.patient for r in picked],
-        paths=[r.rel_path for r in picked],
-        sources=[r.source for r in picked],
         view_params=params,
         view_param_names=list(VIEW_PARAM_NAMES),
         key_params=key_params,
         provenance=provenance,
         skipped=skipped,
-        stamps=content.row_stamps(stamps, records, rows),
         maps=maps,
     )

@@ -3,7 +3,8 @@
 A field declared with :func:`hparam` carries its help text, its allowed values and (for a head) how a sweep
 samples it. From that one declaration come a command's CLI options and their help, validation, and (for the
 head) the sweep grid and the printed ``fastall train-head`` command: adding a setting is one edit.
-Types: int, float, str, bool, each optionally ``| None``, and ``tuple[str, ...]`` (a comma-separated list).
+Types: int, float, str, bool, each optionally ``| None``, and ``tuple[str, ...]``/``tuple[int, ...]`` (a
+comma-separated list).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class HParam:
     log: bool
     check: Callable[[Any], bool] | None
     rule: str
+    item: type = str
 
     @property
     def flag(self) -> str:
@@ -78,7 +80,7 @@ class HParam:
         if self.kind is str:
             return text.strip()
         if self.kind is tuple:
-            return tuple(v.strip() for v in text.split(",") if v.strip())
+            return tuple(self.item(v.strip()) for v in text.split(",") if v.strip())
         number = float(text)
         if self.kind is int:
             if number != int(number):
@@ -103,7 +105,8 @@ class HParam:
         if self.choices and value not in self.choices:
             return f"{self.flag} must be {' or '.join(self.choices)}, got {value!r}"
         if self.check is not None and not self.check(value):
-            return f"{self.flag} {self.rule}, got {value}"
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            return f"{self.flag} {self.rule}, got {shown}"
         return None
 
     def argv(self, value: Any) -> list[str]:
@@ -125,12 +128,13 @@ def hparams_of(cls: type) -> tuple[HParam, ...]:
         if meta is None:
             continue
         kind, optional = _base_type(hints[f.name])
-        out.append(HParam(f.name, kind, optional, f.default, **meta))
+        item = typing.get_args(hints[f.name])[0] if kind is tuple else str
+        out.append(HParam(f.name, kind, optional, f.default, **meta, item=item))
     return tuple(out)
 
 
 def _base_type(hint: Any) -> tuple[type, bool]:
-    """``int`` -> (int, False); ``int | None`` -> (int, True); ``tuple[str, ...]`` -> (tuple, False)."""
+    """``int`` -> (int, False); ``int | None`` -> (int, True); ``tuple[int, ...]`` -> (tuple, False)."""
     if typing.get_origin(hint) is tuple:
         return tuple, False
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
