@@ -171,3 +171,29 @@ def test_finetune_refuses_a_stage_it_cannot_train_and_a_plain_cache(run_store, t
     with pytest.raises(CacheError, match="--maps layer3"):
         finetune(run_store.with_name("plain.h5"), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_tune_tries_every_configuration_on_each_inner_split(run_store, tmp_path):
+    from fastall.finetune.run import finetune
+    from fastall.training.config import TrainOptions
+
+    options = TrainOptions(folds=2, progress=False, report=False, tune="lr=1e-4,1e-3", probe=False)
+    result = finetune(run_store, tmp_path / "t", FinetuneConfig(epochs=1, batch_size=4), options)
+    ft = result.metrics["finetune"]
+    assert [c["lr"] for c in ft["configs"]] == [1e-4, 1e-3]
+    assert all(len(f["inner_val_loss"]) == 2 for f in ft["selection"]["folds"])
+    assert result.metrics["tune"]["grid"] == "lr=1e-4,1e-3"
+
+
+def test_a_store_whose_maps_do_not_fit_its_record_is_refused(store, tmp_path):
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(store.path, bad)
+    with h5py.File(bad, "r+") as f:
+        del f["maps"]
+        f.create_dataset("maps", data=np.zeros((store.cache.n_images, 3, 8, 4, 4), np.float16))
+    with pytest.raises(CacheError, match=r"maps dataset float16 .* expected float16"):
+        open_maps(bad)
