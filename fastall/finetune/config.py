@@ -100,6 +100,7 @@ class FinetunePreset:
     selection: str
     head_init: str
     summary: str
+    inner_folds: int = 1
 
 
 FINETUNE_PRESETS = {
@@ -112,7 +113,9 @@ FINETUNE_PRESETS = {
             "inner",
             "probe",
             "AdamW 3e-4 (stage 0.1x), decay 1e-4, all views, head started at the probe, early stopping on an "
-            "inner split of the training patients (3 % lower loss to count), then refitted on the fold",
+            "inner 3-fold CV of the training patients (3 % lower loss to count; the median epoch, 0 keeps "
+            "the probe), then refitted on the fold",
+            inner_folds=3,
         ),
         FinetunePreset(
             "paper",

@@ -88,20 +88,26 @@ class _Job:
 
 
 def _choose(job: _Job, configs: list[FinetuneConfig], rows: np.ndarray, fold: int) -> tuple[int, int, list]:
-    """The configuration and epoch count with the lowest inner-split validation loss, and every loss."""
+    """The configuration with the lowest mean validation loss over an inner patient K-fold of ``rows``
+    (``inner_folds``; 1: one inner split), its median best epoch count (0: keep the start, the probe), and
+    every configuration's mean loss."""
     prep = job.prep
-    tr, va = inner_splits(
+    splits = inner_splits(
         prep.cache.labels,
         prep.cache.patients,
         rows,
         seed=job.seed,
         fold=fold,
+        folds=job.preset.inner_folds,
         class_names=prep.cache.class_names,
-    )[0]
-    fits = [job.fit(c, tr, fold, val=va) for c in configs]
-    losses = [f.val_loss if f.val_loss is not None else np.inf for f in fits]
+    )
+    losses, epochs = [], []
+    for c in configs:
+        fits = [job.fit(c, tr, fold, val=va) for tr, va in splits]
+        losses.append(float(np.mean([f.val_loss if f.val_loss is not None else np.inf for f in fits])))
+        epochs.append(int(np.median([f.best_epoch for f in fits])))
     best = int(np.argmin(losses))
-    return best, fits[best].best_epoch, losses
+    return best, epochs[best], losses
 
 
 def _result(job: _Job, fold: int, final: bool, trained: Any, rows_val: np.ndarray | None) -> HeadResult:
