@@ -2,9 +2,10 @@
 
 The folds, test split, leakage audit, probe baseline, metrics with CIs, predictions, patient-level metrics
 and report are train-head's (:mod:`fastall.training.train_head`, :mod:`fastall.training.run_files`); only the
-models differ. Per fold (default preset): a net started at the probe is trained on an inner split of the
-fold's training patients with early stopping on the rest (``--tune``: each configuration, the lowest inner
-loss wins), then refitted on all the fold's training rows for the chosen epochs. The final model trains on
+models differ. Per fold (default preset): a net started at the probe is trained on each split of an inner
+patient K-fold of the fold's training patients with early stopping on its validation patients (``--tune``:
+each configuration, the lowest mean inner loss wins), then refitted on all the fold's training rows for the
+median best epoch (0 keeps the start: the probe). The final model trains on
 all non-test rows for the median of the folds' epochs. ``head.pt`` holds the final head, the fine-tuned
 stage and its sha256 (``finetune``), so the end-to-end path rebuilds image -> front -> stage -> head.
 """
