@@ -53,7 +53,7 @@ def finetune_cmd(
     """Fine-tune the backbone's stage after the cut and the head from cached maps (`extract --maps`), on
     train-head's patient-level folds, with the probe baseline."""
     from fastall.finetune.run import finetune
-    from fastall.training.train_head import print_run_summary
+    from fastall.reporting.tables import print_run
 
     hparams = _explicit(given, [p.name for p in FinetuneConfig.hparams()])  # the rest: TrainOptions fields
     options = TrainOptions(**given, progress=False)
@@ -62,7 +62,7 @@ def finetune_cmd(
     result = finetune(
         store, out, config, options, preset=preset, train=train, weights_path=weights_path, reporter=reporter
     )
-    print_run_summary(result, results)
+    print_run(result.metrics, result.out, results, result.report)
     ft = result.metrics["finetune"]
     results.print(
         f"fine-tuned {','.join(ft['trained'])} from {ft['maps']} maps ({ft['map_views']} views): stage lr "

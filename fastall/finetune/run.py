@@ -1,8 +1,8 @@
 """`fastall finetune`: patient-level CV of the stage after the cut and the head, from a maps store.
 
 The folds, test split, leakage audit, probe baseline, metrics with CIs, predictions, patient-level metrics
-and report are train-head's (:mod:`fastall.training.train_head`, :mod:`fastall.training.run_files`); only the
-models differ. Per fold (default preset): a net started at the probe is trained on each split of an inner
+and report are train-head's (:mod:`fastall.training.train_head`, :mod:`fastall.training.run_outputs`); only
+the models differ. Per fold (default preset): a net started at the probe is trained on each split of an inner
 patient K-fold of the fold's training patients with early stopping on its validation patients (``--tune``:
 each configuration, the lowest mean inner loss wins), then refitted on all the fold's training rows for the
 median best epoch (0 keeps the start: the probe). The final model trains on
@@ -32,16 +32,17 @@ from fastall.system.events import Reporter, silent
 from fastall.system.files import atomic_torch_save
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
-from fastall.training import run_files
+from fastall.training import run_outputs
 from fastall.training.config import HeadConfig, HeadResult, TrainOptions
 from fastall.training.grid import expand, parse_grid
 from fastall.training.patients import run_patient_level
+from fastall.training.prepared import Prepared, prepare
 from fastall.training.presets import protocol_record
 from fastall.training.probe import probe_cache
 from fastall.training.run_warnings import verdict_of
 from fastall.training.selection import inner_splits
 from fastall.training.streams import fold_statistics
-from fastall.training.train_head import Prepared, RunResult, _linear_fit, baseline, prepare
+from fastall.training.train_head import RunResult, baseline, linear_fit
 
 FINETUNE_FORMAT = "fastall-finetune"
 
@@ -67,7 +68,7 @@ class _Job:
         feats = torch.from_numpy(np.ascontiguousarray(self.prep.cache.features))
         stats = fold_statistics(feats, [np.asarray(rows)], self.views)
         if linear is None and self.preset.head_init == "probe":
-            linear = _linear_fit(self.prep, self.seed)(np.asarray(rows))
+            linear = linear_fit(self.prep, self.seed)(np.asarray(rows))
         net = make_net(self.cut.stage, config, self.prep.data.classes, stats, self.seed + fold, linear)
         return net.to(self.device)
 
@@ -201,7 +202,7 @@ def finetune(
             f"{after} (make a store with `extract --maps` at an earlier layer to train more)"
         )
     out = Path(out)
-    check_target(out.absolute(), options.overwrite, run_files.RUN_FORMAT)
+    check_target(out.absolute(), options.overwrite, run_outputs.RUN_FORMAT)
     prep = prepare(store_path, replace(options, device="cpu", precision="fp32"))
     cut = recorded_cut(store.cache.key_params, store.cache.attrs, weights_path)
     first = 1 if p.train_views == "augmented" and store.map_views > 1 else 0
@@ -230,7 +231,7 @@ def finetune(
         "positive": prep.positive.name,
         "preset": p.name,
     }
-    metrics = run_files.run_metrics(prep, results, run_config, False)
+    metrics = run_outputs.run_metrics(prep, results, run_config, False)
     metrics["protocol"] = protocol_record(options)
     stage_state = {k: v.detach().cpu().clone() for k, v in net.pooled.stage.state_dict().items()}
     metrics["finetune"] = {
@@ -265,8 +266,8 @@ def finetune(
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
         _write_head(tmp / "head.pt", prep, results, chosen, run_config, metrics["finetune"], stage_state)
         np.save(tmp / STAGE_FEATURES, pooled_features(net, store, np.arange(store.cache.n_images)))
-        run_files.write_folds_csv(tmp / "folds.csv", prep)
-        run_files.write_predictions(tmp / "predictions.csv", prep, results, False)
+        run_outputs.write_folds_csv(tmp / "folds.csv", prep)
+        run_outputs.write_run_predictions(tmp / "predictions.csv", prep, results, False)
         metrics["patient_level"] = run_patient_level(
             tmp / "predictions.csv", prep.cache.class_names, prep.positive.name
         )
@@ -297,7 +298,7 @@ def _write_head(
 ) -> None:
     """train-head's head.pt with the fine-tuned stage beside the head (fold models are not kept: their
     out-of-fold predictions are in predictions.csv)."""
-    run_files.write_head(path, prep, results, HeadConfig(hidden=cfg.hidden, dropout=cfg.dropout), config)
+    run_outputs.write_head(path, prep, results, HeadConfig(hidden=cfg.hidden, dropout=cfg.dropout), config)
     blob = torch.load(path, weights_only=True)
     blob["fold_state_dicts"] = []
     blob["finetune"] = {**plain(record), "format": FINETUNE_FORMAT, "stage_state_dict": stage}

@@ -16,7 +16,7 @@ import numpy as np
 
 from fastall.features.cache import read_cache
 from fastall.features.cut import STAGE_FEATURES
-from fastall.inference.artifacts import check_cache, open_run
+from fastall.inference.artifacts import check_run_cache, open_run
 from fastall.inference.shift import Radius
 
 
@@ -27,7 +27,7 @@ def training_radius(run: str | Path) -> tuple[Radius | None, str]:
     folder = open_run(run)
     if folder.cache_path is None or not folder.cache_path.is_file():
         return None, f"the run's training cache {folder.cache_path} is not here: ood not measured"
-    fc = check_cache(folder.record, read_cache(folder.cache_path), folder.head_path)
+    fc = check_run_cache(folder.record, read_cache(folder.cache_path), folder.head_path)
     if fc.n_images < 4:
         return None, f"{fc.n_images} training images: too few to calibrate the ood radius"
     view0 = training_view0(folder.record, folder.run, fc.features)
