@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 
 from fastall.features.backbone import TORCHVISION_WEIGHTS
+from fastall.system.events import Event, Reporter
 
 DEMO_PATIENTS_PER_CLASS = 8
 DEMO_IMAGES_PER_PATIENT = 10
@@ -36,6 +37,11 @@ def cached_imagenet_weights(name: str = "imagenet1k_v1") -> Path | None:
     url = TORCHVISION_WEIGHTS[name].url
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
     return path if path.is_file() else None
+
+
+def _print_warning(console: Console, event: Event) -> None:
+    if event.kind == "warning":
+        console.print(f"[yellow]Warning:[/] {event.text}", highlight=False, soft_wrap=True)
 
 
 def run_demo(
@@ -71,7 +77,6 @@ def run_demo(
             images_per_patient=images_per_patient,
             size=image_side,
             seed=seed,
-            progress=True,
         )
         console.print(f"{made.images} images of {made.patients} patients in {made.root}")
     else:
@@ -97,7 +102,7 @@ def run_demo(
         device=device,
         seed=seed,
         overwrite=True,
-        warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),
+        reporter=Reporter(lambda e: _print_warning(console, e)),
     )
     for line in describe(summary):
         console.print(line, highlight=False)

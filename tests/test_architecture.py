@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -57,3 +58,59 @@ def test_a_forbidden_import_breaks_the_contracts(tmp_path, module, forbidden):
 def test_no_module_is_over_the_size_limit():
     sizes = {p.relative_to(ROOT): len(p.read_text().splitlines()) for p in (ROOT / "fastall").rglob("*.py")}
     assert {str(p): n for p, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+MAX_PARAMETERS = 12
+
+
+def _parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Every declared parameter (``self`` and ``cls`` included; ``*args`` and ``**kwargs`` count one each)."""
+    a = fn.args
+    return (
+        len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + (a.vararg is not None) + (a.kwarg is not None)
+    )
+
+
+def _over_the_limit(root: Path) -> dict[str, int]:
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and _parameters(node) > MAX_PARAMETERS
+            ):
+                found[f"{path.relative_to(root.parent)}:{node.lineno} {node.name}"] = _parameters(node)
+    return found
+
+
+def test_no_function_takes_more_than_twelve_parameters():
+    """Settings travel as one config object (HeadConfig, ExtractConfig, BenchConfig, SynthConfig, ...)."""
+    assert _over_the_limit(ROOT / "fastall") == {}
+
+
+def test_the_parameter_count_sees_every_kind_of_parameter(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "m.py").write_text(
+        "def ok(a, b, c, d, e, f, g, h, i, j, k, l): pass\n"
+        "class C:\n    def too_many(self, a, /, b, c, d, e, f, *g, h, i, j, k, **l): pass\n"
+        "async def also(a, b, c, d, e, f, g, h, i, j, k, *, l, m): pass\n"
+    )
+    assert _over_the_limit(package) == {"pkg/m.py:3 too_many": 13, "pkg/m.py:4 also": 13}
+
+
+def test_every_device_option_defaults_to_auto_and_states_the_rule():
+    from fastall.cli import cli
+    from fastall.system.devices import DEVICE_RULE
+
+    options = {
+        name: param
+        for name, command in cli.commands.items()
+        for param in command.params
+        if param.name == "device"
+    }
+    assert {"extract", "train-head", "sweep", "compare", "demo", "verify", "bench", "predict", "explain",
+            "evaluate", "probe"} <= set(options)  # fmt: skip
+    assert {name: (p.default, p.help) for name, p in options.items()} == {
+        name: ("auto", DEVICE_RULE) for name in options
+    }

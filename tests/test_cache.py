@@ -28,11 +28,13 @@ def _write(path, n=6, views=2, dim=8, key=KEY, skipped=()):
     return fc.write_cache(
         path,
         features=rng.standard_normal((n, views, dim)).astype(np.float16),
-        labels=np.arange(n) % 2,
+        rows=fc.ImageRows(
+            labels=np.arange(n) % 2,
+            patients=[f"P{i // 2}" for i in range(n)],
+            paths=[f"x/{i}.bmp" for i in range(n)],
+            sources=["fold_0"] * n,
+        ),
         class_names=["hem", "all"],
-        patients=[f"P{i // 2}" for i in range(n)],
-        paths=[f"x/{i}.bmp" for i in range(n)],
-        sources=["fold_0"] * n,
         view_params=np.zeros((n, views, 11), dtype=np.float32),
         view_param_names=[f"p{i}" for i in range(11)],
         key_params=dict(key),

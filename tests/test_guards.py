@@ -197,17 +197,13 @@ def test_the_reader_refuses_soft_links_and_virtual_datasets(small_cache, tmp_pat
 
 def test_rows_altered_behind_the_key_are_refused(small_cache, tmp_path):
     from fastall.data.fingerprint import Stamp
-    from fastall.features.cache import write_cache
+    from fastall.features.cache import ImageRows, write_cache
 
     fc = read_cache(small_cache)
     stamps = [Stamp(f"{i:032x}", 1, 1) for i in range(fc.n_images)]
-    fields = {
-        n: getattr(fc, n) for n in ("features", "labels", "class_names", "view_params", "view_param_names")
-    }
-    lists = {"patients": list(fc.patients), "paths": list(fc.paths), "sources": list(fc.sources)}
-    path = write_cache(
-        tmp_path / "h.h5", **fields, **lists, key_params=fc.key_params, provenance={}, stamps=stamps
-    )
+    fields = {n: getattr(fc, n) for n in ("features", "class_names", "view_params", "view_param_names")}
+    rows = ImageRows.of(fc, stamps)
+    path = write_cache(tmp_path / "h.h5", **fields, rows=rows, key_params=fc.key_params, provenance={})
     assert read_cache(path).content_hashes[3] == f"{3:032x}"
 
     def relabel(f, _):

@@ -22,11 +22,13 @@ from fastall.cli import (  # noqa: F401  (registers the commands)
     training,
 )
 from fastall.cli.group import cli
+from fastall.system import faults
 
 __all__ = ["cli", "main"]
 
 
 def main() -> None:
+    faults.install(faults.env_hook())
     cli.main(prog_name="fastall")
 
 

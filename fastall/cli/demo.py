@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console
+from fastall.cli.group import cli, console, device_option
 
 
 @cli.command()
@@ -15,7 +15,7 @@ from fastall.cli.group import cli, console
     type=click.Path(file_okay=False, path_type=str),
     help="Folder for the synthetic data, the cache and the run.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
+@device_option
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out: str, device: str, seed: int) -> None:
     """synth -> extract -> train-head --folds 5 on built-in synthetic data, then the summary table."""

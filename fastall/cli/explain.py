@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console, weights_path_option
+from fastall.cli.group import cli, console, device_option, weights_path_option
 
 
 @cli.command()
@@ -23,7 +23,7 @@ from fastall.cli.group import cli, console, weights_path_option
     show_default=True,
     help="The class whose evidence is mapped: predicted, or a class of the run (e.g. all, hem).",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@device_option
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option(
     "--data",

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from fastall import __version__
 from fastall.errors import FastallError
+from fastall.system.devices import DEVICE_RULE
 from fastall.system.files import describe_write_error, is_disk_full
 
 REDIRECTED_WIDTH = 1000
@@ -49,6 +50,8 @@ dist_timeout_option = click.option(
     show_default=True,
     help="Seconds a rank waits for an unresponsive other rank before stopping.",
 )
+
+device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_RULE)
 
 positive_option = click.option(
     "--positive",

@@ -136,28 +136,49 @@ class FeatureCache:
         return (torch.from_numpy(self.features), torch.from_numpy(self.labels), torch.from_numpy(self.groups))
 
 
+@dataclass(frozen=True)
+class ImageRows:
+    """The per-image columns of a cache, one entry per row: the label (index into the class names), the
+    patient, the path (relative to the data root), the source (fold, prelim, ...) and, where known, the
+    content stamp of the file the features were computed from."""
+
+    labels: np.ndarray
+    patients: list[str]
+    paths: list[str]
+    sources: list[str]
+    stamps: list[Stamp] | None = None
+
+    @classmethod
+    def of(cls, cache: FeatureCache, stamps: list[Stamp] | None = None) -> ImageRows:
+        """The rows of a cache read back (``stamps`` are not read back: give them to keep them)."""
+        return cls(cache.labels, list(cache.patients), list(cache.paths), list(cache.sources), stamps)
+
+
 def write_cache(
     path: str | Path,
     *,
     features: np.ndarray,
-    labels: np.ndarray,
+    rows: ImageRows,
     class_names: list[str],
-    patients: list[str],
-    paths: list[str],
-    sources: list[str],
     view_params: np.ndarray,
     view_param_names: list[str],
     key_params: dict[str, Any],
     provenance: dict[str, Any],
     skipped: list[tuple[str, str]] = (),
-    stamps: list[Stamp] | None = None,
 ) -> Path:
     """Write a complete cache atomically (:func:`~fastall.system.files.atomic_write`), after checking that the
     disk has room for it; a full disk is a one-line CacheError, and leaves no temporary file.
 
-    With ``stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
+    With ``rows.stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
     ``content_fingerprint`` (over every row) joins the key parameters."""
     path = Path(path)
+    labels, patients, paths, sources, stamps = (
+        rows.labels,
+        rows.patients,
+        rows.paths,
+        rows.sources,
+        rows.stamps,
+    )
     n = len(labels)
     if features.shape[0] != n or view_params.shape[:2] != features.shape[:2]:
         raise CacheError(f"{path}: inconsistent shapes {features.shape} / {view_params.shape} / {n} labels")

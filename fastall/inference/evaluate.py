@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,26 +188,42 @@ def _training_cache(record: dict, cache: str | Path | None, notes: list[str], he
         return None
 
 
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """How :func:`evaluate_run` reads DATA and what it writes (the `fastall evaluate` options).
+
+    ``classes``: DATA's class names mapped to the run's (``blast=all,normal=hem``); ``threshold``: a number,
+    ``youden`` or ``sens=0.95``; ``positive``: the run's positive class, for a run made before fastall
+    recorded it (it must agree with a recorded one); ``cache``: the run's training cache where it moved."""
+
+    classes: str | None = None
+    patient_regex: str | None = None
+    threshold: str = "0.5"
+    device: str = "auto"
+    batch_size: int = 32
+    weights_path: str | Path | None = None
+    cache: str | Path | None = None
+    overwrite: bool = False
+    report: bool = True
+    positive: str | None = None
+    patients: str | Path | None = None
+
+
 def evaluate_run(
     run: str | Path,
     data: str | Path,
     out: str | Path,
+    options: EvaluateOptions | None = None,
     *,
-    classes: str | None = None,
-    patient_regex: str | None = None,
-    threshold: str = "0.5",
-    device: str = "cpu",
-    batch_size: int = 32,
-    weights_path: str | Path | None = None,
-    cache: str | Path | None = None,
-    overwrite: bool = False,
-    report: bool = True,
     on_problem: Callable[[str], None] | None = None,
-    positive: str | None = None,
-    patients: str | Path | None = None,
+    **settings: Any,
 ) -> Evaluation:
-    """Evaluate RUN on DATA and write OUT (see the module doc). ``positive``: the run's positive class, for a
-    run made before fastall recorded it (it must agree with a recorded one)."""
+    """Evaluate RUN on DATA and write OUT (see the module doc). ``options``: :class:`EvaluateOptions`;
+    ``settings``: fields of it by name, on top (``evaluate_run(run, data, out, report=False)``)."""
+    o = replace(options or EvaluateOptions(), **settings)
+    classes, patient_regex, threshold, device = o.classes, o.patient_regex, o.threshold, o.device
+    batch_size, weights_path, cache, overwrite = o.batch_size, o.weights_path, o.cache, o.overwrite
+    report, positive, patients = o.report, o.positive, o.patients
     out = Path(out)
     check_target(out.absolute(), overwrite, EVAL_FORMAT)
     record = read_head(head_file(run))

@@ -47,7 +47,7 @@ HTML_MAX_IMAGES = 200
 
 
 def load_explainable(
-    run: str | Path, *, device: str = "cpu", weights_path: str | Path | None = None
+    run: str | Path, *, device: str = "auto", weights_path: str | Path | None = None
 ) -> LeukemiaClassifier:
     """A run folder or an export, loaded as ``predict`` loads it, at eager fp32 (gradients need it)."""
     from fastall.inference.artifacts import load_for_inference

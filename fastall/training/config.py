@@ -11,7 +11,7 @@ import torch
 
 from fastall.errors import FastallError
 from fastall.system.seeds import check_seed
-from fastall.training.hparams import HParam, hparam, hparams_of
+from fastall.system.settings import HParam, hparam, hparams_of
 
 MAX_LR, MAX_WEIGHT_DECAY, MAX_HIDDEN, MAX_EPOCHS, MAX_BATCH = 1.0, 1.0, 65536, 10000, 65536
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class HeadConfig:
     """One head configuration: the train-head options that change training (the paper's by default).
 
-    Each field is a :func:`~fastall.training.hparams.hparam`; the CLI options, the sweep grid and the printed
+    Each field is a :func:`~fastall.system.settings.hparam`; the CLI options, the sweep grid and the printed
     train-head command are generated from these declarations.
     """
 
