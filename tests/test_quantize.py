@@ -128,3 +128,28 @@ def test_hint_figure_is_the_benchmark_measurement():
     measured = result["ratios"]["int8_vs_bf16_extract"]
     assert abs(quantize.MEASURED_INT8_VS_BF16 - measured) <= 0.05
     assert quantize.MEASURED_INT8_VS_BF16 > 1.0
+
+
+@needs_vnni
+def test_extract_int8_writes_its_quality_figures_and_calibration_set(synth_tree, tmp_path, one_thread):
+    import h5py
+
+    from fastall.features.cache import read_cache
+    from fastall.features.extract import extract
+    from fastall.system.events import Reporter
+
+    events: list = []
+    common = dict(views=2, image_size=32, weights="none", backbone="resnet18", device="cpu", workers=0)
+    extract(synth_tree, tmp_path / "c.h5", precision="int8", reporter=Reporter(events.append), **common)
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert f.attrs["precision"] == "int8" and f.attrs["amp_dtype"] == "int8"
+        quality = json.loads(f.attrs["int8_quality"])
+        calibration = json.loads(f.attrs["int8_calibration"])
+    assert quality["passed"] and quality["cosine_p1"] >= 0.99 and quality["probe_accuracy_int8"] is not None
+    paths = set(read_cache(tmp_path / "c.h5").paths)
+    assert len(calibration) == quality["images"] and calibration[0] in paths
+    assert any(e.code == "int8-quality" for e in events)
+    events.clear()
+    extract(synth_tree, tmp_path / "b.h5", precision="auto", reporter=Reporter(events.append), **common)
+    assert read_cache(tmp_path / "b.h5", load_features=False).key_params["amp_dtype"] != "int8"
+    assert [e for e in events if e.code == "int8-hint"]
