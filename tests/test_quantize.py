@@ -71,9 +71,9 @@ def test_quality_without_two_classes_checks_cosine_only():
 @needs_vnni
 def test_forced_quality_failure_refuses_with_the_figures(synth_tree, monkeypatch, one_thread):
     from fastall.features.backbone import load_backbone
-    from fastall.features.inputs import _dataset
+    from fastall.features.inputs import discover_dataset
 
-    records = _dataset(synth_tree, (), None, lambda m: None, None).records
+    records = discover_dataset(synth_tree, (), None, lambda m: None, None).records
     model, info = load_backbone("none", seed=0, backbone="resnet18", image_size=32)
     real = int8_quality.quantize_int8
 
@@ -92,9 +92,9 @@ def test_forced_quality_failure_refuses_with_the_figures(synth_tree, monkeypatch
 @needs_vnni
 def test_calibrated_int8_passes_and_records_its_images(synth_tree, one_thread):
     from fastall.features.backbone import load_backbone
-    from fastall.features.inputs import _dataset
+    from fastall.features.inputs import discover_dataset
 
-    records = _dataset(synth_tree, (), None, lambda m: None, None).records
+    records = discover_dataset(synth_tree, (), None, lambda m: None, None).records
     model, info = load_backbone("none", seed=0, backbone="resnet18", image_size=32)
     built = int8_quality.build_int8(
         model, records, size=32, norm=(info.mean, info.std), seed=0, classes=2, n=24
