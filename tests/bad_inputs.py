@@ -1452,6 +1452,12 @@ CASES += [
     ),
     Case(
         "image",
+        "20000x10000 PNG header, over Pillow's own bomb limit too (refused by Pillow at open)",
+        lambda e: _predict(e, "huge.png", _png_header(20000, 10000, 8, 2)),
+        fragments=("over the limit of 16,777,216", "--max-pixels"),
+    ),
+    Case(
+        "image",
         "3200x3200 RGBA image, under the pixel limit, over the decode memory budget",
         lambda e: _predict(e, "rgba.png", _png_header(3200, 3200, 8, 6)),
         fragments=("MiB to decode", "budget of 256 MiB"),

@@ -16,8 +16,8 @@ from fastall.cli import cli
 from fastall.errors import FastallError
 from fastall.features.cache import ImageRows, read_cache, write_cache
 from fastall.training.bootstrap import paired_auc_difference, patient_codes, patient_counts, replicate_aucs
-from fastall.training.compare import CompareOptions, check_same_dataset, compare_caches
 from fastall.training.config import TrainOptions
+from fastall.training.rank_backbones import CompareOptions, check_same_dataset, compare_caches
 from fastall.training.splits import make_splits
 from fastall.training.uncertainty import bootstrap_intervals, resample_patients
 

@@ -19,8 +19,8 @@ from fastall.errors import CacheError
 from fastall.features.augment import AUTO_LIGHT
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, read_cache
-from fastall.features.viewparams import VIEW_PARAM_NAMES
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from fastall.viewparams import VIEW_PARAM_NAMES
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 FILL = slice(VIEW_PARAM_NAMES.index("fill"), VIEW_PARAM_NAMES.index("fill_b") + 1)

@@ -55,21 +55,24 @@ def compare_cmd(
     **given: Any,
 ) -> None:
     """Rank backbones by caches of one dataset: the same patient-level folds and head, a paired bootstrap."""
+    from fastall.cli.render import rich_reporter
     from fastall.errors import FastallError
-    from fastall.reporting.compare import print_comparison
-    from fastall.training.compare import CompareOptions, add_costs, compare_caches
+    from fastall.reporting.backbone_table import print_comparison
     from fastall.training.config import TrainOptions
+    from fastall.training.rank_backbones import CompareOptions, add_costs, compare_caches
 
     if resamples < 100:
         raise FastallError(f"--resamples {resamples}: use at least 100")
     config, protocol = preset_config(preset, given)  # the rest of ``given``: TrainOptions fields
     run = TrainOptions(**given, **protocol)
     options = CompareOptions(run=run, sweep=grid, resamples=resamples)
-    result = compare_caches(caches, out, config=config, options=options, overwrite=overwrite, console=console)
+    reporter = rich_reporter(console)
+    result = compare_caches(
+        caches, out, config=config, options=options, overwrite=overwrite, reporter=reporter
+    )
     if latency:
         from fastall.inference.costs import run_costs
 
         runs = {e["name"]: result.out / e["run"] for e in result.backbones}
-        log = lambda msg: console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
-        add_costs(result, run_costs(runs, device=run.device, log=log))
+        add_costs(result, run_costs(runs, device=run.device, reporter=reporter))
     print_comparison(result.results, result.out, wide_console())

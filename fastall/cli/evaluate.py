@@ -14,6 +14,7 @@ from fastall.cli.group import (
     positive_option,
     weights_path_option,
 )
+from fastall.cli.render import rich_reporter
 
 
 @cli.command(name="evaluate")
@@ -55,7 +56,7 @@ def evaluate_cmd(run: str, data: str, out: str, no_report: bool, **options: Any)
         data,
         out,
         EvaluateOptions(report=not no_report, **options),
-        on_problem=lambda m: console.print(f"[yellow]skipped:[/] {m}", highlight=False),
+        reporter=rich_reporter(console),
     )
     r = ev.result
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731

@@ -16,6 +16,7 @@ from fastall.cli.group import (
     wide_console,
 )
 from fastall.cli.options import apply, config_options
+from fastall.cli.render import rich_reporter
 from fastall.errors import FastallError
 from fastall.inference.bench_config import BenchConfig
 
@@ -176,8 +177,6 @@ def predict(
     Under `torchrun --nproc_per_node N -m fastall predict ...` every process predicts a share of the files
     and rank 0 writes the one CSV.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from rich.text import Text
 
     from fastall.inference.artifacts import load_for_inference
     from fastall.inference.ood import ood_line, training_radius
@@ -194,29 +193,17 @@ def predict(
 
     model = load(device) if env is None else None
     radius, why = training_radius(run)
-    with Progress(
-        "[bold]predict",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=env is not None and not env.is_main,
-    ) as bar:
-        task = bar.add_task("predict", total=None)
-        options = dict(
-            **batching,  # batch_size, tta, skip_bad, workers
-            on_problem=lambda msg: bar.console.print(
-                Text.assemble(("skipped: ", "yellow"), msg), soft_wrap=True
-            ),
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-            radius=radius,
-        )
-        if env is None:
-            preds = predict_paths(model, paths, **options)
-        else:
-            from fastall.inference.distributed import predict_distributed
+    options = dict(
+        **batching,  # batch_size, tta, skip_bad, workers
+        reporter=rich_reporter(console, progress=env is None or env.is_main),
+        radius=radius,
+    )
+    if env is None:
+        preds = predict_paths(model, paths, **options)
+    else:
+        from fastall.inference.sharded import predict_distributed
 
-            preds = predict_distributed(env, load, paths, out, device=device, timeout=dist_timeout, **options)
+        preds = predict_distributed(env, load, paths, out, device=device, timeout=dist_timeout, **options)
     if preds is None:
         return
     sidecar = write_predictions(preds, out)

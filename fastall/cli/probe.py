@@ -57,8 +57,9 @@ def _ks(value: str) -> tuple[int, ...]:
 def probe_cmd(cache: str, out: str, ks: str, **options) -> None:
     """Linear, kNN and MLP probes, label-efficiency curves, the batch-effect score and an embedding map, on
     the same patient-level folds as train-head."""
+    from fastall.cli.render import rich_reporter
+    from fastall.reporting.probe_table import print_probe
     from fastall.training.protocols.run import ProbeOptions, probe
-    from fastall.training.protocols.summary import print_probe
 
-    result = probe(cache, out, ProbeOptions(ks=_ks(ks), console=console, **options))
-    print_probe(result, console)
+    result = probe(cache, out, ProbeOptions(ks=_ks(ks), **options), reporter=rich_reporter(console))
+    print_probe(result.record, result.out, console, result.report)

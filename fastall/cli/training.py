@@ -9,6 +9,7 @@ import click
 
 from fastall.cli.group import cli, console, device_option, positive_option, results
 from fastall.cli.options import apply
+from fastall.cli.render import rich_reporter
 from fastall.system.settings import HParam, hparams_of
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.grid import grid_help
@@ -172,12 +173,13 @@ def _device_options(what: str) -> list[Callable]:
 def train_head_cmd(cache: str, out: str, preset: str, **given: Any) -> None:
     """Patient-level k-fold CV of the head from the feature cache, with test metrics and the linear-probe
     baseline, in seconds."""
-    from fastall.training.train_head import print_run_summary, train_head
+    from fastall.reporting.tables import print_run
+    from fastall.training.train_head import train_head
 
     config, protocol = preset_config(preset, given)  # the rest of ``given``: TrainOptions fields
-    options = TrainOptions(**given, console=console, **protocol)
-    result = train_head(cache, out, config, options)
-    print_run_summary(result, results)
+    options = TrainOptions(**given, **protocol)
+    result = train_head(cache, out, config, options, reporter=rich_reporter(console, warnings=False))
+    print_run(result.metrics, result.out, results, result.report)
 
 
 @cli.command(name="sweep")
@@ -221,10 +223,14 @@ def sweep_cmd(
 ) -> None:
     """Train many head configurations on the same patient-level folds at once, ranked by a metric, beside
     the linear probe on the same folds."""
+    from fastall.reporting.tables import print_sweep
     from fastall.training.presets import apply_preset
-    from fastall.training.sweep import print_sweep, sweep
+    from fastall.training.sweep import sweep
 
     base, protocol = apply_preset(preset, {}, {})
-    options = TrainOptions(**given, console=console, **protocol)  # given: TrainOptions fields
-    result = sweep(cache, out, grid=grid, random=random_n, metric=metric, options=options, base=base)
-    print_sweep(result, results)
+    options = TrainOptions(**given, **protocol)  # given: TrainOptions fields
+    reporter = rich_reporter(console)
+    result = sweep(
+        cache, out, grid=grid, random=random_n, metric=metric, options=options, base=base, reporter=reporter
+    )
+    print_sweep(result.results, result.out, results, result.report)

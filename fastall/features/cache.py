@@ -9,7 +9,7 @@ Layout (plain h5py / h5dump can read it)::
     path         str     [N]        image path relative to the data root
     source       str     [N]        fold_0 | fold_1 | fold_2 | prelim | testing | <folder>
     view_params  float32 [N, V, P]  augmentation parameters of each view (view 0: identity), columns named by
-                                    the view_param_names attribute (fastall.features.viewparams; a cache
+                                    the view_param_names attribute (fastall.viewparams; a cache
                                     without the fill columns reads as black fill)
     done         bool    [N]        all true in a complete cache
     skipped      str     [S, 2]     (path, reason) of images left out with --skip-bad
@@ -40,11 +40,15 @@ import numpy as np
 from fastall.data.fingerprint import ALGORITHM, Stamp
 from fastall.errors import CacheError
 from fastall.features import cache_checks
-from fastall.features.viewparams import upgrade_view_params
 from fastall.system.files import atomic_write, check_free_space, describe_write_error, file_kind
+from fastall.system.formats import FileFormat
+from fastall.viewparams import upgrade_view_params
 
 SCHEMA_VERSION = 1
 REQUIRED = ("features", "labels", "class_names", "patient", "path", "source", "view_params", "done")
+CACHE_FILE = FileFormat(
+    "cache", None, SCHEMA_VERSION, REQUIRED, "re-run `fastall extract --overwrite`", "schema_version"
+)
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -238,7 +242,7 @@ def write_cache(
         )
         raise CacheError(
             f"{path}: cannot write cache: {describe_write_error(err, path.parent)}{kept}"
-        ) from None
+        ) from err
     return path
 
 
@@ -293,30 +297,21 @@ def _open_cache(path: Path, load_features: bool) -> FeatureCache:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt?): {err}") from None
+        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt?): {err}") from err
     try:
         with f:
             return _read(path, f, load_features)
     except CacheError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
-        raise CacheError(f"{path}: corrupt cache: {err}") from None
+        raise CacheError(f"{path}: corrupt cache: {err}") from err
 
 
 def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
     cache_checks.check_links(path, f)
     attrs = cache_checks.read_attrs(path, f)
     version = attrs.get("schema_version")
-    if version is None:
-        raise CacheError(f"{path}: not a fastall cache (no schema_version attribute)")
-    if int(version) != SCHEMA_VERSION:
-        raise CacheError(
-            f"{path}: cache schema version {int(version)}, this fastall reads version "
-            f"{SCHEMA_VERSION}: re-run `fastall extract --overwrite`"
-        )
-    missing = [name for name in REQUIRED if name not in f]
-    if missing:
-        raise CacheError(f"{path}: not a complete fastall cache, missing datasets: {', '.join(missing)}")
+    CACHE_FILE.check(path, None, None if version is None else int(version), f, error=CacheError)
     feats = f["features"]
     n = f["labels"].shape[0]
     if feats.ndim != 3 or feats.shape[0] != n or f["view_params"].shape[:2] != feats.shape[:2]:

@@ -33,10 +33,10 @@ from fastall.features.quantize import QUANTIZATION, int8_hint, require_int8_cpu
 from fastall.features.ranks import Share, agree, join_shards
 from fastall.features.shards import PartialStore, cache_lock, claim_layout
 from fastall.features.summary import ExtractSummary
-from fastall.features.viewparams import describe_fills
 from fastall.system import faults
 from fastall.system.devices import decide_precision, precision_alias, resolve_device
 from fastall.system.events import Reporter, silent
+from fastall.viewparams import describe_fills
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

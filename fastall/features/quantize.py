@@ -118,7 +118,7 @@ def quantize_int8(
             quantized.load_state_dict(saved)
         except (RuntimeError, KeyError) as err:
             first = str(err).splitlines()[0]
-            raise FastallError(f"saved int8 state does not fit the backbone: {first}") from None
+            raise FastallError(f"saved int8 state does not fit the backbone: {first}") from err
     return quantized
 
 

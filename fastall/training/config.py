@@ -4,7 +4,7 @@ a trained head with its history."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,9 +14,6 @@ from fastall.system.seeds import check_seed
 from fastall.system.settings import HParam, hparam, hparams_of
 
 MAX_LR, MAX_WEIGHT_DECAY, MAX_HIDDEN, MAX_EPOCHS, MAX_BATCH = 1.0, 1.0, 65536, 10000, 65536
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 
 @dataclass(frozen=True)
@@ -139,7 +136,6 @@ class TrainOptions:
     tune: str | None = None
     preset: str | None = None
     positive: str | None = None
-    console: Console | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
