@@ -94,7 +94,7 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
     x = torch.from_numpy(np.ascontiguousarray(cache.features[:, 0], dtype=np.float32)).to(prep.device)
     timings: dict[str, float] = {"load_s": prep.load_s}
     notes = list(prep.notes)
-    protocols, linear, timings_p = _probes(x, labels, patients, splits, k, options, prep.positive.index)
+    protocols, linear, timings_p, sims = _probes(x, labels, patients, splits, k, options, prep.positive.index)
     timings.update(timings_p)
     notes += linear.notes
     record: dict[str, Any] = {
@@ -149,12 +149,13 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
         record["label_efficiency"] = label_efficiency(
             x, labels, patients, splits.folds, k,
             c=options.fixed_c, ks=options.ks, temperature=options.temperature,
-            repeats=options.draws, seed=options.seed,
+            repeats=options.draws, seed=options.seed, sims=sims,
         )  # fmt: skip
         record["label_efficiency"]["unit"] = (
             "patients" if record["splits"]["patient_groups"] else "images"
         ) + " per class"
         timings["label_efficiency_s"] = time.perf_counter() - t0
+    del sims
     t0 = time.perf_counter()
     record["batch_effect"] = batch_effect(
         x[torch.as_tensor(labelled, device=x.device)], labels[labelled], patients[labelled], seed=options.seed
@@ -191,9 +192,9 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
     return ProbeRun(out.absolute(), record, made)
 
 
-def _probes(x, labels, patients, splits, k, options, positive=None) -> tuple[dict, Any, dict]:
+def _probes(x, labels, patients, splits, k, options, positive=None) -> tuple[dict, Any, dict, list]:
     """Linear and kNN: out-of-fold and test probabilities, scored (``positive``: the positive class
-    index)."""
+    index); with the folds' kNN similarity matrices, which label efficiency reads again (none without it)."""
     folds = splits.folds
     has_test = bool(splits.test.size)
     row_sets = [tr for tr, _ in folds] + ([splits.pool] if has_test else [])
@@ -217,8 +218,11 @@ def _probes(x, labels, patients, splits, k, options, positive=None) -> tuple[dic
             tests[name] = linear.proba(len(folds), rows(splits.test), fixed)
     t0 = time.perf_counter()
     pairs = [(tr, va) for tr, va in folds] + ([(splits.pool, splits.test)] if has_test else [])
+    sims = []
     for i, (tr, va) in enumerate(pairs):
         sim = knn.similarities(x, tr, va)
+        if options.efficiency and i < len(folds):
+            sims.append(sim)
         for (kk, vote), shares in knn.votes(
             sim, labels[tr], k, ks=options.ks, temperature=options.temperature
         ).items():
@@ -244,7 +248,7 @@ def _probes(x, labels, patients, splits, k, options, positive=None) -> tuple[dic
     }
     for i, c in enumerate(linear.chosen[: len(folds)]):
         out["linear"]["folds"][i]["c"] = c
-    return out, linear, timings
+    return out, linear, timings, sims or None
 
 
 def _mlp(cache_path: str | Path, run: Path, train_options: TrainOptions, options: ProbeOptions) -> dict:
