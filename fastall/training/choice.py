@@ -2,13 +2,14 @@
 inner patient-grouped K-fold CV on the fold's training patients alone scores higher.
 
 For outer fold k, its training rows are split by patient into K inner folds (``selection.inner_splits``,
-stratified, K = :data:`CHOICE_FOLDS` or fewer when a class has fewer patients). On every inner split both
-candidates are trained exactly as the run trains them: the probe (``probe.fit_probe``, C by its own inner CV)
-and the MLP by the run's protocol (``selection.select`` then ``refit``, started from that probe), all inner
-heads of all folds in one stack. The candidate with the higher mean inner-validation accuracy is kept; a tie
-keeps the probe (the simpler model). A fold whose inner training folds would hold fewer than
-:data:`MIN_PATIENTS` patients of a class keeps the probe without a comparison, and says so. The final head
-follows the candidate with the higher mean inner accuracy over all folds.
+stratified, K = :data:`CHOICE_FOLDS` or the fewest patients of a class, whichever is smaller: the largest
+inner training folds the patients allow, so that 4 training patients per class still compare). On every
+inner split both candidates are trained exactly as the run trains them: the probe (``probe.fit_probe``, C
+by its own inner CV) and the MLP by the run's protocol (``selection.select`` then ``refit``, started from
+that probe), all inner heads of all folds in one stack. The candidate with the higher mean
+inner-validation accuracy is kept; a tie keeps the probe (the simpler model). A fold whose inner training
+folds would hold fewer than :data:`MIN_PATIENTS` patients of a class keeps the probe without a comparison,
+and says so. The final head follows the candidate with the higher mean inner accuracy over all folds.
 
 A kept probe replaces the fold's head by a head that computes it exactly (``layout.embed_linear``), so
 head.pt, predictions.csv and every metric describe the model that was kept. The outer validation rows never
@@ -33,7 +34,7 @@ from fastall.training.selection import inner_splits, refit, select
 if TYPE_CHECKING:
     from fastall.training.train_head import Prepared
 
-CHOICE_FOLDS = 3
+CHOICE_FOLDS = 5  # as many as the fewest class allows: 3 made inner training folds of 2 patients
 MIN_PATIENTS = 3
 CANDIDATES = ("probe", "mlp")
 
@@ -48,7 +49,8 @@ class Choice:
 
     def record(self) -> dict[str, Any]:
         return {
-            "rule": f"per outer fold, the higher mean accuracy over an inner {CHOICE_FOLDS}-fold "
+            "rule": f"per outer fold, the higher mean accuracy over an inner K-fold (K = {CHOICE_FOLDS} or "
+            "the fewest patients of a class) "
             f"patient-grouped CV of its training patients (tie: probe); fewer than {MIN_PATIENTS} patients "
             "of a class in an inner training fold: probe",
             "candidates": list(CANDIDATES),
