@@ -2,7 +2,7 @@
 
 Every fold's probe is :func:`fastall.training.protocols.linear.linear_protocol`'s: a standardised logistic
 regression on view 0 fitted on the fold's training rows only, with C over the protocol's fine log grid chosen
-by an inner patient-grouped K-fold CV inside those rows (one-standard-error rule on the inner log loss), all
+by an inner patient-grouped K-fold CV inside those rows (the lowest inner log loss), all
 folds and the final probe (on the pool, scoring the test rows) one stacked fit. This module only shapes its
 result for train-head: per-fold metrics, pooled out-of-fold probabilities and each probe's linear map on raw
 features. Same folds and test set as the head: the caller passes the row indices. A row set lacking a class
@@ -26,7 +26,7 @@ __all__ = ["C_GRID", "FIXED_C", "INNER_FOLDS", "ProbeFit", "ProbeResult", "fit_p
 
 MODEL = (
     "StandardScaler + logistic regression on view 0 (fastall probe's linear protocol), C over a "
-    f"{len(C_GRID)}-point log grid by inner patient-grouped {INNER_FOLDS}-fold CV (log loss, one-SE rule)"
+    f"{len(C_GRID)}-point log grid by inner patient-grouped {INNER_FOLDS}-fold CV (lowest log loss)"
 )
 
 

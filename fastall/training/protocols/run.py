@@ -136,7 +136,7 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
             "inner_folds": linear.inner_folds,
             "inner_log_loss": linear.inner_loss,
             "fixed_c": linear.fixed_c,
-            "selection": "the smallest C within one standard error of the lowest mean inner log loss; "
+            "selection": "the C of the lowest mean inner log loss; "
             "inner patient-grouped K-fold CV on each fold's training patients; grid walked upwards with "
             "warm starts",
         },
