@@ -32,7 +32,7 @@ from fastall.training.probe import ProbeResult
 from fastall.training.selection import inner_splits, refit, select
 
 if TYPE_CHECKING:
-    from fastall.training.train_head import Prepared
+    from fastall.training.prepared import Prepared
 
 CHOICE_FOLDS = 5  # as many as the fewest class allows: 3 made inner training folds of 2 patients
 MIN_PATIENTS = 3
