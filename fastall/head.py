@@ -37,8 +37,11 @@ class Head(nn.Module):
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(torch.relu(self.fc1(self.standardize(features)))))
+    def forward(self, features: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; ``keep`` (the dropout multiplier, 0 or ``1 / (1 - p)`` per hidden unit, from the training
+        engine's random streams) replaces ``nn.Dropout``'s own draw when given."""
+        hidden = torch.relu(self.fc1(self.standardize(features)))
+        return self.fc2(self.drop(hidden) if keep is None else hidden * keep)
 
     @classmethod
     def from_state(cls, config: dict[str, Any] | None, state: dict[str, torch.Tensor]) -> Head:
