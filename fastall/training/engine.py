@@ -124,7 +124,7 @@ class Stack:
         decay = torch.tensor([hd.cfg.weight_decay for hd in heads], dtype=torch.float64)
         updates = self.adam.plan(a, lr, decay, active) if self.func is None else []
         if self.func is not None:
-            self.func.set_rates(heads, a)
+            self.func.begin(heads, a)
         params = [p[a:b] for p in self.params]
         grads = [g[a:b] for g in self.adam.grads]
         thr, scale, cdt = self.layout.thr[a:b], self.layout.scale[a:b], self.cdt
@@ -151,6 +151,8 @@ class Stack:
                 continue
             probs.append(forward_backward(params, grads, x, mask, w[s], target[s], w1c=w1c, g1c=g1c))
             self.adam.step(updates[s])
+        if self.func is not None:
+            self.func.end(a, b)
         self.train_loss[a:b] = train_loss(probs, target) if self.func is None else torch.stack(probs).sum(0)
 
     def _end_epoch(self, epoch: int) -> None:

@@ -3,8 +3,9 @@ over the module, autograd for the gradients and ``torch.optim.Adam`` (fused wher
 for the update: the field's idiom for many small models at once, as an alternative to the hand-written step
 (``stacked.forward_backward`` + ``optim.StackedAdam``).
 
-It trains the stack's own parameters: each head's ``fc1``/``fc2`` tensors are leaf views of the stack's
-storage, so validation, early stopping and packaging see its updates unchanged. Each head has its own Adam
+Each head's ``fc1``/``fc2`` tensors are contiguous leaves in ``Head``'s layout, loaded from the stack's storage
+before each epoch and written back after it, so validation, early stopping and packaging see its updates
+unchanged. Each head has its own Adam
 (its learning rate and weight decay; a head that does not step is left exactly as it was). The random streams
 are the stack's: the dropout multiplier goes into ``Head.forward(keep=...)``, the batches are the same.
 """
@@ -23,11 +24,10 @@ from fastall.training.optim import BETAS, EPS, fused_supported
 
 
 def head_views(params: Sequence[torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-    """Head i's parameters under :class:`Head`'s names, as leaf views of the stack's storage (``W1 [M, D, H]``,
+    """Head i's parameters under :class:`Head`'s names, as views of the stack's storage (``W1 [M, D, H]``,
     ``b1 [M, 1, H]``, ``W2 [M, K, H]``, ``b2 [M, 1, K]``)."""
     w1, b1, w2, b2 = (p[i] for p in params)
-    views = {"fc1.weight": w1.t(), "fc1.bias": b1[0], "fc2.weight": w2, "fc2.bias": b2[0]}
-    return {name: v.detach().requires_grad_() for name, v in views.items()}
+    return {"fc1.weight": w1.t(), "fc1.bias": b1[0], "fc2.weight": w2, "fc2.bias": b2[0]}
 
 
 class FuncStep:
@@ -40,7 +40,11 @@ class FuncStep:
         self.dims = (params[0].shape[1], params[0].shape[2], params[2].shape[1])
         self.autocast = dtype != torch.float32
         self.dtype = dtype
-        self.leaves = [head_views(params, i) for i in range(len(heads))]
+        self.storage = params
+        self.leaves = [
+            {n: v.detach().contiguous().requires_grad_() for n, v in head_views(params, i).items()}
+            for i in range(len(heads))
+        ]
         fused = fused_supported(str(self.device))
         self.optims = [
             torch.optim.Adam(
@@ -58,10 +62,21 @@ class FuncStep:
             head = self._local.head = Head(d, h, 0.0, k).to(self.device)
         return head
 
-    def set_rates(self, heads: Sequence[HeadState], a: int) -> None:
-        """Heads a.. take their current learning rate (the plateau schedule changes it between epochs)."""
+    @torch.no_grad()
+    def begin(self, heads: Sequence[HeadState], a: int) -> None:
+        """Before an epoch of heads a..: their parameters from the stack's storage (where validation, early
+        stopping and the final head's snapshots read and write them), their current learning rate."""
         for i, hd in enumerate(heads, a):
+            for name, view in head_views(self.storage, i).items():
+                self.leaves[i][name].copy_(view)
             self.optims[i].param_groups[0]["lr"] = hd.lr
+
+    @torch.no_grad()
+    def end(self, a: int, b: int) -> None:
+        """After an epoch of heads a..b: their trained parameters back into the stack's storage."""
+        for i in range(a, b):
+            for name, view in head_views(self.storage, i).items():
+                view.copy_(self.leaves[i][name])
 
     def step(
         self,
@@ -76,17 +91,17 @@ class FuncStep:
         ``keep [M, B, H]`` and ``target [M, B, K]`` (one-hot labels times the row weights); Adam steps the
         heads whose ``active`` flag is set. Returns each head's loss ``-sum_b target_b · log p_b`` ``[M]``."""
         head = self._template()
-        names = self.leaves[a].keys()
-        if b - a == 1:
-            stacked = {n: self.leaves[a][n].unsqueeze(0) for n in names}
-        else:
-            stacked = {n: torch.stack([self.leaves[i][n] for i in range(a, b)]) for n in names}
 
         def logits(p: dict[str, torch.Tensor], xs: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
             return functional_call(head, p, (xs,), {"keep": ks})
 
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
-            out = vmap(logits)(stacked, x, keep)
+            if b - a == 1:  # vmap over one head is the plain call (and its matmuls need no transposed copies)
+                out = logits(self.leaves[a], x[0], keep[0]).unsqueeze(0)
+            else:
+                names = self.leaves[a].keys()
+                stacked = {n: torch.stack([self.leaves[i][n] for i in range(a, b)]) for n in names}
+                out = vmap(logits)(stacked, x, keep)
         loss = -(target * torch.log_softmax(out.float(), -1)).sum((1, 2))
         loss.sum().backward()
         for i, on in zip(range(a, b), active, strict=True):

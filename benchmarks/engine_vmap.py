@@ -1,0 +1,126 @@
+"""The engine on one head definition: the hand-written stacked engine against ``torch.func.functional_call`` +
+``vmap`` over the one ``Head`` (autograd, ``torch.optim.Adam``, the same random streams), on the real-size CV.
+
+Both run `train_head` (5-fold patient CV + final head) on the real-size synthetic cache (10,661 images × 8 views
+× 2048, the real manifest's 73 patients, as benchmarks/cv_speed.py builds it) with ``--preset paper`` and the
+default preset, each run in a fresh process, the two engines alternated (A B A B ...) in one session so that
+the shared machine's load falls on both alike; the load average is recorded before every run. The figure is
+the ratio of median wall times (vmap over hand-written); the issue's rule: within 1.3x, switch to vmap.
+
+    PYTHONPATH=$PWD python3 benchmarks/engine_vmap.py --out benchmarks/results/engine_vmap_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+ENGINES = ("stacked", "vmap")
+THRESHOLD = 1.3
+
+
+def child(cache: str, engine: str, preset: str, out: str) -> None:
+    """One CV in this (fresh) process with ``engine`` as the training engine."""
+    import fastall.training.engine as engine_module
+    from fastall.training.config import TrainOptions
+    from fastall.training.train_head import train_head
+
+    engine_module.DEFAULT_ENGINE = engine
+    options = TrainOptions(
+        folds=5, seed=0, device="cpu", progress=False, overwrite=True, report=False, preset=preset
+    )
+    t0 = time.perf_counter()
+    result = train_head(cache, out, options=options)
+    wall = time.perf_counter() - t0
+    m = result.metrics
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "train_s": m["timings"]["train_s"],
+                "precision": m["precision"],
+                "cv_accuracy": m["summary"]["accuracy"],
+            }
+        )
+    )
+
+
+def run_one(cache: Path, engine: str, preset: str) -> dict:
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--child", str(cache), "--engine", engine, "--preset", preset]
+        proc = subprocess.run(
+            [*cmd, "--out", str(Path(tmp) / "run")],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+        )
+    if proc.returncode != 0:
+        raise SystemExit(f"{engine} {preset} failed: {proc.stderr[-2000:]}")
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load_before": load[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "fastall-bench" / "real_10661x8.h5"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--presets", nargs="+", default=["paper", "default"])
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--engine", default="stacked", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", default="paper", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.engine, args.preset, args.out)
+        return
+    from common import write_result
+    from featcache import real_size_cache
+
+    cache = real_size_cache(args.cache)
+    load_before = os.getloadavg()
+    presets = {}
+    for preset in args.presets:
+        runs: dict[str, list[dict]] = {e: [] for e in ENGINES}
+        for r in range(args.repeats):
+            for engine in ENGINES if r % 2 == 0 else ENGINES[::-1]:
+                runs[engine].append(run_one(cache, engine, preset))
+                got = runs[engine][-1]
+                print(f"{preset} {engine} #{r}: {got['wall_s']:.2f} s (load {got['load_before']:.1f})", flush=True)
+        median = {e: statistics.median(x["wall_s"] for x in runs[e]) for e in ENGINES}
+        ratio = median["vmap"] / median["stacked"]
+        presets[preset] = {
+            "runs": runs,
+            "median_wall_s": median,
+            "median_train_s": {e: statistics.median(x["train_s"] for x in runs[e]) for e in ENGINES},
+            "ratio_vmap_over_stacked": ratio,
+            "within_threshold": ratio <= THRESHOLD,
+        }
+    switch = all(p["within_threshold"] for p in presets.values())
+    result = {
+        "benchmark": "engine_vmap",
+        "device": "cpu",
+        "cache": "real-size synthetic, 10661 x 8 x 2048, 73 patients (featcache.real_size_cache)",
+        "order": "fresh process per run, engines alternated A B / B A per repeat",
+        "threshold": THRESHOLD,
+        "presets": presets,
+        "load_average_before_after": [load_before, os.getloadavg()],
+        "decision": "switch to vmap" if switch else "keep the hand-written engine",
+    }
+    write_result(args.out, result)
+    print(json.dumps({p: {k: v for k, v in d.items() if k != "runs"} for p, d in presets.items()}, indent=2))
+    print(result["decision"])
+
+
+if __name__ == "__main__":
+    main()
