@@ -18,7 +18,7 @@ from fastall.training.config import HISTORY_KEYS, HeadConfig, StackData, TrainOp
 from fastall.training.engine import Stack
 from fastall.training.optim import StackedAdam
 from fastall.training.stacked import forward_backward
-from fastall.training.streams import fold_statistics
+from fastall.training.streams import fold_statistics, init_head
 from fastall.training.train_head import train_head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -232,3 +232,65 @@ def test_history_contract_in_results_and_metrics_json(cache, tmp_path):
     assert len(final["train_loss"]) == len(final["lr"]) == final["epochs_run"] >= final["best_epoch"]
     assert final["best_epoch"] == m["final_head"]["epochs"]
     assert final["train_loss"][-1] < final["train_loss"][0]
+
+
+@pytest.mark.parametrize("chunk", [1, 6])
+def test_the_vmap_engine_trains_as_the_hand_written_one(cache, chunk):
+    """functional_call + vmap over the one Head (autograd, torch.optim.Adam) and the hand-written step train
+    the same heads to fp32 round-off: per-head learning rates, weight decay, dropout, class weights, early
+    stopping, an unstandardised head, folds of different lengths and the final head (chunk 1: the plain call;
+    chunk 6: vmap)."""
+    c = read_cache(cache)
+    rows = np.arange(c.n_images)
+    folds = [(rows[rows % 4 != k], rows[rows % 4 == k]) for k in range(2)]
+    folds[1] = (folds[1][0][:-9], folds[1][1])  # one fold a step shorter: heads that sit out a step
+    data = StackData(torch.from_numpy(c.features), c.labels, 2, folds, rows)
+    stats = fold_statistics(data.features, [f[0] for f in folds] + [rows], data.train_views())
+    configs = [
+        (0, HeadConfig(hidden=16, epochs=3, batch_size=8, lr=3e-3, weight_decay=1e-3, patience=1)),
+        (1, HeadConfig(hidden=16, epochs=2, batch_size=8, lr=1e-3, dropout=0.2, class_weight="balanced")),
+        (2, HeadConfig(hidden=16, epochs=2, batch_size=8, lr=2e-3, standardize=False, plateau_patience=0)),
+    ]
+    out = []
+    for engine in ("stacked", "vmap"):
+        stack = Stack(
+            data, configs, final=True, seed=3, precision="fp32", stats=stats, chunk=chunk, engine=engine
+        )
+        stack.train()
+        out.append(stack.results(tta=False))
+    moved = 0.0
+    for a, b in zip(*out, strict=True):
+        assert (a.config, a.fold, a.best_epoch, a.epochs_run) == (
+            b.config,
+            b.fold,
+            b.best_epoch,
+            b.epochs_run,
+        )
+        assert a.history["train_loss"] == pytest.approx(b.history["train_loss"], rel=1e-5)
+        assert a.val_loss_history == pytest.approx(b.val_loss_history, rel=1e-5)
+        assert a.history["lr"] == b.history["lr"]
+        for name in a.state:
+            torch.testing.assert_close(a.state[name], b.state[name], rtol=1e-4, atol=1e-5, msg=name)
+        init = init_head(3, a.fold, data.dim, 16, 2)[0].t()
+        moved = max(moved, (a.state["fc1.weight"] - init).abs().max().item())
+    assert moved > 1e-3  # the heads trained: equal states are not two untouched initialisations
+
+
+def test_an_unknown_engine_is_refused(cache):
+    c = read_cache(cache)
+    rows = np.arange(c.n_images)
+    data = StackData(
+        torch.from_numpy(c.features), c.labels, 2, [(rows[rows % 2 == 0], rows[rows % 2 == 1])], rows
+    )
+    stats = fold_statistics(data.features, [data.folds[0][0]], data.train_views())
+    with pytest.raises(ValueError, match="engine"):
+        Stack(
+            data,
+            [(0, HeadConfig(hidden=8))],
+            final=False,
+            seed=0,
+            precision="fp32",
+            stats=stats,
+            chunk=1,
+            engine="jax",
+        )

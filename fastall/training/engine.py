@@ -30,7 +30,6 @@ from fastall.training.stacked import forward_backward, train_loss
 from fastall.training.streams import dropout_lanes, epoch_order, fold_statistics
 from fastall.training.validation import Validator, end_fold_epoch
 
-
 ENGINES = ("stacked", "vmap")
 DEFAULT_ENGINE = "stacked"
 """``stacked``: the hand-written step (``stacked.forward_backward`` + ``optim.StackedAdam``); ``vmap``:

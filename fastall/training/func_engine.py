@@ -1,13 +1,13 @@
-"""The training step on the one :class:`~fastall.head.Head`: ``torch.func.functional_call`` + ``torch.func.vmap``
-over the module, autograd for the gradients and ``torch.optim.Adam`` (fused where the device has the kernel)
-for the update: the field's idiom for many small models at once, as an alternative to the hand-written step
-(``stacked.forward_backward`` + ``optim.StackedAdam``).
+"""The training step on the one :class:`~fastall.head.Head`: ``torch.func.functional_call`` +
+``torch.func.vmap`` over the module, autograd for the gradients and ``torch.optim.Adam`` (fused where the
+device has the kernel) for the update: the field's idiom for many small models at once, as an alternative to
+the hand-written step (``stacked.forward_backward`` + ``optim.StackedAdam``).
 
-Each head's ``fc1``/``fc2`` tensors are contiguous leaves in ``Head``'s layout, loaded from the stack's storage
-before each epoch and written back after it, so validation, early stopping and packaging see its updates
-unchanged. Each head has its own Adam
-(its learning rate and weight decay; a head that does not step is left exactly as it was). The random streams
-are the stack's: the dropout multiplier goes into ``Head.forward(keep=...)``, the batches are the same.
+Each head's ``fc1``/``fc2`` tensors are contiguous leaves in ``Head``'s layout, loaded from the stack's
+storage before each epoch and written back after it, so validation, early stopping and packaging see its
+updates unchanged. Each head has its own Adam (its learning rate and weight decay; a head that does not step
+is left exactly as it was). The random streams are the stack's: the dropout multiplier goes into
+``Head.forward(keep=...)``, the batches are the same.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class FuncStep:
         self._local = threading.local()
 
     def _template(self) -> Head:
-        """This thread's Head (``functional_call`` swaps a module's tensors in place: one module per thread)."""
+        """This thread's Head (``functional_call`` swaps a module's tensors in place: one per thread)."""
         head = getattr(self._local, "head", None)
         if head is None:
             d, h, k = self.dims
