@@ -75,11 +75,8 @@ def test_engine_matches_autograd_and_torch_adam(cache, engine):
     got = stack.results(tta=False)[0].state
 
     train_rows = data.folds[0][0]
-    w1, b1, w2, b2 = init_head(7, 0, data.dim, 16, 2)
     head = Head(data.dim, 16, 0.3, 2)
-    with torch.no_grad():
-        head.fc1.weight.copy_(w1.t()), head.fc1.bias.copy_(b1), head.fc2.weight.copy_(w2)
-        head.fc2.bias.copy_(b2)
+    head.load_state_dict(init_head(7, 0, data.dim, 16, 2), strict=False)
     head.set_standardization(mean[0], std[0])
     counts = np.bincount(data.labels[train_rows], minlength=2)
     weight = torch.tensor(counts.sum() / (2 * counts), dtype=torch.float32)

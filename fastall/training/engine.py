@@ -63,7 +63,9 @@ class Stack:
         engine = engine or DEFAULT_ENGINE
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r}: use one of {ENGINES}")
-        self.func = FuncStep(self.params, self.heads, self.cdt) if engine == "vmap" else None
+        self.func = (
+            FuncStep(self.layout.names, self.params, self.heads, self.cdt) if engine == "vmap" else None
+        )
         self.best = [p.clone() for p in self.params] if any(hd.cfg.patience for hd in self.heads) else []
         self.scratch = Scratch(self.device)
         self.val = Validator(self.layout, self.scratch, self.cdt)
@@ -123,7 +125,7 @@ class Stack:
         decay = torch.tensor([hd.cfg.weight_decay for hd in heads], dtype=torch.float64)
         updates = self.adam.plan(a, lr, decay, active) if self.func is None else []
         if self.func is not None:
-            self.func.begin(heads, a)
+            self.func.set_rates(heads, a)
         params = [p[a:b] for p in self.params]
         grads = [g[a:b] for g in self.adam.grads]
         thr, scale, cdt = self.layout.thr[a:b], self.layout.scale[a:b], self.cdt
@@ -150,8 +152,6 @@ class Stack:
                 continue
             probs.append(forward_backward(params, grads, x, mask, w[s], target[s], w1c=w1c, g1c=g1c))
             self.adam.step(updates[s])
-        if self.func is not None:
-            self.func.end(a, b)
         self.train_loss[a:b] = train_loss(probs, target) if self.func is None else torch.stack(probs).sum(0)
 
     def _end_epoch(self, epoch: int) -> None:

@@ -3,11 +3,11 @@
 device has the kernel) for the update: the field's idiom for many small models at once, as an alternative to
 the hand-written step (``stacked.forward_backward`` + ``optim.StackedAdam``).
 
-Each head's ``fc1``/``fc2`` tensors are contiguous leaves in ``Head``'s layout, loaded from the stack's
-storage before each epoch and written back after it, so validation, early stopping and packaging see its
-updates unchanged. Each head has its own Adam (its learning rate and weight decay; a head that does not step
-is left exactly as it was). The random streams are the stack's: the dropout multiplier goes into
-``Head.forward(keep=...)``, the batches are the same.
+The stack stores its parameters in ``Head``'s layout (``layout.StackLayout``): each head's tensors are leaf
+views of that storage, so validation, early stopping and packaging see the updates unchanged. Each head has
+its own Adam (its learning rate and weight decay; a head that does not step is left exactly as it was). The
+random streams are the stack's: the dropout multiplier goes into ``Head.forward(keep=...)``, the batches are
+the same.
 """
 
 from __future__ import annotations
@@ -23,26 +23,22 @@ from fastall.training.layout import HeadState
 from fastall.training.optim import BETAS, EPS, fused_supported
 
 
-def head_views(params: Sequence[torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-    """Head i's parameters under :class:`Head`'s names, as views of the stack's storage (``W1 [M, D, H]``,
-    ``b1 [M, 1, H]``, ``W2 [M, K, H]``, ``b2 [M, 1, K]``)."""
-    w1, b1, w2, b2 = (p[i] for p in params)
-    return {"fc1.weight": w1.t(), "fc1.bias": b1[0], "fc2.weight": w2, "fc2.bias": b2[0]}
-
-
 class FuncStep:
     """Heads of a stack trained by ``vmap(functional_call(Head, ...))``, autograd and one Adam per head."""
 
     def __init__(
-        self, params: Sequence[torch.Tensor], heads: Sequence[HeadState], dtype: torch.dtype
+        self,
+        names: Sequence[str],
+        params: Sequence[torch.Tensor],
+        heads: Sequence[HeadState],
+        dtype: torch.dtype,
     ) -> None:
         self.device = params[0].device
-        self.dims = (params[0].shape[1], params[0].shape[2], params[2].shape[1])
+        self.dims = (params[0].shape[2], params[0].shape[1], params[2].shape[1])
         self.autocast = dtype != torch.float32
         self.dtype = dtype
-        self.storage = params
         self.leaves = [
-            {n: v.detach().contiguous().requires_grad_() for n, v in head_views(params, i).items()}
+            {name: p[i].detach().requires_grad_() for name, p in zip(names, params, strict=True)}
             for i in range(len(heads))
         ]
         fused = fused_supported(str(self.device))
@@ -62,21 +58,10 @@ class FuncStep:
             head = self._local.head = Head(d, h, 0.0, k).to(self.device)
         return head
 
-    @torch.no_grad()
-    def begin(self, heads: Sequence[HeadState], a: int) -> None:
-        """Before an epoch of heads a..: their parameters from the stack's storage (where validation, early
-        stopping and the final head's snapshots read and write them), their current learning rate."""
+    def set_rates(self, heads: Sequence[HeadState], a: int) -> None:
+        """Heads a.. take their current learning rate (the plateau schedule changes it between epochs)."""
         for i, hd in enumerate(heads, a):
-            for name, view in head_views(self.storage, i).items():
-                self.leaves[i][name].copy_(view)
             self.optims[i].param_groups[0]["lr"] = hd.lr
-
-    @torch.no_grad()
-    def end(self, a: int, b: int) -> None:
-        """After an epoch of heads a..b: their trained parameters back into the stack's storage."""
-        for i in range(a, b):
-            for name, view in head_views(self.storage, i).items():
-                view.copy_(self.leaves[i][name])
 
     def step(
         self,
