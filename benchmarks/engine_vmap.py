@@ -1,11 +1,13 @@
 """The engine on one head definition: the hand-written stacked engine against ``torch.func.functional_call`` +
 ``vmap`` over the one ``Head`` (autograd, ``torch.optim.Adam``, the same random streams), on the real-size CV.
 
-Both run `train_head` (5-fold patient CV + final head) on the real-size synthetic cache (10,661 images × 8 views
-× 2048, the real manifest's 73 patients, as benchmarks/cv_speed.py builds it) with ``--preset paper`` and the
-default preset, each run in a fresh process, the two engines alternated (A B A B ...) in one session so that
-the shared machine's load falls on both alike; the load average is recorded before every run. The figure is
-the ratio of median wall times (vmap over hand-written); the issue's rule: within 1.3x, switch to vmap.
+Both run `train_head` (5-fold patient CV + final head) on the real-size synthetic cache (10,661 images × 8
+views × 2048, the real manifest's 73 patients, as benchmarks/cv_speed.py builds it) with ``--preset paper``
+and the default preset, each run in a fresh process, the two engines alternated (A B A B ...) in one session
+so that the shared machine's load falls on both alike; the load average is recorded before every run. The
+figure is the ratio of median wall times (vmap over hand-written); the issue's rule: within 1.3x, switch to
+vmap. The process CPU time (all threads) and the training time are recorded beside it: on a shared machine
+they vary less with the load than the wall time.
 
     PYTHONPATH=$PWD python3 benchmarks/engine_vmap.py --out benchmarks/results/engine_vmap_cpu.json
 """
@@ -40,14 +42,15 @@ def child(cache: str, engine: str, preset: str, out: str) -> None:
     options = TrainOptions(
         folds=5, seed=0, device="cpu", progress=False, overwrite=True, report=False, preset=preset
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = train_head(cache, out, options=options)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     m = result.metrics
     print(
         json.dumps(
             {
                 "wall_s": wall,
+                "cpu_s": cpu,
                 "train_s": m["timings"]["train_s"],
                 "precision": m["precision"],
                 "cv_accuracy": m["summary"]["accuracy"],
@@ -96,13 +99,15 @@ def main() -> None:
             for engine in ENGINES if r % 2 == 0 else ENGINES[::-1]:
                 runs[engine].append(run_one(cache, engine, preset))
                 got = runs[engine][-1]
-                print(f"{preset} {engine} #{r}: {got['wall_s']:.2f} s (load {got['load_before']:.1f})", flush=True)
+                took = f"{got['wall_s']:.2f} s wall, {got['cpu_s']:.2f} s CPU"
+                print(f"{preset} {engine} #{r}: {took} (load {got['load_before']:.1f})", flush=True)
         median = {e: statistics.median(x["wall_s"] for x in runs[e]) for e in ENGINES}
         ratio = median["vmap"] / median["stacked"]
         presets[preset] = {
             "runs": runs,
             "median_wall_s": median,
             "median_train_s": {e: statistics.median(x["train_s"] for x in runs[e]) for e in ENGINES},
+            "median_cpu_s": {e: statistics.median(x["cpu_s"] for x in runs[e]) for e in ENGINES},
             "ratio_vmap_over_stacked": ratio,
             "within_threshold": ratio <= THRESHOLD,
         }
