@@ -92,39 +92,48 @@ def main() -> None:
 
     cache = real_size_cache(args.cache)
     load_before = os.getloadavg()
-    presets = {}
-    for preset in args.presets:
-        runs: dict[str, list[dict]] = {e: [] for e in ENGINES}
-        for r in range(args.repeats):
+    runs = {p: {e: [] for e in ENGINES} for p in args.presets}
+    for r in range(args.repeats):
+        for preset in args.presets:
             for engine in ENGINES if r % 2 == 0 else ENGINES[::-1]:
-                runs[engine].append(run_one(cache, engine, preset))
-                got = runs[engine][-1]
+                got = run_one(cache, engine, preset)
+                runs[preset][engine].append(got)
                 took = f"{got['wall_s']:.2f} s wall, {got['cpu_s']:.2f} s CPU"
                 print(f"{preset} {engine} #{r}: {took} (load {got['load_before']:.1f})", flush=True)
-        median = {e: statistics.median(x["wall_s"] for x in runs[e]) for e in ENGINES}
+        result = summary(runs, r + 1, load_before)
+        write_result(args.out, result)  # after every round: a cut-short session keeps its finished rounds
+    print(json.dumps({p: {k: v for k, v in d.items() if k != "runs"} for p, d in result["presets"].items()}))
+    print(result["decision"])
+
+
+def summary(runs: dict[str, dict[str, list[dict]]], rounds: int, load_before: tuple) -> dict:
+    """Medians, ratios (vmap over hand-written) and the decision from the rounds run so far."""
+    presets = {}
+    for preset, by_engine in runs.items():
+        median = {e: statistics.median(x["wall_s"] for x in by_engine[e]) for e in ENGINES}
         ratio = median["vmap"] / median["stacked"]
+        cpu = {e: statistics.median(x["cpu_s"] for x in by_engine[e]) for e in ENGINES}
         presets[preset] = {
-            "runs": runs,
+            "runs": by_engine,
             "median_wall_s": median,
-            "median_train_s": {e: statistics.median(x["train_s"] for x in runs[e]) for e in ENGINES},
-            "median_cpu_s": {e: statistics.median(x["cpu_s"] for x in runs[e]) for e in ENGINES},
+            "median_train_s": {e: statistics.median(x["train_s"] for x in by_engine[e]) for e in ENGINES},
+            "median_cpu_s": cpu,
             "ratio_vmap_over_stacked": ratio,
+            "ratio_cpu_vmap_over_stacked": cpu["vmap"] / cpu["stacked"],
             "within_threshold": ratio <= THRESHOLD,
         }
     switch = all(p["within_threshold"] for p in presets.values())
-    result = {
+    return {
         "benchmark": "engine_vmap",
         "device": "cpu",
         "cache": "real-size synthetic, 10661 x 8 x 2048, 73 patients (featcache.real_size_cache)",
-        "order": "fresh process per run, engines alternated A B / B A per repeat",
+        "order": "fresh process per run; per round every preset, its engines alternated A B / B A by round",
+        "rounds": rounds,
         "threshold": THRESHOLD,
         "presets": presets,
         "load_average_before_after": [load_before, os.getloadavg()],
         "decision": "switch to vmap" if switch else "keep the hand-written engine",
     }
-    write_result(args.out, result)
-    print(json.dumps({p: {k: v for k, v in d.items() if k != "runs"} for p, d in presets.items()}, indent=2))
-    print(result["decision"])
 
 
 if __name__ == "__main__":
