@@ -59,7 +59,7 @@ def measure(name: str, files: list[Path], args: argparse.Namespace) -> dict:
 
 
 def measure_extract(name: str, data: Path, tmp: Path, size: int, args: argparse.Namespace) -> dict:
-    common = {"weights": "none", "device": args.device, "workers": 0, "progress": False, "amp": False}
+    common = {"weights": "none", "device": args.device, "workers": 0, "amp": False}
     common |= {"batch_size": args.batch, "image_size": size, "backbone": name}
     extract(data, tmp / f"warm-{name}.h5", views=1, **common)  # warm-up: first-call kernels, allocator
     summary = extract(data, tmp / f"{name}.h5", views=args.views, **common)

@@ -18,8 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fastall.system.jsonable import plain
-from fastall.system.machine import AVX2_EMULATION_ENV, machine_info
+from fastall.system import openmp
+
+openmp.prefer_passive()  # before torch loads OpenMP (fastall.system.machine imports torch)
+
+from fastall.system.jsonable import plain  # noqa: E402
+from fastall.system.machine import AVX2_EMULATION_ENV, machine_info  # noqa: E402
 
 EMULATIONS = {"avx2": AVX2_EMULATION_ENV}
 

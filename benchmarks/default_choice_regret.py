@@ -52,18 +52,17 @@ SETS = [
 
 
 def _image_cache(base: Path, s: dict) -> Path:
-    from fastall.data.cells import appearance
     from fastall.data.synth import GENERIC_PATIENT_REGEX, synthesize
     from fastall.features.extract import extract
 
     classes = s.get("classes", 2)
     generic = classes != 2
-    look = appearance(s.get("background", "black"), s.get("difficulty", "easy"), None, None)
     synthesize(base / "data", patients_per_class=s["patients_per_class"],
                images_per_patient=s.get("images", 6), size=s.get("size", 48), seed=s["seed"],
-               prelim=False, look=look, layout="generic" if generic else "cnmc", classes=classes)  # fmt: skip
+               prelim=False, background=s.get("background", "black"), difficulty=s.get("difficulty", "easy"),
+               layout="generic" if generic else "cnmc", classes=classes)  # fmt: skip
     extract(base / "data", base / "cache.h5", views=s.get("views", 2), image_size=s.get("image_size", 32),
-            weights="none", device="cpu", amp=False, workers=0, progress=False,
+            weights="none", device="cpu", amp=False, workers=0,
             patient_regex=GENERIC_PATIENT_REGEX if generic else None)  # fmt: skip
     return base / "cache.h5"
 

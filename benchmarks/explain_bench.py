@@ -61,7 +61,6 @@ def build_run(base: Path, args: argparse.Namespace) -> tuple[Path, Path]:
         device="cpu",
         amp=False,
         workers=0,
-        progress=False,
     )
     train_head(base / "cache.h5", base / "run", folds=2, test="none", device="cpu", progress=False)
     return base / "run", base / "data"

@@ -165,7 +165,6 @@ def main() -> None:
             "precision": choice.precision,
             "batch_size": batch,
             "workers": workers,
-            "progress": False,
             "include": (),
         }
         extract(tmp / "warm", tmp / "warm.h5", **common)  # warm-up: CUDA context, kernels, allocator

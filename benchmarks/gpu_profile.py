@@ -110,7 +110,7 @@ def main() -> None:
         images = build_tree(tmp / "data", images)
         build_tree(tmp / "warm", min(images, 2 * batch), unique=32)
         common = {"views": views, "image_size": args.image_size, "weights": "none", "device": args.device}
-        common.update(batch_size=batch, progress=False, include=())
+        common.update(batch_size=batch, include=())
         extract(tmp / "warm", tmp / "warm.h5", **common)
         alone = model_alone(dev, batch, args.image_size, amp, seconds=5.0 if cuda else 3.0)
         summary_ = extract(tmp / "data", tmp / "a.h5", **common)

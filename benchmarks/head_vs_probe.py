@@ -30,7 +30,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastall.data.cells import appearance  # noqa: E402
 from fastall.data.synth import GENERIC_PATIENT_REGEX, synthesize  # noqa: E402
 from fastall.features.cache import read_cache  # noqa: E402
 from fastall.features.extract import extract  # noqa: E402
@@ -71,15 +70,15 @@ def make_cache(
     background = spec.pop("background")
     data = work / f"{kind}-{difficulty}"
     if not data.exists():
-        look = appearance(background, difficulty)
-        synthesize(data, size=args.side, seed=args.seed, prelim=False, look=look, **spec)
+        synthesize(data, size=args.side, seed=args.seed, prelim=False, background=background,
+                   difficulty=difficulty, **spec)  # fmt: skip
     cache = work / f"{kind}-{difficulty}-{fill}.h5"
     if cache.exists():
         return cache, 0.0
     regex = GENERIC_PATIENT_REGEX if spec["layout"] == "generic" else None
     t0 = time.perf_counter()
     extract(data, cache, views=args.views, image_size=args.size, weights="none", device="cpu", fill=fill,
-            include=(), patient_regex=regex, progress=False, seed=args.seed)  # fmt: skip
+            include=(), patient_regex=regex, seed=args.seed)  # fmt: skip
     return cache, time.perf_counter() - t0
 
 

@@ -66,7 +66,6 @@ def make_run(root: Path, device: str, patients: int, per_patient: int, image_siz
         weights="none",
         device=device,
         precision="fp32",
-        progress=False,
     )
     options = TrainOptions(folds=5, test="none", device=device, progress=False, report=False)
     train_head(root / "cache.h5", root / "run", options=options)

@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from extract_throughput import build_tree  # noqa: E402
 
 from fastall.features.augment import VIEW_PARAM_NAMES  # noqa: E402
-from fastall.features.cache import write_cache  # noqa: E402
+from fastall.features.cache import ImageRows, write_cache  # noqa: E402
 from fastall.features.shards import PartialStore, partial_folder, rank_folder  # noqa: E402
 from fastall.system.machine import machine_info  # noqa: E402
 
@@ -116,11 +116,13 @@ def _write(target: Path, rows: list[int], features: np.ndarray, params: np.ndarr
     write_cache(
         target,
         features=features,
-        labels=np.resize(labels, n),
+        rows=ImageRows(
+            labels=np.resize(labels, n),
+            patients=list(np.resize(np.asarray(patients, dtype=object), n)),
+            paths=[f"C-NMC_Leukemia/training_data/fold_0/all/UID_{i}_1_1_all.bmp" for i in rows],
+            sources=["fold_0"] * n,
+        ),
         class_names=["hem", "all"],
-        patients=list(np.resize(np.asarray(patients, dtype=object), n)),
-        paths=[f"C-NMC_Leukemia/training_data/fold_0/all/UID_{i}_1_1_all.bmp" for i in rows],
-        sources=["fold_0"] * n,
         view_params=params,
         view_param_names=list(VIEW_PARAM_NAMES),
         key_params={"simulated": True},
@@ -130,7 +132,7 @@ def _write(target: Path, rows: list[int], features: np.ndarray, params: np.ndarr
 
 def join_worker(target: Path, n: int, views: int, dim: int, result: Path) -> None:
     """One rank of the timed join (run under torchrun): rank 0 writes the timings to ``result``."""
-    from fastall.features.distributed import join_shards
+    from fastall.features.ranks import join_shards
     from fastall.system.distributed import Group, detect
 
     env = detect(True)

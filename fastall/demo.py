@@ -10,9 +10,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from rich.console import Console
 
 from fastall.features.backbone import TORCHVISION_WEIGHTS
+from fastall.system.events import Reporter, silent
 
 DEMO_PATIENTS_PER_CLASS = 8
 DEMO_IMAGES_PER_PATIENT = 10
@@ -48,44 +48,48 @@ def run_demo(
     image_side: int = DEMO_IMAGE_SIDE,
     input_size: int = DEMO_INPUT_SIZE,
     views: int = DEMO_VIEWS,
-    console: Console | None = None,
+    reporter: Reporter | None = None,
 ) -> DemoResult:
-    """Run the whole product once. Re-running reuses the synthetic data and the cache (extract resumes)."""
+    """Run the whole product once. Re-running reuses the synthetic data and the cache (extract resumes).
+
+    Silent: each stage (``info`` code ``stage``), its lines and the warnings go to ``reporter``; the run's
+    tables and :func:`finished_line` are the caller's to print (the CLI's ``fastall demo`` does)."""
     from fastall.data.synth import synthesize
     from fastall.features.extract import extract
     from fastall.features.summary import describe
     from fastall.training.config import TrainOptions
     from fastall.training.presets import DEFAULT_PRESET, apply_preset
-    from fastall.training.train_head import print_run_summary, train_head
+    from fastall.training.train_head import train_head
 
-    console = console or Console(stderr=True)
+    reporter = reporter or silent()
     out = Path(out)
     seconds: dict[str, float] = {}
     data = out / "data"
     t0 = time.perf_counter()
     if not (data / "C-NMC_Leukemia").is_dir():
-        console.rule("[bold]1/3 synth[/]: synthetic C-NMC 2019 tree")
+        reporter.info("1/3 synth: synthetic C-NMC 2019 tree", code="stage")
         made = synthesize(
             data,
             patients_per_class=patients_per_class,
             images_per_patient=images_per_patient,
             size=image_side,
             seed=seed,
-            progress=True,
+            reporter=reporter,
         )
-        console.print(f"{made.images} images of {made.patients} patients in {made.root}")
+        reporter.info(f"{made.images} images of {made.patients} patients in {made.root}")
     else:
-        console.rule("[bold]1/3 synth[/]: reusing the synthetic tree in " + str(data))
+        reporter.info(f"1/3 synth: reusing the synthetic tree in {data}", code="stage")
     seconds["synth"] = time.perf_counter() - t0
 
     weights = "imagenet1k_v1" if cached_imagenet_weights() else "none"
     if weights == "none":
-        console.print(
-            "[bold yellow]warning:[/] no ImageNet ResNet-50 weights in the torch cache "
+        reporter.warn(
+            "random_backbone",
+            "no ImageNet ResNet-50 weights in the torch cache "
             f"({torch.hub.get_dir()}/checkpoints): the demo uses a random-init backbone "
-            "(--weights none). Numbers show the pipeline works, not what ImageNet features reach."
+            "(--weights none). Numbers show the pipeline works, not what ImageNet features reach.",
         )
-    console.rule(f"[bold]2/3 extract[/]: frozen ResNet-50 ({weights}), {views} views, {input_size} px")
+    reporter.info(f"2/3 extract: frozen ResNet-50 ({weights}), {views} views, {input_size} px", code="stage")
     t0 = time.perf_counter()
     cache = out / "features.h5"
     summary = extract(
@@ -97,25 +101,26 @@ def run_demo(
         device=device,
         seed=seed,
         overwrite=True,
-        warn=lambda msg: console.print(f"[yellow]Warning:[/] {msg}", highlight=False, soft_wrap=True),
+        reporter=reporter,
     )
     for line in describe(summary):
-        console.print(line, highlight=False)
+        reporter.info(line)
     seconds["extract"] = time.perf_counter() - t0
 
-    console.rule("[bold]3/3 train-head[/]: patient-level 5-fold CV + holdout test, from the cache")
+    reporter.info("3/3 train-head: patient-level 5-fold CV + holdout test, from the cache", code="stage")
     t0 = time.perf_counter()
     run = out / "run"
     config, protocol = apply_preset(DEFAULT_PRESET, {}, {})
     options = TrainOptions(folds=5, seed=seed, device=device, overwrite=True, **protocol)
     result = train_head(cache, run, config, options)
     seconds["train_head"] = time.perf_counter() - t0
-    print_run_summary(result, console)
-    total = sum(seconds.values())
-    console.print(
-        f"demo finished in {total:.0f} s (synth {seconds['synth']:.0f} s, extract "
-        f"{seconds['extract']:.0f} s, train-head {seconds['train_head']:.1f} s); outputs in {out}/"
-    )
-    if result.report is not None:
-        console.print(f"Report: {result.report.path}", highlight=False, soft_wrap=True)
     return DemoResult(out=out, weights=weights, cache=cache, run=run, seconds=seconds, result=result)
+
+
+def finished_line(demo: DemoResult) -> str:
+    """The demo's last line: where the time went and where the outputs are."""
+    s = demo.seconds
+    return (
+        f"demo finished in {sum(s.values()):.0f} s (synth {s['synth']:.0f} s, extract {s['extract']:.0f} s, "
+        f"train-head {s['train_head']:.1f} s); outputs in {demo.out}/"
+    )

@@ -54,7 +54,7 @@ class Head(nn.Module):
             head.load_state_dict(state)
         except (TypeError, RuntimeError, KeyError, AttributeError, ValueError) as err:
             first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-            raise FastallError(f"head weights do not fit head_config {config}: {first}") from None
+            raise FastallError(f"head weights do not fit head_config {config}: {first}") from err
         return head.eval()
 
     def config(self) -> dict:

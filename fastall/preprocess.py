@@ -12,6 +12,8 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from fastall.viewparams import apply_view_params
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -42,12 +44,10 @@ def preprocess(
 ) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` -> normalised float ``[B, 3, size, size]``; optional per-sample augmentation.
 
-    ``view_params`` is ``[B, P]`` as drawn by :func:`fastall.features.augment.draw_view_params`;
-    ``None`` gives view 0.
+    ``view_params`` is ``[B, P]`` as drawn by :func:`fastall.features.augment.draw_view_params`
+    (:func:`fastall.viewparams.apply_view_params` applies them); ``None`` gives view 0.
     """
     x = to_unit_float(resize_uint8(images, size))
     if view_params is not None:
-        from fastall.features.augment import apply_view_params
-
         x = apply_view_params(x, view_params)
     return normalize(x, mean, std)

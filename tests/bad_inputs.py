@@ -779,7 +779,6 @@ def _one_class_cache(env: Env) -> Path:
         device="cpu",
         workers=0,
         patient_regex=r"(p\d+)_",
-        progress=False,
     )
     return out
 
@@ -993,12 +992,12 @@ def _stale(env: Env, *extra: str, keep_mtime: bool = False, touch: bool = False)
 
 def _old_cache(env: Env) -> list[str]:
     """The cache as fastall 0.1 wrote it: no content hashes."""
-    from fastall.features.cache import read_cache, write_cache
+    from fastall.features.cache import ImageRows, read_cache, write_cache
 
     fc = read_cache(env.cache)
-    names = ("features", "labels", "class_names", "view_params", "view_param_names", "key_params")
-    rows = {"patients": list(fc.patients), "paths": list(fc.paths), "sources": list(fc.sources)}
-    cache = write_cache(env.tmp / "old.h5", **{n: getattr(fc, n) for n in names}, **rows, provenance={})
+    names = ("features", "class_names", "view_params", "view_param_names", "key_params")
+    rows = ImageRows.of(fc)
+    cache = write_cache(env.tmp / "old.h5", **{n: getattr(fc, n) for n in names}, rows=rows, provenance={})
     return ["extract", str(env.data), "--out", str(cache), *_EXTRACT, "--workers", "0"]
 
 
@@ -1161,7 +1160,6 @@ def _dup_cache(env: Env) -> Path:
             device="cpu",
             amp=False,
             workers=0,
-            progress=False,
         )
     return shared / "dup.h5"
 
@@ -1447,6 +1445,12 @@ CASES += [
     ),
     Case(
         "image",
+        "20000x10000 PNG header, over Pillow's own bomb limit too (refused by Pillow at open)",
+        lambda e: _predict(e, "huge.png", _png_header(20000, 10000, 8, 2)),
+        fragments=("over the limit of 16,777,216", "--max-pixels"),
+    ),
+    Case(
+        "image",
         "3200x3200 RGBA image, under the pixel limit, over the decode memory budget",
         lambda e: _predict(e, "rgba.png", _png_header(3200, 3200, 8, 6)),
         fragments=("MiB to decode", "budget of 256 MiB"),
@@ -1574,17 +1578,16 @@ def _resnet18_weights(env: Env) -> Path:
 
 def _with_patients(env: Env, name: str, rename: Callable[[list, np.ndarray, list], list]) -> Path:
     """The env cache rewritten to ``name`` with ``rename(patients, labels, class_names)`` as its patients."""
-    from fastall.features.cache import read_cache, write_cache
+    from fastall.features.cache import ImageRows, read_cache, write_cache
 
     fc = read_cache(env.cache)
     return write_cache(
         env.tmp / name,
         features=fc.features,
-        labels=fc.labels,
+        rows=ImageRows(
+            fc.labels, rename(list(fc.patients), fc.labels, fc.class_names), list(fc.paths), list(fc.sources)
+        ),
         class_names=fc.class_names,
-        patients=rename(list(fc.patients), fc.labels, fc.class_names),
-        paths=list(fc.paths),
-        sources=list(fc.sources),
         view_params=fc.view_params,
         view_param_names=fc.view_param_names,
         key_params=fc.key_params,

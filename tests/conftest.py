@@ -28,3 +28,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fault_at():
+    """Install a fault hook for one test: ``fault_at(ENOSPC_AT="text")`` or ``fault_at(KILL_AT="shard:2")``
+    (the ``FASTALL_TEST_*`` names without the prefix); removed after the test."""
+    from fastall.system import faults
+
+    previous = faults.install(None)
+
+    def install(**spec: str) -> None:
+        faults.install(faults.env_hook({f"FASTALL_TEST_{k}": v for k, v in spec.items()}))
+
+    yield install
+    faults.install(previous)
+
+
+# prepended to the code of a ``python -c`` child that runs library code under a FASTALL_TEST_* variable (only
+# the CLI installs the hook by itself)
+INSTALL_ENV_HOOK = "from fastall.system import faults; faults.install(faults.env_hook())\n"

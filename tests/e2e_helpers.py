@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastall.features.cache import read_cache, write_cache
+from fastall.features.cache import ImageRows, read_cache, write_cache
 
 _BUILT: dict[tuple, E2ERun] = {}
 
@@ -43,7 +43,6 @@ def build_run(base: Path, *, image_size: int = 32, views: int = 2, testing: bool
         device="cpu",
         amp=False,
         workers=0,
-        progress=False,
     )
     options = TrainOptions(folds=3, test="none", device="cpu", progress=False)
     train_head(base / "cache.h5", base / "run", HeadConfig(epochs=3), options)
@@ -79,16 +78,12 @@ def cache_with(e2e: E2ERun, dest: Path, stamps: list | None = None, **key_change
     return write_cache(
         dest,
         features=fc.features,
-        labels=fc.labels,
+        rows=ImageRows.of(fc, stamps_of(fc) if stamps is None else stamps),
         class_names=fc.class_names,
-        patients=list(fc.patients),
-        paths=list(fc.paths),
-        sources=list(fc.sources),
         view_params=fc.view_params,
         view_param_names=fc.view_param_names,
         key_params={**fc.key_params, **key_changes},
         provenance={"data_root": attrs["data_root"]},
-        stamps=stamps_of(fc) if stamps is None else stamps,
     )
 
 

@@ -14,8 +14,9 @@ import torch
 
 from fastall.data.synth import synthesize
 from fastall.features.extract import extract
+from fastall.system.events import Reporter
 
-FAST = {"views": 3, "image_size": 32, "weights": "none", "device": "cpu", "progress": False}
+FAST = {"views": 3, "image_size": 32, "weights": "none", "device": "cpu"}
 
 
 def one_thread():
@@ -33,6 +34,11 @@ def tiny_tree(root: Path) -> Path:
     return root
 
 
+def texts(reporter: Reporter) -> list[str]:
+    """The texts of the warnings ``reporter`` received."""
+    return [w["text"] for w in reporter.warnings]
+
+
 def run_extract(data: Path, out: Path, **kwargs):
     return extract(data, out, **{**FAST, "batch_size": 4, "workers": 0, **kwargs})
 
@@ -41,7 +47,8 @@ def spawn_extract(data: Path, out: Path, env: dict[str, str] | None = None, wait
     """Run extract in a fresh interpreter (for kill tests); returns the CompletedProcess or the Popen."""
     args = {**FAST, "batch_size": 2, "workers": 0, **kwargs}
     code = (
-        "import json, sys; from fastall.features.extract import extract; "
+        "import json, sys; from fastall.features.extract import extract; from fastall.system import faults; "
+        "faults.install(faults.env_hook()); "
         f"extract({str(data)!r}, {str(out)!r}, **json.loads(sys.argv[1]))"
     )
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastall.features.cache import write_cache
+from fastall.features.cache import ImageRows, write_cache
 
 CLASS_NAMES = ["hem", "all"]
 
@@ -86,11 +86,13 @@ def make_feature_cache(
     return write_cache(
         path,
         features=feats,
-        labels=labels,
+        rows=ImageRows(
+            labels=labels,
+            patients=[str(p) for p in patient_ids],
+            paths=[f"img/{i:06d}.bmp" for i in range(n)],
+            sources=sources,
+        ),
         class_names=CLASS_NAMES,
-        patients=[str(p) for p in patient_ids],
-        paths=[f"img/{i:06d}.bmp" for i in range(n)],
-        sources=sources,
         view_params=view_params,
         view_param_names=["flip", "angle"],
         key_params=key_params,

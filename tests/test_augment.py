@@ -15,13 +15,12 @@ from fastall.features.augment import (
     AUTO_LIGHT,
     IDENTITY,
     VIEW_PARAM_NAMES,
-    apply_view_params,
     draw_view_params,
     parse_fill,
     resolve_fill,
 )
-from fastall.features.viewparams import upgrade_view_params
 from fastall.preprocess import preprocess
+from fastall.viewparams import apply_view_params, upgrade_view_params
 
 P = {name: i for i, name in enumerate(VIEW_PARAM_NAMES)}
 

@@ -68,7 +68,7 @@ def tree(tmp_path_factory):
 
 
 def _extract(data, out, **kwargs):
-    args = {"views": 2, "weights": "none", "device": "cpu", "workers": 0, "progress": False, "amp": False}
+    args = {"views": 2, "weights": "none", "device": "cpu", "workers": 0, "amp": False}
     return extract(data, out, **{**args, **kwargs})
 
 

@@ -18,7 +18,7 @@ import torch
 from fastall.errors import CacheError
 from fastall.features import cache as fc
 from fastall.features import shards as partial
-from fastall.system import files, procs
+from fastall.system import faults, files, procs
 
 KEY = {"backbone": "resnet50", "weights": "none", "image_size": 32, "views": 2, "seed": 0}
 
@@ -28,11 +28,13 @@ def _write(path, n=6, views=2, dim=8, key=KEY, skipped=()):
     return fc.write_cache(
         path,
         features=rng.standard_normal((n, views, dim)).astype(np.float16),
-        labels=np.arange(n) % 2,
+        rows=fc.ImageRows(
+            labels=np.arange(n) % 2,
+            patients=[f"P{i // 2}" for i in range(n)],
+            paths=[f"x/{i}.bmp" for i in range(n)],
+            sources=["fold_0"] * n,
+        ),
         class_names=["hem", "all"],
-        patients=[f"P{i // 2}" for i in range(n)],
-        paths=[f"x/{i}.bmp" for i in range(n)],
-        sources=["fold_0"] * n,
         view_params=np.zeros((n, views, 11), dtype=np.float32),
         view_param_names=[f"p{i}" for i in range(11)],
         key_params=dict(key),
@@ -259,23 +261,28 @@ def test_partial_store_roundtrip_and_recovery(tmp_path):
     assert not store.dir.exists()
 
 
-def test_kill_point_is_inert_without_the_env(monkeypatch):
-    """Without the env nothing is signalled, slept or counted; with it, the n-th pass of its point only."""
+def test_fault_points_are_inert_without_a_hook(monkeypatch):
+    """Library code passes its durable steps with nothing done (even with a FASTALL_TEST_* variable set: only
+    the CLI reads them); with the hook the variables describe, the n-th pass of its point only."""
     calls: list[tuple] = []
-    monkeypatch.setattr(files.os, "kill", lambda *a: calls.append(("kill", *a)))
-    monkeypatch.setattr(files.time, "sleep", lambda *a: calls.append(("sleep", *a)))
-    monkeypatch.setattr(files, "_kill_hits", files.Counter())
-    for env in (files.KILL_ENV, files.PAUSE_ENV, files.INTERRUPT_ENV):
-        monkeypatch.delenv(env, raising=False)
-    for name in ("shard", "shard", "finalize", "cache-tmp"):
-        assert files.kill_point(name) is None
-    assert calls == [] and not files._kill_hits
-    monkeypatch.setenv(files.KILL_ENV, "shard:2")
-    files.kill_point("finalize")
-    files.kill_point("shard")
+    monkeypatch.setattr(faults.os, "kill", lambda *a: calls.append(("kill", *a)))
+    monkeypatch.setattr(faults.time, "sleep", lambda *a: calls.append(("sleep", *a)))
+    monkeypatch.setenv(faults.KILL_ENV, "shard:1")
+    monkeypatch.setenv(faults.INTERRUPT_ENV, "cleanup")
+    with faults.installed(None):
+        for name in ("shard", "shard", "finalize", "cleanup"):
+            assert faults.reached(name) is None
+        assert not faults.disk_full("text")
     assert calls == []
-    files.kill_point("shard")
-    assert calls == [("kill", os.getpid(), files.signal.SIGKILL), ("sleep", 600)]
-    monkeypatch.setenv(files.INTERRUPT_ENV, "cleanup")
-    with pytest.raises(KeyboardInterrupt):
-        files.kill_point("cleanup")
+    assert faults.env_hook({}) is None and faults.env_hook({faults.KILL_ENV: ""}) is None
+    with faults.installed(faults.env_hook({faults.KILL_ENV: "shard:2", faults.INTERRUPT_ENV: "cleanup"})):
+        faults.reached("finalize")
+        faults.reached("shard")
+        assert calls == []
+        faults.reached("shard")
+        assert calls == [("kill", os.getpid(), faults.signal.SIGKILL), ("sleep", 600)]
+        with pytest.raises(KeyboardInterrupt):
+            faults.reached("cleanup")
+    with faults.installed(faults.env_hook({faults.ENOSPC_ENV: "text"})):
+        assert faults.disk_full("text") and not faults.disk_full("torch-save")
+    assert not hasattr(files, "kill_point")  # one name for the hook: faults.reached

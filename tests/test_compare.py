@@ -14,10 +14,10 @@ from sklearn.metrics import roc_auc_score
 
 from fastall.cli import cli
 from fastall.errors import FastallError
-from fastall.features.cache import read_cache, write_cache
+from fastall.features.cache import ImageRows, read_cache, write_cache
 from fastall.training.bootstrap import paired_auc_difference, patient_codes, patient_counts, replicate_aucs
-from fastall.training.compare import CompareOptions, check_same_dataset, compare_caches
 from fastall.training.config import TrainOptions
+from fastall.training.rank_backbones import CompareOptions, check_same_dataset, compare_caches
 from fastall.training.splits import make_splits
 from fastall.training.uncertainty import bootstrap_intervals, resample_patients
 
@@ -38,11 +38,13 @@ def _rename_backbone(src, dest, backbone: str, **changes):
     return write_cache(
         dest,
         features=fc.features,
-        labels=changes.get("labels", fc.labels),
+        rows=ImageRows(
+            labels=changes.get("labels", fc.labels),
+            patients=list(changes.get("patients", fc.patients)),
+            paths=list(changes.get("paths", fc.paths)),
+            sources=list(fc.sources),
+        ),
         class_names=fc.class_names,
-        patients=list(changes.get("patients", fc.patients)),
-        paths=list(changes.get("paths", fc.paths)),
-        sources=list(fc.sources),
         view_params=fc.view_params,
         view_param_names=fc.view_param_names,
         key_params={**fc.key_params, "backbone": backbone},

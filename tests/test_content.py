@@ -9,15 +9,16 @@ import signal
 
 import numpy as np
 import pytest
-from extract_helpers import assert_same_cache, one_thread, run_extract, spawn_extract, tiny_tree
+from extract_helpers import assert_same_cache, one_thread, run_extract, spawn_extract, texts, tiny_tree
 from PIL import Image
 
 from fastall.data.discover import discover
 from fastall.data.fingerprint import Stamp, hash_bytes, hash_file
 from fastall.data.synth import _bmp_bytes
 from fastall.errors import CacheError
-from fastall.features.cache import read_cache, write_cache
+from fastall.features.cache import ImageRows, read_cache, write_cache
 from fastall.features.shards import PartialStore
+from fastall.system.events import silent
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -69,10 +70,10 @@ def test_changed_pixels_are_refused_then_update_recomputes_only_them(data, ref, 
     with pytest.raises(CacheError, match=r"1 image\(s\) changed since they were cached.*--update") as info:
         run_extract(copy, cache)
     assert changed.name in str(info.value)
-    notes: list[str] = []
-    summary = run_extract(copy, cache, update=True, warn=notes.append)
+    rep = silent()
+    summary = run_extract(copy, cache, update=True, reporter=rep)
     assert summary.computed == 1 and summary.resumed == summary.images - 1
-    assert any("--update: 1 changed image(s)" in n for n in notes)
+    assert any("--update: 1 changed image(s)" in n for n in texts(rep))
     fresh = run_extract(copy, tmp_path / "fresh.h5")
     assert fresh.computed == fresh.images
     assert_same_cache(tmp_path / "fresh.h5", cache)
@@ -93,10 +94,10 @@ def test_an_unchanged_tree_is_a_no_op_even_when_every_file_is_touched(data, ref,
     assert run_extract(copy, cache).skipped_existing
     for record in discover(copy).records:
         os.utime(record.path)
-    notes: list[str] = []
-    summary = run_extract(copy, cache, warn=notes.append)
+    rep = silent()
+    summary = run_extract(copy, cache, reporter=rep)
     assert summary.skipped_existing and cache.stat().st_mtime_ns == before
-    assert any("same content (checked by hash)" in n for n in notes)
+    assert any("same content (checked by hash)" in n for n in texts(rep))
 
 
 def test_a_rewrite_keeping_the_mtime_is_found_by_verify_content(data, ref, tmp_path):
@@ -119,9 +120,9 @@ def test_resume_never_mixes_old_and_new_pixels(data, tmp_path):
     _rewrite(discover(copy).records[finished[0]].path)
     with pytest.raises(CacheError, match="unfinished work"):
         run_extract(copy, out)
-    notes: list[str] = []
-    summary = run_extract(copy, out, update=True, warn=notes.append)
-    assert any("recomputing 1 changed image(s)" in n for n in notes)
+    rep = silent()
+    summary = run_extract(copy, out, update=True, reporter=rep)
+    assert any("recomputing 1 changed image(s)" in n for n in texts(rep))
     assert summary.resumed == len(finished) - 1
     run_extract(copy, tmp_path / "fresh.h5")
     assert_same_cache(tmp_path / "fresh.h5", out)
@@ -132,20 +133,17 @@ def test_a_cache_without_hashes_falls_back_to_sizes_with_a_note(data, ref, tmp_p
     old = write_cache(
         tmp_path / "old.h5",
         features=fc.features,
-        labels=fc.labels,
+        rows=ImageRows.of(fc),
         class_names=fc.class_names,
-        patients=list(fc.patients),
-        paths=list(fc.paths),
-        sources=list(fc.sources),
         view_params=fc.view_params,
         view_param_names=fc.view_param_names,
         key_params=fc.key_params,
         provenance={},
     )
     assert read_cache(old).content_hashes is None and "content_fingerprint" not in read_cache(old).key_params
-    notes: list[str] = []
-    assert run_extract(data, old, warn=notes.append).skipped_existing
-    assert any("records no content hashes" in n for n in notes)
+    rep = silent()
+    assert run_extract(data, old, reporter=rep).skipped_existing
+    assert any("records no content hashes" in n for n in texts(rep))
 
 
 def test_partial_store_drop_rewrites_shards_under_their_new_first_index(tmp_path):

@@ -7,16 +7,14 @@ import json
 from click.testing import CliRunner
 
 from fastall.cli import cli
-from fastall.demo import run_demo
+from fastall.demo import finished_line, run_demo
 
 
 def test_demo_learns_on_synthetic_data_with_random_weights(tmp_path, monkeypatch):
-    import io
-
-    from rich.console import Console
+    from fastall.system.events import collecting
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-empty"))
-    printed = io.StringIO()
+    reporter, events = collecting()
     demo = run_demo(
         tmp_path / "demo",
         patients_per_class=6,
@@ -24,10 +22,14 @@ def test_demo_learns_on_synthetic_data_with_random_weights(tmp_path, monkeypatch
         image_side=96,
         input_size=64,
         views=2,
-        console=Console(file=printed, width=300),
+        reporter=reporter,
     )
     report = demo.run / "report" / "index.html"
-    assert report.is_file() and printed.getvalue().strip().splitlines()[-1] == f"Report: {report.absolute()}"
+    assert report.is_file() and demo.result.report.path == report.absolute()
+    stages = [e.text.split(":")[0] for e in events if e.kind == "info" and e.code == "stage"]
+    assert stages == ["1/3 synth", "2/3 extract", "3/3 train-head"]
+    assert "random_backbone" in [w["code"] for w in reporter.warnings]
+    assert finished_line(demo).startswith("demo finished in ")
     assert demo.weights == "none"
     metrics = json.loads((demo.run / "metrics.json").read_text())
     assert metrics["summary"]["accuracy"] >= 0.9

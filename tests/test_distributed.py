@@ -3,6 +3,7 @@ the others with one clear line; a rerun resumes; a rank may have no work; the pi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from PIL import Image
 from fastall.cli import cli
 from fastall.errors import CacheError, FastallError
 from fastall.features.cache import read_cache
-from fastall.features.distributed import coverage_problem
+from fastall.features.ranks import coverage_problem
 from fastall.features.shards import claim_layout, partial_folder, rank_folder
 from fastall.system.distributed import DistEnv, detect, share
 
@@ -130,6 +131,54 @@ def test_two_ranks_under_torchrun_write_the_single_process_cache(data, tmp_path)
     assert len(read_cache(out, load_features=False).skipped) == 1
     assert "x 2 ranks" in result.stdout and result.stdout.count(f"{out}:") == 1  # rank 0 reports, alone
     assert list(scratch.iterdir()) == [] and not (tmp_path / "c.h5.partial").exists()
+
+
+SUMMARY = """
+import dataclasses, json, sys
+from fastall.features.extract import extract
+from fastall.features.ranks import Share
+from fastall.system.distributed import detect
+from fastall.system.events import silent
+env, reporter = detect(), silent()
+share = Share(env) if env is not None else None
+summary = extract(sys.argv[1], sys.argv[2], reporter=reporter, share=share, **json.loads(sys.argv[3]))
+if env is None or env.is_main:
+    fields = dataclasses.asdict(summary)
+    print("SUMMARY", json.dumps({**fields, "records": reporter.warnings}, default=str))
+"""
+
+
+def test_ranks_and_one_process_give_the_same_warnings_and_summary(data, tmp_path):
+    """Emulated bf16 (the CPU's bf16 capped away), a large --views and a duplicate across classes: the same
+    warning records and summary fields from one process and from rank 0 of two."""
+    shutil.copytree(data, tmp_path / "data")
+    fold = tmp_path / "data" / "C-NMC_Leukemia" / "training_data" / "fold_0"
+    first = sorted((fold / "all").iterdir())[0]
+    shutil.copy(first, fold / "hem" / "UID_H9_1_1_hem.bmp")
+    settings = {"views": 33, "image_size": 32, "weights": "none", "device": "cpu", "workers": 0,
+                "backbone": "resnet18", "precision": "bf16", "batch_size": 4}  # fmt: skip
+    isa = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+    def summary(output: str) -> dict:
+        line = next(line for line in output.splitlines() if line.startswith("SUMMARY "))
+        return json.loads(line.removeprefix("SUMMARY "))
+
+    argv = [sys.executable, "-c", SUMMARY, str(tmp_path / "data")]
+    one = subprocess.run([*argv, str(tmp_path / "one.h5"), json.dumps(settings)], env=_env(**isa),
+                         capture_output=True, text=True, timeout=LIMIT, cwd=ROOT)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    ranks = launch([*argv, str(tmp_path / "two.h5"), json.dumps(settings)], per_rank={0: isa, 1: isa})
+    assert [rc for rc, _, _ in ranks] == [0, 0], ranks
+    single, rank0 = summary(one.stdout), summary(ranks[0][1])
+    assert "SUMMARY" not in ranks[1][1]
+    codes = [w["code"] for w in single["records"]]
+    assert {"precision", "views", "duplicates"} <= set(codes), single["records"]
+    assert rank0["device"] == "cpu x 2 ranks" and single["device"] == "cpu"
+    for name in ("path", "seconds", "loop_seconds", "device"):
+        single.pop(name), rank0.pop(name)
+    assert rank0 == single
+    assert single["fills"] and single["precision"]["native"] is False and single["fill"] == "auto"
+    assert_same_cache(tmp_path / "one.h5", tmp_path / "two.h5")
 
 
 def test_a_killed_rank_stops_the_other_and_a_rerun_resumes_to_the_same_cache(data, ref, tmp_path):
@@ -278,7 +327,7 @@ def test_other_world_sizes_are_refused_or_discarded(tmp_path):
 
 
 def test_ranks_must_agree_before_any_work():
-    from fastall.features.distributed import _agree
+    from fastall.features.ranks import agree as _agree
 
     same = {"error": None, "key_params": {"views": 8, "dataset_fingerprint": "a"}}
     _agree([same, same], 1)

@@ -20,9 +20,9 @@ from fastall.errors import FastallError
 from fastall.system import machine
 from fastall.system.devices import resolve_device, resolve_precision
 from fastall.system.jsonable import plain
+from fastall.system.settings import hparam, hparams_of
 from fastall.training.config import HeadConfig, TrainOptions, split_keywords
 from fastall.training.grid import parse_grid
-from fastall.training.hparams import hparam, hparams_of
 from fastall.training.metrics import summarize
 from fastall.training.presets import PRESETS
 from fastall.training.sweep import train_head_command

@@ -50,7 +50,6 @@ def runs(tmp_path_factory):
         device="cpu",
         amp=False,
         workers=0,
-        progress=False,
     )
     train_head(base / "a.h5", base / "runA", folds=3, test="none", epochs=3, device="cpu", progress=False)
     return base

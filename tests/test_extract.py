@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from extract_helpers import assert_same_cache, one_thread, run_extract, spawn_extract, tiny_tree
+from extract_helpers import assert_same_cache, one_thread, run_extract, spawn_extract, texts, tiny_tree
 from PIL import Image
 from torchvision.models import resnet50
 from torchvision.transforms import v2 as T
@@ -31,6 +31,7 @@ from fastall.features.backbone import load_backbone
 from fastall.features.cache import SCHEMA_VERSION, read_cache
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from fastall.system.devices import resolve_precision
+from fastall.system.events import silent
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
@@ -163,7 +164,7 @@ def test_partial_work_with_other_key_refused(data, ref, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr("fastall.features.extract._finalize", interrupted)
+        patch.setattr("fastall.features.extract.write_rows", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_extract(data, out)
     assert not out.exists() and (tmp_path / "c.h5.partial" / "meta.json").is_file()
@@ -199,9 +200,9 @@ def test_external_sigkill_mid_run_then_resume(data, ref, tmp_path):
     assert proc.returncode == -signal.SIGKILL and not out.exists()
     lock = json.loads((tmp_path / "c.h5.lock").read_text())
     assert lock["pid"] == proc.pid
-    warnings: list[str] = []
-    summary = run_extract(data, out, warn=warnings.append)
-    assert any("stale lock" in w for w in warnings) and any("resuming" in w for w in warnings)
+    rep = silent()
+    summary = run_extract(data, out, reporter=rep)
+    assert any("stale lock" in w for w in texts(rep)) and any("resuming" in w for w in texts(rep))
     assert summary.resumed >= 2 and summary.computed == summary.images - summary.resumed
     assert_same_cache(ref, out)
 
@@ -343,3 +344,25 @@ def test_cli_extract_twice(data, tmp_path):
     assert second.exit_code == 0 and "nothing to do" in second.output
     bad = CliRunner().invoke(cli, [*args[:-2], "--workers", "-1"])
     assert bad.exit_code == 1 and "--workers must be non-negative" in bad.output
+
+
+def test_extract_and_synth_are_silent_and_report_through_events(tmp_path, capfd):
+    """Called from Python: nothing on stdout or stderr; progress and warnings arrive as events and records."""
+    from fastall.data.synth import synthesize
+    from fastall.system.events import collecting
+
+    reporter, events = collecting()
+    synthesize(tmp_path / "d", reporter=reporter, patients_per_class=2, images_per_patient=2, size=48)
+    reporter2, events2 = collecting()
+    summary = run_extract(tmp_path / "d", tmp_path / "c.h5", views=33, reporter=reporter2)
+    assert capfd.readouterr() == ("", "")
+    assert [(e.kind, e.task) for e in events if e.kind != "advance"] == [
+        ("start", "synthesising"),
+        ("end", "synthesising"),
+    ]
+    assert events[-1].done == sum(1 for _ in (tmp_path / "d").rglob("*.bmp"))
+    start = next(e for e in events2 if e.kind == "start")
+    assert start.task == "extract" and start.fields["unit"] == "img" and start.total == summary.images
+    assert [e for e in events2 if e.kind == "end"][0].done == summary.images
+    assert {"views", "backbone"} == {w["code"] for w in reporter2.warnings}
+    assert summary.warnings == [w["text"] for w in reporter2.warnings]

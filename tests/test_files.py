@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from fastall.errors import FastallError
-from fastall.system import files, procs
+from fastall.system import faults, files, procs
 from fastall.system.runfolder import atomic_folder, check_target
+from tests.conftest import INSTALL_ENV_HOOK
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests/fixtures/v0_1"
@@ -66,10 +67,10 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path):
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
 
 
-def test_a_full_disk_is_recorded_not_raised_into_the_library_then_raised_once(tmp_path, monkeypatch):
+def test_a_full_disk_is_recorded_not_raised_into_the_library_then_raised_once(tmp_path, fault_at):
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
-    monkeypatch.setenv(files.ENOSPC_ENV, "text")
+    fault_at(ENOSPC_AT="text")
     library_saw: list[int] = []
 
     def library(fh):
@@ -82,7 +83,7 @@ def test_a_full_disk_is_recorded_not_raised_into_the_library_then_raised_once(tm
         files.atomic_write(target, library, point="text")
     assert err.value.errno == errno.ENOSPC and library_saw == [10, 10, 10]
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.bin"]
-    monkeypatch.setenv(files.ENOSPC_ENV, "another-point")
+    fault_at(ENOSPC_AT="another-point")
     files.atomic_write_text(target, "new")
     assert target.read_text() == "new"
 
@@ -157,10 +158,10 @@ def test_torch_save_on_a_full_disk_is_an_oserror_not_torchs_runtimeerror(tmp_pat
     assert torch.equal(torch.load(tmp_path / "m.pt", weights_only=True)["w"], blob["w"])
 
 
-def test_predictions_on_a_full_disk(tmp_path, monkeypatch):
+def test_predictions_on_a_full_disk(tmp_path, fault_at):
     from fastall.inference.predict import _atomic_text
 
-    monkeypatch.setenv(files.ENOSPC_ENV, "text")
+    fault_at(ENOSPC_AT="text")
     with pytest.raises(FastallError, match=r"p\.csv: cannot write \(no space left on device\)"):
         _atomic_text(tmp_path / "p.csv", "path,label\n")
     assert os.listdir(tmp_path) == []
@@ -170,7 +171,7 @@ def test_a_kill_before_the_rename_keeps_the_old_file_and_the_rerun_sweeps_the_te
     target = tmp_path / "out.txt"
     target.write_text("old")
     code = f"from fastall.system.files import atomic_write_text; atomic_write_text({str(target)!r}, 'new')"
-    proc = _py(code, env={files.KILL_ENV: "text"})
+    proc = _py(INSTALL_ENV_HOOK + code, env={faults.KILL_ENV: "text"})
     assert proc.returncode == -9, proc.stderr
     temps = [p for p in os.listdir(tmp_path) if p != "out.txt"]
     assert target.read_text() == "old" and len(temps) == 1 and temps[0].startswith(".out.txt.tmp-")
@@ -259,7 +260,7 @@ def _publish_in_a_child(out: Path, tag: str, kill_at: str) -> subprocess.Complet
         with atomic_folder({str(out)!r}, overwrite=True) as tmp:
             _run(tmp, {tag!r})
     """
-    return _py(code, env={files.KILL_ENV: kill_at})
+    return _py(INSTALL_ENV_HOOK + textwrap.dedent(code), env={faults.KILL_ENV: kill_at})
 
 
 def test_a_kill_between_the_two_renames_never_loses_the_complete_run(tmp_path):
@@ -321,7 +322,7 @@ def test_train_head_killed_between_the_renames_then_rerun(tmp_path, one_thread):
     train += ["--epochs", "1", "--device", "cpu"]
     assert CliRunner().invoke(cli, train).exit_code == 0
     metrics = (out / "metrics.json").read_text()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", files.KILL_ENV: "publish-old"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", faults.KILL_ENV: "publish-old"}
     cmd = [sys.executable, "-m", "fastall", *train, "--overwrite", "--seed", "1"]
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9 and not out.exists(), killed.stderr
@@ -331,8 +332,8 @@ def test_train_head_killed_between_the_renames_then_rerun(tmp_path, one_thread):
     assert os.listdir(tmp_path) == ["run"]
 
 
-def test_a_full_disk_while_the_run_folder_is_written(tmp_path, monkeypatch):
-    monkeypatch.setenv(files.ENOSPC_ENV, "run-folder")
+def test_a_full_disk_while_the_run_folder_is_written(tmp_path, fault_at):
+    fault_at(ENOSPC_AT="run-folder")
     full = r"run: cannot write the output folder: no space left on device$"
     with pytest.raises(FastallError, match=full), atomic_folder(tmp_path / "run") as tmp:
         _run(tmp, "one")

@@ -13,15 +13,14 @@ from click.testing import CliRunner
 from extract_helpers import one_thread, run_extract
 
 from fastall.cli import cli
-from fastall.data.cells import appearance
 from fastall.data.images import decode_image
 from fastall.data.synth import GENERIC_PATIENT_REGEX, synthesize
 from fastall.errors import CacheError
 from fastall.features.augment import AUTO_LIGHT
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, read_cache
-from fastall.features.viewparams import VIEW_PARAM_NAMES
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from fastall.viewparams import VIEW_PARAM_NAMES
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 FILL = slice(VIEW_PARAM_NAMES.index("fill"), VIEW_PARAM_NAMES.index("fill_b") + 1)
@@ -30,9 +29,7 @@ FILL = slice(VIEW_PARAM_NAMES.index("fill"), VIEW_PARAM_NAMES.index("fill_b") + 
 @pytest.fixture(scope="module")
 def light(tmp_path_factory):
     root = tmp_path_factory.mktemp("light")
-    synthesize(
-        root, patients_per_class=2, images_per_patient=2, size=48, prelim=False, look=appearance("light")
-    )
+    synthesize(root, patients_per_class=2, images_per_patient=2, size=48, prelim=False, background="light")
     return root
 
 
@@ -92,7 +89,7 @@ def test_generic_four_classes_through_scan_and_extract(tmp_path):
         patients_per_class=2,
         images_per_patient=2,
         size=40,
-        look=appearance("smear"),
+        background="smear",
     )
     runner = CliRunner()
     scan = runner.invoke(cli, ["scan", str(root), "--patient-regex", GENERIC_PATIENT_REGEX, "--json"])

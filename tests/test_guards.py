@@ -197,17 +197,13 @@ def test_the_reader_refuses_soft_links_and_virtual_datasets(small_cache, tmp_pat
 
 def test_rows_altered_behind_the_key_are_refused(small_cache, tmp_path):
     from fastall.data.fingerprint import Stamp
-    from fastall.features.cache import write_cache
+    from fastall.features.cache import ImageRows, write_cache
 
     fc = read_cache(small_cache)
     stamps = [Stamp(f"{i:032x}", 1, 1) for i in range(fc.n_images)]
-    fields = {
-        n: getattr(fc, n) for n in ("features", "labels", "class_names", "view_params", "view_param_names")
-    }
-    lists = {"patients": list(fc.patients), "paths": list(fc.paths), "sources": list(fc.sources)}
-    path = write_cache(
-        tmp_path / "h.h5", **fields, **lists, key_params=fc.key_params, provenance={}, stamps=stamps
-    )
+    fields = {n: getattr(fc, n) for n in ("features", "class_names", "view_params", "view_param_names")}
+    rows = ImageRows.of(fc, stamps)
+    path = write_cache(tmp_path / "h.h5", **fields, rows=rows, key_params=fc.key_params, provenance={})
     assert read_cache(path).content_hashes[3] == f"{3:032x}"
 
     def relabel(f, _):
@@ -250,14 +246,10 @@ def test_decode_refuses_formats_fifos_and_over_budget_modes(tmp_path, monkeypatc
         images.decode_image(tmp_path / "pipe.bmp")
     Image.new("RGB", (10, 10)).save(tmp_path / "rgb.png")
     Image.new("RGBA", (10, 10)).save(tmp_path / "rgba.png")
-    try:
-        images.set_max_pixels(100)
+    with images.pixel_limit(100):
         assert images.decode_image(tmp_path / "rgb.png").shape == (3, 10, 10)  # 14 B/px: within 16
         with pytest.raises(images.BadImageError, match="RGBA image needs about"):
             images.decode_image(tmp_path / "rgba.png")  # 27 B/px: over the budget
-        assert os.environ[images.MAX_PIXELS_ENV] == "100"  # decoding workers see the same limit
-    finally:
-        images.set_max_pixels(None)
     assert images.get_max_pixels() == images.DEFAULT_MAX_PIXELS == 4096 * 4096
 
 

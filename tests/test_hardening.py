@@ -25,7 +25,6 @@ def build_env(base) -> Env:
         device="cpu",
         amp=False,
         workers=0,
-        progress=False,
     )
     options = TrainOptions(folds=2, test="none", device="cpu", progress=False)
     train_head(base / "cache.h5", base / "run", HeadConfig(epochs=2), options)

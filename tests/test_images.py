@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from fastall.errors import FastallError
 def _default_limit(monkeypatch):
     monkeypatch.delenv(images.MAX_PIXELS_ENV, raising=False)
     yield
-    images.set_max_pixels(None)
+    assert images._max_pixels is None  # every limit set in a test was scoped
 
 
 def _rgb(h: int = 6, w: int = 5) -> np.ndarray:
@@ -118,12 +119,11 @@ def test_exif_orientation_applied(tmp_path):
 
 def test_decompression_bomb_refused(tmp_path, monkeypatch):
     Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
-    images.set_max_pixels(399)
-    msg = _bad(tmp_path / "big.png", "400 pixels is over the limit of 399")
+    with images.pixel_limit(399):
+        msg = _bad(tmp_path / "big.png", "400 pixels is over the limit of 399")
     assert "FASTALL_MAX_PIXELS" in msg
-    images.set_max_pixels(400)
-    assert decode_image(tmp_path / "big.png").shape == (3, 20, 20)
-    images.set_max_pixels(None)
+    with images.pixel_limit(400):
+        assert decode_image(tmp_path / "big.png").shape == (3, 20, 20)
     monkeypatch.setenv(images.MAX_PIXELS_ENV, "100")
     _bad(tmp_path / "big.png", "over the limit of 100")
     monkeypatch.setenv(images.MAX_PIXELS_ENV, "lots")
@@ -132,6 +132,23 @@ def test_decompression_bomb_refused(tmp_path, monkeypatch):
     monkeypatch.setenv(images.MAX_PIXELS_ENV, "200000000")
     assert images.get_max_pixels() == 200_000_000
     assert decode_image(tmp_path / "big.png").shape == (3, 20, 20)
+
+
+def test_pixel_limit_is_scoped(tmp_path):
+    """The limit, Pillow's own limit and the warnings filter return to what they were; nothing global."""
+    pillow, filters, env = Image.MAX_IMAGE_PIXELS, list(warnings.filters), dict(os.environ)
+    Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
+    with images.pixel_limit(pillow * 3) as limit:
+        assert limit == images.get_max_pixels() == pillow * 3
+        assert pillow * 3 == Image.MAX_IMAGE_PIXELS  # Pillow no longer refuses what fastall allows
+        with images.pixel_limit(100):
+            _bad(tmp_path / "big.png", "over the limit of 100")
+        assert images.get_max_pixels() == pillow * 3
+    decode_image(tmp_path / "big.png")
+    assert pillow == Image.MAX_IMAGE_PIXELS and warnings.filters == filters and dict(os.environ) == env
+    assert images.get_max_pixels() == images.DEFAULT_MAX_PIXELS
+    with pytest.raises(FastallError, match="must be positive"), images.pixel_limit(0):
+        pass
 
 
 def test_empty_truncated_and_not_images(tmp_path):
@@ -204,3 +221,46 @@ def test_permission_denied(tmp_path):
         path.chmod(0o644)
         if folder.parent != tmp_path:
             shutil.rmtree(folder)
+
+
+def test_a_python_caller_keeps_the_cause_and_the_cli_still_prints_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from fastall.cli import cli
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImageError, match="truncated or corrupt") as err:
+        decode_image(tmp_path / "cut.png")
+    assert isinstance(err.value.__cause__, OSError | SyntaxError | EOFError)
+    (tmp_path / "c.h5").write_bytes(b"not an HDF5 file at all")
+    result = CliRunner().invoke(cli, ["train-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "not a readable HDF5 cache" in result.output
+    from fastall.errors import CacheError
+    from fastall.features.cache import read_cache
+
+    with pytest.raises(CacheError) as err:
+        read_cache(tmp_path / "c.h5")
+    assert isinstance(err.value.__cause__, OSError)
+
+
+def test_the_cli_limit_lasts_for_its_command_only(tmp_path):
+    from click.testing import CliRunner
+
+    from fastall.cli import cli
+
+    seen = {}
+
+    @cli.command("probe-limit-for-test", hidden=True)
+    def _probe() -> None:
+        seen["limit"], seen["env"] = images.get_max_pixels(), os.environ.get(images.MAX_PIXELS_ENV)
+
+    try:
+        result = CliRunner().invoke(cli, ["--max-pixels", "1234", "probe-limit-for-test"])
+    finally:
+        cli.commands.pop("probe-limit-for-test")
+    assert result.exit_code == 0, result.output
+    assert seen == {"limit": 1234, "env": "1234"}  # worker processes see it too
+    assert images._max_pixels is None and images.MAX_PIXELS_ENV not in os.environ

@@ -211,11 +211,11 @@ def test_predict_loader_reads_each_file_once(e2e, monkeypatch):
 
 def test_head_file_format_is_shared_with_training(e2e):
     from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
-    from fastall.training import run_files
+    from fastall.training import run_outputs
 
     blob = torch.load(Path(e2e.run) / "head.pt", weights_only=True)
     assert (blob["format"], blob["format_version"]) == (HEAD_FORMAT, HEAD_VERSION)
-    assert run_files.HEAD_FORMAT is HEAD_FORMAT
+    assert run_outputs.HEAD_FORMAT is HEAD_FORMAT
     head = Head.from_state(None, blob["fold_state_dicts"][0])
     assert head.config() == {**blob["head_config"], "dropout": 0.5} and not head.training
     with pytest.raises(FastallError, match="do not fit") as err:

@@ -16,6 +16,7 @@ from PIL import Image
 from fastall.cli import cli
 from fastall.inference.artifacts import load_run
 from fastall.inference.predict import predict_paths
+from fastall.system.events import collecting
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +138,9 @@ def test_stale_sidecar_is_removed_and_unwritable_output_refused(e2e, tmp_path):
 
 def test_predict_paths_library(e2e):
     model = load_run(e2e.run)
-    seen = []
-    preds = predict_paths(model, [e2e.data], batch_size=5, progress=lambda done, total: seen.append(done))
+    reporter, events = collecting()
+    preds = predict_paths(model, [e2e.data], batch_size=5, reporter=reporter)
+    seen = [e.done for e in events if e.kind == "advance"]
     assert len(preds.paths) == preds.probs.shape[0] == seen[-1] and preds.skipped == []
     assert np.allclose(preds.probs.sum(1), 1)
 

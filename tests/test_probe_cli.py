@@ -36,7 +36,7 @@ def caches(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, regex in (("cnmc", None), ("generic", GENERIC_PATIENT_REGEX)):
         extract(base / name, base / f"{name}.h5", views=2, image_size=32, weights="none", device="cpu",
-                amp=False, workers=0, progress=False, patient_regex=regex)  # fmt: skip
+                amp=False, workers=0, patient_regex=regex)  # fmt: skip
         out[name] = base / f"{name}.h5"
     out["base"] = base
     return out
@@ -159,7 +159,7 @@ def test_probe_on_real_cells_without_patient_groups(tmp_path):
     from fastall.features.extract import extract
 
     extract(BCCD, tmp_path / "bccd.h5", views=1, image_size=32, weights="none", device="cpu", amp=False,
-            workers=0, progress=False)  # fmt: skip
+            workers=0)  # fmt: skip
     out = tmp_path / "probe"
     _invoke("probe", str(tmp_path / "bccd.h5"), "--out", str(out), "--folds", "2", "--no-mlp", "--no-map",
             "--draws", "2", "--device", "cpu")  # fmt: skip

@@ -122,16 +122,14 @@ def test_label_efficiency_curves_rise_and_say_where_they_reach_95_percent(one_th
 
 
 def _synth_cache(base, effect: float):
-    from fastall.data.cells import appearance
     from fastall.data.synth import GENERIC_PATIENT_REGEX, synthesize
     from fastall.features.cache import read_cache
     from fastall.features.extract import extract
 
-    look = appearance("black", "easy", None, effect)
     synthesize(base / "data", patients_per_class=6, images_per_patient=8, size=48, seed=5, prelim=False,
-               layout="generic", classes=2, look=look)  # fmt: skip
+               layout="generic", classes=2, patient_effect=effect)  # fmt: skip
     extract(base / "data", base / "cache.h5", views=1, image_size=32, weights="none", device="cpu", amp=False,
-            workers=0, progress=False, patient_regex=GENERIC_PATIENT_REGEX)  # fmt: skip
+            workers=0, patient_regex=GENERIC_PATIENT_REGEX)  # fmt: skip
     return read_cache(base / "cache.h5")
 
 

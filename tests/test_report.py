@@ -34,7 +34,7 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("report")
     synthesize(base / "data", patients_per_class=6, images_per_patient=4, size=48, seed=3, prelim=False)
     extract(base / "data", base / "cache.h5", views=2, image_size=32, weights="none", device="cpu",
-            amp=False, workers=0, progress=False)  # fmt: skip
+            amp=False, workers=0,)  # fmt: skip
     out = _invoke("train-head", str(base / "cache.h5"), "--out", str(base / "run"), "--folds", "3",
                   "--epochs", "3", "--device", "cpu").output  # fmt: skip
     return {"base": base, "data": base / "data", "cache": base / "cache.h5", "run": base / "run", "out": out}

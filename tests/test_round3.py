@@ -122,7 +122,7 @@ def test_safe_token_keeps_plain_names_and_separates_others():
 
 def test_compare_refuses_same_names_with_other_pixels(env, tmp_path):
     from fastall.features.cache import read_cache
-    from fastall.training.compare import check_same_dataset
+    from fastall.training.rank_backbones import check_same_dataset
 
     fc = read_cache(env.cache)
     other = _other_pixels_cache(Env(env.data, env.cache, env.run, tmp_path))

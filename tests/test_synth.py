@@ -172,8 +172,8 @@ def _pixels(root: Path, pattern: str = "**/*.bmp") -> np.ndarray:
 def test_light_and_smear_backgrounds(tmp_path):
     kwargs = {"patients_per_class": 2, "images_per_patient": 3, "size": 64, "prelim": False, "seed": 1}
     black = _pixels(synthesize(tmp_path / "b", **kwargs).root)
-    light = _pixels(synthesize(tmp_path / "l", look=appearance("light"), **kwargs).root)
-    smear = _pixels(synthesize(tmp_path / "s", look=appearance("smear"), **kwargs).root)
+    light = _pixels(synthesize(tmp_path / "l", background="light", **kwargs).root)
+    smear = _pixels(synthesize(tmp_path / "s", background="smear", **kwargs).root)
     ring = lambda a: np.concatenate([a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]], axis=1)  # noqa: E731
     assert ring(black).max() == 0
     assert ring(light).min(axis=(0, 1)).min() > 150 and light[:, 32, 32].mean() < ring(light).mean() - 40
@@ -216,7 +216,7 @@ def test_hard_narrows_the_margin_and_widens_patient_effects(tmp_path):
     kwargs = {"patients_per_class": 6, "images_per_patient": 3, "size": 48, "prelim": False}
     stats = {}
     for name in ("easy", "hard"):
-        s = synthesize(tmp_path / name, look=appearance(difficulty=name), **kwargs)
+        s = synthesize(tmp_path / name, difficulty=name, **kwargs)
         base = s.root / "training_data"
         area = {c: (_pixels(base, f"*/{c}/*.bmp").max(axis=3) > 0).mean(axis=(1, 2)) for c in ("hem", "all")}
         per_patient = defaultdict(list)

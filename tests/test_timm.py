@@ -38,7 +38,7 @@ def tree(tmp_path_factory):
 
 
 def _extract(data, out, **kwargs):
-    args = {"views": 1, "weights": "none", "device": "cpu", "workers": 0, "progress": False}
+    args = {"views": 1, "weights": "none", "device": "cpu", "workers": 0}
     return extract(data, out, **{**args, "precision": "fp32", **kwargs})
 
 

@@ -231,12 +231,12 @@ def test_existing_run_is_refused_unless_overwrite(cache, tmp_path):
 
 
 def test_failure_during_training_leaves_no_folder(cache, tmp_path, monkeypatch):
-    import fastall.training.run_files as run_files
+    import fastall.training.run_outputs as run_outputs
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_files, "write_predictions", boom)
+    monkeypatch.setattr(run_outputs, "write_run_predictions", boom)
     with pytest.raises(KeyboardInterrupt):
         _run(cache, tmp_path / "run", epochs=1)
     assert list(tmp_path.iterdir()) == []

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
+from fastall.system import openmp
+
+openmp.prefer_passive()  # before any command module imports torch
 # OpenCV (under pytorch-grad-cam) logs from C++, not through warnings: errors only.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
-from fastall.cli import (  # noqa: F401  (registers the commands)
+from fastall.cli import (  # noqa: E402, F401  (registers the commands; after the OpenMP policy)
     compare,
     data,
     demo,
@@ -21,7 +24,7 @@ from fastall.cli import (  # noqa: F401  (registers the commands)
     report,
     training,
 )
-from fastall.cli.group import cli
+from fastall.cli.group import cli  # noqa: E402
 
 __all__ = ["cli", "main"]
 

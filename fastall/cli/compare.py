@@ -6,11 +6,10 @@ from typing import Any
 
 import click
 
-from fastall.cli.group import cli, console, positive_option, wide_console
+from fastall.cli.group import cli, console, device_option, positive_option, wide_console
+from fastall.cli.options import apply
 from fastall.cli.training import (
-    DEVICE_HELP,
     PRESET_OPTION,
-    _apply,
     _split_options,
     head_options,
     preset_config,
@@ -19,7 +18,7 @@ from fastall.cli.training import (
 
 @cli.command(name="compare")
 @click.argument("caches", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
-@_apply(
+@apply(
     click.option(
         "--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Compare folder."
     ),
@@ -41,52 +40,39 @@ from fastall.cli.training import (
     ),
     click.option("--latency", is_flag=True, help="Also time each end-to-end model at batch 1 on --device."),
     click.option("--seed", type=int, default=0, show_default=True),
-    click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+    device_option,
     click.option("--overwrite", is_flag=True, help="Replace an existing compare folder."),
     positive_option,
 )
 def compare_cmd(
     caches: tuple[str, ...],
     out: str,
-    folds: int,
-    test: str,
-    holdout: float,
-    tta: bool,
     grid: str | None,
     resamples: int,
     latency: bool,
-    seed: int,
-    device: str,
     overwrite: bool,
     preset: str,
-    positive: str | None,
-    **head: Any,
+    **given: Any,
 ) -> None:
     """Rank backbones by caches of one dataset: the same patient-level folds and head, a paired bootstrap."""
+    from fastall.cli.render import rich_reporter
     from fastall.errors import FastallError
-    from fastall.reporting.compare import print_comparison
-    from fastall.training.compare import CompareOptions, add_costs, compare_caches
+    from fastall.reporting.backbone_table import print_comparison
     from fastall.training.config import TrainOptions
+    from fastall.training.rank_backbones import CompareOptions, add_costs, compare_caches
 
     if resamples < 100:
         raise FastallError(f"--resamples {resamples}: use at least 100")
-    config, protocol = preset_config(preset, head)
-    run = TrainOptions(
-        folds=folds,
-        test=test,
-        holdout=holdout,
-        tta=tta,
-        seed=seed,
-        device=device,
-        positive=positive,
-        **protocol,
-    )
+    config, protocol = preset_config(preset, given)  # the rest of ``given``: TrainOptions fields
+    run = TrainOptions(**given, **protocol)
     options = CompareOptions(run=run, sweep=grid, resamples=resamples)
-    result = compare_caches(caches, out, config=config, options=options, overwrite=overwrite, console=console)
+    reporter = rich_reporter(console)
+    result = compare_caches(
+        caches, out, config=config, options=options, overwrite=overwrite, reporter=reporter
+    )
     if latency:
         from fastall.inference.costs import run_costs
 
         runs = {e["name"]: result.out / e["run"] for e in result.backbones}
-        log = lambda msg: console.print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
-        add_costs(result, run_costs(runs, device=device, log=log))
+        add_costs(result, run_costs(runs, device=run.device, reporter=reporter))
     print_comparison(result.results, result.out, wide_console())

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from fastall.cli.group import _csv, cli, patients_option, positive_option, wide_console
+from fastall.cli.group import _csv, cli, console, patients_option, positive_option, wide_console
+from fastall.cli.options import apply, config_options
+from fastall.data.synth_config import SynthConfig
 
 
 @cli.command()
@@ -92,81 +96,14 @@ def scan(
 
 @cli.command()
 @click.argument("out", type=click.Path(path_type=str))
-@click.option("--patients-per-class", type=int, default=None)
-@click.option("--images-per-patient", type=int, default=None)
-@click.option("--size", type=int, default=450, show_default=True, help="Image side in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--testing", is_flag=True, help="Also write unlabelled testing_data.")
-@click.option("--like-manifest", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--max-per-patient", type=int, default=None)
-@click.option(
-    "--layout",
-    type=click.Choice(["cnmc", "generic"]),
-    default="cnmc",
-    show_default=True,
-    help="cnmc: the C-NMC 2019 tree; generic: OUT/class<k>/P<patient>_<image>.bmp.",
-)
-@click.option("--classes", type=int, default=2, show_default=True, help="Classes of a generic tree.")
-@click.option(
-    "--background",
-    type=click.Choice(["black", "light", "smear"]),
-    default="black",
-    show_default=True,
-    help="black (C-NMC), light (bright-field slide), smear (light, faint neighbouring red cells).",
-)
-@click.option(
-    "--difficulty",
-    type=click.Choice(["easy", "hard"]),
-    default="easy",
-    show_default=True,
-    help="easy: the demo's wide class margin; hard: margin 0.5, patient effects twice as large (about the "
-    "class effect).",
-)
-@click.option("--class-margin", type=float, default=None, help="Gap between classes, -1..1 [difficulty].")
-@click.option(
-    "--patient-effect", type=float, default=None, help="Spread of patient looks, 0..5 [difficulty]."
-)
-def synth(
-    out: str,
-    patients_per_class: int | None,
-    images_per_patient: int | None,
-    size: int,
-    seed: int,
-    testing: bool,
-    like_manifest: str | None,
-    max_per_patient: int | None,
-    layout: str,
-    classes: int,
-    background: str,
-    difficulty: str,
-    class_margin: float | None,
-    patient_effect: float | None,
-) -> None:
+@apply(*config_options(SynthConfig))
+def synth(out: str, **settings: Any) -> None:
     """Write a deterministic synthetic dataset: the C-NMC 2019 tree layout, or a generic K-class tree."""
-    from fastall.data.cells import appearance
+    from fastall.cli.render import rich_reporter
     from fastall.data.synth import synthesize
 
-    counts = {
-        key: value
-        for key, value in (
-            ("patients_per_class", patients_per_class),
-            ("images_per_patient", images_per_patient),
-        )
-        if value is not None
-    }
-    summary = synthesize(
-        out,
-        size=size,
-        seed=seed,
-        testing=testing,
-        like_manifest=like_manifest,
-        max_per_patient=max_per_patient,
-        layout=layout,
-        classes=classes,
-        look=appearance(background, difficulty, class_margin, patient_effect),
-        progress=True,
-        **counts,
-    )
+    summary = synthesize(out, SynthConfig.of(**settings), reporter=rich_reporter(console))
+    layout = summary.layout
     per = ", ".join(
         f"{s} " + " / ".join(f"{n[c]} {c}" for c in reversed(summary.class_names))
         for s, n in summary.per_source.items()

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from fastall.cli.group import cli, console, patients_option, positive_option, weights_path_option
+from fastall.cli.group import (
+    cli,
+    console,
+    device_option,
+    patients_option,
+    positive_option,
+    weights_path_option,
+)
+from fastall.cli.render import rich_reporter
 
 
 @cli.command(name="evaluate")
@@ -22,7 +32,7 @@ from fastall.cli.group import cli, console, patients_option, positive_option, we
 )
 @positive_option
 @patients_option
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@device_option
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @weights_path_option
 @click.option(
@@ -33,26 +43,11 @@ from fastall.cli.group import cli, console, patients_option, positive_option, we
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--no-report", is_flag=True, help="Skip report/index.html.")
-def evaluate_cmd(
-    run,
-    data,
-    out,
-    classes,
-    patient_regex,
-    threshold,
-    device,
-    batch_size,
-    weights_path,
-    cache,
-    overwrite,
-    no_report,
-    positive,
-    patients,
-) -> None:
+def evaluate_cmd(run: str, data: str, out: str, no_report: bool, **options: Any) -> None:
     """External validation: RUN's model on the labelled images of DATA (a dataset it never saw), with
     patient-bootstrap CIs, a threshold chosen on RUN's out-of-fold predictions, patient-level diagnosis and
     a domain-shift summary."""
-    from fastall.inference.evaluate import evaluate_run
+    from fastall.inference.evaluate import EvaluateOptions, evaluate_run
     from fastall.inference.shift import shift_line
     from fastall.reporting.patient_text import patient_line
 
@@ -60,18 +55,8 @@ def evaluate_cmd(
         run,
         data,
         out,
-        classes=classes,
-        patient_regex=patient_regex,
-        threshold=threshold,
-        device=device,
-        batch_size=batch_size,
-        weights_path=weights_path,
-        cache=cache,
-        overwrite=overwrite,
-        report=not no_report,
-        positive=positive,
-        patients=patients,
-        on_problem=lambda m: console.print(f"[yellow]skipped:[/] {m}", highlight=False),
+        EvaluateOptions(report=not no_report, **options),
+        reporter=rich_reporter(console),
     )
     r = ev.result
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731

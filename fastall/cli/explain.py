@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console, weights_path_option
+from fastall.cli.group import cli, console, device_option, weights_path_option
 
 
 @cli.command()
@@ -23,7 +23,7 @@ from fastall.cli.group import cli, console, weights_path_option
     show_default=True,
     help="The class whose evidence is mapped: predicted, or a class of the run (e.g. all, hem).",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@device_option
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option(
     "--data",
@@ -47,32 +47,23 @@ def explain(
 ) -> None:
     """Grad-CAM maps per image (files, or folders searched recursively): originals, overlays, raw maps,
     explain.csv and a self-contained index.html; RUN or model.pt."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from rich.text import Text
-
+    from fastall.cli.render import rich_reporter
     from fastall.inference.explain import cam_class, explain_paths, load_explainable, target_index
 
     cam_class(method)
     model = load_explainable(run, device=device, weights_path=weights_path)
     target_index(model, target)
-    with Progress(
-        "[bold]explain", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-    ) as bar:
-        task = bar.add_task("explain", total=None)
-        result = explain_paths(
-            model,
-            paths,
-            out,
-            method=method,
-            target=target,
-            batch_size=batch_size,
-            data=data,
-            overwrite=overwrite,
-            on_problem=lambda msg: bar.console.print(
-                Text.assemble(("skipped: ", "yellow"), msg), soft_wrap=True
-            ),
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+    result = explain_paths(
+        model,
+        paths,
+        out,
+        method=method,
+        target=target,
+        batch_size=batch_size,
+        data=data,
+        overwrite=overwrite,
+        reporter=rich_reporter(console),
+    )
     n, bad = len(result.rows), len(result.skipped)
     click.echo(f"{n} image{'s' * (n != 1)} explained ({method}) -> {out}/index.html, {out}/explain.csv")
     if bad:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fastall.cli.group import cli, console, weights_path_option
+from fastall.cli.render import rich_reporter
 from fastall.errors import FastallError
 
 
@@ -58,7 +59,7 @@ def export_cmd(
         images=images,
         data=data,
         weights_path=weights_path,
-        log=lambda msg: console.print(msg, highlight=False, soft_wrap=True),
+        reporter=rich_reporter(console),
     )
     n = choice["images"]
     checked = f", {choice['agreement']:.1%} agreement on {n} images" if n else ""
@@ -79,7 +80,7 @@ def _export_onnx(
         images=images,
         data=data,
         weights_path=weights_path,
-        log=lambda msg: console.print(msg, highlight=False, soft_wrap=True),
+        reporter=rich_reporter(console),
     )
     size = path.stat().st_size / 1e6
     click.echo(

@@ -8,12 +8,15 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 
 import click
 from rich.console import Console
 
 from fastall import __version__
 from fastall.errors import FastallError
+from fastall.system import faults
+from fastall.system.devices import DEVICE_RULE
 from fastall.system.files import describe_write_error, is_disk_full
 
 REDIRECTED_WIDTH = 1000
@@ -49,6 +52,8 @@ dist_timeout_option = click.option(
     show_default=True,
     help="Seconds a rank waits for an unresponsive other rank before stopping.",
 )
+
+device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_RULE)
 
 positive_option = click.option(
     "--positive",
@@ -177,17 +182,25 @@ def _csv(value: str | None) -> tuple[str, ...]:
 @click.pass_context
 def cli(ctx: click.Context, max_pixels: int | None) -> None:
     """fastall: the frozen-ResNet-50 C-NMC 2019 leukemia classifier, trained from a feature cache."""
+    hook = faults.env_hook()  # fault tests only: a FASTALL_TEST_* variable names the step
+    if hook is not None:
+        ctx.with_resource(faults.installed(hook))
     if max_pixels is not None:
         from fastall.data import images
 
-        before = os.environ.get(images.MAX_PIXELS_ENV)
-        images.set_max_pixels(max_pixels)
-        ctx.call_on_close(lambda: _restore_max_pixels(before))
+        ctx.with_resource(images.pixel_limit(max_pixels))
+        ctx.with_resource(_exported(images.MAX_PIXELS_ENV, str(max_pixels)))
 
 
-def _restore_max_pixels(before: str | None) -> None:
-    from fastall.data import images
-
-    images.set_max_pixels(None)
-    if before is not None:
-        os.environ[images.MAX_PIXELS_ENV] = before
+@contextlib.contextmanager
+def _exported(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the command (processes it starts see it), then as before."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before

@@ -7,15 +7,18 @@ from typing import Any
 import click
 
 from fastall.cli.group import (
-    _csv,
     cli,
     console,
+    device_option,
     dist_timeout_option,
     distributed_option,
     weights_path_option,
     wide_console,
 )
+from fastall.cli.options import apply, config_options
+from fastall.cli.render import rich_reporter
 from fastall.errors import FastallError
+from fastall.inference.bench_config import BenchConfig
 
 
 @cli.command()
@@ -27,7 +30,7 @@ from fastall.errors import FastallError
     show_default=True,
     help="Images to check (both classes).",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@device_option
 @click.option(
     "--cache",
     default=None,
@@ -89,100 +92,18 @@ def verify(
 
 
 @cli.command()
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option(
-    "--batch-sizes", default=None, help="Throughput batch sizes [1,8,32 on CPU; 1,8,32,256 on GPU]."
+@apply(
+    *config_options(BenchConfig, {"device": device_option}),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
-    default="fp32",
-    show_default=True,
-    help="auto: bf16 where the device computes it natively, else fp32; int8: CPU only, calibrated on the "
-    "benchmark images.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="CPU threads for torch, at most the usable cores [all of them].",
-)
-@click.option(
-    "--run",
-    default=None,
-    type=click.Path(path_type=str),
-    help="A trained run [a random-init backbone and a random head, timing only].",
-)
-@click.option("--images", type=int, default=32, show_default=True, help="Synthetic 450x450 BMP files.")
-@click.option(
-    "--image-size",
-    type=click.IntRange(32, 2048),
-    default=None,
-    help="Without --run [the backbone's own size: 224].",
-)
-@click.option(
-    "--backbone",
-    default="resnet50",
-    show_default=True,
-    help="Without --run: the random-init backbone to time (resnet18 ... vit_b_16, dinobloom-s, timm:NAME).",
-)
-@click.option("--iters", type=int, default=20, show_default=True, help="Timed batch-1 calls.")
-@click.option("--workers", type=int, default=None, help="Decoding processes [0 on CPU, most cores on GPU].")
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "eager", "jit", "compile"]),
-    default="auto",
-    show_default=True,
-    help="CPU: jit (TorchScript freeze, oneDNN fusion; auto), compile (torch.compile, inductor) or eager.",
-)
-@click.option(
-    "--onnx",
-    default=None,
-    type=click.Path(dir_okay=False, path_type=str),
-    help="Also time this ONNX model (from `fastall export --format onnx`) with ONNX Runtime.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def bench(
-    device: str,
-    batch_sizes: str | None,
-    precision: str,
-    threads: int | None,
-    run: str | None,
-    images: int,
-    image_size: int | None,
-    backbone: str,
-    iters: int,
-    workers: int | None,
-    backend: str,
-    onnx: str | None,
-    as_json: bool,
-) -> None:
+def bench(as_json: bool, **settings: Any) -> None:
     """Latency (p50/p90/p99, batch 1) and throughput, end-to-end from files and model-only."""
     import json
 
+    from fastall.cli.render import rich_reporter
     from fastall.inference.bench import render, run_bench
 
-    try:
-        sizes = None if batch_sizes is None else [int(v) for v in _csv(batch_sizes)]
-    except ValueError:
-        raise FastallError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
-    if (sizes is not None and (not sizes or min(sizes) < 1)) or images < 1 or iters < 1:
-        raise FastallError("--batch-sizes, --images and --iters must be positive")
-    result = run_bench(
-        device=device,
-        batch_sizes=sizes,
-        precision=precision,
-        threads=threads,
-        run=run,
-        images=images,
-        image_size=image_size,
-        backbone=backbone,
-        iters=iters,
-        workers=workers,
-        backend=backend,
-        onnx=onnx,
-        log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False),
-    )
+    result = run_bench(BenchConfig.of(**settings), reporter=rich_reporter(console))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -204,7 +125,7 @@ def bench(
 @click.argument("run", type=click.Path(path_type=str))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Predictions CSV.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@device_option
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option(
     "--tta",
@@ -244,23 +165,18 @@ def predict(
     paths: tuple[str, ...],
     out: str,
     device: str,
-    batch_size: int,
-    tta: int,
     precision: str | None,
     backend: str,
-    skip_bad: bool,
-    workers: int | None,
     weights_path: str | None,
     distributed: bool | None,
     dist_timeout: float,
+    **batching: Any,
 ) -> None:
     """A probability and a label per image (files, or folders searched recursively); RUN or model.pt.
 
     Under `torchrun --nproc_per_node N -m fastall predict ...` every process predicts a share of the files
     and rank 0 writes the one CSV.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from rich.text import Text
 
     from fastall.inference.artifacts import load_for_inference
     from fastall.inference.ood import ood_line, training_radius
@@ -277,32 +193,17 @@ def predict(
 
     model = load(device) if env is None else None
     radius, why = training_radius(run)
-    with Progress(
-        "[bold]predict",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=env is not None and not env.is_main,
-    ) as bar:
-        task = bar.add_task("predict", total=None)
-        options = dict(
-            batch_size=batch_size,
-            tta=tta,
-            skip_bad=skip_bad,
-            workers=workers,
-            on_problem=lambda msg: bar.console.print(
-                Text.assemble(("skipped: ", "yellow"), msg), soft_wrap=True
-            ),
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-            radius=radius,
-        )
-        if env is None:
-            preds = predict_paths(model, paths, **options)
-        else:
-            from fastall.inference.distributed import predict_distributed
+    options = dict(
+        **batching,  # batch_size, tta, skip_bad, workers
+        reporter=rich_reporter(console, progress=env is None or env.is_main),
+        radius=radius,
+    )
+    if env is None:
+        preds = predict_paths(model, paths, **options)
+    else:
+        from fastall.inference.sharded import predict_distributed
 
-            preds = predict_distributed(env, load, paths, out, device=device, timeout=dist_timeout, **options)
+        preds = predict_distributed(env, load, paths, out, device=device, timeout=dist_timeout, **options)
     if preds is None:
         return
     sidecar = write_predictions(preds, out)

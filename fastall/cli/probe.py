@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console, positive_option
-from fastall.cli.training import DEVICE_HELP, _apply, _split_options
+from fastall.cli.group import cli, console, device_option, positive_option
+from fastall.cli.options import apply
+from fastall.cli.training import _split_options
 
 
 def _ks(value: str) -> tuple[int, ...]:
@@ -22,13 +23,13 @@ def _ks(value: str) -> tuple[int, ...]:
 
 @cli.command(name="probe")
 @click.argument("cache", type=click.Path(dir_okay=False, path_type=str))
-@_apply(
+@apply(
     click.option(
         "--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Probe folder."
     ),
     *_split_options("Test set (as train-head): whole patients held out, the C-NMC prelim set, or none."),
     click.option("--seed", type=int, default=0, show_default=True, help="Splits and draws (as train-head)."),
-    click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+    device_option,
     click.option("--ks", default="1,5,20,50", show_default=True, help="kNN neighbour counts."),
     click.option(
         "--temperature", type=click.FloatRange(min=1e-4), default=0.07, show_default=True,
@@ -56,8 +57,9 @@ def _ks(value: str) -> tuple[int, ...]:
 def probe_cmd(cache: str, out: str, ks: str, **options) -> None:
     """Linear, kNN and MLP probes, label-efficiency curves, the batch-effect score and an embedding map, on
     the same patient-level folds as train-head."""
+    from fastall.cli.render import rich_reporter
+    from fastall.reporting.probe_table import print_probe
     from fastall.training.protocols.run import ProbeOptions, probe
-    from fastall.training.protocols.summary import print_probe
 
-    result = probe(cache, out, ProbeOptions(ks=_ks(ks), console=console, **options))
-    print_probe(result, console)
+    result = probe(cache, out, ProbeOptions(ks=_ks(ks), **options), reporter=rich_reporter(console))
+    print_probe(result.record, result.out, console, result.report)

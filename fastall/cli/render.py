@@ -30,13 +30,20 @@ class _Rate(ProgressColumn):
 class RichSink:
     """Draws events: a ``warning`` in yellow, ``info`` as a plain line, each task as a bar (``progress``)."""
 
-    def __init__(self, console: Console, progress: bool = True) -> None:
-        self.console, self.progress = console, progress
+    def __init__(self, console: Console, progress: bool = True, warnings: bool = True) -> None:
+        self.console, self.progress, self.warnings = console, progress, warnings
         self.bars: dict[str, tuple[Progress, Any]] = {}
 
     def __call__(self, event: Event) -> None:
+        if event.kind == "warning" and not self.warnings:
+            return
         if event.kind == "warning":
-            self.console.print(f"[yellow]Warning:[/] {event.text}", highlight=False, soft_wrap=True)
+            label = "skipped:" if event.code == "skipped" else "Warning:"
+            self.console.print(
+                Text.assemble((label, "yellow"), " ", event.text), highlight=False, soft_wrap=True
+            )
+        elif event.kind == "info" and event.code == "stage":
+            self.console.rule(Text(event.text, style="bold"))
         elif event.kind == "info":
             self.console.print(event.text, highlight=False, soft_wrap=True, markup=False)
         elif not self.progress:
@@ -65,6 +72,7 @@ class RichSink:
         self.bars[event.task] = (bar, task)
 
 
-def rich_reporter(console: Console, progress: bool = True) -> Reporter:
-    """The reporter every CLI command hands to the library."""
-    return Reporter(RichSink(console, progress))
+def rich_reporter(console: Console, progress: bool = True, warnings: bool = True) -> Reporter:
+    """The reporter every CLI command hands to the library (``warnings=False``: the command prints the
+    warnings itself, from the records, in its summary)."""
+    return Reporter(RichSink(console, progress, warnings))

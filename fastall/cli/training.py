@@ -7,25 +7,15 @@ from typing import Any
 
 import click
 
-from fastall.cli.group import cli, console, positive_option, results
+from fastall.cli.group import cli, console, device_option, positive_option, results
+from fastall.cli.options import apply
+from fastall.cli.render import rich_reporter
+from fastall.system.settings import HParam, hparams_of
 from fastall.training.config import HeadConfig, TrainOptions
 from fastall.training.grid import grid_help
-from fastall.training.hparams import HParam, hparams_of
 from fastall.training.presets import DEFAULT_PRESET, PRESETS
 
 TEST_CHOICES = click.Choice(["holdout", "prelim", "none"])
-DEVICE_HELP = "auto, cpu, cuda or cuda:N."
-
-
-def _apply(*decorators: Callable) -> Callable:
-    """Apply click decorators so that the options list in the order given."""
-
-    def wrap(fn: Callable) -> Callable:
-        for deco in reversed(decorators):
-            fn = deco(fn)
-        return fn
-
-    return wrap
 
 
 class _Optional(click.ParamType):
@@ -100,7 +90,7 @@ def _split_options(test_help: str) -> list[Callable]:
 def _device_options(what: str) -> list[Callable]:
     return [
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+        device_option,
         click.option("--overwrite", is_flag=True, help=f"Replace an existing {what} folder."),
         click.option(
             "--report/--no-report",
@@ -113,7 +103,7 @@ def _device_options(what: str) -> list[Callable]:
 
 @cli.command(name="train-head")
 @click.argument("cache", type=click.Path(dir_okay=False, path_type=str))
-@_apply(
+@apply(
     click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Run folder."),
     *_split_options("Test set: whole patients held out, the C-NMC prelim set, or none."),
     *head_options(),
@@ -180,55 +170,21 @@ def _device_options(what: str) -> list[Callable]:
     ),
     positive_option,
 )
-def train_head_cmd(
-    cache: str,
-    out: str,
-    folds: int,
-    test: str,
-    holdout: float,
-    tta: bool,
-    seed: int,
-    device: str,
-    overwrite: bool,
-    report: bool,
-    dedupe: bool,
-    preset: str,
-    tune: str | None,
-    probe: bool,
-    precision: str,
-    positive: str | None,
-    **head: Any,
-) -> None:
+def train_head_cmd(cache: str, out: str, preset: str, **given: Any) -> None:
     """Patient-level k-fold CV of the head from the feature cache, with test metrics and the linear-probe
     baseline, in seconds."""
-    from fastall.training.train_head import print_run_summary, train_head
+    from fastall.reporting.tables import print_run
+    from fastall.training.train_head import train_head
 
-    config, protocol = preset_config(preset, head)
-
-    options = TrainOptions(
-        folds=folds,
-        test=test,
-        holdout=holdout,
-        tta=tta,
-        seed=seed,
-        device=device,
-        overwrite=overwrite,
-        report=report,
-        console=console,
-        dedupe=dedupe,
-        tune=tune,
-        probe=probe,
-        precision=precision,
-        positive=positive,
-        **protocol,
-    )
-    result = train_head(cache, out, config, options)
-    print_run_summary(result, results)
+    config, protocol = preset_config(preset, given)  # the rest of ``given``: TrainOptions fields
+    options = TrainOptions(**given, **protocol)
+    result = train_head(cache, out, config, options, reporter=rich_reporter(console, warnings=False))
+    print_run(result.metrics, result.out, results, result.report)
 
 
 @cli.command(name="sweep")
 @click.argument("cache", type=click.Path(dir_okay=False, path_type=str))
-@_apply(
+@apply(
     click.option(
         "--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Sweep folder."
     ),
@@ -263,40 +219,18 @@ def train_head_cmd(
     positive_option,
 )
 def sweep_cmd(
-    cache: str,
-    out: str,
-    grid: str | None,
-    random_n: int | None,
-    folds: int,
-    metric: str,
-    test: str,
-    holdout: float,
-    seed: int,
-    device: str,
-    overwrite: bool,
-    report: bool,
-    preset: str,
-    probe: bool,
-    positive: str | None,
+    cache: str, out: str, grid: str | None, random_n: int | None, metric: str, preset: str, **given: Any
 ) -> None:
     """Train many head configurations on the same patient-level folds at once, ranked by a metric, beside
     the linear probe on the same folds."""
+    from fastall.reporting.tables import print_sweep
     from fastall.training.presets import apply_preset
-    from fastall.training.sweep import print_sweep, sweep
+    from fastall.training.sweep import sweep
 
     base, protocol = apply_preset(preset, {}, {})
-    options = TrainOptions(
-        folds=folds,
-        test=test,
-        holdout=holdout,
-        seed=seed,
-        device=device,
-        overwrite=overwrite,
-        report=report,
-        console=console,
-        probe=probe,
-        positive=positive,
-        **protocol,
+    options = TrainOptions(**given, **protocol)  # given: TrainOptions fields
+    reporter = rich_reporter(console)
+    result = sweep(
+        cache, out, grid=grid, random=random_n, metric=metric, options=options, base=base, reporter=reporter
     )
-    result = sweep(cache, out, grid=grid, random=random_n, metric=metric, options=options, base=base)
-    print_sweep(result, results)
+    print_sweep(result.results, result.out, results, result.report)

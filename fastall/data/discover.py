@@ -125,7 +125,7 @@ def compile_patient_regex(pattern: str | None) -> re.Pattern | None:
     try:
         regex = re.compile(pattern)
     except re.error as err:
-        raise FastallError(f"invalid --patient-regex {pattern!r}: {err}") from None
+        raise FastallError(f"invalid --patient-regex {pattern!r}: {err}") from err
     if regex.groups != 1:
         raise FastallError(
             f"--patient-regex {pattern!r} must have exactly one capture group, has {regex.groups}"

@@ -15,7 +15,10 @@ import errno
 import io
 import os
 import struct
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,30 +45,35 @@ _RAW_BYTES = {
 
 _max_pixels: int | None = None
 _BMP_HEADERS = (40, 52, 56, 108, 124)  # BITMAPINFOHEADER and its extensions (V2, V3, V4, V5)
-
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_open_lock = threading.Lock()
 
 
 class BadImageError(FastallError):
     """A file that cannot be decoded; the message names the file and the problem on one line."""
 
 
-def set_max_pixels(limit: int | None) -> None:
-    """Set the decompression-bomb limit (pixels per image); None returns to the env var or the default.
-
-    Also exported as ``FASTALL_MAX_PIXELS`` so that decoding worker processes see the same limit."""
+@contextmanager
+def pixel_limit(limit: int | None) -> Iterator[int]:
+    """Decode under ``limit`` pixels per image inside the block (None: ``$FASTALL_MAX_PIXELS`` or the
+    default); yields the limit in force. Pillow's own bomb limit is raised to match while inside, and both
+    return to what they were on exit. Decoding worker processes that are forked inherit it; the CLI also
+    exports ``FASTALL_MAX_PIXELS`` for any other process it starts."""
     global _max_pixels
     if limit is not None and limit <= 0:
         raise FastallError(f"max pixels must be positive, got {limit}")
+    before, pillow_before = _max_pixels, Image.MAX_IMAGE_PIXELS
     _max_pixels = limit
-    if limit is None:
-        os.environ.pop(MAX_PIXELS_ENV, None)
-    else:
-        os.environ[MAX_PIXELS_ENV] = str(limit)
+    try:
+        in_force = get_max_pixels()
+        if pillow_before is not None and in_force > pillow_before:
+            Image.MAX_IMAGE_PIXELS = in_force
+        yield in_force
+    finally:
+        _max_pixels, Image.MAX_IMAGE_PIXELS = before, pillow_before
 
 
 def get_max_pixels() -> int:
-    """The limit in force: ``set_max_pixels``, else ``$FASTALL_MAX_PIXELS``, else 16,777,216 (4096 x 4096)."""
+    """The limit in force: ``pixel_limit``, else ``$FASTALL_MAX_PIXELS``, else 16,777,216 (4096 x 4096)."""
     if _max_pixels is not None:
         return _max_pixels
     raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
@@ -109,12 +117,12 @@ def _open_bytes(path: Path):
         raise _fail(path, "permission denied (cannot read the file)") from None
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise _fail(path, "symlink loop") from None
+            raise _fail(path, "symlink loop") from err
         if (err.strerror or "").startswith("a folder"):
-            raise _fail(path, "is a folder, not an image") from None
+            raise _fail(path, "is a folder, not an image") from err
         if err.errno == errno.EINVAL and err.strerror:
-            raise _fail(path, f"is {err.strerror}") from None
-        raise _fail(path, f"cannot open ({err.strerror or err})") from None
+            raise _fail(path, f"is {err.strerror}") from err
+        raise _fail(path, f"cannot open ({err.strerror or err})") from err
 
 
 def _check_size(path: Path, w: int, h: int, mode: str, limit: int) -> None:
@@ -152,7 +160,7 @@ def read_image_file(path: str | Path) -> tuple[bytes, os.stat_result]:
         try:
             return fh.read(), st
         except OSError as err:
-            raise _fail(path, f"cannot read ({err.strerror or err})") from None
+            raise _fail(path, f"cannot read ({err.strerror or err})") from err
 
 
 def decode_image(path: str | Path) -> torch.Tensor:
@@ -167,25 +175,45 @@ def decode_bytes(data: bytes, path: str | Path) -> torch.Tensor:
     """:func:`decode_image` of a file's content already read (``path`` names it in messages)."""
     path = Path(path)
     limit = get_max_pixels()
-    Image.MAX_IMAGE_PIXELS = None  # fastall's own limit (_check_size) applies, before any pixel is decoded
     try:
         fast = bmp_pixels(data)
         if fast is not None:
             _check_size(path, fast.shape[1], fast.shape[0], "RGB", limit)
             return torch.from_numpy(fast.transpose(2, 0, 1).copy())
-        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+        with _pillow_open(data) as im:
             _check_size(path, *im.size, im.mode, limit)
             im.load()
             arr = _to_rgb(_oriented(im))
     except BadImageError:
         raise
+    except Image.DecompressionBombError:
+        raise _fail(path, _over_pillow(limit)) from None
     except UnidentifiedImageError:
         raise _fail(path, f"not an image fastall reads (a {FORMAT_NAMES} file)") from None
     except (OSError, SyntaxError, EOFError) as err:
-        raise _fail(path, f"truncated or corrupt image ({err})") from None
+        raise _fail(path, f"truncated or corrupt image ({err})") from err
     except Exception as err:  # Pillow plug-ins raise many types on bad input
-        raise _fail(path, f"cannot decode ({type(err).__name__}: {err})") from None
+        raise _fail(path, f"cannot decode ({type(err).__name__}: {err})") from err
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+def _over_pillow(limit: int) -> str:
+    """The message for an image that Pillow's own bomb check refused at open (over twice its limit)."""
+    pillow = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    hint = f"raise it with `fastall --max-pixels N` or {MAX_PIXELS_ENV}=N"
+    if pillow < limit:
+        return (
+            f"over {pillow:,} pixels, Pillow's own decompression-bomb limit; {hint} (it raises Pillow's too)"
+        )
+    return f"over {pillow:,} pixels, over the limit of {limit:,} (fastall's decompression-bomb guard); {hint}"
+
+
+def _pillow_open(data: bytes) -> Image.Image:
+    """Pillow's image of ``data`` (header only, no pixel yet), without Pillow's bomb warning: fastall's own
+    limit (``_check_size``) applies before any pixel is decoded. The warnings filter is scoped to the call."""
+    with _open_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=FORMATS)
 
 
 def bmp_pixels(data: bytes) -> np.ndarray | None:

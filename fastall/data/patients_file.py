@@ -27,10 +27,10 @@ def read_patients(path: str | Path) -> dict[str, str]:
     try:
         rows = read_table(path, COLUMNS)
     except MissingColumns as err:
-        raise FastallError(f"--patients {path}: {err}; expected path,patient") from None
+        raise FastallError(f"--patients {path}: {err}; expected path,patient") from err
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-        raise FastallError(f"--patients {path}: cannot read it ({reason})") from None
+        raise FastallError(f"--patients {path}: cannot read it ({reason})") from err
     out: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
         rel, patient = row.get("path", ""), row.get("patient", "")

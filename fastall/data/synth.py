@@ -21,8 +21,10 @@ import shutil
 import time
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,17 +39,16 @@ from fastall.data.cells import (
     typicality_ranges,
 )
 from fastall.data.discover import CNMC_CLASSES, PRELIM_CSV, PRELIM_DIR, TESTING_DIR, parse_cnmc_name
+from fastall.data.synth_config import SynthConfig
 from fastall.errors import FastallError
-from fastall.system.seeds import check_seed
+from fastall.system.events import Reporter, silent
 
 _bmp_bytes = bmp_bytes  # the name tests/bad_inputs.py imports
 
 TREE = "C-NMC_Leukemia"
 _MANIFEST_LINE = re.compile(r"training_data/(fold_\d+)/(all|hem)/([^/]+)")
 _PIXELS_PER_BATCH = 1_500_000
-LAYOUTS = ("cnmc", "generic")
 GENERIC_PATIENT_REGEX = r"^(P\d+)_"
-MAX_CLASSES = 20
 
 
 @dataclass(frozen=True)
@@ -81,52 +82,38 @@ class SynthSummary:
 
 
 def synthesize(
-    out: str | Path,
-    *,
-    patients_per_class: int = 10,
-    images_per_patient: int = 12,
-    size: int = 450,
-    seed: int = 0,
-    prelim: bool | None = None,
-    testing: bool = False,
-    like_manifest: str | Path | None = None,
-    max_per_patient: int | None = None,
-    layout: str = "cnmc",
-    classes: int = 2,
-    look: Appearance | None = None,
-    progress: bool = False,
-    overwrite: bool = False,
+    out: str | Path, config: SynthConfig | None = None, *, reporter: Reporter | None = None, **settings: Any
 ) -> SynthSummary:
     """Write a synthetic tree (``out/C-NMC_Leukemia``, or ``out`` itself for ``layout="generic"``).
 
-    The number of images per patient varies around ``images_per_patient`` (half to one and a half times).
-    ``like_manifest`` reproduces the training names of a manifest (lines like
-    ``training_data/fold_0/all/UID_11_10_1_all.bmp``), keeping the first ``max_per_patient`` of each
-    patient if given. ``prelim`` (None: on, unless ``like_manifest``) adds the prelim-phase folder and labels
-    CSV; ``testing`` the unlabelled final-phase folder. A generic tree has ``classes`` class folders.
-    ``look`` (:func:`appearance`) sets background and difficulty. Byte-identical output for equal arguments.
+    ``config``: every setting (:class:`~fastall.data.synth_config.SynthConfig`); ``settings``: fields of it by
+    name, on top (``synthesize(out, size=64, layout="generic")``). The number of images per patient varies
+    around ``images_per_patient`` (half to one and a half times). ``like_manifest`` reproduces the training
+    names of a manifest (lines like ``training_data/fold_0/all/UID_11_10_1_all.bmp``), keeping the first
+    ``max_per_patient`` of each patient if given. ``prelim`` (None: on, unless ``like_manifest``) adds the
+    prelim-phase folder and labels CSV; ``testing`` the unlabelled final-phase folder. A generic tree has
+    ``classes`` class folders. Byte-identical output for equal settings. Progress: the ``synthesising`` task
+    of ``reporter`` (silent by default).
     """
+    cfg = SynthConfig.of(config, **settings)
     start = time.perf_counter()
-    look = look or Appearance()
-    _validate(patients_per_class, images_per_patient, size, max_per_patient)
-    check_seed(seed)
-    _check_layout(layout, classes, testing, like_manifest, prelim)
-    generic = layout == "generic"
-    names = _class_names(classes) if generic else list(CNMC_CLASSES)
-    prelim = False if generic else (like_manifest is None if prelim is None else prelim)
+    look, seed, images_per_patient = cfg.look, cfg.seed, cfg.images_per_patient
+    generic = cfg.layout == "generic"
+    names = _class_names(cfg.classes) if generic else list(CNMC_CLASSES)
+    prelim = False if generic else (cfg.like_manifest is None if cfg.prelim is None else cfg.prelim)
     root = Path(out) if generic else Path(out) / TREE
-    _clear(root, names if generic else None, overwrite)
+    _clear(root, names if generic else None, cfg.overwrite)
     rng = np.random.default_rng([seed, 1])
     if generic:
-        items = _generic_items(rng, seed, names, patients_per_class, images_per_patient)
-    elif like_manifest is not None:
-        items = _manifest_items(Path(like_manifest))
+        items = _generic_items(rng, seed, names, cfg.patients_per_class, images_per_patient)
+    elif cfg.like_manifest is not None:
+        items = _manifest_items(Path(cfg.like_manifest))
     else:
-        items = _training_items(rng, seed, patients_per_class, images_per_patient)
-    if max_per_patient is not None:
+        items = _training_items(rng, seed, cfg.patients_per_class, images_per_patient)
+    if cfg.max_per_patient is not None:
         kept: Counter[str] = Counter()
-        items = [it for it in items if (kept.update([it.patient]) or kept[it.patient] <= max_per_patient)]
-    extra_patients = max(1, round(0.3 * patients_per_class))
+        items = [it for it in items if (kept.update([it.patient]) or kept[it.patient] <= cfg.max_per_patient)]
+    extra_patients = max(1, round(0.3 * cfg.patients_per_class))
     next_number = _next_numbers(items) if not generic else {}
     testing_labels: dict[str, int] = {}
     if prelim:
@@ -135,14 +122,15 @@ def synthesize(
         )
         items += prelim_items
         _write_prelim_csv(root, prelim_items)
-    if testing:
+    if cfg.testing:
         test_items = _extra_items(
             rng, seed, extra_patients, images_per_patient, next_number, "testing", TESTING_DIR
         )
         items += test_items
         testing_labels = {it.file: CNMC_CLASSES.index(it.cls) for it in test_items}
     ranges = dict(zip(names, typicality_ranges(len(names), look.class_margin), strict=True))
-    _render_all(root, items, size, seed, progress, look, ranges)
+    with (reporter or silent()).task("synthesising", len(items), unit="img", transient=True) as advance:
+        _render_all(root, items, cfg.size, seed, advance, look, ranges)
     per_source: dict[str, dict[str, int]] = defaultdict(lambda: {c: 0 for c in names})
     patients: dict[str, set[str]] = defaultdict(set)
     for it in items:
@@ -154,45 +142,15 @@ def synthesize(
         patients=sum(len(p) for p in patients.values()),
         patients_per_class={c: len(patients[c]) for c in names},
         per_source=dict(sorted(per_source.items())),
-        size=size,
+        size=cfg.size,
         seed=seed,
         seconds=time.perf_counter() - start,
         testing_labels=testing_labels,
-        layout=layout,
+        layout=cfg.layout,
         class_names=names,
         appearance=look,
         patient_regex=GENERIC_PATIENT_REGEX if generic else None,
     )
-
-
-def _validate(
-    patients_per_class: int, images_per_patient: int, size: int, max_per_patient: int | None
-) -> None:
-    if patients_per_class < 1:
-        raise FastallError(f"patients per class must be at least 1, got {patients_per_class}")
-    if images_per_patient < 1:
-        raise FastallError(f"images per patient must be at least 1, got {images_per_patient}")
-    if not 8 <= size <= 4096:
-        raise FastallError(f"image size must be between 8 and 4096 pixels, got {size}")
-    if max_per_patient is not None and max_per_patient < 1:
-        raise FastallError(f"max per patient must be at least 1, got {max_per_patient}")
-
-
-def _check_layout(
-    layout: str, classes: int, testing: bool, like_manifest: str | Path | None, prelim: bool | None
-) -> None:
-    if layout not in LAYOUTS:
-        raise FastallError(f"layout {layout!r}: use {' or '.join(LAYOUTS)}")
-    if layout == "cnmc":
-        if classes != 2:
-            raise FastallError(f"the C-NMC layout has 2 classes, got {classes} (use --layout generic)")
-        return
-    if not 2 <= classes <= MAX_CLASSES:
-        raise FastallError(f"classes must be between 2 and {MAX_CLASSES}, got {classes}")
-    unsupported = [(testing, "--testing"), (like_manifest is not None, "--like-manifest"), (prelim, "prelim")]
-    for used, name in unsupported:
-        if used:
-            raise FastallError(f"{name} needs the C-NMC layout (--layout cnmc)")
 
 
 def _class_names(classes: int) -> list[str]:
@@ -330,7 +288,7 @@ def _render_all(
     items: list[_Item],
     size: int,
     seed: int,
-    progress: bool,
+    advance: Callable[[int], None],
     look: Appearance,
     ranges: dict[str, tuple[float, float]],
 ) -> None:
@@ -340,29 +298,16 @@ def _render_all(
     for folder in sorted({it.folder for it in items}):
         (root / folder).mkdir(parents=True, exist_ok=True)
     batch = max(1, _PIXELS_PER_BATCH // (size * size))
-    bar = None
-    if progress:
-        from rich.console import Console
-        from rich.progress import Progress
-
-        bar = Progress(transient=True, console=Console(stderr=True))
-        bar.start()
-        task = bar.add_task("synthesising", total=len(items))
-    try:
-        for patient, its in by_patient.items():
-            prng = np.random.default_rng(_seed_of(seed, 3, patient))
-            cells = patient_look(prng, ranges[its[0].cls], look.patient_effect)
-            bg_rng = np.random.default_rng(_seed_of(seed, 4, patient))
-            slide = slide_colour(bg_rng, look.patient_effect) if look.background != "black" else None
-            for lo in range(0, len(its), batch):
-                chunk = its[lo : lo + batch]
-                params = image_params(prng, cells, len(chunk))
-                params.update(background_params(bg_rng, look.background, slide, len(chunk)))
-                images = render(params, size, prng)
-                for it, img in zip(chunk, images, strict=True):
-                    (root / it.folder / it.file).write_bytes(bmp_bytes(img))
-                if bar is not None:
-                    bar.advance(task, len(chunk))
-    finally:
-        if bar is not None:
-            bar.stop()
+    for patient, its in by_patient.items():
+        prng = np.random.default_rng(_seed_of(seed, 3, patient))
+        cells = patient_look(prng, ranges[its[0].cls], look.patient_effect)
+        bg_rng = np.random.default_rng(_seed_of(seed, 4, patient))
+        slide = slide_colour(bg_rng, look.patient_effect) if look.background != "black" else None
+        for lo in range(0, len(its), batch):
+            chunk = its[lo : lo + batch]
+            params = image_params(prng, cells, len(chunk))
+            params.update(background_params(bg_rng, look.background, slide, len(chunk)))
+            images = render(params, size, prng)
+            for it, img in zip(chunk, images, strict=True):
+                (root / it.folder / it.file).write_bytes(bmp_bytes(img))
+            advance(len(chunk))

@@ -22,10 +22,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fastall.errors import FastallError
-from fastall.features.viewparams import FILL_EDGE, FILL_REFLECT, IDENTITY, VIEW_PARAM_NAMES
+from fastall.viewparams import (
+    ERASE_VALUE,
+    FILL_EDGE,
+    FILL_REFLECT,
+    IDENTITY,
+    VIEW_PARAM_NAMES,
+)
 
 FILLS = ("auto", "black", "reflect", "edge", "median")
 FILL_FORMS = "auto, black, reflect, edge, median or constant:R,G,B (each 0-255, e.g. constant:235,230,240)"
@@ -46,7 +51,7 @@ AUGMENT_CONFIG: dict = {
     "erase_p": 0.1,
     "erase_scale": [0.02, 0.33],
     "erase_ratio": [0.3, 3.3],
-    "erase_value": 0.0,
+    "erase_value": ERASE_VALUE,
     "fill": "per image in view_params (fill, fill_r, fill_g, fill_b) from --fill (key_params fill)",
     "auto_fill": {
         "black_if": f"at least {BLACK_SHARE:.0%} of the 1-px border has every channel <= {BLACK_LEVEL}",
@@ -57,7 +62,6 @@ AUGMENT_CONFIG: dict = {
 }
 
 _P = {name: i for i, name in enumerate(VIEW_PARAM_NAMES)}
-_GRAY = (0.2989, 0.587, 0.114)
 
 
 def _draw_one(rng: np.random.Generator) -> list[float]:
@@ -140,77 +144,3 @@ def draw_view_params(
         out[:, 1:, _P["fill"] : _P["fill_b"] + 1] = np.asarray(fill, dtype=np.float32)[:, None]
     out[:, 1:, _P["keep_black"]] = 1.0
     return out
-
-
-def _affine_theta(p: torch.Tensor) -> torch.Tensor:
-    """Output->input map per sample: flip . rotate(-angle) . out / scale (angle as torchvision's rotate)."""
-    a = torch.deg2rad(p[:, _P["angle"]])
-    cos, sin, s = torch.cos(a), torch.sin(a), p[:, _P["scale"]]
-    fx = 1 - 2 * (p[:, _P["hflip"]] > 0.5).to(p.dtype)
-    fy = 1 - 2 * (p[:, _P["vflip"]] > 0.5).to(p.dtype)
-    zero = torch.zeros_like(a)
-    row0 = torch.stack([fx * cos / s, fx * sin / s, zero], dim=1)
-    row1 = torch.stack([-fy * sin / s, fy * cos / s, zero], dim=1)
-    return torch.stack([row0, row1], dim=1)
-
-
-def _erase_mask(p: torch.Tensor, size_h: int, size_w: int) -> torch.Tensor:
-    """bool ``[B, 1, H, W]``: the erased box of each sample (all false where erase is off)."""
-    top = torch.round(p[:, _P["erase_top"]] * size_h)
-    left = torch.round(p[:, _P["erase_left"]] * size_w)
-    height = torch.round(p[:, _P["erase_height"]] * size_h)
-    width = torch.round(p[:, _P["erase_width"]] * size_w)
-    rows = torch.arange(size_h, device=p.device, dtype=p.dtype)[None, :]
-    cols = torch.arange(size_w, device=p.device, dtype=p.dtype)[None, :]
-    in_rows = (rows >= top[:, None]) & (rows < (top + height)[:, None])
-    in_cols = (cols >= left[:, None]) & (cols < (left + width)[:, None])
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & (p[:, _P["erase"]] > 0.5)[:, None, None]
-    return mask[:, None]
-
-
-def _warp(x: torch.Tensor, p: torch.Tensor, host: torch.Tensor, geometric: torch.Tensor) -> torch.Tensor:
-    """Rotate, zoom and flip every geometric row, filling the uncovered area per row's fill mode."""
-    grid = F.affine_grid(_affine_theta(p), list(x.shape), align_corners=False)
-    codes = host[:, _P["fill"]][_geometric(host)].round().long().unique().tolist()
-    warped = x
-    for code in codes:
-        padding = {FILL_EDGE: "border", FILL_REFLECT: "reflection"}.get(code, "zeros")
-        out = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
-        colour = host[:, _P["fill_r"] : _P["fill_b"] + 1]
-        if padding == "zeros" and bool((colour != 0).any()):
-            ones = torch.ones_like(x[:, :1])
-            cover = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            rgb = p[:, _P["fill_r"] : _P["fill_b"] + 1, None, None]
-            out = out + (1 - cover) * rgb
-        rows = (p[:, _P["fill"]].round() == code) & geometric
-        warped = torch.where(rows[:, None, None, None], out, warped)  # identity rows stay exact
-    return warped
-
-
-def _geometric(p: torch.Tensor) -> torch.Tensor:
-    return (
-        (p[:, _P["hflip"]] > 0.5)
-        | (p[:, _P["vflip"]] > 0.5)
-        | (p[:, _P["angle"]] != 0)
-        | (p[:, _P["scale"]] != 1)
-    )
-
-
-def apply_view_params(x01: torch.Tensor, params: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Augment float ``[B, 3, H, W]`` in [0, 1] with per-sample ``params [B, P]``; identity rows are exact.
-
-    Pass ``params`` on the host (numpy or a CPU tensor) to keep the device free of synchronisation.
-    """
-    host = torch.as_tensor(params, dtype=torch.float32)
-    host = host.cpu() if host.device.type != "cpu" else host
-    if host.shape != (x01.shape[0], len(VIEW_PARAM_NAMES)):
-        raise ValueError(f"view params of shape {tuple(host.shape)} for {x01.shape[0]} images")
-    p = host.to(x01.device, non_blocking=True)
-    x = _warp(x01.float(), p, host, _geometric(p))
-    x = (x * p[:, _P["brightness"], None, None, None]).clamp(0, 1)
-    black = (x == 0).all(dim=1, keepdim=True) & (p[:, _P["keep_black"]] > 0.5)[:, None, None, None]
-    gray = sum(w * x[:, c] for c, w in enumerate(_GRAY))
-    mean = gray.mean(dim=(-2, -1), keepdim=True)[:, None]
-    c = p[:, _P["contrast"], None, None, None]
-    x = (c * x + (1 - c) * mean).clamp(0, 1).masked_fill(black, 0.0)
-    return x.masked_fill(_erase_mask(p, x.shape[-2], x.shape[-1]), AUGMENT_CONFIG["erase_value"])

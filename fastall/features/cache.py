@@ -9,7 +9,7 @@ Layout (plain h5py / h5dump can read it)::
     path         str     [N]        image path relative to the data root
     source       str     [N]        fold_0 | fold_1 | fold_2 | prelim | testing | <folder>
     view_params  float32 [N, V, P]  augmentation parameters of each view (view 0: identity), columns named by
-                                    the view_param_names attribute (fastall.features.viewparams; a cache
+                                    the view_param_names attribute (fastall.viewparams; a cache
                                     without the fill columns reads as black fill)
     done         bool    [N]        all true in a complete cache
     skipped      str     [S, 2]     (path, reason) of images left out with --skip-bad
@@ -36,11 +36,15 @@ import numpy as np
 from fastall.data.fingerprint import ALGORITHM, Stamp
 from fastall.errors import CacheError
 from fastall.features import cache_checks
-from fastall.features.viewparams import upgrade_view_params
 from fastall.system.files import atomic_write, check_free_space, describe_write_error, file_kind
+from fastall.system.formats import FileFormat
+from fastall.viewparams import upgrade_view_params
 
 SCHEMA_VERSION = 1
 REQUIRED = ("features", "labels", "class_names", "patient", "path", "source", "view_params", "done")
+CACHE_FILE = FileFormat(
+    "cache", None, SCHEMA_VERSION, REQUIRED, "re-run `fastall extract --overwrite`", "schema_version"
+)
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -132,28 +136,49 @@ class FeatureCache:
         return (torch.from_numpy(self.features), torch.from_numpy(self.labels), torch.from_numpy(self.groups))
 
 
+@dataclass(frozen=True)
+class ImageRows:
+    """The per-image columns of a cache, one entry per row: the label (index into the class names), the
+    patient, the path (relative to the data root), the source (fold, prelim, ...) and, where known, the
+    content stamp of the file the features were computed from."""
+
+    labels: np.ndarray
+    patients: list[str]
+    paths: list[str]
+    sources: list[str]
+    stamps: list[Stamp] | None = None
+
+    @classmethod
+    def of(cls, cache: FeatureCache, stamps: list[Stamp] | None = None) -> ImageRows:
+        """The rows of a cache read back (``stamps`` are not read back: give them to keep them)."""
+        return cls(cache.labels, list(cache.patients), list(cache.paths), list(cache.sources), stamps)
+
+
 def write_cache(
     path: str | Path,
     *,
     features: np.ndarray,
-    labels: np.ndarray,
+    rows: ImageRows,
     class_names: list[str],
-    patients: list[str],
-    paths: list[str],
-    sources: list[str],
     view_params: np.ndarray,
     view_param_names: list[str],
     key_params: dict[str, Any],
     provenance: dict[str, Any],
     skipped: list[tuple[str, str]] = (),
-    stamps: list[Stamp] | None = None,
 ) -> Path:
     """Write a complete cache atomically (:func:`~fastall.system.files.atomic_write`), after checking that the
     disk has room for it; a full disk is a one-line CacheError, and leaves no temporary file.
 
-    With ``stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
+    With ``rows.stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
     ``content_fingerprint`` (over every row) joins the key parameters."""
     path = Path(path)
+    labels, patients, paths, sources, stamps = (
+        rows.labels,
+        rows.patients,
+        rows.paths,
+        rows.sources,
+        rows.stamps,
+    )
     n = len(labels)
     if features.shape[0] != n or view_params.shape[:2] != features.shape[:2]:
         raise CacheError(f"{path}: inconsistent shapes {features.shape} / {view_params.shape} / {n} labels")
@@ -213,7 +238,7 @@ def write_cache(
         )
         raise CacheError(
             f"{path}: cannot write cache: {describe_write_error(err, path.parent)}{kept}"
-        ) from None
+        ) from err
     return path
 
 
@@ -268,30 +293,21 @@ def _open_cache(path: Path, load_features: bool) -> FeatureCache:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt?): {err}") from None
+        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt?): {err}") from err
     try:
         with f:
             return _read(path, f, load_features)
     except CacheError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
-        raise CacheError(f"{path}: corrupt cache: {err}") from None
+        raise CacheError(f"{path}: corrupt cache: {err}") from err
 
 
 def _read(path: Path, f: h5py.File, load_features: bool) -> FeatureCache:
     cache_checks.check_links(path, f)
     attrs = cache_checks.read_attrs(path, f)
     version = attrs.get("schema_version")
-    if version is None:
-        raise CacheError(f"{path}: not a fastall cache (no schema_version attribute)")
-    if int(version) != SCHEMA_VERSION:
-        raise CacheError(
-            f"{path}: cache schema version {int(version)}, this fastall reads version "
-            f"{SCHEMA_VERSION}: re-run `fastall extract --overwrite`"
-        )
-    missing = [name for name in REQUIRED if name not in f]
-    if missing:
-        raise CacheError(f"{path}: not a complete fastall cache, missing datasets: {', '.join(missing)}")
+    CACHE_FILE.check(path, None, None if version is None else int(version), f, error=CacheError)
     feats = f["features"]
     n = f["labels"].shape[0]
     if feats.ndim != 3 or feats.shape[0] != n or f["view_params"].shape[:2] != feats.shape[:2]:

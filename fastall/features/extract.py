@@ -1,100 +1,42 @@
 """`fastall extract`: frozen backbone features of V views per image into a crash-safe HDF5 cache.
 
+One function for one process and for every rank of a torchrun job (a :class:`~fastall.features.ranks.Share`).
 This module decides what to compute (key, existing cache, partial work, lock) and assembles the result; the
-device loop is :mod:`fastall.features.loop`, the crash safety :mod:`fastall.features.shards`.
-Each finished batch is a
-shard beside the target; ``CACHE.h5`` appears only when complete.
+settings are :class:`~fastall.features.extract_config.ExtractConfig`, the device loop
+:mod:`fastall.features.loop`, the crash safety :mod:`fastall.features.shards`. Each finished batch is a shard
+beside the target; ``CACHE.h5`` appears only when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torchvision
 
-from fastall import __version__
-from fastall.data.discover import Record
-from fastall.data.fingerprint import Stamp, dataset_fingerprint
 from fastall.data.positive import class_attrs
 from fastall.errors import CacheError, FastallError
 from fastall.features import content
-from fastall.features.augment import AUGMENT_CONFIG, VIEW_PARAM_NAMES, parse_fill
 from fastall.features.backbone import load_backbone
-from fastall.features.cache import cache_key, diff_params, read_cache, write_cache
-from fastall.features.inputs import _check_out, _dataset
+from fastall.features.cache import cache_key, diff_params, read_cache
+from fastall.features.extract_config import EXTRACT_PRECISIONS, ExtractConfig
+from fastall.features.extract_record import key_params_for, provenance, write_rows
+from fastall.features.inputs import check_out, discover_dataset
 from fastall.features.loop import run
-from fastall.features.shards import PartialStore, cache_lock, claim_layout, partial_folder
+from fastall.features.ranks import Share, agree, join_shards
+from fastall.features.shards import PartialStore, cache_lock, claim_layout
 from fastall.features.summary import ExtractSummary
-from fastall.features.viewparams import describe_fills
-from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from fastall.system import faults
 from fastall.system.devices import decide_precision, precision_alias, resolve_device
-from fastall.system.files import kill_point
-from fastall.system.seeds import check_seed
+from fastall.system.events import Reporter, silent
+from fastall.viewparams import describe_fills
 
-PREPROCESS = "v1: RGB uint8, resize bilinear+antialias (whole image, no crop), /255, [augment], mean/std"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def key_params_for(
-    *,
-    info: Any,
-    image_size: int,
-    views: int,
-    seed: int,
-    amp: bool,
-    amp_dtype: str,
-    records: list[Record],
-    class_names: list[str],
-    fill: str = "auto",
-) -> dict[str, Any]:
-    """Every parameter that changes the features (and nothing that does not); ``pool`` and ``layers`` only
-    where set, so that caches from before them keep their keys."""
-    extra = {"pool": getattr(info, "pool", None), "layers": list(getattr(info, "layers", None) or [])}
-    return {
-        **{k: v for k, v in extra.items() if v},
-        "backbone": info.name,
-        "weights": info.weights,
-        "weights_sha256": info.sha256,
-        "feature_dim": info.feature_dim,
-        "image_size": image_size,
-        "mean": list(getattr(info, "mean", IMAGENET_MEAN)),
-        "std": list(getattr(info, "std", IMAGENET_STD)),
-        "preprocess": PREPROCESS,
-        "views": views,
-        "augment": AUGMENT_CONFIG,
-        "fill": parse_fill(fill),
-        "seed": seed,
-        "amp": amp,
-        "amp_dtype": amp_dtype if amp else "fp32",
-        "dataset_fingerprint": dataset_fingerprint(records),
-        "dataset_images": len(records),
-        "dataset_classes": list(class_names),
-    }
-
-
-def _check_args(
-    views: int, image_size: int, seed: int, batch_size: int | None, workers: int | None, amp_dtype: str | None
-) -> None:
-    check_seed(seed)
-    checks = [
-        (views < 1, f"--views must be at least 1, got {views}"),
-        (not 32 <= image_size <= 2048, f"--image-size must be 32..2048, got {image_size}"),
-        (batch_size is not None and batch_size < 1, f"--batch-size must be >= 1, got {batch_size}"),
-        ((workers or 0) < 0, f"--workers must be non-negative, got {workers}"),
-        (
-            amp_dtype is not None and amp_dtype not in AMP_DTYPES,
-            f"--amp-dtype must be bf16 or fp16, got {amp_dtype!r}",
-        ),
-    ]
-    problems = [message for failed, message in checks if failed]
-    if problems:
-        raise FastallError("; ".join(problems))
 
 
 def _existing_matches(out: Path, key_params: dict[str, Any], overwrite: bool) -> bool:
@@ -140,233 +82,220 @@ def _open_partial(store: PartialStore, key_params: dict[str, Any], overwrite: bo
 def extract(
     data: str | Path,
     out: str | Path,
+    config: ExtractConfig | None = None,
     *,
-    views: int = 8,
-    image_size: int | None = None,
-    weights: str | None = None,
-    backbone: str = "resnet50",
-    pool: str | None = None,
-    layers: str | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    amp: bool | None = None,
-    amp_dtype: str | None = None,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    seed: int = 0,
-    fill: str = "auto",
-    include: Iterable[str] = (),
-    overwrite: bool = False,
-    skip_bad: bool = False,
-    patient_regex: str | None = None,
-    progress: bool = True,
-    warn: Callable[[str], None] | None = None,
-    scratch: str | Path | None = None,
-    update: bool = False,
-    verify_content: bool = False,
-    patients: str | Path | None = None,
-    positive: str | None = None,
+    reporter: Reporter | None = None,
+    share: Share | None = None,
+    **settings: Any,
 ) -> ExtractSummary:
     """Compute (or resume, or find already done) the feature cache of ``data`` at ``out``.
 
+    ``config``: every setting (:class:`~fastall.features.extract_config.ExtractConfig`); ``settings``: fields
+    of it given by name instead (``extract(data, out, views=2, device="cpu")``), on top of ``config``.
+    ``reporter`` receives the warnings (with codes) and the ``extract`` progress task (silent by default);
+    they are also in the returned summary. ``share``: this process's rank of a torchrun job (call it on every
+    rank; rank 0's summary is the cache's); None for one process.
+
     ``precision``: auto (bf16 where the device computes it natively, else fp32), fp32, bf16 or fp16;
-    ``amp``/``amp_dtype`` are its older aliases. The precision used is in the cache key. ``fill``
-    (:data:`fastall.features.augment.FILL_FORMS`) fills the corners that rotation and zoom uncover.
-    Images whose file changed since their features were computed are refused, or recomputed with
-    ``update`` (:mod:`fastall.features.content`); ``verify_content`` hashes every file, not only those
-    whose size or mtime changed. ``patients``: a ``path,patient`` CSV; ``positive``: the disease class.
-    ``backbone``, ``weights``, ``pool`` (a timm ViT's token pooling), ``layers`` (a CNN's stages): as
-    :func:`~fastall.features.backbone.load_backbone`; ``image_size``: None for the weights' own.
+    ``amp``/``amp_dtype`` are its older aliases. The precision used is in the cache key. Images whose file
+    changed since their features were computed are refused, or recomputed with ``update``
+    (:mod:`fastall.features.content`); ``verify_content`` hashes every file.
     """
-    start = time.perf_counter()
-    warnings: list[str] = []
+    config = ExtractConfig.of(config, **settings)
+    return _Extract(Path(data), Path(out), config, reporter or silent(), share or Share()).run()
 
-    def note(message: str) -> None:
-        warnings.append(message)
-        if warn is not None:
-            warn(message)
 
-    _check_args(views, 224 if image_size is None else image_size, seed, batch_size, workers, amp_dtype)
-    fill = parse_fill(fill)
-    dev = resolve_device(device)
-    choice = decide_precision(precision_alias(precision, amp, amp_dtype), dev, allowed=EXTRACT_PRECISIONS)
-    if not choice.native:
-        note(f"{choice.reason} (--precision auto picks fp32 here)")
-    out = Path(out)
-    _check_out(out, scratch)
-    ds = _dataset(data, include, patient_regex, note, patients)
-    classes, positive_line = class_attrs(ds.class_names, ds.layout, positive)
-    records = ds.records
-    content.views_warning(views, len(records), note)
-    with cache_lock(out, warn=note):
-        model, info = load_backbone(
-            weights, seed=seed, backbone=backbone, pool=pool, layers=layers, image_size=image_size
+class _Extract:
+    """One call of :func:`extract`, on one rank (one process: rank 0 of 1, with a group of one)."""
+
+    def __init__(self, data: Path, out: Path, cfg: ExtractConfig, reporter: Reporter, share: Share) -> None:
+        self.data, self.out, self.cfg, self.reporter, self.share = data, out, cfg, reporter, share
+        self.env = share.rank
+        self.warnings: list[str] = []
+        self.changed: list[int] = []
+        self.todo: list[int] = []
+
+    def note(self, code: str, text: str, everywhere: bool = False) -> None:
+        """A warning: kept in the summary; reported by rank 0 (``everywhere``: by every rank, named)."""
+        self.warnings.append(text)
+        if self.env.is_main:
+            self.reporter.warn(code, text)
+        elif everywhere:
+            self.reporter.warn(code, f"rank {self.env.rank}: {text}")
+
+    def noting(self, code: str, everywhere: bool = False) -> Callable[[str], None]:
+        return lambda text: self.note(code, text, everywhere)
+
+    def run(self) -> ExtractSummary:
+        start, cfg = time.perf_counter(), self.cfg
+        if self.share.ranked and (cfg.update or cfg.verify_content):
+            raise FastallError("--update and --verify-content run in one process: start extract alone")
+        self.dev = resolve_device(self.share.device(cfg.device))
+        wanted = precision_alias(cfg.precision, cfg.amp, cfg.amp_dtype)
+        self.choice = decide_precision(wanted, self.dev, allowed=EXTRACT_PRECISIONS)
+        if not self.choice.native:
+            self.note("precision", f"{self.choice.reason} (--precision auto picks fp32 here)")
+        if self.env.is_main or cfg.scratch is None:  # with --scratch, only rank 0 needs --out's folder
+            check_out(self.out, cfg.scratch)
+        elif not Path(cfg.scratch).is_dir():
+            raise FastallError(f"--scratch {cfg.scratch}: no such folder")
+        if self.share.ranked and cfg.workers is None and self.dev.type == "cuda":
+            self.cfg = replace(cfg, workers=self.env.workers(max(1, (os.cpu_count() or 1) - 2)))
+        self.base, folder = self.share.shard_folder(self.out, cfg.scratch)
+        self.store = PartialStore(self.out, folder)
+        with contextlib.ExitStack() as stack, self.share.group(self.dev) as group:
+            self.group = group
+            states = self._together(lambda: self._plan(stack))
+            summary = self._summary()
+            if states[0]["existing"]:
+                self._found(summary)
+            else:
+                self._compute(summary)
+        if self.env.local_rank == 0:
+            with contextlib.suppress(OSError):
+                self.base.rmdir()
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def _together(self, step: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
+        """``step`` on every rank, then every rank's state; any rank's FastallError stops them all."""
+        try:
+            state, error = step(), None
+        except FastallError as err:
+            state, error = {"error": str(err)}, err
+        states = self.group.all_gather(state)
+        if error is not None:
+            raise error
+        agree(states, self.env.rank)
+        return states
+
+    def _plan(self, stack: contextlib.ExitStack) -> dict[str, Any]:
+        """The data, the backbone and the cache key; on rank 0 the lock and whether the cache is done."""
+        cfg = self.cfg
+        self.ds = discover_dataset(
+            self.data, cfg.include, cfg.patient_regex, self.noting("data"), cfg.patients
         )
-        image_size = info.input_size(image_size)
-        for message in info.warnings:
-            note(message)
-        key_params = key_params_for(
-            info=info,
-            image_size=image_size,
-            views=views,
-            seed=seed,
-            amp=choice.precision != "fp32",
-            amp_dtype=choice.precision,
-            records=records,
-            class_names=ds.class_names,
-            fill=fill,
+        self.classes, self.positive_line = class_attrs(self.ds.class_names, self.ds.layout, cfg.positive)
+        self.records = self.ds.records
+        content.views_warning(cfg.views, len(self.records), self.noting("views"))
+        if self.env.is_main:
+            stack.enter_context(cache_lock(self.out, warn=self.noting("lock")))
+        self.model, self.info = load_backbone(
+            cfg.weights,
+            seed=cfg.seed,
+            backbone=cfg.backbone,
+            pool=cfg.pool,
+            layers=cfg.layers,
+            image_size=cfg.image_size,
         )
-        compute = key_params["amp_dtype"]
-        summary = ExtractSummary(
-            path=out,
-            images=len(records),
-            views=views,
+        for message in self.info.warnings:
+            self.note("backbone", message)
+        self.key_params = key_params_for(
+            info=self.info,
+            image_size=self.info.input_size(cfg.image_size),
+            views=cfg.views,
+            seed=cfg.seed,
+            amp=self.choice.precision != "fp32",
+            amp_dtype=self.choice.precision,
+            records=self.records,
+            class_names=self.ds.class_names,
+            fill=cfg.fill,
+        )
+        self.key = cache_key(self.key_params)
+        existing = False
+        if self.env.is_main and _existing_matches(self.out, self.key_params, cfg.overwrite):
+            old = read_cache(self.out, load_features=False)
+            update = (cfg.update or cfg.overwrite) and not self.share.ranked
+            check = dict(verify=cfg.verify_content, update=update, note=self.noting("content"))
+            self.changed = content.check_cache(self.out, old, self.records, **check)
+            existing = not self.changed
+        return {"error": None, "key_params": self.key_params, "existing": existing}
+
+    def _summary(self) -> ExtractSummary:
+        ranks = f" x {self.env.world} ranks" if self.share.ranked else ""
+        return ExtractSummary(
+            path=self.out,
+            images=len(self.records),
+            views=self.cfg.views,
             seconds=0.0,
-            device=str(dev),
-            amp_dtype=compute,
-            key=cache_key(key_params),
-            fill=fill,
-            warnings=warnings,
-            precision=choice.to_dict(),
-            positive=positive_line,
+            device=f"{self.dev.type}{ranks}" if ranks else str(self.dev),
+            amp_dtype=self.key_params["amp_dtype"],
+            key=self.key,
+            fill=self.cfg.fill,
+            warnings=self.warnings,
+            precision=self.choice.to_dict(),
+            positive=self.positive_line,
         )
-        store = PartialStore(out, partial_folder(out, scratch))
-        changed: list[int] = []
-        if _existing_matches(out, key_params, overwrite):
-            old = read_cache(out, load_features=False)
-            check = dict(verify=verify_content, update=update or overwrite, note=note)
-            changed = content.check_cache(out, old, records, **check)
-            if not changed:
-                if store.meta() is not None and store.meta().get("key") == summary.key:
-                    store.remove()
-                summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
-                summary.fills = describe_fills(old.view_params)
-                summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
-                return summary
+
+    def _found(self, summary: ExtractSummary) -> None:
+        """The cache is complete with these settings: nothing to do."""
+        if (self.store.meta() or {}).get("key") == self.key:
+            self.store.remove()
+        if self.env.is_main:
+            old = read_cache(self.out, load_features=False)
+            summary.images, summary.skipped, summary.skipped_existing = old.n_images, old.skipped, True
+            summary.fills = describe_fills(old.view_params)
+            summary.cache_bytes = self.out.stat().st_size
+
+    def _resume(self) -> dict[str, Any]:
+        """This rank's shard store opened (or started) and checked; what is left of its share."""
+        cfg, store, n, dim = self.cfg, self.store, len(self.records), self.info.feature_dim
+        if self.changed:
             store.remove()
-        claim_layout(store.dir, 1, overwrite)
-        _open_partial(store, key_params, overwrite, note)
-        if changed and not overwrite:
-            content.seed_update(store, out, records, changed, note)
-        done, bad = store.load(len(records), views, info.feature_dim, warn=note)
-        check = dict(verify=verify_content, update=update, note=note)
-        if content.check_partial(store, records, list(done), **check):
-            done, bad = store.load(len(records), views, info.feature_dim, warn=note)
-        todo = [i for i in range(len(records)) if i not in done and i not in bad]
-        summary.resumed = len(done)
-        if done or bad:
-            note(f"resuming: {len(done)} images already done in {store.dir}, {len(todo)} to go")
-        loop_start, used = time.perf_counter(), batch_size
-        if todo:
+        claim_layout(self.base, self.env.world, cfg.overwrite)
+        _open_partial(store, self.key_params, cfg.overwrite, self.noting("partial", True))
+        if self.changed and not cfg.overwrite:
+            content.seed_update(store, self.out, self.records, self.changed, self.noting("content"))
+        done, bad = store.load(n, cfg.views, dim, warn=self.noting("partial", True))
+        check = dict(verify=cfg.verify_content, update=cfg.update, note=self.noting("content"))
+        if content.check_partial(store, self.records, list(done), **check):
+            done, bad = store.load(n, cfg.views, dim, warn=self.noting("partial", True))
+        self.todo = [i for i in self.share.indices(n) if i not in done and i not in bad]
+        return {"error": None, "resumed": len(done), "todo": len(self.todo), "bad": len(bad)}
+
+    def _compute(self, summary: ExtractSummary) -> None:
+        """Every rank extracts what is left of its share; rank 0 joins the shards into the one cache."""
+        cfg, n = self.cfg, len(self.records)
+        states = self._together(self._resume)
+        summary.resumed = sum(s["resumed"] for s in states)
+        if any(s["resumed"] or s["bad"] for s in states):
+            where = f"{self.base} ({self.env.world} ranks)" if self.share.ranked else str(self.store.dir)
+            left = sum(s["todo"] for s in states)
+            self.note("resume", f"resuming: {summary.resumed} images already done in {where}, {left} to go")
+        loop_start, used = time.perf_counter(), cfg.batch_size
+        if self.todo:
+            reporter = self.reporter if self.env.is_main else silent()
             used = run(
-                model,
-                records,
-                todo,
-                store,
-                dev=dev,
-                size=image_size,
-                views=views,
-                dim=info.feature_dim,
-                norm=(info.mean, info.std),
-                seed=seed,
-                fill=fill,
-                amp=choice.autocast_dtype,
-                batch_size=batch_size,
-                workers=workers,
-                skip_bad=skip_bad,
-                progress=progress,
+                self.model,
+                self.info,
+                self.records,
+                self.todo,
+                self.store,
+                config=cfg,
+                dev=self.dev,
+                amp=self.choice.autocast_dtype,
+                reporter=reporter,
             )
         summary.loop_seconds = time.perf_counter() - loop_start
-        kill_point("finalize")
-        provenance = {**_provenance(dev, info, batch_size, workers, data), **choice.record(), **classes}
-        if used and not batch_size:
-            provenance["batch_size_auto"] = used
-        if todo:
-            provenance["extract_s_per_image"] = summary.loop_seconds / len(todo)
-        _finalize(store, out, records, ds.class_names, views, info.feature_dim, key_params, provenance)
-        kill_point("cleanup")
-        store.remove()
-    final = read_cache(out, load_features=False)
-    summary.key = final.key
-    for message in content.duplicate_warnings(final):
-        note(message)
-    summary.images, summary.skipped = final.n_images, final.skipped
-    summary.fills = describe_fills(final.view_params)
-    summary.computed = final.n_images - summary.resumed
-    summary.cache_bytes, summary.seconds = out.stat().st_size, time.perf_counter() - start
-    return summary
-
-
-def _provenance(
-    dev: torch.device, info: Any, batch_size: int | None, workers: int | None, data: str | Path
-) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return {
-        "fastall_version": __version__,
-        "torch_version": str(torch.__version__),
-        "torchvision_version": str(torchvision.__version__),
-        "device": str(dev),
-        "device_name": name,
-        "batch_size": batch_size or 0,
-        "workers": -1 if workers is None else workers,
-        "weights_source": info.source,
-        **({"transform_vs_timm": info.transform_note} if getattr(info, "transform_note", "") else {}),
-        "backbone_params": int(getattr(info, "params", 0)),
-        "data_root": str(Path(data).resolve()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _finalize(
-    store: PartialStore,
-    out: Path,
-    records: list[Record],
-    class_names: list[str],
-    views: int,
-    dim: int,
-    key_params: dict[str, Any],
-    provenance: dict[str, Any],
-) -> None:
-    done, bad = store.load(len(records), views, dim)
-    missing = [i for i in range(len(records)) if i not in done and i not in bad]
-    if missing:
-        raise CacheError(f"{store.dir}: {len(missing)} images still missing after the run; run extract again")
-    rows = sorted(done)
-    features = np.stack([done[i][0] for i in rows]) if rows else None
-    params = np.stack([done[i][1] for i in rows]) if rows else None
-    _write(out, records, rows, features, params, bad, store.stamps(), class_names, key_params, provenance)
-
-
-def _write(
-    out: Path,
-    records: list[Record],
-    rows: list[int],
-    features: np.ndarray | None,
-    params: np.ndarray | None,
-    bad: dict[int, str],
-    stamps: dict[int, Stamp],
-    class_names: list[str],
-    key_params: dict[str, Any],
-    provenance: dict[str, Any],
-) -> None:
-    """The one cache of ``rows`` (sorted record indices; ``features``/``params`` in that order; ``stamps``:
-    the content stamp each row's file was read with)."""
-    if not rows:
-        raise FastallError(f"none of the {len(records)} images could be decoded; nothing to cache")
-    picked = [records[i] for i in rows]
-    skipped = [(records[i].rel_path, bad[i].removeprefix(f"{records[i].path}: ")) for i in sorted(bad)]
-    write_cache(
-        out,
-        features=features,
-        labels=np.array([r.label for r in picked], dtype=np.int64),
-        class_names=class_names,
-        patients=[r.patient for r in picked],
-        paths=[r.rel_path for r in picked],
-        sources=[r.source for r in picked],
-        view_params=params,
-        view_param_names=list(VIEW_PARAM_NAMES),
-        key_params=key_params,
-        provenance=provenance,
-        skipped=skipped,
-        stamps=content.row_stamps(stamps, records, rows),
-    )
+        self.group.wait()
+        joined = join_shards(self.group, self.store, n, cfg.views, self.info.feature_dim, self.key)
+        if joined is not None:
+            faults.reached("finalize")
+            record = provenance(self.dev, self.info, cfg, self.data) | self.choice.record() | self.classes
+            if used and not cfg.batch_size:
+                record["batch_size_auto"] = used
+            if self.todo:
+                record["extract_s_per_image"] = summary.loop_seconds / len(self.todo)
+            write_rows(self.out, self.records, *joined, self.ds.class_names, self.key_params, record)
+            faults.reached("cleanup")
+        self.group.wait()
+        self.store.remove()
+        if self.env.is_main:
+            final = read_cache(self.out, load_features=False)
+            summary.key = final.key
+            for message in content.duplicate_warnings(final):
+                self.note("duplicates", message)
+            summary.images, summary.skipped = final.n_images, final.skipped
+            summary.fills = describe_fills(final.view_params)
+            summary.computed = final.n_images - summary.resumed
+            summary.cache_bytes = self.out.stat().st_size

@@ -11,7 +11,7 @@ from fastall.data.discover import discover
 from fastall.errors import FastallError
 
 
-def _dataset(
+def discover_dataset(
     data: str | Path,
     include: Iterable[str],
     patient_regex: str | None,
@@ -34,7 +34,7 @@ def _dataset(
     return ds
 
 
-def _check_out(out: Path, scratch: str | Path | None) -> None:
+def check_out(out: Path, scratch: str | Path | None) -> None:
     if out.is_dir():
         raise FastallError(f"--out {out} is a folder; give a file name such as {out / 'features.h5'}")
     if not out.parent.is_dir():

@@ -11,32 +11,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 from torch.utils.data import DataLoader
 
 from fastall.data.loader import ImageFiles
 from fastall.data.records import Record
 from fastall.errors import FastallError
 from fastall.features.augment import draw_view_params, resolve_fill
+from fastall.features.extract_config import ExtractConfig
 from fastall.features.shards import PartialStore
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
-from fastall.system.files import kill_point
+from fastall.system import faults
+from fastall.system.events import Reporter, silent
 
 MAX_PENDING_WRITES = 2
 CHUNK = 32  # images per worker task: the first batch starts at once, little shared memory in flight
@@ -103,7 +92,7 @@ class _Writer:
                 event.synchronize()
             check_finite(feats.numpy(), paths)
             self.store.write_shard(indices, feats.numpy(), params, skipped, stamps=stamps)
-            kill_point("shard")
+            faults.reached("shard")
             done(len(indices) + len(skipped))
 
         self.pending.append(self.pool.submit(write))
@@ -127,37 +116,44 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, autocast: Any) -> torch.Te
         return model(x.contiguous(memory_format=torch.channels_last))
 
 
+def prepare_model(
+    model: torch.nn.Module, dev: torch.device, amp: torch.dtype | None
+) -> tuple[torch.nn.Module, Any]:
+    """The backbone on ``dev`` for the precision chosen (``amp``: the autocast dtype, None for fp32), and the
+    autocast context its forwards run in. Large models under bf16 on a GPU keep their weights in bf16."""
+    model = model.to(dev)
+    big = sum(p.numel() for p in model.parameters()) >= BF16_WEIGHTS_PARAMS
+    if dev.type == "cuda" and amp == torch.bfloat16 and big:
+        model = model.to(torch.bfloat16)
+    return model, torch.autocast(device_type=dev.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+
 def run(
     model: torch.nn.Module,
+    info: Any,
     records: list[Record],
     todo: list[int],
     store: PartialStore,
     *,
+    config: ExtractConfig,
     dev: torch.device,
-    size: int,
-    views: int,
-    dim: int,
-    seed: int,
-    fill: str = "black",
     amp: torch.dtype | None,
-    norm: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
-    batch_size: int | None,
-    workers: int | None,
-    skip_bad: bool,
-    progress: bool,
+    reporter: Reporter | None = None,
 ) -> int:
-    """Extract ``todo`` into ``store``; returns the batch size used (``batch_size``, or sized here)."""
+    """Extract ``todo`` into ``store`` with the backbone ``model`` (``info``: its
+    :class:`~fastall.features.backbone.BackboneInfo`); returns the batch size used (``config.batch_size``, or
+    sized here). Progress is the ``extract`` task of ``reporter`` (unit ``img``)."""
+    reporter = reporter or silent()
     cuda = dev.type == "cuda"
-    model = model.to(dev)
-    if cuda and amp == torch.bfloat16 and sum(p.numel() for p in model.parameters()) >= BF16_WEIGHTS_PARAMS:
-        model = model.to(torch.bfloat16)
-    autocast = torch.autocast(device_type=dev.type, dtype=amp or torch.float32, enabled=amp is not None)
-    batch_size = batch_size or auto_batch_size(model, dev, size, autocast)
+    size, views, dim = info.input_size(config.image_size), config.views, info.feature_dim
+    norm = (getattr(info, "mean", IMAGENET_MEAN), getattr(info, "std", IMAGENET_STD))
+    model, autocast = prepare_model(model, dev, amp)
+    batch_size = config.batch_size or auto_batch_size(model, dev, size, autocast)
     cores = os.cpu_count() or 1
     # CPU: decoding is ~1% of a forward; a worker process would only steal cores from torch's thread pool
-    workers = workers if workers is not None else (max(1, cores - 2) if cuda else 0)
+    workers = config.workers if config.workers is not None else (max(1, cores - 2) if cuda else 0)
     loader = DataLoader(
-        ImageViews(records, todo, size, seed, views, fill),
+        ImageViews(records, todo, size, config.seed, views, config.fill),
         batch_size=min(batch_size, CHUNK),
         shuffle=False,
         num_workers=workers,
@@ -165,12 +161,12 @@ def run(
         prefetch_factor=4 if workers else None,
     )
     writer = _Writer(store)
-    with _progress(len(todo), enabled=progress) as advance:
+    with reporter.task("extract", len(todo), unit="img") as advance:
         try:
             with torch.inference_mode():
                 for x, params, indices, errors, stamps in _batches(loader, batch_size, dev):
                     bad = [k for k, e in enumerate(errors) if e]
-                    if bad and not skip_bad:
+                    if bad and not config.skip_bad:
                         raise FastallError(f"{errors[bad[0]]} (use --skip-bad to skip unreadable images)")
                     skipped = [(int(indices[k]), errors[k]) for k in bad]
                     if bad:
@@ -282,27 +278,3 @@ def _merge(parts: list[tuple]) -> tuple:
         else torch.cat([p[k] for p in parts])
         for k in range(len(parts[0]))
     )
-
-
-class _Rate(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.1f} img/s" if task.speed else "-- img/s", style="progress.data.speed")
-
-
-@contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    columns = (
-        TextColumn("[bold]extract"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("extract", total=total)
-        yield lambda n: bar.advance(task, n)

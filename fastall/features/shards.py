@@ -50,7 +50,7 @@ def cache_lock(target: str | Path, warn: Any = None) -> Iterator[Path]:
         except OSError as err:
             raise CacheError(
                 f"{target}: cannot write in {target.parent.resolve()}: {err.strerror or err}"
-            ) from None
+            ) from err
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh)
         break
@@ -233,7 +233,7 @@ class PartialStore:
             full = " (disk full)" if is_disk_full(err) else ""
             raise CacheError(
                 f"{self.dir}: cannot save extract progress{full}: {describe_write_error(err, self.dir)}"
-            ) from None
+            ) from err
 
 
 _RANK_DIR = re.compile(r"rank-(\d+)-of-(\d+)")

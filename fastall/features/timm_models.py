@@ -112,7 +112,7 @@ def _hub_cfg(repo: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
         with _timeout():
             cfg, arch, args = load_model_config_from_hf(repo)
     except Exception as err:  # noqa: BLE001 - offline, no such repo: all mean "not available"
-        raise WeightsUnavailable(_offline(repo, "config.json", err)) from None
+        raise WeightsUnavailable(_offline(repo, "config.json", err)) from err
     return arch, dict(cfg), dict(args or {})
 
 

@@ -57,7 +57,7 @@ def torchvision_state(name: str, title: str, weights: WeightsEnum) -> tuple[dict
         raise WeightsUnavailable(
             f"{name} {weights.name.lower()} weights {what}; or use --weights PATH (a {title} "
             ".pth state dict) or --weights none (random init, tests only)"
-        ) from None
+        ) from err
     finally:
         socket.setdefaulttimeout(previous)
     return state, f"torchvision:{weights.url}"
@@ -80,7 +80,7 @@ def file_state(path: Path, name: str) -> dict:
         detail = f" ({first[:160]})" if first and not first.isdigit() else ""
         raise WeightsUnavailable(
             f"{path}: not a PyTorch weights file (a {name} state dict saved with torch.save){detail}"
-        ) from None
+        ) from err
     if not isinstance(state, dict):
         raise WeightsUnavailable(f"{path}: holds a {type(state).__name__}, expected a state dict")
     return state
@@ -96,7 +96,7 @@ def _safetensors_state(path: Path) -> dict:
         return load_file(str(path), device="cpu")
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file is a bad weights file
         first = str(err).splitlines()[0].strip()[:160] if str(err) else type(err).__name__
-        raise WeightsUnavailable(f"{path}: not a safetensors weights file ({first})") from None
+        raise WeightsUnavailable(f"{path}: not a safetensors weights file ({first})") from err
 
 
 def check_keys(
@@ -129,7 +129,7 @@ def assign_state(model: nn.Module, state: dict, origin: str, title: str) -> None
     except RuntimeError as err:
         raise WeightsUnavailable(
             f"{origin}: tensor shapes do not fit {title}: {str(err).splitlines()[-1].strip()}"
-        ) from None
+        ) from err
 
 
 def _copy(t: torch.Tensor) -> torch.Tensor:

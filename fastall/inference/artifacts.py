@@ -29,9 +29,17 @@ from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import calibration_pick
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from fastall.system.devices import decide_precision, resolve_device
+from fastall.system.formats import FileFormat
 
 EXPORT_FORMAT, EXPORT_VERSION = "fastall-model", 1
-_HEAD_KEYS = ("state_dict", "head_config", "class_names", "cache_key", "key_params")
+HEAD_FILE = FileFormat(
+    "head file",
+    HEAD_FORMAT,
+    HEAD_VERSION,
+    ("state_dict", "head_config", "class_names", "cache_key", "key_params"),
+    "re-run `fastall train-head`",
+)
+EXPORT_FILE = FileFormat("exported model", EXPORT_FORMAT, EXPORT_VERSION, rerun="re-run `fastall export`")
 
 
 def safe_load(path: Path, what: str) -> Any:
@@ -54,11 +62,7 @@ def safe_load(path: Path, what: str) -> Any:
         raise FastallError(
             f"{path}: not a fastall {what}: not a readable torch file, truncated or corrupt? "
             f"({type(err).__name__}: {first})"
-        ) from None
-
-
-def _fmt(blob: Any) -> Any:
-    return blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        ) from err
 
 
 def head_file(run: str | Path) -> Path:
@@ -74,18 +78,7 @@ def read_head(path: str | Path, blob: Any = None) -> dict[str, Any]:
     """Read (unless ``blob`` is the file's content, already read) and validate a head file."""
     path = Path(path)
     blob = safe_load(path, "head file") if blob is None else blob
-    if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
-        raise FastallError(
-            f"{path}: not a fastall head file (format {_fmt(blob)!r}, expected {HEAD_FORMAT!r})"
-        )
-    if blob.get("format_version") != HEAD_VERSION:
-        raise FastallError(
-            f"{path}: head format version {blob.get('format_version')!r}, this fastall reads "
-            f"version {HEAD_VERSION}: re-run `fastall train-head`"
-        )
-    missing = [k for k in _HEAD_KEYS if k not in blob]
-    if missing:
-        raise FastallError(f"{path}: head file is missing {', '.join(missing)}")
+    HEAD_FILE.check_record(path, blob)
     if not isinstance(blob["key_params"], dict) or not isinstance(blob["state_dict"], dict):
         raise FastallError(f"{path}: head file has a malformed key_params or state_dict")
     if cache_key(blob["key_params"]) != blob["cache_key"]:
@@ -93,7 +86,7 @@ def read_head(path: str | Path, blob: Any = None) -> dict[str, Any]:
     return blob
 
 
-def check_cache(record: dict[str, Any], fc: FeatureCache, head_path: Path) -> FeatureCache:
+def check_run_cache(record: dict[str, Any], fc: FeatureCache, head_path: Path) -> FeatureCache:
     """Refuse a cache whose key differs from the one the head was trained on, naming the differing fields."""
     if fc.key != record["cache_key"]:
         diffs = diff_params(record["key_params"], fc.key_params) or ["cache key"]
@@ -112,7 +105,7 @@ def build_head(config: Any, state: Any, where: Path) -> Head:
     try:
         return Head.from_state(config, state)
     except FastallError as err:
-        raise FastallError(f"{where}: {err}") from None
+        raise FastallError(f"{where}: {err}") from err
 
 
 @dataclass
@@ -150,7 +143,7 @@ class RunFolder:
                     f"({needed_for} needs it){hint}"
                 )
             fc = read_cache(self.cache_path, load_features=False)
-            self._cache = check_cache(self.record, fc, self.head_path)
+            self._cache = check_run_cache(self.record, fc, self.head_path)
         except FastallError:
             if needed_for is not None:
                 raise
@@ -267,22 +260,14 @@ def load_run(
 def model_from_export(blob: Any, path: Path, device: str | torch.device = "cpu") -> LeukemiaClassifier:
     """The model in an export file's content (already read), at its stored precision where it runs."""
     device = resolve_device(device)
-    if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
-        raise FastallError(
-            f"{path}: not a fastall exported model (format {_fmt(blob)!r}, expected {EXPORT_FORMAT!r})"
-        )
-    if blob.get("format_version") != EXPORT_VERSION:
-        raise FastallError(
-            f"{path}: exported model format version {blob.get('format_version')!r}, "
-            f"this fastall reads version {EXPORT_VERSION}"
-        )
+    EXPORT_FILE.check_record(path, blob)
     options = recorded_options((blob.get("provenance") or {}).get("key_params", {}))
     try:
         backbone = build_backbone(
             options.pop("backbone"), blob["backbone_state_dict"], "the exported backbone", **options
         )
     except (FastallError, KeyError, TypeError, AttributeError) as err:
-        raise FastallError(f"{path}: backbone weights do not fit: {str(err).splitlines()[0]}") from None
+        raise FastallError(f"{path}: backbone weights do not fit: {str(err).splitlines()[0]}") from err
     if state_dict_sha256(backbone.state_dict()) != blob.get("backbone_state_sha256"):
         raise FastallError(f"{path}: backbone checksum mismatch (file altered or corrupt)")
     model = LeukemiaClassifier(

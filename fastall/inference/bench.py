@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ from fastall.data.walk import find_images
 from fastall.errors import FastallError
 from fastall.head import Head
 from fastall.inference.artifacts import load_run
+from fastall.inference.bench_config import BENCH_PRECISIONS, BenchConfig
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import calibration_pick, compare_logits, logits, try_precision
 from fastall.inference.timing import paired_latency, paired_throughput, ratio_text
 from fastall.system.devices import decide_precision, resolve_device
+from fastall.system.events import Reporter, silent
 from fastall.system.machine import machine_info, thread_info
 
 __all__ = ["machine_info", "run_bench", "render", "latency", "throughput", "random_model"]
@@ -131,52 +134,35 @@ def agreement(
 
 
 def run_bench(
+    config: BenchConfig | None = None,
     *,
-    device: str = "cpu",
-    batch_sizes: Sequence[int] | None = None,
-    precision: str = "fp32",
-    threads: int | None = None,
-    run: str | Path | None = None,
-    images: int = 32,
-    image_size: int | None = 224,
-    warmup: int = 3,
-    iters: int = 20,
-    batches: int | None = None,
-    workers: int | None = None,
-    backend: str = "auto",
-    onnx: str | Path | None = None,
     model: LeukemiaClassifier | None = None,
-    backbone: str = "resnet50",
-    log: Callable[[str], None] = lambda _: None,
+    reporter: Reporter | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns a JSON-ready dict (``log`` gets progress lines, first an estimate of
-    the time it takes). Defaults: batch sizes 1,8,32 on the CPU (1..256 on a GPU), 2 timed batches on the
-    CPU (3 on a GPU): about a minute on 2 CPU cores. ``onnx``: also time that ONNX model (ONNX Runtime).
-    Without ``run`` or ``model``: a random-init ``backbone`` at ``image_size`` (None: its own size)."""
+    """The whole benchmark; returns a JSON-ready dict. ``config``: every setting
+    (:class:`~fastall.inference.bench_config.BenchConfig`); ``settings``: fields of it by name, on top.
+    ``reporter`` gets progress lines as ``info``, first an estimate of the time it takes (silent by default).
+    Defaults: batch sizes 1,8,32 on the CPU (1..256 on a GPU), 2 timed batches on the CPU (3 on a GPU): about
+    a minute on 2 CPU cores. ``onnx``: also time that ONNX model (ONNX Runtime). Without ``run`` or
+    ``model``: a random-init ``backbone`` at ``image_size`` (None: its own size)."""
+    cfg = BenchConfig.of(config, **settings)
+    threads = cfg.threads
     if threads is not None and not 1 <= threads <= (usable := thread_info()["usable_cores"]):
         raise FastallError(f"--threads {threads}: this process may use {usable} CPU core(s); use 1..{usable}")
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        dev = resolve_device(device)
-        return _run_bench(
-            dev=dev,
-            batch_sizes=tuple(batch_sizes or DEFAULT_BATCH_SIZES["cuda" if dev.type == "cuda" else "cpu"]),
-            precision=precision,
-            run=run,
-            images=images,
-            image_size=image_size,
-            warmup=warmup,
-            iters=iters,
-            batches=batches or (3 if dev.type == "cuda" else 2),
-            workers=default_workers(dev) if workers is None else workers,
-            backend=backend,
-            onnx=onnx,
-            model=model,
-            backbone=backbone,
-            log=log,
+        dev = resolve_device(cfg.device)
+        cuda = dev.type == "cuda"
+        cfg = replace(
+            cfg,
+            batch_sizes=cfg.batch_sizes or DEFAULT_BATCH_SIZES["cuda" if cuda else "cpu"],
+            batches=cfg.batches or (3 if cuda else 2),
+            workers=default_workers(dev) if cfg.workers is None else cfg.workers,
         )
+        return _run_bench(cfg, dev, model, reporter or silent())
     finally:
         torch.set_num_threads(previous)
 
@@ -204,39 +190,37 @@ def _probe_s(model: LeukemiaClassifier) -> float:
 
 
 def _run_bench(
-    *,
-    dev: torch.device,
-    batch_sizes: tuple[int, ...],
-    precision: str,
-    run: str | Path | None,
-    images: int,
-    image_size: int | None,
-    warmup: int,
-    iters: int,
-    batches: int,
-    workers: int,
-    backend: str,
-    onnx: str | Path | None,
-    model: LeukemiaClassifier | None,
-    backbone: str,
-    log: Callable[[str], None],
+    cfg: BenchConfig, dev: torch.device, model: LeukemiaClassifier | None, reporter: Reporter
 ) -> dict[str, Any]:
-    choice = decide_precision(precision, dev, allowed=("fp32", "bf16", "fp16", "int8"))
+    """:func:`run_bench` with the device's defaults filled in."""
+    log, image_size = reporter.info, cfg.image_size
+    choice = decide_precision(cfg.precision, dev, allowed=BENCH_PRECISIONS)
     session = None
-    if onnx is not None:
+    if cfg.onnx is not None:
         from fastall.inference.onnx_export import image_size_of, open_fastall_onnx
 
-        session = open_fastall_onnx(onnx)
+        session = open_fastall_onnx(cfg.onnx)
         image_size = image_size_of(session)
     if model is None:
-        model = load_run(run, device=dev) if run else random_model(image_size, str(dev), backbone=backbone)
+        if cfg.run is None:
+            model = random_model(image_size, str(dev), backbone=cfg.backbone)
+        else:
+            model = load_run(cfg.run, device=dev)
     if session is not None and model.image_size != image_size:
-        raise FastallError(f"{onnx}: takes {image_size} px images but the run's are {model.image_size} px")
-    check = 0 if choice.precision == "fp32" and backend == "eager" else min(images, CHECK_IMAGES)
-    plan = {"batch_sizes": batch_sizes, "check": check, "warmup": warmup, "iters": iters, "batches": batches}
+        raise FastallError(
+            f"{cfg.onnx}: takes {image_size} px images but the run's are {model.image_size} px"
+        )
+    check = 0 if choice.precision == "fp32" and cfg.backend == "eager" else min(cfg.images, CHECK_IMAGES)
+    plan = {
+        "batch_sizes": cfg.batch_sizes,
+        "check": check,
+        "warmup": cfg.warmup,
+        "iters": cfg.iters,
+        "batches": cfg.batches,
+    }
     with tempfile.TemporaryDirectory(prefix="fastall-bench-") as tmp:
         start = time.perf_counter()
-        files = synthetic_files(tmp, images)
+        files = synthetic_files(tmp, cfg.images)
         guess = (
             time.perf_counter()
             - start
@@ -244,33 +228,35 @@ def _run_bench(
                 _probe_s(model), dev, {**plan, "precision": choice.precision, "onnx": session is not None}
             )
         )
+        sizes = ",".join(map(str, cfg.batch_sizes))
         log(
-            f"bench: about {guess:.0f} s ({choice.precision}, batch sizes {','.join(map(str, batch_sizes))}, "
-            f"{iters} batch-1 calls; --batch-sizes and --iters change it)"
+            f"bench: about {guess:.0f} s ({choice.precision}, batch sizes {sizes}, "
+            f"{cfg.iters} batch-1 calls; --batch-sizes and --iters change it)"
         )
-        compared = max(check, min(images, CHECK_IMAGES) if session is not None else 1)
+        compared = max(check, min(cfg.images, CHECK_IMAGES) if session is not None else 1)
         pixels = torch.stack([decode_resized(p, model.image_size) for p in files[:compared]])
         agree = None
         if check:
             log(f"checking {choice.precision} against fp32 on {check} images")
-            model, agree = agreement(model, pixels, choice.precision, backend=backend)
+            model, agree = agreement(model, pixels, choice.precision, backend=cfg.backend)
         else:
             model = model.optimize("fp32", backend="eager")
         log("batch-1 latency")
-        lat = latency(model, files, warmup=warmup, iters=iters)
+        lat = latency(model, files, warmup=cfg.warmup, iters=cfg.iters)
         tput = []
-        for bs in batch_sizes:
+        for bs in cfg.batch_sizes:
             log(f"throughput at batch size {bs}")
-            tput.append(throughput(model, files, bs, batches=batches, workers=workers))
+            tput.append(throughput(model, files, bs, batches=cfg.batches, workers=cfg.workers))
         onnx_result = None
         if session is not None:
-            log(f"ONNX Runtime: {onnx}")
-            onnx_result = onnx_bench(session, model, files, pixels, batch_sizes, warmup, iters, batches)
+            log(f"ONNX Runtime: {cfg.onnx}")
+            timing = (cfg.warmup, cfg.iters, cfg.batches)
+            onnx_result = onnx_bench(session, model, files, pixels, cfg.batch_sizes, *timing)
     claim = PAPER_CLAIMS_MS.get(dev.type)
     p50 = lat["end_to_end"]["p50_ms"]
     return {
         "machine": machine_info(dev),
-        "model": model.provenance.get("label") or f"run {run}",
+        "model": model.provenance.get("label") or f"run {cfg.run}",
         "backbone": model.provenance.get("backbone")
         or model.provenance.get("key_params", {}).get("backbone")
         or "resnet50",
@@ -278,9 +264,9 @@ def _run_bench(
         "precision_decision": choice.to_dict(),
         "backend": model.backend,
         "image_size": model.image_size,
-        "decode_workers": workers,
+        "decode_workers": cfg.workers,
         "source_images": "synthetic 450x450 24-bit BMP (fastall.data.synth), decoded by fastall.data.images",
-        "settings": {**plan, "batch_sizes": list(batch_sizes), "images": images},
+        "settings": {**plan, "batch_sizes": list(cfg.batch_sizes), "images": cfg.images},
         "estimated_s": guess,
         "latency_batch1": lat,
         "throughput": tput,

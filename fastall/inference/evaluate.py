@@ -11,9 +11,9 @@ report/index.html.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,12 +24,13 @@ from fastall.data.loader import default_workers, iter_batches
 from fastall.data.positive import is_disease_name, resolve_positive
 from fastall.errors import FastallError
 from fastall.features.cache import read_cache
-from fastall.inference.artifacts import check_cache, head_file, load_run, read_head
+from fastall.inference.artifacts import check_run_cache, head_file, load_run, read_head
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.shift import Radius, domain_shift, same_files
 from fastall.inference.threshold import choose_threshold
 from fastall.reporting.provenance import command_line
 from fastall.system import csvsafe
+from fastall.system.events import Reporter, silent
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.metrics import clinical_metrics
@@ -147,17 +148,18 @@ def run_model(
     model: LeukemiaClassifier,
     paths: list[Path],
     batch_size: int,
-    on_problem: Callable[[str], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """``(kept indices, probabilities [N, K], view-0 features [N, D], skipped (path, reason))``."""
+    """``(kept indices, probabilities [N, K], view-0 features [N, D], skipped (path, reason))``; each file
+    skipped is a ``skipped`` warning of ``reporter``."""
+    reporter = reporter or silent()
     kept, probs, feats, skipped = [], [], [], []
     workers = default_workers(model.device)
     with torch.inference_mode():
         for batch in iter_batches(paths, model.image_size, batch_size, workers=workers):
             for i, message in batch.bad:
                 skipped.append((str(paths[i]), message.split(": ", 1)[-1]))
-                if on_problem is not None:
-                    on_problem(message)
+                reporter.warn("skipped", message)
             if batch.indices:
                 f = model.forward_features(batch.images)
                 probs.append(torch.softmax(model.forward_head(f).double(), dim=1).cpu().numpy())
@@ -179,7 +181,7 @@ def _training_cache(record: dict, cache: str | Path | None, notes: list[str], he
         notes.append(f"the run's training cache {path} is not here (pass --cache PATH): shift not measured")
         return None
     try:
-        return check_cache(record, read_cache(path), head)
+        return check_run_cache(record, read_cache(path), head)
     except FastallError as err:
         if cache:
             raise
@@ -187,26 +189,42 @@ def _training_cache(record: dict, cache: str | Path | None, notes: list[str], he
         return None
 
 
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """How :func:`evaluate_run` reads DATA and what it writes (the `fastall evaluate` options).
+
+    ``classes``: DATA's class names mapped to the run's (``blast=all,normal=hem``); ``threshold``: a number,
+    ``youden`` or ``sens=0.95``; ``positive``: the run's positive class, for a run made before fastall
+    recorded it (it must agree with a recorded one); ``cache``: the run's training cache where it moved."""
+
+    classes: str | None = None
+    patient_regex: str | None = None
+    threshold: str = "0.5"
+    device: str = "auto"
+    batch_size: int = 32
+    weights_path: str | Path | None = None
+    cache: str | Path | None = None
+    overwrite: bool = False
+    report: bool = True
+    positive: str | None = None
+    patients: str | Path | None = None
+
+
 def evaluate_run(
     run: str | Path,
     data: str | Path,
     out: str | Path,
+    options: EvaluateOptions | None = None,
     *,
-    classes: str | None = None,
-    patient_regex: str | None = None,
-    threshold: str = "0.5",
-    device: str = "cpu",
-    batch_size: int = 32,
-    weights_path: str | Path | None = None,
-    cache: str | Path | None = None,
-    overwrite: bool = False,
-    report: bool = True,
-    on_problem: Callable[[str], None] | None = None,
-    positive: str | None = None,
-    patients: str | Path | None = None,
+    reporter: Reporter | None = None,
+    **settings: Any,
 ) -> Evaluation:
-    """Evaluate RUN on DATA and write OUT (see the module doc). ``positive``: the run's positive class, for a
-    run made before fastall recorded it (it must agree with a recorded one)."""
+    """Evaluate RUN on DATA and write OUT (see the module doc). ``options``: :class:`EvaluateOptions`;
+    ``settings``: fields of it by name, on top (``evaluate_run(run, data, out, report=False)``)."""
+    o = replace(options or EvaluateOptions(), **settings)
+    classes, patient_regex, threshold, device = o.classes, o.patient_regex, o.threshold, o.device
+    batch_size, weights_path, cache, overwrite = o.batch_size, o.weights_path, o.cache, o.overwrite
+    report, positive, patients = o.report, o.positive, o.patients
     out = Path(out)
     check_target(out.absolute(), overwrite, EVAL_FORMAT)
     record = read_head(head_file(run))
@@ -227,7 +245,7 @@ def evaluate_run(
         notes.append(f"{len(ds.unlabelled())} unlabelled image(s) in DATA ignored")
     train = _training_cache(record, cache, notes, head_file(run))
     model = load_run(run, weights_path=weights_path, device=device)
-    kept, prob, feats, skipped = run_model(model, [r.path for r in records], batch_size, on_problem)
+    kept, prob, feats, skipped = run_model(model, [r.path for r in records], batch_size, reporter)
     records = [records[i] for i in kept]
     y, patients = labels[kept], np.array([r.patient for r in records])
     k = len(names)

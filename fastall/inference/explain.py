@@ -36,6 +36,7 @@ from fastall.errors import FastallError
 from fastall.features.gradcam import gradcam_path, gradcam_reshape, target_layer
 from fastall.inference.model import LeukemiaClassifier
 from fastall.system import csvsafe
+from fastall.system.events import Reporter, silent
 from fastall.system.runfolder import atomic_folder, check_target
 
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM"}
@@ -47,7 +48,7 @@ HTML_MAX_IMAGES = 200
 
 
 def load_explainable(
-    run: str | Path, *, device: str = "cpu", weights_path: str | Path | None = None
+    run: str | Path, *, device: str = "auto", weights_path: str | Path | None = None
 ) -> LeukemiaClassifier:
     """A run folder or an export, loaded as ``predict`` loads it, at eager fp32 (gradients need it)."""
     from fastall.inference.artifacts import load_for_inference
@@ -246,12 +247,11 @@ def explain_paths(
     batch_size: int = 32,
     data: str | Path | None = None,
     overwrite: bool = False,
-    on_problem: Callable[[str], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> ExplainResult:
     """Write ``out``: per image the resized original, the overlay and the map, explain.csv, index.html.
-    Unreadable files are reported through ``on_problem`` and skipped; ``out`` appears complete or not at all.
-    Images the run trained on are marked (``in_run``)."""
+    Unreadable files are skipped (``skipped`` warnings of ``reporter``, whose ``explain`` task counts the
+    images); ``out`` appears complete or not at all. Images the run trained on are marked (``in_run``)."""
     from fastall.inference.explain_html import render_index
     from fastall.inference.in_run import training_status
 
@@ -260,11 +260,11 @@ def explain_paths(
     check_target(Path(out).absolute(), overwrite, EXPLAIN_FORMAT)
     paths, problems = find_images(resolve_inputs(inputs, lambda: run_data_root(model, data)))
     skipped: list[tuple[str, str]] = []
+    reporter = reporter or silent()
 
     def bad(path: str, reason: str, message: str) -> None:
         skipped.append((path, reason))
-        if on_problem is not None:
-            on_problem(message)
+        reporter.warn("skipped", message)
 
     for path, reason in problems:
         bad(path, reason, f"{path}: {reason}")
@@ -274,8 +274,7 @@ def explain_paths(
     trained = training_status(model, data)
     rows: list[dict[str, Any]] = []
     cards: list[dict[str, Any]] = []
-    done = 0
-    with atomic_folder(out, overwrite=overwrite) as tmp:
+    with atomic_folder(out, overwrite=overwrite) as tmp, reporter.task("explain", len(paths)) as advance:
         for batch in iter_batches(paths, model.image_size, batch_size):
             for i, message in batch.bad:
                 bad(str(paths[i]), message.split(": ", 1)[-1], message)
@@ -288,9 +287,7 @@ def explain_paths(
                     rows.append(row)
                     if len(cards) < HTML_MAX_IMAGES:
                         cards.append(card)
-            done += len(batch.indices) + len(batch.bad)
-            if progress is not None:
-                progress(done, len(paths))
+            advance(len(batch.indices) + len(batch.bad))
         if not rows:
             first = skipped[0] if skipped else ("?", "?")
             raise FastallError(

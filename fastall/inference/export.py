@@ -7,7 +7,7 @@ decides both). The choice and its agreement travel with the exported model, whic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from fastall.inference.precision import (
     try_precision,
 )
 from fastall.system.devices import decide_precision, resolve_precision
+from fastall.system.events import Reporter, silent
 from fastall.system.files import atomic_torch_save, describe_write_error
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import check_output_file
@@ -47,10 +48,11 @@ def choose_precision(
     calibration: torch.Tensor,
     *,
     precisions: Sequence[str] | None = None,
-    log: Callable[[str], None] = lambda _: None,
+    reporter: Reporter | None = None,
 ) -> tuple[LeukemiaClassifier, dict[str, Any]]:
     """The fastest of ``precisions`` that agrees with fp32 and is faster than it by measured batch-1
     latency (else eager fp32), and the trials. An explicit single precision is kept if it agrees."""
+    reporter = reporter or silent()
     base = model.optimize("fp32", backend="eager")
     reference = logits(base, checked)
     trials, agreeing = [], {}
@@ -65,7 +67,7 @@ def choose_precision(
                 "agrees": trial.agrees,
             }
         )
-        log(
+        reporter.info(
             f"{precision}: agrees with fp32 on {trial.agreement:.1%} of {trial.images} images "
             f"(max |Δprob| {trial.max_dprob:.3g})"
         )
@@ -75,7 +77,9 @@ def choose_precision(
     for t in trials:
         t["batch1_ms"] = timings.get(t["precision"])
     if timings:
-        log(", ".join(f"{name} {ms:.1f} ms" for name, ms in timings.items()) + " (batch 1, measured)")
+        reporter.info(
+            ", ".join(f"{name} {ms:.1f} ms" for name, ms in timings.items()) + " (batch 1, measured)"
+        )
     fastest = min(agreeing, key=timings.__getitem__, default=None)
     if fastest is not None and (precisions is not None or timings[fastest] < timings["fp32"]):
         trial = next(t for t in trials if t["precision"] == fastest)
@@ -105,12 +109,13 @@ def export_deployable(
     images: int = 200,
     data: str | Path | None = None,
     weights_path: str | Path | None = None,
-    log: Callable[[str], None] = lambda _: None,
+    reporter: Reporter | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Export RUN with ``precision`` (``auto``: the fastest that agrees with fp32 on the run's images).
 
     An explicit precision is checked and recorded too; below the agreement rule it is refused.
     """
+    reporter = reporter or silent()
     check_output_file(out, [run])
     if precision not in PRECISION_CHOICES:
         raise FastallError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
@@ -126,7 +131,7 @@ def export_deployable(
         pixels = folder.images(checked, data=data, needed_for=need)
         calibration = folder.images(calibration_pick(labels, checked), data=data, needed_for=need)
         wanted = None if precision == "auto" else [precision]
-        model, choice = choose_precision(model, pixels, calibration, precisions=wanted, log=log)
+        model, choice = choose_precision(model, pixels, calibration, precisions=wanted, reporter=reporter)
         if precision != "auto" and choice["precision"] != precision:
             trial = choice["trials"][-1]
             raise FastallError(
@@ -185,4 +190,4 @@ def atomic_save(obj: Any, out: str | Path) -> Path:
     try:
         return atomic_torch_save(obj, out)
     except OSError as err:
-        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from None
+        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from err

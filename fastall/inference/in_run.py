@@ -16,7 +16,7 @@ from fastall.inference.model import LeukemiaClassifier
 def training_status(model: LeukemiaClassifier, data: str | Path | None) -> Callable[[str], str]:
     """path -> ``""`` (not a training image, or unknown) or a line saying the run trained on it: its final
     head saw the image, so the map's probability is in-sample; the report's is the out-of-fold one."""
-    from fastall.reporting.runfiles import positive_name, read_predictions
+    from fastall.reporting.saved_runs import positive_name, read_predictions
 
     run = model.provenance.get("run")
     csv_path = Path(str(run)) / "predictions.csv" if run else None

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from fastall.inference.artifacts import model_from_run, open_run
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import compare_logits, logits, pick_images
 from fastall.preprocess import preprocess
+from fastall.system.events import Reporter, silent
 from fastall.system.files import atomic_write, describe_write_error
 from fastall.system.runfolder import check_output_file
 
@@ -47,7 +47,7 @@ def require(what: str) -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as err:
-        raise FastallError(f"{what} needs the optional extra onnx ({err.name} is missing): {EXTRA}") from None
+        raise FastallError(f"{what} needs the optional extra onnx ({err.name} is missing): {EXTRA}") from err
     return onnx, onnxruntime
 
 
@@ -71,9 +71,10 @@ def export_onnx(
     images: int = 200,
     data: str | Path | None = None,
     weights_path: str | Path | None = None,
-    log: Callable[[str], None] = lambda _: None,
+    reporter: Reporter | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write RUN's model as ONNX at ``out`` once ONNX Runtime agrees with PyTorch fp32 on the run's images."""
+    reporter = reporter or silent()
     require("--format onnx")
     out = check_output_file(out, [run])
     if not out.parent.is_dir():
@@ -87,7 +88,7 @@ def export_onnx(
     )
     proto = _graph(Deployable(model).eval(), model.image_size, metadata(model))
     check = check_onnx(proto.SerializeToString(), model, pixels)
-    log(
+    reporter.info(
         f"onnxruntime agrees with PyTorch fp32 on {check['agreement']:.1%} of {check['images']} run "
         f"images (max |Δprob| {check['max_dprob']:.2g})"
     )
@@ -102,7 +103,7 @@ def export_onnx(
     try:
         atomic_write(out, lambda fh: fh.write(data), point="onnx")
     except OSError as err:
-        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from None
+        raise FastallError(f"{out}: cannot write: {describe_write_error(err, out.parent)}") from err
     return out, check
 
 
@@ -171,7 +172,7 @@ def session_for(path: str | Path | bytes, threads: int | None = None) -> Any:
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for bad files
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         where = "the exported graph" if isinstance(path, bytes) else path
-        raise FastallError(f"{where}: not a readable ONNX model ({first})") from None
+        raise FastallError(f"{where}: not a readable ONNX model ({first})") from err
 
 
 def graph_sha256(proto: Any) -> str:
@@ -188,7 +189,7 @@ def open_fastall_onnx(path: str | Path, threads: int | None = None) -> Any:
         proto = onnx.load(str(path))
     except Exception as err:  # noqa: BLE001 - protobuf raises its own types for bad files
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise FastallError(f"{path}: not a readable ONNX model ({first})") from None
+        raise FastallError(f"{path}: not a readable ONNX model ({first})") from err
     meta = {entry.key: entry.value for entry in proto.metadata_props}
     inputs = [(i.name, i.type.tensor_type.elem_type) for i in proto.graph.input]
     outputs = tuple(o.name for o in proto.graph.output)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fastall.features.cache import read_cache
-from fastall.inference.artifacts import check_cache, open_run
+from fastall.inference.artifacts import check_run_cache, open_run
 from fastall.inference.shift import Radius
 
 
@@ -26,7 +26,7 @@ def training_radius(run: str | Path) -> tuple[Radius | None, str]:
     folder = open_run(run)
     if folder.cache_path is None or not folder.cache_path.is_file():
         return None, f"the run's training cache {folder.cache_path} is not here: ood not measured"
-    fc = check_cache(folder.record, read_cache(folder.cache_path), folder.head_path)
+    fc = check_run_cache(folder.record, read_cache(folder.cache_path), folder.head_path)
     if fc.n_images < 4:
         return None, f"{fc.n_images} training images: too few to calibrate the ood radius"
     return Radius(fc.features[:, 0, :].astype(np.float32), fc.patients), ""

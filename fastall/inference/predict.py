@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.shift import Radius
 from fastall.system import csvsafe
+from fastall.system.events import Reporter, silent
 from fastall.system.runfolder import check_output_file
 
 TTA_SEED = 0
@@ -60,24 +61,25 @@ def predict_paths(
     tta: int = 1,
     skip_bad: bool = True,
     workers: int | None = None,
-    on_problem: Callable[[str], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    reporter: Reporter | None = None,
     share: tuple[int, int] = (0, 1),
     radius: Radius | None = None,
 ) -> Predictions:
     """Class probabilities for each image in ``inputs`` (files, folders); ``tta`` views averaged.
 
-    A bad file is reported through ``on_problem`` and skipped, or with ``skip_bad=False`` raised.
+    A bad file is skipped and reported to ``reporter`` (a ``skipped`` warning), or with ``skip_bad=False``
+    raised; the images done are its ``predict`` task.
     With ``radius`` each image's view-0 feature is also flagged ood (outside it) or not.
     ``share=(rank, world)``: only every world-th image from ``rank`` (one rank of a torchrun job; missing
     inputs are reported by rank 0 only, and a share may be empty).
     """
     if tta < 1:
         raise FastallError(f"--tta needs at least 1 view, got {tta}")
+    reporter = reporter or silent()
     paths, problems = find_images(inputs)
     skipped: list[tuple[str, str]] = []
     for path, reason in problems if share[0] == 0 else ():
-        _bad(f"{path}: {reason}", path, reason, skipped, skip_bad, on_problem)
+        _bad(f"{path}: {reason}", path, reason, skipped, skip_bad, reporter)
     if not paths:
         first = f" ({problems[0][0]}: {problems[0][1]})" if problems else ""
         raise FastallError(f"no image files found in {', '.join(map(str, inputs))}{first}")
@@ -85,25 +87,24 @@ def predict_paths(
     workers = default_workers(model.device) if workers is None else workers
     out_paths, out_probs = [], [np.empty((0, len(model.class_names)), dtype=np.float32)]
     out_ood = [np.zeros(0, bool)]
-    done = 0
-    for batch in iter_batches(
+    batches = iter_batches(
         [paths[i] for i in order],
         model.image_size,
         batch_size,
         workers=workers,
         pin_memory=model.device.type == "cuda",
-    ):
-        for k, message in batch.bad:
-            _bad(message, str(paths[order[k]]), message.split(": ", 1)[-1], skipped, skip_bad, on_problem)
-        if batch.indices:
-            probs, features = _probs(model, batch.images, [order[k] for k in batch.indices], tta)
-            out_probs.append(probs)
-            if radius is not None:
-                out_ood.append(radius.outside(features))
-            out_paths.extend(str(paths[order[k]]) for k in batch.indices)
-        done += len(batch.indices) + len(batch.bad)
-        if progress is not None:
-            progress(done, len(order))
+    )
+    with reporter.task("predict", len(order), unit="images") as advance:
+        for batch in batches:
+            for k, message in batch.bad:
+                _bad(message, str(paths[order[k]]), message.split(": ", 1)[-1], skipped, skip_bad, reporter)
+            if batch.indices:
+                probs, features = _probs(model, batch.images, [order[k] for k in batch.indices], tta)
+                out_probs.append(probs)
+                if radius is not None:
+                    out_ood.append(radius.outside(features))
+                out_paths.extend(str(paths[order[k]]) for k in batch.indices)
+            advance(len(batch.indices) + len(batch.bad))
     if not out_paths and share[1] == 1:
         raise FastallError(
             f"none of the {len(paths)} image files could be read (first: {skipped[0][0]}: {skipped[0][1]})"
@@ -120,13 +121,12 @@ def _bad(
     reason: str,
     skipped: list,
     skip_bad: bool,
-    on_problem: Callable[[str], None] | None,
+    reporter: Reporter,
 ) -> None:
     if not skip_bad:
         raise FastallError(f"{message} (use --skip-bad to skip unreadable files)")
     skipped.append((path, reason))
-    if on_problem is not None:
-        on_problem(message)
+    reporter.warn("skipped", message)
 
 
 @torch.inference_mode()
@@ -192,4 +192,4 @@ def _atomic_text(path: Path, text: str) -> None:
     try:
         atomic_write_text(path, text)
     except OSError as err:
-        raise FastallError(f"{path}: cannot write ({describe_write_error(err, path.parent)})") from None
+        raise FastallError(f"{path}: cannot write ({describe_write_error(err, path.parent)})") from err

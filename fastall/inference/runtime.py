@@ -14,7 +14,7 @@ import copy
 import shutil
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -75,8 +75,25 @@ class Runtime(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         x = x.contiguous(memory_format=_format(self.channels_last))
-        with autocast(self.precision if self.backend != "compile" else "fp32", self.device):
+        with (
+            cudnn_benchmark(self.device),
+            autocast(self.precision if self.backend != "compile" else "fp32", self.device),
+        ):
             return self.module(x).float()
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(device: torch.device) -> Iterator[None]:
+    """cuDNN's autotuner (fixed input shapes) inside, on a GPU; the flag returns to what it was."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def build_runtime(
@@ -97,8 +114,6 @@ def build_runtime(
     device = torch.device(device)
     check_precision(precision, device)
     backend = resolve_backend(backend, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     state = None
     if precision == "int8":
         module = quantize_int8(backbone, example, calibration=calibration, state=int8_state)
@@ -165,7 +180,7 @@ def quantize_int8(
             quantized.load_state_dict(saved)
         except (RuntimeError, KeyError) as err:
             first = str(err).splitlines()[0]
-            raise FastallError(f"saved int8 state does not fit the backbone: {first}") from None
+            raise FastallError(f"saved int8 state does not fit the backbone: {first}") from err
     return quantized
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from fastall.errors import FastallError
-from fastall.reporting.runfiles import read_predictions
+from fastall.reporting.saved_runs import read_predictions
 
 
 def oof_predictions(run: str | Path, class_names: list[str], positive: str) -> tuple[np.ndarray, np.ndarray]:
@@ -26,7 +26,7 @@ def oof_predictions(run: str | Path, class_names: list[str], positive: str) -> t
     try:
         p = read_predictions(path, class_names, positive)
     except FastallError as err:
-        raise FastallError(f"not a train-head predictions file: {err}") from None
+        raise FastallError(f"not a train-head predictions file: {err}") from err
     rows = p.rows("val")
     if not rows.size:
         raise FastallError(f"{path}: no out-of-fold (split=val) predictions to choose a threshold on")

@@ -100,7 +100,7 @@ def verify_run(
     run: str | Path,
     *,
     images: int = 16,
-    device: str = "cpu",
+    device: str = "auto",
     cache: str | Path | None = None,
     data: str | Path | None = None,
     weights_path: str | Path | None = None,

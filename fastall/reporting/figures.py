@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from fastall.reporting.runfiles import Predictions
+from fastall.reporting.saved_runs import SavedPredictions
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 TEST_COLOUR, MEAN_COLOUR = "#111111", "#0b3d91"
@@ -50,7 +50,7 @@ def _restyle_last(ax, **style) -> None:
 
 
 def _curves(
-    p: Predictions, test: dict | None, pooled: dict | None, kind: str
+    p: SavedPredictions, test: dict | None, pooled: dict | None, kind: str
 ) -> tuple[Figure, dict[str, float]]:
     """ROC (``kind="roc"``) or precision-recall (``"pr"``) per fold, mean ± 1 std, and the test set."""
     from sklearn.metrics import (
@@ -137,17 +137,17 @@ def _curves(
     return fig, {"folds": len(curves)}
 
 
-def roc_figure(p: Predictions, test: dict | None = None, pooled: dict | None = None) -> Figure:
+def roc_figure(p: SavedPredictions, test: dict | None = None, pooled: dict | None = None) -> Figure:
     """One ROC curve per fold, the mean with a ±1 std band (TPR interpolated on FPR), the test ROC."""
     return _curves(p, test, pooled, "roc")[0]
 
 
-def pr_figure(p: Predictions, test: dict | None = None, pooled: dict | None = None) -> Figure:
+def pr_figure(p: SavedPredictions, test: dict | None = None, pooled: dict | None = None) -> Figure:
     """Precision-recall per fold, mean ± 1 std (precision interpolated on recall), the test curve."""
     return _curves(p, test, pooled, "pr")[0]
 
 
-def one_vs_rest_figure(p: Predictions) -> Figure | None:
+def one_vs_rest_figure(p: SavedPredictions) -> Figure | None:
     """ROC and precision-recall curves of every class against the rest: pooled out-of-fold (solid) and the
     test set (dashed), with each curve's area in the legend."""
     from sklearn.metrics import auc as area
@@ -186,7 +186,7 @@ def one_vs_rest_figure(p: Predictions) -> Figure | None:
     return fig
 
 
-def confusion_figure(p: Predictions) -> Figure:
+def confusion_figure(p: SavedPredictions) -> Figure:
     """Pooled out-of-fold and test confusion matrices, as counts and row-normalised (the paper's Table IV)."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -215,7 +215,7 @@ def confusion_figure(p: Predictions) -> Figure:
     return fig
 
 
-def calibration_figure(p: Predictions, pooled: dict | None = None, test: dict | None = None) -> Figure:
+def calibration_figure(p: SavedPredictions, pooled: dict | None = None, test: dict | None = None) -> Figure:
     """Reliability curves (10 equal-width bins) of the out-of-fold and test probabilities; Brier scores in
     the legend."""
     from sklearn.calibration import CalibrationDisplay

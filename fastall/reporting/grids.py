@@ -17,14 +17,14 @@ from fastall.data.discover import discover
 from fastall.data.fingerprint import dataset_fingerprint
 from fastall.data.images import decode_image
 from fastall.errors import FastallError
-from fastall.reporting.runfiles import Predictions
+from fastall.reporting.saved_runs import SavedPredictions
 
 PER_ROW = 8
 TILE = 128
 _INCLUDES = (("prelim",), ("prelim", "testing"), ())
 
 
-def image_root(p: Predictions, metrics: dict | None, data: str | Path | None) -> tuple[Path | None, str]:
+def image_root(p: SavedPredictions, metrics: dict | None, data: str | Path | None) -> tuple[Path | None, str]:
     """The folder holding the run's images, or ``(None, note)`` saying why the grids are left out.
 
     Raises FastallError when ``data`` (given by the user) is not there or holds other images.
@@ -52,7 +52,7 @@ def image_root(p: Predictions, metrics: dict | None, data: str | Path | None) ->
     return None, f"example-cell grids left out: {root}: {problem}"
 
 
-def _other_images(root: Path, p: Predictions, key_params: dict) -> str | None:
+def _other_images(root: Path, p: SavedPredictions, key_params: dict) -> str | None:
     """Why ``root`` does not hold this run's images, or None when it does (as far as can be checked)."""
     missing = [rel for rel in p.path if not (root / str(rel)).is_file()]
     if missing:
@@ -80,7 +80,7 @@ def _other_images(root: Path, p: Predictions, key_params: dict) -> str | None:
 CAPTION_CHARS = 16
 
 
-def _confidence(p: Predictions, rows: np.ndarray) -> np.ndarray:
+def _confidence(p: SavedPredictions, rows: np.ndarray) -> np.ndarray:
     """Probability of the predicted class."""
     prob = p.probability[rows]
     if not p.binary:
@@ -97,7 +97,7 @@ def shorten(text: str, limit: int = CAPTION_CHARS) -> str:
     return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
 
 
-def grid_legend(p: Predictions, groups: list[tuple[str, np.ndarray]]) -> list[str]:
+def grid_legend(p: SavedPredictions, groups: list[tuple[str, np.ndarray]]) -> list[str]:
     """The full name behind every tile's short caption: ``row r, #j: path (patient P)``."""
     out = []
     for name, rows in ((n, r) for n, r in groups if r.size):
@@ -106,19 +106,19 @@ def grid_legend(p: Predictions, groups: list[tuple[str, np.ndarray]]) -> list[st
     return out
 
 
-def _top(p: Predictions, mask: np.ndarray, n: int = PER_ROW) -> np.ndarray:
+def _top(p: SavedPredictions, mask: np.ndarray, n: int = PER_ROW) -> np.ndarray:
     rows = np.flatnonzero(mask)
     order = np.lexsort((p.path[rows].astype(str), -_confidence(p, rows)))
     return rows[order[:n]]
 
 
-def correct_rows(p: Predictions) -> list[tuple[str, np.ndarray]]:
+def correct_rows(p: SavedPredictions) -> list[tuple[str, np.ndarray]]:
     """The most confident correct cells of each class (Figs. 3 and 4)."""
     right = p.label == p.prediction
     return [(f"{c}: most confident correct", _top(p, right & (p.label == c))) for c in p.class_names]
 
 
-def error_rows(p: Predictions) -> list[tuple[str, np.ndarray]]:
+def error_rows(p: SavedPredictions) -> list[tuple[str, np.ndarray]]:
     """The most confident false positives and false negatives of the positive class (binary with a positive
     class), else the most confident errors of each true class."""
     wrong = p.label != p.prediction
@@ -132,7 +132,7 @@ def error_rows(p: Predictions) -> list[tuple[str, np.ndarray]]:
 
 
 def grid_figure(
-    p: Predictions, root: Path, groups: list[tuple[str, np.ndarray]], title: str
+    p: SavedPredictions, root: Path, groups: list[tuple[str, np.ndarray]], title: str
 ) -> Figure | None:
     """Rows of image tiles, each labelled with the probability of its predicted class and its patient: one
     mosaic in one axes (a figure of 16 small axes would take seconds to draw)."""

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from fastall.reporting.runfiles import positive_name
+from fastall.reporting.saved_runs import positive_name
 from fastall.system.notices import as_records
 
 

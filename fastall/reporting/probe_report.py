@@ -105,7 +105,7 @@ def write_probe_report(folder: str | Path, *, shown_as: str | Path | None = None
     try:
         rec = json.loads((folder / "probe.json").read_text())
     except (OSError, ValueError) as err:
-        raise FastallError(f"{folder}: no readable probe.json ({err})") from None
+        raise FastallError(f"{folder}: no readable probe.json ({err})") from err
     out = folder / REPORT_DIR
     shutil.rmtree(out, ignore_errors=True)
     figs: list[Shown] = []

@@ -19,7 +19,7 @@ from fastall.reporting import naming
 from fastall.reporting.grids import correct_rows, error_rows, grid_figure, grid_legend, image_root
 from fastall.reporting.html import Shown, render, run_tables, sweep_tables
 from fastall.reporting.patient_text import patient_line
-from fastall.reporting.runfiles import RunFiles, load_run, positive_name
+from fastall.reporting.saved_runs import RunFiles, positive_name, read_run_files
 from fastall.reporting.tables import protocol_line
 from fastall.system.notices import as_records
 from fastall.system.procs import pid_alive
@@ -72,7 +72,7 @@ def write_report(
     not where the cache recorded them. ``shown_as``: the run's path once published, when ``run_dir`` is a
     run still being written (shown on the page and returned). ``positive``: the class the figures score,
     for a run that names none (it must agree with a recorded one)."""
-    run = load_run(run_dir)
+    run = read_run_files(run_dir)
     if positive is not None:
         _name_positive(run, positive)
     shown = Path(shown_as) if shown_as else run.folder.absolute()
@@ -87,7 +87,7 @@ def write_report(
         _replace(tmp, final)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise FastallError(f"{final}: cannot write the report: {err.strerror or err}") from None
+        raise FastallError(f"{final}: cannot write the report: {err.strerror or err}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

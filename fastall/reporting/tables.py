@@ -1,6 +1,6 @@
-"""Rich tables for train-head runs: the leakage audit, folds with mean ± std and peak, the test set, each
-beside the paper's Tables II and III, and the clinical metrics with their patient-level 95% CIs. The rows are
-plain strings so that the HTML report shows the same numbers."""
+"""Rich tables for train-head runs and sweeps: the leakage audit, folds with mean ± std and peak, the test
+set, each beside the paper's Tables II and III, the clinical metrics with their patient-level 95% CIs, and a
+sweep's ranking. The rows are plain strings so that the HTML report shows the same numbers."""
 
 from __future__ import annotations
 
@@ -301,5 +301,45 @@ def print_run(m: dict, out: Path, console: Console, report: Any = None) -> None:
         console.print(f"[yellow]warning[/] {code}: {escape(w['text'])}", highlight=False, soft_wrap=True)
     for note in getattr(report, "notes", []):
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    if report is not None:
+        console.print(f"Report: {report.path}", highlight=False, soft_wrap=True)
+
+
+def print_sweep(r: dict, out: Path, console: Console, report: Any = None, top: int = 20) -> None:
+    """A sweep's ranked table (mean ± std over folds, results.json's content ``r``) and the train-head command
+    of the best configuration."""
+    metric, varying = r["metric"], r["varying"] or ["lr"]
+    table = Table(
+        title=f"Sweep: {len(r['configs'])} configurations × {r['folds']} patient-level folds, "
+        f"ranked by {metric}",
+        title_justify="left",
+    )
+    for col in ("#", *varying, f"{metric} mean±std", "Acc %", "F1", "AUC", "val loss"):
+        table.add_column(col, justify="right", no_wrap=True)
+    probe = (r.get("probe") or {}).get("summary")
+    if probe:
+        table.add_row("probe", *sweep_row_cells(probe, metric, ["" for _ in varying]), style="cyan")
+        table.add_section()
+    for row in r["configs"][:top]:
+        rank = str(row["rank"]) + (" diverged" if row.get("diverged") else "")
+        table.add_row(rank, *sweep_row_cells(row["summary"], metric, param_cells(row["params"], varying)))
+    console.print(table)
+    if len(r["configs"]) > top:
+        console.print(f"... {len(r['configs']) - top} more in {out / 'results.csv'}")
+    t = r["timings"]
+    optimistic = (r.get("protocol") or {}).get("optimistic", True)
+    console.print(
+        f"{len(r['configs'])} configurations in {t['train_s']:.1f} s "
+        f"({t['configs_per_s']:.2f}/s) on "
+        f"{r['device']} ({r['precision']}), preset {r.get('preset') or 'paper'}"
+        f"{' (selection on the reported fold: optimistic)' if optimistic else ''}"
+        f"; the probe row is the linear probe on the same folds; results in {out}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if r.get("probe_note"):
+        console.print(f"[yellow]warning:[/] {r['probe_note']}", highlight=False, soft_wrap=True)
+    console.print("Best configuration, as a train-head run:")
+    console.print(r["best"]["command"], soft_wrap=True, highlight=False, markup=False)
     if report is not None:
         console.print(f"Report: {report.path}", highlight=False, soft_wrap=True)

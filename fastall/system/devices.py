@@ -17,6 +17,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 _CUDA_INDEX = re.compile(r"cuda:(\d+)")
 
+DEVICE_RULE = "auto (every command's default): cuda if a GPU is available, else cpu; or cpu, cuda, cuda:N."
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` (a GPU where there is one), ``cpu``, ``cuda`` or ``cuda:N``; a clear error if it is absent."""

@@ -134,7 +134,7 @@ class Group:
             raise FastallError(
                 f"rank {self.env.rank}: could not join the {self.env.world} processes at {where} within "
                 f"{self.timeout:g} s ({_short(err)})"
-            ) from None
+            ) from err
         self._thread = threading.Thread(target=self._heartbeat, name="fastall-heartbeat", daemon=True)
         self._thread.start()
         self._quiet = False
@@ -250,7 +250,7 @@ class Group:
                 self.problem
                 or f"rank {self.env.rank}: lost contact with the other ranks ({_short(err)}); finished work "
                 "is kept: rerun the same command to resume"
-            ) from None
+            ) from err
         finally:
             with self._cond:
                 self._quiet = False

@@ -3,8 +3,8 @@
 A file is written to a temporary name in its own folder (``.NAME.tmp-PID``), fsynced, renamed onto NAME, and
 the folder is fsynced. The writing library (h5py, torch, numpy) sees a file object that never raises on a
 failed write: the first error (a full disk) is recorded and raised once the library is done, so it ends as one
-clean ``OSError``, never as a crash inside HDF5. Test hooks sit between the steps: kill points, pauses and a
-simulated full disk.
+clean ``OSError``, never as a crash inside HDF5. Between the steps, ``fastall.system.faults`` names the
+durable step (where a fault test kills, pauses or fills the disk).
 """
 
 from __future__ import annotations
@@ -15,45 +15,15 @@ import io
 import os
 import re
 import shutil
-import signal
 import stat
-import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fastall.system import faults
 from fastall.system.procs import pid_alive
 
-KILL_ENV, PAUSE_ENV, ENOSPC_ENV = "FASTALL_TEST_KILL_AT", "FASTALL_TEST_PAUSE_AT", "FASTALL_TEST_ENOSPC_AT"
-INTERRUPT_ENV = "FASTALL_TEST_INTERRUPT_AT"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_kill_hits: Counter[str] = Counter()
-
-
-def kill_point(name: str) -> None:
-    """Test hooks: ``FASTALL_TEST_KILL_AT=name[:n]`` SIGKILLs this process the n-th time it passes ``name``
-    (``shard-tmp``, ``shard``, ``finalize``, ``cache-tmp``, ``cleanup``, ``publish-old``, ``publish-new``);
-    ``FASTALL_TEST_PAUSE_AT`` sleeps there instead, for a test to kill it from outside;
-    ``FASTALL_TEST_INTERRUPT_AT`` raises KeyboardInterrupt there (a Ctrl-C)."""
-    if os.environ.get(INTERRUPT_ENV) == name:
-        raise KeyboardInterrupt
-    specs = {env: os.environ.get(env) for env in (KILL_ENV, PAUSE_ENV)}
-    if not any(specs.values()):
-        return
-    _kill_hits[name] += 1
-    for env, spec in specs.items():
-        point, _, nth = (spec or "").partition(":")
-        if point == name and _kill_hits[name] == int(nth or 1):
-            if env == KILL_ENV:
-                os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(600)
-
-
-def disk_full_point(name: str) -> bool:
-    """Test hook: ``FASTALL_TEST_ENOSPC_AT=name`` makes the writes at ``name`` fail as on a full disk
-    (``cache-tmp``, ``shard-tmp``, ``torch-save``, ``text``, ``run-folder``)."""
-    return os.environ.get(ENOSPC_ENV) == name
 
 
 def _disk_full() -> OSError:
@@ -102,7 +72,7 @@ class _GuardedFile(io.RawIOBase):
         self.fd, self.pos, self.size = fd, 0, 0
         self.error: OSError | None = None
         self.memory: bytearray | None = None
-        if disk_full_point(point):
+        if faults.disk_full(point):
             self._fail(_disk_full())
 
     def _fail(self, err: OSError) -> None:
@@ -210,7 +180,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, point: 
             os.fsync(fd)
         finally:
             os.close(fd)
-        kill_point(point)
+        faults.reached(point)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as err:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-import fastall
+from fastall.system import openmp
 
 CLASSES = ("baseline", "AVX2", "AVX512", "AVX512_BF16", "AMX")
 DECIDING_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")
@@ -184,7 +184,7 @@ def thread_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "omp_env": {k: os.environ[k] for k in OMP_ENV if k in os.environ},
-        "omp_wait_policy_in_force": fastall.OMP_WAIT_POLICY_IN_FORCE or "runtime default (spins)",
+        "omp_wait_policy_in_force": openmp.in_force() or "runtime default (spins)",
     }
 
 

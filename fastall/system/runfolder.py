@@ -20,13 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fastall.errors import FastallError
+from fastall.system import faults
 from fastall.system.files import (
     describe_write_error,
-    disk_full_point,
     fsync_dir,
     fsync_tree,
     is_disk_full,
-    kill_point,
     open_regular,
 )
 from fastall.system.procs import pid_alive
@@ -133,11 +132,11 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as err:
-        raise FastallError(f"{out}: cannot create the output folder: {err.strerror or err}") from None
+        raise FastallError(f"{out}: cannot create the output folder: {err.strerror or err}") from err
     try:
         yield tmp
-        kill_point("run-folder")
-        if disk_full_point("run-folder"):
+        faults.reached("run-folder")
+        if faults.disk_full("run-folder"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fsync_tree(tmp)
         _publish(tmp, out, overwrite)
@@ -147,7 +146,7 @@ def atomic_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
             raise
         reason = describe_write_error(err, out.parent)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise FastallError(f"{out}: cannot write the output folder: {reason}") from None
+        raise FastallError(f"{out}: cannot write the output folder: {reason}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -166,14 +165,14 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
     old = out.with_name(f"{out.name}.old-{os.getpid()}")
     os.replace(out, old)
     fsync_dir(out.parent)
-    kill_point("publish-old")
+    faults.reached("publish-old")
     try:
         os.replace(tmp, out)
     except OSError:
         os.replace(old, out)
         raise
     fsync_dir(out.parent)
-    kill_point("publish-new")
+    faults.reached("publish-new")
     shutil.rmtree(old, ignore_errors=True)
 
 

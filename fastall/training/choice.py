@@ -30,7 +30,7 @@ from fastall.training.probe import ProbeResult
 from fastall.training.selection import inner_splits, refit, select
 
 if TYPE_CHECKING:
-    from fastall.training.train_head import Prepared
+    from fastall.training.prepared import Prepared
 
 CHOICE_FOLDS = 3
 MIN_PATIENTS = 3

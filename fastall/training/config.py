@@ -4,26 +4,23 @@ a trained head with its history."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from fastall.errors import FastallError
 from fastall.system.seeds import check_seed
-from fastall.training.hparams import HParam, hparam, hparams_of
+from fastall.system.settings import HParam, hparam, hparams_of
 
 MAX_LR, MAX_WEIGHT_DECAY, MAX_HIDDEN, MAX_EPOCHS, MAX_BATCH = 1.0, 1.0, 65536, 10000, 65536
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     """One head configuration: the train-head options that change training (the paper's by default).
 
-    Each field is a :func:`~fastall.training.hparams.hparam`; the CLI options, the sweep grid and the printed
+    Each field is a :func:`~fastall.system.settings.hparam`; the CLI options, the sweep grid and the printed
     train-head command are generated from these declarations.
     """
 
@@ -139,7 +136,6 @@ class TrainOptions:
     tune: str | None = None
     preset: str | None = None
     positive: str | None = None
-    console: Console | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_seed(self.seed)

@@ -7,12 +7,12 @@ NaN features, so divergence should not happen; this is the net behind those chec
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from fastall.errors import FastallError
+from fastall.system.notices import Notices
 from fastall.training.config import HeadResult
 from fastall.training.metrics import METRICS, classification_metrics
 
@@ -46,13 +46,12 @@ def diverged_message(what: str, lr: float, weight_decay: float) -> str:
     )
 
 
-def check_divergence(
-    results: list[HeadResult], lr: float, weight_decay: float, warn: Callable[[str], None] | None
-) -> None:
-    """A diverged final head is refused (nothing is written); diverged fold heads are marked and reported."""
+def check_divergence(results: list[HeadResult], lr: float, weight_decay: float, warnings: Notices) -> None:
+    """A diverged final head is refused (nothing is written); diverged fold heads are marked and recorded in
+    ``warnings`` (code ``diverged``)."""
     if any(r.final and diverged(r) for r in results):
         raise FastallError(diverged_message("the final head", lr, weight_decay) + "; nothing was written")
     folds = [r.fold for r in results if not r.final and diverged(r)]
-    if folds and warn is not None:
+    if folds:
         message = diverged_message(f"fold(s) {', '.join(map(str, folds))}", lr, weight_decay)
-        warn(f"{message}; marked in metrics.json and left out of the means")
+        warnings.add("diverged", f"{message}; marked in metrics.json and left out of the means")

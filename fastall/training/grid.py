@@ -17,8 +17,8 @@ import numpy as np
 
 from fastall.errors import FastallError
 from fastall.system.machine import available_memory
+from fastall.system.settings import HParam
 from fastall.training.config import HeadConfig
-from fastall.training.hparams import HParam
 
 
 @dataclass(frozen=True)

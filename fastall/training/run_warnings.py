@@ -24,7 +24,7 @@ from fastall.training.uncertainty import MIN_PATIENTS
 from fastall.training.verdict import paired_verdict
 
 if TYPE_CHECKING:
-    from fastall.training.train_head import Prepared
+    from fastall.training.prepared import Prepared
 
 
 def own_group_count(cache: FeatureCache) -> int:

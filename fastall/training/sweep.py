@@ -11,19 +11,19 @@ import json
 import math
 import shlex
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
 from fastall import __version__
 from fastall.errors import FastallError
 from fastall.reporting.provenance import command_line
-from fastall.reporting.tables import param_cells, sweep_row_cells
 from fastall.system import csvsafe
+from fastall.system.events import Reporter, silent
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import HeadConfig, HeadResult, TrainOptions
@@ -31,9 +31,10 @@ from fastall.training.divergence import diverged, metrics_or_nan
 from fastall.training.engine import time_floor, train_stacks
 from fastall.training.grid import Range, check_budget, count_configs, expand, parse_grid, sample
 from fastall.training.metrics import summarize
+from fastall.training.prepared import Prepared, prepare
 from fastall.training.presets import protocol_record
 from fastall.training.probe import ProbeResult, probe_cache
-from fastall.training.train_head import Prepared, prepare, train_by_protocol
+from fastall.training.train_head import train_by_protocol
 
 SWEEP_FORMAT, SWEEP_VERSION = "fastall-sweep", 1
 METRICS = ("auc", "accuracy", "f1")
@@ -62,15 +63,18 @@ def sweep(
     metric: str = "auc",
     options: TrainOptions | None = None,
     base: HeadConfig | None = None,
+    reporter: Reporter | None = None,
     **keywords: Any,
 ) -> SweepResult:
     """Train every configuration on train-head's folds and rank them by ``metric`` (mean over folds).
 
-    ``options`` (folds, test, holdout, seed, device, precision, overwrite, progress, console) are
+    ``options`` (folds, test, holdout, seed, device, precision, overwrite, progress) are
     train-head's, with its protocol (``selection`` on the fold: the paper's stacks; inner: the preset's
     protocol per configuration); ``base``: the head the grid varies (the preset's; default the paper's).
-    The flat keywords of earlier versions (``folds=..., device=...``) still work and override them."""
+    The flat keywords of earlier versions (``folds=..., device=...``) still work and override them.
+    Silent: the estimate and the progress go to ``reporter`` (``fastall.system.events``)."""
     t_start = time.perf_counter()
+    reporter = reporter or silent()
     options = replace(options or TrainOptions(), **keywords)
     if metric not in METRICS:
         raise FastallError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
@@ -87,13 +91,13 @@ def sweep(
     n_pool = int(prep.splits.pool.size)
     estimate = check_budget(count_configs(spec, random), options.folds, n_pool, prep.data.classes, flag)
     configs = sample(spec, random, options.seed, base) if random else expand(spec, base)
-    if options.console is not None and options.progress:
+    if options.progress:
         floor = time_floor(configs, options.folds, n_pool, prep.data.dim, prep.device)
-        options.console.print(f"[dim]sweep: {estimate}; {floor}[/]", highlight=False)
+        reporter.info(f"sweep: {estimate}; {floor}", code="estimate")
     probe = probe_cache(prep.cache, prep.splits, positive=prep.positive.index) if options.probe else None
     t0 = time.perf_counter()
     if options.selection == "fold":
-        with _GroupProgress(options.progress, options.console, configs) as on_progress:
+        with group_progress(reporter if options.progress else None, configs) as on_progress:
             heads = train_stacks(
                 replace(prep.data, test=np.empty(0, dtype=np.int64)),
                 configs,
@@ -104,7 +108,7 @@ def sweep(
                 progress=on_progress,
             )
     else:
-        heads = _by_protocol(prep, configs, options, probe)
+        heads = _by_protocol(prep, configs, options, probe, reporter)
     train_s = time.perf_counter() - t0
     table = _rank(prep, configs, heads, metric)
     varying = [f.name for f in fields(HeadConfig) if len({getattr(c, f.name) for c in configs}) > 1]
@@ -158,54 +162,45 @@ def sweep(
     return SweepResult(Path(out).absolute(), results, made)
 
 
-class _GroupProgress:
-    """A rich progress bar over the shape groups (and their epochs); a no-op when disabled."""
-
-    def __init__(self, enabled: bool, console: Console | None, configs: list[HeadConfig]) -> None:
-        self.enabled, self.console = enabled, console
-        sizes: dict[tuple[int, int], int] = {}
-        for c in configs:
-            sizes[c.shape] = sizes.get(c.shape, 0) + 1
-        self.shapes, self.sizes = list(sizes), list(sizes.values())
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("configurations"),
-            TimeElapsedColumn(),
-            console=self.console or Console(stderr=True),
-        )
-        self.bar.__enter__()
-        self.task = self.bar.add_task("sweep", total=sum(self.sizes))
+@contextmanager
+def group_progress(reporter: Reporter | None, configs: list[HeadConfig]) -> Iterator[Callable | None]:
+    """The engine's ``progress(group, groups, done, total)`` as a ``sweep`` task over the configurations,
+    described by the shape group training now (None: no callback)."""
+    if reporter is None:
+        yield None
+        return
+    sizes: dict[tuple[int, int], int] = {}
+    for c in configs:
+        sizes[c.shape] = sizes.get(c.shape, 0) + 1
+    shapes, counts = list(sizes), list(sizes.values())
+    with reporter.task("sweep", sum(counts), unit="configurations", eta=False) as advance:
+        last = 0
 
         def report(group: int, groups: int, done: float, total: float) -> None:
-            hidden, batch = self.shapes[group]
-            finished = sum(self.sizes[:group]) + self.sizes[group] * done / total
-            where = f"group {group + 1}/{groups}: hidden {hidden}, batch {batch}"
-            self.bar.update(self.task, completed=int(finished), description=where)
+            nonlocal last
+            hidden, batch = shapes[group]
+            finished = int(sum(counts[:group]) + counts[group] * done / total)
+            advance(
+                finished - last, description=f"group {group + 1}/{groups}: hidden {hidden}, batch {batch}"
+            )
+            last = finished
 
-        return report
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
+        yield report
 
 
 def _by_protocol(
-    prep: Prepared, configs: list[HeadConfig], options: TrainOptions, probe: ProbeResult | None
+    prep: Prepared,
+    configs: list[HeadConfig],
+    options: TrainOptions,
+    probe: ProbeResult | None,
+    reporter: Reporter,
 ) -> list[HeadResult]:
     """Each configuration through train-head's own protocol (the preset's selection on an inner split, its
     start at the probe), one after the other; the fold heads, tagged with their configuration."""
     test = replace(prep, data=replace(prep.data, test=np.empty(0, dtype=np.int64)))
     heads = []
     for i, cfg in enumerate(configs):
-        results, _ = train_by_protocol(test, [cfg], replace(options, tune=None), probe)
+        results, _ = train_by_protocol(test, [cfg], replace(options, tune=None), probe, reporter)
         heads += [replace(r, config=i) for r in results if not r.final]
     return heads
 
@@ -299,44 +294,3 @@ def _write_csv(path: Path, table: list[dict]) -> None:
         for row in table:
             for f in row["folds"]:
                 writer.writerow({"rank": row["rank"], "config": row["config"], **row["params"], **f})
-
-
-def print_sweep(result: SweepResult, console: Console | None = None, top: int = 20) -> None:
-    """The ranked table (mean ± std over folds) and the train-head command of the best configuration."""
-    console = console or Console(stderr=True)
-    r = result.results
-    metric, varying = r["metric"], r["varying"] or ["lr"]
-    table = Table(
-        title=f"Sweep: {len(r['configs'])} configurations × {r['folds']} patient-level folds, "
-        f"ranked by {metric}",
-        title_justify="left",
-    )
-    for col in ("#", *varying, f"{metric} mean±std", "Acc %", "F1", "AUC", "val loss"):
-        table.add_column(col, justify="right", no_wrap=True)
-    probe = (r.get("probe") or {}).get("summary")
-    if probe:
-        table.add_row("probe", *sweep_row_cells(probe, metric, ["" for _ in varying]), style="cyan")
-        table.add_section()
-    for row in r["configs"][:top]:
-        rank = str(row["rank"]) + (" diverged" if row.get("diverged") else "")
-        table.add_row(rank, *sweep_row_cells(row["summary"], metric, param_cells(row["params"], varying)))
-    console.print(table)
-    if len(r["configs"]) > top:
-        console.print(f"... {len(r['configs']) - top} more in {result.out / 'results.csv'}")
-    t = r["timings"]
-    optimistic = (r.get("protocol") or {}).get("optimistic", True)
-    console.print(
-        f"{len(r['configs'])} configurations in {t['train_s']:.1f} s "
-        f"({t['configs_per_s']:.2f}/s) on "
-        f"{r['device']} ({r['precision']}), preset {r.get('preset') or 'paper'}"
-        f"{' (selection on the reported fold: optimistic)' if optimistic else ''}"
-        f"; the probe row is the linear probe on the same folds; results in {result.out}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    if r.get("probe_note"):
-        console.print(f"[yellow]warning:[/] {r['probe_note']}", highlight=False, soft_wrap=True)
-    console.print("Best configuration, as a train-head run:")
-    console.print(r["best"]["command"], soft_wrap=True, highlight=False, markup=False)
-    if result.report is not None:
-        console.print(f"Report: {result.report.path}", highlight=False, soft_wrap=True)

@@ -2,7 +2,7 @@
 
 One stack trains the k fold heads and the final head (all non-test images, kept at the median of the folds'
 best-epoch counts) together. Test metrics come from the final head and from the ensemble of fold heads.
-Outputs (written atomically, ``run_files``): metrics.json, folds.csv, predictions.csv, head.pt and report/
+Outputs (written atomically, ``run_outputs``): metrics.json, folds.csv, predictions.csv, head.pt and report/
 (the HTML report, unless ``options.report`` is off).
 """
 
@@ -10,102 +10,33 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from rich.console import Console
 from threadpoolctl import threadpool_limits
 
-from fastall.data.positive import PositiveClass, resolve_positive
 from fastall.errors import FastallError
-from fastall.features.cache import FeatureCache, read_cache
-from fastall.system.devices import decide_precision, resolve_device
+from fastall.system.events import Reporter, silent
 from fastall.system.jsonable import plain
-from fastall.system.notices import Notices
 from fastall.system.runfolder import atomic_folder, check_target
-from fastall.training import run_files
-from fastall.training.config import (
-    TRAIN_VIEWS,
-    HeadConfig,
-    HeadResult,
-    StackData,
-    TrainOptions,
-    split_keywords,
-)
+from fastall.training import run_outputs
+from fastall.training.config import TRAIN_VIEWS, HeadConfig, HeadResult, TrainOptions, split_keywords
 from fastall.training.divergence import check_divergence
 from fastall.training.engine import time_floor, train_stacks
 from fastall.training.grid import check_budget, count_configs, expand, parse_grid
-from fastall.training.hygiene import check_rows, content_leak_notes
 from fastall.training.patients import run_patient_level
+from fastall.training.prepared import Prepared, prepare
 from fastall.training.presets import PRESETS, protocol_record
 from fastall.training.probe import ProbeResult, fit_probe, probe_cache
-from fastall.training.run_warnings import data_warnings, precision_warning, verdict_of
+from fastall.training.run_warnings import precision_warning, verdict_of
 from fastall.training.selection import refit, select
-from fastall.training.splits import Splits, audit_splits, make_splits
 from fastall.training.views import view_shift
 
-
-@dataclass
-class Prepared:
-    """A loaded cache with its audited patient-level splits, ready for the engine."""
-
-    cache: FeatureCache
-    splits: Splits
-    audit: list[dict]
-    data: StackData
-    device: torch.device
-    precision: str
-    load_s: float
-    precision_record: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    positive: PositiveClass | None = None
-    warnings: Notices = field(default_factory=Notices)
-
-
-def prepare(cache_path: str | Path, options: TrainOptions) -> Prepared:
-    """Read the cache once (float16), split by patient (``options``: folds, test, holdout, seed), audit, and
-    put the features on the device (``options.dedupe``: one copy of byte-identical images, ``hygiene``)."""
-    dev = resolve_device(options.device)
-    choice = decide_precision(options.precision, dev, allowed=("fp32", "bf16"))
-    prec = choice.precision
-    t0 = time.perf_counter()
-    cache = read_cache(cache_path)
-    if cache.n_images == 0:
-        raise FastallError(f"{cache.path}: the cache holds no images")
-    positive = resolve_positive(cache.class_names, options.positive, cache.attrs.get("positive_class"))
-    cache, notes = check_rows(cache, dedupe=options.dedupe)
-    splits = make_splits(
-        cache.labels,
-        cache.patients,
-        cache.sources,
-        folds=options.folds,
-        test=options.test,
-        holdout=options.holdout,
-        seed=options.seed,
-        class_names=cache.class_names,
-    )
-    audit = audit_splits(splits, cache.patients, cache.content_hashes)
-    warnings = data_warnings(cache, positive, notes)
-    leaks = content_leak_notes(audit)
-    warnings.extend("leakage", leaks)
-    notes += leaks
-    features = torch.from_numpy(np.ascontiguousarray(cache.features))
-    features = features.to(dev) if dev.type != "cpu" else features
-    data = StackData(
-        features,
-        cache.labels,
-        len(cache.class_names),
-        splits.folds,
-        splits.pool,
-        splits.test,
-        view_mode=options.train_views,
-    )
-    load_s = time.perf_counter() - t0
-    return Prepared(cache, splits, audit, data, dev, prec, load_s, choice.record(), notes, positive, warnings)
+__all__ = ["Prepared", "RunResult", "prepare", "train_head"]  # Prepared, prepare: training.prepared
 
 
 @dataclass
@@ -128,12 +59,18 @@ class RunResult:
     def test(self) -> dict | None:
         return self.metrics["test"]
 
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """The run's warnings as ``{"code", "text"}`` records (metrics.json's ``warnings``)."""
+        return self.metrics["warnings"]
+
 
 def train_head(
     cache_path: str | Path,
     out: str | Path,
     config: HeadConfig | None = None,
     options: TrainOptions | None = None,
+    reporter: Reporter | None = None,
     **keywords: Any,
 ) -> RunResult:
     """Cross-validate one head configuration by patient and write the run folder ``out``.
@@ -146,23 +83,26 @@ def train_head(
     CLI's default is ``apply_preset("default", {}, {})`` (``presets``). The linear-probe baseline is fitted
     on the same folds unless ``options.probe`` is off. The flat keywords of earlier versions
     (``lr=..., folds=...``) still work and override both.
+
+    Silent: progress and lines go to ``reporter`` (``fastall.system.events``; the CLI's draws them), and the
+    run's warnings come back as records (``RunResult.warnings``, also given to ``reporter.warn``).
     """
     t_start = time.perf_counter()
     config, options = split_keywords(config, options, keywords)
     config.check()
     configs = check_protocol(config, options)
     out = Path(out)
-    check_target(out.absolute(), options.overwrite, run_files.RUN_FORMAT)
+    check_target(out.absolute(), options.overwrite, run_outputs.RUN_FORMAT)
     prep = prepare(cache_path, options)
     warnings = prep.warnings
     warnings.add("precision", precision_warning(prep))
-    console = options.console
+    reporter = reporter or silent()
     if options.tune:
         pool = int(prep.splits.pool.size)
         estimate = check_budget(len(configs), options.folds, pool, prep.data.classes, "--tune")
-        if console is not None and options.progress:
+        if options.progress:
             floor = time_floor(configs, options.folds, pool, prep.data.dim, prep.device)
-            console.print(f"[dim]--tune: {estimate}; {floor}[/]", highlight=False)
+            reporter.info(f"--tune: {estimate}; {floor}", code="estimate")
     shift = view_shift(prep.cache.features, prep.splits.pool, options.train_views)
     if shift["large"]:
         warnings.add("view_shift", shift["message"])
@@ -170,7 +110,7 @@ def train_head(
     probe = probe_cache(prep.cache, prep.splits, positive=prep.positive.index) if options.probe else None
     probe_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    results, selection = train_by_protocol(prep, configs, options, probe)
+    results, selection = train_by_protocol(prep, configs, options, probe, reporter)
     choice = None
     if options.choose and selection is not None and probe is not None and not options.tune:
         from fastall.training.choice import choose
@@ -181,7 +121,7 @@ def train_head(
         config = configs[selection.final_config]
         warnings.extend("selection", selection.notes)
     train_s = time.perf_counter() - t0
-    check_divergence(results, config.lr, config.weight_decay, lambda m: warnings.add("diverged", m))
+    check_divergence(results, config.lr, config.weight_decay, warnings)
     run_config = {
         "folds": options.folds,
         "test": options.test,
@@ -198,7 +138,7 @@ def train_head(
         **({"preset": options.preset} if options.preset else {}),
         **({"dedupe": True} if options.dedupe else {}),
     }
-    metrics, made = run_files.run_metrics(prep, results, run_config, options.tta), None
+    metrics, made = run_outputs.run_metrics(prep, results, run_config, options.tta), None
     metrics["protocol"] = protocol_record(options)
     metrics["feature_shift"] = shift
     if choice is not None:
@@ -216,11 +156,13 @@ def train_head(
         code = {"is": "head_is_probe", "beats": "probe_verdict"}.get(metrics["verdict"]["verdict"])
         warnings.add(code or "probe_verdict", metrics["verdict"]["text"])
     metrics["warnings"] = warnings.items
+    for record in warnings.items:
+        reporter.warn(record["code"], record["text"])
     t0 = time.perf_counter()
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
-        run_files.write_head(tmp / "head.pt", prep, results, config, run_config)
-        run_files.write_folds_csv(tmp / "folds.csv", prep)
-        run_files.write_predictions(tmp / "predictions.csv", prep, results, options.tta)
+        run_outputs.write_head(tmp / "head.pt", prep, results, config, run_config)
+        run_outputs.write_folds_csv(tmp / "folds.csv", prep)
+        run_outputs.write_run_predictions(tmp / "predictions.csv", prep, results, options.tta)
         metrics["patient_level"] = run_patient_level(
             tmp / "predictions.csv", prep.cache.class_names, prep.positive.name
         )
@@ -260,12 +202,16 @@ def check_protocol(config: HeadConfig, options: TrainOptions) -> list[HeadConfig
 
 
 def train_by_protocol(
-    prep: Prepared, configs: list[HeadConfig], options: TrainOptions, probe: ProbeResult | None
+    prep: Prepared,
+    configs: list[HeadConfig],
+    options: TrainOptions,
+    probe: ProbeResult | None,
+    reporter: Reporter | None = None,
 ) -> tuple[list[HeadResult], Any]:
     """Train the fold heads and the final head: selecting on the reported fold (the paper's) or on an inner
     split (``selection``); returns the results and the Selection (None for ``fold``)."""
     run = {"seed": options.seed, "precision": prep.precision}
-    with _EpochProgress(options.progress, options.console, configs[0].epochs) as on_progress:
+    with epoch_progress(reporter if options.progress else None, configs[0].epochs) as on_progress:
         if options.selection == "fold":
             tta = options.tta
             return train_stacks(prep.data, configs, final=True, tta=tta, progress=on_progress, **run), None
@@ -324,32 +270,20 @@ def baseline(head: dict, probe: dict, head_test: dict | None, probe_test: dict |
     }
 
 
-class _EpochProgress:
-    """A transient rich progress bar over epochs (a no-op when ``enabled`` is false)."""
+@contextmanager
+def epoch_progress(reporter: Reporter | None, epochs: int) -> Iterator[Callable[..., None] | None]:
+    """The engine's ``progress(group, groups, done, total)`` as a ``training heads`` task of ``reporter``
+    (None: no callback at all)."""
+    if reporter is None:
+        yield None
+        return
+    with reporter.task("training heads", epochs, transient=True, eta=False) as advance:
+        last = 0
 
-    def __init__(self, enabled: bool, console: Console | None, epochs: int) -> None:
-        self.enabled, self.console, self.epochs = enabled, console, epochs
+        def on_progress(group: int, groups: int, done: int, total: int) -> None:
+            nonlocal last
+            where = f"training heads, group {group + 1}/{groups}"
+            advance(done - last, total=total, description=where)
+            last = done
 
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import Progress
-
-        self.bar = Progress(console=self.console or Console(stderr=True), transient=True)
-        self.bar.__enter__()
-        self.task = self.bar.add_task("training heads", total=self.epochs)
-        return lambda group, groups, done, total: self.bar.update(
-            self.task, completed=done, total=total, description=f"training heads, group {group + 1}/{groups}"
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-
-def print_run_summary(result: RunResult, console: Console | None = None) -> None:
-    """The leakage audit, the per-fold table with mean ± std and peak, and the test metrics, each beside
-    the paper's Tables II and III."""
-    from fastall.reporting.tables import print_run
-
-    print_run(result.metrics, result.out, console or Console(stderr=True), result.report)
+        yield on_progress

@@ -12,14 +12,15 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from fastall.reporting.provenance import command_line
+from fastall.system.events import Reporter, silent
 from fastall.system.jsonable import plain
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.config import TrainOptions
@@ -28,9 +29,6 @@ from fastall.training.protocols.batch_effect import batch_effect
 from fastall.training.protocols.efficiency import DRAWS, label_efficiency
 from fastall.training.protocols.linear import C_GRID, FIXED_C, INNER_FOLDS, linear_protocol
 from fastall.training.protocols.scores import csv_row, protocol_scores
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 PROBE_FORMAT, PROBE_VERSION = "fastall-probe", 1
 
@@ -58,7 +56,6 @@ class ProbeOptions:
     overwrite: bool = False
     report: bool = True
     positive: str | None = None
-    console: Console | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -68,11 +65,18 @@ class ProbeRun:
     report: Any = None
 
 
-def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None = None) -> ProbeRun:
-    """Run every protocol (module doc) on ``cache_path`` and write the folder ``out``."""
-    from fastall.training.train_head import prepare
+def probe(
+    cache_path: str | Path,
+    out: str | Path,
+    options: ProbeOptions | None = None,
+    reporter: Reporter | None = None,
+) -> ProbeRun:
+    """Run every protocol (module doc) on ``cache_path`` and write the folder ``out``; its warnings go to
+    ``reporter`` as they are known (and into probe.json)."""
+    from fastall.training.prepared import prepare
 
     options = options or ProbeOptions()
+    reporter = reporter or silent()
     t_start = time.perf_counter()
     out = Path(out)
     check_target(out.absolute(), options.overwrite, kind=PROBE_FORMAT)
@@ -170,7 +174,8 @@ def probe(cache_path: str | Path, out: str | Path, options: ProbeOptions | None 
         coords, method = embed_2d(cache.features[labelled, 0], seed=options.seed)
         record["embedding"] = {"method": method, "view": 0, "points": int(labelled.size), "file": "map.csv"}
         timings["embedding_s"] = time.perf_counter() - t0
-    _warn(options.console, notes)
+    for note in notes:
+        reporter.warn("probe", note)
     with atomic_folder(out, overwrite=options.overwrite) as tmp:
         if options.mlp:
             t0 = time.perf_counter()
@@ -265,11 +270,6 @@ def _mlp(cache_path: str | Path, run: Path, train_options: TrainOptions, options
         "run": "mlp",
         "protocol": m.get("protocol"),
     }
-
-
-def _warn(console: Console | None, notes: list[str]) -> None:
-    for note in notes if console is not None else ():
-        console.print(f"[yellow]Warning:[/] {note}", soft_wrap=True)
 
 
 def _write_csv(path: Path, record: dict) -> None:

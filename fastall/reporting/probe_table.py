@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
 from fastall.reporting.tables import fmt, fmt_ci
 
 
-def print_probe(result, console: Console) -> None:
-    """One row per protocol (mean CV accuracy, pooled accuracy with its CI, AUC, where 95% of the full
-    accuracy is reached), the batch-effect line and the folder."""
-    rec = result.record
+def print_probe(rec: dict, out: Path, console: Console, report: Any = None) -> None:
+    """One row per protocol of probe.json's content ``rec`` (mean CV accuracy, pooled accuracy with its CI,
+    AUC, where 95% of the full accuracy is reached), the batch-effect line and the folder."""
     curves = (rec.get("label_efficiency") or {}).get("curves", {})
     table = Table(title="Protocols on the same patient-level folds")
     for name in ("protocol", "CV acc %", "pooled acc % [95% CI]", "AUC", "95% at"):
@@ -35,6 +37,6 @@ def print_probe(result, console: Console) -> None:
     )
     if rec.get("embedding"):
         console.print(f"map: {rec['embedding']['method']}")
-    console.print(f"Probe folder: {result.out}")
-    if result.report is not None:
-        console.print(f"Report: {result.report.path}", soft_wrap=True)
+    console.print(f"Probe folder: {out}")
+    if report is not None:
+        console.print(f"Report: {report.path}", soft_wrap=True)

@@ -18,7 +18,7 @@ from fastall.system.files import open_regular_text
 
 
 @dataclass
-class Predictions:
+class SavedPredictions:
     """predictions.csv as arrays: out-of-fold validation rows (split ``val``) and test rows (``test``).
 
     ``label`` is the true class and ``prediction`` the predicted one (columns ``true_class`` and
@@ -70,7 +70,7 @@ class RunFiles:
 
     folder: Path
     metrics: dict | None = None
-    predictions: Predictions | None = None
+    predictions: SavedPredictions | None = None
     folds: list[dict] | None = None
     sweep: dict | None = None
     notes: list[str] = field(default_factory=list)
@@ -80,7 +80,7 @@ class RunFiles:
         return (self.metrics or {}).get("history")
 
 
-def load_run(folder: str | Path) -> RunFiles:
+def read_run_files(folder: str | Path) -> RunFiles:
     """Read a run (metrics.json, predictions.csv, folds.csv) or a sweep (results.json) folder."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -120,7 +120,7 @@ def _json(path: Path, fmt: str) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise FastallError(f"{path}: unreadable ({err})") from None
+        raise FastallError(f"{path}: unreadable ({err})") from err
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise FastallError(f"{path}: not a {fmt} file")
     return data
@@ -131,9 +131,9 @@ def _csv(path: Path) -> list[dict]:
         with open_regular_text(path) as fh:
             return list(csvsafe.dict_reader(fh))
     except OSError as err:
-        raise FastallError(f"{path}: unreadable ({err.strerror or err})") from None
+        raise FastallError(f"{path}: unreadable ({err.strerror or err})") from err
     except (csv.Error, UnicodeDecodeError) as err:
-        raise FastallError(f"{path}: not a CSV file ({str(err)[:80]})") from None
+        raise FastallError(f"{path}: not a CSV file ({str(err)[:80]})") from err
 
 
 def positive_name(metrics: dict | None) -> str | None:
@@ -148,8 +148,8 @@ def positive_name(metrics: dict | None) -> str | None:
     return names[1] if len(names) == 2 else None
 
 
-def read_predictions(path: Path, classes: list[str] | None, positive: str | None = None) -> Predictions:
-    """predictions.csv, in either vocabulary (``Predictions``)."""
+def read_predictions(path: Path, classes: list[str] | None, positive: str | None = None) -> SavedPredictions:
+    """predictions.csv, in either vocabulary (``SavedPredictions``)."""
     rows = _csv(path)
     new = bool(rows) and "true_class" in rows[0]
     truth_col, pred_col = ("true_class", "predicted_class") if new else ("label", "prediction")
@@ -179,7 +179,7 @@ def read_predictions(path: Path, classes: list[str] | None, positive: str | None
             names = list(classes) if classes else _class_order(label, pred, first)
             probs, ens = _legacy_probs(first, pred, names), _legacy_probs(second, pred, names)
     except (ValueError, TypeError, AttributeError) as err:
-        raise FastallError(f"{path}: a probability or fold is not a number ({err})") from None
+        raise FastallError(f"{path}: a probability or fold is not a number ({err})") from err
     if not rows:
         raise FastallError(f"{path}: no prediction rows (empty or header only)")
     probs, ens = probs.reshape(len(rows), len(names)), ens.reshape(len(rows), len(names))
@@ -195,7 +195,7 @@ def read_predictions(path: Path, classes: list[str] | None, positive: str | None
         raise FastallError(f"{path}: class {unknown[0]!r} is not one of the run's classes {names}")
     if positive is None and not classes and len(names) == 2 and not new:
         positive = names[1]
-    p = Predictions(
+    p = SavedPredictions(
         path=col("path"),
         patient=col("patient"),
         label=label,
@@ -212,7 +212,7 @@ def read_predictions(path: Path, classes: list[str] | None, positive: str | None
     return p
 
 
-def _score(p: Predictions, probs: np.ndarray) -> np.ndarray:
+def _score(p: SavedPredictions, probs: np.ndarray) -> np.ndarray:
     if p.binary:
         return probs[:, p.class_names.index(p.score_class)]
     return probs.max(1) if probs.size else np.zeros(probs.shape[0])

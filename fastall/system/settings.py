@@ -1,8 +1,10 @@
-"""The head's hyperparameters as data, read from the fields of a dataclass (``HeadConfig``).
+"""Settings as data, read from the fields of a dataclass (``HeadConfig``, ``ExtractConfig``, ...).
 
-A field declared with :func:`hparam` carries its help text, its allowed values and how a sweep samples it.
-From that one declaration come the CLI options of train-head, the sweep grid's names, types and validation,
-the configuration check and the printed ``fastall train-head`` command: adding a hyperparameter is one edit.
+A field declared with :func:`hparam` carries its help text, its allowed values and (for a head) how a sweep
+samples it. From that one declaration come a command's CLI options and their help, validation, and (for the
+head) the sweep grid and the printed ``fastall train-head`` command: adding a setting is one edit.
+Types: int, float, str, bool, each optionally ``| None``, and ``tuple[str, ...]``/``tuple[int, ...]`` (a
+comma-separated list).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class HParam:
     log: bool
     check: Callable[[Any], bool] | None
     rule: str
+    item: type = str
 
     @property
     def flag(self) -> str:
@@ -62,7 +65,8 @@ class HParam:
     @property
     def expected(self) -> str:
         """What ``parse`` accepts, for error messages."""
-        return {int: "an integer", float: "a number", bool: "true or false", str: "a word"}[self.kind]
+        kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a word"}
+        return kinds.get(self.kind, "a comma-separated list")
 
     def parse(self, text: str) -> Any:
         """A value from sweep-grid text (``none`` for an optional one); ValueError when it is not one."""
@@ -75,6 +79,8 @@ class HParam:
             return word in _TRUE
         if self.kind is str:
             return text.strip()
+        if self.kind is tuple:
+            return tuple(self.item(v.strip()) for v in text.split(",") if v.strip())
         number = float(text)
         if self.kind is int:
             if number != int(number):
@@ -90,6 +96,17 @@ class HParam:
             return f"{self.name} {value!r}: expected {' or '.join(self.choices)}"
         if self.check is not None and not self.check(value):
             return f"{self.name} {value} {self.rule}"
+        return None
+
+    def flag_problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed, in the words of its CLI option (``--views must be ..., got 0``)."""
+        if value is None and self.optional:
+            return None
+        if self.choices and value not in self.choices:
+            return f"{self.flag} must be {' or '.join(self.choices)}, got {value!r}"
+        if self.check is not None and not self.check(value):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            return f"{self.flag} {self.rule}, got {shown}"
         return None
 
     def argv(self, value: Any) -> list[str]:
@@ -111,12 +128,15 @@ def hparams_of(cls: type) -> tuple[HParam, ...]:
         if meta is None:
             continue
         kind, optional = _base_type(hints[f.name])
-        out.append(HParam(f.name, kind, optional, f.default, **meta))
+        item = typing.get_args(hints[f.name])[0] if kind is tuple else str
+        out.append(HParam(f.name, kind, optional, f.default, **meta, item=item))
     return tuple(out)
 
 
 def _base_type(hint: Any) -> tuple[type, bool]:
-    """``int`` -> (int, False); ``int | None`` -> (int, True)."""
+    """``int`` -> (int, False); ``int | None`` -> (int, True); ``tuple[int, ...]`` -> (tuple, False)."""
+    if typing.get_origin(hint) is tuple:
+        return tuple, False
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) != 1:

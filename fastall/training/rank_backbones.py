@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.markup import escape
 
 from fastall.errors import FastallError
 from fastall.features.cache import FeatureCache, read_cache
-from fastall.reporting.compare import write_outputs
+from fastall.reporting.backbone_table import write_outputs
 from fastall.system import csvsafe
+from fastall.system.events import Reporter, silent
 from fastall.system.names import safe_token
 from fastall.system.runfolder import atomic_folder, check_target
 from fastall.training.bootstrap import paired_auc_difference, patient_codes
@@ -52,7 +51,7 @@ class CompareOptions:
 
     def for_runs(self) -> TrainOptions:
         """train-head's options for one backbone: quiet, no per-run HTML report."""
-        return replace(self.run, overwrite=False, progress=False, report=False, console=None)
+        return replace(self.run, overwrite=False, progress=False, report=False)
 
 
 @dataclass
@@ -200,11 +199,13 @@ def compare_caches(
     config: HeadConfig | None = None,
     options: CompareOptions | None = None,
     overwrite: bool = False,
-    console: Console | None = None,
+    reporter: Reporter | None = None,
 ) -> Comparison:
     """Train every cache's head on the same folds, rank the backbones and compare each with the best.
 
-    Writes OUT/compare.json, OUT/compare.csv and a run folder per backbone (OUT/runs/NAME)."""
+    Writes OUT/compare.json, OUT/compare.csv and a run folder per backbone (OUT/runs/NAME); says which
+    backbone it trains through ``reporter`` (silent by default)."""
+    reporter = reporter or silent()
     config = (config or HeadConfig()).check()
     options = options or CompareOptions()
     if len(caches) < 2:
@@ -234,10 +235,7 @@ def compare_caches(
         try:
             for name, cache in zip(names, loaded, strict=True):
                 folder = safe_token(name)  # a hostile ``/tmp/x`` or ``../y`` must not lead outside --out
-                if console is not None:
-                    console.print(
-                        f"[dim]{escape(f'{name}: training heads on {cache.path}')}[/]", highlight=False
-                    )
+                reporter.info(f"{name}: training heads on {cache.path}", code="backbone")
                 cfg = config
                 if options.sweep:
                     cfg = _best_of_sweep(cache.path, tmp / "sweeps" / folder, options)
@@ -257,7 +255,7 @@ def compare_caches(
             results["config"] = asdict(config)
             write_outputs(tmp, results)
         except FastallError as err:  # name OUT, never the temporary folder it is built in
-            raise FastallError(str(err).replace(str(tmp), str(Path(out).absolute()))) from None
+            raise FastallError(str(err).replace(str(tmp), str(Path(out).absolute()))) from err
     return Comparison(Path(out).absolute(), results)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +31,9 @@ from fastall.system.jsonable import plain
 from fastall.training.config import HISTORY_KEYS, HeadConfig, HeadResult
 from fastall.training.divergence import diverged, metrics_or_nan
 from fastall.training.metrics import PAPER_CV, PAPER_TEST, classification_metrics, summarize
+from fastall.training.prepared import Prepared
 from fastall.training.splits import fold_table
 from fastall.training.uncertainty import metrics_with_ci, pooled_with_ci
-
-if TYPE_CHECKING:
-    from fastall.training.train_head import Prepared
 
 RUN_FORMAT, RUN_VERSION = "fastall-run", 1
 
@@ -50,7 +48,7 @@ def is_cnmc(cache: FeatureCache) -> bool:
     )
 
 
-def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bool) -> dict[str, Any]:
+def run_metrics(prep: Prepared, results: list[HeadResult], run_config: dict, tta: bool) -> dict[str, Any]:
     """metrics.json without its timings."""
     labels, k, pos = prep.cache.labels, prep.data.classes, prep.positive.index
     fold_rows, fold_tta = [], []
@@ -76,7 +74,7 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
     pooled = [
         (prep.splits.folds[r.fold][1], r.probs["val"]) for r in results if not r.final and not diverged(r)
     ]
-    summary = summarize(fold_rows)
+    summary, seed = summarize(fold_rows), run_config["seed"]
     if tta:
         summary["tta"] = summarize(fold_tta)
     return {
@@ -96,7 +94,7 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
         },
         "classes": {"names": list(prep.cache.class_names), "positive": prep.positive.record()},
         "dataset": {"cnmc": is_cnmc(prep.cache)},
-        "config": config,
+        "config": run_config,
         "device": prep.device.type,
         "precision": prep.precision,
         "precision_decision": prep.precision_record,
@@ -111,7 +109,9 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
         },
         "folds": fold_rows,
         "summary": summary,
-        "pooled": pooled_with_ci(labels, prep.cache.patients, pooled, k, seed=config["seed"], positive=pos)
+        "pooled": pooled_with_ci(
+            labels, prep.cache.patients, pooled, k, seed=run_config["seed"], positive=pos
+        )
         if pooled
         else None,
         "final_head": {
@@ -119,7 +119,7 @@ def run_metrics(prep: Prepared, results: list[HeadResult], config: dict, tta: bo
             "lr_history": final.lr_history,
             "train_images": int(prep.splits.pool.size),
         },
-        "test": _test_metrics(prep, results, tta, config["seed"]),
+        "test": _test_metrics(prep, results, tta, seed),
         "paper": {"cv": PAPER_CV, "test": PAPER_TEST} if is_cnmc(prep.cache) else None,
         "history": history(results),
     }
@@ -161,9 +161,12 @@ def _test_metrics(prep: Prepared, results: list[HeadResult], tta: bool, seed: in
     return out
 
 
-def write_head(path: Path, prep: Prepared, results: list[HeadResult], cfg: HeadConfig, config: dict) -> None:
+def write_head(
+    path: Path, prep: Prepared, results: list[HeadResult], head_config: HeadConfig, run_config: dict
+) -> None:
+    """head.pt: the final head (``head_config``'s shape) and the fold heads, with the run's ``run_config``."""
     final = next(r for r in results if r.final)
-    head = Head(prep.data.dim, cfg.hidden, cfg.dropout, prep.data.classes)
+    head = Head(prep.data.dim, head_config.hidden, head_config.dropout, prep.data.classes)
     head.load_state_dict(final.state)
     blob = {
         "format": HEAD_FORMAT,
@@ -175,7 +178,7 @@ def write_head(path: Path, prep: Prepared, results: list[HeadResult], cfg: HeadC
         "cache_key": prep.cache.key,
         "cache_path": str(prep.cache.path.absolute()),
         "key_params": plain(prep.cache.key_params),
-        "train_config": plain(config),
+        "train_config": plain(run_config),
         "final_epochs": final.best_epoch,
         "fold_state_dicts": [r.state for r in results if not r.final],
     }
@@ -195,7 +198,7 @@ def probability_columns(class_names: list[str], prefix: str = "") -> list[str]:
 PREDICTION_PREFIXES = ("", "ensemble_", "tta_", "ensemble_tta_")
 
 
-def write_predictions(path: Path, prep: Prepared, results: list[HeadResult], tta: bool) -> None:
+def write_run_predictions(path: Path, prep: Prepared, results: list[HeadResult], tta: bool) -> None:
     """Out-of-fold validation predictions of the pool, and the final head and ensemble on the test set (a
     diverged fold head's rows are left out and it takes no part in the ensemble). Columns: ``path``,
     ``patient``, ``true_class``, ``split``, ``fold``, ``predicted_class`` and ``p_<class>`` of every class

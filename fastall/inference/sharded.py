@@ -8,7 +8,6 @@ Part files (``OUT.part-R-of-W.npz``, written whole or not at all) sit beside ``-
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from fastall.data.walk import find_images
 from fastall.errors import FastallError
 from fastall.inference.predict import Predictions, predict_paths
 from fastall.system.distributed import DEFAULT_TIMEOUT, DistEnv, Group, rank_device
+from fastall.system.files import atomic_write
 
 
 def predict_distributed(
@@ -62,7 +62,6 @@ def _part(out: Path, rank: int, world: int) -> Path:
 
 
 def _save_part(preds: Predictions, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     arrays = {
         "paths": np.asarray(preds.paths, dtype=str),
         "probs": np.asarray(preds.probs, dtype=np.float32),
@@ -73,14 +72,9 @@ def _save_part(preds: Predictions, path: Path) -> None:
     if preds.ood is not None:
         arrays["ood"] = np.asarray(preds.ood, dtype=bool)
     try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: np.savez(fh, **arrays), point="predict-part")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise FastallError(f"{path}: cannot write this rank's predictions ({err.strerror or err})") from None
+        raise FastallError(f"{path}: cannot write this rank's predictions ({err.strerror or err})") from err
 
 
 def _join(inputs: Sequence[str | Path], out: Path, world: int) -> Predictions:
@@ -98,7 +92,7 @@ def _join(inputs: Sequence[str | Path], out: Path, world: int) -> Predictions:
                 skipped += [tuple(row) for row in z["skipped"].tolist()]
                 class_names, (precision, views) = z["class_names"].tolist(), z["meta"].tolist()
         except (OSError, ValueError, KeyError) as err:
-            raise FastallError(f"{part}: cannot read rank {rank}'s predictions ({err})") from None
+            raise FastallError(f"{part}: cannot read rank {rank}'s predictions ({err})") from err
     rows = sorted(range(len(paths)), key=lambda k: order.get(paths[k], -1))
     skipped.sort(key=lambda item: order.get(item[0], -1))
     if not rows:
