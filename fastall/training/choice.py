@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from fastall.errors import FastallError
-from fastall.head import head_state_dict
 from fastall.training.config import HeadConfig, HeadResult
 from fastall.training.layout import embed_linear
 from fastall.training.probe import ProbeResult
@@ -164,12 +163,9 @@ def _apply(prep: Prepared, probe: ProbeResult, results: list[HeadResult], choice
 
 def _probe_state(state: dict[str, torch.Tensor], linear: tuple[np.ndarray, np.ndarray]) -> dict:
     """A Head state of the same shape whose output is the probe's logits exactly (``embed_linear``)."""
-    w1t = state["fc1.weight"].t().unsqueeze(0).clone()
-    b1 = state["fc1.bias"].view(1, 1, -1).clone()
-    w2 = state["fc2.weight"].unsqueeze(0).clone()
-    b2 = state["fc2.bias"].view(1, 1, -1).clone()
-    params = [w1t, b1, w2, b2]
+    names = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    params = [state[name].unsqueeze(0).clone() for name in names]
     embed_linear(params, 0, *linear, state["mean"], state["std"])
-    w1t[0, :, 2 * linear[0].shape[0] :] = 0.0
-    b1[0, 0, 2 * linear[0].shape[0] :] = 0.0
-    return head_state_dict(w1t[0], b1[0], w2[0], b2[0], mean=state["mean"], std=state["std"])
+    params[0][0, 2 * linear[0].shape[0] :] = 0.0
+    params[1][0, 2 * linear[0].shape[0] :] = 0.0
+    return {**state, **{name: p[0] for name, p in zip(names, params, strict=True)}}
