@@ -22,7 +22,11 @@ Layout (plain h5py / h5dump can read it)::
 
 Attributes: schema_version, key, key_params (JSON of every parameter that changes the features, with
 ``content_fingerprint``: sha256 over every row's path, label, patient, source and content hash), provenance
-(fastall/torch/torchvision versions, device, created, data_root), view_param_names, content_hash_algorithm.
+(fastall/torch/torchvision versions, device, created, data_root, precision), view_param_names,
+content_hash_algorithm. An int8 cache (``amp_dtype`` int8, with the ``quantization`` key parameter) also holds
+``int8_quality`` (JSON: per-image cosine to fp32, median and 1st percentile, and the logistic probe's held-out
+accuracy on fp32 and int8 features, with the thresholds and ``passed``) and ``int8_calibration`` (JSON: the
+relative paths of the calibration images, in sampled order; the first ``observer_images`` set the scales).
 """
 
 from __future__ import annotations

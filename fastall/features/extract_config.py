@@ -21,7 +21,7 @@ from fastall.system.devices import DEVICE_RULE
 from fastall.system.seeds import check_seed
 from fastall.system.settings import HParam, hparam, hparams_of
 
-EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
+EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 BACKBONE_HELP = (
     "resnet18, resnet50, resnet101, densenet121, efficientnet_b0, efficientnet_v2_s, convnext_tiny, "
@@ -66,7 +66,8 @@ class ExtractConfig:
     device: str = hparam("auto", DEVICE_RULE)
     precision: str = hparam(
         "auto",
-        "auto: bf16 where the device computes it natively (GPU; CPU with avx512_bf16/AMX), else fp32.",
+        "auto: bf16 where the device computes it natively (GPU; CPU with avx512_bf16/AMX), else fp32. "
+        "int8 (CPU with VNNI/AMX; never chosen by auto): calibrated on the dataset, checked against fp32.",
         choices=("auto", *EXTRACT_PRECISIONS),
     )
     amp: bool | None = hparam(None, "Older alias: --amp is --precision bf16, --no-amp fp32.")

@@ -34,10 +34,15 @@ def key_params_for(
     records: list[Record],
     class_names: list[str],
     fill: str = "auto",
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every parameter that changes the features (and nothing that does not); ``pool`` and ``layers`` only
-    where set, so that caches from before them keep their keys."""
-    extra = {"pool": getattr(info, "pool", None), "layers": list(getattr(info, "layers", None) or [])}
+    """Every parameter that changes the features (and nothing that does not); ``pool``, ``layers`` and
+    ``quantization`` (int8) only where set, so that caches from before them keep their keys."""
+    extra = {
+        "pool": getattr(info, "pool", None),
+        "layers": list(getattr(info, "layers", None) or []),
+        "quantization": quantization,
+    }
     return {
         **{k: v for k, v in extra.items() if v},
         "backbone": info.name,
