@@ -6,7 +6,9 @@ The sklearn loop: ``Pipeline(StandardScaler, LogisticRegression(lbfgs))`` per (r
 the refits; ``KNeighborsClassifier(metric="cosine", algorithm="brute")`` per fold, k and vote; per draw one
 pipeline and one kNN; ``NearestNeighbors(cosine)`` for the batch-effect neighbours. The linear grid and the
 label-efficiency fits are timed on a sample (``--sample`` fits per kind, spread over the grid and the sizes)
-and extrapolated to the full count (recorded as such); kNN and the neighbours are timed in full.
+and extrapolated to the full count (recorded as such); kNN and the neighbours are timed in full. Label
+efficiency reads the kNN protocol's similarity matrices, as `fastall probe` does. The load average before
+and after is recorded: the figure is only meaningful on a quiet machine.
 
     PYTHONPATH=$PWD python3 benchmarks/probe_protocols_speed.py
 """
@@ -72,12 +74,17 @@ def main() -> None:
     ours["linear_s"] = time.perf_counter() - t0
     visited = sum(v is not None for row in lin.inner_loss for v in row)
     t0 = time.perf_counter()
-    for tr, va in pairs:
-        knn.votes(knn.similarities(x, tr, va), labels[tr], k)
+    sims = []  # the folds' similarity matrices, kept for label efficiency as `fastall probe` keeps them
+    for i, (tr, va) in enumerate(pairs):
+        sim = knn.similarities(x, tr, va)
+        knn.votes(sim, labels[tr], k)
+        if i < len(splits.folds):
+            sims.append(sim)
     ours["knn_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    eff = label_efficiency(x, labels, patients, splits.folds, k, c=FIXED_C, repeats=5, seed=0)
+    eff = label_efficiency(x, labels, patients, splits.folds, k, c=FIXED_C, repeats=5, seed=0, sims=sims)
     ours["label_efficiency_s"] = time.perf_counter() - t0
+    del sims
     t0 = time.perf_counter()
     be = batch_effect(x[splits.pool], labels[splits.pool], patients[splits.pool])
     ours["batch_effect_s"] = time.perf_counter() - t0

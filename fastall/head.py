@@ -37,8 +37,11 @@ class Head(nn.Module):
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(torch.relu(self.fc1(self.standardize(features)))))
+    def forward(self, features: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; ``keep`` (the dropout multiplier, 0 or ``1 / (1 - p)`` per hidden unit, from the training
+        engine's random streams) replaces ``nn.Dropout``'s own draw when given."""
+        hidden = torch.relu(self.fc1(self.standardize(features)))
+        return self.fc2(self.drop(hidden) if keep is None else hidden * keep)
 
     @classmethod
     def from_state(cls, config: dict[str, Any] | None, state: dict[str, torch.Tensor]) -> Head:
@@ -63,24 +66,12 @@ class Head(nn.Module):
         }
 
 
-def head_state_dict(
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    *,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """A :class:`Head` state dict from the training engine's layout (``w1 [D, H]``, ``w2 [K, H]``)."""
-    return {
-        "mean": mean.reshape(-1).float().clone(),
-        "std": std.reshape(-1).float().clone(),
-        "fc1.weight": w1.t().float().contiguous(),
-        "fc1.bias": b1.reshape(-1).float().clone(),
-        "fc2.weight": w2.float().clone(),
-        "fc2.bias": b2.reshape(-1).float().clone(),
-    }
+def head_parameters(in_features: int, hidden: int, classes: int) -> dict[str, torch.Size]:
+    """The trainable tensors of one :class:`Head`: names and shapes, in the module's order (read from a Head
+    built on the meta device, so a layer added to Head is a layer of the stack)."""
+    with torch.device("meta"):
+        head = Head(in_features, hidden, 0.0, classes)
+    return {name: p.shape for name, p in head.named_parameters()}
 
 
 def head_from_state_dict(state: dict[str, torch.Tensor], dropout: float = 0.5) -> Head:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from fastall.data.synth import TREE, _bmp_bytes
-from fastall.system.machine import cpu_capability
+from fastall.system.machine import AVX2_EMULATION_ENV, cpu_capability
 
 _HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
 _CPU_FP16 = cpu_capability().native_fp16
@@ -490,6 +490,13 @@ CASES: list[Case] = [
         "extract --precision bf16 together with --no-amp (contradictory aliases)",
         lambda e: [*_extract_args(e), "--precision", "bf16", "--no-amp"],
         fragments=("--precision bf16", "--no-amp"),
+    ),
+    Case(
+        "precision",
+        "extract --precision int8 on a CPU without VNNI/AMX (AVX2, emulated as benchmarks --emulate does)",
+        lambda e: [*_extract_args(e), "--precision", "int8"],
+        fragments=("--precision int8 needs a CPU with VNNI or AMX", "AVX2 (emulated"),
+        env=tuple(AVX2_EMULATION_ENV.items()),
     ),
     *(
         []

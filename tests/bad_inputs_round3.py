@@ -201,6 +201,49 @@ _SEEDED = {
     "synth": lambda e: ["synth", str(e.tmp / "d")],
 }
 
+
+def _maps_store(env: Env, nan: bool = False) -> Path:
+    """A maps store of the env's data (resnet18 at 32 px, cut after layer3); ``nan``: one map set to NaN."""
+    from fastall.features.extract import extract
+
+    out = env.tmp / "maps.h5"
+    extract(
+        env.data,
+        out,
+        views=2,
+        image_size=32,
+        weights="none",
+        backbone="resnet18",
+        device="cpu",
+        precision="fp32",
+        maps="layer3",
+    )
+    if nan:
+        import h5py
+        import numpy as np
+
+        with h5py.File(out, "r+") as f:
+            f["maps"][1, 0] = np.nan
+    return out
+
+
+def _finetune(env: Env, store: Path, *extra: str) -> list[str]:
+    return [
+        "finetune",
+        str(store),
+        "--out",
+        str(env.tmp / "ft"),
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--test",
+        "none",
+        "--no-report",
+        *extra,
+    ]
+
+
 ROUND3 = [
     Case(
         "round 3: data loss",
@@ -491,6 +534,62 @@ ROUND3 += [
         lambda e: _latin1_predict(e),
         fragments=("p.skipped.csv", "no space left on device"),
         env=(("FASTALL_TEST_ENOSPC_AT", "text"),),
+    ),
+    Case(
+        "round 3: finetune",
+        "finetune on a cache made without --maps",
+        lambda e: ["finetune", str(e.cache), "--out", str(e.tmp / "ft")],
+        fragments=("holds no activation maps", "--maps layer3"),
+    ),
+    Case(
+        "round 3: finetune",
+        "finetune --train layer3 on a store cut after layer3",
+        lambda e: _finetune(e, _maps_store(e), "--train", "layer3"),
+        fragments=("--train layer3", "layer4"),
+    ),
+    Case(
+        "round 3: finetune",
+        "finetune --tune with a name finetune does not have",
+        lambda e: _finetune(e, _maps_store(e), "--tune", "plateau_factor=0.5"),
+        fragments=("unknown parameter 'plateau_factor'",),
+    ),
+    Case(
+        "round 3: finetune",
+        "finetune on a store whose map of one image was set to NaN",
+        lambda e: _finetune(e, _maps_store(e, nan=True), "--preset", "paper"),
+        fragments=("holds NaN/Inf",),
+    ),
+    Case(
+        "round 3: finetune",
+        "extract --maps layer3 --map-views 5 with --views 2",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "m.h5"),
+            *_EXTRACT,
+            "--maps",
+            "layer3",
+            "--map-views",
+            "5",
+        ],
+        fragments=("--map-views 5 needs --maps and at most --views (2)",),
+    ),
+    Case(
+        "round 3: finetune",
+        "extract --maps layer3 on a backbone without a declared cut (densenet121)",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "m.h5"),
+            *_EXTRACT,
+            "--maps",
+            "layer3",
+            "--backbone",
+            "densenet121",
+        ],
+        fragments=("maps are cut from resnet18, resnet50, resnet101",),
     ),
 ]
 

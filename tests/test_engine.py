@@ -12,13 +12,16 @@ import pytest
 import torch
 from featcache import make_feature_cache
 
+import fastall.head
 from fastall.features.cache import read_cache
+from fastall.head import Head, head_parameters
 from fastall.training import optim
 from fastall.training.config import HISTORY_KEYS, HeadConfig, StackData, TrainOptions
 from fastall.training.engine import Stack
+from fastall.training.layout import StackLayout
 from fastall.training.optim import StackedAdam
 from fastall.training.stacked import forward_backward
-from fastall.training.streams import fold_statistics
+from fastall.training.streams import fold_statistics, init_head
 from fastall.training.train_head import train_head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,10 +117,10 @@ def _fb_case(seed: int, hidden: int = 7) -> tuple:
     g = torch.Generator().manual_seed(seed)
     m, b, d, k = 2, 11, 6, 3
     params = [
-        torch.randn(m, d, hidden, generator=g) * 0.5,
-        torch.randn(m, 1, hidden, generator=g) * 0.1,
+        torch.randn(m, hidden, d, generator=g) * 0.5,
+        torch.randn(m, hidden, generator=g) * 0.1,
         torch.randn(m, k, hidden, generator=g) * 0.5,
-        torch.randn(m, 1, k, generator=g) * 0.1,
+        torch.randn(m, k, generator=g) * 0.1,
     ]
     x = torch.randn(m, b, d, generator=g)
     mask = (torch.rand(m, b, hidden, generator=g) >= 0.5).float() / 0.5
@@ -133,8 +136,8 @@ def _autograd_grads(params, y, x, mask, w) -> list[torch.Tensor]:
     """The same loss written plainly with torch.nn functions, in float64, differentiated by autograd."""
     leaves = [p.double().requires_grad_() for p in params]
     W1, b1, W2, b2 = leaves
-    hidden = torch.relu(x.double() @ W1 + b1) * mask.double()
-    logits = hidden @ W2.transpose(1, 2) + b2
+    hidden = torch.relu(x.double() @ W1.transpose(1, 2) + b1.unsqueeze(1)) * mask.double()
+    logits = hidden @ W2.transpose(1, 2) + b2.unsqueeze(1)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
     (nll * w.double().squeeze(2)).sum().backward()
     return [p.grad for p in leaves]
@@ -155,9 +158,12 @@ def test_forward_backward_gradients_equal_autograd_on_one_step(seed):
         err = (got.double() - want).abs().max().item()
         assert err <= 1e-6 * scale, f"{name}: max |Δ| {err:.3g} against max |g| {scale:.3g}"
     want_prob = torch.softmax(
-        (torch.relu(x.double() @ params[0].double() + params[1].double()) * mask.double())
+        (
+            torch.relu(x.double() @ params[0].double().transpose(1, 2) + params[1].double().unsqueeze(1))
+            * mask.double()
+        )
         @ params[2].double().transpose(1, 2)
-        + params[3].double(),
+        + params[3].double().unsqueeze(1),
         -1,
     )
     torch.testing.assert_close(prob.double(), want_prob, rtol=0, atol=1e-6)
@@ -232,3 +238,95 @@ def test_history_contract_in_results_and_metrics_json(cache, tmp_path):
     assert len(final["train_loss"]) == len(final["lr"]) == final["epochs_run"] >= final["best_epoch"]
     assert final["best_epoch"] == m["final_head"]["epochs"]
     assert final["train_loss"][-1] < final["train_loss"][0]
+
+
+@pytest.mark.parametrize("chunk", [1, 6])
+def test_the_vmap_engine_trains_as_the_hand_written_one(cache, chunk):
+    """functional_call + vmap over the one Head (autograd, torch.optim.Adam) and the hand-written step train
+    the same heads to fp32 round-off: per-head learning rates, weight decay, dropout, class weights, early
+    stopping, an unstandardised head, folds of different lengths and the final head (chunk 1: the plain call;
+    chunk 6: vmap)."""
+    c = read_cache(cache)
+    rows = np.arange(c.n_images)
+    folds = [(rows[rows % 4 != k], rows[rows % 4 == k]) for k in range(2)]
+    folds[1] = (folds[1][0][:-9], folds[1][1])  # one fold a step shorter: heads that sit out a step
+    data = StackData(torch.from_numpy(c.features), c.labels, 2, folds, rows)
+    stats = fold_statistics(data.features, [f[0] for f in folds] + [rows], data.train_views())
+    configs = [
+        (0, HeadConfig(hidden=16, epochs=3, batch_size=8, lr=3e-3, weight_decay=1e-3, patience=1)),
+        (1, HeadConfig(hidden=16, epochs=2, batch_size=8, lr=1e-3, dropout=0.2, class_weight="balanced")),
+        (2, HeadConfig(hidden=16, epochs=2, batch_size=8, lr=2e-3, standardize=False, plateau_patience=0)),
+    ]
+    out = []
+    for engine in ("stacked", "vmap"):
+        stack = Stack(
+            data, configs, final=True, seed=3, precision="fp32", stats=stats, chunk=chunk, engine=engine
+        )
+        stack.train()
+        out.append(stack.results(tta=False))
+    moved = 0.0
+    for a, b in zip(*out, strict=True):
+        assert (a.config, a.fold, a.best_epoch, a.epochs_run) == (
+            b.config,
+            b.fold,
+            b.best_epoch,
+            b.epochs_run,
+        )
+        assert a.history["train_loss"] == pytest.approx(b.history["train_loss"], rel=1e-5)
+        assert a.val_loss_history == pytest.approx(b.val_loss_history, rel=1e-5)
+        assert a.history["lr"] == b.history["lr"]
+        for name in a.state:
+            torch.testing.assert_close(a.state[name], b.state[name], rtol=1e-4, atol=1e-5, msg=name)
+        init = init_head(3, a.fold, data.dim, 16, 2)["fc1.weight"]
+        moved = max(moved, (a.state["fc1.weight"] - init).abs().max().item())
+    assert moved > 1e-3  # the heads trained: equal states are not two untouched initialisations
+
+
+def test_an_unknown_engine_is_refused(cache):
+    c = read_cache(cache)
+    rows = np.arange(c.n_images)
+    data = StackData(
+        torch.from_numpy(c.features), c.labels, 2, [(rows[rows % 2 == 0], rows[rows % 2 == 1])], rows
+    )
+    stats = fold_statistics(data.features, [data.folds[0][0]], data.train_views())
+    with pytest.raises(ValueError, match="engine"):
+        Stack(
+            data,
+            [(0, HeadConfig(hidden=8))],
+            final=False,
+            seed=0,
+            precision="fp32",
+            stats=stats,
+            chunk=1,
+            engine="jax",
+        )
+
+
+def test_the_stack_layout_is_heads_named_parameters(cache, monkeypatch):
+    """The stack's parameters are Head's own (names, order, shapes; head i's state dict loads into a Head
+    strictly), and a layer added to Head becomes a stack parameter with nothing else edited."""
+    c = read_cache(cache)
+    rows = np.arange(c.n_images)
+    data = StackData(
+        torch.from_numpy(c.features), c.labels, 2, [(rows[rows % 2 == 0], rows[rows % 2 == 1])], rows
+    )
+    stats = fold_statistics(data.features, [data.folds[0][0]], data.train_views())
+    layout = StackLayout(data, [(0, HeadConfig(hidden=8))], final=False, seed=0, stats=stats)
+    head = Head(data.dim, 8, 0.5, 2)
+    assert layout.names == [name for name, _ in head.named_parameters()]
+    for name, p in zip(layout.names, layout.params, strict=True):
+        assert p.shape[1:] == dict(head.named_parameters())[name].shape
+    state = layout.state_dict(layout.params, 0)
+    head.load_state_dict(state)  # strict: every key Head has, nothing else
+    for name, value in init_head(0, 0, data.dim, 8, 2).items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=0)
+
+    class Wider(Head):
+        def __init__(self, in_features=2048, hidden=512, dropout=0.5, classes=2) -> None:
+            super().__init__(in_features, hidden, dropout, classes)
+            self.gate = torch.nn.Linear(hidden, 3)
+
+    monkeypatch.setattr(fastall.head, "Head", Wider)
+    assert list(head_parameters(data.dim, 8, 2)) == [*layout.names, "gate.weight", "gate.bias"]
+    init = init_head(0, 0, data.dim, 8, 2)
+    assert init["gate.weight"].shape == (3, 8) and init["gate.weight"].abs().max() <= 8**-0.5

@@ -7,7 +7,7 @@ import pytest
 from featcache import make_feature_cache
 
 from fastall.features.cache import read_cache
-from fastall.training.probe import FALLBACK_C, fit_probe, linear_probe, probe_cache
+from fastall.training.probe import C_GRID, FIXED_C, fit_probe, linear_probe, probe_cache
 from fastall.training.splits import make_splits
 
 
@@ -23,6 +23,10 @@ def _blobs(classes: int, patients: int = 6, images: int = 8, dim: int = 16, seed
             y += [k] * images
             g += [f"{k}-{p}"] * images
     return np.concatenate(x).astype(np.float32), np.asarray(y), np.asarray(g, dtype=object)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 def _splits(y, g, folds=3, test="holdout", seed=0):
@@ -42,15 +46,17 @@ def test_validation_and_test_rows_never_reach_a_fit():
         hidden = np.concatenate([val, s.test])
         x2[hidden] = rng.standard_normal(x2[hidden].shape) * 50
         y2[hidden] = 1 - y2[hidden]
-        b = linear_probe(x2, y2, g, [s.folds[i]], pool=s.pool)
-        assert b.fits[0].c == a.fits[i].c and b.fits[0].inner_loss == a.fits[i].inner_loss
-        coef_a = a.fits[i].pipeline.named_steps["logreg"].coef_
-        assert np.array_equal(b.fits[0].pipeline.named_steps["logreg"].coef_, coef_a)
+        b = linear_probe(x2, y2, g, s.folds[: i + 1], pool=s.pool).fits[i]  # fold i keeps its inner seed
+        # equal up to float32 rounding (stacked with other folds or not); hidden rows would move them far
+        assert b.c == a.fits[i].c and b.inner_loss.keys() == a.fits[i].inner_loss.keys()
+        for cc, loss in a.fits[i].inner_loss.items():
+            assert b.inner_loss[cc] == pytest.approx(loss, rel=1e-3)
+        assert _cosine(b.coef, a.fits[i].coef) > 0.999
     x2 = x.copy()
     x2[s.test] = 0.0
     c = linear_probe(x2, y, g, s.folds, test=s.test, pool=s.pool)
-    final_a, final_c = (r.fits[-1].pipeline.named_steps["logreg"].coef_ for r in (a, c))
-    assert np.array_equal(final_a, final_c)  # the final probe is fit on the pool alone
+    final_a, final_c = (r.fits[-1].coef for r in (a, c))
+    assert _cosine(final_a, final_c) > 0.999  # the final probe is fit on the pool alone
     assert not np.allclose(a.test_probs, c.test_probs)  # ... and it does score the test rows
 
 
@@ -85,10 +91,11 @@ def test_deterministic():
 def test_inner_cv_chooses_by_patient_and_falls_back_when_too_few():
     x, y, g = _blobs(2, patients=4)
     many = fit_probe(x, y, g, classes=2, inner_folds=3)
-    assert many.inner_folds == 3 and set(many.inner_loss) == {1e-3, 1e-2, 1e-1, 1.0, 10.0}
+    assert many.inner_folds == 3 and many.c in many.inner_loss and set(many.inner_loss) <= set(C_GRID)
+    assert len(many.inner_loss) >= 5  # the grid is walked until the inner loss stops improving
     one = np.isin(g, ["0-0", "1-0"])
     few = fit_probe(x[one], y[one], g[one], classes=2)
-    assert few.inner_folds == 0 and few.c == FALLBACK_C and few.inner_loss == {}
+    assert few.inner_folds == 0 and few.c == FIXED_C and few.inner_loss == {}
 
 
 def test_a_class_missing_from_the_training_rows_gets_zero_probability():

@@ -52,7 +52,10 @@ def _data(path: Path, folds: int = 2) -> StackData:
     return StackData(torch.from_numpy(c.features), c.labels, 2, fold_list, np.sort(rows))
 
 
-def test_engine_matches_autograd_and_torch_adam(cache):
+@pytest.mark.parametrize("engine", ["stacked", "vmap"])
+def test_engine_matches_autograd_and_torch_adam(cache, engine):
+    """Either engine (hand-written, or vmap over the one Head) against one Head trained plainly by autograd
+    and torch.optim.Adam with the engine's random streams and ReduceLROnPlateau."""
     data = _data(cache, folds=1)
     cfg = HeadConfig(
         hidden=16,
@@ -65,16 +68,15 @@ def test_engine_matches_autograd_and_torch_adam(cache):
         plateau_patience=0,
     )
     mean, std = fold_statistics(data.features, [data.folds[0][0]], data.train_views())
-    stack = Stack(data, [(0, cfg)], final=False, seed=7, precision="fp32", stats=(mean, std), chunk=1)
+    stack = Stack(
+        data, [(0, cfg)], final=False, seed=7, precision="fp32", stats=(mean, std), chunk=1, engine=engine
+    )
     stack.train()
     got = stack.results(tta=False)[0].state
 
     train_rows = data.folds[0][0]
-    w1, b1, w2, b2 = init_head(7, 0, data.dim, 16, 2)
     head = Head(data.dim, 16, 0.3, 2)
-    with torch.no_grad():
-        head.fc1.weight.copy_(w1.t()), head.fc1.bias.copy_(b1), head.fc2.weight.copy_(w2)
-        head.fc2.bias.copy_(b2)
+    head.load_state_dict(init_head(7, 0, data.dim, 16, 2), strict=False)
     head.set_standardization(mean[0], std[0])
     counts = np.bincount(data.labels[train_rows], minlength=2)
     weight = torch.tensor(counts.sum() / (2 * counts), dtype=torch.float32)

@@ -20,6 +20,7 @@ from fastall.cli import (  # noqa: E402, F401  (registers the commands; after th
     explain,
     export,
     features,
+    finetune,
     inference,
     probe,
     report,

@@ -33,7 +33,7 @@ class _Optional(click.ParamType):
             self.fail(f"{value!r} is not {self.spec.expected} or none", param, ctx)
 
 
-def head_options(config: type = HeadConfig) -> list[Callable]:
+def head_options(config: type = HeadConfig, defaults: str = "paper") -> list[Callable]:
     """One click option per hyperparameter field of ``config``: ``--name`` (``--name/--no-name`` for a flag),
     its type or choices and help; unset, the value comes from ``--preset``."""
     options = []
@@ -41,7 +41,7 @@ def head_options(config: type = HeadConfig) -> list[Callable]:
         decls = [f"{p.flag}/--no-{p.flag[2:]}"] if p.kind is bool else [p.flag]
         kind = click.Choice(list(p.choices)) if p.choices else _Optional(p) if p.optional else p.kind
         extra = {} if p.kind is bool else {"type": kind}
-        help = f"{p.help} [default: from --preset; paper: {p.default}]"
+        help = f"{p.help} [default: from --preset; {defaults}: {p.default}]"
         options.append(click.option(*decls, default=None, help=help, **extra))
     return options
 

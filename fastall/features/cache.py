@@ -16,10 +16,17 @@ Layout (plain h5py / h5dump can read it)::
     content_hash str     [N]        hash of each image file's bytes as decoded (absent in older caches)
     file_size    int64   [N]        its size in bytes      } the cheap first check of whether a file
     file_mtime_ns int64  [N]        its mtime in ns        } changed since (absent in older caches)
+    maps         float16 [N, M, C, H, W]  chunked (1, 1, C, H, W): with `extract --maps LAYER`, the map at
+                                    the cut of the first M views (``maps``, ``map_views``, ``map_shape``
+                                    in key_params; validated and streamed by :mod:`fastall.features.maps`)
 
 Attributes: schema_version, key, key_params (JSON of every parameter that changes the features, with
 ``content_fingerprint``: sha256 over every row's path, label, patient, source and content hash), provenance
-(fastall/torch/torchvision versions, device, created, data_root), view_param_names, content_hash_algorithm.
+(fastall/torch/torchvision versions, device, created, data_root, precision), view_param_names,
+content_hash_algorithm. An int8 cache (``amp_dtype`` int8, with the ``quantization`` key parameter) also holds
+``int8_quality`` (JSON: per-image cosine to fp32, median and 1st percentile, and the logistic probe's held-out
+accuracy on fp32 and int8 features, with the thresholds and ``passed``) and ``int8_calibration`` (JSON: the
+relative paths of the calibration images, in sampled order; the first ``observer_images`` set the scales).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import numpy as np
 from fastall.data.fingerprint import ALGORITHM, Stamp
 from fastall.errors import CacheError
 from fastall.features import cache_checks
+from fastall.features.maprows import MapRows, write_maps
 from fastall.system.files import atomic_write, check_free_space, describe_write_error, file_kind
 from fastall.system.formats import FileFormat
 from fastall.viewparams import upgrade_view_params
@@ -165,12 +173,14 @@ def write_cache(
     key_params: dict[str, Any],
     provenance: dict[str, Any],
     skipped: list[tuple[str, str]] = (),
+    maps: MapRows | None = None,
 ) -> Path:
     """Write a complete cache atomically (:func:`~fastall.system.files.atomic_write`), after checking that the
     disk has room for it; a full disk is a one-line CacheError, and leaves no temporary file.
 
     With ``rows.stamps`` (one per row) the files' content hashes, sizes and mtimes are stored, and
-    ``content_fingerprint`` (over every row) joins the key parameters."""
+    ``content_fingerprint`` (over every row) joins the key parameters. ``maps``: the activation maps at the
+    cut, row by row (their size counts in the free-space check)."""
     path = Path(path)
     labels, patients, paths, sources, stamps = (
         rows.labels,
@@ -192,6 +202,10 @@ def write_cache(
             "content_fingerprint": cache_checks.rows_fingerprint(paths, labels, patients, sources, hashes),
         }
     needed = expected_cache_bytes(features.shape, view_params.shape, [*patients, *paths, *sources])
+    if maps is not None:
+        if tuple(maps.shape[:1]) != (n,) or len(maps.shape) != 5:
+            raise CacheError(f"{path}: maps of shape {tuple(maps.shape)} do not fit {n} rows")
+        needed += int(np.prod(maps.shape)) * 2 + 64 * int(np.prod(maps.shape[:2]))
 
     def write(fh: BinaryIO) -> None:
         with h5py.File(fh, "w", locking=False) as f:  # private until renamed; NFS may lack locks (errno 37)
@@ -225,6 +239,8 @@ def write_cache(
                 f.attrs["content_hash_algorithm"] = ALGORITHM
             for name, value in {**key_params, **provenance}.items():
                 f.attrs[name] = _attr(value)
+            if maps is not None:
+                write_maps(f, maps)
 
     try:
         check_free_space(path.parent, needed)

@@ -24,10 +24,14 @@ from fastall.errors import CacheError, FastallError
 from fastall.features import content
 from fastall.features.backbone import load_backbone
 from fastall.features.cache import cache_key, diff_params, read_cache
+from fastall.features.cut import MapSplit, map_shape
 from fastall.features.extract_config import EXTRACT_PRECISIONS, ExtractConfig
 from fastall.features.extract_record import key_params_for, provenance, write_rows
 from fastall.features.inputs import check_out, discover_dataset
+from fastall.features.int8_quality import build_int8
 from fastall.features.loop import run
+from fastall.features.mapshards import ShardMaps, missing_maps, plan_maps
+from fastall.features.quantize import QUANTIZATION, int8_hint, require_int8_cpu
 from fastall.features.ranks import Share, agree, join_shards
 from fastall.features.shards import PartialStore, cache_lock, claim_layout
 from fastall.features.summary import ExtractSummary
@@ -133,6 +137,11 @@ class _Extract:
         self.dev = resolve_device(self.share.device(cfg.device))
         wanted = precision_alias(cfg.precision, cfg.amp, cfg.amp_dtype)
         self.choice = decide_precision(wanted, self.dev, allowed=EXTRACT_PRECISIONS)
+        if self.choice.precision == "int8":
+            require_int8_cpu(self.dev)
+        hint = int8_hint(self.dev, self.choice.precision)
+        if hint and self.env.is_main:
+            self.reporter.info(hint, code="int8-hint")
         if not self.choice.native:
             self.note("precision", f"{self.choice.reason} (--precision auto picks fp32 here)")
         if self.env.is_main or cfg.scratch is None:  # with --scratch, only rank 0 needs --out's folder
@@ -190,16 +199,21 @@ class _Extract:
         )
         for message in self.info.warnings:
             self.note("backbone", message)
-        self.key_params = key_params_for(
-            info=self.info,
-            image_size=self.info.input_size(cfg.image_size),
-            views=cfg.views,
-            seed=cfg.seed,
-            amp=self.choice.precision != "fp32",
-            amp_dtype=self.choice.precision,
-            records=self.records,
-            class_names=self.ds.class_names,
-            fill=cfg.fill,
+        maps = self._maps() if cfg.maps else {}
+        self.key_params = (
+            key_params_for(
+                info=self.info,
+                image_size=self.info.input_size(cfg.image_size),
+                views=cfg.views,
+                seed=cfg.seed,
+                amp=self.choice.precision != "fp32",
+                amp_dtype=self.choice.precision,
+                records=self.records,
+                class_names=self.ds.class_names,
+                fill=cfg.fill,
+                quantization=QUANTIZATION if self.choice.precision == "int8" else None,
+            )
+            | maps
         )
         self.key = cache_key(self.key_params)
         existing = False
@@ -210,6 +224,21 @@ class _Extract:
             self.changed = content.check_cache(self.out, old, self.records, **check)
             existing = not self.changed
         return {"error": None, "key_params": self.key_params, "existing": existing}
+
+    def _maps(self) -> dict[str, Any]:
+        """With --maps: the backbone split at the cut (its pooled features unchanged) and the key parameters
+        of the maps."""
+        cfg = self.cfg
+        if self.share.ranked or cfg.layers or cfg.pool:
+            raise FastallError("--maps cuts the plain backbone in one process: drop --layers/--pool/torchrun")
+        if self.choice.precision == "int8":
+            raise FastallError(
+                "--maps stores the fp32/bf16 activations that finetune trains on: drop --precision int8"
+            )
+        self.model = MapSplit(self.model, self.info.name, cfg.maps)
+        self.map_shape = map_shape(self.model.front, self.info.input_size(cfg.image_size))
+        self.map_views = cfg.map_views or cfg.views
+        return {"maps": cfg.maps, "map_views": self.map_views, "map_shape": list(self.map_shape)}
 
     def _summary(self) -> ExtractSummary:
         ranks = f" x {self.env.world} ranks" if self.share.ranked else ""
@@ -250,30 +279,57 @@ class _Extract:
         check = dict(verify=cfg.verify_content, update=cfg.update, note=self.noting("content"))
         if content.check_partial(store, self.records, list(done), **check):
             done, bad = store.load(n, cfg.views, dim, warn=self.noting("partial", True))
+        lost = missing_maps(store.dir, list(done), (self.map_views, *self.map_shape)) if cfg.maps else set()
+        if lost:
+            self.note(
+                "partial", f"{len(lost)} done image(s) lack their maps in {store.dir}: recomputing them"
+            )
+            store.drop(lost)
+            done, bad = store.load(n, cfg.views, dim, warn=self.noting("partial", True))
         self.todo = [i for i in self.share.indices(n) if i not in done and i not in bad]
         return {"error": None, "resumed": len(done), "todo": len(self.todo), "bad": len(bad)}
+
+    def _int8(self) -> dict[str, Any]:
+        """The int8 backbone, calibrated on this dataset and checked against fp32 (refused if it fails)."""
+        built = build_int8(
+            self.model,
+            self.records,
+            size=self.info.input_size(self.cfg.image_size),
+            norm=(self.info.mean, self.info.std),
+            seed=self.cfg.seed,
+            classes=len(self.ds.class_names),
+        )
+        self.model_run, self.int8_attrs = built.model, built.attrs()
+        if self.env.is_main:
+            self.reporter.info(f"int8 quality against fp32: {built.quality.line()}", code="int8-quality")
+        return {"error": None}
 
     def _compute(self, summary: ExtractSummary) -> None:
         """Every rank extracts what is left of its share; rank 0 joins the shards into the one cache."""
         cfg, n = self.cfg, len(self.records)
+        self.model_run, self.int8_attrs = self.model, {}
+        if self.choice.precision == "int8":
+            self._together(self._int8)
         states = self._together(self._resume)
         summary.resumed = sum(s["resumed"] for s in states)
         if any(s["resumed"] or s["bad"] for s in states):
             where = f"{self.base} ({self.env.world} ranks)" if self.share.ranked else str(self.store.dir)
             left = sum(s["todo"] for s in states)
             self.note("resume", f"resuming: {summary.resumed} images already done in {where}, {left} to go")
+        if cfg.maps and self.env.is_main:
+            self.reporter.info(plan_maps(self.out, self.store.dir, n, self.map_views, self.map_shape)[1])
         loop_start, used = time.perf_counter(), cfg.batch_size
         if self.todo:
             reporter = self.reporter if self.env.is_main else silent()
             used = run(
-                self.model,
+                self.model_run,
                 self.info,
                 self.records,
                 self.todo,
                 self.store,
                 config=cfg,
                 dev=self.dev,
-                amp=self.choice.autocast_dtype,
+                amp=None if self.choice.precision == "int8" else self.choice.autocast_dtype,
                 reporter=reporter,
             )
         summary.loop_seconds = time.perf_counter() - loop_start
@@ -282,11 +338,14 @@ class _Extract:
         if joined is not None:
             faults.reached("finalize")
             record = provenance(self.dev, self.info, cfg, self.data) | self.choice.record() | self.classes
+            record |= self.int8_attrs
             if used and not cfg.batch_size:
                 record["batch_size_auto"] = used
             if self.todo:
                 record["extract_s_per_image"] = summary.loop_seconds / len(self.todo)
-            write_rows(self.out, self.records, *joined, self.ds.class_names, self.key_params, record)
+            shape = (self.map_views, *self.map_shape) if cfg.maps else None
+            maps = ShardMaps(self.store.dir, joined[0], shape) if shape else None
+            write_rows(self.out, self.records, *joined, self.ds.class_names, self.key_params, record, maps)
             faults.reached("cleanup")
         self.group.wait()
         self.store.remove()

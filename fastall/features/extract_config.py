@@ -21,7 +21,7 @@ from fastall.system.devices import DEVICE_RULE
 from fastall.system.seeds import check_seed
 from fastall.system.settings import HParam, hparam, hparams_of
 
-EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16")
+EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 BACKBONE_HELP = (
     "resnet18, resnet50, resnet101, densenet121, efficientnet_b0, efficientnet_v2_s, convnext_tiny, "
@@ -66,7 +66,8 @@ class ExtractConfig:
     device: str = hparam("auto", DEVICE_RULE)
     precision: str = hparam(
         "auto",
-        "auto: bf16 where the device computes it natively (GPU; CPU with avx512_bf16/AMX), else fp32.",
+        "auto: bf16 where the device computes it natively (GPU; CPU with avx512_bf16/AMX), else fp32. "
+        "int8 (CPU with VNNI/AMX; never chosen by auto): calibrated on the dataset, checked against fp32.",
         choices=("auto", *EXTRACT_PRECISIONS),
     )
     amp: bool | None = hparam(None, "Older alias: --amp is --precision bf16, --no-amp fp32.")
@@ -103,6 +104,18 @@ class ExtractConfig:
         None, "CSV with columns path,patient (paths relative to DATA): each image's patient."
     )
     positive: str | None = hparam(None, "The positive (disease) class, by its folder name.")
+    maps: str | None = hparam(
+        None,
+        "Also store every kept view's activation map at this cut, fp16 (a ResNet's layer2 or layer3), for "
+        "`fastall finetune` (it prints the size first).",
+        choices=("layer2", "layer3"),
+    )
+    map_views: int | None = hparam(
+        None,
+        "With --maps: store the maps of the first N views only [all --views].",
+        check=lambda v: v >= 1,
+        rule="must be at least 1",
+    )
 
     @staticmethod
     def settings() -> tuple[HParam, ...]:
@@ -128,6 +141,8 @@ class ExtractConfig:
         """This configuration with ``fill`` in its canonical form; every problem at once in a FastallError."""
         check_seed(self.seed)
         problems = [p for s in self.settings() if (p := s.flag_problem(getattr(self, s.name)))]
+        if self.map_views is not None and (self.maps is None or self.map_views > self.views):
+            problems.append(f"--map-views {self.map_views} needs --maps and at most --views ({self.views})")
         if problems:
             raise FastallError("; ".join(problems))
         return replace(self, fill=parse_fill(self.fill))

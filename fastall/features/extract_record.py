@@ -34,10 +34,15 @@ def key_params_for(
     records: list[Record],
     class_names: list[str],
     fill: str = "auto",
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every parameter that changes the features (and nothing that does not); ``pool`` and ``layers`` only
-    where set, so that caches from before them keep their keys."""
-    extra = {"pool": getattr(info, "pool", None), "layers": list(getattr(info, "layers", None) or [])}
+    """Every parameter that changes the features (and nothing that does not); ``pool``, ``layers`` and
+    ``quantization`` (int8) only where set, so that caches from before them keep their keys."""
+    extra = {
+        "pool": getattr(info, "pool", None),
+        "layers": list(getattr(info, "layers", None) or []),
+        "quantization": quantization,
+    }
     return {
         **{k: v for k, v in extra.items() if v},
         "backbone": info.name,
@@ -89,9 +94,10 @@ def write_rows(
     class_names: list[str],
     key_params: dict[str, Any],
     provenance: dict[str, Any],
+    maps: Any = None,
 ) -> None:
     """The one cache of ``rows`` (sorted record indices; ``features``/``params`` in that order; ``stamps``:
-    the content stamp each row's file was read with)."""
+    the content stamp each row's file was read with; ``maps``: their maps at the cut, streamed)."""
     if not rows:
         raise FastallError(f"none of the {len(records)} images could be decoded; nothing to cache")
     picked = [records[i] for i in rows]
@@ -112,4 +118,5 @@ def write_rows(
         key_params=key_params,
         provenance=provenance,
         skipped=skipped,
+        maps=maps,
     )

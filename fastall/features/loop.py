@@ -22,6 +22,7 @@ from fastall.data.records import Record
 from fastall.errors import FastallError
 from fastall.features.augment import draw_view_params, resolve_fill
 from fastall.features.extract_config import ExtractConfig
+from fastall.features.mapshards import save_maps
 from fastall.features.shards import PartialStore
 from fastall.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from fastall.system import faults
@@ -78,6 +79,7 @@ class _Writer:
         done: Callable[[int], None],
         stamps: np.ndarray | None = None,
         paths: list[str] = (),
+        maps: torch.Tensor | None = None,
     ) -> None:
         event = None
         if feats.is_cuda:
@@ -91,6 +93,8 @@ class _Writer:
             if event is not None:
                 event.synchronize()
             check_finite(feats.numpy(), paths)
+            if maps is not None:  # before the shard that marks these images done
+                save_maps(self.store.dir, [int(i) for i in indices], maps.numpy())
             self.store.write_shard(indices, feats.numpy(), params, skipped, stamps=stamps)
             faults.reached("shard")
             done(len(indices) + len(skipped))
@@ -177,10 +181,19 @@ def run(
                             indices[keep],
                             stamps[keep],
                         )
-                    feats = _views(model, x, params, size, views, dim, autocast, norm)
+                    maps = [None] * (config.map_views or views) if config.maps else None
+                    feats = _views(model, x, params, size, views, dim, autocast, norm, maps)
                     paths = [records[int(i)].rel_path for i in indices]
+                    stacked = torch.stack(maps, 1).cpu() if maps is not None and len(x) else None
                     writer.submit(
-                        indices.numpy(), feats, params.numpy(), skipped, advance, stamps.numpy(), paths
+                        indices.numpy(),
+                        feats,
+                        params.numpy(),
+                        skipped,
+                        advance,
+                        stamps.numpy(),
+                        paths,
+                        stacked,
                     )
         except BaseException:
             writer.close(raise_errors=False)
@@ -239,12 +252,17 @@ def _views(
     dim: int,
     autocast: Any,
     norm: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
+    maps: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]`` (host parameters)."""
+    """float16 ``[B, V, D]``: view 0 plain, view v augmented with ``p[:, v]`` (host parameters). ``maps``:
+    with a :class:`~fastall.features.cut.MapSplit` model, the fp16 map at the cut of each of the first
+    ``len(maps)`` views, filled in place."""
     feats = torch.empty(x.shape[0], views, dim, dtype=torch.float16, device=x.device)
     for v in range(views if x.shape[0] else 0):
         xv = preprocess(x, size, *norm, p[:, v] if v else None)
         feats[:, v] = _forward(model, xv, autocast).to(torch.float16)
+        if maps is not None and v < len(maps):
+            maps[v] = model.kept[: x.shape[0]].to(torch.float16)
     return feats
 
 

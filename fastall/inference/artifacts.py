@@ -24,6 +24,7 @@ from fastall.data.loader import load_images
 from fastall.errors import FastallError
 from fastall.features.backbone import build_backbone, load_backbone, recorded_options, state_dict_sha256
 from fastall.features.cache import FeatureCache, cache_key, diff_params, read_cache
+from fastall.features.cut import cut_from_state, finetuned, is_cut_state
 from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import calibration_pick
@@ -224,6 +225,10 @@ def model_from_run(
     kp, record = folder.key_params, folder.record
     size = folder.image_size
     backbone = recorded_backbone(folder, weights_path=weights_path)
+    if record.get("finetune"):  # a finetune run: image -> front -> its stage -> head
+        backbone = finetuned(
+            backbone, str(recorded_options(kp)["backbone"]), record["finetune"], str(folder.head_path)
+        )
     model = LeukemiaClassifier(
         backbone,
         build_head(record["head_config"], record["state_dict"], folder.head_path),
@@ -263,9 +268,12 @@ def model_from_export(blob: Any, path: Path, device: str | torch.device = "cpu")
     EXPORT_FILE.check_record(path, blob)
     options = recorded_options((blob.get("provenance") or {}).get("key_params", {}))
     try:
-        backbone = build_backbone(
-            options.pop("backbone"), blob["backbone_state_dict"], "the exported backbone", **options
-        )
+        name, state = options.pop("backbone"), blob["backbone_state_dict"]
+        if isinstance(state, dict) and is_cut_state(state):
+            layer = str(blob["provenance"]["key_params"].get("maps"))
+            backbone = cut_from_state(name, state, layer, "the exported fine-tuned backbone")
+        else:
+            backbone = build_backbone(name, state, "the exported backbone", **options)
     except (FastallError, KeyError, TypeError, AttributeError) as err:
         raise FastallError(f"{path}: backbone weights do not fit: {str(err).splitlines()[0]}") from err
     if state_dict_sha256(backbone.state_dict()) != blob.get("backbone_state_sha256"):

@@ -26,6 +26,7 @@ from fastall.errors import FastallError
 from fastall.features.cache import read_cache
 from fastall.inference.artifacts import check_run_cache, head_file, load_run, read_head
 from fastall.inference.model import LeukemiaClassifier
+from fastall.inference.ood import training_view0
 from fastall.inference.shift import Radius, domain_shift, same_files
 from fastall.inference.threshold import choose_threshold
 from fastall.reporting.provenance import command_line
@@ -282,8 +283,8 @@ def evaluate_run(
         why = "two classes" if k != 2 else "a positive class (--positive)"
         notes.append(f"patient-level diagnosis needs {why}: not made")
     warnings, ood = [], None
-    if train is not None and train.n_images >= 4:
-        view0 = train.features[:, 0, :].astype(np.float32)
+    view0 = training_view0(record, run, train.features) if train is not None else None
+    if train is not None and train.n_images >= 4 and view0 is not None:
         radius = Radius(view0, train.patients)
         result["shift"] = domain_shift(view0, feats, radius=radius)
         ood = radius.outside(feats)

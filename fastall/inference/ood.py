@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fastall.features.cache import read_cache
+from fastall.features.cut import STAGE_FEATURES
 from fastall.inference.artifacts import check_run_cache, open_run
 from fastall.inference.shift import Radius
 
@@ -29,7 +30,19 @@ def training_radius(run: str | Path) -> tuple[Radius | None, str]:
     fc = check_run_cache(folder.record, read_cache(folder.cache_path), folder.head_path)
     if fc.n_images < 4:
         return None, f"{fc.n_images} training images: too few to calibrate the ood radius"
-    return Radius(fc.features[:, 0, :].astype(np.float32), fc.patients), ""
+    view0 = training_view0(folder.record, folder.run, fc.features)
+    if view0 is None:
+        return None, f"{folder.run}/{STAGE_FEATURES} is not here: ood not measured"
+    return Radius(view0, fc.patients), ""
+
+
+def training_view0(record: dict, run: str | Path, features: np.ndarray) -> np.ndarray | None:
+    """float32 ``[N, D]``: the run's view-0 training features, the cache's; for a finetune run, those of
+    its fine-tuned stage (``RUN/stage_features.npy``, None where missing)."""
+    if not record.get("finetune"):
+        return features[:, 0, :].astype(np.float32)
+    path = Path(run) / STAGE_FEATURES
+    return np.load(path).astype(np.float32) if path.is_file() else None
 
 
 def ood_line(flags: np.ndarray) -> str:

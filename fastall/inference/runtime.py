@@ -1,10 +1,11 @@
 """Fast inference backbones: the same frozen network run at a chosen precision and backend.
 
 ``fp32`` is the reference. ``bf16``/``fp16`` run under autocast; ``int8`` is static post-training quantisation
-(torch.ao fx, x86 kernels, CPU only; per-channel weights, histogram-calibrated activations over the full 8-bit
-range where the CPU has VNNI) calibrated on real images. Backends on the CPU: ``jit`` traces and freezes with
-TorchScript, folding batch norm and fusing convolutions with their activations (oneDNN); ``compile`` uses
-``torch.compile`` (inductor, frozen weights; needs a C++ compiler). GPUs run eager, channels_last.
+(:func:`fastall.features.quantize.quantize_int8`: torch.ao fx, x86 kernels, CPU only; per-channel weights,
+histogram-calibrated activations over the full 8-bit range where the CPU has VNNI) calibrated on real images.
+Backends on the CPU: ``jit`` traces and freezes with TorchScript, folding batch norm and fusing convolutions
+with their activations (oneDNN); ``compile`` uses ``torch.compile`` (inductor, frozen weights; needs a C++
+compiler). GPUs run eager, channels_last.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ import contextlib
 import copy
 import shutil
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from fastall.errors import FastallError
-from fastall.system import machine
+from fastall.features.quantize import quantize_int8
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "eager", "jit", "compile")
-INT8_ENGINE = "x86"
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -53,12 +52,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "compile" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         return "jit"  # inductor needs a C++ compiler
     return "jit" if backend == "auto" else backend
-
-
-def has_vnni() -> bool:
-    """Whether the CPU's int8 kernels multiply u8 x s8 without saturation (VNNI), allowing full-range
-    activations (the ISA limits in force count: an emulated AVX2 CPU has none)."""
-    return machine.cpu_capability().vnni
 
 
 class Runtime(nn.Module):
@@ -134,54 +127,6 @@ def build_runtime(
         with torch.inference_mode():
             runtime(example)  # compiles now rather than on the first image
     return runtime
-
-
-def quantize_int8(
-    backbone: nn.Module,
-    example: torch.Tensor | None,
-    *,
-    calibration: torch.Tensor | None = None,
-    state: dict | None = None,
-) -> nn.Module:
-    """Static int8 quantisation of a copy of ``backbone`` (x86 backend), calibrated or from a saved state."""
-    from torch.ao.quantization import (
-        QConfig,
-        default_per_channel_weight_observer,
-        get_default_qconfig_mapping,
-    )
-    from torch.ao.quantization.observer import HistogramObserver
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    if example is None or (calibration is None and state is None):
-        raise FastallError("int8 needs an example input and calibration images (or a saved int8 state)")
-    torch.backends.quantized.engine = INT8_ENGINE
-    qconfig = QConfig(
-        activation=HistogramObserver.with_args(reduce_range=not has_vnni()),
-        weight=default_per_channel_weight_observer,
-    )
-    model = copy.deepcopy(backbone).cpu().eval().requires_grad_(False)
-    model = model.to(memory_format=torch.contiguous_format)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepared = prepare_fx(
-            model, get_default_qconfig_mapping(INT8_ENGINE).set_global(qconfig), (example.cpu(),)
-        )
-        if state is None:
-            with torch.no_grad():
-                for chunk in calibration.cpu().split(8):
-                    prepared(chunk)
-        quantized = convert_fx(prepared)
-    if state is not None:
-        # a saved state is a plain dict: give it the modules' format versions (a quantised Linear reads its
-        # packed weights only when it knows the version that wrote them)
-        saved = OrderedDict(state)
-        saved._metadata = getattr(quantized.state_dict(), "_metadata", None)
-        try:
-            quantized.load_state_dict(saved)
-        except (RuntimeError, KeyError) as err:
-            first = str(err).splitlines()[0]
-            raise FastallError(f"saved int8 state does not fit the backbone: {first}") from err
-    return quantized
 
 
 def _format(channels_last: bool) -> torch.memory_format:

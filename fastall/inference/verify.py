@@ -2,7 +2,8 @@
 
 Both classes are sampled; each image is decoded from its original file, run through the end-to-end model, and
 compared with the head applied to the cached features of the same image (view 0, then one augmented view
-rebuilt from its stored ``view_params``). With a float16 cache or an AMP extraction the half-precision rule
+rebuilt from its stored ``view_params``); for a finetune run the cached path is the stored maps through the
+fine-tuned stage and pool. With a float16 cache or an AMP extraction the half-precision rule
 applies (100% class agreement, |Δprob| ≤ 1e-2); fp32 on both sides must agree to |Δprob| ≤ 1e-4. A faster
 precision is also checked against fp32 (≥ 99.5% agreement).
 """
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from fastall.features.cache import FeatureCache
+from fastall.features.maps import open_maps
 from fastall.inference.artifacts import RunFolder, build_head, model_from_run, open_run
 from fastall.inference.model import LeukemiaClassifier
 from fastall.inference.precision import MIN_PRECISION_AGREEMENT, calibration_pick, pick_images, try_precision
@@ -119,6 +121,8 @@ def verify_run(
         cached = torch.from_numpy(feats[np.sort(chosen)].astype(np.float32))
     order = np.argsort(np.argsort(chosen))
     cached = cached[torch.from_numpy(order)]
+    if folder.record.get("finetune"):  # the cached path of a finetune run: maps -> stage -> pool
+        cached = stage_features(model, fc, chosen)
     tol, rule = (
         (HALF_TOL, "half precision: 100% agreement, |Δprob| ≤ 1e-2")
         if half
@@ -143,7 +147,7 @@ def verify_run(
             report.notes.append("no predictions.csv rows for these images: recorded predictions not checked")
         else:
             report.checks.append(recorded)
-        if fc.n_views > 1:
+        if cached.shape[1] > 1:
             params = torch.from_numpy(fc.view_params[chosen, 1])
             aug = model.forward_head(_features(as_cached, pixels, params, batch_size)).cpu()
             report.checks.append(compare("view 1 augmented", aug, model.forward_head(cached[:, 1]), tol, 1.0))
@@ -168,6 +172,17 @@ def verify_run(
     if precision != "fp32":
         report.checks.append(_precision_check(model, folder, chosen, pixels, e2e, precision, data))
     return report
+
+
+def stage_features(model: LeukemiaClassifier, fc: FeatureCache, chosen: np.ndarray) -> torch.Tensor:
+    """``[n, V, D]``: the stored maps of views 0 and 1 through the run's fine-tuned stage and pool."""
+    store = open_maps(fc.path)
+    out = []
+    with torch.inference_mode():
+        for v in range(min(2, store.map_views)):
+            maps = torch.from_numpy(store.read(chosen, [v] * len(chosen)))
+            out.append(model.backbone.pooled(maps.to(model.device)).float().cpu())
+    return torch.stack(out, 1)
 
 
 def _precision_check(

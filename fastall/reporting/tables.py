@@ -244,6 +244,12 @@ def protocol_line(m: dict) -> str:
     line += f"selection on {where}"
     if p.get("tune"):
         line += f", tuned over {p['tune']!r}"
+    ft = m.get("finetune")
+    if ft:  # a finetune run: the backbone's stage after the cut trained with the head
+        line += (
+            f"; fine-tuned {','.join(ft['trained'])} from {ft['maps']} maps (stage lr {ft['stage_lr']:g}, "
+            f"head lr {ft['head_lr']:g}, BatchNorm statistics {ft['bn']})"
+        )
     b = m.get("baseline")
     if m.get("verdict"):
         line += ". " + m["verdict"]["text"]

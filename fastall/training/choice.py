@@ -2,13 +2,14 @@
 inner patient-grouped K-fold CV on the fold's training patients alone scores higher.
 
 For outer fold k, its training rows are split by patient into K inner folds (``selection.inner_splits``,
-stratified, K = :data:`CHOICE_FOLDS` or fewer when a class has fewer patients). On every inner split both
-candidates are trained exactly as the run trains them: the probe (``probe.fit_probe``, C by its own inner CV)
-and the MLP by the run's protocol (``selection.select`` then ``refit``, started from that probe), all inner
-heads of all folds in one stack. The candidate with the higher mean inner-validation accuracy is kept; a tie
-keeps the probe (the simpler model). A fold whose inner training folds would hold fewer than
-:data:`MIN_PATIENTS` patients of a class keeps the probe without a comparison, and says so. The final head
-follows the candidate with the higher mean inner accuracy over all folds.
+stratified, K = :data:`CHOICE_FOLDS` or the fewest patients of a class, whichever is smaller: the largest
+inner training folds the patients allow, so that 4 training patients per class still compare). On every
+inner split both candidates are trained exactly as the run trains them: the probe (``probe.fit_probe``, C
+by its own inner CV) and the MLP by the run's protocol (``selection.select`` then ``refit``, started from
+that probe), all inner heads of all folds in one stack. The candidate with the higher mean
+inner-validation accuracy is kept; a tie keeps the probe (the simpler model). A fold whose inner training
+folds would hold fewer than :data:`MIN_PATIENTS` patients of a class keeps the probe without a comparison,
+and says so. The final head follows the candidate with the higher mean inner accuracy over all folds.
 
 A kept probe replaces the fold's head by a head that computes it exactly (``layout.embed_linear``), so
 head.pt, predictions.csv and every metric describe the model that was kept. The outer validation rows never
@@ -24,7 +25,6 @@ import numpy as np
 import torch
 
 from fastall.errors import FastallError
-from fastall.head import head_state_dict
 from fastall.training.config import HeadConfig, HeadResult
 from fastall.training.layout import embed_linear
 from fastall.training.probe import ProbeResult
@@ -33,7 +33,7 @@ from fastall.training.selection import inner_splits, refit, select
 if TYPE_CHECKING:
     from fastall.training.prepared import Prepared
 
-CHOICE_FOLDS = 3
+CHOICE_FOLDS = 5  # as many as the fewest class allows: 3 made inner training folds of 2 patients
 MIN_PATIENTS = 3
 CANDIDATES = ("probe", "mlp")
 
@@ -48,7 +48,8 @@ class Choice:
 
     def record(self) -> dict[str, Any]:
         return {
-            "rule": f"per outer fold, the higher mean accuracy over an inner {CHOICE_FOLDS}-fold "
+            "rule": f"per outer fold, the higher mean accuracy over an inner K-fold (K = {CHOICE_FOLDS} or "
+            "the fewest patients of a class) "
             f"patient-grouped CV of its training patients (tie: probe); fewer than {MIN_PATIENTS} patients "
             "of a class in an inner training fold: probe",
             "candidates": list(CANDIDATES),
@@ -162,12 +163,9 @@ def _apply(prep: Prepared, probe: ProbeResult, results: list[HeadResult], choice
 
 def _probe_state(state: dict[str, torch.Tensor], linear: tuple[np.ndarray, np.ndarray]) -> dict:
     """A Head state of the same shape whose output is the probe's logits exactly (``embed_linear``)."""
-    w1t = state["fc1.weight"].t().unsqueeze(0).clone()
-    b1 = state["fc1.bias"].view(1, 1, -1).clone()
-    w2 = state["fc2.weight"].unsqueeze(0).clone()
-    b2 = state["fc2.bias"].view(1, 1, -1).clone()
-    params = [w1t, b1, w2, b2]
+    names = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    params = [state[name].unsqueeze(0).clone() for name in names]
     embed_linear(params, 0, *linear, state["mean"], state["std"])
-    w1t[0, :, 2 * linear[0].shape[0] :] = 0.0
-    b1[0, 0, 2 * linear[0].shape[0] :] = 0.0
-    return head_state_dict(w1t[0], b1[0], w2[0], b2[0], mean=state["mean"], std=state["std"])
+    params[0][0, 2 * linear[0].shape[0] :] = 0.0
+    params[1][0, 2 * linear[0].shape[0] :] = 0.0
+    return {**state, **{name: p[0] for name, p in zip(names, params, strict=True)}}

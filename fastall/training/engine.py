@@ -22,12 +22,18 @@ import torch
 
 from fastall.training.batch import EpochBatch, Scratch, epoch_batch
 from fastall.training.config import HeadConfig, HeadResult, StackData
+from fastall.training.func_engine import FuncStep
 from fastall.training.layout import StackLayout
 from fastall.training.optim import StackedAdam
 from fastall.training.results import end_final_epoch, package, restore_kept
 from fastall.training.stacked import forward_backward, train_loss
 from fastall.training.streams import dropout_lanes, epoch_order, fold_statistics
 from fastall.training.validation import Validator, end_fold_epoch
+
+ENGINES = ("stacked", "vmap")
+DEFAULT_ENGINE = "stacked"
+"""``stacked``: the hand-written step (``stacked.forward_backward`` + ``optim.StackedAdam``); ``vmap``:
+``torch.func`` over the one ``Head`` with autograd and ``torch.optim.Adam`` (``func_engine``)."""
 
 
 class Stack:
@@ -45,6 +51,7 @@ class Stack:
         chunk: int,
         pool: ThreadPoolExecutor | None = None,
         fused: bool | None = None,
+        engine: str | None = None,
     ) -> None:
         self.data, self.seed, self.chunk, self.pool = data, seed, chunk, pool
         self.device = data.features.device
@@ -53,6 +60,12 @@ class Stack:
         self.heads = self.layout.heads
         self.adam = StackedAdam(self.layout.params, fused)
         self.params = self.adam.params
+        engine = engine or DEFAULT_ENGINE
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: use one of {ENGINES}")
+        self.func = (
+            FuncStep(self.layout.names, self.params, self.heads, self.cdt) if engine == "vmap" else None
+        )
         self.best = [p.clone() for p in self.params] if any(hd.cfg.patience for hd in self.heads) else []
         self.scratch = Scratch(self.device)
         self.val = Validator(self.layout, self.scratch, self.cdt)
@@ -110,7 +123,9 @@ class Stack:
         active = torch.arange(batch.steps)[:, None] < steps[None, :]
         lr = torch.tensor([hd.lr for hd in heads], dtype=torch.float64)
         decay = torch.tensor([hd.cfg.weight_decay for hd in heads], dtype=torch.float64)
-        updates = self.adam.plan(a, lr, decay, active)
+        updates = self.adam.plan(a, lr, decay, active) if self.func is None else []
+        if self.func is not None:
+            self.func.set_rates(heads, a)
         params = [p[a:b] for p in self.params]
         grads = [g[a:b] for g in self.adam.grads]
         thr, scale, cdt = self.layout.thr[a:b], self.layout.scale[a:b], self.cdt
@@ -132,9 +147,12 @@ class Stack:
             if fold is not None:
                 keep = keep.index_select(0, fold)
             mask = keep if premasked else torch.where(keep >= thr, scale, 0.0)
+            if self.func is not None:
+                probs.append(self.func.step(a, b, x, mask, target[s], active[s].tolist()))
+                continue
             probs.append(forward_backward(params, grads, x, mask, w[s], target[s], w1c=w1c, g1c=g1c))
             self.adam.step(updates[s])
-        self.train_loss[a:b] = train_loss(probs, target)
+        self.train_loss[a:b] = train_loss(probs, target) if self.func is None else torch.stack(probs).sum(0)
 
     def _end_epoch(self, epoch: int) -> None:
         scores = self.val.scores(self.params, self.chunk, self._map)
@@ -236,6 +254,7 @@ def train_stacks(
     states: bool = True,
     chunk: int | None = None,
     progress: Callable[[int, int, float, float], None] | None = None,
+    engine: str | None = None,
 ) -> list[HeadResult]:
     """Train every configuration on every fold (and a final head on the whole pool when ``final``); with
     ``states``, return each head's state dict too.
@@ -267,6 +286,7 @@ def train_stacks(
                     stats=stats,
                     chunk=size,
                     pool=pool,
+                    engine=engine,
                 )
                 share = (start / len(group), len(part) / len(group))
                 stack.train(_sub_progress(progress, g, len(shapes), *share))

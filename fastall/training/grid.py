@@ -42,10 +42,12 @@ def _value(spec: HParam, text: str, token: str, flag: str) -> Any:
     return value
 
 
-def parse_grid(text: str, *, allow_ranges: bool = False, flag: str = "--grid") -> dict[str, list | Range]:
+def parse_grid(
+    text: str, *, allow_ranges: bool = False, flag: str = "--grid", names: dict[str, HParam] | None = None
+) -> dict[str, list | Range]:
     """``"lr=1e-4,3e-4 hidden=256:1024"`` -> ``{"lr": [1e-4, 3e-4], "hidden": Range(256, 1024)}``; errors name
-    the option ``flag``."""
-    known = grid_names()
+    the option ``flag``. ``names``: another configuration's hyperparameters (default: HeadConfig's)."""
+    known = names if names is not None else grid_names()
     grid: dict[str, list | Range] = {}
     for token in text.split():
         name, sep, values = token.partition("=")

@@ -4,7 +4,10 @@ per-head constants.
 A stack holds M heads of one shape (hidden size H, batch size B); head i is one (configuration, fold) pair,
 stored fold-major (the heads of a fold are contiguous). With D features and K classes:
 
-- parameters (fp32): ``W1 [M, D, H]``, ``b1 [M, 1, H]``, ``W2 [M, K, H]``, ``b2 [M, 1, K]``;
+- parameters (fp32): :class:`~fastall.head.Head`'s own, in its order and shapes, stacked over the heads
+  (``head.head_parameters``): ``fc1.weight [M, H, D]``, ``fc1.bias [M, H]``, ``fc2.weight [M, K, H]``,
+  ``fc2.bias [M, K]`` (called W1, b1, W2, b2 in the arithmetic); head i's state dict is their row i
+  (:meth:`StackLayout.state_dict`);
 - standardisation: ``mean``, ``std [M, D]`` (0 and 1 for a head without ``standardize``),
   ``inv = 1 / std`` and ``shift = -mean / std``, both ``[M, 1, D]``;
 - dropout: ``thr [M, 1, 1]`` (int16 lane threshold, see ``streams.dropout_threshold``), ``scale [M, 1, 1]``
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fastall.head import head_parameters
 from fastall.training.config import HISTORY_KEYS, HeadConfig, Plan, StackData
 from fastall.training.streams import dropout_threshold, init_head
 
@@ -61,17 +65,17 @@ def embed_linear(
     units: ``relu(z) - relu(-z) = z`` per class, on the head's standardised inputs (``x = x_s * std + mean``).
     Its other units keep their random first layer with zero output weights, so they start silent and learn.
     Dropout only perturbs training; evaluation starts from the linear model. Needs hidden >= 2K."""
-    w1t, b1, w2, b2 = params
+    w1, b1, w2, b2 = params
     k = a.shape[0]
-    if w1t.shape[2] < 2 * k:
+    if w1.shape[1] < 2 * k:
         return
-    a_t = torch.as_tensor(a, dtype=torch.float64, device=w1t.device)
+    a_t = torch.as_tensor(a, dtype=torch.float64, device=w1.device)
     a_s = a_t * std.double()[None, :]
-    c_s = torch.as_tensor(c, dtype=torch.float64, device=w1t.device) + a_t @ mean.double()
-    w1t[i, :, :k] = a_s.t().float()
-    w1t[i, :, k : 2 * k] = -a_s.t().float()
-    b1[i, 0, :k] = c_s.float()
-    b1[i, 0, k : 2 * k] = -c_s.float()
+    c_s = torch.as_tensor(c, dtype=torch.float64, device=w1.device) + a_t @ mean.double()
+    w1[i, :k] = a_s.float()
+    w1[i, k : 2 * k] = -a_s.float()
+    b1[i, :k] = c_s.float()
+    b1[i, k : 2 * k] = -c_s.float()
     w2[i].zero_()
     eye = torch.eye(k, device=w2.device)
     w2[i, :, :k] = eye
@@ -108,14 +112,13 @@ class StackLayout:
             if hd.final and hd.plan is None:
                 hd.limit = max([hd.limit] + [f.limit for f in self.fold_heads(hd.config)])
         d, h, k = data.dim, self.hidden, data.classes
+        self.names = list(head_parameters(d, h, k))
         inits = [init_head(seed, f, d, h, k) for f in range(n_folds)]
         fold_idx = torch.tensor([hd.fold for hd in self.heads], device=dev)
-        params = [
-            torch.stack([init[i] for init in inits]).to(dev).index_select(0, fold_idx) for i in range(4)
+        self.params = [
+            torch.stack([init[name] for init in inits]).to(dev).index_select(0, fold_idx)
+            for name in self.names
         ]
-        params[1] = params[1].unsqueeze(1)
-        params[3] = params[3].unsqueeze(1)
-        self.params = params
         mean, std = stats
         std_on = torch.tensor([hd.cfg.standardize for hd in self.heads], device=dev)[:, None]
         self.mean = torch.where(std_on, mean[fold_idx], torch.zeros(1, device=dev))
@@ -133,6 +136,13 @@ class StackLayout:
         self.thr = torch.tensor(thr, device=dev, dtype=torch.int16).view(m, 1, 1)
         self.scale = (1.0 / (1.0 - p)).float().view(m, 1, 1)
         self.class_w = torch.stack([self._class_weights(hd) for hd in self.heads]).to(dev)
+
+    def state_dict(self, params: list[torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+        """Head i's :class:`Head` state dict (on the CPU): its row of every parameter, its standardisation."""
+        state = {
+            name: p[i].detach().float().cpu().clone() for name, p in zip(self.names, params, strict=True)
+        }
+        return {"mean": self.mean[i].cpu().clone(), "std": self.std[i].cpu().clone(), **state}
 
     def _class_weights(self, hd: HeadState) -> torch.Tensor:
         k = self.data.classes

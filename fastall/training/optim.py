@@ -183,22 +183,23 @@ _FP32_OUT: dict[str, bool] = {"cpu": False}
 def weight_grad(
     x: torch.Tensor, dz: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None
 ) -> None:
-    """``out = x^T @ dz`` in fp32: straight from the bf16 GEMM where the device can (CUDA), else through
-    ``scratch`` (a reused buffer shaped like ``out``, in x's dtype) and a cast."""
+    """``out = dz^T @ x`` (the first layer's weight gradient, ``[M, H, D]``) in fp32: straight from the bf16
+    GEMM where the device can (CUDA), else through ``scratch`` (a reused buffer shaped like ``out``, in x's
+    dtype) and a cast."""
     if x.dtype == torch.float32:
-        torch.bmm(x.transpose(1, 2), dz, out=out)
+        torch.bmm(dz.transpose(1, 2), x, out=out)
         return
     dz = dz.to(x.dtype)
     if _FP32_OUT.get(x.device.type, True):
         try:
-            torch.bmm(x.transpose(1, 2), dz, out_dtype=torch.float32, out=out)
+            torch.bmm(dz.transpose(1, 2), x, out_dtype=torch.float32, out=out)
             return
         except (RuntimeError, NotImplementedError, TypeError):
             _FP32_OUT[x.device.type] = False
     out.copy_(
-        torch.bmm(x.transpose(1, 2), dz, out=scratch)
+        torch.bmm(dz.transpose(1, 2), x, out=scratch)
         if scratch is not None
-        else torch.bmm(x.transpose(1, 2), dz)
+        else torch.bmm(dz.transpose(1, 2), x)
     )
 
 

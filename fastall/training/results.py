@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from fastall.head import head_state_dict
 from fastall.training.config import HeadResult
 from fastall.training.layout import HeadState, StackLayout
 from fastall.training.stacked import predict
@@ -116,8 +115,7 @@ def _package(
         kept = None if hd.final else hd.val_history[kept_at - 1] if kept_at else hd.initial_loss
         state = {}
         if states:
-            weights = (p[i].detach().cpu() for p in params)
-            state = head_state_dict(*weights, mean=layout.mean[i].cpu(), std=layout.std[i].cpu())
+            state = layout.state_dict(params, i)
         history = {key: list(values) for key, values in hd.history.items()}
         out.append(
             HeadResult(

@@ -1,9 +1,10 @@
 """The head's arithmetic for M heads at once, written by hand: a training step's forward and backward, the
 forward alone (probabilities), and the class-weighted cross-entropy.
 
-The head is ``x -> relu(x W1 + b1) -> dropout -> · W2^T + b2 -> softmax``. Shapes: M heads, B rows, N rows
-to predict, D features, H hidden units, K classes; parameters ``W1 [M, D, H]``, ``b1 [M, 1, H]``,
-``W2 [M, K, H]``, ``b2 [M, 1, K]`` (fp32). Matmuls run in the inputs' dtype (bf16 or fp32) with fp32
+The head is :class:`~fastall.head.Head`: ``x -> relu(x W1^T + b1) -> dropout -> · W2^T + b2 -> softmax``.
+Shapes: M heads, B rows, N rows to predict, D features, H hidden units, K classes; parameters in Head's
+layout stacked over the heads (``layout.StackLayout``): ``W1 [M, H, D]``, ``b1 [M, H]``, ``W2 [M, K, H]``,
+``b2 [M, K]`` (fp32). Matmuls run in the inputs' dtype (bf16 or fp32) with fp32
 parameters, softmax and loss.
 These functions read only their arguments and write only the buffers they are given.
 """
@@ -36,22 +37,22 @@ def forward_backward(
     - ``mask [M, B, H]`` fp32: the dropout multiplier (0, or ``1 / (1 - p)``);
     - ``w [M, B, 1]``: row weights summing to 1 per head (0 on padding rows); ``target [M, B, K]``: one-hot
       labels times ``w``;
-    - ``w1c``, ``g1c [M, D, H]``: scratch in the compute dtype for W1 and its gradient when that is not fp32.
+    - ``w1c``, ``g1c [M, H, D]``: scratch in the compute dtype for W1 and its gradient when that is not fp32.
     """
     W1, b1, W2, b2 = params
     gW1, gb1, gW2, gb2 = grads
     cdt = x.dtype
     if w1c is not None:
         W1 = w1c.copy_(W1)
-    z = torch.baddbmm(b1.to(cdt), x, W1).float().relu_()
+    z = torch.baddbmm(b1.to(cdt).unsqueeze(1), x, W1.transpose(1, 2)).float().relu_()
     act = z * mask
     dmask = mask * torch.sign(z)  # d act / d z: the dropout scale where z > 0
-    prob = torch.softmax(torch.baddbmm(b2, act, W2.transpose(1, 2)), -1)
+    prob = torch.softmax(torch.baddbmm(b2.unsqueeze(1), act, W2.transpose(1, 2)), -1)
     dl = prob.mul(w).sub_(target)
     torch.bmm(dl.transpose(1, 2), act, out=gW2)
-    torch.sum(dl, 1, keepdim=True, out=gb2)
+    torch.sum(dl, 1, out=gb2)
     dz = torch.bmm(dl, W2).mul_(dmask)
-    torch.sum(dz, 1, keepdim=True, out=gb1)
+    torch.sum(dz, 1, out=gb1)
     weight_grad(x, dz, gW1, g1c)
     return prob
 
@@ -78,7 +79,7 @@ def predict(
     ``exact``: the softmax in float64 (reported probabilities: no ties where float32 saturates at 1)."""
     W1, b1, W2, b2 = params
     m = W1.shape[0]
-    W1c, b1c = W1.to(dtype), b1.to(dtype)
+    W1c, b1c = W1.to(dtype).transpose(1, 2), b1.to(dtype).unsqueeze(1)
     rows_per_chunk = max(16, min(1024, (1 << 25) // (m * x.shape[1])))
     out = []
     for start in range(0, x.shape[0], rows_per_chunk):
@@ -87,7 +88,7 @@ def predict(
             shift, inv = standardize
             xs = torch.addcmul(shift, xs, inv).to(dtype)
         z = torch.baddbmm(b1c, xs.expand(m, -1, -1), W1c).float().relu_()
-        logits = torch.baddbmm(b2, z, W2.transpose(1, 2))
+        logits = torch.baddbmm(b2.unsqueeze(1), z, W2.transpose(1, 2))
         out.append(torch.softmax(logits.double() if exact else logits, -1))
     return torch.cat(out, 1)
 

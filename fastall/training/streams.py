@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from fastall.head import head_parameters
+
 
 def derive_seed(*parts: object, bits: int = 63) -> int:
     """A stable integer seed from any parts (blake2b of their repr), independent of Python's hash salt."""
@@ -47,17 +49,17 @@ def dropout_threshold(p: float) -> int:
     return min(round(p * 65536), 65535) - 32768
 
 
-def init_head(seed: int, fold: int, dim: int, hidden: int, classes: int) -> list[torch.Tensor]:
-    """nn.Linear's default init, U(+-1/sqrt(fan_in)), from a generator of (seed, fold): W1^T, b1, W2, b2."""
+def init_head(seed: int, fold: int, dim: int, hidden: int, classes: int) -> dict[str, torch.Tensor]:
+    """nn.Linear's default init, U(+-1/sqrt(fan_in)), from a generator of (seed, fold): every :class:`Head`
+    parameter (``head.head_parameters``), drawn in the module's order."""
     g = torch.Generator().manual_seed(derive_seed(seed, fold, "init"))
-
-    def uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+    shapes = head_parameters(dim, hidden, classes)
+    out = {}
+    for name, shape in shapes.items():
+        fan_in = shapes[name.rsplit(".", 1)[0] + ".weight"][1]
         bound = 1.0 / math.sqrt(fan_in)
-        return torch.rand(shape, generator=g, dtype=torch.float32).mul_(2 * bound).sub_(bound)
-
-    w1, b1 = uniform((hidden, dim), dim), uniform((hidden,), dim)
-    w2, b2 = uniform((classes, hidden), hidden), uniform((classes,), hidden)
-    return [w1.t().contiguous(), b1, w2, b2]
+        out[name] = torch.rand(tuple(shape), generator=g, dtype=torch.float32).mul_(2 * bound).sub_(bound)
+    return out
 
 
 def epoch_order(

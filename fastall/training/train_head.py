@@ -115,7 +115,7 @@ def train_head(
     if options.choose and selection is not None and probe is not None and not options.tune:
         from fastall.training.choice import choose
 
-        choice = choose(prep, configs[0], options, probe, results, _linear_fit(prep, options.seed))
+        choice = choose(prep, configs[0], options, probe, results, linear_fit(prep, options.seed))
         warnings.extend("model_choice", choice.notes)
     if selection is not None:
         config = configs[selection.final_config]
@@ -215,7 +215,7 @@ def train_by_protocol(
         if options.selection == "fold":
             tta = options.tta
             return train_stacks(prep.data, configs, final=True, tta=tta, progress=on_progress, **run), None
-        fit = _linear_fit(prep, options.seed) if options.head_init == "probe" else None
+        fit = linear_fit(prep, options.seed) if options.head_init == "probe" else None
         chosen = select(
             prep.data,
             configs,
@@ -240,7 +240,7 @@ def train_by_protocol(
         return results, chosen
 
 
-def _linear_fit(prep: Prepared, seed: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def linear_fit(prep: Prepared, seed: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """rows -> the linear map of the probe fitted on view 0 of those rows alone (C by inner CV on them)."""
     view0, labels, patients = prep.cache.features[:, 0], prep.cache.labels, prep.cache.patients
     k = prep.data.classes

@@ -21,12 +21,15 @@ def field_columns(cache: FeatureCache, splits: Splits, *, seed: int = 0, draws: 
     x = torch.from_numpy(np.ascontiguousarray(cache.features[:, 0], dtype=np.float32))
     labels, patients = cache.labels, np.asarray(cache.patients, dtype=object)
     k = len(cache.class_names)
-    correct, total = 0, 0
+    correct, total, sims = 0, 0, []
     for train, val in splits.folds:
-        shares = knn.votes(knn.similarities(x, train, val), labels[train], k, ks=(K,))[K, "weighted"]
+        sims.append(knn.similarities(x, train, val))
+        shares = knn.votes(sims[-1], labels[train], k, ks=(K,))[K, "weighted"]
         correct += int((shares.argmax(1) == labels[val]).sum())
         total += val.size
-    eff = label_efficiency(x, labels, patients, splits.folds, k, c=FIXED_C, ks=(K,), repeats=draws, seed=seed)
+    eff = label_efficiency(
+        x, labels, patients, splits.folds, k, c=FIXED_C, ks=(K,), repeats=draws, seed=seed, sims=sims
+    )
     curves = eff["curves"]
     return {
         f"knn{K}_oof_accuracy": correct / total if total else float("nan"),

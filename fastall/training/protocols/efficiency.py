@@ -111,13 +111,14 @@ def label_efficiency(
             probs[n]["linear_fixed_c"] = fits.proba_one(i, x[torch.as_tensor(val, device=x.device)])
     for f, (train, val) in enumerate(folds):
         sim = sims[f] if sims is not None else knn.similarities(x, train, val)
+        ranking = knn.ranked(sim)
         for n in (n for n, d in enumerate(all_draws) if d.fold == f):
             cols = np.searchsorted(train, all_draws[n].rows)
             for (k, vote), shares in knn.votes(
-                sim, labels[train], classes, ks=ks, temperature=temperature, columns=cols
+                sim, labels[train], classes, ks=ks, temperature=temperature, columns=cols, ranking=ranking
             ).items():
                 probs[n][f"knn{k}_{vote}"] = shares
-        del sim
+        del sim, ranking
     scores: list[dict] = []
     for d, rows in zip(all_draws, probs, strict=True):
         val = folds[d.fold][1]

@@ -84,14 +84,27 @@ def _nll(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(z, -1) - z.gather(-1, y.expand(z.shape[0], -1).unsqueeze(-1))[..., 0]
 
 
-def _stats(x: torch.Tensor, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    means, scales = [], []
-    for r in rows:
-        xr = x[torch.as_tensor(r)].double()
-        mu, sd = xr.mean(0), xr.std(0, unbiased=False)
-        means.append(mu)
-        scales.append(torch.where(sd > 1e-12 * (1 + mu.abs()), sd, torch.ones_like(sd)))
-    return torch.stack(means).float(), torch.stack(scales).float()
+def _stats(x: torch.Tensor, rows: list[np.ndarray], chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every problem's StandardScaler (mean, population std; 1 where the std is 0) as two float64 products
+    of a ``[M, union]`` membership matrix with the union's rows, centred on their overall mean (no
+    cancellation), ``chunk`` features at a time (one copy of each problem's rows would cost M times more)."""
+    dev = x.device
+    union = np.unique(np.concatenate(rows))
+    member = torch.zeros(len(rows), union.size, dtype=torch.float64, device=dev)
+    for i, r in enumerate(rows):
+        member[i, torch.as_tensor(np.searchsorted(union, r), device=dev)] = 1.0
+    n = member.sum(1, keepdim=True)
+    xu = x[torch.as_tensor(union, device=dev)]
+    means, variances = [], []
+    for lo in range(0, x.shape[1], chunk):
+        block = xu[:, lo : lo + chunk].double()
+        centre = block.mean(0)
+        block -= centre
+        first = member @ block / n
+        means.append(first + centre)
+        variances.append((member @ block.square_() / n - first.square()).clamp_min_(0.0))
+    mu, sd = torch.cat(means, 1), torch.cat(variances, 1).sqrt()
+    return mu.float(), torch.where(sd > 1e-12 * (1 + mu.abs()), sd, torch.ones_like(sd)).float()
 
 
 def choose_layout(n_rows: list[int], union: int, dim: int, cols: int) -> str:

@@ -98,7 +98,7 @@ def probe(
     x = torch.from_numpy(np.ascontiguousarray(cache.features[:, 0], dtype=np.float32)).to(prep.device)
     timings: dict[str, float] = {"load_s": prep.load_s}
     notes = list(prep.notes)
-    protocols, linear, timings_p = _probes(x, labels, patients, splits, k, options, prep.positive.index)
+    protocols, linear, timings_p, sims = _probes(x, labels, patients, splits, k, options, prep.positive.index)
     timings.update(timings_p)
     notes += linear.notes
     record: dict[str, Any] = {
@@ -140,7 +140,7 @@ def probe(
             "inner_folds": linear.inner_folds,
             "inner_log_loss": linear.inner_loss,
             "fixed_c": linear.fixed_c,
-            "selection": "the smallest C within one standard error of the lowest mean inner log loss; "
+            "selection": "the C of the lowest mean inner log loss; "
             "inner patient-grouped K-fold CV on each fold's training patients; grid walked upwards with "
             "warm starts",
         },
@@ -153,12 +153,13 @@ def probe(
         record["label_efficiency"] = label_efficiency(
             x, labels, patients, splits.folds, k,
             c=options.fixed_c, ks=options.ks, temperature=options.temperature,
-            repeats=options.draws, seed=options.seed,
+            repeats=options.draws, seed=options.seed, sims=sims,
         )  # fmt: skip
         record["label_efficiency"]["unit"] = (
             "patients" if record["splits"]["patient_groups"] else "images"
         ) + " per class"
         timings["label_efficiency_s"] = time.perf_counter() - t0
+    del sims
     t0 = time.perf_counter()
     record["batch_effect"] = batch_effect(
         x[torch.as_tensor(labelled, device=x.device)], labels[labelled], patients[labelled], seed=options.seed
@@ -196,9 +197,9 @@ def probe(
     return ProbeRun(out.absolute(), record, made)
 
 
-def _probes(x, labels, patients, splits, k, options, positive=None) -> tuple[dict, Any, dict]:
+def _probes(x, labels, patients, splits, k, options, positive=None) -> tuple[dict, Any, dict, list]:
     """Linear and kNN: out-of-fold and test probabilities, scored (``positive``: the positive class
-    index)."""
+    index); with the folds' kNN similarity matrices, which label efficiency reads again (none without it)."""
     folds = splits.folds
     has_test = bool(splits.test.size)
     row_sets = [tr for tr, _ in folds] + ([splits.pool] if has_test else [])
@@ -222,8 +223,11 @@ def _probes(x, labels, patients, splits, k, options, positive=None) -> tuple[dic
             tests[name] = linear.proba(len(folds), rows(splits.test), fixed)
     t0 = time.perf_counter()
     pairs = [(tr, va) for tr, va in folds] + ([(splits.pool, splits.test)] if has_test else [])
+    sims = []
     for i, (tr, va) in enumerate(pairs):
         sim = knn.similarities(x, tr, va)
+        if options.efficiency and i < len(folds):
+            sims.append(sim)
         for (kk, vote), shares in knn.votes(
             sim, labels[tr], k, ks=options.ks, temperature=options.temperature
         ).items():
@@ -249,7 +253,7 @@ def _probes(x, labels, patients, splits, k, options, positive=None) -> tuple[dic
     }
     for i, c in enumerate(linear.chosen[: len(folds)]):
         out["linear"]["folds"][i]["c"] = c
-    return out, linear, timings
+    return out, linear, timings, sims or None
 
 
 def _mlp(cache_path: str | Path, run: Path, train_options: TrainOptions, options: ProbeOptions) -> dict:
