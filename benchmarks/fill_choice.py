@@ -27,7 +27,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastall.data.cells import appearance  # noqa: E402
 from fastall.data.images import decode_image  # noqa: E402
 from fastall.data.synth import synthesize  # noqa: E402
 from fastall.features.augment import AUTO_LIGHT, draw_view_params, resolve_fill  # noqa: E402
@@ -77,7 +76,7 @@ def measure(background: str, args: argparse.Namespace, model: torch.nn.Module, t
         images_per_patient=args.images,
         size=args.side,
         seed=args.seed,
-        look=appearance(background),
+        background=background,
     )
     paths = sorted(summary.root.rglob("*.bmp"))
     images = torch.stack([resize_uint8(decode_image(p)[None], args.size)[0] for p in paths])
