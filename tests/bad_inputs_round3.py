@@ -543,6 +543,21 @@ ROUND3 += [
     ),
     Case(
         "round 3: finetune",
+        "extract --maps with --precision int8 (finetune trains on fp32/bf16 maps)",
+        lambda e: [
+            "extract",
+            str(e.data),
+            "--out",
+            str(e.tmp / "m.h5"),
+            "--maps",
+            "layer3",
+            "--precision",
+            "int8",
+        ],
+        fragments=("--maps", "drop --precision int8"),
+    ),
+    Case(
+        "round 3: finetune",
         "finetune --train layer3 on a store cut after layer3",
         lambda e: _finetune(e, _maps_store(e), "--train", "layer3"),
         fragments=("--train layer3", "layer4"),

@@ -231,10 +231,6 @@ class _Extract:
         cfg = self.cfg
         if self.share.ranked or cfg.layers or cfg.pool:
             raise FastallError("--maps cuts the plain backbone in one process: drop --layers/--pool/torchrun")
-        if self.choice.precision == "int8":
-            raise FastallError(
-                "--maps stores the fp32/bf16 activations that finetune trains on: drop --precision int8"
-            )
         self.model = MapSplit(self.model, self.info.name, cfg.maps)
         self.map_shape = map_shape(self.model.front, self.info.input_size(cfg.image_size))
         self.map_views = cfg.map_views or cfg.views

@@ -143,6 +143,10 @@ class ExtractConfig:
         problems = [p for s in self.settings() if (p := s.flag_problem(getattr(self, s.name)))]
         if self.map_views is not None and (self.maps is None or self.map_views > self.views):
             problems.append(f"--map-views {self.map_views} needs --maps and at most --views ({self.views})")
+        if self.maps is not None and self.precision == "int8":
+            problems.append(
+                "--maps stores the fp32/bf16 activations finetune trains on: drop --precision int8"
+            )
         if problems:
             raise FastallError("; ".join(problems))
         return replace(self, fill=parse_fill(self.fill))
