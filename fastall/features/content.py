@@ -72,17 +72,17 @@ def _refuse(where: Any, records: list[Record], changed: list[int], what: str) ->
     )
 
 
-def _touched_note(touched: int, note: Callable[[str], None]) -> None:
+def _touched_warning(touched: int, warn: Callable[[str], None]) -> None:
     if touched:
-        note(f"{touched} image file(s) have a new mtime but the same content (checked by hash)")
+        warn(f"{touched} image file(s) have a new mtime but the same content (checked by hash)")
 
 
 def check_cache(
-    out: Any, cache: FeatureCache, records: list[Record], *, verify: bool, update: bool, note: Callable
+    out: Any, cache: FeatureCache, records: list[Record], *, verify: bool, update: bool, warn: Callable
 ) -> list[int]:
     """Record indices of the complete cache's images whose file changed; refused unless ``update``."""
     if cache.content_hashes is None:
-        note(
+        warn(
             f"{out} records no content hashes (made by an older fastall): only names and sizes were "
             "checked; `--overwrite` rebuilds it with hashes"
         )
@@ -96,7 +96,7 @@ def check_cache(
         if str(p) in index
     }
     changed, touched = changed_files(records, recorded, verify=verify)
-    _touched_note(touched, note)
+    _touched_warning(touched, warn)
     if changed and not update:
         raise _refuse(out, records, changed, "cached")
     return changed
@@ -109,25 +109,25 @@ def check_partial(
     *,
     verify: bool,
     update: bool,
-    note: Callable,
+    warn: Callable,
 ) -> bool:
     """Check the finished images of unfinished work before resuming; with ``update`` forget the changed
     ones (they are recomputed), else refuse them. True when work was forgotten."""
     stamps = store.stamps()
     recorded = {i: stamps[i] for i in done if i in stamps and stamps[i].hash}
     changed, touched = changed_files(records, recorded, verify=verify)
-    _touched_note(touched, note)
+    _touched_warning(touched, warn)
     if not changed:
         return False
     if not update:
         raise _refuse(store.dir, records, changed, "extracted (unfinished work, before this resume)")
     store.drop(set(changed))
-    note(f"recomputing {len(changed)} changed image(s) of the unfinished work in {store.dir}")
+    warn(f"recomputing {len(changed)} changed image(s) of the unfinished work in {store.dir}")
     return True
 
 
 def seed_update(
-    store: PartialStore, out: Any, records: list[Record], changed: list[int], note: Callable
+    store: PartialStore, out: Any, records: list[Record], changed: list[int], warn: Callable
 ) -> None:
     """Start ``--update`` of a complete cache: its unchanged rows become finished work of the partial store
     (same image, same index: the same features a fresh run computes), the changed images are left to do."""
@@ -157,7 +157,7 @@ def seed_update(
             skipped,
             stamps=np.empty((0, 4), np.int64),
         )
-    note(f"--update: {len(changed)} changed image(s) of {out} are recomputed, {len(rows)} kept")
+    warn(f"--update: {len(changed)} changed image(s) of {out} are recomputed, {len(rows)} kept")
 
 
 def row_stamps(stamps: dict[int, Stamp], records: list[Record], rows: list[int]) -> list[Stamp]:
@@ -175,12 +175,12 @@ def row_stamps(stamps: dict[int, Stamp], records: list[Record], rows: list[int])
 LARGE_VIEWS = 32
 
 
-def views_warning(views: int, images: int, note: Callable[[str], None]) -> None:
+def views_warning(views: int, images: int, warn: Callable[[str], None]) -> None:
     """Say what a large --views costs before the work starts: cache size and forwards, against 8 views."""
     if views <= LARGE_VIEWS:
         return
     size = images * views * 2048 * 2 / 2**30
-    note(
+    warn(
         f"--views {views}: {images} images x {views} views = {images * views:,} backbone forwards (about "
         f"{views / 8:,.0f}x the time of the default 8 views) and a cache of about {size:,.1f} GiB"
     )

@@ -119,7 +119,7 @@ class _Extract:
         self.changed: list[int] = []
         self.todo: list[int] = []
 
-    def note(self, code: str, text: str, everywhere: bool = False) -> None:
+    def warn(self, code: str, text: str, everywhere: bool = False) -> None:
         """A warning: kept in the summary; reported by rank 0 (``everywhere``: by every rank, named)."""
         self.warnings.append(text)
         if self.env.is_main:
@@ -127,8 +127,8 @@ class _Extract:
         elif everywhere:
             self.reporter.warn(code, f"rank {self.env.rank}: {text}")
 
-    def noting(self, code: str, everywhere: bool = False) -> Callable[[str], None]:
-        return lambda text: self.note(code, text, everywhere)
+    def warner(self, code: str, everywhere: bool = False) -> Callable[[str], None]:
+        return lambda text: self.warn(code, text, everywhere)
 
     def run(self) -> ExtractSummary:
         start, cfg = time.perf_counter(), self.cfg
@@ -143,7 +143,7 @@ class _Extract:
         if hint and self.env.is_main:
             self.reporter.info(hint, code="int8-hint")
         if not self.choice.native:
-            self.note("precision", f"{self.choice.reason} (--precision auto picks fp32 here)")
+            self.warn("precision", f"{self.choice.reason} (--precision auto picks fp32 here)")
         if self.env.is_main or cfg.scratch is None:  # with --scratch, only rank 0 needs --out's folder
             check_out(self.out, cfg.scratch)
         elif not Path(cfg.scratch).is_dir():
@@ -182,13 +182,13 @@ class _Extract:
         """The data, the backbone and the cache key; on rank 0 the lock and whether the cache is done."""
         cfg = self.cfg
         self.ds = discover_dataset(
-            self.data, cfg.include, cfg.patient_regex, self.noting("data"), cfg.patients
+            self.data, cfg.include, cfg.patient_regex, self.warner("data"), cfg.patients
         )
         self.classes, self.positive_line = class_attrs(self.ds.class_names, self.ds.layout, cfg.positive)
         self.records = self.ds.records
-        content.views_warning(cfg.views, len(self.records), self.noting("views"))
+        content.views_warning(cfg.views, len(self.records), self.warner("views"))
         if self.env.is_main:
-            stack.enter_context(cache_lock(self.out, warn=self.noting("lock")))
+            stack.enter_context(cache_lock(self.out, warn=self.warner("lock")))
         self.model, self.info = load_backbone(
             cfg.weights,
             seed=cfg.seed,
@@ -198,7 +198,7 @@ class _Extract:
             image_size=cfg.image_size,
         )
         for message in self.info.warnings:
-            self.note("backbone", message)
+            self.warn("backbone", message)
         maps = self._maps() if cfg.maps else {}
         self.key_params = (
             key_params_for(
@@ -220,7 +220,7 @@ class _Extract:
         if self.env.is_main and _existing_matches(self.out, self.key_params, cfg.overwrite):
             old = read_cache(self.out, load_features=False)
             update = (cfg.update or cfg.overwrite) and not self.share.ranked
-            check = dict(verify=cfg.verify_content, update=update, note=self.noting("content"))
+            check = dict(verify=cfg.verify_content, update=update, warn=self.warner("content"))
             self.changed = content.check_cache(self.out, old, self.records, **check)
             existing = not self.changed
         return {"error": None, "key_params": self.key_params, "existing": existing}
@@ -268,20 +268,20 @@ class _Extract:
         if self.changed:
             store.remove()
         claim_layout(self.base, self.env.world, cfg.overwrite)
-        _open_partial(store, self.key_params, cfg.overwrite, self.noting("partial", True))
+        _open_partial(store, self.key_params, cfg.overwrite, self.warner("partial", True))
         if self.changed and not cfg.overwrite:
-            content.seed_update(store, self.out, self.records, self.changed, self.noting("content"))
-        done, bad = store.load(n, cfg.views, dim, warn=self.noting("partial", True))
-        check = dict(verify=cfg.verify_content, update=cfg.update, note=self.noting("content"))
+            content.seed_update(store, self.out, self.records, self.changed, self.warner("content"))
+        done, bad = store.load(n, cfg.views, dim, warn=self.warner("partial", True))
+        check = dict(verify=cfg.verify_content, update=cfg.update, warn=self.warner("content"))
         if content.check_partial(store, self.records, list(done), **check):
-            done, bad = store.load(n, cfg.views, dim, warn=self.noting("partial", True))
+            done, bad = store.load(n, cfg.views, dim, warn=self.warner("partial", True))
         lost = missing_maps(store.dir, list(done), (self.map_views, *self.map_shape)) if cfg.maps else set()
         if lost:
-            self.note(
+            self.warn(
                 "partial", f"{len(lost)} done image(s) lack their maps in {store.dir}: recomputing them"
             )
             store.drop(lost)
-            done, bad = store.load(n, cfg.views, dim, warn=self.noting("partial", True))
+            done, bad = store.load(n, cfg.views, dim, warn=self.warner("partial", True))
         self.todo = [i for i in self.share.indices(n) if i not in done and i not in bad]
         return {"error": None, "resumed": len(done), "todo": len(self.todo), "bad": len(bad)}
 
@@ -311,7 +311,7 @@ class _Extract:
         if any(s["resumed"] or s["bad"] for s in states):
             where = f"{self.base} ({self.env.world} ranks)" if self.share.ranked else str(self.store.dir)
             left = sum(s["todo"] for s in states)
-            self.note("resume", f"resuming: {summary.resumed} images already done in {where}, {left} to go")
+            self.warn("resume", f"resuming: {summary.resumed} images already done in {where}, {left} to go")
         if cfg.maps and self.env.is_main:
             self.reporter.info(plan_maps(self.out, self.store.dir, n, self.map_views, self.map_shape)[1])
         loop_start, used = time.perf_counter(), cfg.batch_size
@@ -349,7 +349,7 @@ class _Extract:
             final = read_cache(self.out, load_features=False)
             summary.key = final.key
             for message in content.duplicate_warnings(final):
-                self.note("duplicates", message)
+                self.warn("duplicates", message)
             summary.images, summary.skipped = final.n_images, final.skipped
             summary.fills = describe_fills(final.view_params)
             summary.computed = final.n_images - summary.resumed

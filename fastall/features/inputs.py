@@ -1,4 +1,4 @@
-"""What extract starts from: the discovered dataset (fatal problems raise, the rest are noted) and a usable
+"""What extract starts from: the discovered dataset (fatal problems raise, the rest are warnings) and a usable
 output path."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ def discover_dataset(
     data: str | Path,
     include: Iterable[str],
     patient_regex: str | None,
-    note: Callable,
+    warn: Callable,
     patients: str | Path | None = None,
 ) -> Any:
-    """The discovered dataset; fatal problems raise, the others are passed to ``note``."""
+    """The discovered dataset; fatal problems raise, the others are passed to ``warn``."""
     extra = {"include": tuple(include)} if tuple(include) else {}
     ds = discover(data, patient_regex=patient_regex, patients=patients, **extra)
     fatal = ds.fatal_problems
@@ -30,7 +30,7 @@ def discover_dataset(
         )
     ds.check(training=False)
     for message in ds.warnings + [str(p) for p in ds.problems]:
-        note(message)
+        warn(message)
     return ds
 
 
