@@ -112,7 +112,7 @@ def test_every_device_option_defaults_to_auto_and_states_the_rule():
         if param.name == "device"
     }
     assert {"extract", "train-head", "sweep", "compare", "demo", "verify", "bench", "predict", "explain",
-            "evaluate", "probe"} <= set(options)  # fmt: skip
+            "evaluate", "probe", "finetune", "screen"} <= set(options)  # fmt: skip
     assert {name: (p.default, p.help) for name, p in options.items()} == {
         name: ("auto", DEVICE_RULE) for name in options
     }

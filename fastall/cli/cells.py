@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastall.cli.group import cli, console, weights_path_option
+from fastall.cli.group import cli, console, device_option, weights_path_option
 from fastall.cli.render import rich_reporter
 
 method_option = click.option(
@@ -70,7 +70,7 @@ def cells(
 )
 @method_option
 @click.option("--margin", type=float, default=None, help="Crop margin [the run's training cell scale].")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@device_option
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),

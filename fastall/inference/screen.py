@@ -45,7 +45,7 @@ class ScreenConfig:
 
     method: str = "stain"
     margin: float | None = None
-    device: str = "cpu"
+    device: str = "auto"
     precision: str = "auto"
     backend: str = "auto"
     batch_size: int = 32
