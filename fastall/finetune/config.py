@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fastall.errors import FastallError
-from fastall.system.settings import HParam, hparam, hparams_of
+from fastall.system.settings import HParam, hparam, hparams_of, within
 from fastall.training.config import MAX_BATCH, MAX_EPOCHS, MAX_HIDDEN, MAX_LR, MAX_WEIGHT_DECAY
 
 BN_MODES = ("frozen", "train")
@@ -21,54 +21,43 @@ class FinetuneConfig:
     lr: float = hparam(
         3e-4,
         "AdamW learning rate of the head.",
-        check=lambda v: 0 < v <= MAX_LR,
-        rule="must be in (0, 1]",
+        **within(0, MAX_LR, low_open=True),
         log=True,
     )
     stage_lr: float = hparam(
         0.1,
         "The stage's learning rate as a fraction of the head's (layer-wise: the stage lower).",
-        check=lambda v: 0 <= v <= 1,
-        rule="must be in [0, 1]",
+        **within(0.0, 1.0),
         log=True,
     )
     weight_decay: float = hparam(
         1e-4,
         "AdamW decoupled weight decay (stage and head).",
-        check=lambda v: 0 <= v <= MAX_WEIGHT_DECAY,
-        rule=f"must be in [0, {MAX_WEIGHT_DECAY:g}]",
+        **within(0.0, MAX_WEIGHT_DECAY),
         log=True,
     )
-    dropout: float = hparam(
-        0.5, "Dropout before the head's output layer.", check=lambda v: 0 <= v < 1, rule="must be in [0, 1)"
-    )
+    dropout: float = hparam(0.5, "Dropout before the head's output layer.", **within(0, 1, high_open=True))
     hidden: int = hparam(
         512,
         "Hidden units of the head.",
-        check=lambda v: 1 <= v <= MAX_HIDDEN,
-        rule=f"must be in 1..{MAX_HIDDEN}",
+        **within(1, MAX_HIDDEN),
     )
     epochs: int = hparam(
         10,
         "Training epochs (the most, with --patience).",
-        check=lambda v: 1 <= v <= MAX_EPOCHS,
-        rule=f"must be in 1..{MAX_EPOCHS}",
+        **within(1, MAX_EPOCHS),
     )
-    batch_size: int = hparam(
-        32, "Maps per step.", check=lambda v: 1 <= v <= MAX_BATCH, rule=f"must be in 1..{MAX_BATCH}"
-    )
+    batch_size: int = hparam(32, "Maps per step.", **within(1, MAX_BATCH))
     patience: int | None = hparam(
         3,
         "Early stopping on the inner split's validation loss (best epoch kept); none: keep the last.",
-        check=lambda v: 1 <= v <= MAX_EPOCHS,
-        rule=f"must be in 1..{MAX_EPOCHS}",
+        **within(1, MAX_EPOCHS),
     )
     min_delta: float = hparam(
         0.03,
         "Early stopping counts an epoch as better only when its validation loss is lower by this fraction "
         "(train-head's default preset: 0.03).",
-        check=lambda v: 0 <= v < 1,
-        rule="must be in [0, 1)",
+        **within(0, 1, high_open=True),
     )
     bn: str = hparam(
         "frozen",

@@ -12,7 +12,6 @@ stage and its sha256 (``finetune``), so the end-to-end path rebuilds image -> fr
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,11 +30,10 @@ from fastall.system.devices import resolve_device
 from fastall.system.events import Reporter, silent
 from fastall.system.files import atomic_torch_save
 from fastall.system.jsonable import plain
-from fastall.system.runfolder import atomic_folder, check_target
+from fastall.system.runfolder import check_target
 from fastall.training import run_outputs
 from fastall.training.config import HeadConfig, HeadResult, TrainOptions
 from fastall.training.grid import expand, parse_grid
-from fastall.training.patients import run_patient_level
 from fastall.training.prepared import Prepared, prepare
 from fastall.training.presets import protocol_record
 from fastall.training.probe import probe_cache
@@ -262,28 +260,15 @@ def finetune(
         *prep.warnings.items,
         *[w for w in reporter.warnings if w not in prep.warnings.items],
     ]
-    t0 = time.perf_counter()
-    with atomic_folder(out, overwrite=options.overwrite) as tmp:
+
+    def write_models(tmp: Path) -> None:
         _write_head(tmp / "head.pt", prep, results, chosen, run_config, metrics["finetune"], stage_state)
         np.save(tmp / STAGE_FEATURES, pooled_features(net, store, np.arange(store.cache.n_images)))
-        run_outputs.write_folds_csv(tmp / "folds.csv", prep)
-        run_outputs.write_run_predictions(tmp / "predictions.csv", prep, results, False)
-        metrics["patient_level"] = run_patient_level(
-            tmp / "predictions.csv", prep.cache.class_names, prep.positive.name
-        )
-        metrics["timings"] = {
-            "load_cache_s": prep.load_s,
-            "train_s": train_s,
-            "probe_s": probe_s,
-            "write_s": time.perf_counter() - t0,
-            "total_s": time.perf_counter() - t_start,
-        }
-        (tmp / "metrics.json").write_text(json.dumps(plain(metrics), indent=2, allow_nan=False) + "\n")
-        made = None
-        if options.report:
-            from fastall.reporting.run_report import write_report
 
-            made = write_report(tmp, shown_as=out.absolute())
+    timings = {"started": t_start, "load_cache_s": prep.load_s, "train_s": train_s, "probe_s": probe_s}
+    made = run_outputs.publish_run(
+        out, prep, results, metrics, replace(options, tta=False), timings, write_models
+    )
     return RunResult(out.absolute(), metrics, made)
 
 

@@ -37,6 +37,23 @@ def hparam(
     return field(default=default, metadata={"hparam": meta})
 
 
+def within(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> dict:
+    """``check`` and ``rule`` of a range, for :func:`hparam`: ``hparam(512, "...", **within(1, 4096))``.
+    Whole-number bounds read ``1..4096``, others ``[0, 1)``; without ``high``, ``>= 0`` (or ``> 0``)."""
+
+    def check(v: Any) -> bool:
+        above = low < v if low_open else low <= v
+        return above and (high is None or (v < high if high_open else v <= high))
+
+    if high is None:
+        rule = f"must be {'>' if low_open else '>='} {low:g}"
+    elif type(low) is int and type(high) is int and not (low_open or high_open):
+        rule = f"must be in {low}..{high}"
+    else:
+        rule = f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return {"check": check, "rule": rule}
+
+
 @dataclass(frozen=True)
 class HParam:
     """One hyperparameter: name, base type (int, float, str or bool), whether None is allowed, default,

@@ -11,7 +11,7 @@ import torch
 
 from fastall.errors import FastallError
 from fastall.system.seeds import check_seed
-from fastall.system.settings import HParam, hparam, hparams_of
+from fastall.system.settings import HParam, hparam, hparams_of, within
 
 MAX_LR, MAX_WEIGHT_DECAY, MAX_HIDDEN, MAX_EPOCHS, MAX_BATCH = 1.0, 1.0, 65536, 10000, 65536
 
@@ -38,49 +38,36 @@ class HeadConfig:
         rule=f"must be a finite number in [0, {MAX_WEIGHT_DECAY:g}]",
         log=True,
     )
-    dropout: float = hparam(
-        0.5, "Dropout before the output layer.", check=lambda v: 0 <= v < 1, rule="must be in [0, 1)"
-    )
+    dropout: float = hparam(0.5, "Dropout before the output layer.", **within(0, 1, high_open=True))
     hidden: int = hparam(
         512,
         "Hidden units of the head.",
-        check=lambda v: 1 <= v <= MAX_HIDDEN,
-        rule=f"must be in 1..{MAX_HIDDEN}",
+        **within(1, MAX_HIDDEN),
     )
     epochs: int = hparam(
         5,
         "Training epochs (the most, with --patience).",
-        check=lambda v: 1 <= v <= MAX_EPOCHS,
-        rule=f"must be in 1..{MAX_EPOCHS}",
+        **within(1, MAX_EPOCHS),
     )
-    batch_size: int = hparam(
-        32, "Images per step.", check=lambda v: 1 <= v <= MAX_BATCH, rule=f"must be in 1..{MAX_BATCH}"
-    )
+    batch_size: int = hparam(32, "Images per step.", **within(1, MAX_BATCH))
     min_steps: int | None = hparam(
         None,
         "Train at least this many optimiser steps: on small data the epochs grow to reach it (a ceiling with "
         "--patience).",
-        check=lambda v: 1 <= v <= 10_000_000,
-        rule="must be in 1..10000000",
+        **within(1, 10_000_000),
     )
     patience: int | None = hparam(
         None,
         "Early stopping on validation loss (best kept).",
-        check=lambda v: 1 <= v <= MAX_EPOCHS,
-        rule=f"must be in 1..{MAX_EPOCHS}",
+        **within(1, MAX_EPOCHS),
     )
     min_delta: float = hparam(
         0.0,
         "Early stopping counts an epoch as better only when its validation loss is lower by this fraction.",
-        check=lambda v: 0 <= v < 1,
-        rule="must be in [0, 1)",
+        **within(0, 1, high_open=True),
     )
-    plateau_factor: float = hparam(
-        0.1, "ReduceLROnPlateau factor.", check=lambda v: 0 < v <= 1, rule="must be in (0, 1]"
-    )
-    plateau_patience: int = hparam(
-        2, "ReduceLROnPlateau patience.", check=lambda v: v >= 0, rule="must be >= 0"
-    )
+    plateau_factor: float = hparam(0.1, "ReduceLROnPlateau factor.", **within(0, 1, low_open=True))
+    plateau_patience: int = hparam(2, "ReduceLROnPlateau patience.", **within(0))
     class_weight: str = hparam(
         "none",
         "Loss weights: none, or balanced (inverse class frequency of the training fold).",

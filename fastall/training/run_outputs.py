@@ -15,7 +15,10 @@ none), ``lr`` is the learning rate the epoch trained with.
 
 from __future__ import annotations
 
+import json
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +31,51 @@ from fastall.head import HEAD_FORMAT, HEAD_VERSION, Head
 from fastall.reporting.provenance import command_line
 from fastall.system import csvsafe
 from fastall.system.jsonable import plain
+from fastall.system.runfolder import atomic_folder
 from fastall.training.config import HISTORY_KEYS, HeadConfig, HeadResult
 from fastall.training.divergence import diverged, metrics_or_nan
 from fastall.training.metrics import PAPER_CV, PAPER_TEST, classification_metrics, summarize
+from fastall.training.patients import run_patient_level
 from fastall.training.prepared import Prepared
 from fastall.training.splits import fold_table
 from fastall.training.uncertainty import metrics_with_ci, pooled_with_ci
 
 RUN_FORMAT, RUN_VERSION = "fastall-run", 1
+
+
+def publish_run(
+    out: Path,
+    prep: Prepared,
+    results: list[HeadResult],
+    metrics: dict[str, Any],
+    options: Any,
+    timings: dict[str, float],
+    write_models: Callable[[Path], None],
+) -> Any:
+    """Write the run folder ``out`` and publish it by one rename: ``write_models(folder)`` (head.pt and what
+    goes with it), folds.csv, predictions.csv, the patient-level metrics, ``timings`` (``started``: the
+    run's ``perf_counter`` start; ``load_cache_s``, ``train_s``, ``probe_s``) with the write and total time,
+    metrics.json and, with ``options.report``, the report (returned; None without one)."""
+    t0, made = time.perf_counter(), None
+    with atomic_folder(out, overwrite=options.overwrite) as tmp:
+        write_models(tmp)
+        write_folds_csv(tmp / "folds.csv", prep)
+        write_run_predictions(tmp / "predictions.csv", prep, results, options.tta)
+        metrics["patient_level"] = run_patient_level(
+            tmp / "predictions.csv", prep.cache.class_names, prep.positive.name
+        )
+        started = timings.pop("started")
+        metrics["timings"] = {
+            **timings,
+            "write_s": time.perf_counter() - t0,
+            "total_s": time.perf_counter() - started,
+        }
+        (tmp / "metrics.json").write_text(json.dumps(plain(metrics), indent=2, allow_nan=False) + "\n")
+        if options.report:  # imported here: matplotlib only when a report is made
+            from fastall.reporting.run_report import write_report
+
+            made = write_report(tmp, shown_as=out.absolute())
+    return made
 
 
 EXTRACT_PRECISION_ATTRS = ("amp_dtype", "precision_requested", "precision_reason", "cpu_capability_label")

@@ -8,7 +8,6 @@ Outputs (written atomically, ``run_outputs``): metrics.json, folds.csv, predicti
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,14 +20,12 @@ from threadpoolctl import threadpool_limits
 
 from fastall.errors import FastallError
 from fastall.system.events import Reporter, silent
-from fastall.system.jsonable import plain
-from fastall.system.runfolder import atomic_folder, check_target
+from fastall.system.runfolder import check_target
 from fastall.training import run_outputs
 from fastall.training.config import TRAIN_VIEWS, HeadConfig, HeadResult, TrainOptions, split_keywords
 from fastall.training.divergence import check_divergence
 from fastall.training.engine import time_floor, train_stacks
 from fastall.training.grid import check_budget, count_configs, expand, parse_grid
-from fastall.training.patients import run_patient_level
 from fastall.training.prepared import Prepared, prepare
 from fastall.training.presets import PRESETS, protocol_record
 from fastall.training.probe import ProbeResult, fit_probe, probe_cache
@@ -138,7 +135,7 @@ def train_head(
         **({"preset": options.preset} if options.preset else {}),
         **({"dedupe": True} if options.dedupe else {}),
     }
-    metrics, made = run_outputs.run_metrics(prep, results, run_config, options.tta), None
+    metrics = run_outputs.run_metrics(prep, results, run_config, options.tta)
     metrics["protocol"] = protocol_record(options)
     metrics["feature_shift"] = shift
     if choice is not None:
@@ -158,26 +155,16 @@ def train_head(
     metrics["warnings"] = warnings.items
     for record in warnings.items:
         reporter.warn(record["code"], record["text"])
-    t0 = time.perf_counter()
-    with atomic_folder(out, overwrite=options.overwrite) as tmp:
-        run_outputs.write_head(tmp / "head.pt", prep, results, config, run_config)
-        run_outputs.write_folds_csv(tmp / "folds.csv", prep)
-        run_outputs.write_run_predictions(tmp / "predictions.csv", prep, results, options.tta)
-        metrics["patient_level"] = run_patient_level(
-            tmp / "predictions.csv", prep.cache.class_names, prep.positive.name
-        )
-        metrics["timings"] = {
-            "load_cache_s": prep.load_s,
-            "train_s": train_s,
-            "probe_s": probe_s,
-            "write_s": time.perf_counter() - t0,
-            "total_s": time.perf_counter() - t_start,
-        }
-        (tmp / "metrics.json").write_text(json.dumps(plain(metrics), indent=2, allow_nan=False) + "\n")
-        if options.report:  # imported here: matplotlib only when a report is made
-            from fastall.reporting.run_report import write_report
-
-            made = write_report(tmp, shown_as=out.absolute())
+    timings = {"started": t_start, "load_cache_s": prep.load_s, "train_s": train_s, "probe_s": probe_s}
+    made = run_outputs.publish_run(
+        out,
+        prep,
+        results,
+        metrics,
+        options,
+        timings,
+        lambda tmp: run_outputs.write_head(tmp / "head.pt", prep, results, config, run_config),
+    )
     return RunResult(out.absolute(), metrics, made)
 
 
