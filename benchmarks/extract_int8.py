@@ -120,7 +120,7 @@ def main() -> None:
     }
     tmp = Path(tempfile.mkdtemp(prefix="fastall-int8-"))
     try:
-        images = build_tree(tmp / "data", args.images)
+        images = build_tree(tmp / "data", args.images, unique=args.images)  # every image computed
         build_tree(tmp / "warm", 2 * args.batch_size, unique=32)
         common = {
             "views": args.views,
