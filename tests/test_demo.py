@@ -40,11 +40,16 @@ def test_demo_learns_on_synthetic_data_with_random_weights(tmp_path, monkeypatch
 def test_rerun_reuses_the_data_and_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-empty"))
     kwargs = dict(patients_per_class=5, images_per_patient=4, image_side=48, input_size=32, views=2)
+    from fastall.system.events import collecting
+
     first = run_demo(tmp_path / "demo", **kwargs)
     cache_mtime = first.cache.stat().st_mtime_ns
-    second = run_demo(tmp_path / "demo", **kwargs)
+    reporter, events = collecting()
+    second = run_demo(tmp_path / "demo", reporter=reporter, **kwargs)
     assert second.cache.stat().st_mtime_ns == cache_mtime
-    assert second.seconds["extract"] < first.seconds["extract"]
+    lines = [e.text for e in events if e.kind == "info"]
+    assert any("already complete with these settings" in line for line in lines), lines
+    assert "1/3 synth: reusing the synthetic tree" in " ".join(lines)
 
 
 def test_help_lists_every_command():

@@ -28,7 +28,8 @@ class _Rate(ProgressColumn):
 
 
 class RichSink:
-    """Draws events: a ``warning`` in yellow, ``info`` as a plain line, each task as a bar (``progress``)."""
+    """Draws events: a ``warning`` in yellow, ``info`` as a plain line (``Hint:`` before a ``*hint`` code),
+    each task as a bar (``progress``)."""
 
     def __init__(self, console: Console, progress: bool = True, warnings: bool = True) -> None:
         self.console, self.progress, self.warnings = console, progress, warnings
@@ -44,6 +45,10 @@ class RichSink:
             )
         elif event.kind == "info" and event.code == "stage":
             self.console.rule(Text(event.text, style="bold"))
+        elif event.kind == "info" and (event.code or "").endswith("hint"):
+            self.console.print(
+                Text.assemble(("Hint:", "cyan"), " ", event.text), highlight=False, soft_wrap=True
+            )
         elif event.kind == "info":
             self.console.print(event.text, highlight=False, soft_wrap=True, markup=False)
         elif not self.progress:

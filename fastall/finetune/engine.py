@@ -71,12 +71,8 @@ def make_net(
     head.set_standardization(mean, std)
     if linear is not None:
         with torch.no_grad():
-            params = [
-                head.fc1.weight.data.t().unsqueeze(0),
-                head.fc1.bias.data.view(1, 1, -1),
-                head.fc2.weight.data.unsqueeze(0),
-                head.fc2.bias.data.view(1, 1, -1),
-            ]
+            layers = (head.fc1.weight, head.fc1.bias, head.fc2.weight, head.fc2.bias)
+            params = [p.data.unsqueeze(0) for p in layers]  # views: a stack of one, in Head's own layout
             embed_linear(params, 0, linear[0], linear[1], mean, std)
     return Net(copy.deepcopy(stage).float().requires_grad_(True), head)
 
