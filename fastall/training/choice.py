@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from sklearn.metrics import log_loss
 
 from fastall.errors import FastallError
 from fastall.training.config import HeadConfig, HeadResult
@@ -67,6 +68,20 @@ def _softmax_of(linear: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndar
     return e / e.sum(1, keepdims=True)
 
 
+def _scores(y: np.ndarray, p: np.ndarray, classes: int) -> dict[str, float]:
+    """Accuracy and mean log loss (the proper score that breaks accuracy's ties) of probabilities ``p``."""
+    loss = log_loss(y, np.clip(p, 1e-15, 1.0), labels=list(range(classes)))
+    return {"accuracy": float((p.argmax(1) == y).mean()), "log_loss": float(loss)}
+
+
+def decide(accuracy: dict[str, float], loss: dict[str, float]) -> tuple[str, str]:
+    """The rule (module doc): the candidate kept and why, from inner scores only."""
+    kept = "mlp" if accuracy["mlp"] > accuracy["probe"] else "probe"
+    why = (f"inner accuracy mlp {accuracy['mlp']:.4f} vs probe {accuracy['probe']:.4f}"
+           + (" (tie: the probe)" if accuracy["mlp"] == accuracy["probe"] else ""))  # fmt: skip
+    return kept, why
+
+
 def _fewest_patients(labels: np.ndarray, patients: np.ndarray, rows: np.ndarray) -> int:
     return min(np.unique(patients[rows][labels[rows] == c]).size for c in np.unique(labels[rows]))
 
@@ -94,7 +109,7 @@ def choose(
             splits = []
         inner.append(splits)
     owner = [(k, j) for k, s in enumerate(inner) for j in range(len(s))]
-    scores = {(k, name): [] for k in range(len(inner)) for name in CANDIDATES}
+    scores: dict[tuple[int, str], list[dict]] = {(k, n): [] for k in range(len(inner)) for n in CANDIDATES}
     if owner:
         folds = [inner[k][j] for k, j in owner]
         maps = [linear_fit(tr) for tr, _ in folds]
@@ -108,26 +123,32 @@ def choose(
         for r in (r for r in heads if not r.final):
             k, j = owner[r.fold]
             va = folds[r.fold][1]
-            scores[k, "mlp"].append(float((r.probs["val"].argmax(1) == labels[va]).mean()))
             probe_p = _softmax_of(maps[r.fold], np.asarray(view0[va], dtype=np.float32))
-            scores[k, "probe"].append(float((probe_p.argmax(1) == labels[va]).mean()))
-    totals = {name: [] for name in CANDIDATES}
+            for name, p in (("mlp", r.probs["val"]), ("probe", probe_p)):
+                scores[k, name].append(_scores(labels[va], p, prep.data.classes))
+    inner_scores: list[dict] = []
     for k in range(len(inner)):
         if not inner[k]:
             why = f"fewer than {MIN_PATIENTS} patients of a class in an inner training fold: probe kept"
             out.folds.append({"fold": k, "kept": "probe", "why": why})
             out.notes.append(f"fold {k}: too few patients per class for the probe-or-MLP choice; probe kept")
             continue
-        acc = {name: float(np.mean(scores[k, name])) for name in CANDIDATES}
-        for name in CANDIDATES:
-            totals[name].append(acc[name])
-        kept = "mlp" if acc["mlp"] > acc["probe"] else "probe"
-        why = (f"inner accuracy mlp {acc['mlp']:.4f} vs probe {acc['probe']:.4f}"
-               + (" (tie: the probe)" if acc["mlp"] == acc["probe"] else ""))  # fmt: skip
-        out.folds.append({"fold": k, "kept": kept, "why": why, "inner_splits": len(inner[k]),
-                          "inner_accuracy": acc})  # fmt: skip
-    if totals["mlp"] and np.mean(totals["mlp"]) > np.mean(totals["probe"]):
-        out.final = "mlp"
+        row = {
+            f"inner_{metric}": {
+                name: float(np.mean([s[metric] for s in scores[k, name]])) for name in CANDIDATES
+            }
+            for metric in ("accuracy", "log_loss")
+        }
+        kept, why = decide(row["inner_accuracy"], row["inner_log_loss"])
+        inner_scores.append(row)
+        out.folds.append({"fold": k, "kept": kept, "why": why, "inner_splits": len(inner[k]), **row,
+                          "inner_split_scores": {name: scores[k, name] for name in CANDIDATES}})  # fmt: skip
+    if inner_scores:
+        mean = {
+            metric: {name: float(np.mean([r[metric][name] for r in inner_scores])) for name in CANDIDATES}
+            for metric in ("inner_accuracy", "inner_log_loss")
+        }
+        out.final = decide(mean["inner_accuracy"], mean["inner_log_loss"])[0]
     _apply(prep, probe, results, out)
     return out
 
