@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 CHOICE_FOLDS = 5  # as many as the fewest class allows: 3 made inner training folds of 2 patients
 MIN_PATIENTS = 3
+LOSS_TIE = 1e-6  # equal inner log losses: the inner MLPs kept their probe start (epoch 0) everywhere
 CANDIDATES = ("probe", "mlp")
 
 
@@ -49,10 +50,10 @@ class Choice:
 
     def record(self) -> dict[str, Any]:
         return {
-            "rule": f"per outer fold, the higher mean accuracy over an inner K-fold (K = {CHOICE_FOLDS} or "
-            "the fewest patients of a class) "
-            f"patient-grouped CV of its training patients (tie: probe); fewer than {MIN_PATIENTS} patients "
-            "of a class in an inner training fold: probe",
+            "rule": f"per outer fold, the lower mean log loss over an inner K-fold (K = {CHOICE_FOLDS} or "
+            "the fewest patients of a class) patient-grouped CV of its training patients (equal within "
+            f"{LOSS_TIE:g}: the MLP, which then stayed at its probe start, and whose own selection decides); "
+            f"fewer than {MIN_PATIENTS} patients of a class in an inner training fold: probe",
             "candidates": list(CANDIDATES),
             "folds": self.folds,
             "final": self.final,
@@ -76,10 +77,11 @@ def _scores(y: np.ndarray, p: np.ndarray, classes: int) -> dict[str, float]:
 
 def decide(accuracy: dict[str, float], loss: dict[str, float]) -> tuple[str, str]:
     """The rule (module doc): the candidate kept and why, from inner scores only."""
-    kept = "mlp" if accuracy["mlp"] > accuracy["probe"] else "probe"
-    why = (f"inner accuracy mlp {accuracy['mlp']:.4f} vs probe {accuracy['probe']:.4f}"
-           + (" (tie: the probe)" if accuracy["mlp"] == accuracy["probe"] else ""))  # fmt: skip
-    return kept, why
+    scores = (f"inner log loss mlp {loss['mlp']:.4f} vs probe {loss['probe']:.4f} "
+              f"(accuracy mlp {accuracy['mlp']:.4f} vs probe {accuracy['probe']:.4f})")  # fmt: skip
+    if abs(loss["mlp"] - loss["probe"]) <= LOSS_TIE:
+        return "mlp", f"{scores}: equal, the MLP stayed at its probe start; the MLP's own selection decides"
+    return ("mlp" if loss["mlp"] < loss["probe"] else "probe"), scores
 
 
 def _fewest_patients(labels: np.ndarray, patients: np.ndarray, rows: np.ndarray) -> int:
