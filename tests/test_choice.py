@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from featcache import make_feature_cache
 
 from fastall.features.cache import read_cache
 from fastall.head import Head
+from fastall.training.choice import LOSS_TIE, decide
 from fastall.training.config import TrainOptions
 from fastall.training.presets import apply_preset
 from fastall.training.train_head import train_head
@@ -26,13 +28,18 @@ def test_the_choice_is_recorded_per_fold_and_the_kept_probe_is_the_head(tmp_path
     r = _run(cache, tmp_path / "run")
     choice = r.metrics["model_choice"]
     assert [f["fold"] for f in choice["folds"]] == [0, 1, 2]
-    assert all(f["kept"] in ("probe", "mlp") and "inner accuracy" in f["why"] for f in choice["folds"])
+    assert all(f["kept"] in ("probe", "mlp") and "inner log loss" in f["why"] for f in choice["folds"])
+    assert "lower mean log loss" in choice["rule"]
     probe_folds = r.metrics["probe"]["folds"]
     for f in choice["folds"]:
         if f["kept"] == "probe":
             assert r.folds[f["fold"]]["accuracy"] == probe_folds[f["fold"]]["accuracy"]
-        mlp, probe = f["inner_accuracy"]["mlp"], f["inner_accuracy"]["probe"]
-        assert (f["kept"] == "mlp") == (mlp > probe)
+        assert f["kept"] == decide(f["inner_accuracy"], f["inner_log_loss"])[0]
+        split = f["inner_split_scores"]
+        assert len(split["mlp"]) == len(split["probe"]) == f["inner_splits"]
+        for name in ("mlp", "probe"):
+            mean = np.mean([s["log_loss"] for s in split[name]])
+            assert f["inner_log_loss"][name] == pytest.approx(mean)
     blob = torch.load(tmp_path / "run" / "head.pt", weights_only=False)
     c = read_cache(cache)
     test = np.flatnonzero(np.isin(np.arange(c.n_images), _rows_of(tmp_path / "run", "test", c)))
@@ -65,3 +72,21 @@ def test_the_choice_can_be_turned_off(tmp_path, one_thread):
     cache = make_feature_cache(tmp_path / "c.h5", patients=(6, 6), dim=16, seed=1)
     r = _run(cache, tmp_path / "run", choose=False)
     assert "model_choice" not in r.metrics and r.metrics["protocol"]["choose"] is False
+
+
+def test_equal_accuracy_is_decided_by_the_lower_inner_log_loss():
+    acc = {"mlp": 0.9, "probe": 0.9}
+    assert decide(acc, {"mlp": 0.21, "probe": 0.30})[0] == "mlp"
+    kept, why = decide(acc, {"mlp": 0.30, "probe": 0.21})
+    assert kept == "probe" and "inner log loss mlp 0.3000 vs probe 0.2100" in why
+
+
+def test_the_log_loss_decides_even_against_a_higher_accuracy():
+    assert decide({"mlp": 0.95, "probe": 0.90}, {"mlp": 0.40, "probe": 0.25})[0] == "probe"
+    assert decide({"mlp": 0.85, "probe": 0.90}, {"mlp": 0.25, "probe": 0.40})[0] == "mlp"
+
+
+def test_equal_log_losses_keep_the_mlp_whose_own_selection_decides():
+    kept, why = decide({"mlp": 0.9, "probe": 0.9}, {"mlp": 0.3 + LOSS_TIE / 2, "probe": 0.3})
+    assert kept == "mlp" and "stayed at its probe start" in why
+    assert decide({"mlp": 0.9, "probe": 0.9}, {"mlp": 0.3 + 3 * LOSS_TIE, "probe": 0.3})[0] == "probe"

@@ -1,15 +1,19 @@
 """The default preset's last step: per outer fold, keep the linear probe or the fine-tuned MLP, whichever an
-inner patient-grouped K-fold CV on the fold's training patients alone scores higher.
+inner patient-grouped K-fold CV on the fold's training patients alone scores better (lower log loss).
 
 For outer fold k, its training rows are split by patient into K inner folds (``selection.inner_splits``,
 stratified, K = :data:`CHOICE_FOLDS` or the fewest patients of a class, whichever is smaller: the largest
 inner training folds the patients allow, so that 4 training patients per class still compare). On every
 inner split both candidates are trained exactly as the run trains them: the probe (``probe.fit_probe``, C
 by its own inner CV) and the MLP by the run's protocol (``selection.select`` then ``refit``, started from
-that probe), all inner heads of all folds in one stack. The candidate with the higher mean
-inner-validation accuracy is kept; a tie keeps the probe (the simpler model). A fold whose inner training
-folds would hold fewer than :data:`MIN_PATIENTS` patients of a class keeps the probe without a comparison,
-and says so. The final head follows the candidate with the higher mean inner accuracy over all folds.
+that probe), all inner heads of all folds in one stack. The candidate with the lower mean
+inner-validation log loss is kept: a proper scoring rule, continuous where accuracy on a few inner patients
+ties or flips on one image (``benchmarks/default_choice_regret.py`` compares the rules on identical folds).
+Equal losses (within :data:`LOSS_TIE`) mean the inner MLPs never left their probe start (the MLP nests the
+probe: its epoch 0 computes it exactly), so the inner CV holds no evidence; the MLP is kept and its own
+selection on the outer fold's training patients decides whether to move. A fold whose inner training folds
+would hold fewer than :data:`MIN_PATIENTS` patients of a class keeps the probe without a comparison, and
+says so. The final head follows the same rule on the inner scores averaged over all folds.
 
 A kept probe replaces the fold's head by a head that computes it exactly (``layout.embed_linear``), so
 head.pt, predictions.csv and every metric describe the model that was kept. The outer validation rows never
