@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 from featcache import make_feature_cache  # noqa: E402
 
+from fastall.training.choice import paired_margin  # noqa: E402
+
 from benchmarks.common import write_result  # noqa: E402
 
 SETS = [
@@ -106,14 +108,6 @@ def _tie(a: float, b: float, tol: float) -> bool:
     return abs(a - b) <= tol
 
 
-def _paired_margin(f: dict) -> float:
-    """Mean inner-split accuracy difference (MLP - probe) over its standard error."""
-    s = f["inner_split_scores"]
-    d = np.array([m["accuracy"] - p["accuracy"] for m, p in zip(s["mlp"], s["probe"], strict=True)])
-    se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else 0.0
-    return float(d.mean() / se) if se > 0 else float(np.sign(d.mean())) * np.inf if d.any() else 0.0
-
-
 def _acc_then(f: dict, tie: str) -> str:
     a = f["inner_accuracy"]
     if _tie(a["mlp"], a["probe"], 1e-9):
@@ -135,8 +129,12 @@ RULES = {
     "log loss, tie: mlp": lambda f: (
         "probe" if f["inner_log_loss"]["probe"] < f["inner_log_loss"]["mlp"] - 1e-6 else "mlp"
     ),
-    "probe unless mlp wins by > 1 paired SE": lambda f: "mlp" if _paired_margin(f) > 1.0 else "probe",
-    "mlp unless probe wins by > 1 paired SE": lambda f: "probe" if _paired_margin(f) < -1.0 else "mlp",
+    "probe unless mlp wins by > 1 paired SE": lambda f: (
+        "mlp" if paired_margin(f["inner_split_scores"]) > 1.0 else "probe"
+    ),
+    "mlp unless probe wins by > 1 paired SE": lambda f: (
+        "probe" if paired_margin(f["inner_split_scores"]) < -1.0 else "mlp"
+    ),
     "always mlp": lambda f: "mlp",
     "always probe": lambda f: "probe",
 }

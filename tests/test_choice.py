@@ -10,7 +10,7 @@ from featcache import make_feature_cache
 
 from fastall.features.cache import read_cache
 from fastall.head import Head
-from fastall.training.choice import LOSS_TIE, decide
+from fastall.training.choice import MARGIN_SE, decide, paired_margin
 from fastall.training.config import TrainOptions
 from fastall.training.presets import apply_preset
 from fastall.training.train_head import train_head
@@ -28,13 +28,13 @@ def test_the_choice_is_recorded_per_fold_and_the_kept_probe_is_the_head(tmp_path
     r = _run(cache, tmp_path / "run")
     choice = r.metrics["model_choice"]
     assert [f["fold"] for f in choice["folds"]] == [0, 1, 2]
-    assert all(f["kept"] in ("probe", "mlp") and "inner log loss" in f["why"] for f in choice["folds"])
-    assert "lower mean log loss" in choice["rule"]
+    assert all(f["kept"] in ("probe", "mlp") and "paired margin" in f["why"] for f in choice["folds"])
+    assert "paired standard error" in choice["rule"]
     probe_folds = r.metrics["probe"]["folds"]
     for f in choice["folds"]:
         if f["kept"] == "probe":
             assert r.folds[f["fold"]]["accuracy"] == probe_folds[f["fold"]]["accuracy"]
-        assert f["kept"] == decide(f["inner_accuracy"], f["inner_log_loss"])[0]
+        assert f["kept"] == decide(f["inner_split_scores"])[0]
         split = f["inner_split_scores"]
         assert len(split["mlp"]) == len(split["probe"]) == f["inner_splits"]
         for name in ("mlp", "probe"):
@@ -74,19 +74,24 @@ def test_the_choice_can_be_turned_off(tmp_path, one_thread):
     assert "model_choice" not in r.metrics and r.metrics["protocol"]["choose"] is False
 
 
-def test_equal_accuracy_is_decided_by_the_lower_inner_log_loss():
-    acc = {"mlp": 0.9, "probe": 0.9}
-    assert decide(acc, {"mlp": 0.21, "probe": 0.30})[0] == "mlp"
-    kept, why = decide(acc, {"mlp": 0.30, "probe": 0.21})
-    assert kept == "probe" and "inner log loss mlp 0.3000 vs probe 0.2100" in why
+def _splits(mlp: list[float], probe: list[float]) -> dict:
+    return {n: [{"accuracy": a, "log_loss": 0.5} for a in v] for n, v in (("mlp", mlp), ("probe", probe))}
 
 
-def test_the_log_loss_decides_even_against_a_higher_accuracy():
-    assert decide({"mlp": 0.95, "probe": 0.90}, {"mlp": 0.40, "probe": 0.25})[0] == "probe"
-    assert decide({"mlp": 0.85, "probe": 0.90}, {"mlp": 0.25, "probe": 0.40})[0] == "mlp"
+def test_the_probe_is_kept_only_when_it_wins_beyond_one_paired_se():
+    kept, why = decide(_splits([0.80, 0.70, 0.90], [0.90, 0.80, 0.95]))
+    assert kept == "probe" and "beyond noise" in why
+    assert paired_margin(_splits([0.80, 0.70, 0.90], [0.90, 0.80, 0.95])) < -MARGIN_SE
 
 
-def test_equal_log_losses_keep_the_mlp_whose_own_selection_decides():
-    kept, why = decide({"mlp": 0.9, "probe": 0.9}, {"mlp": 0.3 + LOSS_TIE / 2, "probe": 0.3})
-    assert kept == "mlp" and "stayed at its probe start" in why
-    assert decide({"mlp": 0.9, "probe": 0.9}, {"mlp": 0.3 + 3 * LOSS_TIE, "probe": 0.3})[0] == "probe"
+def test_a_noisy_probe_win_keeps_the_mlp():
+    s = _splits([0.90, 0.60, 0.90], [0.70, 0.85, 0.95])  # probe higher on average, within its noise
+    assert np.mean([x["accuracy"] for x in s["probe"]]) > np.mean([x["accuracy"] for x in s["mlp"]])
+    assert -MARGIN_SE < paired_margin(s) < 0
+    kept, why = decide(s)
+    assert kept == "mlp" and "does not win beyond" in why
+
+
+def test_equal_inner_scores_keep_the_mlp_which_nests_the_probe():
+    assert decide(_splits([0.9, 0.8], [0.9, 0.8]))[0] == "mlp"
+    assert paired_margin(_splits([0.8, 0.8], [0.9, 0.9])) == -np.inf
