@@ -31,9 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 from featcache import make_feature_cache  # noqa: E402
 
-from fastall.training.choice import paired_margin  # noqa: E402
-
 from benchmarks.common import write_result  # noqa: E402
+from fastall.training.choice import paired_margin  # noqa: E402
 
 SETS = [
     # name, kind, settings
