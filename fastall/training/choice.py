@@ -133,7 +133,7 @@ def choose(
     scores: dict[tuple[int, str], list[dict]] = {(k, n): [] for k in range(len(inner)) for n in CANDIDATES}
     if owner:
         folds = [inner[k][j] for k, j in owner]
-        maps = [linear_fit(tr) for tr, _ in folds]
+        maps = linear_fit.many([tr for tr, _ in folds])
         sub = replace(data, folds=folds, pool=folds[0][0], test=np.empty(0, np.int64), plans=None,
                       linear_inits=None, final_plan=None)  # fmt: skip
         run = {"seed": seed, "precision": prep.precision}

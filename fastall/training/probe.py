@@ -16,13 +16,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from fastall.features.cache import FeatureCache
 from fastall.training.metrics import classification_metrics, summarize
 from fastall.training.protocols.linear import C_GRID, FIXED_C, INNER_FOLDS, linear_protocol
 from fastall.training.splits import Splits
 
-__all__ = ["C_GRID", "FIXED_C", "INNER_FOLDS", "ProbeFit", "ProbeResult", "fit_probe", "linear_probe"]
+__all__ = [
+    "C_GRID",
+    "FIXED_C",
+    "INNER_FOLDS",
+    "LinearFits",
+    "ProbeFit",
+    "ProbeResult",
+    "fit_probe",
+    "linear_probe",
+]
 
 MODEL = (
     "StandardScaler + logistic regression on view 0 (fastall probe's linear protocol), C over a "
@@ -157,6 +167,36 @@ def fit_probe(
         x, y, np.asarray(groups, dtype=object), [rows], classes, c_grid, inner_folds, seed
     )
     return fits[0]
+
+
+class LinearFits:
+    """rows -> the linear map ``(A [K, D], c [K])`` of :func:`fit_probe` on those rows of ``features`` alone
+    (C by inner CV on them). Each row set is fitted once; :meth:`many` fits every new one together, as one
+    stacked problem (the default preset's choice asks for 5 x 5 inner training sets at once)."""
+
+    def __init__(
+        self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, classes: int, seed: int
+    ) -> None:
+        self.features, self.labels, self.classes, self.seed = features, labels, classes, seed
+        self.groups = np.asarray(groups, dtype=object)
+        self._maps: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def many(self, row_sets: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        sets = [np.asarray(rows, dtype=np.int64) for rows in row_sets]
+        keys = [rows.tobytes() for rows in sets]
+        new = {key: rows for key, rows in zip(keys, sets, strict=True) if key not in self._maps}
+        if new:
+            with threadpool_limits(limits=1):
+                fits, _ = _fit_row_sets(
+                    self.features, self.labels, self.groups, list(new.values()), self.classes,
+                    C_GRID, INNER_FOLDS, self.seed,
+                )  # fmt: skip
+            for key, fit in zip(new, fits, strict=True):
+                self._maps[key] = fit.linear_map(self.classes)
+        return [self._maps[key] for key in keys]
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.many([rows])[0]
 
 
 def linear_probe(

@@ -32,7 +32,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
@@ -41,6 +41,9 @@ from fastall.errors import FastallError
 from fastall.training.config import HeadConfig, HeadResult, Plan, StackData
 from fastall.training.engine import train_stacks
 from fastall.training.streams import derive_seed
+
+if TYPE_CHECKING:
+    from fastall.training.probe import LinearFits
 
 LinearMap = tuple[np.ndarray, np.ndarray]
 INNER_SPLITS = 5  # the inner validation share is 1/INNER_SPLITS of a fold's training patients (or more)
@@ -156,7 +159,7 @@ def select(
     seed: int,
     precision: str,
     inner_folds: int = 1,
-    linear_init: Callable[[np.ndarray], LinearMap] | None = None,
+    linear_init: LinearFits | None = None,
     progress: Callable | None = None,
     class_names: Sequence[str] | None = None,
 ) -> Selection:
@@ -182,7 +185,7 @@ def select(
         pool=np.empty(0, np.int64),
         test=np.empty(0, np.int64),
         plans=None,
-        linear_inits=[linear_init(inner[k][j][0]) for k, j in owner] if linear_init else None,
+        linear_inits=linear_init.many([inner[k][j][0] for k, j in owner]) if linear_init else None,
     )
     results = []
     if owner:

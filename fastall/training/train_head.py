@@ -15,9 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from threadpoolctl import threadpool_limits
-
 from fastall.errors import FastallError
 from fastall.system.events import Reporter, silent
 from fastall.system.runfolder import check_target
@@ -28,7 +25,7 @@ from fastall.training.engine import time_floor, train_stacks
 from fastall.training.grid import check_budget, count_configs, expand, parse_grid
 from fastall.training.prepared import Prepared, prepare
 from fastall.training.presets import PRESETS, protocol_record
-from fastall.training.probe import ProbeResult, fit_probe, probe_cache
+from fastall.training.probe import LinearFits, ProbeResult, probe_cache
 from fastall.training.run_warnings import precision_warning, verdict_of
 from fastall.training.selection import refit, select
 from fastall.training.views import view_shift
@@ -227,16 +224,10 @@ def train_by_protocol(
         return results, chosen
 
 
-def linear_fit(prep: Prepared, seed: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def linear_fit(prep: Prepared, seed: int) -> LinearFits:
     """rows -> the linear map of the probe fitted on view 0 of those rows alone (C by inner CV on them)."""
     view0, labels, patients = prep.cache.features[:, 0], prep.cache.labels, prep.cache.patients
-    k = prep.data.classes
-
-    def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with threadpool_limits(limits=1):
-            return fit_probe(view0[rows], labels[rows], patients[rows], classes=k, seed=seed).linear_map(k)
-
-    return fit
+    return LinearFits(view0, labels, patients, prep.data.classes, seed)
 
 
 def baseline(head: dict, probe: dict, head_test: dict | None, probe_test: dict | None) -> dict[str, Any]:
