@@ -12,6 +12,7 @@ stage and its sha256 (``finetune``), so the end-to-end path rebuilds image -> fr
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -92,15 +93,21 @@ def _choose(job: _Job, configs: list[FinetuneConfig], rows: np.ndarray, fold: in
     (``inner_folds``; 1: one inner split), its median best epoch count (0: keep the start, the probe), and
     every configuration's mean loss."""
     prep = job.prep
-    splits = inner_splits(
-        prep.cache.labels,
-        prep.cache.patients,
-        rows,
-        seed=job.seed,
-        fold=fold,
-        folds=job.preset.inner_folds,
-        class_names=prep.cache.class_names,
-    )
+    try:
+        splits = inner_splits(
+            prep.cache.labels,
+            prep.cache.patients,
+            rows,
+            seed=job.seed,
+            fold=fold,
+            folds=job.preset.inner_folds,
+            class_names=prep.cache.class_names,
+        )
+    except FastallError as err:
+        if len(configs) > 1:
+            raise
+        job.reporter.warn("selection", f"{err}: fold {fold} trains a fixed schedule, without early stopping")
+        return 0, configs[0].epochs, [math.inf]
     losses, epochs = [], []
     for c in configs:
         fits = [job.fit(c, tr, fold, val=va) for tr, va in splits]
