@@ -202,6 +202,11 @@ _SEEDED = {
 }
 
 
+def _extract_maps(env: Env, *extra: str) -> list[str]:
+    """``extract --maps layer3`` of the env's data into a new store, with ``extra`` options."""
+    return ["extract", str(env.data), "--out", str(env.tmp / "m.h5"), *_EXTRACT, "--maps", "layer3", *extra]
+
+
 def _maps_store(env: Env, nan: bool = False) -> Path:
     """A maps store of the env's data (resnet18 at 32 px, cut after layer3); ``nan``: one map set to NaN."""
     from fastall.features.extract import extract
@@ -544,16 +549,7 @@ ROUND3 += [
     Case(
         "round 3: finetune",
         "extract --maps with --precision int8 (finetune trains on fp32/bf16 maps)",
-        lambda e: [
-            "extract",
-            str(e.data),
-            "--out",
-            str(e.tmp / "m.h5"),
-            "--maps",
-            "layer3",
-            "--precision",
-            "int8",
-        ],
+        lambda e: _extract_maps(e, "--precision", "int8"),
         fragments=("--maps", "drop --precision int8"),
     ),
     Case(
@@ -577,33 +573,13 @@ ROUND3 += [
     Case(
         "round 3: finetune",
         "extract --maps layer3 --map-views 5 with --views 2",
-        lambda e: [
-            "extract",
-            str(e.data),
-            "--out",
-            str(e.tmp / "m.h5"),
-            *_EXTRACT,
-            "--maps",
-            "layer3",
-            "--map-views",
-            "5",
-        ],
+        lambda e: _extract_maps(e, "--map-views", "5"),
         fragments=("--map-views 5 needs --maps and at most --views (2)",),
     ),
     Case(
         "round 3: finetune",
         "extract --maps layer3 on a backbone without a declared cut (densenet121)",
-        lambda e: [
-            "extract",
-            str(e.data),
-            "--out",
-            str(e.tmp / "m.h5"),
-            *_EXTRACT,
-            "--maps",
-            "layer3",
-            "--backbone",
-            "densenet121",
-        ],
+        lambda e: _extract_maps(e, "--backbone", "densenet121"),
         fragments=("maps are cut from resnet18, resnet50, resnet101",),
     ),
 ]

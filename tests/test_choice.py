@@ -66,6 +66,7 @@ def test_too_few_patients_per_class_keep_the_probe_and_say_so(tmp_path, one_thre
     assert all(f["kept"] == "probe" and "fewer than 3 patients" in f["why"] for f in choice["folds"])
     assert any("probe kept" in w["text"] for w in r.metrics["warnings"])
     assert r.summary["accuracy"] == r.metrics["probe"]["summary"]["accuracy"]
+    assert [f["best_epoch"] for f in r.metrics["history"]["folds"]] == [0] * len(choice["folds"])
 
 
 def test_the_choice_can_be_turned_off(tmp_path, one_thread):

@@ -168,3 +168,6 @@ def test_probe_on_real_cells_without_patient_groups(tmp_path):
     assert rec["batch_effect"]["warning"] is None and "own patient" in rec["batch_effect"]["note"]
     assert len(rec["cache"]["class_names"]) == 5 and rec["protocols"]["linear"]["pooled"]["accuracy"] > 0.2
     assert "embedding" not in rec and (out / "report" / "index.html").is_file()
+    assert any("no patient group" in w for w in rec["warnings"])  # the dataset's caveats, as train-head's
+    page = (out / "report" / "index.html").read_text()
+    assert "no patient group" in page and "every image is its own patient" in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from fastall.cli.group import (
     cli,
@@ -91,7 +92,7 @@ def evaluate_cmd(run: str, data: str, out: str, no_report: bool, **options: Any)
             "(about 1% expected for images like the training ones); column ood of predictions.csv"
         )
     for note in r["notes"]:
-        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     for warning in ev.warnings:
         console.print(f"[red]warning:[/] {warning}", highlight=False, soft_wrap=True)
     say(f"Outputs in {ev.out}" + (f"; report: {ev.report}" if ev.report else ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 from fastall.cli.group import cli, console, positive_option
 
@@ -29,6 +30,6 @@ def report_cmd(run: str, data: str | None, positive: str | None) -> None:
     else:
         made = write_report(run, data, positive=positive)
     for note in made.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     n = len(made.figures)
     console.print(f"{n} figure{'s' * (n != 1)}; report: {made.path}", highlight=False, soft_wrap=True)

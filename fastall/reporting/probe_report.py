@@ -92,10 +92,11 @@ def tables(rec: dict) -> list[Table]:
             rows.append(["which patient? (accuracy)", fmt(pid["accuracy"], True),
                          f"{fmt(pid['chance_uniform'], True)} / {fmt(pid['chance_knowing_class'], True)}",
                          ""])  # fmt: skip
+        said = [be["note"]] if be.get("note") else []
+        said += [be["ci"]] + ([pid["method"] + ", chance: uniform / knowing the class"] if pid else [])
         out.append(Table("batch-effect", f"Batch-effect score ({be['k']} nearest neighbours)",
                          ["", "Observed %", "Chance %", "Excess % [95% CI]"], rows,
-                         note=be["ci"] + ("; " + pid["method"] + ", chance: uniform / knowing the class"
-                                          if pid else "")))  # fmt: skip
+                         note="; ".join(said)))  # fmt: skip
     return out
 
 

@@ -189,6 +189,7 @@ def _apply(prep: Prepared, probe: ProbeResult, results: list[HeadResult], choice
         fit = probe.fits[fit_index]
         linear = fit.linear_map(k_classes)
         r.state = _probe_state(r.state, linear)
+        r.best_epoch = 0  # epoch 0: the start, which is the probe
         if not r.final:
             val = prep.data.folds[r.fold][1]
             r.probs["val"] = probe.oof_probs[val]

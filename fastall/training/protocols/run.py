@@ -97,7 +97,7 @@ def probe(
     labels, patients = cache.labels, np.asarray(cache.patients, dtype=object)
     x = torch.from_numpy(np.ascontiguousarray(cache.features[:, 0], dtype=np.float32)).to(prep.device)
     timings: dict[str, float] = {"load_s": prep.load_s}
-    notes = list(prep.notes)
+    notes = list(dict.fromkeys([w["text"] for w in prep.warnings.items] + list(prep.notes)))
     protocols, linear, timings_p, sims = _probes(x, labels, patients, splits, k, options, prep.positive.index)
     timings.update(timings_p)
     notes += linear.notes
