@@ -185,6 +185,28 @@ def test_tune_tries_every_configuration_on_each_inner_split(run_store, tmp_path)
     assert result.metrics["tune"]["grid"] == "lr=1e-4,1e-3"
 
 
+def test_an_inner_split_too_small_trains_a_fixed_schedule_and_says_so(run_store, tmp_path, monkeypatch):
+    """As train-head: one configuration whose fold cannot be split again trains its epochs, with a warning;
+    with --tune (several configurations) the same fold is an error."""
+    import fastall.finetune.run as ft_run
+    from fastall.errors import FastallError
+    from fastall.training.config import TrainOptions
+
+    def no_split(*args, **kwargs):
+        raise FastallError("selection on an inner split needs at least 2 training patients of each class")
+
+    monkeypatch.setattr(ft_run, "inner_splits", no_split)
+    options = TrainOptions(folds=2, progress=False, report=False, probe=False)
+    result = ft_run.finetune(run_store, tmp_path / "f", FinetuneConfig(epochs=2, batch_size=4), options)
+    folds = result.metrics["finetune"]["selection"]["folds"]
+    assert [f["epochs"] for f in folds] == [2, 2]
+    said = [w["text"] for w in result.metrics["warnings"] if w["code"] == "selection"]
+    assert len(said) == 2 and all("fixed schedule" in t for t in said)
+    tuned = TrainOptions(folds=2, progress=False, report=False, probe=False, tune="lr=1e-4,1e-3")
+    with pytest.raises(FastallError, match="inner split"):
+        ft_run.finetune(run_store, tmp_path / "g", FinetuneConfig(epochs=1, batch_size=4), tuned)
+
+
 def test_a_store_whose_maps_do_not_fit_its_record_is_refused(store, tmp_path):
     import shutil
 
