@@ -219,3 +219,17 @@ def test_a_store_whose_maps_do_not_fit_its_record_is_refused(store, tmp_path):
         f.create_dataset("maps", data=np.zeros((store.cache.n_images, 3, 8, 4, 4), np.float16))
     with pytest.raises(CacheError, match=r"maps dataset float16 .* expected float16"):
         open_maps(bad)
+
+
+def test_a_net_started_at_the_probe_computes_the_probe_exactly():
+    """The default preset's start: the head's logits are the linear map ``A x + c`` on raw pooled features."""
+    rng = np.random.default_rng(0)
+    dim, classes = 16, 3
+    x = torch.from_numpy(rng.normal(2.0, 3.0, size=(10, dim)).astype(np.float32))
+    a, c = rng.normal(size=(classes, dim)), rng.normal(size=classes)
+    stats = (x.mean(0), x.std(0))
+    net = make_net(torch.nn.Identity(), FinetuneConfig(hidden=32), classes, stats, seed=0, linear=(a, c))
+    net.head.eval()
+    with torch.no_grad():
+        got = net.head(x).double().numpy()
+    assert np.allclose(got, x.double().numpy() @ a.T + c, atol=1e-4)

@@ -116,3 +116,26 @@ def test_probe_cache_uses_the_heads_splits(tmp_path, test):
     assert [row["n"] for row in r.folds] == [val.size for _, val in s.folds]
     assert (r.test is None) == (test == "none")
     assert r.summary["accuracy"] > 0.8
+
+
+def test_linear_fits_answers_each_row_set_with_its_own_map_and_fits_it_once(monkeypatch):
+    """Two row sets whose first feature points opposite ways: each gets its own map, in the order asked, and
+    a set asked again is not refitted."""
+    import fastall.training.probe as probe_module
+    from fastall.training.probe import LinearFits
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(16), 8)
+    y = (patients % 2).astype(np.int64)
+    x = rng.normal(size=(y.size, 6)).astype(np.float32)
+    first = patients < 8
+    x[:, 0] += np.where(first, 2.0, -2.0) * (2 * y - 1)
+    a, b = np.flatnonzero(first), np.flatnonzero(~first)
+    fits = LinearFits(x, y, patients.astype(object), classes=2, seed=0)
+    (ma, _), (mb, _) = fits.many([a, b])
+    assert ma[1, 0] - ma[0, 0] > 0 > mb[1, 0] - mb[0, 0]
+    calls = []
+    monkeypatch.setattr(probe_module, "_fit_row_sets", lambda *args: calls.append(args) or ([], []))
+    (mb2, _), (ma2, _) = fits.many([b, a])
+    assert calls == [] and mb2 is mb and ma2 is ma
+    assert fits(a)[0] is ma

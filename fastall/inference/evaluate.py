@@ -223,30 +223,27 @@ def evaluate_run(
     """Evaluate RUN on DATA and write OUT (see the module doc). ``options``: :class:`EvaluateOptions`;
     ``settings``: fields of it by name, on top (``evaluate_run(run, data, out, report=False)``)."""
     o = replace(options or EvaluateOptions(), **settings)
-    classes, patient_regex, threshold, device = o.classes, o.patient_regex, o.threshold, o.device
-    batch_size, weights_path, cache, overwrite = o.batch_size, o.weights_path, o.cache, o.overwrite
-    report, positive, patients = o.report, o.positive, o.patients
     out = Path(out)
-    check_target(out.absolute(), overwrite, EVAL_FORMAT)
+    check_target(out.absolute(), o.overwrite, EVAL_FORMAT)
     record = read_head(head_file(run))
     names = list(record["class_names"])
-    pos_name = run_positive(record, positive)
+    pos_name = run_positive(record, o.positive)
     pos = names.index(pos_name) if pos_name is not None else None
-    ds = discover(data, patient_regex=patient_regex, patients=patients)
+    ds = discover(data, patient_regex=o.patient_regex, patients=o.patients)
     ds.check(training=False)
     records = ds.labelled()
     if not records:
         raise FastallError(f"{data}: no labelled images: evaluation needs class folders (or the C-NMC tree)")
-    mapping = parse_classes(classes)
+    mapping = parse_classes(o.classes)
     check_positive_mapping(sorted({r.class_name for r in records}), mapping, names, pos_name)
     labels = map_labels(records, names, mapping)
-    chosen = choose_threshold(threshold, run, names, pos_name)
+    chosen = choose_threshold(o.threshold, run, names, pos_name)
     notes = [f"{p}" for p in ds.problems] + list(ds.warnings)
     if len(ds.unlabelled()):
         notes.append(f"{len(ds.unlabelled())} unlabelled image(s) in DATA ignored")
-    train = _training_cache(record, cache, notes, head_file(run))
-    model = load_run(run, weights_path=weights_path, device=device)
-    kept, prob, feats, skipped = run_model(model, [r.path for r in records], batch_size, reporter)
+    train = _training_cache(record, o.cache, notes, head_file(run))
+    model = load_run(run, weights_path=o.weights_path, device=o.device)
+    kept, prob, feats, skipped = run_model(model, [r.path for r in records], o.batch_size, reporter)
     records = [records[i] for i in kept]
     y, patients = labels[kept], np.array([r.patient for r in records])
     k = len(names)
@@ -304,13 +301,13 @@ def evaluate_run(
         notes.append(copies["note"])
     result["warnings"] = warnings
     made = None
-    with atomic_folder(out, overwrite=overwrite) as tmp:
+    with atomic_folder(out, overwrite=o.overwrite) as tmp:
         _write_predictions(tmp / "predictions.csv", records, names, y, prob, pos, chosen["value"], ood)
         _write_rows(tmp / "patients.csv", patient_rows)
         if skipped:
             _write_rows(tmp / "skipped.csv", [{"path": p, "reason": r} for p, r in skipped])
         (tmp / "evaluation.json").write_text(json.dumps(plain(result), indent=2, allow_nan=False) + "\n")
-        if report:
+        if o.report:
             from fastall.inference.evaluate_report import write_evaluation_report
 
             made = write_evaluation_report(tmp, result, y, prob, names, shown_as=out.absolute(), run=run)
